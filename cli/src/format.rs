@@ -1,0 +1,81 @@
+//! How jobs and batches look on a terminal.
+
+use sluice_proto::v1::{BatchProgress, JobStatus};
+
+/// Groups digits by thousands: 1234567 -> "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One line per committed batch.
+pub fn batch_line(p: &BatchProgress) -> String {
+    let lag: i64 = p
+        .partitions
+        .iter()
+        .map(|part| (part.latest_offset - part.end_offset).max(0))
+        .sum();
+    let mut line = format!(
+        "batch {:>4}  rows {:>9}  out {:>9}  {:>9} rows/s  took {:>5} ms (plan {} · exec {} · commit {} · ckpt {})  lag {}",
+        p.batch_id,
+        thousands(p.input_rows),
+        thousands(p.output_rows),
+        thousands(p.input_rows_per_second.round() as u64),
+        p.duration_ms,
+        p.plan_ms,
+        p.execute_ms,
+        p.commit_ms,
+        p.checkpoint_ms,
+        thousands(lag as u64),
+    );
+    if p.malformed_skipped > 0 {
+        line.push_str(&format!("  skipped {}", thousands(p.malformed_skipped)));
+    }
+    line
+}
+
+/// A job's status, several lines.
+pub fn status_block(s: &JobStatus) -> String {
+    let mut out = format!(
+        "job {}\n  state: {}\n  table: {}\n  last committed batch: {}\n  rows written: {}\n",
+        s.job_id,
+        s.state,
+        s.table,
+        if s.last_committed_batch < 0 {
+            "none".to_string()
+        } else {
+            s.last_committed_batch.to_string()
+        },
+        thousands(s.total_rows)
+    );
+    if !s.message.is_empty() {
+        out.push_str(&format!("  message: {}\n", s.message));
+    }
+    if !s.recent_batches.is_empty() {
+        out.push_str("  recent batches:\n");
+        for batch in &s.recent_batches {
+            out.push_str(&format!("    {}\n", batch_line(batch)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

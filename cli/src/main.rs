@@ -1,0 +1,235 @@
+//! `sluice`: submit and watch jobs on a Sluice driver, or run a whole cluster locally.
+
+mod client;
+mod cluster;
+mod demo;
+mod format;
+mod produce;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use cluster::{ClusterOptions, LocalCluster};
+
+/// Sluice: exactly-once micro-batch SQL from Kafka to Apache Iceberg.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Driver gRPC address(es), comma-separated; the first that answers is used.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_DRIVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    driver: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit a job spec (YAML or JSON); it is validated against Kafka and the catalog.
+    Submit {
+        /// The job spec file.
+        file: PathBuf,
+    },
+    /// List the driver's jobs.
+    List,
+    /// Show a job's state and recent batches.
+    Status { job: String },
+    /// Stream a job's batch progress until it ends (Ctrl-C to stop watching).
+    Watch { job: String },
+    /// Stop a job: its running batch commits, then it stops.
+    Stop { job: String },
+    /// Produce synthetic JSON order events to a topic.
+    Produce {
+        #[arg(long, env = "SLUICE_KAFKA", default_value = "127.0.0.1:9092")]
+        bootstrap_servers: String,
+        #[arg(long, default_value = "orders")]
+        topic: String,
+        /// Number of events.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Events per second (as fast as possible when absent).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Sequence number of the first event (order ids are o-<seq>).
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+    },
+    /// Run a driver and N executors as local processes until interrupted.
+    Local {
+        #[arg(long, default_value_t = 2)]
+        executors: u32,
+        /// A Kafka broker; without it a mock Kafka cluster runs inside this process.
+        #[arg(long, env = "SLUICE_KAFKA")]
+        kafka: Option<String>,
+        /// etcd endpoints; without them checkpoints go to a file in --data-dir.
+        #[arg(long, env = "SLUICE_ETCD")]
+        etcd: Option<String>,
+        #[arg(long, default_value = "sluice-data")]
+        data_dir: PathBuf,
+        /// Driver port (0 picks a free one).
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// Topics to create in the mock Kafka cluster, as NAME:PARTITIONS.
+        #[arg(long = "topic", default_value = "orders:4")]
+        topics: Vec<String>,
+    },
+    /// Run the demo: a local cluster, a stream of orders, a sample job, ten batches.
+    Demo {
+        #[arg(long, default_value = "sluice-demo")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        executors: u32,
+        /// Batches to watch before stopping.
+        #[arg(long, default_value_t = 10)]
+        batches: u64,
+    },
+}
+
+fn parse_topic(text: &str) -> Result<(String, i32)> {
+    match text.split_once(':') {
+        Some((name, partitions)) => Ok((
+            name.to_string(),
+            partitions
+                .parse()
+                .with_context(|| format!("--topic {text}: partitions must be a number"))?,
+        )),
+        None => Ok((text.to_string(), 4)),
+    }
+}
+
+async fn local(options: ClusterOptions) -> Result<()> {
+    let mut cluster = LocalCluster::start(&options).await?;
+    println!("Sluice is running.");
+    println!("  driver:  {}", cluster.driver_url);
+    println!("  kafka:   {}", cluster.bootstrap_servers);
+    println!("  data:    {}", cluster.data_dir.display());
+    println!("  logs:    {}/logs", cluster.data_dir.display());
+    println!(
+        "Submit with `sluice --driver {} submit job.yaml`; Ctrl-C stops.",
+        cluster.driver_url
+    );
+    let shutdown = sluice_common::telemetry::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if let Some((name, status)) = cluster.exited() {
+                    eprintln!("{name} exited ({status}); stopping");
+                    break;
+                }
+            }
+        }
+    }
+    println!("stopping (running batches commit first)");
+    cluster.shutdown(Duration::from_secs(30)).await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    sluice_common::telemetry::init(false);
+    match cli.command {
+        Command::Submit { file } => {
+            let spec = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut driver = client::connect(&cli.driver).await?;
+            let (job, location) = client::submit(&mut driver, spec).await?;
+            println!("submitted job {job}\ntable location: {location}");
+        }
+        Command::List => {
+            let mut driver = client::connect(&cli.driver).await?;
+            let jobs = client::list(&mut driver).await?;
+            if jobs.is_empty() {
+                println!("no jobs");
+            }
+            for job in jobs {
+                println!(
+                    "{:<30} {:<9} batch {:>6}  rows {:>12}  {}",
+                    job.job_id,
+                    job.state,
+                    job.last_committed_batch,
+                    format::thousands(job.total_rows),
+                    job.message
+                );
+            }
+        }
+        Command::Status { job } => {
+            let mut driver = client::connect(&cli.driver).await?;
+            print!(
+                "{}",
+                format::status_block(&client::status(&mut driver, &job).await?)
+            );
+        }
+        Command::Watch { job } => {
+            let mut driver = client::connect(&cli.driver).await?;
+            let end = client::watch(&mut driver, &job, |p| {
+                println!("{}", format::batch_line(p));
+                true
+            })
+            .await?;
+            if let Some(end) = end {
+                println!("job {job} is {} {}", end.job_state, end.message);
+                if end.job_state == "FAILED" {
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Stop { job } => {
+            let mut driver = client::connect(&cli.driver).await?;
+            client::stop(&mut driver, &job).await?;
+            println!("job {job} stopped");
+        }
+        Command::Produce {
+            bootstrap_servers,
+            topic,
+            count,
+            rate,
+            start,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                produce::produce(&bootstrap_servers, &topic, count, rate, start, false)
+            })
+            .await??;
+        }
+        Command::Local {
+            executors,
+            kafka,
+            etcd,
+            data_dir,
+            port,
+            topics,
+        } => {
+            if executors == 0 {
+                bail!("--executors must be at least 1");
+            }
+            let topics = topics
+                .iter()
+                .map(|t| parse_topic(t))
+                .collect::<Result<Vec<_>>>()?;
+            local(ClusterOptions {
+                executors,
+                kafka,
+                etcd,
+                data_dir,
+                topics,
+                driver_port: port,
+            })
+            .await?;
+        }
+        Command::Demo {
+            data_dir,
+            executors,
+            batches,
+        } => demo::demo(data_dir, executors.max(1), batches.max(1)).await?,
+    }
+    Ok(())
+}

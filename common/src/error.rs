@@ -1,0 +1,117 @@
+//! Errors shared by every Sluice crate.
+
+/// Everything that can go wrong in shared code, classified so callers know whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job spec is invalid; `field` names where.
+    #[error("invalid job spec: {field}: {message}")]
+    InvalidSpec { field: String, message: String },
+
+    /// The job's SQL does not plan against the source schema.
+    #[error("invalid SQL: {message}")]
+    InvalidSql { message: String },
+
+    /// A record could not be decoded with the source schema.
+    #[error("malformed record at {topic}/{partition}@{offset}: {message}")]
+    MalformedRecord {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        message: String,
+    },
+
+    /// Kafka could not be reached or answered with an error.
+    #[error("kafka ({bootstrap_servers}): {message}")]
+    Kafka {
+        bootstrap_servers: String,
+        message: String,
+    },
+
+    /// A planned offset range is no longer (or not yet) readable in Kafka.
+    #[error("offsets {start}..{end} of {topic}/{partition} are not readable: {message}")]
+    OffsetRange {
+        topic: String,
+        partition: i32,
+        start: i64,
+        end: i64,
+        message: String,
+    },
+
+    /// The checkpoint store failed.
+    #[error("checkpoint store: {message}")]
+    Checkpoint { message: String },
+
+    /// The Iceberg catalog or table failed.
+    #[error("iceberg ({context}): {source}")]
+    Iceberg {
+        context: String,
+        #[source]
+        source: iceberg::Error,
+    },
+
+    /// The sink table exists with a schema the query cannot write.
+    #[error("table {table} has schema incompatible with the query: {message}")]
+    SchemaMismatch { table: String, message: String },
+
+    /// A DataFusion error while running the job's SQL.
+    #[error("query execution: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+
+    /// An Arrow error while building or converting record batches.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    /// A local file system error.
+    #[error("io ({context}): {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an Iceberg error with what was being done.
+    pub fn iceberg(context: impl Into<String>) -> impl FnOnce(iceberg::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Iceberg { context, source }
+    }
+
+    /// Whether the failure comes from the user's spec, SQL or data (retrying cannot help).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidSpec { .. }
+                | Error::InvalidSql { .. }
+                | Error::MalformedRecord { .. }
+                | Error::SchemaMismatch { .. }
+        )
+    }
+
+    /// A short machine-readable name of the failure's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec { .. } => "invalid_spec",
+            Error::InvalidSql { .. } => "invalid_sql",
+            Error::MalformedRecord { .. } => "malformed_record",
+            Error::Kafka { .. } => "kafka",
+            Error::OffsetRange { .. } => "offset_range",
+            Error::Checkpoint { .. } => "checkpoint",
+            Error::Iceberg { .. } => "iceberg",
+            Error::SchemaMismatch { .. } => "schema_mismatch",
+            Error::Query(_) => "query",
+            Error::Arrow(_) => "arrow",
+            Error::Io { .. } => "io",
+        }
+    }
+
+    pub(crate) fn spec(field: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::InvalidSpec {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result with Sluice's shared error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,298 @@
+//! The Iceberg side of a job: the SQL catalog, the sink table, data-file exchange between
+//! executors and the driver, and the per-batch snapshot commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Fields, Schema as ArrowSchema, SchemaRef, TimeUnit};
+use iceberg::spec::{DataFile, Schema};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+
+use crate::error::{Error, Result};
+use crate::spec::{CatalogSpec, IcebergSinkSpec};
+use crate::BatchId;
+
+/// Snapshot summary property naming the job that wrote a snapshot.
+pub const JOB_ID_PROPERTY: &str = "sluice.job-id";
+/// Snapshot summary property naming the batch a snapshot holds.
+pub const BATCH_ID_PROPERTY: &str = "sluice.batch-id";
+
+/// Opens the SQL catalog (SQLite), creating the database file and warehouse when absent.
+pub async fn open_catalog(spec: &CatalogSpec) -> Result<SqlCatalog> {
+    let db_path = spec
+        .uri
+        .strip_prefix("sqlite://")
+        .or_else(|| spec.uri.strip_prefix("sqlite:"))
+        .unwrap_or(&spec.uri);
+    let db_path = db_path.split('?').next().unwrap_or(db_path);
+    let warehouse = warehouse_url(&spec.warehouse);
+    for dir in [
+        std::path::Path::new(db_path).parent(),
+        Some(std::path::Path::new(
+            warehouse.trim_start_matches("file://"),
+        )),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                context: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+    }
+    let uri = if spec.uri.contains('?') {
+        spec.uri.clone()
+    } else {
+        format!("{}?mode=rwc", spec.uri)
+    };
+    SqlCatalogBuilder::default()
+        .uri(uri)
+        .warehouse_location(warehouse)
+        .sql_bind_style(SqlBindStyle::QMark)
+        .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+        .load(spec.name(), HashMap::new())
+        .await
+        .map_err(Error::iceberg(format!("opening catalog {}", spec.uri)))
+}
+
+fn warehouse_url(warehouse: &str) -> String {
+    if warehouse.starts_with('/') {
+        format!("file://{warehouse}")
+    } else {
+        warehouse.to_string()
+    }
+}
+
+/// The identifier of a sink's table.
+pub fn table_ident(sink: &IcebergSinkSpec) -> TableIdent {
+    TableIdent::new(
+        NamespaceIdent::new(sink.namespace.clone()),
+        sink.table.clone(),
+    )
+}
+
+/// The Arrow type a query column is stored as: the nearest type Iceberg has.
+fn storable_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 => DataType::Float32,
+        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+        DataType::Date64 => DataType::Date32,
+        DataType::Null => DataType::Utf8,
+        DataType::Struct(fields) => DataType::Struct(Fields::from(
+            fields
+                .iter()
+                .map(|f| Field::new(f.name(), storable_type(f.data_type()), true))
+                .collect::<Vec<_>>(),
+        )),
+        other => other.clone(),
+    }
+}
+
+/// The Iceberg schema for a query's output: storable types, every column optional.
+pub fn iceberg_schema_for(output: &ArrowSchema) -> Result<Schema> {
+    let fields: Vec<Field> = output
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), storable_type(f.data_type()), true))
+        .collect();
+    iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&ArrowSchema::new(fields)).map_err(|e| {
+        Error::InvalidSql {
+            message: format!("the query's output cannot be stored in Iceberg: {e}"),
+        }
+    })
+}
+
+/// Creates the sink table from the query's output schema, or checks an existing one.
+pub async fn ensure_table(
+    catalog: &SqlCatalog,
+    sink: &IcebergSinkSpec,
+    output: &ArrowSchema,
+) -> Result<Table> {
+    let ident = table_ident(sink);
+    let wanted = iceberg_schema_for(output)?;
+    let namespace = ident.namespace().clone();
+    let exists = catalog
+        .namespace_exists(&namespace)
+        .await
+        .map_err(Error::iceberg(format!(
+            "checking namespace {}",
+            sink.namespace
+        )))?;
+    if !exists {
+        catalog
+            .create_namespace(&namespace, HashMap::new())
+            .await
+            .map_err(Error::iceberg(format!(
+                "creating namespace {}",
+                sink.namespace
+            )))?;
+    }
+    let table_exists = catalog
+        .table_exists(&ident)
+        .await
+        .map_err(Error::iceberg(format!("checking table {ident}")))?;
+    if !table_exists {
+        let creation = TableCreation::builder()
+            .name(sink.table.clone())
+            .schema(wanted)
+            .build();
+        return catalog
+            .create_table(&namespace, creation)
+            .await
+            .map_err(Error::iceberg(format!("creating table {ident}")));
+    }
+    let table = catalog
+        .load_table(&ident)
+        .await
+        .map_err(Error::iceberg(format!("loading table {ident}")))?;
+    check_compatible(&ident, &table, &wanted)?;
+    Ok(table)
+}
+
+fn check_compatible(ident: &TableIdent, table: &Table, wanted: &Schema) -> Result<()> {
+    let mismatch = |message: String| Error::SchemaMismatch {
+        table: ident.to_string(),
+        message,
+    };
+    if !table.metadata().default_partition_spec().is_unpartitioned() {
+        return Err(mismatch("partitioned tables are not supported yet".into()));
+    }
+    let existing = table.metadata().current_schema();
+    for field in wanted.as_struct().fields() {
+        match existing.field_by_name(&field.name) {
+            None => {
+                return Err(mismatch(format!(
+                    "the query produces column {} which the table lacks",
+                    field.name
+                )))
+            }
+            Some(have) if have.field_type != field.field_type => {
+                return Err(mismatch(format!(
+                    "column {} is {} in the table but {} in the query",
+                    field.name, have.field_type, field.field_type
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    for field in existing.as_struct().fields() {
+        if field.required && wanted.field_by_name(&field.name).is_none() {
+            return Err(mismatch(format!(
+                "required column {} is not produced by the query",
+                field.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The table's schema as Arrow, with Iceberg field ids, for writing data files.
+pub fn table_arrow_schema(table: &Table) -> Result<SchemaRef> {
+    let schema = iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+        .map_err(Error::iceberg("converting the table schema to Arrow"))?;
+    Ok(Arc::new(schema))
+}
+
+/// Serializes data files for the trip from executor to driver.
+pub fn data_files_to_json(table: &Table, files: Vec<DataFile>) -> Result<Vec<String>> {
+    let metadata = table.metadata();
+    files
+        .into_iter()
+        .map(|file| {
+            iceberg::spec::serialize_data_file_to_json(
+                file,
+                metadata.default_partition_type(),
+                metadata.format_version(),
+            )
+            .map_err(Error::iceberg("serializing a data file"))
+        })
+        .collect()
+}
+
+/// Deserializes data files sent by executors.
+pub fn data_files_from_json(table: &Table, files: &[String]) -> Result<Vec<DataFile>> {
+    let metadata = table.metadata();
+    files
+        .iter()
+        .map(|json| {
+            iceberg::spec::deserialize_data_file_from_json(
+                json,
+                metadata.default_partition_spec_id(),
+                metadata.default_partition_type(),
+                metadata.current_schema(),
+            )
+            .map_err(Error::iceberg("deserializing a data file"))
+        })
+        .collect()
+}
+
+/// The snapshot that holds batch `batch` of job `job_id`, if one was committed.
+pub fn find_batch_snapshot(table: &Table, job_id: &str, batch: BatchId) -> Option<i64> {
+    let batch = batch.to_string();
+    table
+        .metadata()
+        .snapshots()
+        .find(|s| {
+            let props = &s.summary().additional_properties;
+            props.get(JOB_ID_PROPERTY).map(String::as_str) == Some(job_id)
+                && props.get(BATCH_ID_PROPERTY) == Some(&batch)
+        })
+        .map(|s| s.snapshot_id())
+}
+
+/// Commits one snapshot holding `files` for batch `batch`; idempotent: when the batch is
+/// already in the table, returns its snapshot without writing another.
+pub async fn commit_batch(
+    catalog: &SqlCatalog,
+    ident: &TableIdent,
+    job_id: &str,
+    batch: BatchId,
+    files: &[String],
+) -> Result<i64> {
+    let table = catalog
+        .load_table(ident)
+        .await
+        .map_err(Error::iceberg(format!("loading table {ident}")))?;
+    if let Some(snapshot) = find_batch_snapshot(&table, job_id, batch) {
+        return Ok(snapshot);
+    }
+    let data_files = data_files_from_json(&table, files)?;
+    let properties = HashMap::from([
+        (JOB_ID_PROPERTY.to_string(), job_id.to_string()),
+        (BATCH_ID_PROPERTY.to_string(), batch.to_string()),
+    ]);
+    let tx = Transaction::new(&table);
+    let tx = tx
+        .fast_append()
+        .add_data_files(data_files)
+        .set_snapshot_properties(properties)
+        .apply(tx)
+        .map_err(Error::iceberg(format!(
+            "appending batch {batch} to {ident}"
+        )))?;
+    let table = tx.commit(catalog).await.map_err(Error::iceberg(format!(
+        "committing batch {batch} to {ident}"
+    )))?;
+    find_batch_snapshot(&table, job_id, batch).ok_or_else(|| Error::Checkpoint {
+        message: format!("batch {batch} committed to {ident} but its snapshot is not visible"),
+    })
+}
+
+/// Total rows in the table's current snapshot (from its summary).
+pub fn total_records(table: &Table) -> u64 {
+    table
+        .metadata()
+        .current_snapshot()
+        .and_then(|s| s.summary().additional_properties.get("total-records"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,22 @@
+//! Shared building blocks of Sluice: the job spec, the checkpoint store, Kafka helpers,
+//! record decoding, the Iceberg sink and telemetry.
+
+pub mod checkpoint;
+pub mod decode;
+pub mod error;
+pub mod iceberg_sink;
+pub mod kafka;
+pub mod offsets;
+pub mod query;
+pub mod schema;
+pub mod spec;
+pub mod synthetic;
+pub mod telemetry;
+pub mod testing;
+
+pub use error::{Error, Result};
+
+/// Identifies a job: its name as given in the spec.
+pub type JobId = String;
+/// Sequence number of a micro-batch within a job, starting at 0.
+pub type BatchId = i64;

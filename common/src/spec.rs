@@ -1,0 +1,593 @@
+//! The job spec (YAML or JSON) and its validation.
+//!
+//! Parsing checks everything that can be checked without talking to a service; the driver
+//! then plans the SQL and reaches Kafka and the catalog before accepting a job.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Default number of records a single task reads at most.
+pub const DEFAULT_MAX_RECORDS_PER_TASK: u64 = 500_000;
+/// Default number of shuffle partitions (used once the plan repartitions).
+pub const DEFAULT_SHUFFLE_PARTITIONS: u32 = 8;
+/// Catalog name used in the SQL catalog, the same as pyiceberg's default.
+pub const DEFAULT_CATALOG_NAME: &str = "default";
+
+/// A whole job: where to read, what to compute, where to write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    pub sql: String,
+    pub sink: SinkSpec,
+    #[serde(default)]
+    pub parallelism: ParallelismSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub kafka: KafkaSourceSpec,
+}
+
+/// The Kafka source of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceSpec {
+    pub bootstrap_servers: String,
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// Upper bound on records per batch over all partitions.
+    #[serde(default)]
+    pub max_offsets_per_trigger: Option<u64>,
+    #[serde(default)]
+    pub format: RecordFormat,
+    #[serde(default)]
+    pub schema: Vec<FieldSpec>,
+    #[serde(default)]
+    pub on_malformed: OnMalformed,
+}
+
+/// Where a job starts reading a partition that has no checkpoint yet.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StartingOffsets {
+    #[default]
+    Earliest,
+    Latest,
+    /// Per topic, per partition: the first offset to read. Unlisted partitions start at earliest.
+    PerPartition(BTreeMap<String, BTreeMap<i32, i64>>),
+}
+
+const STARTING_OFFSETS_HELP: &str =
+    "source.kafka.starting_offsets: expected earliest, latest or a map of topic -> partition -> offset";
+
+impl StartingOffsets {
+    fn from_value(value: &serde_yaml::Value) -> Result<StartingOffsets, String> {
+        use serde_yaml::Value;
+        match value {
+            Value::String(s) if s == "earliest" => Ok(StartingOffsets::Earliest),
+            Value::String(s) if s == "latest" => Ok(StartingOffsets::Latest),
+            Value::Mapping(topics) => {
+                let mut map = BTreeMap::new();
+                for (topic, partitions) in topics {
+                    let topic = topic.as_str().ok_or(STARTING_OFFSETS_HELP)?.to_string();
+                    let partitions = partitions.as_mapping().ok_or(STARTING_OFFSETS_HELP)?;
+                    let mut offsets = BTreeMap::new();
+                    for (partition, offset) in partitions {
+                        // Keys are numbers in YAML and strings in JSON.
+                        let partition = match partition {
+                            Value::Number(n) => n.as_i64(),
+                            Value::String(s) => s.parse().ok(),
+                            _ => None,
+                        }
+                        .and_then(|p| i32::try_from(p).ok())
+                        .ok_or_else(|| {
+                            format!(
+                                "{STARTING_OFFSETS_HELP}; bad partition {partition:?} of {topic}"
+                            )
+                        })?;
+                        let offset = offset.as_i64().ok_or_else(|| {
+                            format!("{STARTING_OFFSETS_HELP}; bad offset of {topic}/{partition}")
+                        })?;
+                        offsets.insert(partition, offset);
+                    }
+                    map.insert(topic, offsets);
+                }
+                Ok(StartingOffsets::PerPartition(map))
+            }
+            other => Err(format!("{STARTING_OFFSETS_HELP}, got {other:?}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartingOffsets {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_yaml::Value::deserialize(deserializer)?;
+        StartingOffsets::from_value(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for StartingOffsets {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StartingOffsets::Earliest => serializer.serialize_str("earliest"),
+            StartingOffsets::Latest => serializer.serialize_str("latest"),
+            StartingOffsets::PerPartition(map) => map.serialize(serializer),
+        }
+    }
+}
+
+/// How record values are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordFormat {
+    /// One JSON object per record, decoded with the spec's schema.
+    #[default]
+    Json,
+    /// The value's bytes as a binary column `value`.
+    Raw,
+}
+
+/// What to do with a record that does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMalformed {
+    /// Fail the batch; nothing of it is committed.
+    #[default]
+    Fail,
+    /// Drop the record and count it in the batch's progress.
+    Skip,
+}
+
+/// One column of the source schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+    /// Child fields of a `struct` column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldSpec>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// When batches run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Run a batch every interval, e.g. `1s`, `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_time: Option<String>,
+    /// Run one batch with what is available, then finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once: Option<bool>,
+    /// Run batches until everything available at start is processed, then finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_now: Option<bool>,
+}
+
+/// The trigger, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    ProcessingTime(Duration),
+    Once,
+    AvailableNow,
+}
+
+/// Default trigger interval when the spec names none.
+pub const DEFAULT_TRIGGER_INTERVAL: Duration = Duration::from_secs(1);
+
+impl TriggerSpec {
+    /// Resolves the trigger; exactly one kind may be given.
+    pub fn resolve(&self) -> Result<Trigger> {
+        let mut chosen = Vec::new();
+        if let Some(interval) = &self.processing_time {
+            let interval = humantime::parse_duration(interval).map_err(|e| {
+                Error::spec("trigger.processing_time", format!("{interval:?}: {e}"))
+            })?;
+            if interval.is_zero() {
+                return Err(Error::spec("trigger.processing_time", "must be above zero"));
+            }
+            chosen.push(Trigger::ProcessingTime(interval));
+        }
+        if self.once == Some(true) {
+            chosen.push(Trigger::Once);
+        }
+        if self.available_now == Some(true) {
+            chosen.push(Trigger::AvailableNow);
+        }
+        match chosen.as_slice() {
+            [] => Ok(Trigger::ProcessingTime(DEFAULT_TRIGGER_INTERVAL)),
+            [one] => Ok(*one),
+            _ => Err(Error::spec(
+                "trigger",
+                "give exactly one of processing_time, once, available_now",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    pub iceberg: IcebergSinkSpec,
+}
+
+/// The Iceberg table a job writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergSinkSpec {
+    pub catalog: CatalogSpec,
+    pub namespace: String,
+    pub table: String,
+}
+
+/// The Iceberg catalog; only the SQL catalog (SQLite) is supported so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSpec {
+    #[serde(rename = "type")]
+    pub catalog_type: String,
+    pub uri: String,
+    pub warehouse: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl CatalogSpec {
+    /// The catalog's name (pyiceberg's default when none is given).
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(DEFAULT_CATALOG_NAME)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelismSpec {
+    #[serde(default = "default_shuffle_partitions")]
+    pub shuffle_partitions: u32,
+    #[serde(default = "default_max_records_per_task")]
+    pub max_records_per_task: u64,
+}
+
+impl Default for ParallelismSpec {
+    fn default() -> Self {
+        ParallelismSpec {
+            shuffle_partitions: DEFAULT_SHUFFLE_PARTITIONS,
+            max_records_per_task: DEFAULT_MAX_RECORDS_PER_TASK,
+        }
+    }
+}
+
+fn default_shuffle_partitions() -> u32 {
+    DEFAULT_SHUFFLE_PARTITIONS
+}
+fn default_max_records_per_task() -> u64 {
+    DEFAULT_MAX_RECORDS_PER_TASK
+}
+
+impl JobSpec {
+    /// Parses a spec from YAML (JSON is valid YAML) and validates it.
+    pub fn parse(text: &str) -> Result<JobSpec> {
+        let spec: JobSpec = serde_yaml::from_str(text).map_err(|e| {
+            let field = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "spec".into());
+            Error::spec(field, e.to_string())
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The spec as JSON, for executors and the checkpoint store.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a job spec always serializes")
+    }
+
+    /// The resolved trigger.
+    pub fn trigger(&self) -> Trigger {
+        self.trigger
+            .resolve()
+            .expect("trigger was validated at parse time")
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_identifier("name", &self.name)?;
+        let kafka = &self.source.kafka;
+        if kafka.bootstrap_servers.trim().is_empty() {
+            return Err(Error::spec(
+                "source.kafka.bootstrap_servers",
+                "must not be empty",
+            ));
+        }
+        if kafka.topics.is_empty() {
+            return Err(Error::spec(
+                "source.kafka.topics",
+                "name at least one topic",
+            ));
+        }
+        for (i, topic) in kafka.topics.iter().enumerate() {
+            if topic.trim().is_empty() {
+                return Err(Error::spec(
+                    format!("source.kafka.topics[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if kafka.max_offsets_per_trigger == Some(0) {
+            return Err(Error::spec(
+                "source.kafka.max_offsets_per_trigger",
+                "must be above zero",
+            ));
+        }
+        if let StartingOffsets::PerPartition(map) = &kafka.starting_offsets {
+            for (topic, partitions) in map {
+                if !kafka.topics.contains(topic) {
+                    return Err(Error::spec(
+                        format!("source.kafka.starting_offsets.{topic}"),
+                        "topic is not in source.kafka.topics",
+                    ));
+                }
+                for (partition, offset) in partitions {
+                    if *offset < 0 || *partition < 0 {
+                        return Err(Error::spec(
+                            format!("source.kafka.starting_offsets.{topic}.{partition}"),
+                            "partitions and offsets must not be negative",
+                        ));
+                    }
+                }
+            }
+        }
+        match kafka.format {
+            RecordFormat::Json if kafka.schema.is_empty() => {
+                return Err(Error::spec(
+                    "source.kafka.schema",
+                    "format json needs a schema: a list of {name, type}",
+                ))
+            }
+            RecordFormat::Raw if !kafka.schema.is_empty() => {
+                return Err(Error::spec(
+                    "source.kafka.schema",
+                    "format raw has no schema: the value is the binary column `value`",
+                ))
+            }
+            _ => {}
+        }
+        crate::schema::source_schema(kafka)?;
+        self.trigger.resolve()?;
+        if self.sql.trim().is_empty() {
+            return Err(Error::spec("sql", "must not be empty"));
+        }
+        let sink = &self.sink.iceberg;
+        if sink.catalog.catalog_type != "sql" {
+            return Err(Error::spec(
+                "sink.iceberg.catalog.type",
+                format!(
+                    "unsupported catalog type {:?}; supported: sql",
+                    sink.catalog.catalog_type
+                ),
+            ));
+        }
+        if !sink.catalog.uri.starts_with("sqlite:") {
+            return Err(Error::spec(
+                "sink.iceberg.catalog.uri",
+                "expected a SQLite URI such as sqlite:///var/sluice/catalog.db",
+            ));
+        }
+        if !sink.catalog.warehouse.starts_with("file://")
+            && !sink.catalog.warehouse.starts_with('/')
+        {
+            return Err(Error::spec(
+                "sink.iceberg.catalog.warehouse",
+                "expected a local warehouse such as file:///var/sluice/warehouse",
+            ));
+        }
+        validate_identifier("sink.iceberg.namespace", &sink.namespace)?;
+        validate_identifier("sink.iceberg.table", &sink.table)?;
+        if self.parallelism.max_records_per_task == 0 {
+            return Err(Error::spec(
+                "parallelism.max_records_per_task",
+                "must be above zero",
+            ));
+        }
+        if self.parallelism.shuffle_partitions == 0 {
+            return Err(Error::spec(
+                "parallelism.shuffle_partitions",
+                "must be above zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Names become etcd keys, file names and table identifiers: keep them plain.
+fn validate_identifier(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::spec(field, "must not be empty"));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(Error::spec(
+            field,
+            format!("{value:?} contains {bad:?}; use letters, digits, '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+name: orders-filtered
+source:
+  kafka:
+    bootstrap_servers: "localhost:9092"
+    topics: [orders]
+    starting_offsets: earliest
+    max_offsets_per_trigger: 1000
+    format: json
+    schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]
+trigger: {processing_time: 500ms}
+sql: SELECT order_id, amount FROM source WHERE amount > 10
+sink:
+  iceberg:
+    catalog: {type: sql, uri: "sqlite:///tmp/c.db", warehouse: "file:///tmp/wh"}
+    namespace: shop
+    table: big_orders
+"#;
+
+    fn with(replace: &str, by: &str) -> String {
+        assert!(EXAMPLE.contains(replace), "example lacks {replace}");
+        EXAMPLE.replace(replace, by)
+    }
+
+    fn error_field(text: &str) -> String {
+        match JobSpec::parse(text) {
+            Err(Error::InvalidSpec { field, .. }) => field,
+            other => panic!("expected an invalid spec, got {other:?}"),
+        }
+    }
+
+    fn error_text(text: &str) -> String {
+        match JobSpec::parse(text) {
+            Err(e @ Error::InvalidSpec { .. }) => e.to_string(),
+            other => panic!("expected an invalid spec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn example_spec_parses_with_defaults() {
+        let spec = JobSpec::parse(EXAMPLE).unwrap();
+        assert_eq!(spec.name, "orders-filtered");
+        assert_eq!(
+            spec.source.kafka.starting_offsets,
+            StartingOffsets::Earliest
+        );
+        assert_eq!(spec.source.kafka.on_malformed, OnMalformed::Fail);
+        assert_eq!(
+            spec.trigger(),
+            Trigger::ProcessingTime(Duration::from_millis(500))
+        );
+        assert_eq!(spec.parallelism, ParallelismSpec::default());
+        assert_eq!(spec.sink.iceberg.catalog.name(), "default");
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let spec = JobSpec::parse(EXAMPLE).unwrap();
+        assert_eq!(JobSpec::parse(&spec.to_json()).unwrap(), spec);
+        let per_partition = with(
+            "starting_offsets: earliest",
+            "starting_offsets: {orders: {0: 5, 3: 7}}",
+        );
+        let spec = JobSpec::parse(&per_partition).unwrap();
+        let StartingOffsets::PerPartition(map) = &spec.source.kafka.starting_offsets else {
+            panic!("expected per-partition offsets");
+        };
+        assert_eq!(map["orders"][&3], 7);
+        assert_eq!(JobSpec::parse(&spec.to_json()).unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        assert_eq!(
+            error_field(&with("name: orders-filtered", "name: 'a b'")),
+            "name"
+        );
+        assert_eq!(
+            error_field(&with("topics: [orders]", "topics: []")),
+            "source.kafka.topics"
+        );
+        let err = error_text(&with(
+            "starting_offsets: earliest",
+            "starting_offsets: newest",
+        ));
+        assert!(err.contains("source.kafka.starting_offsets"), "{err}");
+        assert_eq!(
+            error_field(&with(
+                "starting_offsets: earliest",
+                "starting_offsets: {other: {0: 1}}"
+            )),
+            "source.kafka.starting_offsets.other"
+        );
+        assert_eq!(
+            error_field(&with(
+                "max_offsets_per_trigger: 1000",
+                "max_offsets_per_trigger: 0"
+            )),
+            "source.kafka.max_offsets_per_trigger"
+        );
+        assert_eq!(
+            error_field(&with("{processing_time: 500ms}", "{processing_time: soon}")),
+            "trigger.processing_time"
+        );
+        assert_eq!(
+            error_field(&with(
+                "{processing_time: 500ms}",
+                "{processing_time: 1s, once: true}"
+            )),
+            "trigger"
+        );
+        assert_eq!(
+            error_field(&with("type: sql", "type: rest")),
+            "sink.iceberg.catalog.type"
+        );
+        assert_eq!(
+            error_field(&with(
+                "{name: amount, type: float64}",
+                "{name: amount, type: money}"
+            )),
+            "source.kafka.schema.amount"
+        );
+        assert_eq!(
+            error_field(&with(
+                "{name: amount, type: float64}",
+                "{name: _offset, type: int64}"
+            )),
+            "source.kafka.schema._offset"
+        );
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_reported_with_their_location() {
+        let err = JobSpec::parse(&with("sql:", "sqll:"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sqll"), "{err}");
+        let err = JobSpec::parse("name: x").unwrap_err().to_string();
+        assert!(err.contains("missing field"), "{err}");
+    }
+
+    #[test]
+    fn raw_format_needs_no_schema_and_json_needs_one() {
+        let raw = with("format: json", "format: raw").replace(
+            "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]",
+            "",
+        );
+        assert!(JobSpec::parse(&raw).is_ok());
+        let schemaless = EXAMPLE.replace(
+            "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]",
+            "",
+        );
+        assert_eq!(error_field(&schemaless), "source.kafka.schema");
+    }
+}

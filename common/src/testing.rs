@@ -1,0 +1,96 @@
+//! Test fixtures shared by unit and integration tests: a real etcd on free loopback ports.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A single-member etcd on loopback, killed and removed on drop.
+pub struct EtcdServer {
+    child: Child,
+    client_port: u16,
+    _data_dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers; fails with how to install it when missing.
+    pub fn start() -> Result<EtcdServer, String> {
+        let binary = std::env::var("SLUICE_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let data_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let client_port = free_port();
+        let peer_port = free_port();
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log =
+            std::fs::File::create(data_dir.path().join("etcd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(&binary)
+            .args(["--name", "n1", "--data-dir"])
+            .arg(data_dir.path().join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("n1={peer}")])
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start {binary:?}: {e}; install it with `apt-get install -y etcd-server`")
+            })?;
+        let server = EtcdServer {
+            child,
+            client_port,
+            _data_dir: data_dir,
+        };
+        server.wait_healthy(Duration::from_secs(20))?;
+        Ok(server)
+    }
+
+    fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) {
+                use std::io::{Read, Write};
+                let request = "GET /health HTTP/1.0\r\n\r\n";
+                let mut body = String::new();
+                if stream.write_all(request.as_bytes()).is_ok()
+                    && stream.read_to_string(&mut body).is_ok()
+                    && body.contains("\"health\":\"true\"")
+                {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "etcd on port {} did not become healthy",
+            self.client_port
+        ))
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:23790`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Where the server keeps its data and log.
+    pub fn data_dir(&self) -> PathBuf {
+        self._data_dir.path().to_path_buf()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        // SIGKILL: a SIGTERM'd etcd can take seconds to exit.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,61 @@
+//! Committing a batch: one Iceberg snapshot, then the commit record and the new checkpoint
+//! in one checkpoint-store transaction. Idempotent by batch id at every step.
+
+use std::time::{Duration, Instant};
+
+use iceberg::TableIdent;
+use iceberg_catalog_sql::SqlCatalog;
+use sluice_common::checkpoint::JobLog;
+use sluice_common::iceberg_sink::commit_batch;
+use sluice_common::offsets::{BatchPlan, Checkpoint};
+
+use crate::error::Result;
+
+/// Snapshot id recorded for a batch that produced no rows (nothing to append).
+pub const NO_SNAPSHOT: i64 = -1;
+
+/// How long each commit step took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitTimings {
+    pub commit: Duration,
+    pub checkpoint: Duration,
+}
+
+/// Commits `plan` with `data_files`; returns the new checkpoint.
+pub async fn commit(
+    catalog: &SqlCatalog,
+    ident: &TableIdent,
+    log: &JobLog,
+    job_id: &str,
+    checkpoint: &Checkpoint,
+    plan: &BatchPlan,
+    data_files: &[String],
+) -> Result<(Checkpoint, CommitTimings)> {
+    let started = Instant::now();
+    let snapshot_id = if data_files.is_empty() {
+        NO_SNAPSHOT
+    } else {
+        commit_batch(catalog, ident, job_id, plan.batch_id, data_files).await?
+    };
+    let commit = started.elapsed();
+    let next = record_commit(log, checkpoint, plan, snapshot_id).await?;
+    Ok((
+        next,
+        CommitTimings {
+            commit,
+            checkpoint: started.elapsed() - commit,
+        },
+    ))
+}
+
+/// Writes the commit record and the checkpoint after `plan`.
+pub async fn record_commit(
+    log: &JobLog,
+    checkpoint: &Checkpoint,
+    plan: &BatchPlan,
+    snapshot_id: i64,
+) -> Result<Checkpoint> {
+    let next = checkpoint.after(plan);
+    log.commit(&next, snapshot_id).await?;
+    Ok(next)
+}

@@ -1,0 +1,72 @@
+//! Driver errors and their gRPC status codes.
+
+use sluice_common::JobId;
+
+/// What can go wrong in the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Shared code failed (spec, Kafka, checkpoint store, Iceberg, query).
+    #[error(transparent)]
+    Common(#[from] sluice_common::Error),
+    #[error("job {0} does not exist")]
+    UnknownJob(JobId),
+    #[error("job {0} is already running")]
+    JobRunning(JobId),
+    #[error("the query needs {operator}, which requires a shuffle between tasks; only single-stage SQL (projection, filter, scalar functions) is supported so far")]
+    NeedsShuffle { operator: &'static str },
+    #[error("no executor is alive to run tasks")]
+    NoExecutors,
+    #[error("task {task} of batch {batch} failed after {attempts} attempts: {kind}: {message}")]
+    TaskFailed {
+        batch: i64,
+        task: u32,
+        attempts: u32,
+        kind: String,
+        message: String,
+        retryable: bool,
+    },
+    #[error("{what} did not answer within {seconds}s")]
+    Timeout { what: String, seconds: u64 },
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl Error {
+    /// Whether the job must fail rather than retry (the user's spec, SQL or data).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Common(e) => e.is_user_error(),
+            Error::NeedsShuffle { .. } => true,
+            Error::TaskFailed { retryable, .. } => !retryable,
+            _ => false,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> tonic::Status {
+        use sluice_common::Error as C;
+        let message = error.to_string();
+        match &error {
+            Error::UnknownJob(_) => tonic::Status::not_found(message),
+            Error::JobRunning(_) => tonic::Status::already_exists(message),
+            Error::NeedsShuffle { .. } => tonic::Status::invalid_argument(message),
+            Error::Common(
+                C::InvalidSpec { .. } | C::InvalidSql { .. } | C::SchemaMismatch { .. },
+            ) => tonic::Status::invalid_argument(message),
+            Error::Common(C::Kafka { .. } | C::Checkpoint { .. } | C::Iceberg { .. })
+            | Error::NoExecutors
+            | Error::Timeout { .. } => tonic::Status::unavailable(message),
+            _ => tonic::Status::internal(message),
+        }
+    }
+}
+
+/// Result with the driver's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,395 @@
+//! One job's batch loop: plan, schedule, execute, commit, checkpoint, repeat on the trigger.
+//! External failures (Kafka, etcd, catalog, executors) pause the job and retry with
+//! backoff; user failures (bad data, bad SQL) fail it. Every batch is logged before it
+//! runs, so a retry re-runs exactly the same ranges.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iceberg::{Catalog, TableIdent};
+use iceberg_catalog_sql::SqlCatalog;
+use sluice_common::checkpoint::JobLog;
+use sluice_common::iceberg_sink::{open_catalog, table_ident, total_records};
+use sluice_common::kafka::OffsetReader;
+use sluice_common::offsets::Checkpoint;
+use sluice_common::spec::{JobSpec, Trigger};
+use sluice_common::{Error as CommonError, JobId};
+use sluice_proto::v1::JobStatus;
+use tokio::sync::watch;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::committer::{commit, record_commit};
+use crate::error::{Error, Result};
+use crate::planner::{self, LatestOffsets};
+use crate::progress::{batch_progress, BatchTimings, ProgressLog};
+use crate::recovery::{pending_batch, Pending};
+use crate::scheduler::{JobRef, Scheduler};
+
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Stopping,
+    Stopped,
+    Finished,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "RUNNING",
+            JobState::Stopping => "STOPPING",
+            JobState::Stopped => "STOPPED",
+            JobState::Finished => "FINISHED",
+            JobState::Failed => "FAILED",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Stopped | JobState::Finished | JobState::Failed
+        )
+    }
+}
+
+/// Why a job loop should end between batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    None,
+    /// `sluice stop`: finish the running batch, then stop for good.
+    User,
+    /// The driver is shutting down: finish the running batch; the job resumes on restart.
+    DriverShutdown,
+}
+
+#[derive(Debug)]
+struct StatusInner {
+    state: JobState,
+    message: String,
+    last_committed_batch: i64,
+    total_rows: u64,
+}
+
+/// What the rest of the driver sees of a running job.
+#[derive(Debug)]
+pub struct JobShared {
+    pub job_id: JobId,
+    pub spec: JobSpec,
+    pub progress: ProgressLog,
+    status: Mutex<StatusInner>,
+    stop: watch::Sender<StopRequest>,
+}
+
+impl JobShared {
+    pub fn new(spec: JobSpec) -> Arc<JobShared> {
+        Arc::new(JobShared {
+            job_id: spec.name.clone(),
+            spec,
+            progress: ProgressLog::default(),
+            status: Mutex::new(StatusInner {
+                state: JobState::Running,
+                message: String::new(),
+                last_committed_batch: -1,
+                total_rows: 0,
+            }),
+            stop: watch::channel(StopRequest::None).0,
+        })
+    }
+
+    pub fn state(&self) -> JobState {
+        self.status.lock().expect("status lock").state
+    }
+
+    fn set(&self, update: impl FnOnce(&mut StatusInner)) {
+        update(&mut self.status.lock().expect("status lock"));
+    }
+
+    /// Records how the loop ended; `Running` means interrupted by driver shutdown.
+    pub fn set_final(&self, state: JobState, message: &str) {
+        self.set(|s| {
+            s.state = state;
+            s.message = message.to_string();
+        });
+    }
+
+    /// Asks the loop to end after the running batch.
+    pub fn request_stop(&self, request: StopRequest) {
+        if request == StopRequest::User {
+            self.set(|s| {
+                if !s.state.is_final() {
+                    s.state = JobState::Stopping
+                }
+            });
+        }
+        self.stop.send_replace(request);
+    }
+
+    /// The job's status for clients, with its `recent` last batches.
+    pub fn status(&self, recent: usize) -> JobStatus {
+        let s = self.status.lock().expect("status lock");
+        let sink = &self.spec.sink.iceberg;
+        JobStatus {
+            job_id: self.job_id.clone(),
+            name: self.spec.name.clone(),
+            state: s.state.as_str().to_string(),
+            message: s.message.clone(),
+            last_committed_batch: s.last_committed_batch,
+            total_rows: s.total_rows,
+            table: format!("{}.{}", sink.namespace, sink.table),
+            recent_batches: self.progress.recent(recent),
+        }
+    }
+}
+
+/// Outcome of one pass of the loop.
+enum Step {
+    /// A batch was committed.
+    Committed,
+    /// No new data.
+    Idle,
+}
+
+/// Runs a job's batches until it finishes, fails or is stopped.
+pub struct JobRunner {
+    shared: Arc<JobShared>,
+    log: JobLog,
+    scheduler: Scheduler,
+    job: JobRef,
+    ident: TableIdent,
+    catalog: Option<SqlCatalog>,
+    offsets: Option<Arc<OffsetReader>>,
+    /// For `once` / `available_now`: the offsets to stop at, fixed at the first batch.
+    limit: Option<LatestOffsets>,
+    batches_run: u64,
+    last_trigger: Instant,
+}
+
+impl JobRunner {
+    pub fn new(shared: Arc<JobShared>, log: JobLog, scheduler: Scheduler) -> JobRunner {
+        let job = JobRef {
+            job_id: shared.job_id.clone(),
+            spec_json: Arc::new(shared.spec.to_json()),
+        };
+        JobRunner {
+            ident: table_ident(&shared.spec.sink.iceberg),
+            shared,
+            log,
+            scheduler,
+            job,
+            catalog: None,
+            offsets: None,
+            limit: None,
+            batches_run: 0,
+            last_trigger: Instant::now(),
+        }
+    }
+
+    /// The loop; returns the final state (or `Running` when interrupted by shutdown).
+    pub async fn run(mut self) -> (JobState, String) {
+        let trigger = self.shared.spec.trigger();
+        let mut stop = self.shared.stop.subscribe();
+        let mut retry_delay = FIRST_RETRY_DELAY;
+        info!(job = %self.shared.job_id, ?trigger, "job started");
+        loop {
+            match *stop.borrow() {
+                StopRequest::User => return (JobState::Stopped, String::new()),
+                StopRequest::DriverShutdown => return (JobState::Running, String::new()),
+                StopRequest::None => {}
+            }
+            let started = Instant::now();
+            let wait = match self.step().await {
+                Ok(Step::Committed) => {
+                    retry_delay = FIRST_RETRY_DELAY;
+                    self.shared.set(|s| s.message.clear());
+                    self.batches_run += 1;
+                    match trigger {
+                        Trigger::Once => return (JobState::Finished, String::new()),
+                        Trigger::AvailableNow => Duration::ZERO,
+                        Trigger::ProcessingTime(interval) => {
+                            interval.saturating_sub(started.elapsed())
+                        }
+                    }
+                }
+                Ok(Step::Idle) => match trigger {
+                    Trigger::Once | Trigger::AvailableNow => {
+                        return (JobState::Finished, String::new())
+                    }
+                    Trigger::ProcessingTime(interval) => interval.saturating_sub(started.elapsed()),
+                },
+                Err(error) if error.is_user_error() => {
+                    warn!(job = %self.shared.job_id, %error, "job failed");
+                    return (JobState::Failed, error.to_string());
+                }
+                Err(error) => {
+                    warn!(job = %self.shared.job_id, %error, retry_in = ?retry_delay, "batch could not complete; retrying");
+                    let message = format!("retrying in {retry_delay:?}: {error}");
+                    self.shared.set(|s| s.message = message);
+                    if matches!(error, Error::Common(CommonError::Kafka { .. })) {
+                        self.offsets = None;
+                    }
+                    if matches!(error, Error::Common(CommonError::Iceberg { .. })) {
+                        self.catalog = None;
+                    }
+                    let wait = retry_delay;
+                    retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn catalog(&mut self) -> Result<&SqlCatalog> {
+        if self.catalog.is_none() {
+            let catalog = open_catalog(&self.shared.spec.sink.iceberg.catalog).await?;
+            let table = catalog
+                .load_table(&self.ident)
+                .await
+                .map_err(CommonError::iceberg(format!(
+                    "loading table {}",
+                    self.ident
+                )))?;
+            let rows = total_records(&table);
+            self.shared.set(|s| s.total_rows = rows);
+            self.catalog = Some(catalog);
+        }
+        Ok(self.catalog.as_ref().expect("catalog just opened"))
+    }
+
+    async fn latest_offsets(&mut self) -> Result<LatestOffsets> {
+        let kafka = &self.shared.spec.source.kafka;
+        let reader = match &self.offsets {
+            Some(reader) => reader.clone(),
+            None => {
+                let reader = Arc::new(OffsetReader::new(&kafka.bootstrap_servers)?);
+                self.offsets = Some(reader.clone());
+                reader
+            }
+        };
+        let topics = kafka.topics.clone();
+        let latest = tokio::task::spawn_blocking(move || reader.watermarks(&topics))
+            .await
+            .map_err(|e| Error::Timeout {
+                what: format!("Kafka offset lookup ({e})"),
+                seconds: 0,
+            })??;
+        Ok(latest)
+    }
+
+    async fn checkpoint(&self, latest: &LatestOffsets) -> Result<Checkpoint> {
+        if let Some(checkpoint) = self.log.checkpoint().await? {
+            return Ok(checkpoint);
+        }
+        let initial =
+            planner::initial_checkpoint(&self.shared.spec.source.kafka.starting_offsets, latest);
+        self.log.put_initial_checkpoint(&initial).await?;
+        Ok(initial)
+    }
+
+    /// One batch: plan (or recover), run, commit, checkpoint.
+    async fn step(&mut self) -> Result<Step> {
+        let trigger_started = Instant::now();
+        let since_previous_trigger = trigger_started - self.last_trigger;
+        let latest = self.latest_offsets().await?;
+        let checkpoint = self.checkpoint(&latest).await?;
+        let trigger = self.shared.spec.trigger();
+        if self.limit.is_none() && matches!(trigger, Trigger::Once | Trigger::AvailableNow) {
+            self.limit = Some(latest.clone());
+        }
+        let job_id = self.shared.job_id.clone();
+        let last_plan = self.log.last_plan().await?;
+        let pending = match &last_plan {
+            Some(plan) if plan.batch_id > checkpoint.batch_id => {
+                let ident = self.ident.clone();
+                let table = self
+                    .catalog()
+                    .await?
+                    .load_table(&ident)
+                    .await
+                    .map_err(CommonError::iceberg(format!("loading table {ident}")))?;
+                pending_batch(&checkpoint, last_plan, &table, &job_id)
+            }
+            _ => Pending::None,
+        };
+        let plan = match pending {
+            Pending::Committed { plan, snapshot_id } => {
+                info!(job = %job_id, batch = plan.batch_id, snapshot_id, "batch found in the table; recording its commit");
+                let next = record_commit(&self.log, &checkpoint, &plan, snapshot_id).await?;
+                self.shared.set(|s| s.last_committed_batch = next.batch_id);
+                return Ok(Step::Committed);
+            }
+            Pending::Rerun(plan) => {
+                info!(job = %job_id, batch = plan.batch_id, "re-running a logged batch with its ranges");
+                plan
+            }
+            Pending::None => {
+                let capped = planner::cap(&latest, self.limit.as_ref());
+                let now_ms = chrono_now_ms();
+                let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
+                match planner::next_plan(&checkpoint, &capped, max, now_ms) {
+                    Some(plan) => {
+                        self.log.log_plan(&plan).await?;
+                        plan
+                    }
+                    None => return Ok(Step::Idle),
+                }
+            }
+        };
+        self.last_trigger = trigger_started;
+        let span = info_span!("batch", job = %job_id, batch = plan.batch_id);
+        async {
+            let planned = trigger_started.elapsed();
+            let tasks = planner::tasks(&plan, self.shared.spec.parallelism.max_records_per_task);
+            let results = self
+                .scheduler
+                .run_batch(&self.job, plan.batch_id, tasks)
+                .await?;
+            let executed = trigger_started.elapsed() - planned;
+            let files: Vec<String> = results
+                .iter()
+                .flat_map(|r| r.data_files_json.iter().cloned())
+                .collect();
+            let ident = self.ident.clone();
+            let log = self.log.clone();
+            let catalog = self.catalog().await?;
+            let (next, commit_timings) =
+                commit(catalog, &ident, &log, &job_id, &checkpoint, &plan, &files).await?;
+            let timings = BatchTimings {
+                plan: planned,
+                execute: executed,
+                commit: commit_timings,
+                since_previous_trigger,
+            };
+            let progress = batch_progress(&job_id, &plan, &latest, &results, &timings);
+            info!(
+                rows = progress.input_rows,
+                output_rows = progress.output_rows,
+                duration_ms = progress.duration_ms,
+                "batch committed"
+            );
+            self.shared.set(|s| {
+                s.last_committed_batch = next.batch_id;
+                s.total_rows += progress.output_rows;
+            });
+            self.shared.progress.publish(progress);
+            Ok(Step::Committed)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,47 @@
+//! The Sluice driver: accepts jobs, plans each micro-batch from the checkpoint and Kafka's
+//! latest offsets, runs its tasks on executors, and commits the batch to Iceberg and the
+//! checkpoint store exactly once. See DESIGN.md, "The batch lifecycle".
+
+mod committer;
+mod error;
+mod job;
+mod manager;
+mod planner;
+mod progress;
+mod recovery;
+mod registry;
+mod scheduler;
+mod service;
+
+pub use error::{Error, Result};
+pub use service::run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Executors silent for longer than this are declared lost.
+pub const DEFAULT_EXECUTOR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a driver needs to start.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// gRPC listen address for executors and clients.
+    pub bind: SocketAddr,
+    /// etcd endpoints; empty selects the embedded store at `embedded_store`.
+    pub etcd_endpoints: Vec<String>,
+    /// File of the embedded checkpoint store.
+    pub embedded_store: PathBuf,
+    pub executor_timeout: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            bind: "127.0.0.1:50051".parse().expect("valid address"),
+            etcd_endpoints: vec![],
+            embedded_store: PathBuf::from("sluice-data/checkpoints.json"),
+            executor_timeout: DEFAULT_EXECUTOR_TIMEOUT,
+        }
+    }
+}

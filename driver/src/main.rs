@@ -1,0 +1,41 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use sluice_driver::DriverConfig;
+
+/// Sluice driver: plans micro-batches, schedules them on executors, commits them to Iceberg.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// gRPC listen address for executors and clients.
+    #[arg(long, env = "SLUICE_DRIVER_BIND", default_value = "127.0.0.1:50051")]
+    bind: SocketAddr,
+    /// etcd endpoints (comma-separated); without them the embedded store is used.
+    #[arg(long, env = "SLUICE_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Directory of the embedded checkpoint store (used without --etcd).
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "sluice-data")]
+    data_dir: PathBuf,
+    /// Seconds without heartbeat after which an executor is declared lost.
+    #[arg(long, env = "SLUICE_EXECUTOR_TIMEOUT_SECS", default_value_t = 10)]
+    executor_timeout_secs: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    sluice_common::telemetry::init(args.log_json);
+    let config = DriverConfig {
+        bind: args.bind,
+        etcd_endpoints: args.etcd,
+        embedded_store: args.data_dir.join("checkpoints.json"),
+        executor_timeout: Duration::from_secs(args.executor_timeout_secs),
+    };
+    sluice_driver::run(config, sluice_common::telemetry::shutdown_signal()).await?;
+    Ok(())
+}

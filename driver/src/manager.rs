@@ -1,0 +1,218 @@
+//! The job manager: validates and accepts jobs, runs their loops, answers status and stop,
+//! and resumes active jobs from the checkpoint store when the driver starts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_common::checkpoint::{CheckpointStore, JobLog, JobRecord};
+use sluice_common::iceberg_sink::{ensure_table, open_catalog};
+use sluice_common::kafka::OffsetReader;
+use sluice_common::schema::source_schema;
+use sluice_common::spec::JobSpec;
+use sluice_common::{query, JobId};
+use sluice_proto::v1::JobStatus;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::error::{Error, Result};
+use crate::job::{JobRunner, JobShared, JobState, StopRequest};
+use crate::scheduler::Scheduler;
+
+/// How long submit waits for Kafka to answer.
+const SUBMIT_KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
+/// Batches listed in a status reply.
+pub const STATUS_RECENT_BATCHES: usize = 10;
+
+struct JobEntry {
+    shared: Arc<JobShared>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// All jobs this driver knows.
+pub struct JobManager {
+    store: Arc<dyn CheckpointStore>,
+    scheduler: Scheduler,
+    jobs: Mutex<HashMap<JobId, JobEntry>>,
+}
+
+impl JobManager {
+    pub fn new(store: Arc<dyn CheckpointStore>, scheduler: Scheduler) -> Arc<JobManager> {
+        Arc::new(JobManager {
+            store,
+            scheduler,
+            jobs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Validates a spec against Kafka and the catalog, creates the table, starts the job.
+    /// Returns the job id and the table location.
+    pub async fn submit(self: &Arc<Self>, text: &str) -> Result<(JobId, String)> {
+        let spec = JobSpec::parse(text)?;
+        if let Some(entry) = self.jobs.lock().expect("jobs lock").get(&spec.name) {
+            if !entry.shared.state().is_final() {
+                return Err(Error::JobRunning(spec.name.clone()));
+            }
+        }
+        let schema = source_schema(&spec.source.kafka)?;
+        let shape = query::analyze(&spec.sql, schema).await?;
+        if let Some(operator) = shape.exchange {
+            return Err(Error::NeedsShuffle { operator });
+        }
+        check_kafka(&spec).await?;
+        let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
+        let table = ensure_table(&catalog, &spec.sink.iceberg, &shape.output_schema).await?;
+        let location = table.metadata().location().to_string();
+        let record = JobRecord {
+            job_id: spec.name.clone(),
+            spec_json: spec.to_json(),
+            active: true,
+            state: JobState::Running.as_str().into(),
+            message: String::new(),
+        };
+        JobLog::new(self.store.clone(), &spec.name)
+            .put_job(&record)
+            .await?;
+        let job_id = spec.name.clone();
+        info!(job = %job_id, table = %location, "job submitted");
+        self.start(spec);
+        Ok((job_id, location))
+    }
+
+    /// Starts the loops of every active job in the store (driver start-up).
+    pub async fn resume_jobs(self: &Arc<Self>) -> Result<()> {
+        for record in JobLog::all_jobs(self.store.as_ref()).await? {
+            if !record.active {
+                continue;
+            }
+            match JobSpec::parse(&record.spec_json) {
+                Ok(spec) => {
+                    info!(job = %record.job_id, "resuming job from its checkpoint");
+                    self.start(spec);
+                }
+                Err(e) => {
+                    error!(job = %record.job_id, error = %e, "stored spec does not parse; job not resumed")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start(self: &Arc<Self>, spec: JobSpec) {
+        let shared = JobShared::new(spec);
+        let job_id = shared.job_id.clone();
+        let log = JobLog::new(self.store.clone(), &job_id);
+        let runner = JobRunner::new(shared.clone(), log.clone(), self.scheduler.clone());
+        let manager = self.clone();
+        let loop_shared = shared.clone();
+        let handle = tokio::spawn(async move {
+            let (state, message) = runner.run().await;
+            manager.finish(&loop_shared, &log, state, message).await;
+        });
+        self.jobs.lock().expect("jobs lock").insert(
+            job_id,
+            JobEntry {
+                shared,
+                handle: Some(handle),
+            },
+        );
+    }
+
+    /// Records a job's end (unless the driver is only shutting down) and tells watchers.
+    async fn finish(&self, shared: &JobShared, log: &JobLog, state: JobState, message: String) {
+        if state.is_final() {
+            let record = JobRecord {
+                job_id: shared.job_id.clone(),
+                spec_json: shared.spec.to_json(),
+                active: false,
+                state: state.as_str().into(),
+                message: message.clone(),
+            };
+            // The loop has ended; a failed write only means it resumes on restart.
+            if let Err(e) = log.put_job(&record).await {
+                warn!(job = %shared.job_id, error = %e, "could not record the job's end");
+            }
+        }
+        shared.set_final(state, &message);
+        shared
+            .progress
+            .publish_end(&shared.job_id, state.as_str(), &message);
+        info!(job = %shared.job_id, state = state.as_str(), %message, "job ended");
+    }
+
+    fn shared(&self, job_id: &str) -> Result<Arc<JobShared>> {
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .get(job_id)
+            .map(|e| e.shared.clone())
+            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))
+    }
+
+    pub fn job(&self, job_id: &str) -> Result<Arc<JobShared>> {
+        self.shared(job_id)
+    }
+
+    pub fn list(&self) -> Vec<JobStatus> {
+        let mut jobs: Vec<JobStatus> = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .map(|e| e.shared.status(1))
+            .collect();
+        jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        jobs
+    }
+
+    /// Stops a job after its running batch commits; returns once it has stopped.
+    pub async fn stop(&self, job_id: &str) -> Result<()> {
+        let (shared, handle) = {
+            let mut jobs = self.jobs.lock().expect("jobs lock");
+            let entry = jobs
+                .get_mut(job_id)
+                .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
+            (entry.shared.clone(), entry.handle.take())
+        };
+        shared.request_stop(StopRequest::User);
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        Ok(())
+    }
+
+    /// Lets every job finish its running batch and returns when all loops ended.
+    pub async fn shutdown(&self) {
+        let handles: Vec<_> = {
+            let mut jobs = self.jobs.lock().expect("jobs lock");
+            jobs.values_mut()
+                .filter_map(|e| {
+                    e.shared.request_stop(StopRequest::DriverShutdown);
+                    e.handle.take()
+                })
+                .collect()
+        };
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Checks that Kafka answers and every topic exists.
+async fn check_kafka(spec: &JobSpec) -> Result<()> {
+    let kafka = spec.source.kafka.clone();
+    let lookup = tokio::task::spawn_blocking(move || {
+        OffsetReader::new(&kafka.bootstrap_servers)?.partitions(&kafka.topics)
+    });
+    match tokio::time::timeout(SUBMIT_KAFKA_TIMEOUT, lookup).await {
+        Ok(Ok(result)) => result.map(|_| ()).map_err(Error::from),
+        Ok(Err(e)) => Err(Error::Timeout {
+            what: format!("Kafka lookup ({e})"),
+            seconds: 0,
+        }),
+        Err(_) => Err(Error::Timeout {
+            what: format!("Kafka at {}", spec.source.kafka.bootstrap_servers),
+            seconds: SUBMIT_KAFKA_TIMEOUT.as_secs(),
+        }),
+    }
+}

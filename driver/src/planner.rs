@@ -1,0 +1,134 @@
+//! Cutting batches: starting offsets, the next batch's ranges, and its tasks. Pure.
+
+use std::collections::BTreeMap;
+
+use sluice_common::offsets::{
+    cut_ranges, split_ranges, BatchPlan, Checkpoint, OffsetRange, PartitionOffsets, Watermarks,
+};
+use sluice_common::spec::StartingOffsets;
+
+/// Partition watermarks as Kafka reports them.
+pub type LatestOffsets = BTreeMap<(String, i32), Watermarks>;
+
+/// The checkpoint a job starts from: where `starting_offsets` says, per partition.
+pub fn initial_checkpoint(starting: &StartingOffsets, latest: &LatestOffsets) -> Checkpoint {
+    let mut offsets = PartitionOffsets::new();
+    for ((topic, partition), marks) in latest {
+        let start = match starting {
+            StartingOffsets::Latest => marks.high,
+            StartingOffsets::PerPartition(map) => map
+                .get(topic)
+                .and_then(|p| p.get(partition))
+                .copied()
+                .unwrap_or(marks.low),
+            _ => marks.low,
+        };
+        offsets
+            .entry(topic.clone())
+            .or_default()
+            .insert(*partition, start);
+    }
+    Checkpoint::initial(offsets)
+}
+
+/// Caps each partition's latest offset at `limit` (an `available_now` job's end).
+pub fn cap(latest: &LatestOffsets, limit: Option<&LatestOffsets>) -> LatestOffsets {
+    let Some(limit) = limit else {
+        return latest.clone();
+    };
+    latest
+        .iter()
+        .map(|(key, marks)| {
+            let high = limit.get(key).map_or(marks.low, |l| l.high.min(marks.high));
+            (
+                key.clone(),
+                Watermarks {
+                    low: marks.low,
+                    high,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The batch after `checkpoint`, or `None` when there is no new data.
+pub fn next_plan(
+    checkpoint: &Checkpoint,
+    latest: &LatestOffsets,
+    max_offsets: Option<u64>,
+    now_ms: i64,
+) -> Option<BatchPlan> {
+    let ranges = cut_ranges(checkpoint, latest, max_offsets);
+    (!ranges.is_empty()).then(|| BatchPlan {
+        batch_id: checkpoint.batch_id + 1,
+        ranges,
+        planned_at_ms: now_ms,
+    })
+}
+
+/// A batch's tasks: its ranges cut to at most `max_records_per_task` offsets each.
+pub fn tasks(plan: &BatchPlan, max_records_per_task: u64) -> Vec<OffsetRange> {
+    split_ranges(&plan.ranges, max_records_per_task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latest() -> LatestOffsets {
+        [
+            (("t".to_string(), 0), Watermarks { low: 2, high: 10 }),
+            (("t".to_string(), 1), Watermarks { low: 0, high: 4 }),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn starting_offsets_resolve_per_partition() {
+        let earliest = initial_checkpoint(&StartingOffsets::Earliest, &latest());
+        assert_eq!(
+            (earliest.get("t", 0), earliest.get("t", 1)),
+            (Some(2), Some(0))
+        );
+        assert_eq!(earliest.batch_id, -1);
+        let newest = initial_checkpoint(&StartingOffsets::Latest, &latest());
+        assert_eq!(
+            (newest.get("t", 0), newest.get("t", 1)),
+            (Some(10), Some(4))
+        );
+        let given = StartingOffsets::PerPartition([("t".to_string(), [(0, 7)].into())].into());
+        let given = initial_checkpoint(&given, &latest());
+        assert_eq!((given.get("t", 0), given.get("t", 1)), (Some(7), Some(0)));
+    }
+
+    #[test]
+    fn the_first_plan_is_batch_zero_and_latest_start_waits_for_new_data() {
+        let start = initial_checkpoint(&StartingOffsets::Earliest, &latest());
+        let plan = next_plan(&start, &latest(), None, 5).unwrap();
+        assert_eq!(plan.batch_id, 0);
+        assert_eq!(plan.total_offsets(), 12);
+        let newest = initial_checkpoint(&StartingOffsets::Latest, &latest());
+        assert_eq!(next_plan(&newest, &latest(), None, 5), None);
+    }
+
+    #[test]
+    fn available_now_stops_at_the_offsets_seen_at_start() {
+        let at_start = latest();
+        let mut grown = latest();
+        grown.insert(("t".to_string(), 0), Watermarks { low: 2, high: 50 });
+        grown.insert(("t".to_string(), 2), Watermarks { low: 0, high: 9 });
+        let capped = cap(&grown, Some(&at_start));
+        assert_eq!(capped[&("t".to_string(), 0)].high, 10);
+        // A partition created after the start holds nothing for this run.
+        assert_eq!(capped[&("t".to_string(), 2)].high, 0);
+    }
+
+    #[test]
+    fn tasks_split_big_ranges() {
+        let start = initial_checkpoint(&StartingOffsets::Earliest, &latest());
+        let plan = next_plan(&start, &latest(), None, 5).unwrap();
+        let tasks = tasks(&plan, 3);
+        assert_eq!(tasks.len(), 5);
+        assert_eq!(tasks.iter().map(OffsetRange::len).sum::<u64>(), 12);
+    }
+}

@@ -1,0 +1,126 @@
+//! Live executors: registered over gRPC, kept alive by heartbeats, picked for tasks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_proto::v1::executor_client::ExecutorClient;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+/// One registered executor.
+#[derive(Debug)]
+pub struct ExecutorHandle {
+    pub id: String,
+    pub address: String,
+    pub slots: u32,
+    pub client: ExecutorClient<Channel>,
+    /// Tasks this driver has in flight on the executor.
+    pub in_flight: AtomicU32,
+    /// Jobs whose spec the executor has.
+    pub prepared: Mutex<HashSet<String>>,
+    last_seen: Mutex<Instant>,
+}
+
+impl ExecutorHandle {
+    fn load(&self) -> f64 {
+        self.in_flight.load(Ordering::Relaxed) as f64 / self.slots.max(1) as f64
+    }
+}
+
+/// The set of live executors.
+#[derive(Debug)]
+pub struct Registry {
+    executors: Mutex<HashMap<String, Arc<ExecutorHandle>>>,
+    timeout: Duration,
+}
+
+impl Registry {
+    pub fn new(timeout: Duration) -> Registry {
+        Registry {
+            executors: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    /// Adds (or replaces) an executor; the client connects lazily.
+    pub fn register(&self, id: String, address: String, slots: u32) -> Result<(), String> {
+        let endpoint = Channel::from_shared(address.clone())
+            .map_err(|e| format!("invalid executor address {address:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(3));
+        let client = ExecutorClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let handle = Arc::new(ExecutorHandle {
+            id: id.clone(),
+            address: address.clone(),
+            slots: slots.max(1),
+            client,
+            in_flight: AtomicU32::new(0),
+            prepared: Mutex::new(HashSet::new()),
+            last_seen: Mutex::new(Instant::now()),
+        });
+        info!(executor = %id, %address, slots, "executor registered");
+        self.executors
+            .lock()
+            .expect("registry lock")
+            .insert(id, handle);
+        Ok(())
+    }
+
+    /// Records a heartbeat; false when the executor is unknown (it must register again).
+    pub fn heartbeat(&self, id: &str) -> bool {
+        match self.executors.lock().expect("registry lock").get(id) {
+            Some(handle) => {
+                *handle.last_seen.lock().expect("heartbeat lock") = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets an executor that failed a call; it registers again if it is alive.
+    pub fn remove(&self, id: &str, reason: &str) {
+        if self
+            .executors
+            .lock()
+            .expect("registry lock")
+            .remove(id)
+            .is_some()
+        {
+            warn!(executor = %id, reason, "executor removed");
+        }
+    }
+
+    /// Live executors, dropping those whose heartbeats stopped.
+    pub fn alive(&self) -> Vec<Arc<ExecutorHandle>> {
+        let mut executors = self.executors.lock().expect("registry lock");
+        let timeout = self.timeout;
+        executors.retain(|id, handle| {
+            let fresh = handle.last_seen.lock().expect("heartbeat lock").elapsed() < timeout;
+            if !fresh {
+                warn!(executor = %id, "executor lost: no heartbeat");
+            }
+            fresh
+        });
+        executors.values().cloned().collect()
+    }
+
+    /// The least-loaded live executor, avoiding `exclude` when another exists.
+    pub fn pick(&self, exclude: Option<&str>) -> Option<Arc<ExecutorHandle>> {
+        let alive = self.alive();
+        let candidates: Vec<_> = alive
+            .iter()
+            .filter(|h| Some(h.id.as_str()) != exclude)
+            .cloned()
+            .collect();
+        let pool = if candidates.is_empty() {
+            alive
+        } else {
+            candidates
+        };
+        pool.into_iter()
+            .min_by(|a, b| a.load().total_cmp(&b.load()).then_with(|| a.id.cmp(&b.id)))
+    }
+}

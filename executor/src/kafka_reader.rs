@@ -1,0 +1,74 @@
+//! Offset ranges -> decoded Arrow batches. Consumers are pooled per bootstrap address so a
+//! task does not pay for a new connection; offsets are never committed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use arrow::array::RecordBatch;
+use rdkafka::consumer::BaseConsumer;
+use sluice_common::decode::RecordDecoder;
+use sluice_common::kafka::{consumer, read_range};
+use sluice_common::offsets::OffsetRange;
+use sluice_common::Result;
+
+/// Idle consumers, by bootstrap servers.
+#[derive(Default)]
+pub struct ConsumerPool {
+    idle: Mutex<HashMap<String, Vec<BaseConsumer>>>,
+}
+
+/// The decoded records of a task's ranges.
+pub struct TaskInput {
+    pub batches: Vec<RecordBatch>,
+    pub input_rows: u64,
+    pub malformed_skipped: u64,
+}
+
+impl ConsumerPool {
+    fn take(&self, bootstrap_servers: &str) -> Result<BaseConsumer> {
+        let pooled = self
+            .idle
+            .lock()
+            .expect("pool lock")
+            .get_mut(bootstrap_servers)
+            .and_then(Vec::pop);
+        match pooled {
+            Some(c) => Ok(c),
+            None => consumer(bootstrap_servers),
+        }
+    }
+
+    fn give_back(&self, bootstrap_servers: &str, consumer: BaseConsumer) {
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .entry(bootstrap_servers.to_string())
+            .or_default()
+            .push(consumer);
+    }
+
+    /// Reads and decodes every range. Blocking: call from a blocking thread.
+    pub fn read(
+        &self,
+        bootstrap_servers: &str,
+        decoder: &RecordDecoder,
+        ranges: &[OffsetRange],
+    ) -> Result<TaskInput> {
+        let consumer = self.take(bootstrap_servers)?;
+        let mut input = TaskInput {
+            batches: Vec::with_capacity(ranges.len()),
+            input_rows: 0,
+            malformed_skipped: 0,
+        };
+        for range in ranges {
+            // A consumer that failed mid-read is dropped, not pooled.
+            let records = read_range(&consumer, bootstrap_servers, range)?;
+            input.input_rows += records.len() as u64;
+            let decoded = decoder.decode(&range.topic, range.partition, &records)?;
+            input.malformed_skipped += decoded.malformed_skipped;
+            input.batches.push(decoded.batch);
+        }
+        self.give_back(bootstrap_servers, consumer);
+        Ok(input)
+    }
+}

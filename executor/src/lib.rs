@@ -1,0 +1,47 @@
+//! The Sluice executor: registers with the driver, then runs the tasks it is given —
+//! read an exact Kafka offset range, decode, run the job's SQL, write Parquet data files —
+//! and returns the data files' metadata. It never commits anything.
+
+mod error;
+mod kafka_reader;
+mod registration;
+mod service;
+mod task;
+mod writer;
+
+pub use error::{Error, Result};
+pub use service::run;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default task slots per executor.
+pub const DEFAULT_TASK_SLOTS: u32 = 2;
+/// How often an executor heartbeats.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Everything an executor needs to start.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The driver's gRPC URL, e.g. `http://127.0.0.1:50051`.
+    pub driver_url: String,
+    /// Where to listen for tasks; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// Host the driver dials back; the bind address's IP when absent.
+    pub advertise_host: Option<String>,
+    pub task_slots: u32,
+    /// Stable id; a fresh one per process when absent.
+    pub executor_id: Option<String>,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            driver_url: "http://127.0.0.1:50051".into(),
+            bind: "127.0.0.1:0".parse().expect("valid address"),
+            advertise_host: None,
+            task_slots: DEFAULT_TASK_SLOTS,
+            executor_id: None,
+        }
+    }
+}

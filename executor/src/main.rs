@@ -1,0 +1,47 @@
+use std::net::SocketAddr;
+
+use clap::Parser;
+use sluice_executor::{ExecutorConfig, DEFAULT_TASK_SLOTS};
+
+/// Sluice executor: runs micro-batch tasks for a Sluice driver.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The driver's gRPC URL.
+    #[arg(
+        long,
+        env = "SLUICE_DRIVER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    driver: String,
+    /// Address to listen on for tasks (port 0 picks a free port).
+    #[arg(long, env = "SLUICE_EXECUTOR_BIND", default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Host name the driver uses to reach this executor (default: the bind IP).
+    #[arg(long, env = "SLUICE_EXECUTOR_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Tasks run at the same time.
+    #[arg(long, env = "SLUICE_EXECUTOR_SLOTS", default_value_t = DEFAULT_TASK_SLOTS)]
+    slots: u32,
+    /// Stable executor id (default: a fresh one per process).
+    #[arg(long, env = "SLUICE_EXECUTOR_ID")]
+    id: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    sluice_common::telemetry::init(args.log_json);
+    let config = ExecutorConfig {
+        driver_url: args.driver,
+        bind: args.bind,
+        advertise_host: args.advertise_host,
+        task_slots: args.slots,
+        executor_id: args.id,
+    };
+    sluice_executor::run(config, sluice_common::telemetry::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Registering with the driver and heartbeating; registers again when the driver forgets
+//! this executor (a restarted driver) or becomes unreachable for a while.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::v1::driver_client::DriverClient;
+use sluice_proto::v1::{HeartbeatRequest, RegisterExecutorRequest};
+use sluice_proto::PROTOCOL_VERSION;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::HEARTBEAT_INTERVAL;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Who this executor is, as told to the driver.
+pub struct Identity {
+    pub executor_id: String,
+    pub address: String,
+    pub task_slots: u32,
+}
+
+/// Keeps the executor registered until `shutdown` turns true.
+/// Fails only when the driver refuses this executor (protocol mismatch).
+pub async fn stay_registered(
+    driver_url: String,
+    identity: Identity,
+    running_tasks: Arc<AtomicU32>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let endpoint = Channel::from_shared(driver_url.clone()).map_err(|e| Error::DriverUrl {
+        url: driver_url.clone(),
+        message: e.to_string(),
+    })?;
+    let mut backoff = Duration::from_millis(100);
+    let mut registered = false;
+    let mut client: Option<DriverClient<Channel>> = None;
+    while !*shutdown.borrow() {
+        let step = async {
+            let c = match client.as_mut() {
+                Some(c) => c,
+                None => {
+                    let channel = endpoint
+                        .clone()
+                        .connect_timeout(Duration::from_secs(2))
+                        .connect()
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    client.insert(DriverClient::new(channel))
+                }
+            };
+            if !registered {
+                c.register_executor(RegisterExecutorRequest {
+                    executor_id: identity.executor_id.clone(),
+                    address: identity.address.clone(),
+                    task_slots: identity.task_slots,
+                    protocol_version: PROTOCOL_VERSION,
+                })
+                .await?;
+                info!(executor = %identity.executor_id, driver = %driver_url, "registered with the driver");
+                registered = true;
+            }
+            let reply = c
+                .heartbeat(HeartbeatRequest {
+                    executor_id: identity.executor_id.clone(),
+                    protocol_version: PROTOCOL_VERSION,
+                    running_tasks: running_tasks.load(Ordering::Relaxed),
+                })
+                .await?
+                .into_inner();
+            if !reply.known {
+                info!("the driver does not know this executor; registering again");
+                registered = false;
+            }
+            Ok::<(), tonic::Status>(())
+        };
+        let wait = match step.await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                if registered {
+                    HEARTBEAT_INTERVAL
+                } else {
+                    Duration::ZERO
+                }
+            }
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                return Err(Error::Refused(status));
+            }
+            Err(status) => {
+                warn!(driver = %driver_url, error = %status.message(), "driver unreachable; retrying");
+                client = None;
+                registered = false;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    Ok(())
+}

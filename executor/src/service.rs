@@ -1,0 +1,160 @@
+//! The executor's gRPC service and its process lifecycle. Listeners are bound BEFORE the
+//! executor registers, so the driver never dials an address that is not yet served.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use sluice_proto::v1::executor_server::{Executor, ExecutorServer};
+use sluice_proto::v1::{
+    task_result, PrepareJobRequest, PrepareJobResponse, TaskDefinition, TaskFailure, TaskResult,
+};
+use tokio::sync::{watch, RwLock, Semaphore};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::kafka_reader::ConsumerPool;
+use crate::registration::{stay_registered, Identity};
+use crate::task::{failure, run_task, task_ranges, PreparedJob};
+use crate::ExecutorConfig;
+
+struct ExecutorService {
+    jobs: RwLock<HashMap<String, Arc<PreparedJob>>>,
+    pool: Arc<ConsumerPool>,
+    slots: Arc<Semaphore>,
+    running: Arc<AtomicU32>,
+}
+
+fn task_failure(retryable: bool, kind: &str, message: String) -> TaskResult {
+    TaskResult {
+        outcome: Some(task_result::Outcome::Failure(TaskFailure {
+            retryable,
+            kind: kind.into(),
+            message,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Executor for ExecutorService {
+    async fn prepare_job(
+        &self,
+        request: Request<PrepareJobRequest>,
+    ) -> Result<Response<PrepareJobResponse>, Status> {
+        let request = request.into_inner();
+        if request.job_id.is_empty() {
+            return Err(Status::invalid_argument("job_id is missing"));
+        }
+        let job = PreparedJob::prepare(&request.spec_json)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("job {}: {e}", request.job_id)))?;
+        self.jobs
+            .write()
+            .await
+            .insert(request.job_id.clone(), Arc::new(job));
+        info!(job = %request.job_id, "job prepared");
+        Ok(Response::new(PrepareJobResponse {}))
+    }
+
+    async fn run_task(
+        &self,
+        request: Request<TaskDefinition>,
+    ) -> Result<Response<TaskResult>, Status> {
+        let task = request.into_inner();
+        let ranges = task_ranges(&task).map_err(Status::invalid_argument)?;
+        let Some(job) = self.jobs.read().await.get(&task.job_id).cloned() else {
+            return Ok(Response::new(task_failure(
+                true,
+                "unknown_job",
+                format!("job {} is not prepared on this executor", task.job_id),
+            )));
+        };
+        let _slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("executor is shutting down"))?;
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let outcome = run_task(job, self.pool.clone(), &task, ranges).await;
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        let outcome = match outcome {
+            Ok(success) => task_result::Outcome::Success(success),
+            Err(error) => {
+                warn!(job = %task.job_id, batch = task.batch_id, task = task.task_id, %error, "task failed");
+                task_result::Outcome::Failure(failure(&error))
+            }
+        };
+        Ok(Response::new(TaskResult {
+            outcome: Some(outcome),
+        }))
+    }
+}
+
+/// Runs an executor until `shutdown` completes; running tasks finish first.
+pub async fn run(
+    config: ExecutorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let host = config
+        .advertise_host
+        .clone()
+        .unwrap_or_else(|| local.ip().to_string());
+    let identity = Identity {
+        executor_id: config
+            .executor_id
+            .clone()
+            .unwrap_or_else(|| format!("executor-{}", uuid::Uuid::new_v4().simple())),
+        address: format!("http://{host}:{}", local.port()),
+        task_slots: config.task_slots.max(1),
+    };
+    info!(executor = %identity.executor_id, address = %identity.address, slots = identity.task_slots, "executor listening");
+    let running = Arc::new(AtomicU32::new(0));
+    let service = ExecutorService {
+        jobs: RwLock::new(HashMap::new()),
+        pool: Arc::new(ConsumerPool::default()),
+        slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
+        running: running.clone(),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let registration = tokio::spawn(stay_registered(
+        config.driver_url.clone(),
+        identity,
+        running,
+        stop_rx.clone(),
+    ));
+    let mut server_stop = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(ExecutorServer::new(service).max_decoding_message_size(64 << 20))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = server_stop.wait_for(|stop| *stop).await;
+        });
+    tokio::select! {
+        served = server => served?,
+        registered = registration => {
+            // Registration ends early only when refused.
+            if let Ok(Err(e)) = registered {
+                return Err(e);
+            }
+        }
+    }
+    info!("executor stopped");
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Running one task: read its offset ranges, run the job's SQL, write data files.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use iceberg::table::Table;
+use iceberg::Catalog;
+use sluice_common::decode::RecordDecoder;
+use sluice_common::iceberg_sink::{
+    data_files_to_json, open_catalog, table_arrow_schema, table_ident,
+};
+use sluice_common::offsets::OffsetRange;
+use sluice_common::spec::JobSpec;
+use sluice_common::{query, Error, Result};
+use sluice_proto::v1::{TaskDefinition, TaskFailure, TaskSuccess};
+use tracing::{debug, Instrument};
+
+use crate::kafka_reader::ConsumerPool;
+use crate::writer::write_data_files;
+
+/// A job as an executor keeps it: spec, decoder and sink table, loaded once.
+pub struct PreparedJob {
+    pub spec: JobSpec,
+    decoder: RecordDecoder,
+    table: Table,
+    table_schema: SchemaRef,
+}
+
+impl PreparedJob {
+    /// Parses the spec and loads the sink table (created by the driver at submit).
+    pub async fn prepare(spec_json: &str) -> Result<PreparedJob> {
+        let spec = JobSpec::parse(spec_json)?;
+        let decoder = RecordDecoder::new(&spec.source.kafka)?;
+        let sink = &spec.sink.iceberg;
+        let catalog = open_catalog(&sink.catalog).await?;
+        let ident = table_ident(sink);
+        let table = catalog
+            .load_table(&ident)
+            .await
+            .map_err(Error::iceberg(format!("loading table {ident}")))?;
+        let table_schema = table_arrow_schema(&table)?;
+        Ok(PreparedJob {
+            spec,
+            decoder,
+            table,
+            table_schema,
+        })
+    }
+}
+
+/// Parses a task's ranges; a malformed request is reported, never unwrapped.
+pub fn task_ranges(task: &TaskDefinition) -> Result<Vec<OffsetRange>, String> {
+    task.ranges
+        .iter()
+        .map(|r| {
+            if r.topic.is_empty() || r.partition < 0 || r.start < 0 || r.end < r.start {
+                Err(format!("invalid offset range {r:?}"))
+            } else {
+                Ok(OffsetRange {
+                    topic: r.topic.clone(),
+                    partition: r.partition,
+                    start: r.start,
+                    end: r.end,
+                })
+            }
+        })
+        .collect()
+}
+
+/// The failure sent back to the driver for an error.
+pub fn failure(error: &Error) -> TaskFailure {
+    TaskFailure {
+        retryable: !error.is_user_error(),
+        kind: error.kind().to_string(),
+        message: error.to_string(),
+    }
+}
+
+/// Runs one task to completion.
+pub async fn run_task(
+    job: Arc<PreparedJob>,
+    pool: Arc<ConsumerPool>,
+    task: &TaskDefinition,
+    ranges: Vec<OffsetRange>,
+) -> Result<TaskSuccess> {
+    let span = tracing::info_span!("task", job = %task.job_id, batch = task.batch_id, task = task.task_id, attempt = task.attempt);
+    async move {
+        let started = Instant::now();
+        let input = {
+            let job = job.clone();
+            let span = tracing::info_span!("kafka_read");
+            tokio::task::spawn_blocking(move || {
+                let _enter = span.enter();
+                pool.read(
+                    &job.spec.source.kafka.bootstrap_servers,
+                    &job.decoder,
+                    &ranges,
+                )
+            })
+            .await
+            .map_err(|e| Error::Io {
+                context: "reader thread".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??
+        };
+        let read_ms = started.elapsed().as_millis();
+        let output = query::run(&job.spec.sql, job.decoder.schema(), input.batches)
+            .instrument(tracing::info_span!("execute"))
+            .await?;
+        let output_rows: usize = output.iter().map(|b| b.num_rows()).sum();
+        let prefix = format!(
+            "{}-b{}-t{}-a{}-{}",
+            task.job_id,
+            task.batch_id,
+            task.task_id,
+            task.attempt,
+            uuid::Uuid::new_v4().simple()
+        );
+        let files = write_data_files(&job.table, &job.table_schema, &output, prefix)
+            .instrument(tracing::info_span!("write"))
+            .await?;
+        let data_files_json = data_files_to_json(&job.table, files)?;
+        debug!(
+            input_rows = input.input_rows,
+            output_rows,
+            read_ms,
+            total_ms = started.elapsed().as_millis(),
+            "task done"
+        );
+        Ok(TaskSuccess {
+            data_files_json,
+            input_rows: input.input_rows,
+            output_rows: output_rows as u64,
+            malformed_skipped: input.malformed_skipped,
+        })
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,346 @@
+//! Fixtures for end-to-end tests: real etcd, a mock Kafka cluster hosted by the test, and
+//! the real `sluice-driver` / `sluice-executor` binaries, each with its own log file.
+//! Every child is killed when the fixture drops.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use iceberg::Catalog;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use sluice_common::iceberg_sink::{open_catalog, table_ident};
+use sluice_common::spec::JobSpec;
+use sluice_common::synthetic::{produce_orders, producer};
+use sluice_common::testing::{free_port, EtcdServer};
+use sluice_proto::v1::driver_client::DriverClient;
+use sluice_proto::v1::{GetJobStatusRequest, JobStatus, SubmitJobRequest};
+use tonic::transport::Channel;
+
+/// Where cargo put the binaries (`target/debug`), found from the test executable.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A cluster of real processes for one test.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub etcd: EtcdServer,
+    pub kafka: MockCluster<'static, DefaultProducerContext>,
+    pub driver_port: u16,
+    driver: Option<Child>,
+    executors: Vec<Child>,
+    starts: HashMap<String, u32>,
+}
+
+impl TestCluster {
+    /// Starts etcd, a mock Kafka cluster with `topic` of `partitions`, a driver and
+    /// `executors` executors.
+    pub async fn start(topic: &str, partitions: i32, executors: usize) -> Result<TestCluster> {
+        let dir = tempfile::Builder::new().prefix("sluice-it-").tempdir()?;
+        std::fs::create_dir_all(dir.path().join("logs"))?;
+        let etcd = EtcdServer::start().map_err(anyhow::Error::msg)?;
+        let kafka = MockCluster::new(1).context("mock Kafka cluster")?;
+        kafka.create_topic(topic, partitions, 1)?;
+        let mut cluster = TestCluster {
+            dir,
+            etcd,
+            kafka,
+            driver_port: free_port(),
+            driver: None,
+            executors: Vec::new(),
+            starts: HashMap::new(),
+        };
+        cluster.start_driver()?;
+        for _ in 0..executors {
+            cluster.start_executor()?;
+        }
+        cluster.wait_for_driver().await?;
+        Ok(cluster)
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.kafka.bootstrap_servers()
+    }
+
+    pub fn driver_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.driver_port)
+    }
+
+    fn log(&mut self, name: &str) -> Result<std::fs::File> {
+        let n = self.starts.entry(name.to_string()).or_insert(0);
+        *n += 1;
+        let path = self.dir.path().join("logs").join(format!("{name}-{n}.log"));
+        Ok(std::fs::File::create(path)?)
+    }
+
+    /// Starts (or restarts) the driver on the same port, with the same etcd.
+    pub fn start_driver(&mut self) -> Result<()> {
+        let log = self.log("driver")?;
+        let child = Command::new(binary("sluice-driver"))
+            .args(["--bind", &format!("127.0.0.1:{}", self.driver_port)])
+            .args(["--etcd", &self.etcd.endpoint()])
+            .args(["--executor-timeout-secs", "5"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.driver = Some(child);
+        Ok(())
+    }
+
+    pub fn start_executor(&mut self) -> Result<()> {
+        let id = format!("executor-{}", self.executors.len());
+        let log = self.log(&id)?;
+        let child = Command::new(binary("sluice-executor"))
+            .args(["--driver", &self.driver_url(), "--id", &id])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.executors.push(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the driver: no chance to finish anything.
+    pub fn kill_driver(&mut self) {
+        if let Some(mut driver) = self.driver.take() {
+            let _ = driver.kill();
+            let _ = driver.wait();
+        }
+    }
+
+    /// SIGTERMs the driver and waits for it to exit.
+    pub fn terminate_driver(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut driver = self.driver.take().context("no driver running")?;
+        kill(Pid::from_raw(driver.id() as i32), Signal::SIGTERM)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = driver.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = driver.kill();
+                bail!("the driver did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn wait_for_driver(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut client) = self.client().await {
+                if client
+                    .list_jobs(sluice_proto::v1::ListJobsRequest {})
+                    .await
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "driver did not come up; logs in {}",
+                    self.dir.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Result<DriverClient<Channel>> {
+        Ok(DriverClient::connect(self.driver_url()).await?)
+    }
+
+    /// Produces order events `first..first+count` round-robin over `partitions`.
+    pub fn produce_orders(
+        &self,
+        topic: &str,
+        partitions: i32,
+        first: u64,
+        count: u64,
+    ) -> Result<()> {
+        let producer = producer(&self.bootstrap_servers())?;
+        produce_orders(&producer, topic, partitions, first, count, None, |_| {})?;
+        Ok(())
+    }
+
+    /// Produces raw values to one partition.
+    pub fn produce_raw(&self, topic: &str, partition: i32, values: &[&str]) -> Result<()> {
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap_servers())
+            .create()?;
+        for value in values {
+            producer
+                .send(
+                    BaseRecord::<str, str>::to(topic)
+                        .payload(value)
+                        .partition(partition),
+                )
+                .map_err(|(e, _)| e)?;
+        }
+        producer.flush(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// A spec over `topic` writing to `table`, with `sql` and `extra` YAML lines for the source.
+    pub fn spec(
+        &self,
+        name: &str,
+        topic: &str,
+        sql: &str,
+        trigger: &str,
+        source_extra: &str,
+    ) -> String {
+        let dir = self.dir.path().display();
+        format!(
+            r#"name: {name}
+source:
+  kafka:
+    bootstrap_servers: "{bootstrap}"
+    topics: [{topic}]
+    format: json
+    schema: {schema}
+{source_extra}
+trigger: {trigger}
+sql: "{sql}"
+sink:
+  iceberg:
+    catalog: {{type: sql, uri: "sqlite://{dir}/catalog.db", warehouse: "file://{dir}/warehouse"}}
+    namespace: test
+    table: {name_table}
+parallelism: {{max_records_per_task: 20000}}
+"#,
+            bootstrap = self.bootstrap_servers(),
+            schema = sluice_common::synthetic::ORDER_SCHEMA_YAML,
+            name_table = name.replace('-', "_"),
+        )
+    }
+
+    pub async fn submit(&self, spec: &str) -> Result<String, tonic::Status> {
+        let mut client = self
+            .client()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(client
+            .submit_job(SubmitJobRequest {
+                spec: spec.to_string(),
+            })
+            .await?
+            .into_inner()
+            .job_id)
+    }
+
+    pub async fn status(&self, job: &str) -> Result<JobStatus> {
+        let mut client = self.client().await?;
+        Ok(client
+            .get_job_status(GetJobStatusRequest {
+                job_id: job.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Polls the job's status until `done` holds; fails after `timeout`.
+    pub async fn wait_for(
+        &self,
+        job: &str,
+        timeout: Duration,
+        done: impl Fn(&JobStatus) -> bool,
+    ) -> Result<JobStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Ok(status) = self.status(job).await {
+                if done(&status) {
+                    return Ok(status);
+                }
+                last = Some(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "job {job} did not reach the expected state within {timeout:?}; last status {last:?}; logs in {}",
+                    self.dir.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every row of the job's table, read back with the `iceberg` crate.
+    pub async fn table_rows(&self, spec: &str) -> Result<Vec<RecordBatch>> {
+        let spec = JobSpec::parse(spec)?;
+        let sink = &spec.sink.iceberg;
+        let catalog = open_catalog(&sink.catalog).await?;
+        let table = catalog.load_table(&table_ident(sink)).await?;
+        if table.metadata().current_snapshot().is_none() {
+            return Ok(vec![]);
+        }
+        let stream = table.scan().select_all().build()?.to_arrow().await?;
+        Ok(stream.try_collect().await?)
+    }
+
+    /// The table's snapshots' `sluice.batch-id` values, in commit order.
+    pub async fn committed_batches(&self, spec: &str) -> Result<Vec<String>> {
+        let spec = JobSpec::parse(spec)?;
+        let sink = &spec.sink.iceberg;
+        let catalog = open_catalog(&sink.catalog).await?;
+        let table = catalog.load_table(&table_ident(sink)).await?;
+        Ok(table
+            .metadata()
+            .snapshots()
+            .filter_map(|s| {
+                s.summary()
+                    .additional_properties
+                    .get("sluice.batch-id")
+                    .cloned()
+            })
+            .collect())
+    }
+
+    /// The last lines of every process log, for failure messages.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut entries: Vec<_> = std::fs::read_dir(self.dir.path().join("logs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        entries.sort();
+        for path in entries {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("==> {} <==\n", path.display()));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in self.driver.iter_mut().chain(self.executors.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

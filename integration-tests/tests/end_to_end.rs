@@ -1,0 +1,277 @@
+//! End-to-end: real etcd, mock Kafka, the driver binary and two executor binaries.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+use sluice_common::synthetic::Order;
+use sluice_integration_tests::TestCluster;
+
+const EVENTS: u64 = 200_000;
+const PARTITIONS: i32 = 4;
+const FILTER_SQL: &str = "SELECT order_id, product_id, amount, _partition AS kafka_partition, \
+                          _offset AS kafka_offset FROM source WHERE product_id <= 25";
+
+/// One committed row: (partition, offset, order id, product, amount in cents).
+type Row = (i32, i64, String, i64, i64);
+
+fn rows(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for b in batches {
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .unwrap_or_else(|| panic!("column {name}"))
+        };
+        let partitions = col("kafka_partition").as_primitive::<Int32Type>();
+        let offsets = col("kafka_offset").as_primitive::<Int64Type>();
+        let ids = col("order_id").as_string::<i32>();
+        let products = col("product_id").as_primitive::<Int64Type>();
+        let amounts = col("amount").as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            rows.push((
+                partitions.value(i),
+                offsets.value(i),
+                ids.value(i).to_string(),
+                products.value(i),
+                (amounts.value(i) * 100.0).round() as i64,
+            ));
+        }
+    }
+    rows
+}
+
+/// The rows the filter job must produce for events 0..EVENTS, produced round-robin.
+fn expected_rows() -> Vec<Row> {
+    (0..EVENTS)
+        .map(|seq| (seq, Order::new(seq, 0)))
+        .filter(|(_, o)| o.product_id <= 25)
+        .map(|(seq, o)| {
+            let partition = (seq % PARTITIONS as u64) as i32;
+            let offset = (seq / PARTITIONS as u64) as i64;
+            (partition, offset, o.order_id, o.product_id, o.amount_cents)
+        })
+        .collect()
+}
+
+/// Each Kafka (partition, offset) once, and exactly the expected rows.
+fn assert_exactly_once(mut actual: Vec<Row>, logs: impl Fn() -> String) {
+    let mut coordinates = HashSet::new();
+    for row in &actual {
+        assert!(
+            coordinates.insert((row.0, row.1)),
+            "partition {} offset {} committed twice\n{}",
+            row.0,
+            row.1,
+            logs()
+        );
+    }
+    let mut expected = expected_rows();
+    assert_eq!(actual.len(), expected.len(), "row count\n{}", logs());
+    actual.sort();
+    expected.sort();
+    assert!(
+        actual == expected,
+        "committed rows differ from the input\n{}",
+        logs()
+    );
+}
+
+fn assert_unique_batches(batches: &[String]) {
+    let unique: HashSet<_> = batches.iter().collect();
+    assert_eq!(
+        unique.len(),
+        batches.len(),
+        "a batch was committed twice: {batches:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_job_commits_every_record_exactly_once() {
+    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let spec = cluster.spec(
+        "filter-once",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        "    max_offsets_per_trigger: 80000",
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    let status = cluster
+        .wait_for(&job, Duration::from_secs(240), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(
+        status.state,
+        "FINISHED",
+        "{status:?}\n{}",
+        cluster.logs_tail(40)
+    );
+    // 200,000 offsets at most 80,000 per batch: three batches.
+    assert_eq!(status.last_committed_batch, 2);
+    let batches = cluster.committed_batches(&spec).await.unwrap();
+    assert_eq!(batches, vec!["0", "1", "2"]);
+    let table = cluster.table_rows(&spec).await.unwrap();
+    assert_exactly_once(rows(&table), || cluster.logs_tail(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_killed_mid_stream_loses_and_duplicates_nothing() {
+    let mut cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let spec = cluster.spec(
+        "filter-killed",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        "    max_offsets_per_trigger: 15000",
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    // Kill the driver twice, each time while batches are running.
+    for committed in [1, 5] {
+        cluster
+            .wait_for(&job, Duration::from_secs(120), |s| {
+                s.last_committed_batch >= committed
+            })
+            .await
+            .unwrap();
+        cluster.kill_driver();
+        cluster.start_driver().unwrap();
+        cluster.wait_for_driver().await.unwrap();
+    }
+    let status = cluster
+        .wait_for(&job, Duration::from_secs(240), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(
+        status.state,
+        "FINISHED",
+        "{status:?}\n{}",
+        cluster.logs_tail(40)
+    );
+    assert_unique_batches(&cluster.committed_batches(&spec).await.unwrap());
+    let table = cluster.table_rows(&spec).await.unwrap();
+    assert_exactly_once(rows(&table), || cluster.logs_tail(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
+    let cluster = TestCluster::start("dirty", 2, 2).await.unwrap();
+    cluster.produce_orders("dirty", 2, 0, 100).unwrap();
+    // Partition 1 now holds offsets 0..50; the bad record lands at offset 50.
+    cluster
+        .produce_raw("dirty", 1, &["{\"order_id\": \"o-x\", \"amount\": "])
+        .unwrap();
+    let sql = "SELECT order_id, _partition AS p, _offset AS o FROM source";
+    let failing = cluster.spec(
+        "strict",
+        "dirty",
+        sql,
+        "{available_now: true}",
+        "    on_malformed: fail",
+    );
+    let job = cluster.submit(&failing).await.unwrap();
+    let status = cluster
+        .wait_for(&job, Duration::from_secs(120), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(status.state, "FAILED", "{status:?}");
+    assert!(status.message.contains("dirty/1@50"), "{}", status.message);
+    assert_eq!(status.last_committed_batch, -1);
+    assert!(cluster.table_rows(&failing).await.unwrap().is_empty());
+
+    let skipping = cluster.spec(
+        "lenient",
+        "dirty",
+        sql,
+        "{available_now: true}",
+        "    on_malformed: skip",
+    );
+    let job = cluster.submit(&skipping).await.unwrap();
+    let status = cluster
+        .wait_for(&job, Duration::from_secs(120), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(status.state, "FINISHED", "{status:?}");
+    let skipped: u64 = status
+        .recent_batches
+        .iter()
+        .map(|b| b.malformed_skipped)
+        .sum();
+    assert_eq!(skipped, 1);
+    let committed: usize = cluster
+        .table_rows(&skipping)
+        .await
+        .unwrap()
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(committed, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_are_refused_at_submit_with_the_cause() {
+    let cluster = TestCluster::start("orders", 1, 1).await.unwrap();
+    let refused = |spec: String| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .submit(&spec)
+                .await
+                .expect_err("the job must be refused")
+        }
+    };
+    let trigger = "{available_now: true}";
+
+    let status = refused(cluster.spec("a", "orders", "SELECT nope FROM source", trigger, "")).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("nope"), "{}", status.message());
+
+    let grouped = "SELECT product_id, count(*) AS n FROM source GROUP BY product_id";
+    let status = refused(cluster.spec("b", "orders", grouped, trigger, "")).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("shuffle"), "{}", status.message());
+
+    let status =
+        refused(cluster.spec("c", "missing", "SELECT order_id FROM source", trigger, "")).await;
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("missing"), "{}", status.message());
+
+    let bad_field = cluster.spec(
+        "d",
+        "orders",
+        "SELECT order_id FROM source",
+        "{every: 1s}",
+        "",
+    );
+    let status = refused(bad_field).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("every"), "{}", status.message());
+
+    let port = sluice_common::testing::free_port();
+    let unreachable = cluster
+        .spec("e", "orders", "SELECT order_id FROM source", trigger, "")
+        .replace(&cluster.bootstrap_servers(), &format!("127.0.0.1:{port}"));
+    let status = refused(unreachable).await;
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains(&port.to_string()),
+        "{}",
+        status.message()
+    );
+
+    // Nothing was started by any refused submit.
+    let mut client = cluster.client().await.unwrap();
+    let jobs = client
+        .list_jobs(sluice_proto::v1::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(jobs.is_empty(), "{jobs:?}");
+}
