@@ -26,7 +26,7 @@ demo: prerequisites
 
 # Builds every binary (integration tests start them as processes), then runs every test.
 test: prerequisites
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace -- --test-threads=2
 
 check:
