@@ -27,7 +27,7 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     sluice_common::telemetry::init(args.log_json);
     let config = DriverConfig {
@@ -36,6 +36,12 @@ async fn main() -> anyhow::Result<()> {
         embedded_store: args.data_dir.join("checkpoints.json"),
         executor_timeout: Duration::from_secs(args.executor_timeout_secs),
     };
-    sluice_driver::run(config, sluice_common::telemetry::shutdown_signal()).await?;
-    Ok(())
+    match sluice_driver::run(config, sluice_common::telemetry::shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

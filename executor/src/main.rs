@@ -32,7 +32,7 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     sluice_common::telemetry::init(args.log_json);
     let config = ExecutorConfig {
@@ -42,6 +42,12 @@ async fn main() -> anyhow::Result<()> {
         task_slots: args.slots,
         executor_id: args.id,
     };
-    sluice_executor::run(config, sluice_common::telemetry::shutdown_signal()).await?;
-    Ok(())
+    match sluice_executor::run(config, sluice_common::telemetry::shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
