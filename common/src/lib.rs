@@ -2,8 +2,10 @@
 //! record decoding, the Iceberg sink and telemetry.
 
 pub mod checkpoint;
+pub mod data_files;
 pub mod decode;
 pub mod error;
+pub mod failpoint;
 pub mod iceberg_sink;
 pub mod kafka;
 pub mod offsets;

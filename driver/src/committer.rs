@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use iceberg::TableIdent;
 use iceberg_catalog_sql::SqlCatalog;
 use sluice_common::checkpoint::JobLog;
+use sluice_common::failpoint;
 use sluice_common::iceberg_sink::commit_batch;
 use sluice_common::offsets::{BatchPlan, Checkpoint};
 
@@ -37,8 +38,10 @@ pub async fn commit(
     } else {
         commit_batch(catalog, ident, job_id, plan.batch_id, data_files).await?
     };
+    failpoint::hit(failpoint::SNAPSHOT_COMMITTED, plan.batch_id);
     let commit = started.elapsed();
     let next = record_commit(log, checkpoint, plan, snapshot_id).await?;
+    failpoint::hit(failpoint::CHECKPOINT_WRITTEN, plan.batch_id);
     Ok((
         next,
         CommitTimings {

@@ -3,17 +3,20 @@
 //! backoff; user failures (bad data, bad SQL) fail it. Every batch is logged before it
 //! runs, so a retry re-runs exactly the same ranges.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 use iceberg_catalog_sql::SqlCatalog;
 use sluice_common::checkpoint::JobLog;
+use sluice_common::data_files::{delete_batch_files_except, names_of, snapshot_file_names};
 use sluice_common::iceberg_sink::{open_catalog, table_ident, total_records};
 use sluice_common::kafka::OffsetReader;
 use sluice_common::offsets::Checkpoint;
 use sluice_common::spec::{JobSpec, Trigger};
-use sluice_common::{Error as CommonError, JobId};
+use sluice_common::{failpoint, BatchId, Error as CommonError, JobId};
 use sluice_proto::v1::JobStatus;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
@@ -162,6 +165,7 @@ pub struct JobRunner {
     job: JobRef,
     ident: TableIdent,
     catalog: Option<SqlCatalog>,
+    table_location: Option<String>,
     offsets: Option<Arc<OffsetReader>>,
     /// For `once` / `available_now`: the offsets to stop at, fixed at the first batch.
     limit: Option<LatestOffsets>,
@@ -182,6 +186,7 @@ impl JobRunner {
             scheduler,
             job,
             catalog: None,
+            table_location: None,
             offsets: None,
             limit: None,
             batches_run: 0,
@@ -259,9 +264,33 @@ impl JobRunner {
                 )))?;
             let rows = total_records(&table);
             self.shared.set(|s| s.total_rows = rows);
+            self.table_location = Some(table.metadata().location().to_string());
             self.catalog = Some(catalog);
         }
         Ok(self.catalog.as_ref().expect("catalog just opened"))
+    }
+
+    async fn load_table(&mut self) -> Result<Table> {
+        let ident = self.ident.clone();
+        Ok(self
+            .catalog()
+            .await?
+            .load_table(&ident)
+            .await
+            .map_err(CommonError::iceberg(format!("loading table {ident}")))?)
+    }
+
+    /// Deletes the batch's data files that are not in `keep` (best effort: a failure
+    /// leaves garbage, never loses data).
+    async fn clean(&mut self, batch: BatchId, keep: &HashSet<String>) {
+        if let Err(error) = self.catalog().await {
+            warn!(batch, %error, "cannot clean up data files");
+            return;
+        }
+        let location = self.table_location.clone().unwrap_or_default();
+        if let Err(error) = delete_batch_files_except(&location, &self.shared.job_id, batch, keep) {
+            warn!(batch, %error, "cannot clean up data files");
+        }
     }
 
     async fn latest_offsets(&mut self) -> Result<LatestOffsets> {
@@ -308,36 +337,40 @@ impl JobRunner {
         let last_plan = self.log.last_plan().await?;
         let pending = match &last_plan {
             Some(plan) if plan.batch_id > checkpoint.batch_id => {
-                let ident = self.ident.clone();
-                let table = self
-                    .catalog()
-                    .await?
-                    .load_table(&ident)
-                    .await
-                    .map_err(CommonError::iceberg(format!("loading table {ident}")))?;
-                pending_batch(&checkpoint, last_plan, &table, &job_id)
+                let table = self.load_table().await?;
+                let pending = pending_batch(&checkpoint, last_plan, &table, &job_id);
+                let keep = match &pending {
+                    Pending::Committed { snapshot_id, .. } => {
+                        snapshot_file_names(&table, *snapshot_id).await?
+                    }
+                    _ => HashSet::new(),
+                };
+                (pending, keep)
             }
-            _ => Pending::None,
+            _ => (Pending::None, HashSet::new()),
         };
-        let plan = match pending {
-            Pending::Committed { plan, snapshot_id } => {
+        let (plan, rerun) = match pending {
+            (Pending::Committed { plan, snapshot_id }, keep) => {
                 info!(job = %job_id, batch = plan.batch_id, snapshot_id, "batch found in the table; recording its commit");
+                self.clean(plan.batch_id, &keep).await;
                 let next = record_commit(&self.log, &checkpoint, &plan, snapshot_id).await?;
                 self.shared.set(|s| s.last_committed_batch = next.batch_id);
                 return Ok(Step::Committed);
             }
-            Pending::Rerun(plan) => {
+            (Pending::Rerun(plan), _) => {
                 info!(job = %job_id, batch = plan.batch_id, "re-running a logged batch with its ranges");
-                plan
+                self.clean(plan.batch_id, &HashSet::new()).await;
+                (plan, true)
             }
-            Pending::None => {
+            (Pending::None, _) => {
                 let capped = planner::cap(&latest, self.limit.as_ref());
                 let now_ms = chrono_now_ms();
                 let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
                 match planner::next_plan(&checkpoint, &capped, max, now_ms) {
                     Some(plan) => {
                         self.log.log_plan(&plan).await?;
-                        plan
+                        failpoint::hit(failpoint::PLAN_LOGGED, plan.batch_id);
+                        (plan, false)
                     }
                     None => return Ok(Step::Idle),
                 }
@@ -348,12 +381,22 @@ impl JobRunner {
         async {
             let planned = trigger_started.elapsed();
             let tasks = planner::tasks(&plan, self.shared.spec.parallelism.max_records_per_task);
-            let results = self
+            let results = match self
                 .scheduler
                 .run_batch(&self.job, plan.batch_id, tasks)
-                .await?;
+                .await
+            {
+                Ok(results) => results,
+                Err(error) => {
+                    // Nothing of the batch is committed: its files are garbage.
+                    self.clean(plan.batch_id, &HashSet::new()).await;
+                    return Err(error);
+                }
+            };
+            failpoint::hit(failpoint::FILES_WRITTEN, plan.batch_id);
             let executed = trigger_started.elapsed() - planned;
             let files: Vec<String> = results
+                .tasks
                 .iter()
                 .flat_map(|r| r.data_files_json.iter().cloned())
                 .collect();
@@ -362,13 +405,16 @@ impl JobRunner {
             let catalog = self.catalog().await?;
             let (next, commit_timings) =
                 commit(catalog, &ident, &log, &job_id, &checkpoint, &plan, &files).await?;
+            if results.retried || rerun {
+                self.clean(plan.batch_id, &names_of(&files)).await;
+            }
             let timings = BatchTimings {
                 plan: planned,
                 execute: executed,
                 commit: commit_timings,
                 since_previous_trigger,
             };
-            let progress = batch_progress(&job_id, &plan, &latest, &results, &timings);
+            let progress = batch_progress(&job_id, &plan, &latest, &results.tasks, &timings);
             info!(
                 rows = progress.input_rows,
                 output_rows = progress.output_rows,

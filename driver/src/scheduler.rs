@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
+use sluice_common::failpoint;
 use sluice_common::offsets::OffsetRange;
 use sluice_common::BatchId;
 use sluice_proto::v1::{self, task_result, PrepareJobRequest, TaskDefinition, TaskSuccess};
@@ -27,6 +28,14 @@ pub struct Scheduler {
     registry: Arc<Registry>,
 }
 
+/// The successful results of a batch's tasks.
+#[derive(Debug)]
+pub struct BatchResults {
+    pub tasks: Vec<TaskSuccess>,
+    /// Whether some task needed more than one attempt (earlier attempts may have left files).
+    pub retried: bool,
+}
+
 /// The job a batch belongs to, as executors need it.
 #[derive(Debug, Clone)]
 pub struct JobRef {
@@ -46,12 +55,16 @@ impl Scheduler {
         job: &JobRef,
         batch: BatchId,
         tasks: Vec<OffsetRange>,
-    ) -> Result<Vec<TaskSuccess>> {
+    ) -> Result<BatchResults> {
         let runs = tasks
             .into_iter()
             .enumerate()
             .map(|(task_id, range)| self.run_task(job, batch, task_id as u32, range));
-        try_join_all(runs).await
+        let outcomes = try_join_all(runs).await?;
+        Ok(BatchResults {
+            retried: outcomes.iter().any(|(_, attempts)| *attempts > 1),
+            tasks: outcomes.into_iter().map(|(success, _)| success).collect(),
+        })
     }
 
     async fn wait_for_executor(&self, avoid: Option<&str>) -> Result<Arc<ExecutorHandle>> {
@@ -67,13 +80,14 @@ impl Scheduler {
         }
     }
 
+    /// Runs one task to success; returns its result and the attempts it took.
     async fn run_task(
         &self,
         job: &JobRef,
         batch: BatchId,
         task_id: u32,
         range: OffsetRange,
-    ) -> Result<TaskSuccess> {
+    ) -> Result<(TaskSuccess, u32)> {
         let mut last_executor: Option<String> = None;
         let mut backoff = FIRST_BACKOFF;
         let mut last_failure = (String::new(), String::new());
@@ -93,7 +107,10 @@ impl Scheduler {
                 }],
             };
             match self.launch(&executor, job, definition).await {
-                Ok(task_result::Outcome::Success(success)) => return Ok(success),
+                Ok(task_result::Outcome::Success(success)) => {
+                    failpoint::hit(failpoint::TASK_FINISHED, batch);
+                    return Ok((success, attempt));
+                }
                 Ok(task_result::Outcome::Failure(failure)) if !failure.retryable => {
                     return Err(Error::TaskFailed {
                         batch,

@@ -6,13 +6,14 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 use iceberg::table::Table;
 use iceberg::Catalog;
+use sluice_common::data_files::attempt_prefix;
 use sluice_common::decode::RecordDecoder;
 use sluice_common::iceberg_sink::{
     data_files_to_json, open_catalog, table_arrow_schema, table_ident,
 };
 use sluice_common::offsets::OffsetRange;
 use sluice_common::spec::JobSpec;
-use sluice_common::{query, Error, Result};
+use sluice_common::{failpoint, query, Error, Result};
 use sluice_proto::v1::{TaskDefinition, TaskFailure, TaskSuccess};
 use tracing::{debug, Instrument};
 
@@ -109,18 +110,13 @@ pub async fn run_task(
             .instrument(tracing::info_span!("execute"))
             .await?;
         let output_rows: usize = output.iter().map(|b| b.num_rows()).sum();
-        let prefix = format!(
-            "{}-b{}-t{}-a{}-{}",
-            task.job_id,
-            task.batch_id,
-            task.task_id,
-            task.attempt,
-            uuid::Uuid::new_v4().simple()
-        );
+        failpoint::hit(failpoint::EXECUTOR_RECORDS_READ, task.batch_id);
+        let prefix = attempt_prefix(&task.job_id, task.batch_id, task.task_id, task.attempt);
         let files = write_data_files(&job.table, &job.table_schema, &output, prefix)
             .instrument(tracing::info_span!("write"))
             .await?;
         let data_files_json = data_files_to_json(&job.table, files)?;
+        failpoint::hit(failpoint::EXECUTOR_FILES_WRITTEN, task.batch_id);
         debug!(
             input_rows = input.input_rows,
             output_rows,

@@ -2,6 +2,8 @@
 //! the real `sluice-driver` / `sluice-executor` binaries, each with its own log file.
 //! Every child is killed when the fixture drops.
 
+pub mod check;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,6 +50,8 @@ pub struct TestCluster {
     driver: Option<Child>,
     executors: Vec<Child>,
     starts: HashMap<String, u32>,
+    /// Extra environment of the next driver start (e.g. armed failpoints).
+    pub driver_env: Vec<(String, String)>,
 }
 
 impl TestCluster {
@@ -67,10 +71,11 @@ impl TestCluster {
             driver: None,
             executors: Vec::new(),
             starts: HashMap::new(),
+            driver_env: Vec::new(),
         };
         cluster.start_driver()?;
         for _ in 0..executors {
-            cluster.start_executor()?;
+            cluster.start_executor(&[])?;
         }
         cluster.wait_for_driver().await?;
         Ok(cluster)
@@ -99,6 +104,7 @@ impl TestCluster {
             .args(["--etcd", &self.etcd.endpoint()])
             .args(["--executor-timeout-secs", "5"])
             .env("RUST_LOG", "info")
+            .envs(self.driver_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -106,17 +112,46 @@ impl TestCluster {
         Ok(())
     }
 
-    pub fn start_executor(&mut self) -> Result<()> {
+    /// Starts one more executor with extra environment variables.
+    pub fn start_executor(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let id = format!("executor-{}", self.executors.len());
         let log = self.log(&id)?;
         let child = Command::new(binary("sluice-executor"))
             .args(["--driver", &self.driver_url(), "--id", &id])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
         self.executors.push(child);
         Ok(())
+    }
+
+    /// Waits for the driver to exit by itself (e.g. at a failpoint).
+    pub async fn wait_driver_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let driver = self.driver.as_mut().context("no driver running")?;
+        loop {
+            if let Some(status) = driver.try_wait()? {
+                self.driver = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the driver did not exit within {timeout:?}\n{}",
+                    self.logs_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether executor `i` has exited.
+    pub fn executor_exited(&mut self, i: usize) -> bool {
+        self.executors[i].try_wait().ok().flatten().is_some()
     }
 
     /// SIGKILLs the driver: no chance to finish anything.
@@ -314,6 +349,48 @@ parallelism: {{max_records_per_task: 20000}}
                     .cloned()
             })
             .collect())
+    }
+
+    /// Files in the table's data directory that no committed snapshot references.
+    pub async fn uncommitted_files(&self, spec: &str) -> Result<Vec<String>> {
+        let spec = JobSpec::parse(spec)?;
+        let sink = &spec.sink.iceberg;
+        let catalog = open_catalog(&sink.catalog).await?;
+        let table = catalog.load_table(&table_ident(sink)).await?;
+        let mut committed = std::collections::HashSet::new();
+        if table.metadata().current_snapshot().is_some() {
+            let tasks: Vec<_> = table
+                .scan()
+                .build()?
+                .plan_files()
+                .await?
+                .try_collect()
+                .await?;
+            for task in tasks {
+                committed.insert(
+                    task.data_file_path
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+        let location = table
+            .metadata()
+            .location()
+            .trim_start_matches("file://")
+            .to_string();
+        let mut stray = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(Path::new(&location).join("data")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !committed.contains(&name) {
+                    stray.push(name);
+                }
+            }
+        }
+        Ok(stray)
     }
 
     /// The last lines of every process log, for failure messages.

@@ -1,91 +1,15 @@
 //! End-to-end: real etcd, mock Kafka, the driver binary and two executor binaries.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
-use sluice_common::synthetic::Order;
+use arrow::array::RecordBatch;
+use sluice_integration_tests::check::{
+    assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
+};
 use sluice_integration_tests::TestCluster;
 
 const EVENTS: u64 = 200_000;
 const PARTITIONS: i32 = 4;
-const FILTER_SQL: &str = "SELECT order_id, product_id, amount, _partition AS kafka_partition, \
-                          _offset AS kafka_offset FROM source WHERE product_id <= 25";
-
-/// One committed row: (partition, offset, order id, product, amount in cents).
-type Row = (i32, i64, String, i64, i64);
-
-fn rows(batches: &[RecordBatch]) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for b in batches {
-        let col = |name: &str| {
-            b.column_by_name(name)
-                .unwrap_or_else(|| panic!("column {name}"))
-        };
-        let partitions = col("kafka_partition").as_primitive::<Int32Type>();
-        let offsets = col("kafka_offset").as_primitive::<Int64Type>();
-        let ids = col("order_id").as_string::<i32>();
-        let products = col("product_id").as_primitive::<Int64Type>();
-        let amounts = col("amount").as_primitive::<Float64Type>();
-        for i in 0..b.num_rows() {
-            rows.push((
-                partitions.value(i),
-                offsets.value(i),
-                ids.value(i).to_string(),
-                products.value(i),
-                (amounts.value(i) * 100.0).round() as i64,
-            ));
-        }
-    }
-    rows
-}
-
-/// The rows the filter job must produce for events 0..EVENTS, produced round-robin.
-fn expected_rows() -> Vec<Row> {
-    (0..EVENTS)
-        .map(|seq| (seq, Order::new(seq, 0)))
-        .filter(|(_, o)| o.product_id <= 25)
-        .map(|(seq, o)| {
-            let partition = (seq % PARTITIONS as u64) as i32;
-            let offset = (seq / PARTITIONS as u64) as i64;
-            (partition, offset, o.order_id, o.product_id, o.amount_cents)
-        })
-        .collect()
-}
-
-/// Each Kafka (partition, offset) once, and exactly the expected rows.
-fn assert_exactly_once(mut actual: Vec<Row>, logs: impl Fn() -> String) {
-    let mut coordinates = HashSet::new();
-    for row in &actual {
-        assert!(
-            coordinates.insert((row.0, row.1)),
-            "partition {} offset {} committed twice\n{}",
-            row.0,
-            row.1,
-            logs()
-        );
-    }
-    let mut expected = expected_rows();
-    assert_eq!(actual.len(), expected.len(), "row count\n{}", logs());
-    actual.sort();
-    expected.sort();
-    assert!(
-        actual == expected,
-        "committed rows differ from the input\n{}",
-        logs()
-    );
-}
-
-fn assert_unique_batches(batches: &[String]) {
-    let unique: HashSet<_> = batches.iter().collect();
-    assert_eq!(
-        unique.len(),
-        batches.len(),
-        "a batch was committed twice: {batches:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_job_commits_every_record_exactly_once() {
     let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
@@ -115,7 +39,9 @@ async fn filter_job_commits_every_record_exactly_once() {
     let batches = cluster.committed_batches(&spec).await.unwrap();
     assert_eq!(batches, vec!["0", "1", "2"]);
     let table = cluster.table_rows(&spec).await.unwrap();
-    assert_exactly_once(rows(&table), || cluster.logs_tail(40));
+    assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
+        cluster.logs_tail(40)
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +82,9 @@ async fn driver_killed_mid_stream_loses_and_duplicates_nothing() {
     );
     assert_unique_batches(&cluster.committed_batches(&spec).await.unwrap());
     let table = cluster.table_rows(&spec).await.unwrap();
-    assert_exactly_once(rows(&table), || cluster.logs_tail(40));
+    assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
+        cluster.logs_tail(40)
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,134 @@
+//! Naming and cleaning up the data files of task attempts.
+//!
+//! Every file a task attempt writes is named `{job}.b{batch}.t{task}.a{attempt}.{uuid}-NNNNN.parquet`
+//! ('.' never occurs in a job name), so the files of one batch can be found by prefix.
+//! Files of a batch that are not in its committed snapshot are garbage: attempts that
+//! failed, were abandoned, or ran before a driver crash.
+
+use std::collections::HashSet;
+
+use iceberg::table::Table;
+use tracing::{debug, info};
+
+use crate::error::{Error, Result};
+use crate::BatchId;
+
+/// The name prefix of the files written by one task attempt.
+pub fn attempt_prefix(job_id: &str, batch: BatchId, task: u32, attempt: u32) -> String {
+    format!(
+        "{}t{task}.a{attempt}.{}",
+        batch_prefix(job_id, batch),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The name prefix shared by every file of a batch.
+pub fn batch_prefix(job_id: &str, batch: BatchId) -> String {
+    format!("{job_id}.b{batch}.")
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The local directory of a table's data files; `None` for non-local storage.
+fn local_data_dir(location: &str) -> Option<std::path::PathBuf> {
+    let path = location
+        .strip_prefix("file://")
+        .or_else(|| location.strip_prefix("file:"))?;
+    Some(std::path::Path::new(path).join("data"))
+}
+
+/// Names of the data files that snapshot `snapshot_id` added.
+pub async fn snapshot_file_names(table: &Table, snapshot_id: i64) -> Result<HashSet<String>> {
+    let mut names = HashSet::new();
+    let Some(snapshot) = table.metadata().snapshot_by_id(snapshot_id) else {
+        return Ok(names);
+    };
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(Error::iceberg(format!(
+            "reading the manifest list of snapshot {snapshot_id}"
+        )))?;
+    for manifest_file in list.entries() {
+        if manifest_file.added_snapshot_id != snapshot_id {
+            continue;
+        }
+        let manifest = manifest_file
+            .load_manifest(table.file_io())
+            .await
+            .map_err(Error::iceberg("reading a manifest"))?;
+        for entry in manifest.entries() {
+            names.insert(file_name(entry.data_file().file_path()).to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Deletes the batch's data files whose names are not in `keep`; returns how many.
+/// Only local warehouses are cleaned; other storage is left alone.
+pub fn delete_batch_files_except(
+    table_location: &str,
+    job_id: &str,
+    batch: BatchId,
+    keep: &HashSet<String>,
+) -> Result<usize> {
+    let Some(dir) = local_data_dir(table_location) else {
+        debug!("data files are not on a local file system; skipping clean-up");
+        return Ok(0);
+    };
+    let prefix = batch_prefix(job_id, batch);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("listing {}", dir.display()),
+                source,
+            })
+        }
+    };
+    let mut deleted = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && !keep.contains(&name) {
+            std::fs::remove_file(entry.path()).map_err(|source| Error::Io {
+                context: format!("deleting {}", entry.path().display()),
+                source,
+            })?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        info!(job = %job_id, batch, deleted, "deleted data files of failed or abandoned attempts");
+    }
+    Ok(deleted)
+}
+
+/// Names of data files from their JSON metadata (as executors send them).
+pub fn names_of(data_files_json: &[String]) -> HashSet<String> {
+    data_files_json
+        .iter()
+        .filter_map(|json| {
+            let value: serde_json::Value = serde_json::from_str(json).ok()?;
+            Some(file_name(value.get("file_path")?.as_str()?).to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_of_different_jobs_and_batches_do_not_overlap() {
+        let a = attempt_prefix("x", 1, 0, 1);
+        assert!(a.starts_with(&batch_prefix("x", 1)));
+        assert!(!a.starts_with(&batch_prefix("x", 11)));
+        // A job whose name looks like another job's batch prefix.
+        assert!(!attempt_prefix("x-b1-t", 0, 0, 1).starts_with(&batch_prefix("x", 1)));
+        assert!(!attempt_prefix("x", 10, 0, 1).starts_with(&batch_prefix("x", 1)));
+    }
+}

@@ -1,0 +1,78 @@
+//! Crash points for fault-injection tests: a process started with
+//! `SLUICE_FAILPOINTS=name[@batch][,name…]` aborts at once (no clean-up, like SIGKILL)
+//! when it reaches a named point (for that batch). Unset, a check costs one atomic load.
+
+use std::sync::OnceLock;
+
+use crate::BatchId;
+
+/// Environment variable that arms crash points.
+pub const FAILPOINTS_ENV: &str = "SLUICE_FAILPOINTS";
+
+/// Driver: the batch's ranges are in the offset log; nothing has run.
+pub const PLAN_LOGGED: &str = "plan_logged";
+/// Driver: one task of the batch has finished; others may still run.
+pub const TASK_FINISHED: &str = "task_finished";
+/// Driver: every task wrote its files; the Iceberg commit has not happened.
+pub const FILES_WRITTEN: &str = "files_written";
+/// Driver: the Iceberg snapshot is committed; the checkpoint is not written.
+pub const SNAPSHOT_COMMITTED: &str = "snapshot_committed";
+/// Driver: the checkpoint is written.
+pub const CHECKPOINT_WRITTEN: &str = "checkpoint_written";
+/// Executor: the task's records are read; no file is written.
+pub const EXECUTOR_RECORDS_READ: &str = "executor_records_read";
+/// Executor: the task's data files are written; the driver has not been told.
+pub const EXECUTOR_FILES_WRITTEN: &str = "executor_files_written";
+
+fn armed() -> &'static [(String, Option<BatchId>)] {
+    static ARMED: OnceLock<Vec<(String, Option<BatchId>)>> = OnceLock::new();
+    ARMED.get_or_init(|| {
+        std::env::var(FAILPOINTS_ENV)
+            .map(|value| parse(&value))
+            .unwrap_or_default()
+    })
+}
+
+fn parse(value: &str) -> Vec<(String, Option<BatchId>)> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('@') {
+            Some((name, batch)) => (name.to_string(), batch.parse().ok()),
+            None => (p.to_string(), None),
+        })
+        .collect()
+}
+
+/// Aborts the process when `name` is armed for `batch` (or for every batch).
+pub fn hit(name: &str, batch: BatchId) {
+    let armed = armed();
+    if armed.is_empty() {
+        return;
+    }
+    if armed
+        .iter()
+        .any(|(n, b)| n == name && b.is_none_or(|b| b == batch))
+    {
+        eprintln!("failpoint {name} hit at batch {batch}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failpoints_parse_with_optional_batches() {
+        assert_eq!(
+            parse("plan_logged@3, files_written"),
+            vec![
+                ("plan_logged".to_string(), Some(3)),
+                ("files_written".to_string(), None)
+            ]
+        );
+        assert!(parse("").is_empty());
+    }
+}

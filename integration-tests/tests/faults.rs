@@ -1,0 +1,115 @@
+//! Fault injection: a process is killed (by an armed failpoint, which aborts it like
+//! SIGKILL) at every step of the batch lifecycle; afterwards the table holds every input
+//! record exactly once and no uncommitted file is left in the table location.
+
+use std::time::Duration;
+
+use sluice_common::failpoint::{self, FAILPOINTS_ENV};
+use sluice_integration_tests::check::{
+    assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
+};
+use sluice_integration_tests::TestCluster;
+
+const EVENTS: u64 = 20_000;
+const PARTITIONS: i32 = 4;
+/// Four batches of 5,000 offsets; the failpoints fire in batch 1.
+const BATCH: &str = "    max_offsets_per_trigger: 5000";
+
+async fn finish_and_check(cluster: &TestCluster, job: &str, spec: &str) {
+    let status = cluster
+        .wait_for(job, Duration::from_secs(180), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(
+        status.state,
+        "FINISHED",
+        "{status:?}\n{}",
+        cluster.logs_tail(40)
+    );
+    assert_unique_batches(&cluster.committed_batches(spec).await.unwrap());
+    let table = cluster.table_rows(spec).await.unwrap();
+    assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
+        cluster.logs_tail(40)
+    });
+    let stray = cluster.uncommitted_files(spec).await.unwrap();
+    assert!(stray.is_empty(), "uncommitted files left behind: {stray:?}");
+}
+
+/// The driver dies at `point` in batch 1, is restarted, and the job completes exactly once.
+async fn driver_crash_at(point: &str) {
+    let mut cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    cluster.kill_driver();
+    cluster.driver_env = vec![(FAILPOINTS_ENV.to_string(), format!("{point}@1"))];
+    cluster.start_driver().unwrap();
+    cluster.wait_for_driver().await.unwrap();
+    let name = format!("crash-{}", point.replace('_', "-"));
+    let spec = cluster.spec(&name, "orders", FILTER_SQL, "{available_now: true}", BATCH);
+    let job = cluster.submit(&spec).await.unwrap();
+    let exit = cluster
+        .wait_driver_exit(Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(!exit.success(), "the driver must die at {point}");
+    cluster.driver_env.clear();
+    cluster.start_driver().unwrap();
+    cluster.wait_for_driver().await.unwrap();
+    finish_and_check(&cluster, &job, &spec).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_killed_after_plan_logged_reruns_the_logged_ranges() {
+    driver_crash_at(failpoint::PLAN_LOGGED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_killed_while_tasks_run_loses_nothing() {
+    driver_crash_at(failpoint::TASK_FINISHED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_killed_after_files_written_commits_once() {
+    driver_crash_at(failpoint::FILES_WRITTEN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_killed_between_snapshot_and_checkpoint_does_not_commit_twice() {
+    driver_crash_at(failpoint::SNAPSHOT_COMMITTED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_killed_after_checkpoint_continues_with_the_next_batch() {
+    driver_crash_at(failpoint::CHECKPOINT_WRITTEN).await;
+}
+
+/// Executor 0 dies at `point` in batch 1; its task is retried on executor 1.
+async fn executor_crash_at(point: &str) {
+    let mut cluster = TestCluster::start("orders", PARTITIONS, 0).await.unwrap();
+    cluster
+        .start_executor(&[(FAILPOINTS_ENV, &format!("{point}@1"))])
+        .unwrap();
+    cluster.start_executor(&[]).unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let name = format!("crash-{}", point.replace('_', "-"));
+    let spec = cluster.spec(&name, "orders", FILTER_SQL, "{available_now: true}", BATCH);
+    let job = cluster.submit(&spec).await.unwrap();
+    finish_and_check(&cluster, &job, &spec).await;
+    assert!(
+        cluster.executor_exited(0),
+        "executor 0 must have died at {point}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_after_reading_is_replaced_by_another() {
+    executor_crash_at(failpoint::EXECUTOR_RECORDS_READ).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_after_writing_files_leaves_no_garbage() {
+    executor_crash_at(failpoint::EXECUTOR_FILES_WRITTEN).await;
+}
