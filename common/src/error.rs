@@ -41,6 +41,10 @@ pub enum Error {
     #[error("checkpoint store: {message}")]
     Checkpoint { message: String },
 
+    /// A write was refused because this driver lost leadership.
+    #[error("fenced: {message}")]
+    Fenced { message: String },
+
     /// The Iceberg catalog or table failed.
     #[error("iceberg ({context}): {source}")]
     Iceberg {
@@ -97,6 +101,7 @@ impl Error {
             Error::Kafka { .. } => "kafka",
             Error::OffsetRange { .. } => "offset_range",
             Error::Checkpoint { .. } => "checkpoint",
+            Error::Fenced { .. } => "fenced",
             Error::Iceberg { .. } => "iceberg",
             Error::SchemaMismatch { .. } => "schema_mismatch",
             Error::Query(_) => "query",

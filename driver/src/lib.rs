@@ -23,6 +23,9 @@ use std::time::Duration;
 /// Executors silent for longer than this are declared lost.
 pub const DEFAULT_EXECUTOR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default lifetime of the leader lease.
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(3);
+
 /// Everything a driver needs to start.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -33,6 +36,8 @@ pub struct DriverConfig {
     /// File of the embedded checkpoint store.
     pub embedded_store: PathBuf,
     pub executor_timeout: Duration,
+    /// Lifetime of the leader lease in etcd: how soon a standby takes over a dead leader.
+    pub leader_lease: Duration,
 }
 
 impl Default for DriverConfig {
@@ -42,6 +47,7 @@ impl Default for DriverConfig {
             etcd_endpoints: vec![],
             embedded_store: PathBuf::from("sluice-data/checkpoints.json"),
             executor_timeout: DEFAULT_EXECUTOR_TIMEOUT,
+            leader_lease: DEFAULT_LEADER_LEASE,
         }
     }
 }

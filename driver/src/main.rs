@@ -21,6 +21,9 @@ struct Args {
     /// Seconds without heartbeat after which an executor is declared lost.
     #[arg(long, env = "SLUICE_EXECUTOR_TIMEOUT_SECS", default_value_t = 10)]
     executor_timeout_secs: u64,
+    /// Seconds the leader lease lives; a standby takes over this long after the leader dies.
+    #[arg(long, env = "SLUICE_LEADER_LEASE_SECS", default_value_t = 3)]
+    leader_lease_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -35,6 +38,7 @@ async fn main() -> std::process::ExitCode {
         etcd_endpoints: args.etcd,
         embedded_store: args.data_dir.join("checkpoints.json"),
         executor_timeout: Duration::from_secs(args.executor_timeout_secs),
+        leader_lease: Duration::from_secs(args.leader_lease_secs.max(1)),
     };
     match sluice_driver::run(config, sluice_common::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

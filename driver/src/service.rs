@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use sluice_common::checkpoint::open_store;
+use sluice_common::checkpoint::{campaign, CheckpointStore, EmbeddedStore, EtcdStore, Leadership};
 use sluice_proto::v1::driver_server::{Driver, DriverServer};
 use sluice_proto::v1::{
     BatchProgress, GetJobStatusRequest, HeartbeatRequest, HeartbeatResponse, JobStatus,
@@ -15,9 +15,10 @@ use sluice_proto::v1::{
 };
 use sluice_proto::PROTOCOL_VERSION;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::manager::{JobManager, STATUS_RECENT_BATCHES};
@@ -160,12 +161,45 @@ impl Driver for DriverService {
     }
 }
 
+/// Opens the checkpoint store. With etcd, first waits to become leader (a standby driver
+/// waits here, not yet serving) and fences every later write by that leadership.
+/// Returns `None` when shut down while waiting.
+async fn open_leader_store(
+    config: &DriverConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<(Arc<dyn CheckpointStore>, Option<Leadership>)>> {
+    if config.etcd_endpoints.is_empty() {
+        let store = EmbeddedStore::open(&config.embedded_store)?;
+        return Ok(Some((Arc::new(store), None)));
+    }
+    let store = EtcdStore::connect(&config.etcd_endpoints).await?;
+    let candidate = config.bind.to_string();
+    let leadership = tokio::select! {
+        leadership = campaign(&config.etcd_endpoints, &candidate, config.leader_lease) => leadership?,
+        _ = stop.wait_for(|stop| *stop) => return Ok(None),
+    };
+    store.set_fence(leadership.fence.clone());
+    Ok(Some((Arc::new(store), Some(leadership))))
+}
+
 /// Runs a driver until `shutdown` completes: running batches commit, then it exits.
+/// With etcd, the driver serves only while it is the leader; losing the leadership ends
+/// it with [`Error::LeadershipLost`].
 pub async fn run(
     config: DriverConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let store = open_store(&config.etcd_endpoints, &config.embedded_store).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let Some((store, leadership)) = open_leader_store(&config, stop_rx.clone()).await? else {
+        info!("stopped while standing by");
+        return Ok(());
+    };
+    let (_never_lost, never) = watch::channel(false);
+    let mut lost = leadership.as_ref().map_or(never, |l| l.lost.clone());
     let registry = Arc::new(Registry::new(config.executor_timeout));
     let manager = JobManager::new(store, Scheduler::new(registry.clone()));
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -184,20 +218,33 @@ pub async fn run(
         registry,
         manager: manager.clone(),
     };
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (server_stop_tx, mut server_stop) = watch::channel(false);
     let shutdown_manager = manager.clone();
+    let mut stop = stop_rx;
     tokio::spawn(async move {
-        shutdown.await;
+        let _ = stop.wait_for(|stop| *stop).await;
         info!("finishing running batches before exit");
         shutdown_manager.shutdown().await;
-        let _ = stop_tx.send(true);
+        let _ = server_stop_tx.send(true);
     });
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(DriverServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        })
-        .await?;
+            let _ = server_stop.wait_for(|stop| *stop).await;
+        });
+    tokio::select! {
+        served = server => served?,
+        _ = lost.wait_for(|lost| *lost) => {
+            error!("leadership lost; exiting so that the new leader alone commits");
+            return Err(Error::LeadershipLost);
+        }
+    }
+    if let Some(leadership) = leadership {
+        // Hand over at once instead of waiting for the lease to expire.
+        if let Err(e) = leadership.resign().await {
+            warn!(error = %e, "could not resign leadership");
+        }
+    }
     info!("driver stopped");
     Ok(())
 }

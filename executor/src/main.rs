@@ -7,7 +7,7 @@ use sluice_executor::{ExecutorConfig, DEFAULT_TASK_SLOTS};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The driver's gRPC URL.
+    /// The driver's gRPC URL; several (comma-separated) when drivers fail over.
     #[arg(
         long,
         env = "SLUICE_DRIVER_URL",

@@ -24,18 +24,34 @@ pub struct Identity {
     pub task_slots: u32,
 }
 
-/// Keeps the executor registered until `shutdown` turns true.
-/// Fails only when the driver refuses this executor (protocol mismatch).
+/// Keeps the executor registered with the serving (leader) driver until `shutdown` turns
+/// true. `driver_urls` is comma-separated; on failure the next one is tried, so the
+/// executor follows a driver failover. Fails only when a driver refuses this executor
+/// (protocol mismatch).
 pub async fn stay_registered(
-    driver_url: String,
+    driver_urls: String,
     identity: Identity,
     running_tasks: Arc<AtomicU32>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let endpoint = Channel::from_shared(driver_url.clone()).map_err(|e| Error::DriverUrl {
-        url: driver_url.clone(),
-        message: e.to_string(),
-    })?;
+    let endpoints = driver_urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|url| {
+            Channel::from_shared(url.to_string()).map_err(|e| Error::DriverUrl {
+                url: url.to_string(),
+                message: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if endpoints.is_empty() {
+        return Err(Error::DriverUrl {
+            url: driver_urls,
+            message: "no driver address given".into(),
+        });
+    }
+    let mut current = 0;
     let mut backoff = Duration::from_millis(100);
     let mut registered = false;
     let mut client: Option<DriverClient<Channel>> = None;
@@ -44,7 +60,7 @@ pub async fn stay_registered(
             let c = match client.as_mut() {
                 Some(c) => c,
                 None => {
-                    let channel = endpoint
+                    let channel = endpoints[current]
                         .clone()
                         .connect_timeout(Duration::from_secs(2))
                         .connect()
@@ -61,7 +77,7 @@ pub async fn stay_registered(
                     protocol_version: PROTOCOL_VERSION,
                 })
                 .await?;
-                info!(executor = %identity.executor_id, driver = %driver_url, "registered with the driver");
+                info!(executor = %identity.executor_id, driver = %endpoints[current].uri(), "registered with the driver");
                 registered = true;
             }
             let reply = c
@@ -91,11 +107,16 @@ pub async fn stay_registered(
                 return Err(Error::Refused(status));
             }
             Err(status) => {
-                warn!(driver = %driver_url, error = %status.message(), "driver unreachable; retrying");
+                warn!(driver = %endpoints[current].uri(), error = %status.message(), "driver unreachable; trying the next");
                 client = None;
                 registered = false;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                backoff
+                current = (current + 1) % endpoints.len();
+                if current == 0 {
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff
+                } else {
+                    Duration::ZERO
+                }
             }
         };
         tokio::select! {

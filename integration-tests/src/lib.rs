@@ -46,8 +46,9 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub etcd: EtcdServer,
     pub kafka: MockCluster<'static, DefaultProducerContext>,
-    pub driver_port: u16,
-    driver: Option<Child>,
+    /// One port per driver; several drivers campaign for leadership.
+    pub driver_ports: Vec<u16>,
+    drivers: Vec<Option<Child>>,
     executors: Vec<Child>,
     starts: HashMap<String, u32>,
     /// Extra environment of the next driver start (e.g. armed failpoints).
@@ -58,6 +59,16 @@ impl TestCluster {
     /// Starts etcd, a mock Kafka cluster with `topic` of `partitions`, a driver and
     /// `executors` executors.
     pub async fn start(topic: &str, partitions: i32, executors: usize) -> Result<TestCluster> {
+        Self::start_with_drivers(topic, partitions, executors, 1).await
+    }
+
+    /// Like [`TestCluster::start`] with `drivers` drivers (one leader, the rest standby).
+    pub async fn start_with_drivers(
+        topic: &str,
+        partitions: i32,
+        executors: usize,
+        drivers: usize,
+    ) -> Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("sluice-it-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
         let etcd = EtcdServer::start().map_err(anyhow::Error::msg)?;
@@ -67,13 +78,15 @@ impl TestCluster {
             dir,
             etcd,
             kafka,
-            driver_port: free_port(),
-            driver: None,
+            driver_ports: (0..drivers).map(|_| free_port()).collect(),
+            drivers: (0..drivers).map(|_| None).collect(),
             executors: Vec::new(),
             starts: HashMap::new(),
             driver_env: Vec::new(),
         };
-        cluster.start_driver()?;
+        for i in 0..drivers {
+            cluster.start_driver_at(i)?;
+        }
         for _ in 0..executors {
             cluster.start_executor(&[])?;
         }
@@ -85,8 +98,13 @@ impl TestCluster {
         self.kafka.bootstrap_servers()
     }
 
+    /// Every driver's URL, comma-separated (as executors and the CLI take them).
     pub fn driver_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.driver_port)
+        self.driver_ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn log(&mut self, name: &str) -> Result<std::fs::File> {
@@ -96,11 +114,17 @@ impl TestCluster {
         Ok(std::fs::File::create(path)?)
     }
 
-    /// Starts (or restarts) the driver on the same port, with the same etcd.
+    /// Starts (or restarts) the first driver on the same port, with the same etcd.
     pub fn start_driver(&mut self) -> Result<()> {
-        let log = self.log("driver")?;
+        self.start_driver_at(0)
+    }
+
+    /// Starts (or restarts) driver `i`.
+    pub fn start_driver_at(&mut self, i: usize) -> Result<()> {
+        let log = self.log(&format!("driver{i}"))?;
         let child = Command::new(binary("sluice-driver"))
-            .args(["--bind", &format!("127.0.0.1:{}", self.driver_port)])
+            .args(["--bind", &format!("127.0.0.1:{}", self.driver_ports[i])])
+            .args(["--leader-lease-secs", "2"])
             .args(["--etcd", &self.etcd.endpoint()])
             .args(["--executor-timeout-secs", "5"])
             .env("RUST_LOG", "info")
@@ -108,7 +132,7 @@ impl TestCluster {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        self.driver = Some(child);
+        self.drivers[i] = Some(child);
         Ok(())
     }
 
@@ -133,10 +157,10 @@ impl TestCluster {
         timeout: Duration,
     ) -> Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
-        let driver = self.driver.as_mut().context("no driver running")?;
+        let driver = self.drivers[0].as_mut().context("no driver running")?;
         loop {
             if let Some(status) = driver.try_wait()? {
-                self.driver = None;
+                self.drivers[0] = None;
                 return Ok(status);
             }
             if Instant::now() > deadline {
@@ -156,7 +180,12 @@ impl TestCluster {
 
     /// SIGKILLs the driver: no chance to finish anything.
     pub fn kill_driver(&mut self) {
-        if let Some(mut driver) = self.driver.take() {
+        self.kill_driver_at(0)
+    }
+
+    /// SIGKILLs driver `i`.
+    pub fn kill_driver_at(&mut self, i: usize) {
+        if let Some(mut driver) = self.drivers[i].take() {
             let _ = driver.kill();
             let _ = driver.wait();
         }
@@ -164,7 +193,7 @@ impl TestCluster {
 
     /// SIGTERMs the driver and waits for it to exit.
     pub fn terminate_driver(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let mut driver = self.driver.take().context("no driver running")?;
+        let mut driver = self.drivers[0].take().context("no driver running")?;
         kill(Pid::from_raw(driver.id() as i32), Signal::SIGTERM)?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -201,8 +230,31 @@ impl TestCluster {
         }
     }
 
+    /// A client of the serving driver (standby drivers do not listen).
     pub async fn client(&self) -> Result<DriverClient<Channel>> {
-        Ok(DriverClient::connect(self.driver_url()).await?)
+        let mut last = None;
+        for port in &self.driver_ports {
+            match DriverClient::connect(format!("http://127.0.0.1:{port}")).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .map(anyhow::Error::from)
+            .unwrap_or_else(|| anyhow::anyhow!("no driver")))
+    }
+
+    /// The index of the driver that serves (the leader).
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, port) in self.driver_ports.iter().enumerate() {
+            if DriverClient::connect(format!("http://127.0.0.1:{port}"))
+                .await
+                .is_ok()
+            {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// Produces order events `first..first+count` round-robin over `partitions`.
@@ -339,9 +391,19 @@ parallelism: {{max_records_per_task: 20000}}
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
         let table = catalog.load_table(&table_ident(sink)).await?;
-        Ok(table
-            .metadata()
-            .snapshots()
+        // Commit order: from the current snapshot back through its parents.
+        let metadata = table.metadata();
+        let mut snapshots = Vec::new();
+        let mut next = metadata.current_snapshot().cloned();
+        while let Some(snapshot) = next {
+            next = snapshot
+                .parent_snapshot_id()
+                .and_then(|id| metadata.snapshot_by_id(id).cloned());
+            snapshots.push(snapshot);
+        }
+        snapshots.reverse();
+        Ok(snapshots
+            .iter()
             .filter_map(|s| {
                 s.summary()
                     .additional_properties
@@ -415,7 +477,12 @@ parallelism: {{max_records_per_task: 20000}}
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        for child in self.driver.iter_mut().chain(self.executors.iter_mut()) {
+        for child in self
+            .drivers
+            .iter_mut()
+            .flatten()
+            .chain(self.executors.iter_mut())
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -113,3 +113,33 @@ async fn executor_killed_after_reading_is_replaced_by_another() {
 async fn executor_killed_after_writing_files_leaves_no_garbage() {
     executor_crash_at(failpoint::EXECUTOR_FILES_WRITTEN).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_sigterm_commits_the_running_batch_and_resumes_after_restart() {
+    let mut cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let spec = cluster.spec(
+        "sigterm",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        BATCH,
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .wait_for(&job, Duration::from_secs(120), |s| {
+            s.last_committed_batch >= 0
+        })
+        .await
+        .unwrap();
+    let exit = cluster.terminate_driver(Duration::from_secs(60)).unwrap();
+    assert!(exit.success(), "a SIGTERM'd driver exits cleanly: {exit}");
+    // Whatever batch was running committed: no batch is left planned but unconfirmed.
+    let committed = cluster.committed_batches(&spec).await.unwrap();
+    cluster.start_driver().unwrap();
+    cluster.wait_for_driver().await.unwrap();
+    finish_and_check(&cluster, &job, &spec).await;
+    assert!(!committed.is_empty());
+}

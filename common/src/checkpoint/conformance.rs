@@ -149,3 +149,34 @@ async fn unreachable_etcd_is_a_clear_error() {
     assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
     assert!(err.to_string().contains(&port.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn a_deposed_leaders_checkpoint_write_is_refused() {
+    let etcd = EtcdServer::start().expect("etcd must be installed (apt-get install etcd-server)");
+    let endpoints = [etcd.endpoint()];
+    let ttl = std::time::Duration::from_secs(2);
+    let old = EtcdStore::connect(&endpoints).await.unwrap();
+    let old_leadership = campaign(&endpoints, "old", ttl).await.unwrap();
+    old.set_fence(old_leadership.fence.clone());
+    old.put_all(vec![("/k".into(), "old-1".into())])
+        .await
+        .unwrap();
+
+    // The old leader's lease ends (as when it stalls past its TTL); another driver wins.
+    old_leadership.resign().await.unwrap();
+    let new = EtcdStore::connect(&endpoints).await.unwrap();
+    let new_leadership = campaign(&endpoints, "new", ttl).await.unwrap();
+    new.set_fence(new_leadership.fence.clone());
+    new.put_all(vec![("/k".into(), "new-1".into())])
+        .await
+        .unwrap();
+
+    let late = old
+        .put_all(vec![("/k".into(), "old-2".into())])
+        .await
+        .unwrap_err();
+    assert!(matches!(late, Error::Fenced { .. }), "{late}");
+    let late = old.delete_range("/", "/z").await.unwrap_err();
+    assert!(matches!(late, Error::Fenced { .. }), "{late}");
+    assert_eq!(new.get("/k").await.unwrap().as_deref(), Some("new-1"));
+}

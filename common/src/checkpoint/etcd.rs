@@ -3,8 +3,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use std::sync::{Arc, RwLock};
 
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
+
+use super::election::Fence;
 use super::CheckpointStore;
 use crate::error::{Error, Result};
 
@@ -16,6 +21,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct EtcdStore {
     client: Client,
     endpoints: Vec<String>,
+    /// When set, every write requires this leadership to still hold.
+    fence: Arc<RwLock<Option<Fence>>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -40,10 +47,41 @@ impl EtcdStore {
         let store = EtcdStore {
             client,
             endpoints: endpoints.to_vec(),
+            fence: Arc::new(RwLock::new(None)),
         };
         // A connect is lazy; a read proves the cluster is there.
         store.get("/sluice/health").await?;
         Ok(store)
+    }
+
+    /// Guards every later write by `fence`: once the leadership is gone, writes fail.
+    pub fn set_fence(&self, fence: Fence) {
+        *self.fence.write().expect("fence lock") = Some(fence);
+    }
+
+    /// Runs `ops` in one transaction, under the fence when one is set.
+    async fn fenced_txn(&self, ops: Vec<TxnOp>, what: &str) -> Result<()> {
+        let fence = self.fence.read().expect("fence lock").clone();
+        let mut txn = Txn::new();
+        if let Some(fence) = &fence {
+            txn = txn.when(vec![Compare::create_revision(
+                fence.key.clone(),
+                CompareOp::Equal,
+                fence.revision,
+            )]);
+        }
+        let response = self
+            .client
+            .kv_client()
+            .txn(txn.and_then(ops))
+            .await
+            .map_err(self.error(what))?;
+        if !response.succeeded() {
+            return Err(Error::Fenced {
+                message: format!("{what} refused: this driver is no longer the leader"),
+            });
+        }
+        Ok(())
     }
 
     fn error(&self, what: &str) -> impl FnOnce(etcd_client::Error) -> Error + '_ {
@@ -105,21 +143,13 @@ impl CheckpointStore for EtcdStore {
             .into_iter()
             .map(|(k, v)| TxnOp::put(k, v, None))
             .collect();
-        self.client
-            .kv_client()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(self.error("transaction"))?;
-        Ok(())
+        self.fenced_txn(ops, "checkpoint write").await
     }
 
     async fn delete_range(&self, prefix: &str, before: &str) -> Result<()> {
         let options = etcd_client::DeleteOptions::new().with_range(before);
-        self.client
-            .kv_client()
-            .delete(prefix, Some(options))
+        let op = TxnOp::delete(prefix, Some(options));
+        self.fenced_txn(vec![op], &format!("delete {prefix}..{before}"))
             .await
-            .map_err(self.error(&format!("delete {prefix}..{before}")))?;
-        Ok(())
     }
 }

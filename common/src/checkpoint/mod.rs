@@ -4,6 +4,7 @@
 //! [`JobLog`] puts the batch protocol of DESIGN.md on top of it. Two implementations:
 //! [`EtcdStore`] for clusters and [`EmbeddedStore`], a file, for one machine.
 
+mod election;
 mod embedded;
 mod etcd;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use election::{campaign, Fence, Leadership, LEADER_ELECTION};
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
 
