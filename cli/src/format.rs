@@ -35,6 +35,12 @@ pub fn batch_line(p: &BatchProgress) -> String {
         p.checkpoint_ms,
         thousands(lag as u64),
     );
+    if p.offsets_lost > 0 {
+        line.push_str(&format!(
+            "  LOST {} offsets (retention)",
+            thousands(p.offsets_lost)
+        ));
+    }
     if p.malformed_skipped > 0 {
         line.push_str(&format!("  skipped {}", thousands(p.malformed_skipped)));
     }

@@ -198,6 +198,7 @@ mod tests {
                 vec![]
             },
             on_malformed,
+            fail_on_data_loss: true,
         }
     }
 

@@ -37,6 +37,15 @@ pub enum Error {
         message: String,
     },
 
+    /// Offsets a job still had to process were deleted from Kafka.
+    #[error("data loss: offsets {start}..{end} of {topic}/{partition} were deleted from Kafka (retention) before they were processed; set source.kafka.fail_on_data_loss: false to skip them")]
+    DataLoss {
+        topic: String,
+        partition: i32,
+        start: i64,
+        end: i64,
+    },
+
     /// The checkpoint store failed.
     #[error("checkpoint store: {message}")]
     Checkpoint { message: String },
@@ -89,6 +98,7 @@ impl Error {
                 | Error::InvalidSql { .. }
                 | Error::MalformedRecord { .. }
                 | Error::SchemaMismatch { .. }
+                | Error::DataLoss { .. }
         )
     }
 
@@ -100,6 +110,7 @@ impl Error {
             Error::MalformedRecord { .. } => "malformed_record",
             Error::Kafka { .. } => "kafka",
             Error::OffsetRange { .. } => "offset_range",
+            Error::DataLoss { .. } => "data_loss",
             Error::Checkpoint { .. } => "checkpoint",
             Error::Fenced { .. } => "fenced",
             Error::Iceberg { .. } => "iceberg",

@@ -117,13 +117,53 @@ impl OffsetReader {
     }
 }
 
+/// The records of a range, and how many of its offsets Kafka no longer had.
+#[derive(Debug, Default)]
+pub struct RangeRead {
+    pub records: Vec<RawRecord>,
+    pub offsets_lost: u64,
+}
+
 /// Reads exactly the records of `range` (offsets in `[start, end)`; gaps are fine).
-/// Blocking; `consumer` may be reused across calls.
+/// Offsets deleted by retention fail the read with [`Error::DataLoss`], or are skipped
+/// and counted when `fail_on_data_loss` is false. Blocking; `consumer` may be reused.
 pub fn read_range(
     consumer: &BaseConsumer,
     bootstrap_servers: &str,
     range: &OffsetRange,
-) -> Result<Vec<RawRecord>> {
+    fail_on_data_loss: bool,
+) -> Result<RangeRead> {
+    match read_from(consumer, bootstrap_servers, range, range.start) {
+        Err(Error::DataLoss { start, end, .. }) if !fail_on_data_loss => {
+            tracing::warn!(topic = %range.topic, partition = range.partition, start, end, "offsets deleted from Kafka before they were processed; skipping them");
+            let rest = read_from(consumer, bootstrap_servers, range, end)?;
+            Ok(RangeRead {
+                records: rest.records,
+                offsets_lost: (end - start) as u64,
+            })
+        }
+        other => other,
+    }
+}
+
+fn read_from(
+    consumer: &BaseConsumer,
+    bootstrap_servers: &str,
+    range: &OffsetRange,
+    from: i64,
+) -> Result<RangeRead> {
+    let data_loss = |low: i64| Error::DataLoss {
+        topic: range.topic.clone(),
+        partition: range.partition,
+        start: from,
+        end: low.min(range.end),
+    };
+    let low_watermark = || -> Result<i64> {
+        consumer
+            .fetch_watermarks(&range.topic, range.partition, METADATA_TIMEOUT)
+            .map(|(low, _)| low)
+            .map_err(|e| kafka_error(bootstrap_servers, e))
+    };
     let range_error = |message: String| Error::OffsetRange {
         topic: range.topic.clone(),
         partition: range.partition,
@@ -131,13 +171,13 @@ pub fn read_range(
         end: range.end,
         message,
     };
-    let mut records = Vec::with_capacity(range.len() as usize);
-    if range.is_empty() {
-        return Ok(records);
+    let mut records = Vec::with_capacity((range.end - from).max(0) as usize);
+    if from >= range.end {
+        return Ok(RangeRead::default());
     }
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.start))
+        .add_partition_offset(&range.topic, range.partition, Offset::Offset(from))
         .map_err(|e| kafka_error(bootstrap_servers, e))?;
     consumer
         .assign(&assignment)
@@ -151,16 +191,12 @@ pub fn read_range(
                     continue;
                 }
                 let offset = message.offset();
-                if records.is_empty() && offset > range.start {
+                if records.is_empty() && offset > from {
                     // Kafka may have gaps (compaction, transaction markers), but a first
                     // record beyond the start below the low watermark means data loss.
-                    let (low, _) = consumer
-                        .fetch_watermarks(&range.topic, range.partition, METADATA_TIMEOUT)
-                        .map_err(|e| kafka_error(bootstrap_servers, e))?;
-                    if low > range.start {
-                        return Err(range_error(format!(
-                            "offsets before {low} were deleted by retention"
-                        )));
+                    let low = low_watermark()?;
+                    if low > from {
+                        return Err(data_loss(low));
                     }
                 }
                 if offset >= range.end {
@@ -178,9 +214,11 @@ pub fn read_range(
             }
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)))
             | Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                return Err(range_error(
-                    "offset out of range (deleted by retention?)".into(),
-                ));
+                let low = low_watermark()?;
+                if low > from {
+                    return Err(data_loss(low));
+                }
+                return Err(range_error(format!("offset {from} is out of range")));
             }
             Some(Err(e)) => return Err(kafka_error(bootstrap_servers, e)),
             None => {
@@ -205,5 +243,8 @@ pub fn read_range(
             }
         }
     }
-    Ok(records)
+    Ok(RangeRead {
+        records,
+        offsets_lost: 0,
+    })
 }

@@ -54,6 +54,10 @@ pub struct KafkaSourceSpec {
     pub schema: Vec<FieldSpec>,
     #[serde(default)]
     pub on_malformed: OnMalformed,
+    /// Fail the job when offsets to process were deleted from Kafka (retention); when
+    /// false, skip ahead and record the gap in the batch's progress.
+    #[serde(default = "default_true")]
+    pub fail_on_data_loss: bool,
 }
 
 /// Where a job starts reading a partition that has no checkpoint yet.

@@ -15,25 +15,49 @@ pub fn free_port() -> u16 {
 
 /// A single-member etcd on loopback, killed and removed on drop.
 pub struct EtcdServer {
-    child: Child,
+    child: Option<Child>,
     client_port: u16,
-    _data_dir: tempfile::TempDir,
+    peer_port: u16,
+    data_dir: tempfile::TempDir,
 }
 
 impl EtcdServer {
     /// Starts etcd and waits until it answers; fails with how to install it when missing.
     pub fn start() -> Result<EtcdServer, String> {
+        let mut server = EtcdServer {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: tempfile::tempdir().map_err(|e| e.to_string())?,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Kills etcd (an outage); [`EtcdServer::restart`] brings it back with its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL: a SIGTERM'd etcd can take seconds to exit.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd on the same ports and data directory and waits until it answers.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
         let binary = std::env::var("SLUICE_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
-        let data_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let client_port = free_port();
-        let peer_port = free_port();
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let log =
-            std::fs::File::create(data_dir.path().join("etcd.log")).map_err(|e| e.to_string())?;
+        let dir = self.data_dir.path();
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("etcd.log"))
+            .map_err(|e| e.to_string())?;
         let child = Command::new(&binary)
             .args(["--name", "n1", "--data-dir"])
-            .arg(data_dir.path().join("data"))
+            .arg(dir.join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("n1={peer}")])
@@ -45,13 +69,8 @@ impl EtcdServer {
             .map_err(|e| {
                 format!("cannot start {binary:?}: {e}; install it with `apt-get install -y etcd-server`")
             })?;
-        let server = EtcdServer {
-            child,
-            client_port,
-            _data_dir: data_dir,
-        };
-        server.wait_healthy(Duration::from_secs(20))?;
-        Ok(server)
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(20))
     }
 
     fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
@@ -83,14 +102,12 @@ impl EtcdServer {
 
     /// Where the server keeps its data and log.
     pub fn data_dir(&self) -> PathBuf {
-        self._data_dir.path().to_path_buf()
+        self.data_dir.path().to_path_buf()
     }
 }
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
-        // SIGKILL: a SIGTERM'd etcd can take seconds to exit.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

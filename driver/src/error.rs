@@ -33,8 +33,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("this driver lost its leadership")]
-    LeadershipLost,
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }

@@ -363,6 +363,19 @@ impl JobRunner {
                 (plan, true)
             }
             (Pending::None, _) => {
+                if self.shared.spec.source.kafka.fail_on_data_loss {
+                    if let Some((topic, partition, start, end)) =
+                        planner::deleted_offsets(&checkpoint, &latest)
+                    {
+                        return Err(CommonError::DataLoss {
+                            topic,
+                            partition,
+                            start,
+                            end,
+                        }
+                        .into());
+                    }
+                }
                 let capped = planner::cap(&latest, self.limit.as_ref());
                 let now_ms = chrono_now_ms();
                 let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
@@ -421,6 +434,12 @@ impl JobRunner {
                 duration_ms = progress.duration_ms,
                 "batch committed"
             );
+            if progress.offsets_lost > 0 {
+                warn!(
+                    offsets_lost = progress.offsets_lost,
+                    "offsets deleted from Kafka before they were processed were skipped"
+                );
+            }
             self.shared.set(|s| {
                 s.last_committed_batch = next.batch_id;
                 s.total_rows += progress.output_rows;

@@ -50,6 +50,7 @@ pub fn batch_progress(
         input_rows,
         output_rows: results.iter().map(|r| r.output_rows).sum(),
         malformed_skipped: results.iter().map(|r| r.malformed_skipped).sum(),
+        offsets_lost: results.iter().map(|r| r.offsets_lost).sum(),
         input_rows_per_second: rate(input_rows, timings.since_previous_trigger.max(duration)),
         processed_rows_per_second: rate(input_rows, duration),
         plan_ms: timings.plan.as_millis() as u64,

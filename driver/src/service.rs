@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use sluice_common::checkpoint::{campaign, CheckpointStore, EmbeddedStore, EtcdStore, Leadership};
@@ -182,22 +183,63 @@ async fn open_leader_store(
     Ok(Some((Arc::new(store), Some(leadership))))
 }
 
+/// How a term of leadership ended.
+enum TermEnd {
+    Shutdown,
+    LeadershipLost,
+}
+
 /// Runs a driver until `shutdown` completes: running batches commit, then it exits.
-/// With etcd, the driver serves only while it is the leader; losing the leadership ends
-/// it with [`Error::LeadershipLost`].
+/// With etcd, the driver serves only while it is the leader; when it loses the
+/// leadership (its lease expired, e.g. during an etcd outage) it stops its jobs, stops
+/// serving and campaigns again.
 pub async fn run(
     config: DriverConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let Some((store, leadership)) = open_leader_store(&config, stop_rx.clone()).await? else {
-        info!("stopped while standing by");
-        return Ok(());
-    };
+    let mut retry = Duration::from_millis(500);
+    loop {
+        let term = match open_leader_store(&config, stop_rx.clone()).await {
+            Ok(Some(term)) => term,
+            Ok(None) => {
+                info!("stopped while standing by");
+                return Ok(());
+            }
+            Err(error) if !config.etcd_endpoints.is_empty() => {
+                warn!(%error, retry_in = ?retry, "cannot campaign for leadership; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stop_rx.wait_for(|stop| *stop) => return Ok(()),
+                }
+                retry = (retry * 2).min(Duration::from_secs(10));
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        retry = Duration::from_millis(500);
+        match serve_term(&config, term, stop_rx.clone()).await? {
+            TermEnd::Shutdown => {
+                info!("driver stopped");
+                return Ok(());
+            }
+            TermEnd::LeadershipLost => {
+                warn!("leadership lost: jobs stopped; standing by to campaign again");
+            }
+        }
+    }
+}
+
+/// Serves as leader until shutdown or until the leadership is lost.
+async fn serve_term(
+    config: &DriverConfig,
+    (store, leadership): (Arc<dyn CheckpointStore>, Option<Leadership>),
+    mut stop: watch::Receiver<bool>,
+) -> Result<TermEnd> {
     let (_never_lost, never) = watch::channel(false);
     let mut lost = leadership.as_ref().map_or(never, |l| l.lost.clone());
     let registry = Arc::new(Registry::new(config.executor_timeout));
@@ -219,32 +261,35 @@ pub async fn run(
         manager: manager.clone(),
     };
     let (server_stop_tx, mut server_stop) = watch::channel(false);
-    let shutdown_manager = manager.clone();
-    let mut stop = stop_rx;
-    tokio::spawn(async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-        info!("finishing running batches before exit");
-        shutdown_manager.shutdown().await;
-        let _ = server_stop_tx.send(true);
-    });
     let server = tonic::transport::Server::builder()
         .add_service(DriverServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = server_stop.wait_for(|stop| *stop).await;
         });
-    tokio::select! {
-        served = server => served?,
-        _ = lost.wait_for(|lost| *lost) => {
-            error!("leadership lost; exiting so that the new leader alone commits");
-            return Err(Error::LeadershipLost);
+    tokio::pin!(server);
+    let end = tokio::select! {
+        served = &mut server => {
+            served?;
+            return Ok(TermEnd::Shutdown);
         }
-    }
-    if let Some(leadership) = leadership {
+        _ = stop.wait_for(|stop| *stop) => {
+            info!("finishing running batches before exit");
+            TermEnd::Shutdown
+        }
+        _ = lost.wait_for(|lost| *lost) => {
+            error!("leadership lost; stopping jobs so that the new leader alone commits");
+            TermEnd::LeadershipLost
+        }
+    };
+    // Running batches finish (a deposed leader's commits are refused by the fence).
+    manager.shutdown().await;
+    let _ = server_stop_tx.send(true);
+    server.await?;
+    if let (TermEnd::Shutdown, Some(leadership)) = (&end, leadership) {
         // Hand over at once instead of waiting for the lease to expire.
         if let Err(e) = leadership.resign().await {
             warn!(error = %e, "could not resign leadership");
         }
     }
-    info!("driver stopped");
-    Ok(())
+    Ok(end)
 }

@@ -22,6 +22,8 @@ pub struct TaskInput {
     pub batches: Vec<RecordBatch>,
     pub input_rows: u64,
     pub malformed_skipped: u64,
+    /// Offsets deleted from Kafka before they were read (`fail_on_data_loss: false`).
+    pub offsets_lost: u64,
 }
 
 impl ConsumerPool {
@@ -53,18 +55,21 @@ impl ConsumerPool {
         bootstrap_servers: &str,
         decoder: &RecordDecoder,
         ranges: &[OffsetRange],
+        fail_on_data_loss: bool,
     ) -> Result<TaskInput> {
         let consumer = self.take(bootstrap_servers)?;
         let mut input = TaskInput {
             batches: Vec::with_capacity(ranges.len()),
             input_rows: 0,
             malformed_skipped: 0,
+            offsets_lost: 0,
         };
         for range in ranges {
             // A consumer that failed mid-read is dropped, not pooled.
-            let records = read_range(&consumer, bootstrap_servers, range)?;
-            input.input_rows += records.len() as u64;
-            let decoded = decoder.decode(&range.topic, range.partition, &records)?;
+            let read = read_range(&consumer, bootstrap_servers, range, fail_on_data_loss)?;
+            input.input_rows += read.records.len() as u64;
+            input.offsets_lost += read.offsets_lost;
+            let decoded = decoder.decode(&range.topic, range.partition, &read.records)?;
             input.malformed_skipped += decoded.malformed_skipped;
             input.batches.push(decoded.batch);
         }

@@ -93,10 +93,12 @@ pub async fn run_task(
             let span = tracing::info_span!("kafka_read");
             tokio::task::spawn_blocking(move || {
                 let _enter = span.enter();
+                let kafka = &job.spec.source.kafka;
                 pool.read(
-                    &job.spec.source.kafka.bootstrap_servers,
+                    &kafka.bootstrap_servers,
                     &job.decoder,
                     &ranges,
+                    kafka.fail_on_data_loss,
                 )
             })
             .await
@@ -129,6 +131,7 @@ pub async fn run_task(
             input_rows: input.input_rows,
             output_rows: output_rows as u64,
             malformed_skipped: input.malformed_skipped,
+            offsets_lost: input.offsets_lost,
         })
     }
     .instrument(span)

@@ -270,6 +270,42 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Produces `count` valid order events of about `pad_bytes` each to one partition,
+    /// uncompressed: enough of them push older offsets out of the mock broker's log.
+    pub fn produce_padded(
+        &self,
+        topic: &str,
+        partition: i32,
+        count: u64,
+        pad_bytes: usize,
+    ) -> Result<()> {
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap_servers())
+            .set("message.max.bytes", "2000000")
+            .create()?;
+        let pad = "x".repeat(pad_bytes);
+        for i in 0..count {
+            let value =
+                format!(r#"{{"order_id":"pad-{i}","product_id":1,"amount":1.0,"pad":"{pad}"}}"#);
+            producer
+                .send(
+                    BaseRecord::<str, str>::to(topic)
+                        .payload(&value)
+                        .partition(partition),
+                )
+                .map_err(|(e, _)| e)?;
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30))?;
+        Ok(())
+    }
+
+    /// The partition's earliest offset still in Kafka.
+    pub fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64> {
+        let reader = sluice_common::kafka::OffsetReader::new(&self.bootstrap_servers())?;
+        Ok(reader.watermarks(&[topic.to_string()])?[&(topic.to_string(), partition)].low)
+    }
+
     /// Produces raw values to one partition.
     pub fn produce_raw(&self, topic: &str, partition: i32, values: &[&str]) -> Result<()> {
         let producer: BaseProducer = rdkafka::ClientConfig::new()

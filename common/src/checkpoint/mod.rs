@@ -39,18 +39,6 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     async fn delete_range(&self, prefix: &str, before: &str) -> Result<()>;
 }
 
-/// Opens the etcd store when endpoints are given, else the embedded store at `path`.
-pub async fn open_store(
-    etcd_endpoints: &[String],
-    embedded_path: &std::path::Path,
-) -> Result<Arc<dyn CheckpointStore>> {
-    if etcd_endpoints.is_empty() {
-        Ok(Arc::new(EmbeddedStore::open(embedded_path)?))
-    } else {
-        Ok(Arc::new(EtcdStore::connect(etcd_endpoints).await?))
-    }
-}
-
 /// The durable record of a submitted job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct JobRecord {

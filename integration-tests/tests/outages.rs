@@ -1,0 +1,164 @@
+//! Outages and data loss: the job pauses while Kafka or etcd is gone, shows why, resumes by
+//! itself without loss or duplication; offsets deleted by retention fail the job or are
+//! skipped and counted, as `fail_on_data_loss` says.
+
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use sluice_integration_tests::check::{
+    assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
+};
+use sluice_integration_tests::TestCluster;
+
+const EVENTS: u64 = 20_000;
+const PARTITIONS: i32 = 4;
+const SMALL_BATCHES: &str = "    max_offsets_per_trigger: 2000";
+
+async fn finish_exactly_once(cluster: &TestCluster, job: &str, spec: &str) {
+    let status = cluster
+        .wait_for(job, Duration::from_secs(180), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(
+        status.state,
+        "FINISHED",
+        "{status:?}\n{}",
+        cluster.logs_tail(40)
+    );
+    assert_unique_batches(&cluster.committed_batches(spec).await.unwrap());
+    let table = cluster.table_rows(spec).await.unwrap();
+    assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
+        cluster.logs_tail(40)
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
+    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let spec = cluster.spec(
+        "kafka-outage",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        SMALL_BATCHES,
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .wait_for(&job, Duration::from_secs(60), |s| {
+            s.last_committed_batch >= 0
+        })
+        .await
+        .unwrap();
+    cluster.kafka.broker_down(1).unwrap();
+    let paused = cluster
+        .wait_for(&job, Duration::from_secs(90), |s| {
+            s.message.contains("kafka")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        paused.state, "RUNNING",
+        "an outage pauses, it does not fail: {paused:?}"
+    );
+    cluster.kafka.broker_up(1).unwrap();
+    finish_exactly_once(&cluster, &job, &spec).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_pauses_the_job_which_resumes_by_itself() {
+    let mut cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let spec = cluster.spec(
+        "etcd-outage",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        SMALL_BATCHES,
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .wait_for(&job, Duration::from_secs(60), |s| {
+            s.last_committed_batch >= 0
+        })
+        .await
+        .unwrap();
+    cluster.etcd.stop();
+    // Longer than the leader lease: the driver steps down and campaigns again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.etcd.restart().unwrap();
+    finish_exactly_once(&cluster, &job, &spec).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
+    let cluster = TestCluster::start("short", 1, 2).await.unwrap();
+    cluster.produce_orders("short", 1, 0, 100).unwrap();
+    let sql = "SELECT order_id, _offset AS o FROM source";
+    let strict = cluster.spec("strict-loss", "short", sql, "{available_now: true}", "");
+    let job = cluster.submit(&strict).await.unwrap();
+    let status = cluster
+        .wait_for(&job, Duration::from_secs(60), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(status.state, "FINISHED", "{status:?}");
+
+    // About 8 MiB more: the mock broker keeps 5 MiB, so offsets 100.. fall out.
+    cluster.produce_padded("short", 0, 80, 100_000).unwrap();
+    let low = cluster.low_watermark("short", 0).unwrap();
+    assert!(
+        low > 100,
+        "retention must have deleted offsets; low watermark {low}"
+    );
+
+    // The same job resumes from its checkpoint (offset 100), which Kafka no longer has.
+    let job = cluster.submit(&strict).await.unwrap();
+    let status = cluster
+        .wait_for(&job, Duration::from_secs(60), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(status.state, "FAILED", "{status:?}");
+    assert!(status.message.contains("data loss"), "{}", status.message);
+    assert!(
+        status.message.contains(&format!("100..{low} of short/0")),
+        "{}",
+        status.message
+    );
+
+    let lenient = cluster.spec(
+        "lenient-loss",
+        "short",
+        sql,
+        "{available_now: true}",
+        "    starting_offsets: {short: {0: 50}}\n    fail_on_data_loss: false",
+    );
+    let job = cluster.submit(&lenient).await.unwrap();
+    let status = cluster
+        .wait_for(&job, Duration::from_secs(60), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(
+        status.state,
+        "FINISHED",
+        "{status:?}\n{}",
+        cluster.logs_tail(30)
+    );
+    let lost: u64 = status.recent_batches.iter().map(|b| b.offsets_lost).sum();
+    assert_eq!(lost, (low - 50) as u64);
+    let committed: usize = cluster
+        .table_rows(&lenient)
+        .await
+        .unwrap()
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(
+        committed as i64,
+        180 - low,
+        "every record still in Kafka, once"
+    );
+}
