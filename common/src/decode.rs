@@ -28,8 +28,19 @@ pub struct RawRecord {
 #[derive(Debug)]
 pub struct DecodedBatch {
     pub batch: RecordBatch,
-    /// Records dropped because they did not decode (`on_malformed: skip`).
+    /// Records dropped because they did not decode (`skip` or `dead_letter`).
     pub malformed_skipped: u64,
+    /// The dropped records themselves, with `on_malformed: dead_letter`.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// A record that did not decode, kept whole with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub record: RawRecord,
+    pub error: String,
 }
 
 /// Decodes records of a job's source; cheap to clone.
@@ -37,6 +48,7 @@ pub struct DecodedBatch {
 pub struct RecordDecoder {
     format: RecordFormat,
     on_malformed: OnMalformed,
+    max_record_bytes: usize,
     value_schema: SchemaRef,
     source_schema: SchemaRef,
 }
@@ -46,6 +58,7 @@ impl RecordDecoder {
         Ok(RecordDecoder {
             format: kafka.format,
             on_malformed: kafka.on_malformed,
+            max_record_bytes: kafka.max_record_bytes() as usize,
             value_schema: value_schema(kafka)?,
             source_schema: source_schema(kafka)?,
         })
@@ -56,31 +69,98 @@ impl RecordDecoder {
         self.source_schema.clone()
     }
 
-    /// Decodes `records` of `topic`/`partition`.
+    /// Why a record cannot be taken before decoding it, if it cannot.
+    fn precheck(&self, record: &RawRecord) -> Option<String> {
+        let size = record.value.as_ref().map_or(0, Vec::len);
+        (size > self.max_record_bytes).then(|| {
+            format!(
+                "record of {size} bytes exceeds max_record_bytes ({})",
+                self.max_record_bytes
+            )
+        })
+    }
+
+    /// Decodes `records` of `topic`/`partition`; malformed records are handled as the
+    /// spec's `on_malformed` says.
     pub fn decode(
         &self,
         topic: &str,
         partition: i32,
         records: &[RawRecord],
     ) -> Result<DecodedBatch> {
-        let (values, kept, malformed_skipped) = match self.format {
-            RecordFormat::Raw => {
-                let values: BinaryArray = records.iter().map(|r| r.value.as_deref()).collect();
-                let kept: Vec<&RawRecord> = records.iter().collect();
-                (vec![Arc::new(values) as ArrayRef], kept, 0)
-            }
-            RecordFormat::Json => match self.decode_json(records.iter()) {
-                Ok(batch) => (batch.columns().to_vec(), records.iter().collect(), 0),
-                Err(_) => self.decode_json_one_by_one(topic, partition, records)?,
-            },
+        let all_fit = records.iter().all(|r| self.precheck(r).is_none());
+        let fast = match self.format {
+            RecordFormat::Json if all_fit => self.decode_json(records.iter()).ok(),
+            _ => None,
         };
+        let (values, kept, malformed) = match (fast, self.format) {
+            (Some(batch), _) => (batch.columns().to_vec(), records.iter().collect(), vec![]),
+            (None, RecordFormat::Raw) => {
+                let (kept, malformed) = self.split(records, |_| Ok(()));
+                let values: BinaryArray = kept.iter().map(|r| r.value.as_deref()).collect();
+                (vec![Arc::new(values) as ArrayRef], kept, malformed)
+            }
+            (None, RecordFormat::Json) => {
+                let (kept, malformed) = self.split(records, |record| {
+                    self.decode_json(std::iter::once(record)).map(|_| ())
+                });
+                let batch = self.decode_json(kept.iter().copied()).map_err(|message| {
+                    Error::MalformedRecord {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: kept.first().map_or(-1, |r| r.offset),
+                        message,
+                    }
+                })?;
+                (batch.columns().to_vec(), kept, malformed)
+            }
+        };
+        let mut dead_letters = Vec::new();
+        for (record, error) in &malformed {
+            match self.on_malformed {
+                OnMalformed::Fail => {
+                    return Err(Error::MalformedRecord {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: record.offset,
+                        message: error.clone(),
+                    })
+                }
+                OnMalformed::Skip => {}
+                OnMalformed::DeadLetter => dead_letters.push(DeadLetter {
+                    topic: topic.to_string(),
+                    partition,
+                    record: (*record).clone(),
+                    error: error.clone(),
+                }),
+            }
+        }
         let mut columns = values;
         columns.extend(metadata_columns(topic, partition, &kept));
         let batch = RecordBatch::try_new(self.source_schema.clone(), columns)?;
         Ok(DecodedBatch {
             batch,
-            malformed_skipped,
+            malformed_skipped: malformed.len() as u64,
+            dead_letters,
         })
+    }
+
+    /// Splits records into those that pass the precheck and `check`, and the others
+    /// with their reason.
+    fn split<'a>(
+        &self,
+        records: &'a [RawRecord],
+        check: impl Fn(&RawRecord) -> Result<(), String>,
+    ) -> (Vec<&'a RawRecord>, Vec<(&'a RawRecord, String)>) {
+        let mut kept = Vec::with_capacity(records.len());
+        let mut malformed = Vec::new();
+        for record in records {
+            match self.precheck(record).map_or_else(|| check(record), Err) {
+                Ok(()) => kept.push(record),
+                Err(reason) => malformed.push((record, reason)),
+            }
+        }
+        (kept, malformed)
     }
 
     /// Decodes all records in one arrow-json pass; any bad record fails the pass.
@@ -112,42 +192,52 @@ impl RecordDecoder {
             None => Ok(RecordBatch::new_empty(self.value_schema.clone())),
         }
     }
+}
 
-    /// The slow path: find the malformed records, fail on the first or skip them all.
-    fn decode_json_one_by_one<'a>(
-        &self,
-        topic: &str,
-        partition: i32,
-        records: &'a [RawRecord],
-    ) -> Result<(Vec<ArrayRef>, Vec<&'a RawRecord>, u64)> {
-        let mut kept = Vec::with_capacity(records.len());
-        let mut skipped = 0;
-        for record in records {
-            match self.decode_json(std::iter::once(record)) {
-                Ok(_) => kept.push(record),
-                Err(message) => match self.on_malformed {
-                    OnMalformed::Fail => {
-                        return Err(Error::MalformedRecord {
-                            topic: topic.to_string(),
-                            partition,
-                            offset: record.offset,
-                            message,
-                        })
-                    }
-                    OnMalformed::Skip => skipped += 1,
-                },
-            }
-        }
-        let batch =
-            self.decode_json(kept.iter().copied())
-                .map_err(|message| Error::MalformedRecord {
-                    topic: topic.to_string(),
-                    partition,
-                    offset: kept.first().map(|r| r.offset).unwrap_or(-1),
-                    message,
-                })?;
-        Ok((batch.columns().to_vec(), kept, skipped))
-    }
+/// The schema of a dead-letter table: the record whole, where it came from, and why.
+pub fn dead_letter_schema() -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, true),
+        Field::new("partition", DataType::Int32, true),
+        Field::new("offset", DataType::Int64, true),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+/// Dead letters as a record batch of [`dead_letter_schema`].
+pub fn dead_letter_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|l| l.topic.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            letters.iter().map(|l| l.partition),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            letters.iter().map(|l| l.record.offset),
+        )),
+        Arc::new(TimestampMillisecondArray::from_iter(
+            letters.iter().map(|l| l.record.timestamp_ms),
+        )),
+        Arc::new(BinaryArray::from_iter(
+            letters.iter().map(|l| l.record.key.as_deref()),
+        )),
+        Arc::new(BinaryArray::from_iter(
+            letters.iter().map(|l| l.record.value.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|l| l.error.as_str()),
+        )),
+    ];
+    Ok(RecordBatch::try_new(dead_letter_schema(), columns)?)
 }
 
 fn metadata_columns(topic: &str, partition: i32, records: &[&RawRecord]) -> Vec<ArrayRef> {
@@ -199,6 +289,7 @@ mod tests {
             },
             on_malformed,
             fail_on_data_loss: true,
+            max_record_bytes: None,
         }
     }
 
@@ -308,6 +399,46 @@ mod tests {
             .unwrap()
             .as_primitive::<Int64Type>();
         assert_eq!(offsets.values(), &[10, 13]);
+    }
+
+    #[test]
+    fn dead_letters_keep_the_record_and_the_reason() {
+        let decoder =
+            RecordDecoder::new(&spec(RecordFormat::Json, OnMalformed::DeadLetter)).unwrap();
+        let records = vec![
+            record(10, r#"{"id": 1}"#),
+            record(11, "{oops"),
+            record(12, r#"{"id": 3}"#),
+        ];
+        let decoded = decoder.decode("t", 4, &records).unwrap();
+        assert_eq!(decoded.batch.num_rows(), 2);
+        assert_eq!(decoded.malformed_skipped, 1);
+        let letter = &decoded.dead_letters[0];
+        assert_eq!((letter.partition, letter.record.offset), (4, 11));
+        assert_eq!(letter.record.value.as_deref(), Some(&b"{oops"[..]));
+        assert!(!letter.error.is_empty());
+        let batch = dead_letter_batch(&decoded.dead_letters).unwrap();
+        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(batch.schema(), dead_letter_schema());
+    }
+
+    #[test]
+    fn oversized_records_are_malformed() {
+        let mut source = spec(RecordFormat::Raw, OnMalformed::Fail);
+        source.max_record_bytes = Some(8);
+        let decoder = RecordDecoder::new(&source).unwrap();
+        let err = decoder
+            .decode("t", 0, &[record(0, "short"), record(1, "far too long")])
+            .unwrap_err();
+        match err {
+            Error::MalformedRecord {
+                offset, message, ..
+            } => {
+                assert_eq!(offset, 1);
+                assert!(message.contains("max_record_bytes"), "{message}");
+            }
+            other => panic!("expected a malformed record, got {other:?}"),
+        }
     }
 
     #[test]

@@ -68,6 +68,14 @@ fn warehouse_url(warehouse: &str) -> String {
     }
 }
 
+/// The identifier of a sink's dead-letter table.
+pub fn dead_letter_ident(sink: &IcebergSinkSpec) -> TableIdent {
+    TableIdent::new(
+        NamespaceIdent::new(sink.namespace.clone()),
+        sink.dead_letter_table(),
+    )
+}
+
 /// The identifier of a sink's table.
 pub fn table_ident(sink: &IcebergSinkSpec) -> TableIdent {
     TableIdent::new(
@@ -114,27 +122,21 @@ pub fn iceberg_schema_for(output: &ArrowSchema) -> Result<Schema> {
 /// Creates the sink table from the query's output schema, or checks an existing one.
 pub async fn ensure_table(
     catalog: &SqlCatalog,
-    sink: &IcebergSinkSpec,
+    ident: &TableIdent,
     output: &ArrowSchema,
 ) -> Result<Table> {
-    let ident = table_ident(sink);
+    let ident = ident.clone();
     let wanted = iceberg_schema_for(output)?;
     let namespace = ident.namespace().clone();
     let exists = catalog
         .namespace_exists(&namespace)
         .await
-        .map_err(Error::iceberg(format!(
-            "checking namespace {}",
-            sink.namespace
-        )))?;
+        .map_err(Error::iceberg(format!("checking namespace of {ident}")))?;
     if !exists {
         catalog
             .create_namespace(&namespace, HashMap::new())
             .await
-            .map_err(Error::iceberg(format!(
-                "creating namespace {}",
-                sink.namespace
-            )))?;
+            .map_err(Error::iceberg(format!("creating namespace of {ident}")))?;
     }
     let table_exists = catalog
         .table_exists(&ident)
@@ -142,7 +144,7 @@ pub async fn ensure_table(
         .map_err(Error::iceberg(format!("checking table {ident}")))?;
     if !table_exists {
         let creation = TableCreation::builder()
-            .name(sink.table.clone())
+            .name(ident.name().to_string())
             .schema(wanted)
             .build();
         return catalog
@@ -249,6 +251,14 @@ pub fn find_batch_snapshot(table: &Table, job_id: &str, batch: BatchId) -> Optio
         .map(|s| s.snapshot_id())
 }
 
+/// A batch's snapshot in a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSnapshot {
+    pub snapshot_id: i64,
+    /// False when the batch was already in the table and nothing was appended.
+    pub appended: bool,
+}
+
 /// Commits one snapshot holding `files` for batch `batch`; idempotent: when the batch is
 /// already in the table, returns its snapshot without writing another.
 pub async fn commit_batch(
@@ -257,13 +267,16 @@ pub async fn commit_batch(
     job_id: &str,
     batch: BatchId,
     files: &[String],
-) -> Result<i64> {
+) -> Result<BatchSnapshot> {
     let table = catalog
         .load_table(ident)
         .await
         .map_err(Error::iceberg(format!("loading table {ident}")))?;
-    if let Some(snapshot) = find_batch_snapshot(&table, job_id, batch) {
-        return Ok(snapshot);
+    if let Some(snapshot_id) = find_batch_snapshot(&table, job_id, batch) {
+        return Ok(BatchSnapshot {
+            snapshot_id,
+            appended: false,
+        });
     }
     let data_files = data_files_from_json(&table, files)?;
     let properties = HashMap::from([
@@ -282,8 +295,13 @@ pub async fn commit_batch(
     let table = tx.commit(catalog).await.map_err(Error::iceberg(format!(
         "committing batch {batch} to {ident}"
     )))?;
-    find_batch_snapshot(&table, job_id, batch).ok_or_else(|| Error::Checkpoint {
-        message: format!("batch {batch} committed to {ident} but its snapshot is not visible"),
+    let snapshot_id =
+        find_batch_snapshot(&table, job_id, batch).ok_or_else(|| Error::Checkpoint {
+            message: format!("batch {batch} committed to {ident} but its snapshot is not visible"),
+        })?;
+    Ok(BatchSnapshot {
+        snapshot_id,
+        appended: true,
     })
 }
 

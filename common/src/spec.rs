@@ -58,6 +58,19 @@ pub struct KafkaSourceSpec {
     /// false, skip ahead and record the gap in the batch's progress.
     #[serde(default = "default_true")]
     pub fail_on_data_loss: bool,
+    /// Larger records are malformed (default [`DEFAULT_MAX_RECORD_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_record_bytes: Option<u64>,
+}
+
+/// Records above this size are malformed unless the spec says otherwise.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 << 20;
+
+impl KafkaSourceSpec {
+    /// The size above which a record is malformed.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES)
+    }
 }
 
 /// Where a job starts reading a partition that has no checkpoint yet.
@@ -149,6 +162,8 @@ pub enum OnMalformed {
     Fail,
     /// Drop the record and count it in the batch's progress.
     Skip,
+    /// Write the record whole (bytes, error, Kafka coordinates) to the dead-letter table.
+    DeadLetter,
 }
 
 /// One column of the source schema.
@@ -238,6 +253,19 @@ pub struct IcebergSinkSpec {
     pub catalog: CatalogSpec,
     pub namespace: String,
     pub table: String,
+    /// Table for `on_malformed: dead_letter` (default `{table}_dead_letter`), in the
+    /// same catalog and namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_table: Option<String>,
+}
+
+impl IcebergSinkSpec {
+    /// The dead-letter table's name.
+    pub fn dead_letter_table(&self) -> String {
+        self.dead_letter_table
+            .clone()
+            .unwrap_or_else(|| format!("{}_dead_letter", self.table))
+    }
 }
 
 /// The Iceberg catalog; only the SQL catalog (SQLite) is supported so far.
@@ -403,6 +431,21 @@ impl JobSpec {
         }
         validate_identifier("sink.iceberg.namespace", &sink.namespace)?;
         validate_identifier("sink.iceberg.table", &sink.table)?;
+        if let Some(table) = &sink.dead_letter_table {
+            validate_identifier("sink.iceberg.dead_letter_table", table)?;
+            if *table == sink.table {
+                return Err(Error::spec(
+                    "sink.iceberg.dead_letter_table",
+                    "must differ from sink.iceberg.table",
+                ));
+            }
+        }
+        if kafka.max_record_bytes == Some(0) {
+            return Err(Error::spec(
+                "source.kafka.max_record_bytes",
+                "must be above zero",
+            ));
+        }
         if self.parallelism.max_records_per_task == 0 {
             return Err(Error::spec(
                 "parallelism.max_records_per_task",

@@ -7,7 +7,7 @@ use iceberg::TableIdent;
 use iceberg_catalog_sql::SqlCatalog;
 use sluice_common::checkpoint::JobLog;
 use sluice_common::failpoint;
-use sluice_common::iceberg_sink::commit_batch;
+use sluice_common::iceberg_sink::{commit_batch, BatchSnapshot};
 use sluice_common::offsets::{BatchPlan, Checkpoint};
 
 use crate::error::Result;
@@ -36,7 +36,9 @@ pub async fn commit(
     let snapshot_id = if data_files.is_empty() {
         NO_SNAPSHOT
     } else {
-        commit_batch(catalog, ident, job_id, plan.batch_id, data_files).await?
+        commit_batch(catalog, ident, job_id, plan.batch_id, data_files)
+            .await?
+            .snapshot_id
     };
     failpoint::hit(failpoint::SNAPSHOT_COMMITTED, plan.batch_id);
     let commit = started.elapsed();
@@ -49,6 +51,18 @@ pub async fn commit(
             checkpoint: started.elapsed() - commit,
         },
     ))
+}
+
+/// Commits a batch's dead letters to the dead-letter table; this happens before the main
+/// commit, so a batch found in the main table always has its dead letters committed.
+pub async fn commit_dead_letters(
+    catalog: &SqlCatalog,
+    dead_letter_table: &TableIdent,
+    job_id: &str,
+    plan: &BatchPlan,
+    files: &[String],
+) -> Result<BatchSnapshot> {
+    Ok(commit_batch(catalog, dead_letter_table, job_id, plan.batch_id, files).await?)
 }
 
 /// Writes the commit record and the checkpoint after `plan`.

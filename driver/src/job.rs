@@ -12,16 +12,18 @@ use iceberg::{Catalog, TableIdent};
 use iceberg_catalog_sql::SqlCatalog;
 use sluice_common::checkpoint::JobLog;
 use sluice_common::data_files::{delete_batch_files_except, names_of, snapshot_file_names};
-use sluice_common::iceberg_sink::{open_catalog, table_ident, total_records};
+use sluice_common::iceberg_sink::{
+    dead_letter_ident, find_batch_snapshot, open_catalog, table_ident, total_records,
+};
 use sluice_common::kafka::OffsetReader;
 use sluice_common::offsets::Checkpoint;
-use sluice_common::spec::{JobSpec, Trigger};
+use sluice_common::spec::{JobSpec, OnMalformed, Trigger};
 use sluice_common::{failpoint, BatchId, Error as CommonError, JobId};
 use sluice_proto::v1::JobStatus;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::committer::{commit, record_commit};
+use crate::committer::{commit, commit_dead_letters, record_commit};
 use crate::error::{Error, Result};
 use crate::planner::{self, LatestOffsets};
 use crate::progress::{batch_progress, BatchTimings, ProgressLog};
@@ -291,6 +293,32 @@ impl JobRunner {
         if let Err(error) = delete_batch_files_except(&location, &self.shared.job_id, batch, keep) {
             warn!(batch, %error, "cannot clean up data files");
         }
+        if self.shared.spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
+            self.clean_dead_letters(batch).await;
+        }
+    }
+
+    /// Deletes the batch's dead-letter files that its dead-letter snapshot (if any) lacks.
+    async fn clean_dead_letters(&mut self, batch: BatchId) {
+        let ident = dead_letter_ident(&self.shared.spec.sink.iceberg);
+        let job_id = self.shared.job_id.clone();
+        let cleaned = async {
+            let table = self
+                .catalog()
+                .await?
+                .load_table(&ident)
+                .await
+                .map_err(CommonError::iceberg(format!("loading table {ident}")))?;
+            let keep = match find_batch_snapshot(&table, &job_id, batch) {
+                Some(snapshot_id) => snapshot_file_names(&table, snapshot_id).await?,
+                None => HashSet::new(),
+            };
+            delete_batch_files_except(table.metadata().location(), &job_id, batch, &keep)?;
+            Ok::<_, Error>(())
+        };
+        if let Err(error) = cleaned.await {
+            warn!(batch, %error, "cannot clean up dead-letter files");
+        }
     }
 
     async fn latest_offsets(&mut self) -> Result<LatestOffsets> {
@@ -407,6 +435,22 @@ impl JobRunner {
                 }
             };
             failpoint::hit(failpoint::FILES_WRITTEN, plan.batch_id);
+            let dead_letter_files: Vec<String> = results
+                .tasks
+                .iter()
+                .flat_map(|r| r.dead_letter_files_json.iter().cloned())
+                .collect();
+            if !dead_letter_files.is_empty() {
+                let ident = dead_letter_ident(&self.shared.spec.sink.iceberg);
+                let catalog = self.catalog().await?;
+                let snapshot =
+                    commit_dead_letters(catalog, &ident, &job_id, &plan, &dead_letter_files)
+                        .await?;
+                if !snapshot.appended {
+                    // Committed by an earlier run of this batch: these files are garbage.
+                    self.clean_dead_letters(plan.batch_id).await;
+                }
+            }
             let executed = trigger_started.elapsed() - planned;
             let files: Vec<String> = results
                 .tasks

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_common::checkpoint::{CheckpointStore, JobLog, JobRecord};
-use sluice_common::iceberg_sink::{ensure_table, open_catalog};
+use sluice_common::decode::dead_letter_schema;
+use sluice_common::iceberg_sink::{dead_letter_ident, ensure_table, open_catalog, table_ident};
 use sluice_common::kafka::OffsetReader;
 use sluice_common::schema::source_schema;
-use sluice_common::spec::JobSpec;
+use sluice_common::spec::{JobSpec, OnMalformed};
 use sluice_common::{query, JobId};
 use sluice_proto::v1::JobStatus;
 use tokio::task::JoinHandle;
@@ -61,7 +62,11 @@ impl JobManager {
         }
         check_kafka(&spec).await?;
         let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
-        let table = ensure_table(&catalog, &spec.sink.iceberg, &shape.output_schema).await?;
+        let sink = &spec.sink.iceberg;
+        let table = ensure_table(&catalog, &table_ident(sink), &shape.output_schema).await?;
+        if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
+            ensure_table(&catalog, &dead_letter_ident(sink), &dead_letter_schema()).await?;
+        }
         let location = table.metadata().location().to_string();
         let record = JobRecord {
             job_id: spec.name.clone(),

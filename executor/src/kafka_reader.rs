@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use arrow::array::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
-use sluice_common::decode::RecordDecoder;
+use sluice_common::decode::{DeadLetter, RecordDecoder};
 use sluice_common::kafka::{consumer, read_range};
 use sluice_common::offsets::OffsetRange;
 use sluice_common::Result;
@@ -24,6 +24,8 @@ pub struct TaskInput {
     pub malformed_skipped: u64,
     /// Offsets deleted from Kafka before they were read (`fail_on_data_loss: false`).
     pub offsets_lost: u64,
+    /// Malformed records to write to the dead-letter table.
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 impl ConsumerPool {
@@ -63,6 +65,7 @@ impl ConsumerPool {
             input_rows: 0,
             malformed_skipped: 0,
             offsets_lost: 0,
+            dead_letters: Vec::new(),
         };
         for range in ranges {
             // A consumer that failed mid-read is dropped, not pooled.
@@ -71,6 +74,7 @@ impl ConsumerPool {
             input.offsets_lost += read.offsets_lost;
             let decoded = decoder.decode(&range.topic, range.partition, &read.records)?;
             input.malformed_skipped += decoded.malformed_skipped;
+            input.dead_letters.extend(decoded.dead_letters);
             input.batches.push(decoded.batch);
         }
         self.give_back(bootstrap_servers, consumer);

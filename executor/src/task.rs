@@ -3,16 +3,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use iceberg::table::Table;
 use iceberg::Catalog;
+use iceberg::TableIdent;
+use iceberg_catalog_sql::SqlCatalog;
 use sluice_common::data_files::attempt_prefix;
-use sluice_common::decode::RecordDecoder;
+use sluice_common::decode::{dead_letter_batch, RecordDecoder};
 use sluice_common::iceberg_sink::{
-    data_files_to_json, open_catalog, table_arrow_schema, table_ident,
+    data_files_to_json, dead_letter_ident, open_catalog, table_arrow_schema, table_ident,
 };
 use sluice_common::offsets::OffsetRange;
 use sluice_common::spec::JobSpec;
+use sluice_common::spec::OnMalformed;
 use sluice_common::{failpoint, query, Error, Result};
 use sluice_proto::v1::{TaskDefinition, TaskFailure, TaskSuccess};
 use tracing::{debug, Instrument};
@@ -20,12 +24,38 @@ use tracing::{debug, Instrument};
 use crate::kafka_reader::ConsumerPool;
 use crate::writer::write_data_files;
 
-/// A job as an executor keeps it: spec, decoder and sink table, loaded once.
+/// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
+struct TargetTable {
+    table: Table,
+    schema: SchemaRef,
+}
+
+impl TargetTable {
+    async fn load(catalog: &SqlCatalog, ident: &TableIdent) -> Result<TargetTable> {
+        let table = catalog
+            .load_table(ident)
+            .await
+            .map_err(Error::iceberg(format!("loading table {ident}")))?;
+        Ok(TargetTable {
+            schema: table_arrow_schema(&table)?,
+            table,
+        })
+    }
+
+    /// Writes `batches` as data files and returns their metadata as JSON.
+    async fn write(&self, batches: &[RecordBatch], prefix: String) -> Result<Vec<String>> {
+        let files = write_data_files(&self.table, &self.schema, batches, prefix).await?;
+        data_files_to_json(&self.table, files)
+    }
+}
+
+/// A job as an executor keeps it: spec, decoder and tables, loaded once.
 pub struct PreparedJob {
     pub spec: JobSpec,
     decoder: RecordDecoder,
-    table: Table,
-    table_schema: SchemaRef,
+    sink: TargetTable,
+    /// With `on_malformed: dead_letter`.
+    dead_letters: Option<TargetTable>,
 }
 
 impl PreparedJob {
@@ -35,17 +65,16 @@ impl PreparedJob {
         let decoder = RecordDecoder::new(&spec.source.kafka)?;
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
-        let ident = table_ident(sink);
-        let table = catalog
-            .load_table(&ident)
-            .await
-            .map_err(Error::iceberg(format!("loading table {ident}")))?;
-        let table_schema = table_arrow_schema(&table)?;
+        let dead_letters = if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
+            Some(TargetTable::load(&catalog, &dead_letter_ident(sink)).await?)
+        } else {
+            None
+        };
         Ok(PreparedJob {
-            spec,
+            sink: TargetTable::load(&catalog, &table_ident(sink)).await?,
+            dead_letters,
             decoder,
-            table,
-            table_schema,
+            spec,
         })
     }
 }
@@ -114,10 +143,18 @@ pub async fn run_task(
         let output_rows: usize = output.iter().map(|b| b.num_rows()).sum();
         failpoint::hit(failpoint::EXECUTOR_RECORDS_READ, task.batch_id);
         let prefix = attempt_prefix(&task.job_id, task.batch_id, task.task_id, task.attempt);
-        let files = write_data_files(&job.table, &job.table_schema, &output, prefix)
+        let data_files_json = job
+            .sink
+            .write(&output, prefix.clone())
             .instrument(tracing::info_span!("write"))
             .await?;
-        let data_files_json = data_files_to_json(&job.table, files)?;
+        let dead_letter_files_json = match (&job.dead_letters, input.dead_letters.is_empty()) {
+            (Some(table), false) => {
+                let letters = dead_letter_batch(&input.dead_letters)?;
+                table.write(&[letters], prefix).await?
+            }
+            _ => vec![],
+        };
         failpoint::hit(failpoint::EXECUTOR_FILES_WRITTEN, task.batch_id);
         debug!(
             input_rows = input.input_rows,
@@ -132,6 +169,7 @@ pub async fn run_task(
             output_rows: output_rows as u64,
             malformed_skipped: input.malformed_skipped,
             offsets_lost: input.offsets_lost,
+            dead_letter_files_json,
         })
     }
     .instrument(span)

@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
-use sluice_common::iceberg_sink::{open_catalog, table_ident};
+use sluice_common::iceberg_sink::{dead_letter_ident, open_catalog, table_ident};
 use sluice_common::spec::JobSpec;
 use sluice_common::synthetic::{produce_orders, producer};
 use sluice_common::testing::{free_port, EtcdServer};
@@ -411,14 +411,13 @@ parallelism: {{max_records_per_task: 20000}}
     /// Every row of the job's table, read back with the `iceberg` crate.
     pub async fn table_rows(&self, spec: &str) -> Result<Vec<RecordBatch>> {
         let spec = JobSpec::parse(spec)?;
-        let sink = &spec.sink.iceberg;
-        let catalog = open_catalog(&sink.catalog).await?;
-        let table = catalog.load_table(&table_ident(sink)).await?;
-        if table.metadata().current_snapshot().is_none() {
-            return Ok(vec![]);
-        }
-        let stream = table.scan().select_all().build()?.to_arrow().await?;
-        Ok(stream.try_collect().await?)
+        read_table(&spec, &table_ident(&spec.sink.iceberg)).await
+    }
+
+    /// Every row of the job's dead-letter table.
+    pub async fn dead_letter_rows(&self, spec: &str) -> Result<Vec<RecordBatch>> {
+        let spec = JobSpec::parse(spec)?;
+        read_table(&spec, &dead_letter_ident(&spec.sink.iceberg)).await
     }
 
     /// The table's snapshots' `sluice.batch-id` values, in commit order.
@@ -509,6 +508,16 @@ parallelism: {{max_records_per_task: 20000}}
         }
         out
     }
+}
+
+async fn read_table(spec: &JobSpec, ident: &iceberg::TableIdent) -> Result<Vec<RecordBatch>> {
+    let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
+    let table = catalog.load_table(ident).await?;
+    if table.metadata().current_snapshot().is_none() {
+        return Ok(vec![]);
+    }
+    let stream = table.scan().select_all().build()?.to_arrow().await?;
+    Ok(stream.try_collect().await?)
 }
 
 impl Drop for TestCluster {

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, Int64Type};
 use sluice_integration_tests::check::{
     assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
 };
@@ -140,6 +141,40 @@ async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
         .map(RecordBatch::num_rows)
         .sum();
     assert_eq!(committed, 100);
+
+    let dead_lettering = cluster.spec(
+        "dlq",
+        "dirty",
+        sql,
+        "{available_now: true}",
+        "    on_malformed: dead_letter",
+    );
+    let job = cluster.submit(&dead_lettering).await.unwrap();
+    let status = cluster
+        .wait_for(&job, Duration::from_secs(120), |s| s.state != "RUNNING")
+        .await
+        .unwrap();
+    assert_eq!(status.state, "FINISHED", "{status:?}");
+    let committed: usize = cluster
+        .table_rows(&dead_lettering)
+        .await
+        .unwrap()
+        .iter()
+        .map(RecordBatch::num_rows)
+        .sum();
+    assert_eq!(committed, 100);
+    let letters = cluster.dead_letter_rows(&dead_lettering).await.unwrap();
+    assert_eq!(letters.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+    let letter = &letters.iter().find(|b| b.num_rows() == 1).unwrap();
+    let col = |name: &str| letter.column_by_name(name).unwrap().clone();
+    assert_eq!(col("partition").as_primitive::<Int32Type>().value(0), 1);
+    assert_eq!(col("offset").as_primitive::<Int64Type>().value(0), 50);
+    assert_eq!(col("topic").as_string::<i32>().value(0), "dirty");
+    assert_eq!(
+        col("value").as_binary::<i64>().value(0),
+        b"{\"order_id\": \"o-x\", \"amount\": "
+    );
+    assert!(!col("error").as_string::<i32>().value(0).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
