@@ -191,14 +191,6 @@ fn read_from(
                     continue;
                 }
                 let offset = message.offset();
-                if records.is_empty() && offset > from {
-                    // Kafka may have gaps (compaction, transaction markers), but a first
-                    // record beyond the start below the low watermark means data loss.
-                    let low = low_watermark()?;
-                    if low > from {
-                        return Err(data_loss(low));
-                    }
-                }
                 if offset >= range.end {
                     break;
                 }
@@ -212,6 +204,8 @@ fn read_from(
                     break;
                 }
             }
+            // Retention shows as an out-of-range fetch (a gap inside the log is fine: the
+            // next record simply has a higher offset).
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)))
             | Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                 let low = low_watermark()?;

@@ -54,6 +54,19 @@ impl JobState {
         }
     }
 
+    /// The state named by [`JobState::as_str`].
+    pub fn parse(name: &str) -> Option<JobState> {
+        [
+            JobState::Running,
+            JobState::Stopping,
+            JobState::Stopped,
+            JobState::Finished,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -120,6 +133,11 @@ impl JobShared {
             s.state = state;
             s.message = message.to_string();
         });
+    }
+
+    /// Records the last committed batch (for a job that is not running).
+    pub fn set_last_committed(&self, batch: BatchId) {
+        self.set(|s| s.last_committed_batch = batch);
     }
 
     /// Asks the loop to end after the running batch.
@@ -391,19 +409,6 @@ impl JobRunner {
                 (plan, true)
             }
             (Pending::None, _) => {
-                if self.shared.spec.source.kafka.fail_on_data_loss {
-                    if let Some((topic, partition, start, end)) =
-                        planner::deleted_offsets(&checkpoint, &latest)
-                    {
-                        return Err(CommonError::DataLoss {
-                            topic,
-                            partition,
-                            start,
-                            end,
-                        }
-                        .into());
-                    }
-                }
                 let capped = planner::cap(&latest, self.limit.as_ref());
                 let now_ms = chrono_now_ms();
                 let max = self.shared.spec.source.kafka.max_offsets_per_trigger;

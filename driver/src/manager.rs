@@ -84,21 +84,36 @@ impl JobManager {
         Ok((job_id, location))
     }
 
-    /// Starts the loops of every active job in the store (driver start-up).
+    /// Starts the loops of every active job in the store (driver start-up) and remembers
+    /// the ended ones, so that their status survives a driver restart or failover.
     pub async fn resume_jobs(self: &Arc<Self>) -> Result<()> {
         for record in JobLog::all_jobs(self.store.as_ref()).await? {
-            if !record.active {
+            let spec = match JobSpec::parse(&record.spec_json) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    error!(job = %record.job_id, error = %e, "stored spec does not parse; job not resumed");
+                    continue;
+                }
+            };
+            if record.active {
+                info!(job = %record.job_id, "resuming job from its checkpoint");
+                self.start(spec);
                 continue;
             }
-            match JobSpec::parse(&record.spec_json) {
-                Ok(spec) => {
-                    info!(job = %record.job_id, "resuming job from its checkpoint");
-                    self.start(spec);
-                }
-                Err(e) => {
-                    error!(job = %record.job_id, error = %e, "stored spec does not parse; job not resumed")
-                }
+            let shared = JobShared::new(spec);
+            let state = JobState::parse(&record.state).unwrap_or(JobState::Stopped);
+            shared.set_final(state, &record.message);
+            let log = JobLog::new(self.store.clone(), &record.job_id);
+            if let Some(checkpoint) = log.checkpoint().await? {
+                shared.set_last_committed(checkpoint.batch_id);
             }
+            self.jobs.lock().expect("jobs lock").insert(
+                record.job_id.clone(),
+                JobEntry {
+                    shared,
+                    handle: None,
+                },
+            );
         }
         Ok(())
     }

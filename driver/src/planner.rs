@@ -66,18 +66,6 @@ pub fn next_plan(
     })
 }
 
-/// The first partition whose next offset Kafka has already deleted (retention):
-/// `(topic, partition, next offset, earliest offset still in Kafka)`.
-pub fn deleted_offsets(
-    checkpoint: &Checkpoint,
-    latest: &LatestOffsets,
-) -> Option<(String, i32, i64, i64)> {
-    latest.iter().find_map(|((topic, partition), marks)| {
-        let next = checkpoint.get(topic, *partition)?;
-        (next < marks.low).then(|| (topic.clone(), *partition, next, marks.low))
-    })
-}
-
 /// A batch's tasks: its ranges cut to at most `max_records_per_task` offsets each.
 pub fn tasks(plan: &BatchPlan, max_records_per_task: u64) -> Vec<OffsetRange> {
     split_ranges(&plan.ranges, max_records_per_task)
@@ -133,18 +121,6 @@ mod tests {
         assert_eq!(capped[&("t".to_string(), 0)].high, 10);
         // A partition created after the start holds nothing for this run.
         assert_eq!(capped[&("t".to_string(), 2)].high, 0);
-    }
-
-    #[test]
-    fn offsets_deleted_by_retention_are_found() {
-        let start = initial_checkpoint(&StartingOffsets::Earliest, &latest());
-        assert_eq!(deleted_offsets(&start, &latest()), None);
-        let mut later = latest();
-        later.insert(("t".to_string(), 1), Watermarks { low: 3, high: 9 });
-        assert_eq!(
-            deleted_offsets(&start, &later),
-            Some(("t".to_string(), 1, 0, 3))
-        );
     }
 
     #[test]

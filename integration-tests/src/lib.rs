@@ -138,17 +138,42 @@ impl TestCluster {
 
     /// Starts one more executor with extra environment variables.
     pub fn start_executor(&mut self, env: &[(&str, &str)]) -> Result<()> {
-        let id = format!("executor-{}", self.executors.len());
+        let child = self.spawn_executor(self.executors.len(), env)?;
+        self.executors.push(child);
+        Ok(())
+    }
+
+    fn spawn_executor(&mut self, i: usize, env: &[(&str, &str)]) -> Result<Child> {
+        let id = format!("executor-{i}");
         let log = self.log(&id)?;
-        let child = Command::new(binary("sluice-executor"))
+        Ok(Command::new(binary("sluice-executor"))
             .args(["--driver", &self.driver_url(), "--id", &id])
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
-            .spawn()?;
-        self.executors.push(child);
+            .spawn()?)
+    }
+
+    /// SIGKILLs executor `i`.
+    pub fn kill_executor(&mut self, i: usize) {
+        let _ = self.executors[i].kill();
+        let _ = self.executors[i].wait();
+    }
+
+    /// Starts executor `i` again (after it was killed or died), with the same id.
+    pub fn restart_executor(&mut self, i: usize) -> Result<()> {
+        self.kill_executor(i);
+        self.executors[i] = self.spawn_executor(i, &[])?;
         Ok(())
+    }
+
+    /// Whether driver `i` is running.
+    pub fn driver_running(&mut self, i: usize) -> bool {
+        match &mut self.drivers[i] {
+            Some(child) => child.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
     }
 
     /// Waits for the driver to exit by itself (e.g. at a failpoint).

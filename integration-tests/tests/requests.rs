@@ -1,0 +1,152 @@
+//! Bad requests get a clear status, never a panic; the processes keep serving.
+
+use sluice_common::testing::free_port;
+use sluice_integration_tests::TestCluster;
+use sluice_proto::v1::executor_client::ExecutorClient;
+use sluice_proto::v1::{
+    task_result, GetJobStatusRequest, HeartbeatRequest, OffsetRange, PrepareJobRequest,
+    RegisterExecutorRequest, StopJobRequest, SubmitJobRequest, TaskDefinition, WatchJobRequest,
+};
+use sluice_proto::PROTOCOL_VERSION;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_refused_with_a_clear_status() {
+    let mut cluster = TestCluster::start("orders", 1, 0).await.unwrap();
+    let mut driver = cluster.client().await.unwrap();
+
+    let other_version = RegisterExecutorRequest {
+        executor_id: "old".into(),
+        address: "http://127.0.0.1:1".into(),
+        task_slots: 1,
+        protocol_version: PROTOCOL_VERSION + 1,
+    };
+    let status = driver.register_executor(other_version).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("protocol version"),
+        "{}",
+        status.message()
+    );
+
+    let anonymous = RegisterExecutorRequest {
+        protocol_version: PROTOCOL_VERSION,
+        ..Default::default()
+    };
+    let status = driver.register_executor(anonymous).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("executor_id"),
+        "{}",
+        status.message()
+    );
+
+    let status = driver
+        .heartbeat(HeartbeatRequest {
+            protocol_version: PROTOCOL_VERSION,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    for spec in ["", "::: not yaml", "name: x"] {
+        let status = driver
+            .submit_job(SubmitJobRequest { spec: spec.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{spec:?}: {status:?}");
+    }
+    let status = driver
+        .get_job_status(GetJobStatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = driver
+        .get_job_status(GetJobStatusRequest {
+            job_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("nope"), "{}", status.message());
+    let status = driver
+        .stop_job(StopJobRequest {
+            job_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = driver
+        .watch_job(WatchJobRequest {
+            job_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    // An executor on a known port, spoken to directly.
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    cluster
+        .start_executor(&[("SLUICE_EXECUTOR_BIND", &bind)])
+        .unwrap();
+    let mut executor = loop {
+        match ExecutorClient::connect(format!("http://{bind}")).await {
+            Ok(client) => break client,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    let backwards = TaskDefinition {
+        job_id: "j".into(),
+        ranges: vec![OffsetRange {
+            topic: "orders".into(),
+            partition: 0,
+            start: 10,
+            end: 5,
+        }],
+        ..Default::default()
+    };
+    let status = executor.run_task(backwards).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let unknown = executor
+        .run_task(TaskDefinition::default())
+        .await
+        .unwrap()
+        .into_inner();
+    match unknown.outcome {
+        Some(task_result::Outcome::Failure(failure)) => {
+            assert_eq!(failure.kind, "unknown_job");
+            assert!(failure.retryable);
+        }
+        other => panic!("expected an unknown-job failure, got {other:?}"),
+    }
+    let status = executor
+        .prepare_job(PrepareJobRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = executor
+        .prepare_job(PrepareJobRequest {
+            job_id: "j".into(),
+            spec_json: "{".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("invalid job spec"),
+        "{}",
+        status.message()
+    );
+
+    // Both still serve.
+    assert!(cluster
+        .client()
+        .await
+        .unwrap()
+        .list_jobs(sluice_proto::v1::ListJobsRequest {})
+        .await
+        .is_ok());
+    assert!(!cluster.executor_exited(0));
+}
