@@ -162,3 +162,45 @@ async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
         "every record still in Kafka, once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_outage_pauses_the_job_which_resumes_by_itself() {
+    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let spec = cluster.spec(
+        "catalog-outage",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        SMALL_BATCHES,
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .wait_for(&job, Duration::from_secs(60), |s| {
+            s.last_committed_batch >= 0
+        })
+        .await
+        .unwrap();
+    // The table's metadata becomes unreadable, as when the catalog's storage is gone.
+    let metadata = cluster
+        .dir
+        .path()
+        .join("warehouse/test/catalog_outage/metadata");
+    let away = metadata.with_extension("away");
+    std::fs::rename(&metadata, &away).unwrap();
+    let paused = cluster
+        .wait_for(&job, Duration::from_secs(60), |s| {
+            s.message.contains("iceberg")
+        })
+        .await;
+    std::fs::rename(&away, &metadata).unwrap();
+    let paused = paused.unwrap();
+    assert_eq!(
+        paused.state, "RUNNING",
+        "an outage pauses, it does not fail: {paused:?}"
+    );
+    finish_exactly_once(&cluster, &job, &spec).await;
+    assert!(cluster.uncommitted_files(&spec).await.unwrap().is_empty());
+}
