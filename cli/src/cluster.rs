@@ -35,6 +35,8 @@ pub struct LocalCluster {
     pub driver_url: String,
     pub bootstrap_servers: String,
     pub data_dir: PathBuf,
+    /// The driver's status page (metrics at `/metrics`).
+    pub status_url: String,
     children: Vec<(String, Child)>,
     /// The embedded broker; it serves as long as this value lives.
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
@@ -116,12 +118,17 @@ impl LocalCluster {
             driver_url: driver_url.clone(),
             bootstrap_servers,
             data_dir: data_dir.clone(),
+            status_url: String::new(),
             children: Vec::new(),
             _mock: mock,
         };
+        let http_port = free_port()?;
+        cluster.status_url = format!("http://127.0.0.1:{http_port}/");
         let mut driver_args = vec![
             "--bind".to_string(),
             format!("127.0.0.1:{port}"),
+            "--http-bind".to_string(),
+            format!("127.0.0.1:{http_port}"),
             "--data-dir".to_string(),
             data_dir.display().to_string(),
         ];

@@ -109,6 +109,10 @@ async fn local(options: ClusterOptions) -> Result<()> {
     println!("Sluice is running.");
     println!("  driver:  {}", cluster.driver_url);
     println!("  kafka:   {}", cluster.bootstrap_servers);
+    println!(
+        "  status:  {} (Prometheus metrics at /metrics)",
+        cluster.status_url
+    );
     println!("  data:    {}", cluster.data_dir.display());
     println!("  logs:    {}/logs", cluster.data_dir.display());
     println!(

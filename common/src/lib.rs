@@ -6,6 +6,7 @@ pub mod data_files;
 pub mod decode;
 pub mod error;
 pub mod failpoint;
+pub mod http;
 pub mod iceberg_sink;
 pub mod kafka;
 pub mod offsets;

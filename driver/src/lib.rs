@@ -4,6 +4,7 @@
 
 mod committer;
 mod error;
+mod http;
 mod job;
 mod manager;
 mod planner;
@@ -31,6 +32,8 @@ pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(3);
 pub struct DriverConfig {
     /// gRPC listen address for executors and clients.
     pub bind: SocketAddr,
+    /// HTTP listen address for probes, metrics and the status page.
+    pub http_bind: SocketAddr,
     /// etcd endpoints; empty selects the embedded store at `embedded_store`.
     pub etcd_endpoints: Vec<String>,
     /// File of the embedded checkpoint store.
@@ -44,6 +47,7 @@ impl Default for DriverConfig {
     fn default() -> Self {
         DriverConfig {
             bind: "127.0.0.1:50051".parse().expect("valid address"),
+            http_bind: "127.0.0.1:8080".parse().expect("valid address"),
             etcd_endpoints: vec![],
             embedded_store: PathBuf::from("sluice-data/checkpoints.json"),
             executor_timeout: DEFAULT_EXECUTOR_TIMEOUT,

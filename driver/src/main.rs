@@ -12,6 +12,13 @@ struct Args {
     /// gRPC listen address for executors and clients.
     #[arg(long, env = "SLUICE_DRIVER_BIND", default_value = "127.0.0.1:50051")]
     bind: SocketAddr,
+    /// HTTP listen address: /healthz, /readyz (leader), /metrics, / (status page).
+    #[arg(
+        long,
+        env = "SLUICE_DRIVER_HTTP_BIND",
+        default_value = "127.0.0.1:8080"
+    )]
+    http_bind: SocketAddr,
     /// etcd endpoints (comma-separated); without them the embedded store is used.
     #[arg(long, env = "SLUICE_ETCD", value_delimiter = ',')]
     etcd: Vec<String>,
@@ -35,6 +42,7 @@ async fn main() -> std::process::ExitCode {
     sluice_common::telemetry::init(args.log_json);
     let config = DriverConfig {
         bind: args.bind,
+        http_bind: args.http_bind,
         etcd_endpoints: args.etcd,
         embedded_store: args.data_dir.join("checkpoints.json"),
         executor_timeout: Duration::from_secs(args.executor_timeout_secs),

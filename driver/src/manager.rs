@@ -173,6 +173,19 @@ impl JobManager {
         self.shared(job_id)
     }
 
+    /// Every job this driver knows, by id.
+    pub fn jobs(&self) -> Vec<Arc<JobShared>> {
+        let mut jobs: Vec<_> = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .map(|e| e.shared.clone())
+            .collect();
+        jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        jobs
+    }
+
     pub fn list(&self) -> Vec<JobStatus> {
         let mut jobs: Vec<JobStatus> = self
             .jobs

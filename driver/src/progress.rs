@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use sluice_common::http::{Histogram, DURATION_BUCKETS};
 use sluice_common::offsets::BatchPlan;
 use sluice_proto::v1::{BatchProgress, PartitionProgress, TaskSuccess};
 use tokio::sync::broadcast;
@@ -77,10 +78,59 @@ pub fn batch_progress(
     }
 }
 
-/// The last [`RECENT_BATCHES`] records of a job and a channel of new ones.
+/// Counters and duration histograms over every batch a job committed in this process.
+#[derive(Debug, Clone)]
+pub struct BatchMetrics {
+    pub batches: u64,
+    pub input_rows: u64,
+    pub output_rows: u64,
+    pub malformed: u64,
+    pub offsets_lost: u64,
+    /// Per phase: plan, execute, commit, checkpoint, total.
+    pub durations: [Histogram; 5],
+}
+
+/// The phases of [`BatchMetrics::durations`], in order.
+pub const PHASES: [&str; 5] = ["plan", "execute", "commit", "checkpoint", "total"];
+
+impl Default for BatchMetrics {
+    fn default() -> Self {
+        BatchMetrics {
+            batches: 0,
+            input_rows: 0,
+            output_rows: 0,
+            malformed: 0,
+            offsets_lost: 0,
+            durations: std::array::from_fn(|_| Histogram::new(DURATION_BUCKETS)),
+        }
+    }
+}
+
+impl BatchMetrics {
+    fn record(&mut self, p: &BatchProgress) {
+        self.batches += 1;
+        self.input_rows += p.input_rows;
+        self.output_rows += p.output_rows;
+        self.malformed += p.malformed_skipped;
+        self.offsets_lost += p.offsets_lost;
+        let phases = [
+            p.plan_ms,
+            p.execute_ms,
+            p.commit_ms,
+            p.checkpoint_ms,
+            p.duration_ms,
+        ];
+        for (histogram, ms) in self.durations.iter_mut().zip(phases) {
+            histogram.observe(ms as f64 / 1000.0);
+        }
+    }
+}
+
+/// The last [`RECENT_BATCHES`] records of a job, its metrics, and a channel of new ones.
 #[derive(Debug)]
 pub struct ProgressLog {
     recent: Mutex<VecDeque<BatchProgress>>,
+    metrics: Mutex<BatchMetrics>,
     events: broadcast::Sender<BatchProgress>,
 }
 
@@ -88,14 +138,21 @@ impl Default for ProgressLog {
     fn default() -> Self {
         ProgressLog {
             recent: Mutex::new(VecDeque::with_capacity(RECENT_BATCHES)),
+            metrics: Mutex::new(BatchMetrics::default()),
             events: broadcast::channel(1024).0,
         }
     }
 }
 
 impl ProgressLog {
+    /// A copy of the job's metrics.
+    pub fn metrics(&self) -> BatchMetrics {
+        self.metrics.lock().expect("metrics lock").clone()
+    }
+
     /// Keeps a batch's record and tells watchers.
     pub fn publish(&self, progress: BatchProgress) {
+        self.metrics.lock().expect("metrics lock").record(&progress);
         let mut recent = self.recent.lock().expect("progress lock");
         if recent.len() == RECENT_BATCHES {
             recent.pop_front();

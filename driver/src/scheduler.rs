@@ -1,7 +1,7 @@
 //! Runs a batch's tasks on live executors: least-loaded placement, job specs sent once per
 //! executor, bounded retries with exponential backoff on another executor.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ const EXECUTOR_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     registry: Arc<Registry>,
+    /// Task attempts that failed and were retried, since start.
+    retries: Arc<AtomicU64>,
 }
 
 /// The successful results of a batch's tasks.
@@ -45,7 +47,15 @@ pub struct JobRef {
 
 impl Scheduler {
     pub fn new(registry: Arc<Registry>) -> Scheduler {
-        Scheduler { registry }
+        Scheduler {
+            registry,
+            retries: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Task attempts that failed and were retried, since start.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Runs one task per range; all must succeed. The first task that fails for good
@@ -141,6 +151,7 @@ impl Scheduler {
                 }
             }
             if attempt < MAX_TASK_ATTEMPTS {
+                self.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
+use crate::http::{self, Term, TermView};
 use crate::manager::{JobManager, STATUS_RECENT_BATCHES};
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
@@ -202,6 +203,23 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let view = TermView::default();
+    let http = tokio::net::TcpListener::bind(config.http_bind)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.http_bind,
+            source,
+        })?;
+    let http_addr = http.local_addr().map_err(|source| Error::Bind {
+        addr: config.http_bind,
+        source,
+    })?;
+    info!(address = %http_addr, "http (health, metrics, status page) listening");
+    tokio::spawn(sluice_common::http::serve(
+        http,
+        http::handler(view.clone()),
+        stop_rx.clone(),
+    ));
     let mut retry = Duration::from_millis(500);
     loop {
         let term = match open_leader_store(&config, stop_rx.clone()).await {
@@ -222,7 +240,7 @@ pub async fn run(
             Err(error) => return Err(error),
         };
         retry = Duration::from_millis(500);
-        match serve_term(&config, term, stop_rx.clone()).await? {
+        match serve_term(&config, term, &view, stop_rx.clone()).await? {
             TermEnd::Shutdown => {
                 info!("driver stopped");
                 return Ok(());
@@ -238,12 +256,14 @@ pub async fn run(
 async fn serve_term(
     config: &DriverConfig,
     (store, leadership): (Arc<dyn CheckpointStore>, Option<Leadership>),
+    view: &TermView,
     mut stop: watch::Receiver<bool>,
 ) -> Result<TermEnd> {
     let (_never_lost, never) = watch::channel(false);
     let mut lost = leadership.as_ref().map_or(never, |l| l.lost.clone());
     let registry = Arc::new(Registry::new(config.executor_timeout));
-    let manager = JobManager::new(store, Scheduler::new(registry.clone()));
+    let scheduler = Scheduler::new(registry.clone());
+    let manager = JobManager::new(store, scheduler.clone());
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| Error::Bind {
@@ -256,6 +276,11 @@ async fn serve_term(
     })?;
     info!(address = %local, store = if config.etcd_endpoints.is_empty() { "embedded" } else { "etcd" }, "driver listening");
     manager.resume_jobs().await?;
+    view.set(Some(Term {
+        manager: manager.clone(),
+        registry: registry.clone(),
+        scheduler,
+    }));
     let service = DriverService {
         registry,
         manager: manager.clone(),
@@ -282,6 +307,7 @@ async fn serve_term(
         }
     };
     // Running batches finish (a deposed leader's commits are refused by the fence).
+    view.set(None);
     manager.shutdown().await;
     let _ = server_stop_tx.send(true);
     server.await?;

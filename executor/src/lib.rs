@@ -4,6 +4,7 @@
 
 mod error;
 mod kafka_reader;
+mod metrics;
 mod registration;
 mod service;
 mod task;
@@ -27,6 +28,8 @@ pub struct ExecutorConfig {
     pub driver_url: String,
     /// Where to listen for tasks; port 0 picks a free one.
     pub bind: SocketAddr,
+    /// Where to serve /healthz, /readyz and /metrics; port 0 picks a free one.
+    pub http_bind: SocketAddr,
     /// Host the driver dials back; the bind address's IP when absent.
     pub advertise_host: Option<String>,
     pub task_slots: u32,
@@ -39,6 +42,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             driver_url: "http://127.0.0.1:50051".into(),
             bind: "127.0.0.1:0".parse().expect("valid address"),
+            http_bind: "127.0.0.1:0".parse().expect("valid address"),
             advertise_host: None,
             task_slots: DEFAULT_TASK_SLOTS,
             executor_id: None,

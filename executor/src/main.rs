@@ -17,6 +17,9 @@ struct Args {
     /// Address to listen on for tasks (port 0 picks a free port).
     #[arg(long, env = "SLUICE_EXECUTOR_BIND", default_value = "127.0.0.1:0")]
     bind: SocketAddr,
+    /// HTTP address for /healthz, /readyz and /metrics (port 0 picks a free port).
+    #[arg(long, env = "SLUICE_EXECUTOR_HTTP_BIND", default_value = "127.0.0.1:0")]
+    http_bind: SocketAddr,
     /// Host name the driver uses to reach this executor (default: the bind IP).
     #[arg(long, env = "SLUICE_EXECUTOR_ADVERTISE_HOST")]
     advertise_host: Option<String>,
@@ -38,6 +41,7 @@ async fn main() -> std::process::ExitCode {
     let config = ExecutorConfig {
         driver_url: args.driver,
         bind: args.bind,
+        http_bind: args.http_bind,
         advertise_host: args.advertise_host,
         task_slots: args.slots,
         executor_id: args.id,

@@ -1,7 +1,7 @@
 //! Registering with the driver and heartbeating; registers again when the driver forgets
 //! this executor (a restarted driver) or becomes unreachable for a while.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::metrics::ExecutorMetrics;
 use crate::HEARTBEAT_INTERVAL;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -31,7 +32,7 @@ pub struct Identity {
 pub async fn stay_registered(
     driver_urls: String,
     identity: Identity,
-    running_tasks: Arc<AtomicU32>,
+    metrics: Arc<ExecutorMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let endpoints = driver_urls
@@ -84,7 +85,7 @@ pub async fn stay_registered(
                 .heartbeat(HeartbeatRequest {
                     executor_id: identity.executor_id.clone(),
                     protocol_version: PROTOCOL_VERSION,
-                    running_tasks: running_tasks.load(Ordering::Relaxed),
+                    running_tasks: metrics.running.load(Ordering::Relaxed),
                 })
                 .await?
                 .into_inner();
@@ -94,7 +95,11 @@ pub async fn stay_registered(
             }
             Ok::<(), tonic::Status>(())
         };
-        let wait = match step.await {
+        let outcome = step.await;
+        metrics
+            .registered
+            .store(outcome.is_ok() && registered, Ordering::Relaxed);
+        let wait = match outcome {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
                 if registered {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sluice_proto::v1::executor_server::{Executor, ExecutorServer};
@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::kafka_reader::ConsumerPool;
+use crate::metrics::{self, ExecutorMetrics};
 use crate::registration::{stay_registered, Identity};
 use crate::task::{failure, run_task, task_ranges, PreparedJob};
 use crate::ExecutorConfig;
@@ -25,7 +26,7 @@ struct ExecutorService {
     jobs: RwLock<HashMap<String, Arc<PreparedJob>>>,
     pool: Arc<ConsumerPool>,
     slots: Arc<Semaphore>,
-    running: Arc<AtomicU32>,
+    metrics: Arc<ExecutorMetrics>,
 }
 
 fn task_failure(retryable: bool, kind: &str, message: String) -> TaskResult {
@@ -78,12 +79,26 @@ impl Executor for ExecutorService {
             .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("executor is shutting down"))?;
-        self.running.fetch_add(1, Ordering::Relaxed);
+        let metrics = &self.metrics;
+        metrics.running.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let outcome = run_task(job, self.pool.clone(), &task, ranges).await;
-        self.running.fetch_sub(1, Ordering::Relaxed);
+        metrics.running.fetch_sub(1, Ordering::Relaxed);
+        metrics
+            .task_seconds
+            .lock()
+            .expect("histogram lock")
+            .observe(started.elapsed().as_secs_f64());
         let outcome = match outcome {
-            Ok(success) => task_result::Outcome::Success(success),
+            Ok(success) => {
+                metrics.tasks_succeeded.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .records_read
+                    .fetch_add(success.input_rows, Ordering::Relaxed);
+                task_result::Outcome::Success(success)
+            }
             Err(error) => {
+                metrics.tasks_failed.fetch_add(1, Ordering::Relaxed);
                 warn!(job = %task.job_id, batch = task.batch_id, task = task.task_id, %error, "task failed");
                 task_result::Outcome::Failure(failure(&error))
             }
@@ -122,22 +137,36 @@ pub async fn run(
         task_slots: config.task_slots.max(1),
     };
     info!(executor = %identity.executor_id, address = %identity.address, slots = identity.task_slots, "executor listening");
-    let running = Arc::new(AtomicU32::new(0));
+    let metrics = Arc::new(ExecutorMetrics::default());
     let service = ExecutorService {
         jobs: RwLock::new(HashMap::new()),
         pool: Arc::new(ConsumerPool::default()),
         slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
-        running: running.clone(),
+        metrics: metrics.clone(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let http = tokio::net::TcpListener::bind(config.http_bind)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.http_bind,
+            source,
+        })?;
+    if let Ok(addr) = http.local_addr() {
+        info!(address = %addr, "http (health, metrics) listening");
+    }
+    tokio::spawn(sluice_common::http::serve(
+        http,
+        metrics::handler(metrics.clone()),
+        stop_rx.clone(),
+    ));
     let registration = tokio::spawn(stay_registered(
         config.driver_url.clone(),
         identity,
-        running,
+        metrics,
         stop_rx.clone(),
     ));
     let mut server_stop = stop_rx.clone();

@@ -48,6 +48,8 @@ pub struct TestCluster {
     pub kafka: MockCluster<'static, DefaultProducerContext>,
     /// One port per driver; several drivers campaign for leadership.
     pub driver_ports: Vec<u16>,
+    /// Each driver's HTTP port (probes, metrics, status page).
+    pub driver_http_ports: Vec<u16>,
     drivers: Vec<Option<Child>>,
     executors: Vec<Child>,
     starts: HashMap<String, u32>,
@@ -79,6 +81,7 @@ impl TestCluster {
             etcd,
             kafka,
             driver_ports: (0..drivers).map(|_| free_port()).collect(),
+            driver_http_ports: (0..drivers).map(|_| free_port()).collect(),
             drivers: (0..drivers).map(|_| None).collect(),
             executors: Vec::new(),
             starts: HashMap::new(),
@@ -125,6 +128,10 @@ impl TestCluster {
         let child = Command::new(binary("sluice-driver"))
             .args(["--bind", &format!("127.0.0.1:{}", self.driver_ports[i])])
             .args(["--leader-lease-secs", "2"])
+            .args([
+                "--http-bind",
+                &format!("127.0.0.1:{}", self.driver_http_ports[i]),
+            ])
             .args(["--etcd", &self.etcd.endpoint()])
             .args(["--executor-timeout-secs", "5"])
             .env("RUST_LOG", "info")
@@ -253,6 +260,25 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// GETs `path` from driver `i`'s HTTP server: (status code, body).
+    pub fn http_get(&self, i: usize, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.driver_http_ports[i]))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no status line")?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
     }
 
     /// A client of the serving driver (standby drivers do not listen).

@@ -34,6 +34,31 @@ async fn standby_driver_takes_over_and_the_job_commits_exactly_once() {
         .await
         .unwrap();
     let leader = cluster.leader().await.expect("a leader serves");
+    let standby = 1 - leader;
+    assert_eq!(cluster.http_get(leader, "/readyz").unwrap().0, 200);
+    assert_eq!(cluster.http_get(standby, "/readyz").unwrap().0, 503);
+    assert_eq!(cluster.http_get(standby, "/healthz").unwrap().0, 200);
+    let (code, metrics) = cluster.http_get(leader, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("sluice_leader 1"), "{metrics}");
+    assert!(metrics.contains("sluice_executors_alive 2"), "{metrics}");
+    assert!(
+        metrics.contains("sluice_batches_total{job=\"failover\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "sluice_batch_duration_seconds_bucket{job=\"failover\",phase=\"commit\",le=\"+Inf\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_partition_lag{job=\"failover\",topic=\"orders\",partition=\"0\"}"),
+        "{metrics}"
+    );
+    let (code, page) = cluster.http_get(leader, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("<h2>failover</h2>"), "{page}");
     let killed = Instant::now();
     cluster.kill_driver_at(leader);
     let successor = loop {

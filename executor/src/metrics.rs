@@ -1,0 +1,84 @@
+//! The executor's counters and its HTTP side: `/healthz`, `/readyz` (registered with a
+//! driver) and `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sluice_common::http::{Handler, Histogram, HttpResponse, DURATION_BUCKETS};
+
+/// What an executor has done since it started.
+#[derive(Debug)]
+pub struct ExecutorMetrics {
+    pub running: AtomicU32,
+    pub registered: AtomicBool,
+    pub tasks_succeeded: AtomicU64,
+    pub tasks_failed: AtomicU64,
+    pub records_read: AtomicU64,
+    pub task_seconds: Mutex<Histogram>,
+}
+
+impl Default for ExecutorMetrics {
+    fn default() -> Self {
+        ExecutorMetrics {
+            running: AtomicU32::new(0),
+            registered: AtomicBool::new(false),
+            tasks_succeeded: AtomicU64::new(0),
+            tasks_failed: AtomicU64::new(0),
+            records_read: AtomicU64::new(0),
+            task_seconds: Mutex::new(Histogram::new(DURATION_BUCKETS)),
+        }
+    }
+}
+
+impl ExecutorMetrics {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# TYPE sluice_executor_running_tasks gauge\nsluice_executor_running_tasks {}",
+            self.running.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE sluice_executor_registered gauge\nsluice_executor_registered {}",
+            u8::from(self.registered.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(out, "# TYPE sluice_executor_tasks_total counter");
+        let _ = writeln!(
+            out,
+            "sluice_executor_tasks_total{{outcome=\"succeeded\"}} {}",
+            load(&self.tasks_succeeded)
+        );
+        let _ = writeln!(
+            out,
+            "sluice_executor_tasks_total{{outcome=\"failed\"}} {}",
+            load(&self.tasks_failed)
+        );
+        let _ = writeln!(out, "# TYPE sluice_executor_records_read_total counter\nsluice_executor_records_read_total {}", load(&self.records_read));
+        let _ = writeln!(
+            out,
+            "# TYPE sluice_executor_task_duration_seconds histogram"
+        );
+        self.task_seconds.lock().expect("histogram lock").render(
+            &mut out,
+            "sluice_executor_task_duration_seconds",
+            "",
+        );
+        out
+    }
+}
+
+/// Routes: `/healthz`, `/readyz`, `/metrics`.
+pub fn handler(metrics: Arc<ExecutorMetrics>) -> Handler {
+    Arc::new(move |path| match path {
+        "/healthz" => HttpResponse::text(200, "ok\n"),
+        "/readyz" if metrics.registered.load(Ordering::Relaxed) => {
+            HttpResponse::text(200, "registered\n")
+        }
+        "/readyz" => HttpResponse::text(503, "not registered with a driver\n"),
+        "/metrics" => HttpResponse::metrics(metrics.render()),
+        _ => HttpResponse::not_found(),
+    })
+}
