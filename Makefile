@@ -24,10 +24,12 @@ demo: prerequisites
 	$(CARGO) build --release --bins
 	./target/release/sluice demo
 
-# Builds every binary (integration tests start them as processes), then runs every test.
+# Builds every binary (integration tests start them as processes), runs every test, and
+# renders and validates the Helm chart offline.
 test: prerequisites
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace -- --test-threads=2
+	deploy/k8s/validate.sh
 
 check:
 	$(CARGO) fmt --all -- --check
