@@ -25,13 +25,16 @@ use sluice_proto::v1::driver_client::DriverClient;
 use sluice_proto::v1::{GetJobStatusRequest, JobStatus, SubmitJobRequest};
 use tonic::transport::Channel;
 
-/// Where cargo put the binaries (`target/debug`), found from the test executable.
+/// Where cargo put the binaries (`target/debug` or `target/release`), found from this
+/// executable: a test lives in `deps/` below them, a bench binary beside them.
 fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let beside = exe.parent().expect("executable directory");
+    let dir = if beside.ends_with("deps") {
+        beside.parent().expect("target directory")
+    } else {
+        beside
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -1,0 +1,379 @@
+//! `sluice-bench`: Sluice against the raw broker, on one machine.
+//!
+//! Loads a topic with 200-byte JSON events, measures how fast a plain librdkafka consumer
+//! reads them (the ceiling), runs a filter/projection job over the same records to
+//! completion, then runs a stream of small batches on a 100 ms trigger and reports
+//! per-batch overhead and end-to-end latency (produce time -> committed snapshot).
+//! Real processes: etcd, the mock Kafka cluster, the driver and executor binaries.
+//!
+//! `cargo build --release --bins && cargo run --release -p sluice-integration-tests --bin sluice-bench`
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_common::synthetic::{producer, Order};
+use sluice_integration_tests::TestCluster;
+use sluice_proto::v1::{BatchProgress, StopJobRequest, WatchJobRequest};
+
+/// Benchmark Sluice against a plain Kafka consumer.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Events loaded for the throughput runs.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Partitions of the loaded topic (the mock broker keeps ~5 MiB each).
+    #[arg(long, default_value_t = 16)]
+    partitions: i32,
+    #[arg(long, default_value_t = 2)]
+    executors: usize,
+    /// Seconds of the 100 ms-trigger stream.
+    #[arg(long, default_value_t = 20)]
+    stream_secs: u64,
+    /// Events per second during the stream (10,000/s makes ~1,000-row batches).
+    #[arg(long, default_value_t = 10_000)]
+    stream_rate: u64,
+}
+
+/// Target size of one event's JSON.
+const EVENT_BYTES: usize = 200;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Event `seq` as JSON padded to about [`EVENT_BYTES`].
+fn event(seq: u64, ts_ms: i64) -> String {
+    let json = Order::new(seq, ts_ms).to_json();
+    let pad = EVENT_BYTES.saturating_sub(json.len() + 12);
+    format!(
+        "{},\"note\":\"{}\"}}",
+        &json[..json.len() - 1],
+        "n".repeat(pad)
+    )
+}
+
+fn produce(
+    cluster: &TestCluster,
+    topic: &str,
+    partitions: i32,
+    first: u64,
+    count: u64,
+    rate: Option<u64>,
+) -> Result<()> {
+    let producer = producer(&cluster.bootstrap_servers())?;
+    let started = Instant::now();
+    for i in 0..count {
+        let seq = first + i;
+        let payload = event(seq, now_ms());
+        loop {
+            let record = BaseRecord::<str, str>::to(topic)
+                .payload(&payload)
+                .partition((seq % partitions as u64) as i32)
+                .timestamp(now_ms());
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, _)) => {
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64((i + 1) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// Reads every record of `topic` with a plain consumer; returns (seconds, timestamps).
+fn consume_all(
+    cluster: &TestCluster,
+    topic: &str,
+    partitions: i32,
+    count: u64,
+) -> Result<(f64, HashMap<(i32, i64), i64>)> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "bench-raw")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let mut timestamps = HashMap::with_capacity(count as usize);
+    while (timestamps.len() as u64) < count {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                timestamps.insert(
+                    (m.partition(), m.offset()),
+                    m.timestamp().to_millis().unwrap_or(0),
+                );
+            }
+            Some(Err(e)) => bail!("raw consumer: {e}"),
+            None => bail!(
+                "raw consumer stalled at {} of {count} records",
+                timestamps.len()
+            ),
+        }
+    }
+    Ok((started.elapsed().as_secs_f64(), timestamps))
+}
+
+/// Streams a job's progress until it ends or `until` says stop; records receive times.
+async fn watch(
+    cluster: &TestCluster,
+    job: &str,
+    mut until: impl FnMut(&BatchProgress) -> bool,
+) -> Result<Vec<(BatchProgress, i64)>> {
+    let mut client = cluster.client().await?;
+    let mut stream = client
+        .watch_job(WatchJobRequest {
+            job_id: job.to_string(),
+        })
+        .await?
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(p) = stream.message().await? {
+        if !p.job_state.is_empty() {
+            if p.job_state != "FINISHED" && p.job_state != "STOPPED" {
+                bail!("job {job} ended {}: {}", p.job_state, p.message);
+            }
+            break;
+        }
+        let stop = until(&p);
+        seen.push((p, now_ms()));
+        if stop {
+            break;
+        }
+    }
+    Ok(seen)
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
+    values[rank]
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0);
+    format!(
+        "{} cores ({cpu}), {:.0} GiB RAM; broker (librdkafka mock cluster), etcd, driver and executors on the same machine",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        mem as f64 / 1024.0 / 1024.0
+    )
+}
+
+fn spec(
+    cluster: &TestCluster,
+    name: &str,
+    topic: &str,
+    sql: &str,
+    trigger: &str,
+    extra: &str,
+) -> String {
+    cluster.spec(name, topic, sql, trigger, extra)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    println!("# Sluice benchmark\n\nMachine: {}\n", machine());
+    let cluster = TestCluster::start("load", args.partitions, args.executors).await?;
+
+    let started = Instant::now();
+    produce(&cluster, "load", args.partitions, 0, args.events, None)?;
+    eprintln!(
+        "loaded {} events in {:.1}s",
+        args.events,
+        started.elapsed().as_secs_f64()
+    );
+
+    let (raw_secs, _) = consume_all(&cluster, "load", args.partitions, args.events)?;
+    let raw_rate = args.events as f64 / raw_secs;
+
+    let sql = "SELECT order_id, customer_id, amount, country, _partition AS p, _offset AS o FROM source WHERE amount >= 100";
+    let filter = spec(
+        &cluster,
+        "bench-filter",
+        "load",
+        sql,
+        "{available_now: true}",
+        "    max_offsets_per_trigger: 400000",
+    );
+    let started = Instant::now();
+    let job = cluster
+        .submit(&filter)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let batches = watch(&cluster, &job, |_| false).await?;
+    let filter_secs = started.elapsed().as_secs_f64();
+    let rows: u64 = batches.iter().map(|(b, _)| b.input_rows).sum();
+    if rows != args.events {
+        bail!(
+            "the filter job read {rows} records, expected {}",
+            args.events
+        );
+    }
+    let filter_rate = rows as f64 / filter_secs;
+
+    println!(
+        "## Throughput ({} events of {EVENT_BYTES} bytes, {} partitions, {} executors)\n",
+        args.events, args.partitions, args.executors
+    );
+    println!("| run | rows/s | ratio to raw |\n| --- | ---: | ---: |");
+    println!("| raw librdkafka consumer (ceiling) | {raw_rate:.0} | 1.00 |");
+    println!(
+        "| Sluice filter/projection job, to completion ({} batches) | {filter_rate:.0} | {:.2} |",
+        batches.len(),
+        filter_rate / raw_rate
+    );
+    println!(
+        "| Sluice aggregation job | not run: GROUP BY needs the shuffle, not built yet | — |\n"
+    );
+
+    // A stream of small batches on a 100 ms trigger.
+    let stream_partitions = 4;
+    cluster.kafka.create_topic("stream", stream_partitions, 1)?;
+    let stream_sql = "SELECT order_id, amount, _partition AS p, _offset AS o FROM source";
+    let stream_spec = spec(
+        &cluster,
+        "bench-stream",
+        "stream",
+        stream_sql,
+        "{processing_time: 100ms}",
+        "    starting_offsets: earliest",
+    );
+    let job = cluster
+        .submit(&stream_spec)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let total = args.stream_rate * args.stream_secs;
+    let producer = {
+        let bootstrap = cluster.bootstrap_servers();
+        let rate = args.stream_rate;
+        std::thread::spawn(move || -> Result<()> {
+            let producer = producer(&bootstrap)?;
+            let started = Instant::now();
+            for seq in 0..total {
+                let payload = event(seq, now_ms());
+                let record = BaseRecord::<str, str>::to("stream")
+                    .payload(&payload)
+                    .partition((seq % 4) as i32)
+                    .timestamp(now_ms());
+                if producer.send(record).is_err() {
+                    producer.poll(Duration::from_millis(5));
+                }
+                let due = Duration::from_secs_f64((seq + 1) as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    producer.poll(Duration::ZERO);
+                    std::thread::sleep(wait);
+                }
+            }
+            producer.flush(Duration::from_secs(30))?;
+            Ok(())
+        })
+    };
+    let mut read = 0;
+    let batches = watch(&cluster, &job, |b| {
+        read += b.input_rows;
+        read >= total
+    })
+    .await?;
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    cluster
+        .client()
+        .await?
+        .stop_job(StopJobRequest {
+            job_id: job.clone(),
+        })
+        .await?;
+    let (_, timestamps) = consume_all(&cluster, "stream", stream_partitions, total)
+        .context("reading produce times")?;
+
+    let mut latencies = Vec::with_capacity(total as usize);
+    for (batch, committed_at) in &batches {
+        for p in &batch.partitions {
+            for offset in p.start_offset..p.end_offset {
+                if let Some(produced) = timestamps.get(&(p.partition, offset)) {
+                    latencies.push((committed_at - produced) as f64);
+                }
+            }
+        }
+    }
+    // Steady state: skip the first second of batches (connections, caches).
+    let steady: Vec<&BatchProgress> = batches.iter().map(|(b, _)| b).skip(10).collect();
+    let column =
+        |f: fn(&BatchProgress) -> u64| -> Vec<f64> { steady.iter().map(|b| f(b) as f64).collect() };
+    let rows: Vec<f64> = column(|b| b.input_rows);
+    println!(
+        "## 100 ms trigger ({} events/s for {} s, {} batches, median {:.0} rows per batch)\n",
+        args.stream_rate,
+        args.stream_secs,
+        batches.len(),
+        percentile(&mut rows.clone(), 50.0)
+    );
+    println!("| per-batch | median ms | p99 ms |\n| --- | ---: | ---: |");
+    let phases: [(&str, fn(&BatchProgress) -> u64); 5] = [
+        ("plan", |b| b.plan_ms),
+        ("execute", |b| b.execute_ms),
+        ("commit (Iceberg)", |b| b.commit_ms),
+        ("checkpoint (etcd)", |b| b.checkpoint_ms),
+        ("total overhead", |b| b.duration_ms),
+    ];
+    for (name, f) in phases {
+        let mut values = column(f);
+        println!(
+            "| {name} | {:.0} | {:.0} |",
+            percentile(&mut values, 50.0),
+            percentile(&mut values, 99.0)
+        );
+    }
+    println!(
+        "| end-to-end latency, produce -> committed ({} records) | {:.0} | {:.0} |",
+        latencies.len(),
+        percentile(&mut latencies.clone(), 50.0),
+        percentile(&mut latencies, 99.0)
+    );
+    Ok(())
+}
