@@ -462,6 +462,49 @@ parallelism: {{max_records_per_task: 20000}}
         }
     }
 
+    /// Waits until the job is no longer RUNNING; returns its final status.
+    pub async fn wait_until_ended(&self, job: &str) -> Result<JobStatus> {
+        self.wait_for(job, Duration::from_secs(240), |s| s.state != "RUNNING")
+            .await
+    }
+
+    /// Waits for the [`check::FILTER_SQL`] job to finish, then checks that its table holds
+    /// events `0..events` exactly once, each batch committed once, no stray file.
+    pub async fn assert_finished_exactly_once(
+        &self,
+        job: &str,
+        spec: &str,
+        events: u64,
+        partitions: i32,
+    ) {
+        let status = self.wait_until_ended(job).await.unwrap();
+        assert_eq!(
+            status.state,
+            "FINISHED",
+            "{status:?}\n{}",
+            self.logs_tail(40)
+        );
+        check::assert_unique_batches(&self.committed_batches(spec).await.unwrap());
+        let table = self.table_rows(spec).await.unwrap();
+        check::assert_exactly_once(
+            check::rows(&table),
+            check::expected_rows(events, partitions),
+            || self.logs_tail(40),
+        );
+        let stray = self.uncommitted_files(spec).await.unwrap();
+        assert!(stray.is_empty(), "uncommitted files left behind: {stray:?}");
+    }
+
+    /// Rows in the job's table.
+    pub async fn row_count(&self, spec: &str) -> Result<usize> {
+        Ok(self
+            .table_rows(spec)
+            .await?
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum())
+    }
+
     /// Every row of the job's table, read back with the `iceberg` crate.
     pub async fn table_rows(&self, spec: &str) -> Result<Vec<RecordBatch>> {
         let spec = JobSpec::parse(spec)?;

@@ -90,7 +90,7 @@ async fn chaos_of_kills_and_kafka_errors_keeps_exactly_once() {
         )
     };
     let status = cluster
-        .wait_for(&job, Duration::from_secs(240), |s| s.state != "RUNNING")
+        .wait_until_ended(&job)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", context()));
     assert_eq!(status.state, "FINISHED", "{status:?}\n{}", context());

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
-use sluice_integration_tests::check::{
-    assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
-};
+use sluice_integration_tests::check::{assert_exactly_once, expected_rows, rows, FILTER_SQL};
 use sluice_integration_tests::TestCluster;
 
 const EVENTS: u64 = 200_000;
@@ -25,10 +23,7 @@ async fn filter_job_commits_every_record_exactly_once() {
         "    max_offsets_per_trigger: 80000",
     );
     let job = cluster.submit(&spec).await.unwrap();
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(240), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
+    let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(
         status.state,
         "FINISHED",
@@ -71,21 +66,9 @@ async fn driver_killed_mid_stream_loses_and_duplicates_nothing() {
         cluster.start_driver().unwrap();
         cluster.wait_for_driver().await.unwrap();
     }
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(240), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
-    assert_eq!(
-        status.state,
-        "FINISHED",
-        "{status:?}\n{}",
-        cluster.logs_tail(40)
-    );
-    assert_unique_batches(&cluster.committed_batches(&spec).await.unwrap());
-    let table = cluster.table_rows(&spec).await.unwrap();
-    assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
-        cluster.logs_tail(40)
-    });
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,10 +88,7 @@ async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
         "    on_malformed: fail",
     );
     let job = cluster.submit(&failing).await.unwrap();
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(120), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
+    let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(status.state, "FAILED", "{status:?}");
     assert!(status.message.contains("dirty/1@50"), "{}", status.message);
     assert_eq!(status.last_committed_batch, -1);
@@ -122,10 +102,7 @@ async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
         "    on_malformed: skip",
     );
     let job = cluster.submit(&skipping).await.unwrap();
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(120), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
+    let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(status.state, "FINISHED", "{status:?}");
     let skipped: u64 = status
         .recent_batches
@@ -133,13 +110,7 @@ async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
         .map(|b| b.malformed_skipped)
         .sum();
     assert_eq!(skipped, 1);
-    let committed: usize = cluster
-        .table_rows(&skipping)
-        .await
-        .unwrap()
-        .iter()
-        .map(RecordBatch::num_rows)
-        .sum();
+    let committed = cluster.row_count(&skipping).await.unwrap();
     assert_eq!(committed, 100);
 
     let dead_lettering = cluster.spec(
@@ -150,18 +121,9 @@ async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
         "    on_malformed: dead_letter",
     );
     let job = cluster.submit(&dead_lettering).await.unwrap();
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(120), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
+    let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(status.state, "FINISHED", "{status:?}");
-    let committed: usize = cluster
-        .table_rows(&dead_lettering)
-        .await
-        .unwrap()
-        .iter()
-        .map(RecordBatch::num_rows)
-        .sum();
+    let committed = cluster.row_count(&dead_lettering).await.unwrap();
     assert_eq!(committed, 100);
     let letters = cluster.dead_letter_rows(&dead_lettering).await.unwrap();
     assert_eq!(letters.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_integration_tests::check::{
-    assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
-};
+use sluice_integration_tests::check::FILTER_SQL;
 use sluice_integration_tests::TestCluster;
 
 const EVENTS: u64 = 40_000;
@@ -79,20 +77,8 @@ async fn standby_driver_takes_over_and_the_job_commits_exactly_once() {
     );
     // The old leader comes back as a standby: it must not serve.
     cluster.start_driver_at(leader).unwrap();
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(180), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
-    assert_eq!(
-        status.state,
-        "FINISHED",
-        "{status:?}\n{}",
-        cluster.logs_tail(40)
-    );
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
     assert_eq!(cluster.leader().await, Some(successor));
-    assert_unique_batches(&cluster.committed_batches(&spec).await.unwrap());
-    let table = cluster.table_rows(&spec).await.unwrap();
-    assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
-        cluster.logs_tail(40)
-    });
 }

@@ -5,35 +5,13 @@
 use std::time::Duration;
 
 use sluice_common::failpoint::{self, FAILPOINTS_ENV};
-use sluice_integration_tests::check::{
-    assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
-};
+use sluice_integration_tests::check::FILTER_SQL;
 use sluice_integration_tests::TestCluster;
 
 const EVENTS: u64 = 20_000;
 const PARTITIONS: i32 = 4;
 /// Four batches of 5,000 offsets; the failpoints fire in batch 1.
 const BATCH: &str = "    max_offsets_per_trigger: 5000";
-
-async fn finish_and_check(cluster: &TestCluster, job: &str, spec: &str) {
-    let status = cluster
-        .wait_for(job, Duration::from_secs(180), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
-    assert_eq!(
-        status.state,
-        "FINISHED",
-        "{status:?}\n{}",
-        cluster.logs_tail(40)
-    );
-    assert_unique_batches(&cluster.committed_batches(spec).await.unwrap());
-    let table = cluster.table_rows(spec).await.unwrap();
-    assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
-        cluster.logs_tail(40)
-    });
-    let stray = cluster.uncommitted_files(spec).await.unwrap();
-    assert!(stray.is_empty(), "uncommitted files left behind: {stray:?}");
-}
 
 /// The driver dies at `point` in batch 1, is restarted, and the job completes exactly once.
 async fn driver_crash_at(point: &str) {
@@ -56,7 +34,9 @@ async fn driver_crash_at(point: &str) {
     cluster.driver_env.clear();
     cluster.start_driver().unwrap();
     cluster.wait_for_driver().await.unwrap();
-    finish_and_check(&cluster, &job, &spec).await;
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +77,9 @@ async fn executor_crash_at(point: &str) {
     let name = format!("crash-{}", point.replace('_', "-"));
     let spec = cluster.spec(&name, "orders", FILTER_SQL, "{available_now: true}", BATCH);
     let job = cluster.submit(&spec).await.unwrap();
-    finish_and_check(&cluster, &job, &spec).await;
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
     assert!(
         cluster.executor_exited(0),
         "executor 0 must have died at {point}"
@@ -140,6 +122,8 @@ async fn driver_sigterm_commits_the_running_batch_and_resumes_after_restart() {
     let committed = cluster.committed_batches(&spec).await.unwrap();
     cluster.start_driver().unwrap();
     cluster.wait_for_driver().await.unwrap();
-    finish_and_check(&cluster, &job, &spec).await;
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
     assert!(!committed.is_empty());
 }

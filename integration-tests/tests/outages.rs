@@ -4,33 +4,12 @@
 
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use sluice_integration_tests::check::{
-    assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
-};
+use sluice_integration_tests::check::FILTER_SQL;
 use sluice_integration_tests::TestCluster;
 
 const EVENTS: u64 = 20_000;
 const PARTITIONS: i32 = 4;
 const SMALL_BATCHES: &str = "    max_offsets_per_trigger: 2000";
-
-async fn finish_exactly_once(cluster: &TestCluster, job: &str, spec: &str) {
-    let status = cluster
-        .wait_for(job, Duration::from_secs(180), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
-    assert_eq!(
-        status.state,
-        "FINISHED",
-        "{status:?}\n{}",
-        cluster.logs_tail(40)
-    );
-    assert_unique_batches(&cluster.committed_batches(spec).await.unwrap());
-    let table = cluster.table_rows(spec).await.unwrap();
-    assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
-        cluster.logs_tail(40)
-    });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
@@ -64,7 +43,9 @@ async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
         "an outage pauses, it does not fail: {paused:?}"
     );
     cluster.kafka.broker_up(1).unwrap();
-    finish_exactly_once(&cluster, &job, &spec).await;
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +72,9 @@ async fn etcd_outage_pauses_the_job_which_resumes_by_itself() {
     // Longer than the leader lease: the driver steps down and campaigns again.
     tokio::time::sleep(Duration::from_secs(4)).await;
     cluster.etcd.restart().unwrap();
-    finish_exactly_once(&cluster, &job, &spec).await;
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,10 +84,7 @@ async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
     let sql = "SELECT order_id, _offset AS o FROM source";
     let strict = cluster.spec("strict-loss", "short", sql, "{available_now: true}", "");
     let job = cluster.submit(&strict).await.unwrap();
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(60), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
+    let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(status.state, "FINISHED", "{status:?}");
 
     // About 8 MiB more: the mock broker keeps 5 MiB, so offsets 100.. fall out.
@@ -117,10 +97,7 @@ async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
 
     // The same job resumes from its checkpoint (offset 100), which Kafka no longer has.
     let job = cluster.submit(&strict).await.unwrap();
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(60), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
+    let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(status.state, "FAILED", "{status:?}");
     assert!(status.message.contains("data loss"), "{}", status.message);
     assert!(
@@ -137,10 +114,7 @@ async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
         "    starting_offsets: {short: {0: 50}}\n    fail_on_data_loss: false",
     );
     let job = cluster.submit(&lenient).await.unwrap();
-    let status = cluster
-        .wait_for(&job, Duration::from_secs(60), |s| s.state != "RUNNING")
-        .await
-        .unwrap();
+    let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(
         status.state,
         "FINISHED",
@@ -149,13 +123,7 @@ async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
     );
     let lost: u64 = status.recent_batches.iter().map(|b| b.offsets_lost).sum();
     assert_eq!(lost, (low - 50) as u64);
-    let committed: usize = cluster
-        .table_rows(&lenient)
-        .await
-        .unwrap()
-        .iter()
-        .map(RecordBatch::num_rows)
-        .sum();
+    let committed = cluster.row_count(&lenient).await.unwrap();
     assert_eq!(
         committed as i64,
         180 - low,
@@ -201,6 +169,8 @@ async fn catalog_outage_pauses_the_job_which_resumes_by_itself() {
         paused.state, "RUNNING",
         "an outage pauses, it does not fail: {paused:?}"
     );
-    finish_exactly_once(&cluster, &job, &spec).await;
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
     assert!(cluster.uncommitted_files(&spec).await.unwrap().is_empty());
 }
