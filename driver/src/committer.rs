@@ -15,6 +15,13 @@ use crate::error::Result;
 /// Snapshot id recorded for a batch that produced no rows (nothing to append).
 pub const NO_SNAPSHOT: i64 = -1;
 
+/// How a batch was committed, and how long each step took.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    pub snapshot: BatchSnapshot,
+    pub timings: CommitTimings,
+}
+
 /// How long each commit step took.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CommitTimings {
@@ -31,26 +38,25 @@ pub async fn commit(
     checkpoint: &Checkpoint,
     plan: &BatchPlan,
     data_files: &[String],
-) -> Result<(Checkpoint, CommitTimings)> {
+) -> Result<(Checkpoint, Committed)> {
     let started = Instant::now();
-    let snapshot_id = if data_files.is_empty() {
-        NO_SNAPSHOT
+    let snapshot = if data_files.is_empty() {
+        BatchSnapshot {
+            snapshot_id: NO_SNAPSHOT,
+            appended: true,
+        }
     } else {
-        commit_batch(catalog, ident, job_id, plan.batch_id, data_files)
-            .await?
-            .snapshot_id
+        commit_batch(catalog, ident, job_id, plan.batch_id, data_files).await?
     };
     failpoint::hit(failpoint::SNAPSHOT_COMMITTED, plan.batch_id);
     let commit = started.elapsed();
-    let next = record_commit(log, checkpoint, plan, snapshot_id).await?;
+    let next = record_commit(log, checkpoint, plan, snapshot.snapshot_id).await?;
     failpoint::hit(failpoint::CHECKPOINT_WRITTEN, plan.batch_id);
-    Ok((
-        next,
-        CommitTimings {
-            commit,
-            checkpoint: started.elapsed() - commit,
-        },
-    ))
+    let timings = CommitTimings {
+        commit,
+        checkpoint: started.elapsed() - commit,
+    };
+    Ok((next, Committed { snapshot, timings }))
 }
 
 /// Commits a batch's dead letters to the dead-letter table; this happens before the main

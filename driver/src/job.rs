@@ -465,11 +465,18 @@ impl JobRunner {
             let ident = self.ident.clone();
             let log = self.log.clone();
             let catalog = self.catalog().await?;
-            let (next, commit_timings) =
+            let (next, committed) =
                 commit(catalog, &ident, &log, &job_id, &checkpoint, &plan, &files).await?;
-            if results.retried || rerun {
+            if !committed.snapshot.appended {
+                // Another driver (a deposed leader) committed this batch first: its files
+                // are the batch's, ours are garbage.
+                let table = self.load_table().await?;
+                let keep = snapshot_file_names(&table, committed.snapshot.snapshot_id).await?;
+                self.clean(plan.batch_id, &keep).await;
+            } else if results.retried || rerun {
                 self.clean(plan.batch_id, &names_of(&files)).await;
             }
+            let commit_timings = committed.timings;
             let timings = BatchTimings {
                 plan: planned,
                 execute: executed,
