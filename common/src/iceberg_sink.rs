@@ -272,12 +272,30 @@ pub async fn commit_batch(
         .load_table(ident)
         .await
         .map_err(Error::iceberg(format!("loading table {ident}")))?;
-    if let Some(snapshot_id) = find_batch_snapshot(&table, job_id, batch) {
-        return Ok(BatchSnapshot {
+    Ok(commit_batch_to(catalog, &table, job_id, batch, files)
+        .await?
+        .1)
+}
+
+/// Like [`commit_batch`] on an already loaded `table`, which saves reading the catalog and
+/// the table metadata again; returns the table as committed. A stale `table` is safe: the
+/// catalog refuses a commit based on old metadata, and the caller reloads and retries.
+pub async fn commit_batch_to(
+    catalog: &SqlCatalog,
+    table: &Table,
+    job_id: &str,
+    batch: BatchId,
+    files: &[String],
+) -> Result<(Table, BatchSnapshot)> {
+    let ident = table.identifier().clone();
+    if let Some(snapshot_id) = find_batch_snapshot(table, job_id, batch) {
+        let snapshot = BatchSnapshot {
             snapshot_id,
             appended: false,
-        });
+        };
+        return Ok((table.clone(), snapshot));
     }
+    let table = table.clone();
     let data_files = data_files_from_json(&table, files)?;
     let properties = HashMap::from([
         (JOB_ID_PROPERTY.to_string(), job_id.to_string()),
@@ -299,10 +317,11 @@ pub async fn commit_batch(
         find_batch_snapshot(&table, job_id, batch).ok_or_else(|| Error::Checkpoint {
             message: format!("batch {batch} committed to {ident} but its snapshot is not visible"),
         })?;
-    Ok(BatchSnapshot {
+    let snapshot = BatchSnapshot {
         snapshot_id,
         appended: true,
-    })
+    };
+    Ok((table, snapshot))
 }
 
 /// Total rows in the table's current snapshot (from its summary).

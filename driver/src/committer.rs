@@ -3,11 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use iceberg::table::Table;
 use iceberg::TableIdent;
 use iceberg_catalog_sql::SqlCatalog;
 use sluice_common::checkpoint::JobLog;
 use sluice_common::failpoint;
-use sluice_common::iceberg_sink::{commit_batch, BatchSnapshot};
+use sluice_common::iceberg_sink::{commit_batch, commit_batch_to, BatchSnapshot};
 use sluice_common::offsets::{BatchPlan, Checkpoint};
 
 use crate::error::Result;
@@ -15,10 +16,10 @@ use crate::error::Result;
 /// Snapshot id recorded for a batch that produced no rows (nothing to append).
 pub const NO_SNAPSHOT: i64 = -1;
 
-/// How a batch was committed, and how long each step took.
-#[derive(Debug, Clone, Copy)]
+/// How a batch was committed, the table as committed, and how long each step took.
 pub struct Committed {
     pub snapshot: BatchSnapshot,
+    pub table: Table,
     pub timings: CommitTimings,
 }
 
@@ -32,7 +33,7 @@ pub struct CommitTimings {
 /// Commits `plan` with `data_files`; returns the new checkpoint.
 pub async fn commit(
     catalog: &SqlCatalog,
-    ident: &TableIdent,
+    table: &Table,
     log: &JobLog,
     job_id: &str,
     checkpoint: &Checkpoint,
@@ -40,13 +41,14 @@ pub async fn commit(
     data_files: &[String],
 ) -> Result<(Checkpoint, Committed)> {
     let started = Instant::now();
-    let snapshot = if data_files.is_empty() {
-        BatchSnapshot {
+    let (table, snapshot) = if data_files.is_empty() {
+        let nothing = BatchSnapshot {
             snapshot_id: NO_SNAPSHOT,
             appended: true,
-        }
+        };
+        (table.clone(), nothing)
     } else {
-        commit_batch(catalog, ident, job_id, plan.batch_id, data_files).await?
+        commit_batch_to(catalog, table, job_id, plan.batch_id, data_files).await?
     };
     failpoint::hit(failpoint::SNAPSHOT_COMMITTED, plan.batch_id);
     let commit = started.elapsed();
@@ -56,7 +58,14 @@ pub async fn commit(
         commit,
         checkpoint: started.elapsed() - commit,
     };
-    Ok((next, Committed { snapshot, timings }))
+    Ok((
+        next,
+        Committed {
+            snapshot,
+            table,
+            timings,
+        },
+    ))
 }
 
 /// Commits a batch's dead letters to the dead-letter table; this happens before the main

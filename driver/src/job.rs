@@ -185,6 +185,8 @@ pub struct JobRunner {
     job: JobRef,
     ident: TableIdent,
     catalog: Option<SqlCatalog>,
+    /// The sink table as this driver last committed it (reloaded after any Iceberg error).
+    table: Option<Table>,
     table_location: Option<String>,
     offsets: Option<Arc<OffsetReader>>,
     /// For `once` / `available_now`: the offsets to stop at, fixed at the first batch.
@@ -206,6 +208,7 @@ impl JobRunner {
             scheduler,
             job,
             catalog: None,
+            table: None,
             table_location: None,
             offsets: None,
             limit: None,
@@ -260,6 +263,8 @@ impl JobRunner {
                     if matches!(error, Error::Common(CommonError::Iceberg { .. })) {
                         self.catalog = None;
                     }
+                    // The batch may or may not have reached the table: reload it.
+                    self.table = None;
                     let wait = retry_delay;
                     retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
                     wait
@@ -272,9 +277,13 @@ impl JobRunner {
         }
     }
 
+    /// The catalog, opened on first use, with the sink table loaded (again after errors).
     async fn catalog(&mut self) -> Result<&SqlCatalog> {
         if self.catalog.is_none() {
-            let catalog = open_catalog(&self.shared.spec.sink.iceberg.catalog).await?;
+            self.catalog = Some(open_catalog(&self.shared.spec.sink.iceberg.catalog).await?);
+        }
+        let catalog = self.catalog.as_ref().expect("catalog just opened");
+        if self.table.is_none() {
             let table = catalog
                 .load_table(&self.ident)
                 .await
@@ -285,9 +294,9 @@ impl JobRunner {
             let rows = total_records(&table);
             self.shared.set(|s| s.total_rows = rows);
             self.table_location = Some(table.metadata().location().to_string());
-            self.catalog = Some(catalog);
+            self.table = Some(table);
         }
-        Ok(self.catalog.as_ref().expect("catalog just opened"))
+        Ok(catalog)
     }
 
     async fn load_table(&mut self) -> Result<Table> {
@@ -462,11 +471,15 @@ impl JobRunner {
                 .iter()
                 .flat_map(|r| r.data_files_json.iter().cloned())
                 .collect();
-            let ident = self.ident.clone();
             let log = self.log.clone();
-            let catalog = self.catalog().await?;
+            self.catalog().await?;
+            let (catalog, table) = match (&self.catalog, &self.table) {
+                (Some(catalog), Some(table)) => (catalog, table),
+                _ => unreachable!("catalog() opens the catalog and loads the table"),
+            };
             let (next, committed) =
-                commit(catalog, &ident, &log, &job_id, &checkpoint, &plan, &files).await?;
+                commit(catalog, table, &log, &job_id, &checkpoint, &plan, &files).await?;
+            self.table = Some(committed.table);
             if !committed.snapshot.appended {
                 // Another driver (a deposed leader) committed this batch first: its files
                 // are the batch's, ours are garbage.
