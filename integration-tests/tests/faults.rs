@@ -13,16 +13,24 @@ const PARTITIONS: i32 = 4;
 /// Four batches of 5,000 offsets; the failpoints fire in batch 1.
 const BATCH: &str = "    max_offsets_per_trigger: 5000";
 
-/// The driver dies at `point` in batch 1, is restarted, and the job completes exactly once.
+/// Two drivers and three executors. The leader is armed to die at `point` in batch 1; the
+/// standby takes over and the job completes exactly once.
 async fn driver_crash_at(point: &str) {
-    let mut cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    let mut cluster = TestCluster::start_with_drivers("orders", PARTITIONS, 3, 2)
+        .await
+        .unwrap();
     cluster
         .produce_orders("orders", PARTITIONS, 0, EVENTS)
         .unwrap();
-    cluster.kill_driver();
+    // Make driver 0 the armed leader and driver 1 an unarmed standby.
+    cluster.kill_driver_at(0);
+    cluster.kill_driver_at(1);
     cluster.driver_env = vec![(FAILPOINTS_ENV.to_string(), format!("{point}@1"))];
-    cluster.start_driver().unwrap();
+    cluster.start_driver_at(0).unwrap();
     cluster.wait_for_driver().await.unwrap();
+    cluster.driver_env.clear();
+    cluster.start_driver_at(1).unwrap();
+    assert_eq!(cluster.leader().await, Some(0));
     let name = format!("crash-{}", point.replace('_', "-"));
     let spec = cluster.spec(&name, "orders", FILTER_SQL, "{available_now: true}", BATCH);
     let job = cluster.submit(&spec).await.unwrap();
@@ -31,12 +39,10 @@ async fn driver_crash_at(point: &str) {
         .await
         .unwrap();
     assert!(!exit.success(), "the driver must die at {point}");
-    cluster.driver_env.clear();
-    cluster.start_driver().unwrap();
-    cluster.wait_for_driver().await.unwrap();
     cluster
         .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
         .await;
+    assert_eq!(cluster.leader().await, Some(1), "the standby took over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
