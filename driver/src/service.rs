@@ -204,16 +204,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let view = TermView::default();
-    let http = tokio::net::TcpListener::bind(config.http_bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.http_bind,
-            source,
-        })?;
-    let http_addr = http.local_addr().map_err(|source| Error::Bind {
-        addr: config.http_bind,
-        source,
-    })?;
+    let (http, http_addr) = bind(config.http_bind).await?;
     info!(address = %http_addr, "http (health, metrics, status page) listening");
     tokio::spawn(sluice_common::http::serve(
         http,
@@ -264,16 +255,7 @@ async fn serve_term(
     let registry = Arc::new(Registry::new(config.executor_timeout));
     let scheduler = Scheduler::new(registry.clone());
     let manager = JobManager::new(store, scheduler.clone());
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.bind,
-        source,
-    })?;
+    let (listener, local) = bind(config.bind).await?;
     info!(address = %local, store = if config.etcd_endpoints.is_empty() { "embedded" } else { "etcd" }, "driver listening");
     manager.resume_jobs().await?;
     view.set(Some(Term {
@@ -318,4 +300,16 @@ async fn serve_term(
         }
     }
     Ok(end)
+}
+
+/// Binds a listener, naming the address when that fails.
+async fn bind(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
 }

@@ -114,16 +114,7 @@ pub async fn run(
     config: ExecutorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.bind,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.bind,
-        source,
-    })?;
+    let (listener, local) = bind(config.bind).await?;
     let host = config
         .advertise_host
         .clone()
@@ -149,15 +140,8 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let http = tokio::net::TcpListener::bind(config.http_bind)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.http_bind,
-            source,
-        })?;
-    if let Ok(addr) = http.local_addr() {
-        info!(address = %addr, "http (health, metrics) listening");
-    }
+    let (http, http_addr) = bind(config.http_bind).await?;
+    info!(address = %http_addr, "http (health, metrics) listening");
     tokio::spawn(sluice_common::http::serve(
         http,
         metrics::handler(metrics.clone()),
@@ -186,4 +170,16 @@ pub async fn run(
     }
     info!("executor stopped");
     Ok(())
+}
+
+/// Binds a listener, naming the address when that fails.
+async fn bind(
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
 }
