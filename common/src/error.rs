@@ -59,7 +59,7 @@ pub enum Error {
     Iceberg {
         context: String,
         #[source]
-        source: iceberg::Error,
+        source: Box<iceberg::Error>,
     },
 
     /// The sink table exists with a schema the query cannot write.
@@ -68,7 +68,7 @@ pub enum Error {
 
     /// A DataFusion error while running the job's SQL.
     #[error("query execution: {0}")]
-    Query(#[from] datafusion::error::DataFusionError),
+    Query(Box<datafusion::error::DataFusionError>),
 
     /// An Arrow error while building or converting record batches.
     #[error("arrow: {0}")]
@@ -83,11 +83,20 @@ pub enum Error {
     },
 }
 
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(error: datafusion::error::DataFusionError) -> Error {
+        Error::Query(Box::new(error))
+    }
+}
+
 impl Error {
     /// Wraps an Iceberg error with what was being done.
     pub fn iceberg(context: impl Into<String>) -> impl FnOnce(iceberg::Error) -> Error {
         let context = context.into();
-        move |source| Error::Iceberg { context, source }
+        move |source| Error::Iceberg {
+            context,
+            source: Box::new(source),
+        }
     }
 
     /// Whether the failure comes from the user's spec, SQL or data (retrying cannot help).

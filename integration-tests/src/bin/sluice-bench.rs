@@ -40,6 +40,12 @@ struct Args {
     stream_rate: u64,
 }
 
+/// Produce time (ms since the epoch) by (partition, offset).
+type ProduceTimes = HashMap<(i32, i64), i64>;
+
+/// A per-batch figure and how to read it off a progress record.
+type Phase = (&'static str, fn(&BatchProgress) -> u64);
+
 /// Target size of one event's JSON.
 const EVENT_BYTES: usize = 200;
 
@@ -106,7 +112,7 @@ fn consume_all(
     partitions: i32,
     count: u64,
     keep_timestamps: bool,
-) -> Result<(f64, HashMap<(i32, i64), i64>)> {
+) -> Result<(f64, ProduceTimes)> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())
         .set("group.id", "bench-raw")
@@ -355,7 +361,7 @@ async fn main() -> Result<()> {
         percentile(&mut rows.clone(), 50.0)
     );
     println!("| per-batch | median ms | p99 ms |\n| --- | ---: | ---: |");
-    let phases: [(&str, fn(&BatchProgress) -> u64); 5] = [
+    let phases: [Phase; 5] = [
         ("plan", |b| b.plan_ms),
         ("execute", |b| b.execute_ms),
         ("commit (Iceberg)", |b| b.commit_ms),
