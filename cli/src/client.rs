@@ -76,8 +76,9 @@ pub async fn stop(client: &mut DriverClient<Channel>, job_id: &str) -> Result<()
     Ok(())
 }
 
-/// Streams a job's progress to `on_batch` until the job ends or `on_batch` returns false.
-/// Returns the final record (job state and message) when the job ended.
+/// Streams a job's progress to `on_batch` until the job ends or `on_batch` returns false;
+/// pause notices are printed to stderr. Returns the final record (job state and message)
+/// when the job ended.
 pub async fn watch(
     client: &mut DriverClient<Channel>,
     job_id: &str,
@@ -93,6 +94,10 @@ pub async fn watch(
     while let Some(progress) = stream.message().await.map_err(status_error)? {
         if !progress.job_state.is_empty() {
             return Ok(Some(progress));
+        }
+        if progress.batch_id < 0 {
+            eprintln!("paused: {}", progress.message);
+            continue;
         }
         if !on_batch(&progress) {
             return Ok(None);

@@ -256,6 +256,9 @@ impl JobRunner {
                 Err(error) => {
                     warn!(job = %self.shared.job_id, %error, retry_in = ?retry_delay, "batch could not complete; retrying");
                     let message = format!("retrying in {retry_delay:?}: {error}");
+                    self.shared
+                        .progress
+                        .publish_pause(&self.shared.job_id, &message);
                     self.shared.set(|s| s.message = message);
                     if matches!(error, Error::Common(CommonError::Kafka { .. })) {
                         self.offsets = None;

@@ -161,6 +161,16 @@ impl ProgressLog {
         let _ = self.events.send(progress);
     }
 
+    /// Tells watchers why the job is paused (a record with a message and no batch; not kept).
+    pub fn publish_pause(&self, job_id: &str, message: &str) {
+        let _ = self.events.send(BatchProgress {
+            job_id: job_id.to_string(),
+            batch_id: -1,
+            message: message.to_string(),
+            ..Default::default()
+        });
+    }
+
     /// Tells watchers the job ended (a record with `job_state` set and no batch).
     pub fn publish_end(&self, job_id: &str, state: &str, message: &str) {
         let _ = self.events.send(BatchProgress {

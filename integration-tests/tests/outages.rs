@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sluice_integration_tests::check::FILTER_SQL;
 use sluice_integration_tests::TestCluster;
+use sluice_proto::v1::WatchJobRequest;
 
 const EVENTS: u64 = 20_000;
 const PARTITIONS: i32 = 4;
@@ -31,6 +32,16 @@ async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
         })
         .await
         .unwrap();
+    let mut watch = cluster
+        .client()
+        .await
+        .unwrap()
+        .watch_job(WatchJobRequest {
+            job_id: job.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     cluster.kafka.broker_down(1).unwrap();
     let paused = cluster
         .wait_for(&job, Duration::from_secs(90), |s| {
@@ -42,6 +53,18 @@ async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
         paused.state, "RUNNING",
         "an outage pauses, it does not fail: {paused:?}"
     );
+    // Watchers see the pause and its cause too.
+    let notice = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(p) = watch.message().await.unwrap() {
+            if p.batch_id < 0 && p.job_state.is_empty() {
+                return p;
+            }
+        }
+        panic!("the watch stream ended without a pause notice");
+    })
+    .await
+    .unwrap();
+    assert!(notice.message.contains("kafka"), "{}", notice.message);
     cluster.kafka.broker_up(1).unwrap();
     cluster
         .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)

@@ -163,6 +163,10 @@ async fn watch(
             }
             break;
         }
+        if p.batch_id < 0 {
+            eprintln!("paused: {}", p.message);
+            continue;
+        }
         let stop = until(&p);
         seen.push((p, now_ms()));
         if stop {
