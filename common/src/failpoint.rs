@@ -1,6 +1,7 @@
 //! Crash points for fault-injection tests: a process started with
-//! `SLUICE_FAILPOINTS=name[@batch][,name…]` aborts at once (no clean-up, like SIGKILL)
-//! when it reaches a named point (for that batch). Unset, a check costs one atomic load.
+//! `SLUICE_FAILPOINTS=name[@batch][=sleep:MS][,…]` aborts at once (no clean-up, like
+//! SIGKILL) when it reaches a named point (for that batch), or with `=sleep:MS` stalls
+//! there that long. Unset, a check costs one atomic load.
 
 use std::sync::OnceLock;
 
@@ -24,8 +25,17 @@ pub const EXECUTOR_RECORDS_READ: &str = "executor_records_read";
 /// Executor: the task's data files are written; the driver has not been told.
 pub const EXECUTOR_FILES_WRITTEN: &str = "executor_files_written";
 
-fn armed() -> &'static [(String, Option<BatchId>)] {
-    static ARMED: OnceLock<Vec<(String, Option<BatchId>)>> = OnceLock::new();
+/// What an armed point does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    SleepMs(u64),
+}
+
+type Armed = Vec<(String, Option<BatchId>, Action)>;
+
+fn armed() -> &'static Armed {
+    static ARMED: OnceLock<Armed> = OnceLock::new();
     ARMED.get_or_init(|| {
         std::env::var(FAILPOINTS_ENV)
             .map(|value| parse(&value))
@@ -33,30 +43,47 @@ fn armed() -> &'static [(String, Option<BatchId>)] {
     })
 }
 
-fn parse(value: &str) -> Vec<(String, Option<BatchId>)> {
+fn parse(value: &str) -> Armed {
     value
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('@') {
-            Some((name, batch)) => (name.to_string(), batch.parse().ok()),
-            None => (p.to_string(), None),
+        .map(|p| {
+            let (point, action) = match p.split_once('=') {
+                Some((point, action)) => {
+                    let ms = action.strip_prefix("sleep:").and_then(|ms| ms.parse().ok());
+                    (point, ms.map_or(Action::Abort, Action::SleepMs))
+                }
+                None => (p, Action::Abort),
+            };
+            match point.split_once('@') {
+                Some((name, batch)) => (name.to_string(), batch.parse().ok(), action),
+                None => (point.to_string(), None, action),
+            }
         })
         .collect()
 }
 
-/// Aborts the process when `name` is armed for `batch` (or for every batch).
+/// Aborts the process (or stalls) when `name` is armed for `batch` (or for every batch).
 pub fn hit(name: &str, batch: BatchId) {
     let armed = armed();
     if armed.is_empty() {
         return;
     }
-    if armed
+    let action = armed
         .iter()
-        .any(|(n, b)| n == name && b.is_none_or(|b| b == batch))
-    {
-        eprintln!("failpoint {name} hit at batch {batch}: aborting");
-        std::process::abort();
+        .find(|(n, b, _)| n == name && b.is_none_or(|b| b == batch))
+        .map(|(_, _, action)| *action);
+    match action {
+        Some(Action::Abort) => {
+            eprintln!("failpoint {name} hit at batch {batch}: aborting");
+            std::process::abort();
+        }
+        Some(Action::SleepMs(ms)) => {
+            eprintln!("failpoint {name} hit at batch {batch}: sleeping {ms} ms");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        None => {}
     }
 }
 
@@ -67,10 +94,15 @@ mod tests {
     #[test]
     fn failpoints_parse_with_optional_batches() {
         assert_eq!(
-            parse("plan_logged@3, files_written"),
+            parse("plan_logged@3, files_written, executor_records_read@1=sleep:2000"),
             vec![
-                ("plan_logged".to_string(), Some(3)),
-                ("files_written".to_string(), None)
+                ("plan_logged".to_string(), Some(3), Action::Abort),
+                ("files_written".to_string(), None, Action::Abort),
+                (
+                    "executor_records_read".to_string(),
+                    Some(1),
+                    Action::SleepMs(2000)
+                ),
             ]
         );
         assert!(parse("").is_empty());

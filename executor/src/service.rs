@@ -159,13 +159,17 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = server_stop.wait_for(|stop| *stop).await;
         });
+    tokio::pin!(server);
     tokio::select! {
-        served = server => served?,
+        served = &mut server => served?,
         registered = registration => {
-            // Registration ends early only when refused.
+            // Registration ends when refused, or on shutdown: then the server drains
+            // its running tasks, which still reply to the driver.
             if let Ok(Err(e)) = registered {
                 return Err(e);
             }
+            info!("draining running tasks before exit");
+            server.await?;
         }
     }
     info!("executor stopped");

@@ -178,6 +178,38 @@ impl TestCluster {
         Ok(())
     }
 
+    /// SIGTERMs executor `i` and waits for it to exit.
+    pub async fn terminate_executor(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let child = &mut self.executors[i];
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("executor {i} did not exit within {timeout:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until some process log contains `text`.
+    pub async fn wait_for_log(&self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.logs_tail(usize::MAX).contains(text) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("no log line with {text:?} within {timeout:?}")
+    }
+
     /// Whether driver `i` is running.
     pub fn driver_running(&mut self, i: usize) -> bool {
         match &mut self.drivers[i] {

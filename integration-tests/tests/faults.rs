@@ -133,3 +133,51 @@ async fn driver_sigterm_commits_the_running_batch_and_resumes_after_restart() {
         .await;
     assert!(!committed.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_sigterm_finishes_its_running_task_first() {
+    let mut cluster = TestCluster::start("orders", PARTITIONS, 0).await.unwrap();
+    // Executor 0 stalls 3 s inside its batch-1 tasks; it gets SIGTERM meanwhile.
+    let stall = format!("{}@1=sleep:3000", failpoint::EXECUTOR_RECORDS_READ);
+    cluster
+        .start_executor(&[(FAILPOINTS_ENV, stall.as_str())])
+        .unwrap();
+    cluster.start_executor(&[]).unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let spec = cluster.spec(
+        "sigterm-executor",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        BATCH,
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .wait_for_log(
+            "failpoint executor_records_read hit at batch 1",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let exit = cluster
+        .terminate_executor(0, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(exit.success(), "a SIGTERM'd executor exits cleanly: {exit}");
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
+    // The stalled batch-1 tasks finished and reported: none of them was retried. (Tasks
+    // of later batches sent before the driver noticed the executor left are retried.)
+    let logs = cluster.logs_tail(usize::MAX);
+    let retried: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("retrying") && l.contains(" batch=1 "))
+        .collect();
+    assert!(
+        retried.is_empty(),
+        "batch 1 tasks were retried: {retried:?}"
+    );
+}
