@@ -21,7 +21,7 @@ if [ -z "$helm" ]; then
     fi
   fi
 fi
-if ! command -v kubernetes-validate >/dev/null; then
+if ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
   echo "installing kubernetes-validate (PyPI)"
   python3 -m pip install --quiet kubernetes-validate
 fi
@@ -30,6 +30,6 @@ for values in values.yaml values-production.yaml; do
   echo "chart with $values:"
   "$helm" lint --strict . -f "$values"
   "$helm" template sluice . -f "$values" --namespace data > "$tools/rendered-$values"
-  kubernetes-validate --strict --quiet --kubernetes-version "$version" "$tools/rendered-$values"
+  python3 -m kubernetes_validate --strict --quiet --kubernetes-version "$version" "$tools/rendered-$values"
   echo "  $(grep -c '^kind:' "$tools/rendered-$values") manifests valid for Kubernetes $version"
 done
