@@ -9,6 +9,7 @@ pub mod failpoint;
 pub mod http;
 pub mod iceberg_sink;
 pub mod kafka;
+pub mod net;
 pub mod offsets;
 pub mod query;
 pub mod schema;

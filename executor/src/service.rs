@@ -180,10 +180,7 @@ pub async fn run(
 async fn bind(
     addr: std::net::SocketAddr,
 ) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
-    let bind_error = |source| Error::Bind { addr, source };
-    let listener = tokio::net::TcpListener::bind(addr)
+    sluice_common::net::bind(addr)
         .await
-        .map_err(bind_error)?;
-    let local = listener.local_addr().map_err(bind_error)?;
-    Ok((listener, local))
+        .map_err(|source| Error::Bind { addr, source })
 }

@@ -12,14 +12,15 @@ const EVENTS: u64 = 20_000;
 const PARTITIONS: i32 = 4;
 const SMALL_BATCHES: &str = "    max_offsets_per_trigger: 2000";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
+/// A cluster running the filter job `name` over EVENTS orders in small batches, once its
+/// first batch is committed: (cluster, job id, spec).
+async fn running_filter_job(name: &str) -> (TestCluster, String, String) {
     let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
     cluster
         .produce_orders("orders", PARTITIONS, 0, EVENTS)
         .unwrap();
     let spec = cluster.spec(
-        "kafka-outage",
+        name,
         "orders",
         FILTER_SQL,
         "{available_now: true}",
@@ -32,6 +33,12 @@ async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
         })
         .await
         .unwrap();
+    (cluster, job, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
+    let (cluster, job, spec) = running_filter_job("kafka-outage").await;
     let mut watch = cluster
         .client()
         .await
@@ -73,24 +80,7 @@ async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_outage_pauses_the_job_which_resumes_by_itself() {
-    let mut cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
-    cluster
-        .produce_orders("orders", PARTITIONS, 0, EVENTS)
-        .unwrap();
-    let spec = cluster.spec(
-        "etcd-outage",
-        "orders",
-        FILTER_SQL,
-        "{available_now: true}",
-        SMALL_BATCHES,
-    );
-    let job = cluster.submit(&spec).await.unwrap();
-    cluster
-        .wait_for(&job, Duration::from_secs(60), |s| {
-            s.last_committed_batch >= 0
-        })
-        .await
-        .unwrap();
+    let (mut cluster, job, spec) = running_filter_job("etcd-outage").await;
     cluster.etcd.stop();
     // Longer than the leader lease: the driver steps down and campaigns again.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -156,24 +146,7 @@ async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_outage_pauses_the_job_which_resumes_by_itself() {
-    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
-    cluster
-        .produce_orders("orders", PARTITIONS, 0, EVENTS)
-        .unwrap();
-    let spec = cluster.spec(
-        "catalog-outage",
-        "orders",
-        FILTER_SQL,
-        "{available_now: true}",
-        SMALL_BATCHES,
-    );
-    let job = cluster.submit(&spec).await.unwrap();
-    cluster
-        .wait_for(&job, Duration::from_secs(60), |s| {
-            s.last_committed_batch >= 0
-        })
-        .await
-        .unwrap();
+    let (cluster, job, spec) = running_filter_job("catalog-outage").await;
     // The table's metadata becomes unreadable, as when the catalog's storage is gone.
     let metadata = cluster
         .dir
