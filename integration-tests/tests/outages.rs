@@ -60,18 +60,26 @@ async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
         paused.state, "RUNNING",
         "an outage pauses, it does not fail: {paused:?}"
     );
-    // Watchers see the pause and its cause too.
+    // Watchers see the pause and its cause too. Other retry notices may come first on a
+    // loaded machine (an executor call timing out, say); the Kafka one must follow.
+    let mut other_notices = Vec::new();
     let notice = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(p) = watch.message().await.unwrap() {
             if p.batch_id < 0 && p.job_state.is_empty() {
-                return p;
+                if p.message.contains("kafka") {
+                    return Some(p);
+                }
+                other_notices.push(p.message);
             }
         }
-        panic!("the watch stream ended without a pause notice");
+        None
     })
-    .await
-    .unwrap();
-    assert!(notice.message.contains("kafka"), "{}", notice.message);
+    .await;
+    assert!(
+        matches!(notice, Ok(Some(_))),
+        "no Kafka pause notice on the watch stream; other notices: {other_notices:?}\n{}",
+        cluster.logs_tail(40)
+    );
     cluster.kafka.broker_up(1).unwrap();
     cluster
         .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
