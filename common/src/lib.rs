@@ -11,6 +11,7 @@ pub mod iceberg_sink;
 pub mod kafka;
 pub mod net;
 pub mod offsets;
+pub mod plan;
 pub mod query;
 pub mod schema;
 pub mod spec;

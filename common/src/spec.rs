@@ -29,6 +29,31 @@ pub struct JobSpec {
     pub sink: SinkSpec,
     #[serde(default)]
     pub parallelism: ParallelismSpec,
+    /// Static tables the SQL may join with the stream, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<DimensionTableSpec>,
+}
+
+/// A static table (e.g. a dimension) visible to the job's SQL under `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DimensionTableSpec {
+    pub name: String,
+    /// Parquet files: one file or a directory of them (a path or `file://` URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<String>,
+    /// An Iceberg table, read as of its current snapshot when the job is planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iceberg: Option<IcebergTableSpec>,
+}
+
+/// An Iceberg table to read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergTableSpec {
+    pub catalog: CatalogSpec,
+    pub namespace: String,
+    pub table: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +319,10 @@ pub struct ParallelismSpec {
     pub shuffle_partitions: u32,
     #[serde(default = "default_max_records_per_task")]
     pub max_records_per_task: u64,
+    /// A joined static table smaller than this is sent whole to every task instead of
+    /// being shuffled.
+    #[serde(default = "default_broadcast_threshold_bytes")]
+    pub broadcast_threshold_bytes: u64,
 }
 
 impl Default for ParallelismSpec {
@@ -301,8 +330,16 @@ impl Default for ParallelismSpec {
         ParallelismSpec {
             shuffle_partitions: DEFAULT_SHUFFLE_PARTITIONS,
             max_records_per_task: DEFAULT_MAX_RECORDS_PER_TASK,
+            broadcast_threshold_bytes: DEFAULT_BROADCAST_THRESHOLD_BYTES,
         }
     }
+}
+
+/// Default size under which a joined static table is broadcast.
+pub const DEFAULT_BROADCAST_THRESHOLD_BYTES: u64 = 10 << 20;
+
+fn default_broadcast_threshold_bytes() -> u64 {
+    DEFAULT_BROADCAST_THRESHOLD_BYTES
 }
 
 fn default_shuffle_partitions() -> u32 {
@@ -457,6 +494,29 @@ impl JobSpec {
                 "parallelism.shuffle_partitions",
                 "must be above zero",
             ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            let field = format!("tables[{i}]");
+            validate_identifier(&format!("{field}.name"), &table.name)?;
+            if table.name == crate::query::SOURCE_TABLE || !names.insert(table.name.as_str()) {
+                return Err(Error::spec(
+                    format!("{field}.name"),
+                    format!("{:?} is already a table of this job", table.name),
+                ));
+            }
+            match (&table.parquet, &table.iceberg) {
+                (Some(path), None) if path.trim().is_empty() => {
+                    return Err(Error::spec(format!("{field}.parquet"), "must not be empty"))
+                }
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(Error::spec(
+                        field,
+                        "give exactly one of `parquet` (files) or `iceberg` (a table)",
+                    ))
+                }
+            }
         }
         Ok(())
     }

@@ -111,3 +111,47 @@ impl Drop for EtcdServer {
         self.stop();
     }
 }
+
+/// Rows of `batches` as sorted strings, for comparing results whatever their order and
+/// batching: floats keep 9 significant digits (sums in another order may differ in the
+/// last bits), other values print as Arrow displays them.
+pub fn normalized_rows(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float32Type, Float64Type};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+    let mut rows = vec![];
+    for batch in batches {
+        let columns: Vec<Box<dyn Fn(usize) -> String>> = batch
+            .columns()
+            .iter()
+            .map(|column| -> Box<dyn Fn(usize) -> String> {
+                let column = column.clone();
+                match column.data_type() {
+                    DataType::Float64 | DataType::Float32 => Box::new(move |i| {
+                        if column.is_null(i) {
+                            return "NULL".into();
+                        }
+                        let v = match column.data_type() {
+                            DataType::Float64 => column.as_primitive::<Float64Type>().value(i),
+                            _ => column.as_primitive::<Float32Type>().value(i) as f64,
+                        };
+                        format!("{v:.8e}")
+                    }),
+                    _ => Box::new(move |i| {
+                        let options = FormatOptions::default().with_null("NULL");
+                        ArrayFormatter::try_new(column.as_ref(), &options)
+                            .map(|f| f.value(i).to_string())
+                            .unwrap_or_else(|e| format!("<{e}>"))
+                    }),
+                }
+            })
+            .collect();
+        for i in 0..batch.num_rows() {
+            let row: Vec<String> = columns.iter().map(|c| c(i)).collect();
+            rows.push(row.join(" | "));
+        }
+    }
+    rows.sort();
+    rows
+}

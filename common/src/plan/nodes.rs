@@ -1,0 +1,340 @@
+//! Sluice's own physical operators and the per-task inputs they read: the Kafka range scan
+//! (the stream's records of one task) and the shuffle reader (map outputs of an earlier
+//! stage, fetched over Arrow Flight).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::common::{internal_err, DataFusionError};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::future::try_join_all;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Names one partition of one map task's output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShuffleKey {
+    pub job_id: String,
+    pub batch_id: i64,
+    pub stage_id: u32,
+    pub map_task: u32,
+    pub partition: u32,
+}
+
+/// Where one map task's output is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapOutputLocation {
+    pub map_task: u32,
+    pub flight_address: String,
+}
+
+/// A map output that could not be fetched: the executor serving it is gone or lost it.
+#[derive(Debug, thiserror::Error)]
+#[error("fetching shuffle partition {partition} of stage {stage_id} map task {map_task} from {address}: {message}")]
+pub struct ShuffleFetchError {
+    pub stage_id: u32,
+    pub map_task: u32,
+    pub partition: u32,
+    pub address: String,
+    pub message: String,
+}
+
+impl ShuffleFetchError {
+    /// The fetch failure at the root of a DataFusion error, if that is what it is.
+    pub fn find(error: &DataFusionError) -> Option<&ShuffleFetchError> {
+        match error.find_root() {
+            DataFusionError::External(inner) => inner.downcast_ref::<ShuffleFetchError>(),
+            _ => None,
+        }
+    }
+}
+
+/// Fetches map outputs from the executors serving them.
+#[async_trait]
+pub trait ShuffleFetcher: fmt::Debug + Send + Sync {
+    async fn fetch(
+        &self,
+        address: &str,
+        key: &ShuffleKey,
+    ) -> Result<Vec<RecordBatch>, ShuffleFetchError>;
+}
+
+/// What one task's plan reads, handed to its operators through the session config.
+#[derive(Debug)]
+pub struct TaskInputs {
+    pub job_id: String,
+    pub batch_id: i64,
+    /// The decoded records of the task's offset ranges (stages that read the stream).
+    pub source: Vec<RecordBatch>,
+    /// The shuffle partition this task reduces; hash-partitioned readers yield nothing for
+    /// the other partitions. `None`: every partition is this task's.
+    pub partition: Option<u32>,
+    /// Map outputs of the stages this task reads, by stage id.
+    pub shuffle: HashMap<u32, Vec<MapOutputLocation>>,
+    pub fetcher: Arc<dyn ShuffleFetcher>,
+}
+
+fn task_inputs(context: &TaskContext, operator: &str) -> datafusion::common::Result<Arc<TaskInputs>> {
+    context
+        .session_config()
+        .get_extension::<TaskInputs>()
+        .ok_or_else(|| {
+            DataFusionError::Internal(format!("{operator} runs only inside a Sluice task"))
+        })
+}
+
+fn properties(schema: SchemaRef, partitions: usize) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(partitions),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}
+
+/// The micro-batch's records of the running task, as the SQL's `source` table.
+///
+/// It declares several partitions so that the planner puts exchanges where rows of
+/// different tasks meet; at run time partition 0 holds the task's records and the others
+/// are empty.
+#[derive(Debug, Clone)]
+pub struct KafkaScanExec {
+    schema: SchemaRef,
+    partitions: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl KafkaScanExec {
+    /// A scan producing `schema` (a projection of the source schema, by column name).
+    pub fn new(schema: SchemaRef, partitions: usize) -> KafkaScanExec {
+        let partitions = partitions.max(1);
+        KafkaScanExec {
+            properties: properties(schema.clone(), partitions),
+            schema,
+            partitions,
+        }
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+}
+
+impl DisplayAs for KafkaScanExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "KafkaScanExec: partitions={}", self.partitions)
+    }
+}
+
+impl ExecutionPlan for KafkaScanExec {
+    fn name(&self) -> &'static str {
+        "KafkaScanExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        let inputs = task_inputs(&context, self.name())?;
+        if partition >= self.partitions {
+            return internal_err!("KafkaScanExec has no partition {partition}");
+        }
+        let batches = if partition == 0 {
+            let columns = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    inputs
+                        .source
+                        .first()
+                        .map(|b| b.schema().index_of(f.name()))
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let columns: Option<Vec<usize>> = columns.into_iter().collect();
+            match columns {
+                Some(columns) => inputs
+                    .source
+                    .iter()
+                    .map(|b| b.project(&columns))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => vec![],
+            }
+        } else {
+            vec![]
+        };
+        Ok(Box::pin(MemoryStream::try_new(
+            batches,
+            self.schema.clone(),
+            None,
+        )?))
+    }
+}
+
+/// How a shuffle reader reads its input stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderMode {
+    /// Hash-partitioned input: reader partition `p` is shuffle partition `p` of every
+    /// map task.
+    Hash,
+    /// One output per map task, all read together as one partition.
+    Merged,
+}
+
+/// Reads an earlier stage's map outputs over Arrow Flight.
+#[derive(Debug, Clone)]
+pub struct ShuffleReaderExec {
+    stage_id: u32,
+    schema: SchemaRef,
+    partitions: usize,
+    mode: ReaderMode,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShuffleReaderExec {
+    pub fn new(stage_id: u32, schema: SchemaRef, mode: ReaderMode, partitions: usize) -> Self {
+        let partitions = match mode {
+            ReaderMode::Merged => 1,
+            ReaderMode::Hash => partitions.max(1),
+        };
+        ShuffleReaderExec {
+            properties: properties(schema.clone(), partitions),
+            stage_id,
+            schema,
+            partitions,
+            mode,
+        }
+    }
+
+    pub fn stage_id(&self) -> u32 {
+        self.stage_id
+    }
+
+    pub fn mode(&self) -> ReaderMode {
+        self.mode
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+}
+
+impl DisplayAs for ShuffleReaderExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShuffleReaderExec: stage={} mode={:?} partitions={}",
+            self.stage_id, self.mode, self.partitions
+        )
+    }
+}
+
+impl ExecutionPlan for ShuffleReaderExec {
+    fn name(&self) -> &'static str {
+        "ShuffleReaderExec"
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        let inputs = task_inputs(&context, self.name())?;
+        if partition >= self.partitions {
+            return internal_err!("ShuffleReaderExec has no partition {partition}");
+        }
+        let shuffle_partition = match self.mode {
+            ReaderMode::Merged => 0,
+            ReaderMode::Hash => partition as u32,
+        };
+        let owned = self.mode == ReaderMode::Merged
+            || inputs.partition.is_none_or(|p| p == shuffle_partition);
+        let Some(locations) = inputs.shuffle.get(&self.stage_id).cloned() else {
+            return internal_err!("the task has no locations for stage {}", self.stage_id);
+        };
+        let locations = if owned { locations } else { vec![] };
+        let stage_id = self.stage_id;
+        let fetch = async move {
+            let fetches = locations.iter().map(|location| {
+                let key = ShuffleKey {
+                    job_id: inputs.job_id.clone(),
+                    batch_id: inputs.batch_id,
+                    stage_id,
+                    map_task: location.map_task,
+                    partition: shuffle_partition,
+                };
+                let fetcher = inputs.fetcher.clone();
+                async move { fetcher.fetch(&location.flight_address, &key).await }
+            });
+            let outputs = try_join_all(fetches)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            Ok::<_, DataFusionError>(futures::stream::iter(
+                outputs.into_iter().flatten().map(Ok),
+            ))
+        };
+        let stream = futures::stream::once(fetch)
+            .map(|result| match result {
+                Ok(batches) => batches.left_stream(),
+                Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+            })
+            .flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
