@@ -74,6 +74,10 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 
+    /// A request between driver and executor that cannot be carried out as sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
     /// A local file system error.
     #[error("io ({context}): {source}")]
     Io {
@@ -126,6 +130,7 @@ impl Error {
             Error::SchemaMismatch { .. } => "schema_mismatch",
             Error::Query(_) => "query",
             Error::Arrow(_) => "arrow",
+            Error::InvalidRequest(_) => "invalid_request",
             Error::Io { .. } => "io",
         }
     }

@@ -14,6 +14,9 @@ pub const FAILPOINTS_ENV: &str = "SLUICE_FAILPOINTS";
 pub const PLAN_LOGGED: &str = "plan_logged";
 /// Driver: one task of the batch has finished; others may still run.
 pub const TASK_FINISHED: &str = "task_finished";
+/// Driver: every task of a map stage has finished; its outputs wait on executors for the
+/// next stage.
+pub const MAP_STAGE_DONE: &str = "map_stage_done";
 /// Driver: every task wrote its files; the Iceberg commit has not happened.
 pub const FILES_WRITTEN: &str = "files_written";
 /// Driver: the Iceberg snapshot is committed; the checkpoint is not written.

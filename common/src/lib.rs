@@ -12,7 +12,6 @@ pub mod kafka;
 pub mod net;
 pub mod offsets;
 pub mod plan;
-pub mod query;
 pub mod schema;
 pub mod spec;
 pub mod synthetic;

@@ -499,7 +499,7 @@ impl JobSpec {
         for (i, table) in self.tables.iter().enumerate() {
             let field = format!("tables[{i}]");
             validate_identifier(&format!("{field}.name"), &table.name)?;
-            if table.name == crate::query::SOURCE_TABLE || !names.insert(table.name.as_str()) {
+            if table.name == crate::plan::SOURCE_TABLE || !names.insert(table.name.as_str()) {
                 return Err(Error::spec(
                     format!("{field}.name"),
                     format!("{:?} is already a table of this job", table.name),

@@ -12,8 +12,6 @@ pub enum Error {
     UnknownJob(JobId),
     #[error("job {0} is already running")]
     JobRunning(JobId),
-    #[error("the query needs {operator}, which requires a shuffle between tasks; only single-stage SQL (projection, filter, scalar functions) is supported so far")]
-    NeedsShuffle { operator: &'static str },
     #[error("no executor is alive to run tasks")]
     NoExecutors,
     #[error("task {task} of batch {batch} failed after {attempts} attempts: {kind}: {message}")]
@@ -42,7 +40,6 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Common(e) => e.is_user_error(),
-            Error::NeedsShuffle { .. } => true,
             Error::TaskFailed { retryable, .. } => !retryable,
             _ => false,
         }
@@ -56,7 +53,6 @@ impl From<Error> for tonic::Status {
         match &error {
             Error::UnknownJob(_) => tonic::Status::not_found(message),
             Error::JobRunning(_) => tonic::Status::already_exists(message),
-            Error::NeedsShuffle { .. } => tonic::Status::invalid_argument(message),
             Error::Common(
                 C::InvalidSpec { .. } | C::InvalidSql { .. } | C::SchemaMismatch { .. },
             ) => tonic::Status::invalid_argument(message),

@@ -182,7 +182,8 @@ pub struct JobRunner {
     shared: Arc<JobShared>,
     log: JobLog,
     scheduler: Scheduler,
-    job: JobRef,
+    /// The job's stage plans, made at its first batch.
+    job: Option<JobRef>,
     ident: TableIdent,
     catalog: Option<SqlCatalog>,
     /// The sink table as this driver last committed it (reloaded after any Iceberg error).
@@ -197,16 +198,12 @@ pub struct JobRunner {
 
 impl JobRunner {
     pub fn new(shared: Arc<JobShared>, log: JobLog, scheduler: Scheduler) -> JobRunner {
-        let job = JobRef {
-            job_id: shared.job_id.clone(),
-            spec_json: Arc::new(shared.spec.to_json()),
-        };
         JobRunner {
             ident: table_ident(&shared.spec.sink.iceberg),
             shared,
             log,
             scheduler,
-            job,
+            job: None,
             catalog: None,
             table: None,
             table_location: None,
@@ -382,8 +379,19 @@ impl JobRunner {
     }
 
     /// One batch: plan (or recover), run, commit, checkpoint.
+    /// The job's stage plans; planned once (a failed planning is tried again next time).
+    async fn job_ref(&mut self) -> Result<JobRef> {
+        if let Some(job) = &self.job {
+            return Ok(job.clone());
+        }
+        let job = JobRef::plan(&self.shared.job_id, &self.shared.spec).await?;
+        self.job = Some(job.clone());
+        Ok(job)
+    }
+
     async fn step(&mut self) -> Result<Step> {
         let trigger_started = Instant::now();
+        let job = self.job_ref().await?;
         let since_previous_trigger = trigger_started - self.last_trigger;
         let latest = self.latest_offsets().await?;
         let checkpoint = self.checkpoint(&latest).await?;
@@ -439,14 +447,12 @@ impl JobRunner {
         async {
             let planned = trigger_started.elapsed();
             let tasks = planner::tasks(&plan, self.shared.spec.parallelism.max_records_per_task);
-            let results = match self
-                .scheduler
-                .run_batch(&self.job, plan.batch_id, tasks)
-                .await
-            {
+            let results = match self.scheduler.run_batch(&job, plan.batch_id, tasks).await {
                 Ok(results) => results,
                 Err(error) => {
-                    // Nothing of the batch is committed: its files are garbage.
+                    // Nothing of the batch is committed: its files and shuffle outputs
+                    // are garbage.
+                    self.scheduler.release_shuffle(&job, plan.batch_id);
                     self.clean(plan.batch_id, &HashSet::new()).await;
                     return Err(error);
                 }
@@ -482,6 +488,7 @@ impl JobRunner {
             };
             let (next, committed) =
                 commit(catalog, table, &log, &job_id, &checkpoint, &plan, &files).await?;
+            self.scheduler.release_shuffle(&job, plan.batch_id);
             self.table = Some(committed.table);
             if !committed.snapshot.appended {
                 // Another driver (a deposed leader) committed this batch first: its files

@@ -9,9 +9,9 @@ use sluice_common::checkpoint::{CheckpointStore, JobLog, JobRecord};
 use sluice_common::decode::dead_letter_schema;
 use sluice_common::iceberg_sink::{dead_letter_ident, ensure_table, open_catalog, table_ident};
 use sluice_common::kafka::OffsetReader;
-use sluice_common::schema::source_schema;
+use sluice_common::plan::plan_job;
 use sluice_common::spec::{JobSpec, OnMalformed};
-use sluice_common::{query, JobId};
+use sluice_common::JobId;
 use sluice_proto::v1::JobStatus;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -55,15 +55,11 @@ impl JobManager {
                 return Err(Error::JobRunning(spec.name.clone()));
             }
         }
-        let schema = source_schema(&spec.source.kafka)?;
-        let shape = query::analyze(&spec.sql, schema).await?;
-        if let Some(operator) = shape.exchange {
-            return Err(Error::NeedsShuffle { operator });
-        }
+        let plan = plan_job(&spec).await?;
         check_kafka(&spec).await?;
         let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
         let sink = &spec.sink.iceberg;
-        let table = ensure_table(&catalog, &table_ident(sink), &shape.output_schema).await?;
+        let table = ensure_table(&catalog, &table_ident(sink), &plan.output_schema).await?;
         if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
             ensure_table(&catalog, &dead_letter_ident(sink), &dead_letter_schema()).await?;
         }

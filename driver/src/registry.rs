@@ -14,11 +14,13 @@ use tracing::{info, warn};
 pub struct ExecutorHandle {
     pub id: String,
     pub address: String,
+    /// Where it serves shuffle outputs (Arrow Flight).
+    pub flight_address: String,
     pub slots: u32,
     pub client: ExecutorClient<Channel>,
     /// Tasks this driver has in flight on the executor.
     pub in_flight: AtomicU32,
-    /// Jobs whose spec the executor has.
+    /// Jobs whose spec and stage plans the executor has, as `job@fingerprint`.
     pub prepared: Mutex<HashSet<String>>,
     last_seen: Mutex<Instant>,
 }
@@ -45,7 +47,13 @@ impl Registry {
     }
 
     /// Adds (or replaces) an executor; the client connects lazily.
-    pub fn register(&self, id: String, address: String, slots: u32) -> Result<(), String> {
+    pub fn register(
+        &self,
+        id: String,
+        address: String,
+        flight_address: String,
+        slots: u32,
+    ) -> Result<(), String> {
         let endpoint = Channel::from_shared(address.clone())
             .map_err(|e| format!("invalid executor address {address:?}: {e}"))?
             .connect_timeout(Duration::from_secs(3));
@@ -55,6 +63,7 @@ impl Registry {
         let handle = Arc::new(ExecutorHandle {
             id: id.clone(),
             address: address.clone(),
+            flight_address,
             slots: slots.max(1),
             client,
             in_flight: AtomicU32::new(0),
@@ -91,6 +100,16 @@ impl Registry {
         {
             warn!(executor = %id, reason, "executor removed");
         }
+    }
+
+    /// The live executor serving shuffle outputs at `flight_address`, if any.
+    pub fn by_flight_address(&self, flight_address: &str) -> Option<Arc<ExecutorHandle>> {
+        self.executors
+            .lock()
+            .expect("registry lock")
+            .values()
+            .find(|h| h.flight_address == flight_address)
+            .cloned()
     }
 
     /// Live executors, dropping those whose heartbeats stopped.

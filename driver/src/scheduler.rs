@@ -1,16 +1,24 @@
-//! Runs a batch's tasks on live executors: least-loaded placement, job specs sent once per
-//! executor, bounded retries with exponential backoff on another executor.
+//! Runs a batch's stages on live executors: least-loaded placement, job specs and stage
+//! plans sent once per executor, bounded retries with exponential backoff on another
+//! executor, and map tasks run again when their shuffle output cannot be fetched.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use sluice_common::failpoint;
 use sluice_common::offsets::OffsetRange;
+use sluice_common::plan::{plan_job, StageKind, StageOutput};
+use sluice_common::spec::JobSpec;
 use sluice_common::BatchId;
-use sluice_proto::v1::{self, task_result, PrepareJobRequest, TaskDefinition, TaskSuccess};
-use tracing::{debug, warn};
+use sluice_proto::v1::{
+    self, task_result, MapOutput, PrepareJobRequest, ReleaseShuffleRequest, ShuffleInput,
+    StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
+};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::registry::{ExecutorHandle, Registry};
@@ -33,16 +41,152 @@ pub struct Scheduler {
 /// The successful results of a batch's tasks.
 #[derive(Debug)]
 pub struct BatchResults {
+    /// One result per task of every stage (the latest run of a map task run again).
     pub tasks: Vec<TaskSuccess>,
     /// Whether some task needed more than one attempt (earlier attempts may have left files).
     pub retried: bool,
 }
 
-/// The job a batch belongs to, as executors need it.
+/// A stage as the scheduler runs it.
+#[derive(Debug, Clone)]
+pub struct StageInfo {
+    pub id: u32,
+    pub kind: StageKind,
+    pub output: StageOutput,
+    pub inputs: Vec<u32>,
+}
+
+/// The job a batch belongs to, as executors need it: spec and stage plans, made once.
 #[derive(Debug, Clone)]
 pub struct JobRef {
     pub job_id: String,
     pub spec_json: Arc<String>,
+    pub stages: Arc<Vec<StageInfo>>,
+    stage_plans: Arc<Vec<StagePlan>>,
+    /// Names this spec and plan on executors, so that a changed job is prepared again.
+    prepared_key: String,
+    /// The first stage that reads the stream: its tasks count input rows.
+    counting_stage: Option<u32>,
+}
+
+impl JobRef {
+    /// Plans the job's SQL into stages (once per job and driver).
+    pub async fn plan(job_id: &str, spec: &JobSpec) -> Result<JobRef> {
+        let plan = plan_job(spec).await?;
+        let encoded = plan.encoded_stages()?;
+        debug!(job = %job_id, plan = %plan.display(), "job planned");
+        let spec_json = spec.to_json();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        spec_json.hash(&mut hasher);
+        encoded.hash(&mut hasher);
+        let stage_plans = plan
+            .stages
+            .iter()
+            .zip(encoded)
+            .map(|(stage, bytes)| StagePlan {
+                stage_id: stage.id,
+                plan: bytes,
+                output: stage.output.as_str().into(),
+            })
+            .collect();
+        let stages: Vec<StageInfo> = plan
+            .stages
+            .iter()
+            .map(|s| StageInfo {
+                id: s.id,
+                kind: s.kind,
+                output: s.output,
+                inputs: s.inputs.clone(),
+            })
+            .collect();
+        info!(job = %job_id, stages = stages.len(), "job planned");
+        Ok(JobRef {
+            job_id: job_id.to_string(),
+            prepared_key: format!("{job_id}@{:016x}", hasher.finish()),
+            counting_stage: stages
+                .iter()
+                .find(|s| s.kind == StageKind::Source)
+                .map(|s| s.id),
+            spec_json: Arc::new(spec_json),
+            stages: Arc::new(stages),
+            stage_plans: Arc::new(stage_plans),
+        })
+    }
+
+    /// Whether batches exchange rows between executors.
+    pub fn shuffles(&self) -> bool {
+        self.stages.len() > 1
+    }
+}
+
+/// One batch in flight: where map outputs are and what each task returned.
+struct BatchRun<'a> {
+    job: &'a JobRef,
+    batch: BatchId,
+    ranges: Vec<OffsetRange>,
+    /// Flight address of each finished map task, by (stage, task).
+    outputs: Mutex<HashMap<(u32, u32), String>>,
+    results: Mutex<BTreeMap<(u32, u32), TaskSuccess>>,
+    /// One re-run at a time per map output.
+    recoveries: Mutex<HashMap<(u32, u32), Arc<tokio::sync::Mutex<()>>>>,
+    retried: AtomicBool,
+}
+
+impl BatchRun<'_> {
+    fn stage(&self, id: u32) -> &StageInfo {
+        &self.job.stages[id as usize]
+    }
+
+    fn task_count(&self, stage: &StageInfo) -> u32 {
+        match stage.kind {
+            StageKind::Source => self.ranges.len() as u32,
+            StageKind::Hash(n) => n as u32,
+            StageKind::Single => 1,
+        }
+    }
+
+    fn definition(&self, stage: &StageInfo, task: u32, attempt: u32) -> TaskDefinition {
+        let outputs = self.outputs.lock().expect("outputs lock");
+        let inputs = stage
+            .inputs
+            .iter()
+            .map(|input| ShuffleInput {
+                stage_id: *input,
+                outputs: (0..self.task_count(self.stage(*input)))
+                    .map(|map_task| MapOutput {
+                        map_task,
+                        flight_address: outputs
+                            .get(&(*input, map_task))
+                            .cloned()
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let ranges = match stage.kind {
+            StageKind::Source => {
+                let range = &self.ranges[task as usize];
+                vec![v1::OffsetRange {
+                    topic: range.topic.clone(),
+                    partition: range.partition,
+                    start: range.start,
+                    end: range.end,
+                }]
+            }
+            _ => vec![],
+        };
+        TaskDefinition {
+            job_id: self.job.job_id.clone(),
+            batch_id: self.batch,
+            task_id: task,
+            attempt,
+            ranges,
+            stage_id: stage.id,
+            partition: matches!(stage.kind, StageKind::Hash(_)).then_some(task),
+            inputs,
+            report_input: self.job.counting_stage == Some(stage.id),
+        }
+    }
 }
 
 impl Scheduler {
@@ -58,23 +202,56 @@ impl Scheduler {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// Runs one task per range; all must succeed. The first task that fails for good
+    /// Runs the job's stages in order over `ranges` (one task per range in stages that
+    /// read the stream); every task must succeed. The first task that fails for good
     /// fails the batch (the other tasks' results are dropped).
     pub async fn run_batch(
         &self,
         job: &JobRef,
         batch: BatchId,
-        tasks: Vec<OffsetRange>,
+        ranges: Vec<OffsetRange>,
     ) -> Result<BatchResults> {
-        let runs = tasks
-            .into_iter()
-            .enumerate()
-            .map(|(task_id, range)| self.run_task(job, batch, task_id as u32, range));
-        let outcomes = try_join_all(runs).await?;
+        let run = BatchRun {
+            job,
+            batch,
+            ranges,
+            outputs: Mutex::new(HashMap::new()),
+            results: Mutex::new(BTreeMap::new()),
+            recoveries: Mutex::new(HashMap::new()),
+            retried: AtomicBool::new(false),
+        };
+        for stage in job.stages.iter() {
+            let tasks = (0..run.task_count(stage)).map(|task| self.run_task(&run, stage.id, task));
+            try_join_all(tasks).await?;
+            if stage.output != StageOutput::Sink {
+                failpoint::hit(failpoint::MAP_STAGE_DONE, batch);
+            }
+        }
+        let retried = run.retried.load(Ordering::Relaxed);
         Ok(BatchResults {
-            retried: outcomes.iter().any(|(_, attempts)| *attempts > 1),
-            tasks: outcomes.into_iter().map(|(success, _)| success).collect(),
+            tasks: run.results.into_inner().expect("results lock").into_values().collect(),
+            retried,
         })
+    }
+
+    /// Drops the batch's shuffle outputs on every executor (best effort: executors also
+    /// drop a job's older outputs when its next batch runs).
+    pub fn release_shuffle(&self, job: &JobRef, batch: BatchId) {
+        if !job.shuffles() {
+            return;
+        }
+        for executor in self.registry.alive() {
+            let mut client = executor.client.clone();
+            let request = ReleaseShuffleRequest {
+                job_id: job.job_id.clone(),
+                batch_id: batch,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = client.release_shuffle(request).await {
+                    debug!(executor = %executor.id, error = %e.message(), "shuffle release failed");
+                }
+            });
+        }
     }
 
     async fn wait_for_executor(&self, avoid: Option<&str>) -> Result<Arc<ExecutorHandle>> {
@@ -90,36 +267,38 @@ impl Scheduler {
         }
     }
 
-    /// Runs one task to success; returns its result and the attempts it took.
-    async fn run_task(
-        &self,
-        job: &JobRef,
-        batch: BatchId,
-        task_id: u32,
-        range: OffsetRange,
-    ) -> Result<(TaskSuccess, u32)> {
+    /// Runs one task of a stage to success, recording its result and output location.
+    async fn run_task(&self, run: &BatchRun<'_>, stage_id: u32, task_id: u32) -> Result<()> {
+        let stage = run.stage(stage_id);
+        let batch = run.batch;
         let mut last_executor: Option<String> = None;
         let mut backoff = FIRST_BACKOFF;
         let mut last_failure = (String::new(), String::new());
-        for attempt in 1..=MAX_TASK_ATTEMPTS {
+        let mut attempt = 0;
+        let mut recoveries = 0;
+        while attempt < MAX_TASK_ATTEMPTS {
+            attempt += 1;
             let executor = self.wait_for_executor(last_executor.as_deref()).await?;
             last_executor = Some(executor.id.clone());
-            let definition = TaskDefinition {
-                job_id: job.job_id.clone(),
-                batch_id: batch,
-                task_id,
-                attempt,
-                ranges: vec![v1::OffsetRange {
-                    topic: range.topic.clone(),
-                    partition: range.partition,
-                    start: range.start,
-                    end: range.end,
-                }],
-            };
-            match self.launch(&executor, job, definition).await {
+            let definition = run.definition(stage, task_id, attempt);
+            let sent_inputs = definition.inputs.clone();
+            match self.launch(&executor, run.job, definition).await {
                 Ok(task_result::Outcome::Success(success)) => {
                     failpoint::hit(failpoint::TASK_FINISHED, batch);
-                    return Ok((success, attempt));
+                    if attempt > 1 {
+                        run.retried.store(true, Ordering::Relaxed);
+                    }
+                    if stage.output != StageOutput::Sink {
+                        run.outputs
+                            .lock()
+                            .expect("outputs lock")
+                            .insert((stage_id, task_id), executor.flight_address.clone());
+                    }
+                    run.results
+                        .lock()
+                        .expect("results lock")
+                        .insert((stage_id, task_id), success);
+                    return Ok(());
                 }
                 Ok(task_result::Outcome::Failure(failure)) if !failure.retryable => {
                     return Err(Error::TaskFailed {
@@ -131,19 +310,41 @@ impl Scheduler {
                         retryable: false,
                     });
                 }
+                Ok(task_result::Outcome::Failure(TaskFailure {
+                    lost_stage: Some(lost_stage),
+                    lost_map_task: Some(lost_task),
+                    message,
+                    ..
+                })) if recoveries < MAX_TASK_ATTEMPTS => {
+                    // Not the task's fault: run the lost map task again, then this one.
+                    recoveries += 1;
+                    attempt -= 1;
+                    run.retried.store(true, Ordering::Relaxed);
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    warn!(batch, stage = stage_id, task = task_id, lost_stage, lost_task, %message, "map output lost; running its map task again");
+                    let lost_address = sent_inputs
+                        .iter()
+                        .find(|i| i.stage_id == lost_stage)
+                        .and_then(|i| i.outputs.iter().find(|o| o.map_task == lost_task))
+                        .map(|o| o.flight_address.clone())
+                        .unwrap_or_default();
+                    Box::pin(self.recover_map_output(run, lost_stage, lost_task, &lost_address))
+                        .await?;
+                    continue;
+                }
                 Ok(task_result::Outcome::Failure(failure)) => {
                     if failure.kind == "unknown_job" {
                         executor
                             .prepared
                             .lock()
                             .expect("prepared lock")
-                            .remove(&job.job_id);
+                            .remove(&run.job.prepared_key);
                     }
-                    warn!(executor = %executor.id, batch, task = task_id, attempt, kind = %failure.kind, message = %failure.message, "task failed; retrying");
+                    warn!(executor = %executor.id, batch, stage = stage_id, task = task_id, attempt, kind = %failure.kind, message = %failure.message, "task failed; retrying");
                     last_failure = (failure.kind, failure.message);
                 }
                 Err(status) => {
-                    warn!(executor = %executor.id, address = %executor.address, batch, task = task_id, attempt, error = %status.message(), "executor call failed; retrying elsewhere");
+                    warn!(executor = %executor.id, address = %executor.address, batch, stage = stage_id, task = task_id, attempt, error = %status.message(), "executor call failed; retrying elsewhere");
                     if executor_gone(&status) {
                         self.registry.remove(&executor.id, status.message());
                     }
@@ -159,11 +360,44 @@ impl Scheduler {
         Err(Error::TaskFailed {
             batch,
             task: task_id,
-            attempts: MAX_TASK_ATTEMPTS,
+            attempts: attempt,
             kind: last_failure.0,
             message: last_failure.1,
             retryable: true,
         })
+    }
+
+    /// Runs map task `task` of `stage` again, unless another task already did since its
+    /// output at `lost_address` was found missing.
+    async fn recover_map_output(
+        &self,
+        run: &BatchRun<'_>,
+        stage: u32,
+        task: u32,
+        lost_address: &str,
+    ) -> Result<()> {
+        let lock = run
+            .recoveries
+            .lock()
+            .expect("recoveries lock")
+            .entry((stage, task))
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
+        let current = run
+            .outputs
+            .lock()
+            .expect("outputs lock")
+            .get(&(stage, task))
+            .cloned();
+        if current.as_deref() != Some(lost_address) {
+            return Ok(());
+        }
+        if let Some(executor) = self.registry.by_flight_address(lost_address) {
+            self.registry
+                .remove(&executor.id, "its shuffle output could not be fetched");
+        }
+        self.run_task(run, stage, task).await
     }
 
     /// Sends the job spec when the executor lacks it, then the task.
@@ -178,19 +412,20 @@ impl Scheduler {
             .prepared
             .lock()
             .expect("prepared lock")
-            .contains(&job.job_id);
+            .contains(&job.prepared_key);
         if !prepared {
             client
                 .prepare_job(PrepareJobRequest {
                     job_id: job.job_id.clone(),
                     spec_json: job.spec_json.as_ref().clone(),
+                    stages: job.stage_plans.as_ref().clone(),
                 })
                 .await?;
             executor
                 .prepared
                 .lock()
                 .expect("prepared lock")
-                .insert(job.job_id.clone());
+                .insert(job.prepared_key.clone());
         }
         executor.in_flight.fetch_add(1, Ordering::Relaxed);
         debug!(executor = %executor.id, batch = task.batch_id, task = task.task_id, "task sent");

@@ -63,8 +63,14 @@ impl Driver for DriverService {
         check_protocol(r.protocol_version)?;
         let id = required(&r.executor_id, "executor_id")?;
         let address = required(&r.address, "address")?;
+        let flight_address = required(&r.flight_address, "flight_address")?;
         self.registry
-            .register(id.to_string(), address.to_string(), r.task_slots)
+            .register(
+                id.to_string(),
+                address.to_string(),
+                flight_address.to_string(),
+                r.task_slots,
+            )
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(RegisterExecutorResponse {}))
     }

@@ -9,6 +9,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the shuffle spill directory {path}: {source}")]
+    SpillDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid driver URL {url:?}: {message}")]
     DriverUrl { url: String, message: String },
     #[error("the driver refused registration: {0}")]

@@ -3,10 +3,12 @@
 //! and returns the data files' metadata. It never commits anything.
 
 mod error;
+mod flight;
 mod kafka_reader;
 mod metrics;
 mod registration;
 mod service;
+mod shuffle_store;
 mod task;
 mod writer;
 
@@ -18,6 +20,8 @@ use std::time::Duration;
 
 /// Default task slots per executor.
 pub const DEFAULT_TASK_SLOTS: u32 = 2;
+/// Default bound on map outputs kept in memory.
+pub const DEFAULT_SHUFFLE_MEMORY_BYTES: usize = 512 << 20;
 /// How often an executor heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -28,6 +32,13 @@ pub struct ExecutorConfig {
     pub driver_url: String,
     /// Where to listen for tasks; port 0 picks a free one.
     pub bind: SocketAddr,
+    /// Where to serve shuffle outputs over Arrow Flight; port 0 picks a free one.
+    pub flight_bind: SocketAddr,
+    /// Map outputs kept in memory; beyond it they spill to `spill_dir`.
+    pub shuffle_memory_bytes: usize,
+    /// Where map outputs spill (a `sluice-shuffle` directory under the system temp dir
+    /// when absent).
+    pub spill_dir: Option<std::path::PathBuf>,
     /// Where to serve /healthz, /readyz and /metrics; port 0 picks a free one.
     pub http_bind: SocketAddr,
     /// Host the driver dials back; the bind address's IP when absent.
@@ -42,6 +53,9 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             driver_url: "http://127.0.0.1:50051".into(),
             bind: "127.0.0.1:0".parse().expect("valid address"),
+            flight_bind: "127.0.0.1:0".parse().expect("valid address"),
+            shuffle_memory_bytes: DEFAULT_SHUFFLE_MEMORY_BYTES,
+            spill_dir: None,
             http_bind: "127.0.0.1:0".parse().expect("valid address"),
             advertise_host: None,
             task_slots: DEFAULT_TASK_SLOTS,

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use sluice_executor::{ExecutorConfig, DEFAULT_TASK_SLOTS};
+use sluice_executor::{ExecutorConfig, DEFAULT_SHUFFLE_MEMORY_BYTES, DEFAULT_TASK_SLOTS};
 
 /// Sluice executor: runs micro-batch tasks for a Sluice driver.
 #[derive(Debug, Parser)]
@@ -17,6 +17,15 @@ struct Args {
     /// Address to listen on for tasks (port 0 picks a free port).
     #[arg(long, env = "SLUICE_EXECUTOR_BIND", default_value = "127.0.0.1:0")]
     bind: SocketAddr,
+    /// Address to serve shuffle outputs on over Arrow Flight (port 0 picks a free port).
+    #[arg(long, env = "SLUICE_EXECUTOR_FLIGHT_BIND", default_value = "127.0.0.1:0")]
+    flight_bind: SocketAddr,
+    /// Bytes of shuffle (map) outputs kept in memory; the rest spills to --spill-dir.
+    #[arg(long, env = "SLUICE_SHUFFLE_MEMORY_BYTES", default_value_t = DEFAULT_SHUFFLE_MEMORY_BYTES)]
+    shuffle_memory_bytes: usize,
+    /// Directory shuffle outputs spill to (default: sluice-shuffle under the temp dir).
+    #[arg(long, env = "SLUICE_SPILL_DIR")]
+    spill_dir: Option<std::path::PathBuf>,
     /// HTTP address for /healthz, /readyz and /metrics (port 0 picks a free port).
     #[arg(long, env = "SLUICE_EXECUTOR_HTTP_BIND", default_value = "127.0.0.1:0")]
     http_bind: SocketAddr,
@@ -41,6 +50,9 @@ async fn main() -> std::process::ExitCode {
     let config = ExecutorConfig {
         driver_url: args.driver,
         bind: args.bind,
+        flight_bind: args.flight_bind,
+        shuffle_memory_bytes: args.shuffle_memory_bytes,
+        spill_dir: args.spill_dir,
         http_bind: args.http_bind,
         advertise_host: args.advertise_host,
         task_slots: args.slots,

@@ -15,6 +15,8 @@ pub struct ExecutorMetrics {
     pub tasks_succeeded: AtomicU64,
     pub tasks_failed: AtomicU64,
     pub records_read: AtomicU64,
+    /// Bytes of shuffle outputs held in memory.
+    pub shuffle_memory_bytes: AtomicU64,
     pub task_seconds: Mutex<Histogram>,
 }
 
@@ -26,6 +28,7 @@ impl Default for ExecutorMetrics {
             tasks_succeeded: AtomicU64::new(0),
             tasks_failed: AtomicU64::new(0),
             records_read: AtomicU64::new(0),
+            shuffle_memory_bytes: AtomicU64::new(0),
             task_seconds: Mutex::new(Histogram::new(DURATION_BUCKETS)),
         }
     }
@@ -57,6 +60,7 @@ impl ExecutorMetrics {
             load(&self.tasks_failed)
         );
         let _ = writeln!(out, "# TYPE sluice_executor_records_read_total counter\nsluice_executor_records_read_total {}", load(&self.records_read));
+        let _ = writeln!(out, "# TYPE sluice_executor_shuffle_memory_bytes gauge\nsluice_executor_shuffle_memory_bytes {}", load(&self.shuffle_memory_bytes));
         let _ = writeln!(
             out,
             "# TYPE sluice_executor_task_duration_seconds histogram"

@@ -22,6 +22,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub struct Identity {
     pub executor_id: String,
     pub address: String,
+    pub flight_address: String,
     pub task_slots: u32,
 }
 
@@ -74,6 +75,7 @@ pub async fn stay_registered(
                 c.register_executor(RegisterExecutorRequest {
                     executor_id: identity.executor_id.clone(),
                     address: identity.address.clone(),
+                    flight_address: identity.flight_address.clone(),
                     task_slots: identity.task_slots,
                     protocol_version: PROTOCOL_VERSION,
                 })

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use sluice_proto::v1::executor_server::{Executor, ExecutorServer};
 use sluice_proto::v1::{
-    task_result, PrepareJobRequest, PrepareJobResponse, TaskDefinition, TaskFailure, TaskResult,
+    task_result, PrepareJobRequest, PrepareJobResponse, ReleaseShuffleRequest,
+    ReleaseShuffleResponse, TaskDefinition, TaskFailure, TaskResult,
 };
 use tokio::sync::{watch, RwLock, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -16,15 +17,17 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::flight::{FlightFetcher, FlightShuffleService};
 use crate::kafka_reader::ConsumerPool;
+use crate::shuffle_store::ShuffleStore;
 use crate::metrics::{self, ExecutorMetrics};
 use crate::registration::{stay_registered, Identity};
-use crate::task::{failure, run_task, task_ranges, PreparedJob};
+use crate::task::{failure, run_task, task_ranges, PreparedJob, TaskEnv};
 use crate::ExecutorConfig;
 
 struct ExecutorService {
     jobs: RwLock<HashMap<String, Arc<PreparedJob>>>,
-    pool: Arc<ConsumerPool>,
+    env: TaskEnv,
     slots: Arc<Semaphore>,
     metrics: Arc<ExecutorMetrics>,
 }
@@ -35,6 +38,8 @@ fn task_failure(retryable: bool, kind: &str, message: String) -> TaskResult {
             retryable,
             kind: kind.into(),
             message,
+            lost_stage: None,
+            lost_map_task: None,
         })),
     }
 }
@@ -49,7 +54,7 @@ impl Executor for ExecutorService {
         if request.job_id.is_empty() {
             return Err(Status::invalid_argument("job_id is missing"));
         }
-        let job = PreparedJob::prepare(&request.spec_json)
+        let job = PreparedJob::prepare(&request.spec_json, request.stages)
             .await
             .map_err(|e| Status::failed_precondition(format!("job {}: {e}", request.job_id)))?;
         self.jobs
@@ -82,8 +87,11 @@ impl Executor for ExecutorService {
         let metrics = &self.metrics;
         metrics.running.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let outcome = run_task(job, self.pool.clone(), &task, ranges).await;
+        let outcome = run_task(job, &self.env, &task, ranges).await;
         metrics.running.fetch_sub(1, Ordering::Relaxed);
+        metrics
+            .shuffle_memory_bytes
+            .store(self.env.store.memory_used() as u64, Ordering::Relaxed);
         metrics
             .task_seconds
             .lock()
@@ -107,6 +115,20 @@ impl Executor for ExecutorService {
             outcome: Some(outcome),
         }))
     }
+
+    async fn release_shuffle(
+        &self,
+        request: Request<ReleaseShuffleRequest>,
+    ) -> Result<Response<ReleaseShuffleResponse>, Status> {
+        let request = request.into_inner();
+        self.env
+            .store
+            .release_batch(&request.job_id, request.batch_id);
+        self.metrics
+            .shuffle_memory_bytes
+            .store(self.env.store.memory_used() as u64, Ordering::Relaxed);
+        Ok(Response::new(ReleaseShuffleResponse {}))
+    }
 }
 
 /// Runs an executor until `shutdown` completes; running tasks finish first.
@@ -115,23 +137,38 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (listener, local) = bind(config.bind).await?;
+    let (flight_listener, flight_local) = bind(config.flight_bind).await?;
     let host = config
         .advertise_host
         .clone()
         .unwrap_or_else(|| local.ip().to_string());
+    let spill_dir = match &config.spill_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join("sluice-shuffle"),
+    };
+    std::fs::create_dir_all(&spill_dir).map_err(|source| Error::SpillDir {
+        path: spill_dir.clone(),
+        source,
+    })?;
+    let store = Arc::new(ShuffleStore::new(config.shuffle_memory_bytes, spill_dir));
     let identity = Identity {
         executor_id: config
             .executor_id
             .clone()
             .unwrap_or_else(|| format!("executor-{}", uuid::Uuid::new_v4().simple())),
         address: format!("http://{host}:{}", local.port()),
+        flight_address: format!("http://{host}:{}", flight_local.port()),
         task_slots: config.task_slots.max(1),
     };
-    info!(executor = %identity.executor_id, address = %identity.address, slots = identity.task_slots, "executor listening");
+    info!(executor = %identity.executor_id, address = %identity.address, flight = %identity.flight_address, slots = identity.task_slots, "executor listening");
     let metrics = Arc::new(ExecutorMetrics::default());
     let service = ExecutorService {
         jobs: RwLock::new(HashMap::new()),
-        pool: Arc::new(ConsumerPool::default()),
+        env: TaskEnv {
+            pool: Arc::new(ConsumerPool::default()),
+            store: store.clone(),
+            fetcher: Arc::new(FlightFetcher::default()),
+        },
         slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
         metrics: metrics.clone(),
     };
@@ -153,6 +190,19 @@ pub async fn run(
         metrics,
         stop_rx.clone(),
     ));
+    let mut flight_stop = stop_rx.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                arrow_flight::flight_service_server::FlightServiceServer::new(
+                    FlightShuffleService::new(store),
+                )
+                .max_encoding_message_size(256 << 20),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(flight_listener), async move {
+                let _ = flight_stop.wait_for(|stop| *stop).await;
+            }),
+    );
     let mut server_stop = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         .add_service(ExecutorServer::new(service).max_decoding_message_size(64 << 20))

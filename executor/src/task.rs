@@ -1,5 +1,7 @@
-//! Running one task: read its offset ranges, run the job's SQL, write data files.
+//! Running one task: read its offset ranges (stages that read the stream), run a fresh
+//! copy of its stage plan, then keep the output for the shuffle or write data files.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,12 +18,16 @@ use sluice_common::iceberg_sink::{
 };
 use sluice_common::offsets::OffsetRange;
 use sluice_common::spec::JobSpec;
+use sluice_common::plan::{
+    self, MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs,
+};
 use sluice_common::spec::OnMalformed;
-use sluice_common::{failpoint, query, Error, Result};
-use sluice_proto::v1::{TaskDefinition, TaskFailure, TaskSuccess};
+use sluice_common::{failpoint, Error, Result};
+use sluice_proto::v1::{StagePlan, TaskDefinition, TaskFailure, TaskSuccess};
 use tracing::{debug, Instrument};
 
 use crate::kafka_reader::ConsumerPool;
+use crate::shuffle_store::ShuffleStore;
 use crate::writer::write_data_files;
 
 /// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
@@ -49,19 +55,74 @@ impl TargetTable {
     }
 }
 
-/// A job as an executor keeps it: spec, decoder and tables, loaded once.
+/// What a stage's tasks do with their output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// Every output partition is a shuffle partition.
+    Hash,
+    /// All output is one shuffle partition.
+    Single,
+    /// Data files of the sink table.
+    Sink,
+}
+
+/// One stage of a job, as the driver planned and serialized it.
+struct PreparedStage {
+    plan: Vec<u8>,
+    output: Output,
+}
+
+/// A job as an executor keeps it: spec, decoder, stage plans and tables, loaded once.
 pub struct PreparedJob {
     pub spec: JobSpec,
     decoder: RecordDecoder,
+    stages: HashMap<u32, PreparedStage>,
+    /// The session stage plans are decoded and run in.
+    context: Arc<datafusion::execution::TaskContext>,
     sink: TargetTable,
     /// With `on_malformed: dead_letter`.
     dead_letters: Option<TargetTable>,
 }
 
 impl PreparedJob {
-    /// Parses the spec and loads the sink table (created by the driver at submit).
-    pub async fn prepare(spec_json: &str) -> Result<PreparedJob> {
+    /// Parses the spec, keeps the stage plans and loads the sink table (created by the
+    /// driver at submit).
+    pub async fn prepare(spec_json: &str, stage_plans: Vec<StagePlan>) -> Result<PreparedJob> {
         let spec = JobSpec::parse(spec_json)?;
+        if stage_plans.is_empty() {
+            return Err(Error::InvalidRequest(
+                "the job comes without stage plans".into(),
+            ));
+        }
+        let context = plan::base_task_context(&spec);
+        let mut stages = HashMap::new();
+        for stage in stage_plans {
+            plan::decode_plan(&stage.plan, &context).map_err(|e| {
+                Error::InvalidRequest(format!(
+                    "stage {} does not decode: {}",
+                    stage.stage_id,
+                    e.strip_backtrace()
+                ))
+            })?;
+            let output = match stage.output.as_str() {
+                "hash" => Output::Hash,
+                "single" => Output::Single,
+                "sink" => Output::Sink,
+                other => {
+                    return Err(Error::InvalidRequest(format!(
+                        "stage {} has an unknown output {other:?}",
+                        stage.stage_id
+                    )))
+                }
+            };
+            stages.insert(
+                stage.stage_id,
+                PreparedStage {
+                    plan: stage.plan,
+                    output,
+                },
+            );
+        }
         let decoder = RecordDecoder::new(&spec.source.kafka)?;
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
@@ -74,6 +135,8 @@ impl PreparedJob {
             sink: TargetTable::load(&catalog, &table_ident(sink)).await?,
             dead_letters,
             decoder,
+            stages,
+            context,
             spec,
         })
     }
@@ -98,66 +161,155 @@ pub fn task_ranges(task: &TaskDefinition) -> Result<Vec<OffsetRange>, String> {
         .collect()
 }
 
-/// The failure sent back to the driver for an error.
+/// The failure sent back to the driver for an error; a map output that could not be
+/// fetched is named, so that the driver runs its map task again.
 pub fn failure(error: &Error) -> TaskFailure {
+    if let Error::Query(query) = error {
+        if let Some(lost) = ShuffleFetchError::find(query) {
+            return TaskFailure {
+                retryable: true,
+                kind: "shuffle_fetch".into(),
+                message: lost.to_string(),
+                lost_stage: Some(lost.stage_id),
+                lost_map_task: Some(lost.map_task),
+            };
+        }
+    }
     TaskFailure {
         retryable: !error.is_user_error(),
         kind: error.kind().to_string(),
         message: error.to_string(),
+        lost_stage: None,
+        lost_map_task: None,
     }
+}
+
+/// What a task needs besides its job and definition.
+pub struct TaskEnv {
+    pub pool: Arc<ConsumerPool>,
+    pub store: Arc<ShuffleStore>,
+    pub fetcher: Arc<dyn ShuffleFetcher>,
 }
 
 /// Runs one task to completion.
 pub async fn run_task(
     job: Arc<PreparedJob>,
-    pool: Arc<ConsumerPool>,
+    env: &TaskEnv,
     task: &TaskDefinition,
     ranges: Vec<OffsetRange>,
 ) -> Result<TaskSuccess> {
-    let span = tracing::info_span!("task", job = %task.job_id, batch = task.batch_id, task = task.task_id, attempt = task.attempt);
+    let span = tracing::info_span!("task", job = %task.job_id, batch = task.batch_id, stage = task.stage_id, task = task.task_id, attempt = task.attempt);
     async move {
         let started = Instant::now();
-        let input = {
+        let Some(stage) = job.stages.get(&task.stage_id) else {
+            return Err(Error::InvalidRequest(format!(
+                "job {} has no stage {}",
+                task.job_id, task.stage_id
+            )));
+        };
+        env.store.release_before(&task.job_id, task.batch_id);
+        let input = if ranges.is_empty() {
+            None
+        } else {
             let job = job.clone();
+            let pool = env.pool.clone();
             let span = tracing::info_span!("kafka_read");
-            tokio::task::spawn_blocking(move || {
-                let _enter = span.enter();
-                let kafka = &job.spec.source.kafka;
-                pool.read(
-                    &kafka.bootstrap_servers,
-                    &job.decoder,
-                    &ranges,
-                    kafka.fail_on_data_loss,
-                )
-            })
-            .await
-            .map_err(|e| Error::Io {
-                context: "reader thread".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    let _enter = span.enter();
+                    let kafka = &job.spec.source.kafka;
+                    pool.read(
+                        &kafka.bootstrap_servers,
+                        &job.decoder,
+                        &ranges,
+                        kafka.fail_on_data_loss,
+                    )
+                })
+                .await
+                .map_err(|e| Error::Io {
+                    context: "reader thread".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })??,
+            )
         };
         let read_ms = started.elapsed().as_millis();
-        let output = query::run(&job.spec.sql, job.decoder.schema(), input.batches)
+        failpoint::hit(failpoint::EXECUTOR_RECORDS_READ, task.batch_id);
+        let (source, input_rows, malformed_skipped, offsets_lost, dead_letters) = match input {
+            Some(input) if task.report_input => (
+                input.batches,
+                input.input_rows,
+                input.malformed_skipped,
+                input.offsets_lost,
+                input.dead_letters,
+            ),
+            Some(input) => (input.batches, 0, 0, 0, vec![]),
+            None => (vec![], 0, 0, 0, vec![]),
+        };
+        let inputs = TaskInputs {
+            job_id: task.job_id.clone(),
+            batch_id: task.batch_id,
+            source,
+            partition: task.partition,
+            shuffle: task
+                .inputs
+                .iter()
+                .map(|input| {
+                    let locations = input
+                        .outputs
+                        .iter()
+                        .map(|o| MapOutputLocation {
+                            map_task: o.map_task,
+                            flight_address: o.flight_address.clone(),
+                        })
+                        .collect();
+                    (input.stage_id, locations)
+                })
+                .collect(),
+            fetcher: env.fetcher.clone(),
+        };
+        let context = plan::task_context(&job.context, inputs);
+        let stage_plan = plan::decode_plan(&stage.plan, &context)?;
+        let schema = stage_plan.schema();
+        let outputs = plan::execute_all_partitions(stage_plan, context)
             .instrument(tracing::info_span!("execute"))
             .await?;
-        let output_rows: usize = output.iter().map(|b| b.num_rows()).sum();
-        failpoint::hit(failpoint::EXECUTOR_RECORDS_READ, task.batch_id);
+        let output_rows: usize = outputs.iter().flatten().map(|b| b.num_rows()).sum();
         let prefix = attempt_prefix(&task.job_id, task.batch_id, task.task_id, task.attempt);
-        let data_files_json = job
-            .sink
-            .write(&output, prefix.clone())
-            .instrument(tracing::info_span!("write"))
-            .await?;
-        let dead_letter_files_json = match (&job.dead_letters, input.dead_letters.is_empty()) {
+        let key = ShuffleKey {
+            job_id: task.job_id.clone(),
+            batch_id: task.batch_id,
+            stage_id: task.stage_id,
+            map_task: task.task_id,
+            partition: 0,
+        };
+        let data_files_json = match stage.output {
+            Output::Sink => {
+                let batches: Vec<RecordBatch> = outputs.into_iter().flatten().collect();
+                job.sink
+                    .write(&batches, prefix.clone())
+                    .instrument(tracing::info_span!("write"))
+                    .await?
+            }
+            Output::Hash => {
+                env.store.put(&key, schema, outputs).map_err(shuffle_error)?;
+                vec![]
+            }
+            Output::Single => {
+                let all = outputs.into_iter().flatten().collect();
+                env.store.put(&key, schema, vec![all]).map_err(shuffle_error)?;
+                vec![]
+            }
+        };
+        let dead_letter_files_json = match (&job.dead_letters, dead_letters.is_empty()) {
             (Some(table), false) => {
-                let letters = dead_letter_batch(&input.dead_letters)?;
+                let letters = dead_letter_batch(&dead_letters)?;
                 table.write(&[letters], prefix).await?
             }
             _ => vec![],
         };
         failpoint::hit(failpoint::EXECUTOR_FILES_WRITTEN, task.batch_id);
         debug!(
-            input_rows = input.input_rows,
+            input_rows,
             output_rows,
             read_ms,
             total_ms = started.elapsed().as_millis(),
@@ -165,13 +317,24 @@ pub async fn run_task(
         );
         Ok(TaskSuccess {
             data_files_json,
-            input_rows: input.input_rows,
-            output_rows: output_rows as u64,
-            malformed_skipped: input.malformed_skipped,
-            offsets_lost: input.offsets_lost,
+            input_rows,
+            output_rows: if stage.output == Output::Sink {
+                output_rows as u64
+            } else {
+                0
+            },
+            malformed_skipped,
+            offsets_lost,
             dead_letter_files_json,
         })
     }
     .instrument(span)
     .await
+}
+
+fn shuffle_error(error: crate::shuffle_store::ShuffleStoreError) -> Error {
+    Error::Io {
+        context: "keeping a map output".into(),
+        source: std::io::Error::other(error.to_string()),
+    }
 }

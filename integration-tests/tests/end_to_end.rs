@@ -157,10 +157,23 @@ async fn bad_jobs_are_refused_at_submit_with_the_cause() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("nope"), "{}", status.message());
 
-    let grouped = "SELECT product_id, count(*) AS n FROM source GROUP BY product_id";
-    let status = refused(cluster.spec("b", "orders", grouped, trigger, "")).await;
+    // Rows of every task mixed with a constant row: no stage can hold both.
+    let mixed = "SELECT order_id FROM source UNION ALL SELECT 'none'";
+    let status = refused(cluster.spec("b", "orders", mixed, trigger, "")).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("shuffle"), "{}", status.message());
+    assert!(
+        status.message().contains("cannot be run across tasks"),
+        "{}",
+        status.message()
+    );
+
+    let missing_table = format!(
+        "{}tables: [{{name: products, parquet: /nonexistent/products}}]\n",
+        cluster.spec("b2", "orders", "SELECT order_id FROM source", trigger, "")
+    );
+    let status = refused(missing_table).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("tables[0].parquet"), "{}", status.message());
 
     let status =
         refused(cluster.spec("c", "missing", "SELECT order_id FROM source", trigger, "")).await;

@@ -18,6 +18,7 @@ async fn invalid_requests_are_refused_with_a_clear_status() {
     let other_version = RegisterExecutorRequest {
         executor_id: "old".into(),
         address: "http://127.0.0.1:1".into(),
+        flight_address: "http://127.0.0.1:2".into(),
         task_slots: 1,
         protocol_version: PROTOCOL_VERSION + 1,
     };
@@ -130,6 +131,7 @@ async fn invalid_requests_are_refused_with_a_clear_status() {
         .prepare_job(PrepareJobRequest {
             job_id: "j".into(),
             spec_json: "{".into(),
+            stages: vec![],
         })
         .await
         .unwrap_err();

@@ -23,9 +23,11 @@ pub use nodes::{
 pub use split::{Stage, StageKind, StageOutput};
 
 use crate::error::{Error, Result};
-use crate::query::SOURCE_TABLE;
 use crate::schema::source_schema;
 use crate::spec::JobSpec;
+
+/// The name of the micro-batch table in a job's SQL.
+pub const SOURCE_TABLE: &str = "source";
 
 /// A job's SQL planned for distributed execution.
 #[derive(Debug, Clone)]

@@ -86,6 +86,10 @@ async fn parquet_table(
     let urls = paths
         .iter()
         .map(|path| {
+            let local = path.strip_prefix("file://").unwrap_or(path);
+            if !local.contains("://") && !std::path::Path::new(local).exists() {
+                return Err(Error::spec(field, format!("{path} does not exist")));
+            }
             let url = if path.contains("://") {
                 path.clone()
             } else {

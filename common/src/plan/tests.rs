@@ -151,7 +151,7 @@ async fn run_distributed(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBa
 async fn run_single_process(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
     let table = MemTable::try_new(slices[0].schema(), vec![slices.to_vec()]).unwrap();
-    ctx.register_table(crate::query::SOURCE_TABLE, Arc::new(table))
+    ctx.register_table(SOURCE_TABLE, Arc::new(table))
         .unwrap();
     ctx.sql(&spec.sql).await.unwrap().collect().await.unwrap()
 }
@@ -208,3 +208,16 @@ fn spec_for_filter() -> JobSpec {
     spec("SELECT order_id FROM source WHERE amount > 10", 4)
 }
 
+
+#[tokio::test]
+async fn bad_sql_and_statements_are_refused() {
+    for sql in [
+        "SELECT nope FROM source",
+        "SELEC id FROM source",
+        "CREATE TABLE t (a INT)",
+        "SELECT order_id FROM other",
+    ] {
+        let err = plan_job(&spec(sql, 4)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidSql { .. }), "{sql}: {err}");
+    }
+}
