@@ -20,11 +20,12 @@ const PARTITIONS: i32 = 4;
 /// Events produced per second while the demo runs.
 const RATE: f64 = 5_000.0;
 
-/// The sample job: large orders outside Japan, with a size class and Kafka coordinates.
+/// The sample job: revenue per product in each micro-batch (orders outside Japan), an
+/// aggregation whose partial results are shuffled between the executors.
 pub fn sample_spec(bootstrap_servers: &str, data_dir: &Path, trigger: &str) -> String {
     let dir = data_dir.display();
     format!(
-        r#"name: large-orders
+        r#"name: revenue-by-product
 source:
   kafka:
     bootstrap_servers: "{bootstrap_servers}"
@@ -36,16 +37,17 @@ source:
     on_malformed: skip
 trigger: {trigger}
 sql: |
-  SELECT order_id, customer_id, product_id, amount, upper(country) AS country,
-         CASE WHEN amount >= 250 THEN 'large' ELSE 'medium' END AS size,
-         ts, _partition AS kafka_partition, _offset AS kafka_offset
+  SELECT product_id, count(*) AS orders, sum(amount) AS revenue,
+         min(ts) AS first_order_at, max(ts) AS last_order_at
   FROM source
-  WHERE amount >= 100 AND country <> 'JP'
+  WHERE country <> 'JP'
+  GROUP BY product_id
 sink:
   iceberg:
     catalog: {{type: sql, uri: "sqlite://{dir}/catalog.db", warehouse: "file://{dir}/warehouse"}}
     namespace: shop
-    table: large_orders
+    table: revenue_by_product
+parallelism: {{shuffle_partitions: 4}}
 "#
     )
 }

@@ -119,16 +119,19 @@ impl JobRef {
     }
 }
 
+/// A task of a stage, as (stage id, task id).
+type StageTask = (u32, u32);
+
 /// One batch in flight: where map outputs are and what each task returned.
 struct BatchRun<'a> {
     job: &'a JobRef,
     batch: BatchId,
     ranges: Vec<OffsetRange>,
     /// Flight address of each finished map task, by (stage, task).
-    outputs: Mutex<HashMap<(u32, u32), String>>,
-    results: Mutex<BTreeMap<(u32, u32), TaskSuccess>>,
+    outputs: Mutex<HashMap<StageTask, String>>,
+    results: Mutex<BTreeMap<StageTask, TaskSuccess>>,
     /// One re-run at a time per map output.
-    recoveries: Mutex<HashMap<(u32, u32), Arc<tokio::sync::Mutex<()>>>>,
+    recoveries: Mutex<HashMap<StageTask, Arc<tokio::sync::Mutex<()>>>>,
     retried: AtomicBool,
 }
 
@@ -229,7 +232,12 @@ impl Scheduler {
         }
         let retried = run.retried.load(Ordering::Relaxed);
         Ok(BatchResults {
-            tasks: run.results.into_inner().expect("results lock").into_values().collect(),
+            tasks: run
+                .results
+                .into_inner()
+                .expect("results lock")
+                .into_values()
+                .collect(),
             retried,
         })
     }

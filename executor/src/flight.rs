@@ -50,10 +50,14 @@ impl FlightService for FlightShuffleService {
     type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
     type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
 
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = request.into_inner().ticket;
-        let key: ShuffleKey = serde_json::from_slice(&ticket)
-            .map_err(|e| Status::invalid_argument(format!("the ticket is not a shuffle key: {e}")))?;
+        let key: ShuffleKey = serde_json::from_slice(&ticket).map_err(|e| {
+            Status::invalid_argument(format!("the ticket is not a shuffle key: {e}"))
+        })?;
         let (schema, batches) = self.store.get(&key).map_err(|e| match e {
             ShuffleStoreError::Missing { .. } | ShuffleStoreError::NoPartition { .. } => {
                 Status::not_found(e.to_string())
@@ -116,7 +120,10 @@ impl FlightService for FlightShuffleService {
         unsupported("do_exchange")
     }
 
-    async fn do_action(&self, _: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+    async fn do_action(
+        &self,
+        _: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
         unsupported("do_action")
     }
 
@@ -148,13 +155,14 @@ impl FlightFetcher {
         Ok(channel)
     }
 
-    async fn fetch_batches(&self, address: &str, key: &ShuffleKey) -> Result<Vec<RecordBatch>, String> {
+    async fn fetch_batches(
+        &self,
+        address: &str,
+        key: &ShuffleKey,
+    ) -> Result<Vec<RecordBatch>, String> {
         let ticket = serde_json::to_vec(key).map_err(|e| e.to_string())?;
         let mut client = FlightClient::new(self.channel(address)?);
-        let stream = client
-            .do_get(Ticket::new(ticket))
-            .await
-            .map_err(describe)?;
+        let stream = client.do_get(Ticket::new(ticket)).await.map_err(describe)?;
         stream.try_collect().await.map_err(describe)
     }
 }
@@ -168,7 +176,11 @@ fn describe(error: FlightError) -> String {
 
 #[async_trait]
 impl ShuffleFetcher for FlightFetcher {
-    async fn fetch(&self, address: &str, key: &ShuffleKey) -> Result<Vec<RecordBatch>, ShuffleFetchError> {
+    async fn fetch(
+        &self,
+        address: &str,
+        key: &ShuffleKey,
+    ) -> Result<Vec<RecordBatch>, ShuffleFetchError> {
         let result = self.fetch_batches(address, key).await;
         if result.is_err() {
             // A broken connection is not reused for the next attempt.

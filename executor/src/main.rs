@@ -18,7 +18,11 @@ struct Args {
     #[arg(long, env = "SLUICE_EXECUTOR_BIND", default_value = "127.0.0.1:0")]
     bind: SocketAddr,
     /// Address to serve shuffle outputs on over Arrow Flight (port 0 picks a free port).
-    #[arg(long, env = "SLUICE_EXECUTOR_FLIGHT_BIND", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "SLUICE_EXECUTOR_FLIGHT_BIND",
+        default_value = "127.0.0.1:0"
+    )]
     flight_bind: SocketAddr,
     /// Bytes of shuffle (map) outputs kept in memory; the rest spills to --spill-dir.
     #[arg(long, env = "SLUICE_SHUFFLE_MEMORY_BYTES", default_value_t = DEFAULT_SHUFFLE_MEMORY_BYTES)]

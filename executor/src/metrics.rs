@@ -17,6 +17,8 @@ pub struct ExecutorMetrics {
     pub records_read: AtomicU64,
     /// Bytes of shuffle outputs held in memory.
     pub shuffle_memory_bytes: AtomicU64,
+    /// Bytes of shuffle outputs spilled to disk since start.
+    pub shuffle_spilled_bytes: AtomicU64,
     pub task_seconds: Mutex<Histogram>,
 }
 
@@ -29,6 +31,7 @@ impl Default for ExecutorMetrics {
             tasks_failed: AtomicU64::new(0),
             records_read: AtomicU64::new(0),
             shuffle_memory_bytes: AtomicU64::new(0),
+            shuffle_spilled_bytes: AtomicU64::new(0),
             task_seconds: Mutex::new(Histogram::new(DURATION_BUCKETS)),
         }
     }
@@ -61,6 +64,7 @@ impl ExecutorMetrics {
         );
         let _ = writeln!(out, "# TYPE sluice_executor_records_read_total counter\nsluice_executor_records_read_total {}", load(&self.records_read));
         let _ = writeln!(out, "# TYPE sluice_executor_shuffle_memory_bytes gauge\nsluice_executor_shuffle_memory_bytes {}", load(&self.shuffle_memory_bytes));
+        let _ = writeln!(out, "# TYPE sluice_executor_shuffle_spilled_bytes_total counter\nsluice_executor_shuffle_spilled_bytes_total {}", load(&self.shuffle_spilled_bytes));
         let _ = writeln!(
             out,
             "# TYPE sluice_executor_task_duration_seconds histogram"

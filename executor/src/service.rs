@@ -19,9 +19,9 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::flight::{FlightFetcher, FlightShuffleService};
 use crate::kafka_reader::ConsumerPool;
-use crate::shuffle_store::ShuffleStore;
 use crate::metrics::{self, ExecutorMetrics};
 use crate::registration::{stay_registered, Identity};
+use crate::shuffle_store::ShuffleStore;
 use crate::task::{failure, run_task, task_ranges, PreparedJob, TaskEnv};
 use crate::ExecutorConfig;
 
@@ -92,6 +92,9 @@ impl Executor for ExecutorService {
         metrics
             .shuffle_memory_bytes
             .store(self.env.store.memory_used() as u64, Ordering::Relaxed);
+        metrics
+            .shuffle_spilled_bytes
+            .store(self.env.store.spilled_bytes(), Ordering::Relaxed);
         metrics
             .task_seconds
             .lock()

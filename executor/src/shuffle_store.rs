@@ -36,7 +36,10 @@ impl MapKey {
 
 #[derive(Debug)]
 enum Stored {
-    Memory { batches: Vec<RecordBatch>, bytes: usize },
+    Memory {
+        batches: Vec<RecordBatch>,
+        bytes: usize,
+    },
     Spilled(PathBuf),
 }
 
@@ -71,6 +74,7 @@ pub struct ShuffleStore {
     outputs: Mutex<HashMap<MapKey, MapOutput>>,
     memory_limit: usize,
     memory_used: Mutex<usize>,
+    spilled_bytes: std::sync::atomic::AtomicU64,
     spill_dir: PathBuf,
 }
 
@@ -81,6 +85,7 @@ impl ShuffleStore {
             outputs: Mutex::new(HashMap::new()),
             memory_limit,
             memory_used: Mutex::new(0),
+            spilled_bytes: std::sync::atomic::AtomicU64::new(0),
             spill_dir,
         }
     }
@@ -109,6 +114,8 @@ impl ShuffleStore {
             } else {
                 let path = self.spill_path(&map_key, partition);
                 spill(&path, &schema, &batches)?;
+                self.spilled_bytes
+                    .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
                 debug!(path = %path.display(), bytes, "shuffle partition spilled to disk");
                 stored.push(Stored::Spilled(path));
             }
@@ -127,15 +134,21 @@ impl ShuffleStore {
     }
 
     /// The batches of one partition of a map output, with their schema.
-    pub fn get(&self, key: &ShuffleKey) -> Result<(SchemaRef, Vec<RecordBatch>), ShuffleStoreError> {
+    pub fn get(
+        &self,
+        key: &ShuffleKey,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), ShuffleStoreError> {
         let spilled = {
             let outputs = self.outputs.lock().expect("outputs lock");
-            let output = outputs.get(&MapKey::of(key)).ok_or_else(|| ShuffleStoreError::Missing {
-                job_id: key.job_id.clone(),
-                batch_id: key.batch_id,
-                stage_id: key.stage_id,
-                map_task: key.map_task,
-            })?;
+            let output =
+                outputs
+                    .get(&MapKey::of(key))
+                    .ok_or_else(|| ShuffleStoreError::Missing {
+                        job_id: key.job_id.clone(),
+                        batch_id: key.batch_id,
+                        stage_id: key.stage_id,
+                        map_task: key.map_task,
+                    })?;
             match output.partitions.get(key.partition as usize) {
                 Some(Stored::Memory { batches, .. }) => {
                     return Ok((output.schema.clone(), batches.clone()))
@@ -167,6 +180,12 @@ impl ShuffleStore {
     /// Bytes of map outputs held in memory.
     pub fn memory_used(&self) -> usize {
         *self.memory_used.lock().expect("memory lock")
+    }
+
+    /// Bytes of map outputs written to disk since start (their in-memory size).
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn release(&self, matches: impl Fn(&MapKey) -> bool) {
@@ -207,7 +226,11 @@ impl ShuffleStore {
     }
 }
 
-fn spill(path: &Path, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(), ShuffleStoreError> {
+fn spill(
+    path: &Path,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(), ShuffleStoreError> {
     let error = |source| ShuffleStoreError::Spill {
         path: path.to_path_buf(),
         source,
@@ -264,18 +287,35 @@ mod tests {
         let store = ShuffleStore::new(limit, dir.path().to_path_buf());
         let big = batch((0..10_000).collect());
         store
-            .put(&key(0, 0, 0), small.schema(), vec![vec![small.clone()], vec![big.clone()]])
+            .put(
+                &key(0, 0, 0),
+                small.schema(),
+                vec![vec![small.clone()], vec![big.clone()]],
+            )
             .unwrap();
         assert_eq!(store.memory_used(), limit);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "one partition spilled");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "one partition spilled"
+        );
         assert_eq!(store.get(&key(0, 0, 0)).unwrap().1, vec![small]);
         assert_eq!(store.get(&key(0, 0, 1)).unwrap().1, vec![big]);
-        assert!(matches!(store.get(&key(0, 1, 0)), Err(ShuffleStoreError::Missing { .. })));
+        assert!(matches!(
+            store.get(&key(0, 1, 0)),
+            Err(ShuffleStoreError::Missing { .. })
+        ));
 
-        store.put(&key(1, 0, 0), batch(vec![]).schema(), vec![vec![]]).unwrap();
+        store
+            .put(&key(1, 0, 0), batch(vec![]).schema(), vec![vec![]])
+            .unwrap();
         store.release_before("j", 1);
         assert_eq!(store.memory_used(), 0);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spill file deleted");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "spill file deleted"
+        );
         assert!(store.get(&key(1, 0, 0)).is_ok());
         store.release_batch("j", 1);
         assert!(store.get(&key(1, 0, 0)).is_err());

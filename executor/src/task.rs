@@ -17,10 +17,10 @@ use sluice_common::iceberg_sink::{
     data_files_to_json, dead_letter_ident, open_catalog, table_arrow_schema, table_ident,
 };
 use sluice_common::offsets::OffsetRange;
-use sluice_common::spec::JobSpec;
 use sluice_common::plan::{
     self, MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs,
 };
+use sluice_common::spec::JobSpec;
 use sluice_common::spec::OnMalformed;
 use sluice_common::{failpoint, Error, Result};
 use sluice_proto::v1::{StagePlan, TaskDefinition, TaskFailure, TaskSuccess};
@@ -291,12 +291,16 @@ pub async fn run_task(
                     .await?
             }
             Output::Hash => {
-                env.store.put(&key, schema, outputs).map_err(shuffle_error)?;
+                env.store
+                    .put(&key, schema, outputs)
+                    .map_err(shuffle_error)?;
                 vec![]
             }
             Output::Single => {
                 let all = outputs.into_iter().flatten().collect();
-                env.store.put(&key, schema, vec![all]).map_err(shuffle_error)?;
+                env.store
+                    .put(&key, schema, vec![all])
+                    .map_err(shuffle_error)?;
                 vec![]
             }
         };

@@ -3,6 +3,7 @@
 //! Every child is killed when the fixture drops.
 
 pub mod check;
+pub mod differential;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,8 @@ pub struct TestCluster {
     pub driver_http_ports: Vec<u16>,
     drivers: Vec<Option<Child>>,
     executors: Vec<Child>,
+    /// Each executor's HTTP port (probes, metrics), kept across restarts.
+    executor_http_ports: Vec<u16>,
     starts: HashMap<String, u32>,
     /// Extra environment of the next driver start (e.g. armed failpoints).
     pub driver_env: Vec<(String, String)>,
@@ -87,6 +90,7 @@ impl TestCluster {
             driver_http_ports: (0..drivers).map(|_| free_port()).collect(),
             drivers: (0..drivers).map(|_| None).collect(),
             executors: Vec::new(),
+            executor_http_ports: Vec::new(),
             starts: HashMap::new(),
             driver_env: Vec::new(),
         };
@@ -156,8 +160,13 @@ impl TestCluster {
     fn spawn_executor(&mut self, i: usize, env: &[(&str, &str)]) -> Result<Child> {
         let id = format!("executor-{i}");
         let log = self.log(&id)?;
+        if self.executor_http_ports.len() <= i {
+            self.executor_http_ports.push(free_port());
+        }
+        let http = format!("127.0.0.1:{}", self.executor_http_ports[i]);
         Ok(Command::new(binary("sluice-executor"))
             .args(["--driver", &self.driver_url(), "--id", &id])
+            .args(["--http-bind", &http])
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -299,8 +308,28 @@ impl TestCluster {
 
     /// GETs `path` from driver `i`'s HTTP server: (status code, body).
     pub fn http_get(&self, i: usize, path: &str) -> Result<(u16, String)> {
+        http_get(self.driver_http_ports[i], path)
+    }
+
+    /// GETs `path` from executor `i`'s HTTP server: (status code, body).
+    pub fn executor_http_get(&self, i: usize, path: &str) -> Result<(u16, String)> {
+        http_get(self.executor_http_ports[i], path)
+    }
+
+    /// The value of an unlabelled gauge or counter in executor `i`'s /metrics.
+    pub fn executor_metric(&self, i: usize, name: &str) -> Result<f64> {
+        let (_, body) = self.executor_http_get(i, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .with_context(|| format!("no metric {name} in {body}"))
+    }
+}
+
+/// GETs `path` from 127.0.0.1:`port`: (status code, body).
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    {
         use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.driver_http_ports[i]))?;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
         write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
@@ -315,7 +344,9 @@ impl TestCluster {
             .unwrap_or_default();
         Ok((code, body))
     }
+}
 
+impl TestCluster {
     /// A client of the serving driver (standby drivers do not listen).
     pub async fn client(&self) -> Result<DriverClient<Channel>> {
         let mut last = None;

@@ -173,7 +173,11 @@ async fn bad_jobs_are_refused_at_submit_with_the_cause() {
     );
     let status = refused(missing_table).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("tables[0].parquet"), "{}", status.message());
+    assert!(
+        status.message().contains("tables[0].parquet"),
+        "{}",
+        status.message()
+    );
 
     let status =
         refused(cluster.spec("c", "missing", "SELECT order_id FROM source", trigger, "")).await;

@@ -17,8 +17,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{decode_plan, encode_plan, SluiceCodec};
 pub use nodes::{
-    KafkaScanExec, MapOutputLocation, ReaderMode, ShuffleFetchError, ShuffleFetcher,
-    ShuffleKey, ShuffleReaderExec, TaskInputs,
+    KafkaScanExec, MapOutputLocation, ReaderMode, ShuffleFetchError, ShuffleFetcher, ShuffleKey,
+    ShuffleReaderExec, TaskInputs,
 };
 pub use split::{Stage, StageKind, StageOutput};
 
@@ -119,7 +119,10 @@ pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
 
 /// A task context carrying `inputs`, with the functions of a default session.
 pub fn task_context(base: &TaskContext, inputs: TaskInputs) -> Arc<TaskContext> {
-    let config = base.session_config().clone().with_extension(Arc::new(inputs));
+    let config = base
+        .session_config()
+        .clone()
+        .with_extension(Arc::new(inputs));
     Arc::new(TaskContext::new(
         base.task_id(),
         base.session_id(),

@@ -87,7 +87,10 @@ pub struct TaskInputs {
     pub fetcher: Arc<dyn ShuffleFetcher>,
 }
 
-fn task_inputs(context: &TaskContext, operator: &str) -> datafusion::common::Result<Arc<TaskInputs>> {
+fn task_inputs(
+    context: &TaskContext,
+    operator: &str,
+) -> datafusion::common::Result<Arc<TaskInputs>> {
     context
         .session_config()
         .get_extension::<TaskInputs>()
@@ -322,9 +325,7 @@ impl ExecutionPlan for ShuffleReaderExec {
             let outputs = try_join_all(fetches)
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            Ok::<_, DataFusionError>(futures::stream::iter(
-                outputs.into_iter().flatten().map(Ok),
-            ))
+            Ok::<_, DataFusionError>(futures::stream::iter(outputs.into_iter().flatten().map(Ok)))
         };
         let stream = futures::stream::once(fetch)
             .map(|result| match result {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use datafusion::common::JoinType;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode};
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
+};
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -88,7 +90,12 @@ fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
             let n = *n;
             let schema = plan.schema();
             let id = push_stage(plan, StageOutput::Hash(n), stages)?;
-            return Ok(Arc::new(ShuffleReaderExec::new(id, schema, ReaderMode::Hash, n)));
+            return Ok(Arc::new(ShuffleReaderExec::new(
+                id,
+                schema,
+                ReaderMode::Hash,
+                n,
+            )));
         }
     }
     if any.is::<CoalescePartitionsExec>() && !is_static(&plan) {
@@ -118,10 +125,19 @@ fn merge_input(
     let child = merge.children()[0].clone();
     let schema = child.schema();
     let id = push_stage(child, StageOutput::Single, stages)?;
-    Ok(Arc::new(ShuffleReaderExec::new(id, schema, ReaderMode::Merged, 1)))
+    Ok(Arc::new(ShuffleReaderExec::new(
+        id,
+        schema,
+        ReaderMode::Merged,
+        1,
+    )))
 }
 
-fn push_stage(plan: Arc<dyn ExecutionPlan>, output: StageOutput, stages: &mut Vec<Stage>) -> Result<u32> {
+fn push_stage(
+    plan: Arc<dyn ExecutionPlan>,
+    output: StageOutput,
+    stages: &mut Vec<Stage>,
+) -> Result<u32> {
     let id = stages.len() as u32;
     let kind = stage_kind(&plan)?;
     let mut inputs = vec![];
@@ -222,7 +238,12 @@ fn probe_leaves(plan: &Arc<dyn ExecutionPlan>, leaves: &mut Vec<ProbeLeaf>) -> R
             let mut right = vec![];
             probe_leaves(children[1], &mut right)?;
             let split_probe = right.iter().any(|l| *l != ProbeLeaf::Whole);
-            if split_probe && !matches!(join_type, JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti) {
+            if split_probe
+                && !matches!(
+                    join_type,
+                    JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
+                )
+            {
                 return Err(unsupported(
                     "a LEFT/FULL/semi/anti join keeps rows of a side that is read whole by every \
                      task; put the stream on the preserved side or join on equality keys",

@@ -66,10 +66,20 @@ impl TableProvider for SourceTable {
 }
 
 /// Registers the spec's static tables in `ctx`.
-pub async fn register_static_tables(ctx: &SessionContext, tables: &[DimensionTableSpec]) -> Result<()> {
+pub async fn register_static_tables(
+    ctx: &SessionContext,
+    tables: &[DimensionTableSpec],
+) -> Result<()> {
     for (i, table) in tables.iter().enumerate() {
         let provider = match (&table.parquet, &table.iceberg) {
-            (Some(path), _) => parquet_table(ctx, &[path.clone()], &format!("tables[{i}].parquet")).await?,
+            (Some(path), _) => {
+                parquet_table(
+                    ctx,
+                    std::slice::from_ref(path),
+                    &format!("tables[{i}].parquet"),
+                )
+                .await?
+            }
             (None, Some(iceberg)) => iceberg_table(ctx, iceberg, i).await?,
             (None, None) => continue,
         };
@@ -93,7 +103,8 @@ async fn parquet_table(
             let url = if path.contains("://") {
                 path.clone()
             } else {
-                let absolute = std::path::absolute(path).map_err(|e| Error::spec(field, e.to_string()))?;
+                let absolute =
+                    std::path::absolute(path).map_err(|e| Error::spec(field, e.to_string()))?;
                 absolute.to_string_lossy().into_owned()
             };
             ListingTableUrl::parse(&url).map_err(|e| Error::spec(field, e.strip_backtrace()))
@@ -106,7 +117,12 @@ async fn parquet_table(
         .with_listing_options(options)
         .infer_schema(&ctx.state())
         .await
-        .map_err(|e| Error::spec(field, format!("reading Parquet files: {}", e.strip_backtrace())))?;
+        .map_err(|e| {
+            Error::spec(
+                field,
+                format!("reading Parquet files: {}", e.strip_backtrace()),
+            )
+        })?;
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 

@@ -73,9 +73,12 @@ fn source_slices(spec: &JobSpec) -> Vec<RecordBatch> {
                     timestamp_ms: Some(1_700_000_000_000 + offset),
                     key: None,
                     value: Some(
-                        Order::new(partition as u64 * 1000 + offset as u64, 1_700_000_000_000 + offset)
-                            .to_json()
-                            .into_bytes(),
+                        Order::new(
+                            partition as u64 * 1000 + offset as u64,
+                            1_700_000_000_000 + offset,
+                        )
+                        .to_json()
+                        .into_bytes(),
                     ),
                 })
                 .collect();
@@ -151,8 +154,7 @@ async fn run_distributed(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBa
 async fn run_single_process(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
     let table = MemTable::try_new(slices[0].schema(), vec![slices.to_vec()]).unwrap();
-    ctx.register_table(SOURCE_TABLE, Arc::new(table))
-        .unwrap();
+    ctx.register_table(SOURCE_TABLE, Arc::new(table)).unwrap();
     ctx.sql(&spec.sql).await.unwrap().collect().await.unwrap()
 }
 
@@ -163,7 +165,10 @@ async fn assert_same_result(sql: &str) {
         let expected = normalized_rows(&run_single_process(&spec, &slices).await);
         let actual = normalized_rows(&run_distributed(&spec, &slices).await);
         assert!(!expected.is_empty(), "{sql}: no rows to compare");
-        assert_eq!(actual, expected, "{sql} with {partitions} shuffle partitions");
+        assert_eq!(
+            actual, expected,
+            "{sql} with {partitions} shuffle partitions"
+        );
     }
 }
 
@@ -188,7 +193,10 @@ async fn distributed_stages_compute_what_one_process_computes() {
 
 #[tokio::test]
 async fn aggregation_is_cut_at_its_exchange() {
-    let spec = spec("SELECT product_id, sum(amount) AS s FROM source GROUP BY product_id", 4);
+    let spec = spec(
+        "SELECT product_id, sum(amount) AS s FROM source GROUP BY product_id",
+        4,
+    );
     let plan = plan_job(&spec).await.unwrap();
     let kinds: Vec<_> = plan.stages.iter().map(|s| (s.kind, s.output)).collect();
     assert_eq!(
@@ -207,7 +215,6 @@ async fn aggregation_is_cut_at_its_exchange() {
 fn spec_for_filter() -> JobSpec {
     spec("SELECT order_id FROM source WHERE amount > 10", 4)
 }
-
 
 #[tokio::test]
 async fn bad_sql_and_statements_are_refused() {

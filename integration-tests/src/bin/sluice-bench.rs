@@ -1,9 +1,10 @@
 //! `sluice-bench`: Sluice against the raw broker, on one machine.
 //!
 //! Loads a topic with 200-byte JSON events, measures how fast a plain librdkafka consumer
-//! reads them (the ceiling), runs a filter/projection job over the same records to
-//! completion, then runs a stream of small batches on a 100 ms trigger and reports
-//! per-batch overhead and end-to-end latency (produce time -> committed snapshot).
+//! reads them (the ceiling), runs a filter/projection job and an aggregation job (shuffled
+//! between executors) over the same records to completion, measures what the shuffle adds
+//! to a 10,000-row batch, then runs a stream of small batches on a 100 ms trigger and
+//! reports per-batch overhead and end-to-end latency (produce time -> committed snapshot).
 //! Real processes: etcd, the mock Kafka cluster, the driver and executor binaries.
 //!
 //! `cargo build --release --bins && cargo run --release -p sluice-integration-tests --bin sluice-bench`
@@ -213,6 +214,78 @@ fn machine() -> String {
     )
 }
 
+fn median(values: &[f64]) -> f64 {
+    percentile(&mut values.to_vec(), 50.0)
+}
+
+/// Runs `sql` over the `shuffle` topic in 10,000-row batches; per-batch durations and
+/// execute times (ms), first batches (warm-up) left out.
+async fn batch_times(cluster: &TestCluster, name: &str, sql: &str) -> Result<(Vec<f64>, Vec<f64>)> {
+    let spec = spec(
+        cluster,
+        name,
+        "shuffle",
+        sql,
+        "{available_now: true}",
+        "    max_offsets_per_trigger: 10000",
+    );
+    let job = cluster
+        .submit(&spec)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let batches = watch(cluster, &job, |_| false).await?;
+    let steady: Vec<&BatchProgress> = batches.iter().map(|(b, _)| b).skip(2).collect();
+    Ok((
+        steady.iter().map(|b| b.duration_ms as f64).collect(),
+        steady.iter().map(|b| b.execute_ms as f64).collect(),
+    ))
+}
+
+/// What the shuffle adds to a 10,000-row batch: the same batches through a single-stage
+/// job writing about as many rows, and through a GROUP BY (map stage, Arrow Flight
+/// exchange, reduce stage).
+async fn shuffle_overhead(cluster: &TestCluster, executors: usize) -> Result<()> {
+    let partitions = 8;
+    let batches = 15;
+    cluster.kafka.create_topic("shuffle", partitions, 1)?;
+    produce(cluster, "shuffle", partitions, 0, batches * 10_000, None)?;
+    let (single, single_exec) = batch_times(
+        cluster,
+        "bench-single-stage",
+        "SELECT product_id, amount FROM source WHERE _offset % 200 = 0",
+    )
+    .await?;
+    let (shuffled, shuffled_exec) = batch_times(
+        cluster,
+        "bench-shuffled",
+        "SELECT product_id, count(*) AS orders, sum(amount) AS revenue FROM source GROUP BY product_id",
+    )
+    .await?;
+    println!(
+        "## Shuffle overhead (10,000-row batches, {partitions} partitions, {executors} executors, {} steady batches each)\n",
+        single.len()
+    );
+    println!("| job | batch median ms | execute median ms |\n| --- | ---: | ---: |");
+    println!(
+        "| single stage (filter, ~50 rows out) | {:.0} | {:.0} |",
+        median(&single),
+        median(&single_exec)
+    );
+    println!(
+        "| two stages (GROUP BY product, ~50 rows out, Arrow Flight shuffle) | {:.0} | {:.0} |",
+        median(&shuffled),
+        median(&shuffled_exec)
+    );
+    println!(
+        "| shuffle adds | {:.0} ({:.2}x) | {:.0} ({:.2}x) |\n",
+        median(&shuffled) - median(&single),
+        median(&shuffled) / median(&single),
+        median(&shuffled_exec) - median(&single_exec),
+        median(&shuffled_exec) / median(&single_exec)
+    );
+    Ok(())
+}
+
 fn spec(
     cluster: &TestCluster,
     name: &str,
@@ -277,9 +350,30 @@ async fn main() -> Result<()> {
         batches.len(),
         filter_rate / raw_rate
     );
-    println!(
-        "| Sluice aggregation job | not run: GROUP BY needs the shuffle, not built yet | — |\n"
+    let aggregate_sql = "SELECT country, product_id, count(*) AS orders, sum(amount) AS revenue FROM source GROUP BY country, product_id";
+    let aggregate = spec(
+        &cluster,
+        "bench-aggregate",
+        "load",
+        aggregate_sql,
+        "{available_now: true}",
+        "    max_offsets_per_trigger: 400000",
     );
+    let started = Instant::now();
+    let job = cluster
+        .submit(&aggregate)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let aggregate_batches = watch(&cluster, &job, |_| false).await?;
+    let aggregate_secs = started.elapsed().as_secs_f64();
+    let aggregate_rate = args.events as f64 / aggregate_secs;
+    println!(
+        "| Sluice aggregation job (GROUP BY, shuffled), to completion ({} batches) | {aggregate_rate:.0} | {:.2} |\n",
+        aggregate_batches.len(),
+        aggregate_rate / raw_rate
+    );
+
+    shuffle_overhead(&cluster, args.executors).await?;
 
     // A stream of small batches on a 100 ms trigger.
     let stream_partitions = 4;

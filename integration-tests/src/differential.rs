@@ -1,0 +1,144 @@
+//! The differential suite: queries run through Sluice and, over the same Kafka records,
+//! by single-process DataFusion; the committed rows must equal DataFusion's.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use sluice_common::decode::RecordDecoder;
+use sluice_common::kafka::{consumer, read_range, OffsetReader};
+use sluice_common::offsets::OffsetRange;
+use sluice_common::spec::JobSpec;
+use sluice_common::testing::normalized_rows;
+
+use crate::TestCluster;
+
+/// Queries over `source` (order events), `products` (an Iceberg table) and `regions`
+/// (a Parquet file that lacks JP): aggregates of every common kind, multi-key GROUP BY,
+/// HAVING, DISTINCT, joins with dimension tables and with the stream itself, window
+/// functions, ORDER BY/LIMIT, UNION, and nested subqueries.
+pub const QUERIES: &[(&str, &str)] = &[
+    ("group_count_sum", "SELECT product_id, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY product_id"),
+    ("group_min_max_avg", "SELECT country, min(amount) AS lo, max(amount) AS hi, avg(amount) AS mean FROM source GROUP BY country"),
+    ("group_two_keys", "SELECT country, product_id, count(*) AS n FROM source GROUP BY country, product_id"),
+    ("having", "SELECT country, count(*) AS n FROM source GROUP BY country HAVING count(*) > 380"),
+    ("global_aggregates", "SELECT count(*) AS n, sum(amount) AS total, count(DISTINCT customer_id) AS customers FROM source"),
+    ("distinct", "SELECT DISTINCT country FROM source"),
+    ("count_distinct_per_group", "SELECT country, count(DISTINCT product_id) AS products FROM source GROUP BY country"),
+    ("statistics", "SELECT country, stddev(amount) AS sd, var_samp(amount) AS v, median(amount) AS mid FROM source GROUP BY country"),
+    ("bool_aggregates", "SELECT product_id, bool_and(amount > 1) AS all_big, bool_or(amount > 450) AS any_huge FROM source GROUP BY product_id"),
+    ("group_by_expression", "SELECT country, CASE WHEN amount > 250 THEN 'big' ELSE 'small' END AS size, count(*) AS n FROM source GROUP BY 1, 2"),
+    ("kafka_metadata", "SELECT _partition AS p, count(*) AS n, min(_offset) AS first, max(_offset) AS last FROM source GROUP BY _partition"),
+    ("join_iceberg_dimension", "SELECT s.order_id, p.name FROM source s JOIN products p ON s.product_id = p.product_id WHERE s.amount > 450"),
+    ("join_then_group", "SELECT p.category, count(*) AS n, sum(s.amount) AS revenue FROM source s JOIN products p ON s.product_id = p.product_id GROUP BY p.category"),
+    ("join_parquet_dimension", "SELECT r.region, count(*) AS n FROM source s JOIN regions r ON s.country = r.country GROUP BY r.region"),
+    ("left_join_dimension", "SELECT s.order_id, r.region FROM source s LEFT JOIN regions r ON s.country = r.country WHERE s.amount < 20"),
+    ("semi_join_dimension", "SELECT customer_id, count(*) AS n FROM source WHERE product_id IN (SELECT product_id FROM products WHERE category = 'books') GROUP BY customer_id"),
+    ("anti_join_dimension", "SELECT order_id FROM source s WHERE NOT EXISTS (SELECT 1 FROM regions r WHERE r.country = s.country)"),
+    ("self_join", "SELECT a.order_id, b.order_id AS other FROM source a JOIN source b ON a.customer_id = b.customer_id AND a.order_id < b.order_id"),
+    ("order_by_limit", "SELECT order_id, amount FROM source ORDER BY amount DESC, order_id LIMIT 10"),
+    ("top_groups", "SELECT country, sum(amount) AS revenue FROM source GROUP BY country ORDER BY revenue DESC LIMIT 3"),
+    ("rank_per_partition", "SELECT order_id, rank() OVER (PARTITION BY country ORDER BY amount DESC, order_id) AS r FROM source"),
+    ("row_number_global", "SELECT order_id, row_number() OVER (ORDER BY _partition, _offset) AS n FROM source"),
+    ("running_sum", "SELECT order_id, sum(amount) OVER (PARTITION BY product_id ORDER BY _partition, _offset ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running FROM source"),
+    ("lag", "SELECT order_id, lag(amount) OVER (PARTITION BY customer_id ORDER BY _partition, _offset) AS previous FROM source WHERE customer_id < 2000"),
+    ("union_distinct", "SELECT country FROM source WHERE amount > 400 UNION SELECT country FROM source WHERE amount < 5"),
+    ("union_all", "SELECT order_id FROM source WHERE country = 'DE' UNION ALL SELECT order_id FROM source WHERE amount > 490"),
+    ("scalar_subquery", "SELECT order_id FROM source WHERE amount > (SELECT avg(amount) * 1.9 FROM source)"),
+    ("nested_subqueries", "SELECT country, n FROM (SELECT country, count(*) AS n FROM source GROUP BY country) t WHERE n >= (SELECT avg(c) FROM (SELECT count(*) AS c FROM source GROUP BY country) u)"),
+    ("window_over_aggregate", "SELECT product_id, revenue FROM (SELECT product_id, sum(amount) AS revenue, rank() OVER (ORDER BY sum(amount) DESC) AS r FROM source GROUP BY product_id) t WHERE r <= 5"),
+];
+
+/// Product categories, by `product_id % 4`.
+const CATEGORIES: [&str; 4] = ["books", "games", "music", "tools"];
+
+/// The `products` dimension as JSON events, one per product id.
+pub fn product_events() -> Vec<String> {
+    (1..=sluice_common::synthetic::PRODUCTS)
+        .map(|id| {
+            format!(
+                r#"{{"product_id":{id},"name":"product-{id}","category":"{}"}}"#,
+                CATEGORIES[(id % 4) as usize]
+            )
+        })
+        .collect()
+}
+
+/// The source schema of [`product_events`], as a spec's YAML list.
+pub const PRODUCT_SCHEMA_YAML: &str =
+    "[{name: product_id, type: int64}, {name: name, type: utf8}, {name: category, type: utf8}]";
+
+/// Writes the `regions` dimension (country -> region; JP has none) as a Parquet file.
+pub fn write_regions(path: &std::path::Path) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("country", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["DE", "FR", "NL", "US"])),
+            Arc::new(StringArray::from(vec!["EU", "EU", "EU", "NA"])),
+        ],
+    )?;
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema, None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(())
+}
+
+/// Every record of `topic`, decoded as `spec` decodes them.
+pub fn source_batches(cluster: &TestCluster, spec: &JobSpec) -> Result<Vec<RecordBatch>> {
+    let kafka = &spec.source.kafka;
+    let bootstrap = cluster.bootstrap_servers();
+    let decoder = RecordDecoder::new(kafka)?;
+    let reader = OffsetReader::new(&bootstrap)?;
+    let consumer = consumer(&bootstrap)?;
+    let mut batches = vec![];
+    for ((topic, partition), marks) in reader.watermarks(&kafka.topics)? {
+        let range = OffsetRange {
+            topic: topic.clone(),
+            partition,
+            start: marks.low,
+            end: marks.high,
+        };
+        let read = read_range(&consumer, &bootstrap, &range, true)?;
+        batches.push(decoder.decode(&topic, partition, &read.records)?.batch);
+    }
+    Ok(batches)
+}
+
+/// What single-process DataFusion computes for `sql` over the same tables.
+pub async fn expected_rows(
+    sql: &str,
+    source: &[RecordBatch],
+    products: &[RecordBatch],
+    regions: &std::path::Path,
+) -> Result<Vec<String>> {
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "source",
+        Arc::new(MemTable::try_new(
+            source[0].schema(),
+            vec![source.to_vec()],
+        )?),
+    )?;
+    ctx.register_table(
+        "products",
+        Arc::new(MemTable::try_new(
+            products[0].schema(),
+            vec![products.to_vec()],
+        )?),
+    )?;
+    ctx.register_parquet(
+        "regions",
+        regions.to_string_lossy().as_ref(),
+        ParquetReadOptions::default(),
+    )
+    .await?;
+    Ok(normalized_rows(&ctx.sql(sql).await?.collect().await?))
+}
