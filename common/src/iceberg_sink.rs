@@ -302,8 +302,12 @@ pub async fn commit_batch_to(
         (BATCH_ID_PROPERTY.to_string(), batch.to_string()),
     ]);
     let tx = Transaction::new(&table);
+    // Data file names are unique (a UUID each) and a batch is appended at most once (found
+    // above by its snapshot summary), so the duplicate-file check, which reads every
+    // manifest of the table and made each commit slower than the last, is not needed.
     let tx = tx
         .fast_append()
+        .with_check_duplicate(false)
         .add_data_files(data_files)
         .set_snapshot_properties(properties)
         .apply(tx)
@@ -324,6 +328,35 @@ pub async fn commit_batch_to(
     Ok((table, snapshot))
 }
 
+/// Snapshots a table keeps after [`expire_snapshots`]: enough for recovery, which looks
+/// only for the batch planned last, and for readers' time travel over recent batches.
+pub const SNAPSHOTS_RETAINED: usize = 100;
+/// Expiry runs once this many snapshots more than [`SNAPSHOTS_RETAINED`] accumulated.
+pub const SNAPSHOTS_EXPIRY_SLACK: usize = 50;
+
+/// Whether `table` has accumulated enough snapshots for [`expire_snapshots`] to run.
+pub fn needs_expiry(table: &Table) -> bool {
+    table.metadata().snapshots().len() > SNAPSHOTS_RETAINED + SNAPSHOTS_EXPIRY_SLACK
+}
+
+/// Expires all but the `retain` most recent snapshots, so the table metadata (rewritten
+/// by every commit) stops growing; data files stay (they are all still live: Sluice only
+/// appends). Returns the table as committed.
+pub async fn expire_snapshots(catalog: &SqlCatalog, table: &Table, retain: usize) -> Result<Table> {
+    let ident = table.identifier().clone();
+    let now_ms = chrono::Utc::now().timestamp_millis() + 1;
+    let tx = Transaction::new(table);
+    let tx = tx
+        .expire_snapshots()
+        .expire_older_than_ms(now_ms)
+        .retain_last(retain.max(1))
+        .apply(tx)
+        .map_err(Error::iceberg(format!("expiring snapshots of {ident}")))?;
+    tx.commit(catalog)
+        .await
+        .map_err(Error::iceberg(format!("expiring snapshots of {ident}")))
+}
+
 /// Total rows in the table's current snapshot (from its summary).
 pub fn total_records(table: &Table) -> u64 {
     table
@@ -332,4 +365,66 @@ pub fn total_records(table: &Table) -> u64 {
         .and_then(|s| s.summary().additional_properties.get("total-records"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
+    use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
+
+    use super::*;
+
+    fn data_file(table: &Table, name: &str) -> String {
+        let file = DataFileBuilder::default()
+            .content(DataContentType::Data)
+            .file_path(format!(
+                "{}/data/{name}.parquet",
+                table.metadata().location()
+            ))
+            .file_format(DataFileFormat::Parquet)
+            .record_count(10)
+            .file_size_in_bytes(100)
+            .build()
+            .unwrap();
+        data_files_to_json(table, vec![file]).unwrap().remove(0)
+    }
+
+    #[tokio::test]
+    async fn expiry_keeps_recent_batches_findable_and_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = CatalogSpec {
+            catalog_type: "sql".into(),
+            uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+            warehouse: format!("file://{}/warehouse", dir.path().display()),
+            name: None,
+        };
+        let catalog = open_catalog(&spec).await.unwrap();
+        let ident = TableIdent::from_strs(["ns", "t"]).unwrap();
+        let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
+        let mut table = ensure_table(&catalog, &ident, &schema).await.unwrap();
+        for batch in 0..8 {
+            let files = vec![data_file(&table, &format!("b{batch}"))];
+            table = commit_batch_to(&catalog, &table, "j", batch, &files)
+                .await
+                .unwrap()
+                .0;
+        }
+        assert_eq!(table.metadata().snapshots().len(), 8);
+        assert_eq!(total_records(&table), 80);
+
+        let expired = expire_snapshots(&catalog, &table, 3).await.unwrap();
+        assert_eq!(expired.metadata().snapshots().len(), 3);
+        assert_eq!(total_records(&expired), 80, "expiry keeps every data file");
+        assert!(find_batch_snapshot(&expired, "j", 7).is_some());
+        assert!(find_batch_snapshot(&expired, "j", 5).is_some());
+        assert!(find_batch_snapshot(&expired, "j", 4).is_none());
+        // The table keeps committing after expiry.
+        let files = vec![data_file(&expired, "b8")];
+        let (table, snapshot) = commit_batch_to(&catalog, &expired, "j", 8, &files)
+            .await
+            .unwrap();
+        assert!(snapshot.appended);
+        assert_eq!(total_records(&table), 90);
+        assert!(!needs_expiry(&table));
+    }
 }

@@ -13,7 +13,8 @@ use iceberg_catalog_sql::SqlCatalog;
 use sluice_common::checkpoint::JobLog;
 use sluice_common::data_files::{delete_batch_files_except, names_of, snapshot_file_names};
 use sluice_common::iceberg_sink::{
-    dead_letter_ident, find_batch_snapshot, open_catalog, table_ident, total_records,
+    dead_letter_ident, expire_snapshots, find_batch_snapshot, needs_expiry, open_catalog,
+    table_ident, total_records, SNAPSHOTS_RETAINED,
 };
 use sluice_common::kafka::OffsetReader;
 use sluice_common::offsets::Checkpoint;
@@ -389,6 +390,29 @@ impl JobRunner {
         Ok(job)
     }
 
+    /// Keeps the sink table's metadata from growing with every batch: once enough
+    /// snapshots accumulated, all but the most recent ones are expired. A failure only
+    /// delays expiry to a later batch.
+    async fn expire_snapshots(&mut self) {
+        let (Some(catalog), Some(table)) = (&self.catalog, &self.table) else {
+            return;
+        };
+        if !needs_expiry(table) {
+            return;
+        }
+        match expire_snapshots(catalog, table, SNAPSHOTS_RETAINED).await {
+            Ok(table) => {
+                info!(job = %self.shared.job_id, kept = table.metadata().snapshots().len(), "expired old snapshots of the sink table");
+                self.table = Some(table);
+            }
+            Err(error) => {
+                warn!(job = %self.shared.job_id, %error, "could not expire old snapshots; trying again later");
+                // The table may have moved on: reload before the next commit.
+                self.table = None;
+            }
+        }
+    }
+
     async fn step(&mut self) -> Result<Step> {
         let trigger_started = Instant::now();
         let job = self.job_ref().await?;
@@ -490,6 +514,7 @@ impl JobRunner {
                 commit(catalog, table, &log, &job_id, &checkpoint, &plan, &files).await?;
             self.scheduler.release_shuffle(&job, plan.batch_id);
             self.table = Some(committed.table);
+            self.expire_snapshots().await;
             if !committed.snapshot.appended {
                 // Another driver (a deposed leader) committed this batch first: its files
                 // are the batch's, ours are garbage.
