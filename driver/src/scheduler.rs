@@ -133,6 +133,10 @@ struct BatchRun<'a> {
     /// One re-run at a time per map output.
     recoveries: Mutex<HashMap<StageTask, Arc<tokio::sync::Mutex<()>>>>,
     retried: AtomicBool,
+    /// Tasks of a stage after a hash shuffle: the shuffle partitions, or fewer when the
+    /// cluster has fewer task slots (each task then reduces several partitions). Fixed
+    /// for the batch, so that map outputs keep their task ids.
+    reduce_tasks: u32,
 }
 
 impl BatchRun<'_> {
@@ -143,8 +147,19 @@ impl BatchRun<'_> {
     fn task_count(&self, stage: &StageInfo) -> u32 {
         match stage.kind {
             StageKind::Source => self.ranges.len() as u32,
-            StageKind::Hash(n) => n as u32,
+            StageKind::Hash(n) => (n as u32).min(self.reduce_tasks).max(1),
             StageKind::Single => 1,
+        }
+    }
+
+    /// The shuffle partitions task `task` of a hash-reading stage reduces.
+    fn partitions(&self, stage: &StageInfo, task: u32) -> Vec<u32> {
+        match stage.kind {
+            StageKind::Hash(n) => {
+                let tasks = self.task_count(stage);
+                (0..n as u32).filter(|p| p % tasks == task).collect()
+            }
+            _ => vec![],
         }
     }
 
@@ -185,7 +200,7 @@ impl BatchRun<'_> {
             attempt,
             ranges,
             stage_id: stage.id,
-            partition: matches!(stage.kind, StageKind::Hash(_)).then_some(task),
+            partitions: self.partitions(stage, task),
             inputs,
             report_input: self.job.counting_stage == Some(stage.id),
         }
@@ -222,6 +237,13 @@ impl Scheduler {
             results: Mutex::new(BTreeMap::new()),
             recoveries: Mutex::new(HashMap::new()),
             retried: AtomicBool::new(false),
+            reduce_tasks: self
+                .registry
+                .alive()
+                .iter()
+                .map(|executor| executor.slots)
+                .sum::<u32>()
+                .max(1),
         };
         for stage in job.stages.iter() {
             let tasks = (0..run.task_count(stage)).map(|task| self.run_task(&run, stage.id, task));

@@ -249,7 +249,7 @@ pub async fn run_task(
             job_id: task.job_id.clone(),
             batch_id: task.batch_id,
             source,
-            partition: task.partition,
+            partitions: (!task.partitions.is_empty()).then(|| task.partitions.clone()),
             shuffle: task
                 .inputs
                 .iter()

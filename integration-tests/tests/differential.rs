@@ -16,8 +16,9 @@ const ORDERS: u64 = 2_000;
 const PARTITIONS: i32 = 4;
 /// Jobs running at the same time.
 const WAVE: usize = 6;
-/// Small tasks: every partition's range is split over two map tasks.
-const PARALLELISM: &str = "parallelism: {max_records_per_task: 300, shuffle_partitions: 3}";
+/// Small tasks: every partition's range is split over two map tasks; more shuffle
+/// partitions than task slots, so reduce tasks take several partitions each.
+const PARALLELISM: &str = "parallelism: {max_records_per_task: 300, shuffle_partitions: 8}";
 
 async fn queries_match_single_process_datafusion(executors: usize) {
     let cluster = TestCluster::start("orders", PARTITIONS, executors)

@@ -79,9 +79,9 @@ pub struct TaskInputs {
     pub batch_id: i64,
     /// The decoded records of the task's offset ranges (stages that read the stream).
     pub source: Vec<RecordBatch>,
-    /// The shuffle partition this task reduces; hash-partitioned readers yield nothing for
-    /// the other partitions. `None`: every partition is this task's.
-    pub partition: Option<u32>,
+    /// The shuffle partitions this task reduces; hash-partitioned readers yield nothing
+    /// for the others. `None`: every partition is this task's.
+    pub partitions: Option<Vec<u32>>,
     /// Map outputs of the stages this task reads, by stage id.
     pub shuffle: HashMap<u32, Vec<MapOutputLocation>>,
     pub fetcher: Arc<dyn ShuffleFetcher>,
@@ -304,7 +304,10 @@ impl ExecutionPlan for ShuffleReaderExec {
             ReaderMode::Hash => partition as u32,
         };
         let owned = self.mode == ReaderMode::Merged
-            || inputs.partition.is_none_or(|p| p == shuffle_partition);
+            || inputs
+                .partitions
+                .as_ref()
+                .is_none_or(|owned| owned.contains(&shuffle_partition));
         let Some(locations) = inputs.shuffle.get(&self.stage_id).cloned() else {
             return internal_err!("the task has no locations for stage {}", self.stage_id);
         };

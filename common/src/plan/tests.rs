@@ -96,18 +96,22 @@ async fn run_distributed(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBa
     let mut sink = vec![];
     for stage in &plan.stages {
         let bytes = encode_plan(stage.plan.clone()).unwrap();
-        let tasks: Vec<(Vec<RecordBatch>, Option<u32>)> = match stage.kind {
+        // After a hash shuffle, two tasks share the partitions (as with fewer task slots
+        // than partitions).
+        let tasks: Vec<(Vec<RecordBatch>, Option<Vec<u32>>)> = match stage.kind {
             StageKind::Source => slices.iter().map(|s| (vec![s.clone()], None)).collect(),
-            StageKind::Hash(n) => (0..n as u32).map(|p| (vec![], Some(p))).collect(),
+            StageKind::Hash(n) => (0..2u32)
+                .map(|t| (vec![], Some((0..n as u32).filter(|p| p % 2 == t).collect())))
+                .collect(),
             StageKind::Single => vec![(vec![], None)],
         };
         task_counts.insert(stage.id, tasks.len() as u32);
-        for (task, (source, partition)) in tasks.into_iter().enumerate() {
+        for (task, (source, partitions)) in tasks.into_iter().enumerate() {
             let inputs = TaskInputs {
                 job_id: "j".into(),
                 batch_id: 0,
                 source,
-                partition,
+                partitions,
                 shuffle: stage
                     .inputs
                     .iter()
@@ -227,4 +231,20 @@ async fn bad_sql_and_statements_are_refused() {
         let err = plan_job(&spec(sql, 4)).await.unwrap_err();
         assert!(matches!(err, Error::InvalidSql { .. }), "{sql}: {err}");
     }
+}
+
+#[tokio::test]
+async fn the_example_jobs_plan() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut planned = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let spec = JobSpec::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        plan_job(&spec)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        planned += 1;
+    }
+    assert!(planned >= 2, "examples in {}", dir.display());
 }
