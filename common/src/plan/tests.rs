@@ -42,6 +42,11 @@ impl ShuffleFetcher for MemoryShuffle {
 }
 
 pub(crate) fn spec(sql: &str, shuffle_partitions: u32) -> JobSpec {
+    spec_with(sql, &format!("{{shuffle_partitions: {shuffle_partitions}}}"), "")
+}
+
+/// A spec with `parallelism` (a YAML map) and extra top-level YAML (e.g. `tables:`).
+fn spec_with(sql: &str, parallelism: &str, extra: &str) -> JobSpec {
     JobSpec::parse(&format!(
         r#"
 name: plan-test
@@ -56,7 +61,8 @@ sink:
     catalog: {{type: sql, uri: "sqlite:///tmp/c.db", warehouse: "file:///tmp/wh"}}
     namespace: ns
     table: t
-parallelism: {{shuffle_partitions: {shuffle_partitions}}}
+parallelism: {parallelism}
+{extra}
 "#
     ))
     .unwrap()
@@ -157,6 +163,12 @@ async fn run_distributed(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBa
 
 async fn run_single_process(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBatch> {
     let ctx = SessionContext::new();
+    for table in &spec.tables {
+        let path = table.parquet.as_ref().unwrap();
+        ctx.register_parquet(table.name.as_str(), path, Default::default())
+            .await
+            .unwrap();
+    }
     let table = MemTable::try_new(slices[0].schema(), vec![slices.to_vec()]).unwrap();
     ctx.register_table(SOURCE_TABLE, Arc::new(table)).unwrap();
     ctx.sql(&spec.sql).await.unwrap().collect().await.unwrap()
@@ -247,4 +259,67 @@ async fn the_example_jobs_plan() {
         planned += 1;
     }
     assert!(planned >= 2, "examples in {}", dir.display());
+}
+
+/// A Parquet file of (country, region) in `dir`; JP has no region.
+fn write_regions(dir: &std::path::Path) -> String {
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("country", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["DE", "FR", "NL", "US"])),
+            Arc::new(StringArray::from(vec!["EU", "EU", "EU", "NA"])),
+        ],
+    )
+    .unwrap();
+    let path = dir.join("regions.parquet");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn small_static_tables_are_broadcast_and_large_ones_shuffled() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = write_regions(dir.path());
+    let tables = format!("tables: [{{name: regions, parquet: \"{regions}\"}}]");
+    let sql = "SELECT r.region, count(*) AS n, sum(s.amount) AS revenue FROM source s JOIN regions r ON s.country = r.country GROUP BY r.region";
+    let mut shapes = vec![];
+    for threshold in [10_485_760, 0] {
+        let parallelism = format!("{{shuffle_partitions: 4, broadcast_threshold_bytes: {threshold}}}");
+        let spec = spec_with(sql, &parallelism, &tables);
+        let slices = source_slices(&spec);
+        let expected = normalized_rows(&run_single_process(&spec, &slices).await);
+        let actual = normalized_rows(&run_distributed(&spec, &slices).await);
+        assert_eq!(actual, expected, "broadcast threshold {threshold}");
+        let plan = plan_job(&spec).await.unwrap();
+        shapes.push(
+            plan.stages
+                .iter()
+                .map(|s| (s.kind, s.output))
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Broadcast: the stream is read and joined in one stage, then aggregated.
+    assert_eq!(
+        shapes[0],
+        vec![
+            (StageKind::Source, StageOutput::Hash(4)),
+            (StageKind::Hash(4), StageOutput::Sink)
+        ]
+    );
+    // Shuffled: the table is hash-partitioned by a stage of its own, like the stream.
+    assert!(
+        shapes[1].contains(&(StageKind::Single, StageOutput::Hash(4))),
+        "{:?}",
+        shapes[1]
+    );
+    assert!(shapes[1].len() >= 4, "{:?}", shapes[1]);
 }
