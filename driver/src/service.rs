@@ -17,7 +17,7 @@ use sluice_proto::v1::{
 use sluice_proto::PROTOCOL_VERSION;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
@@ -276,9 +276,12 @@ async fn serve_term(
     let (server_stop_tx, mut server_stop) = watch::channel(false);
     let server = tonic::transport::Server::builder()
         .add_service(DriverServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = server_stop.wait_for(|stop| *stop).await;
-        });
+        .serve_with_incoming_shutdown(
+            Box::pin(sluice_common::net::incoming(listener)),
+            async move {
+                let _ = server_stop.wait_for(|stop| *stop).await;
+            },
+        );
     tokio::pin!(server);
     let end = tokio::select! {
         served = &mut server => {

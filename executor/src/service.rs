@@ -12,7 +12,6 @@ use sluice_proto::v1::{
     ReleaseShuffleResponse, TaskDefinition, TaskFailure, TaskResult,
 };
 use tokio::sync::{watch, RwLock, Semaphore};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -202,16 +201,22 @@ pub async fn run(
                 )
                 .max_encoding_message_size(256 << 20),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(flight_listener), async move {
-                let _ = flight_stop.wait_for(|stop| *stop).await;
-            }),
+            .serve_with_incoming_shutdown(
+                Box::pin(sluice_common::net::incoming(flight_listener)),
+                async move {
+                    let _ = flight_stop.wait_for(|stop| *stop).await;
+                },
+            ),
     );
     let mut server_stop = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         .add_service(ExecutorServer::new(service).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = server_stop.wait_for(|stop| *stop).await;
-        });
+        .serve_with_incoming_shutdown(
+            Box::pin(sluice_common::net::incoming(listener)),
+            async move {
+                let _ = server_stop.wait_for(|stop| *stop).await;
+            },
+        );
     tokio::pin!(server);
     tokio::select! {
         served = &mut server => served?,

@@ -269,10 +269,12 @@ pub async fn run_task(
         };
         let context = plan::task_context(&job.context, inputs);
         let stage_plan = plan::decode_plan(&stage.plan, &context)?;
+        let planned_ms = started.elapsed().as_millis();
         let schema = stage_plan.schema();
         let outputs = plan::execute_all_partitions(stage_plan, context)
             .instrument(tracing::info_span!("execute"))
             .await?;
+        let executed_ms = started.elapsed().as_millis();
         let output_rows: usize = outputs.iter().flatten().map(|b| b.num_rows()).sum();
         let prefix = attempt_prefix(&task.job_id, task.batch_id, task.task_id, task.attempt);
         let key = ShuffleKey {
@@ -316,6 +318,8 @@ pub async fn run_task(
             input_rows,
             output_rows,
             read_ms,
+            planned_ms,
+            executed_ms,
             total_ms = started.elapsed().as_millis(),
             "task done"
         );

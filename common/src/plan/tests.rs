@@ -42,7 +42,11 @@ impl ShuffleFetcher for MemoryShuffle {
 }
 
 pub(crate) fn spec(sql: &str, shuffle_partitions: u32) -> JobSpec {
-    spec_with(sql, &format!("{{shuffle_partitions: {shuffle_partitions}}}"), "")
+    spec_with(
+        sql,
+        &format!("{{shuffle_partitions: {shuffle_partitions}}}"),
+        "",
+    )
 }
 
 /// A spec with `parallelism` (a YAML map) and extra top-level YAML (e.g. `tables:`).
@@ -293,7 +297,8 @@ async fn small_static_tables_are_broadcast_and_large_ones_shuffled() {
     let sql = "SELECT r.region, count(*) AS n, sum(s.amount) AS revenue FROM source s JOIN regions r ON s.country = r.country GROUP BY r.region";
     let mut shapes = vec![];
     for threshold in [10_485_760, 0] {
-        let parallelism = format!("{{shuffle_partitions: 4, broadcast_threshold_bytes: {threshold}}}");
+        let parallelism =
+            format!("{{shuffle_partitions: 4, broadcast_threshold_bytes: {threshold}}}");
         let spec = spec_with(sql, &parallelism, &tables);
         let slices = source_slices(&spec);
         let expected = normalized_rows(&run_single_process(&spec, &slices).await);
