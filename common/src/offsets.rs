@@ -156,9 +156,67 @@ pub fn split_ranges(ranges: &[OffsetRange], max_per_task: u64) -> Vec<OffsetRang
     pieces
 }
 
+/// Groups `pieces` (each at most `max_per_task` offsets) into tasks: consecutive pieces
+/// join one task until it holds at least `min_per_task` offsets, never exceeding
+/// `max_per_task`. Every piece lands in exactly one task, in order.
+pub fn pack_ranges(
+    pieces: Vec<OffsetRange>,
+    min_per_task: u64,
+    max_per_task: u64,
+) -> Vec<Vec<OffsetRange>> {
+    let len = |r: &OffsetRange| (r.end - r.start).max(0) as u64;
+    let mut tasks = Vec::new();
+    let mut current: Vec<OffsetRange> = Vec::new();
+    let mut size = 0;
+    for piece in pieces {
+        let full = size >= min_per_task || size + len(&piece) > max_per_task.max(1);
+        if !current.is_empty() && full {
+            tasks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len(&piece);
+        current.push(piece);
+    }
+    if !current.is_empty() {
+        tasks.push(current);
+    }
+    tasks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn range(partition: i32, start: i64, end: i64) -> OffsetRange {
+        OffsetRange {
+            topic: "t".into(),
+            partition,
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn small_ranges_are_packed_into_tasks_up_to_the_bounds() {
+        let pieces = vec![
+            range(0, 0, 300),
+            range(1, 0, 300),
+            range(2, 0, 300),
+            range(3, 0, 300),
+        ];
+        // 1,200 offsets, at least 1,000 per task: one task.
+        let one = pack_ranges(pieces.clone(), 1_000, 5_000);
+        assert_eq!(one, vec![pieces.clone()]);
+        // At least 500 per task: two tasks of two ranges.
+        let two = pack_ranges(pieces.clone(), 500, 5_000);
+        assert_eq!(two, vec![pieces[..2].to_vec(), pieces[2..].to_vec()]);
+        // A task never exceeds the maximum, even below the minimum.
+        let capped = pack_ranges(pieces.clone(), 1_000, 700);
+        assert_eq!(capped, vec![pieces[..2].to_vec(), pieces[2..].to_vec()]);
+        // A minimum of one keeps every range its own task.
+        assert_eq!(pack_ranges(pieces.clone(), 1, 5_000).len(), 4);
+        assert!(pack_ranges(vec![], 1_000, 5_000).is_empty());
+    }
 
     fn marks(entries: &[(&str, i32, i64, i64)]) -> BTreeMap<(String, i32), Watermarks> {
         entries

@@ -319,6 +319,10 @@ pub struct ParallelismSpec {
     pub shuffle_partitions: u32,
     #[serde(default = "default_max_records_per_task")]
     pub max_records_per_task: u64,
+    /// Small ranges of a batch are packed into one task until it holds this many offsets
+    /// (never more than `max_records_per_task`): fewer tasks and data files per small batch.
+    #[serde(default = "default_min_records_per_task")]
+    pub min_records_per_task: u64,
     /// A joined static table smaller than this is sent whole to every task instead of
     /// being shuffled.
     #[serde(default = "default_broadcast_threshold_bytes")]
@@ -330,6 +334,7 @@ impl Default for ParallelismSpec {
         ParallelismSpec {
             shuffle_partitions: DEFAULT_SHUFFLE_PARTITIONS,
             max_records_per_task: DEFAULT_MAX_RECORDS_PER_TASK,
+            min_records_per_task: DEFAULT_MIN_RECORDS_PER_TASK,
             broadcast_threshold_bytes: DEFAULT_BROADCAST_THRESHOLD_BYTES,
         }
     }
@@ -344,6 +349,12 @@ fn default_broadcast_threshold_bytes() -> u64 {
 
 fn default_shuffle_partitions() -> u32 {
     DEFAULT_SHUFFLE_PARTITIONS
+}
+/// Default offsets below which ranges are packed together into one task.
+pub const DEFAULT_MIN_RECORDS_PER_TASK: u64 = 5_000;
+
+fn default_min_records_per_task() -> u64 {
+    DEFAULT_MIN_RECORDS_PER_TASK
 }
 fn default_max_records_per_task() -> u64 {
     DEFAULT_MAX_RECORDS_PER_TASK

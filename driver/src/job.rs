@@ -470,7 +470,7 @@ impl JobRunner {
         let span = info_span!("batch", job = %job_id, batch = plan.batch_id);
         async {
             let planned = trigger_started.elapsed();
-            let tasks = planner::tasks(&plan, self.shared.spec.parallelism.max_records_per_task);
+            let tasks = planner::tasks(&plan, &self.shared.spec.parallelism);
             let results = match self.scheduler.run_batch(&job, plan.batch_id, tasks).await {
                 Ok(results) => results,
                 Err(error) => {

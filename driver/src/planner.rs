@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use sluice_common::offsets::{
-    cut_ranges, split_ranges, BatchPlan, Checkpoint, OffsetRange, PartitionOffsets, Watermarks,
+    cut_ranges, pack_ranges, split_ranges, BatchPlan, Checkpoint, OffsetRange, PartitionOffsets,
+    Watermarks,
 };
-use sluice_common::spec::StartingOffsets;
+use sluice_common::spec::{ParallelismSpec, StartingOffsets};
 
 /// Partition watermarks as Kafka reports them.
 pub type LatestOffsets = BTreeMap<(String, i32), Watermarks>;
@@ -66,9 +67,15 @@ pub fn next_plan(
     })
 }
 
-/// A batch's tasks: its ranges cut to at most `max_records_per_task` offsets each.
-pub fn tasks(plan: &BatchPlan, max_records_per_task: u64) -> Vec<OffsetRange> {
-    split_ranges(&plan.ranges, max_records_per_task)
+/// A batch's tasks for the stages reading the stream: its ranges cut to at most
+/// `max_records_per_task` offsets, small ones packed together up to `min_records_per_task`.
+pub fn tasks(plan: &BatchPlan, parallelism: &ParallelismSpec) -> Vec<Vec<OffsetRange>> {
+    let pieces = split_ranges(&plan.ranges, parallelism.max_records_per_task);
+    pack_ranges(
+        pieces,
+        parallelism.min_records_per_task,
+        parallelism.max_records_per_task,
+    )
 }
 
 #[cfg(test)]
@@ -127,8 +134,30 @@ mod tests {
     fn tasks_split_big_ranges() {
         let start = initial_checkpoint(&StartingOffsets::Earliest, &latest());
         let plan = next_plan(&start, &latest(), None, 5).unwrap();
-        let tasks = tasks(&plan, 3);
-        assert_eq!(tasks.len(), 5);
-        assert_eq!(tasks.iter().map(OffsetRange::len).sum::<u64>(), 12);
+        let unpacked = ParallelismSpec {
+            max_records_per_task: 3,
+            min_records_per_task: 1,
+            ..ParallelismSpec::default()
+        };
+        let tasks_of = |parallelism: &ParallelismSpec| tasks(&plan, parallelism);
+        let split = tasks_of(&unpacked);
+        assert_eq!(split.len(), 5);
+        assert!(split.iter().all(|t| t.len() == 1));
+        assert_eq!(
+            split.iter().flatten().map(OffsetRange::len).sum::<u64>(),
+            12
+        );
+        // Pieces of at most 6 (6 + 2 of partition 0, 4 of partition 1), packed to 6.
+        let packed = tasks_of(&ParallelismSpec {
+            max_records_per_task: 6,
+            min_records_per_task: 6,
+            ..unpacked
+        });
+        let sizes: Vec<u64> = packed
+            .iter()
+            .map(|t| t.iter().map(OffsetRange::len).sum())
+            .collect();
+        assert_eq!(sizes, vec![6, 6]);
+        assert_eq!(packed[1].len(), 2, "the small ranges share a task");
     }
 }

@@ -126,7 +126,8 @@ type StageTask = (u32, u32);
 struct BatchRun<'a> {
     job: &'a JobRef,
     batch: BatchId,
-    ranges: Vec<OffsetRange>,
+    /// The offset ranges of each task of the stages reading the stream.
+    ranges: Vec<Vec<OffsetRange>>,
     /// Flight address of each finished map task, by (stage, task).
     outputs: Mutex<HashMap<StageTask, String>>,
     results: Mutex<BTreeMap<StageTask, TaskSuccess>>,
@@ -182,15 +183,15 @@ impl BatchRun<'_> {
             })
             .collect();
         let ranges = match stage.kind {
-            StageKind::Source => {
-                let range = &self.ranges[task as usize];
-                vec![v1::OffsetRange {
+            StageKind::Source => self.ranges[task as usize]
+                .iter()
+                .map(|range| v1::OffsetRange {
                     topic: range.topic.clone(),
                     partition: range.partition,
                     start: range.start,
                     end: range.end,
-                }]
-            }
+                })
+                .collect(),
             _ => vec![],
         };
         TaskDefinition {
@@ -220,14 +221,14 @@ impl Scheduler {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// Runs the job's stages in order over `ranges` (one task per range in stages that
-    /// read the stream); every task must succeed. The first task that fails for good
+    /// Runs the job's stages in order; stages that read the stream run one task per
+    /// entry of `ranges`. Every task must succeed. The first task that fails for good
     /// fails the batch (the other tasks' results are dropped).
     pub async fn run_batch(
         &self,
         job: &JobRef,
         batch: BatchId,
-        ranges: Vec<OffsetRange>,
+        ranges: Vec<Vec<OffsetRange>>,
     ) -> Result<BatchResults> {
         let run = BatchRun {
             job,

@@ -467,7 +467,7 @@ sink:
     catalog: {{type: sql, uri: "sqlite://{dir}/catalog.db", warehouse: "file://{dir}/warehouse"}}
     namespace: test
     table: {name_table}
-parallelism: {{max_records_per_task: 20000}}
+parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
 "#,
             bootstrap = self.bootstrap_servers(),
             schema = sluice_common::synthetic::ORDER_SCHEMA_YAML,

@@ -16,9 +16,10 @@ const ORDERS: u64 = 2_000;
 const PARTITIONS: i32 = 4;
 /// Jobs running at the same time.
 const WAVE: usize = 6;
-/// Small tasks: every partition's range is split over two map tasks; more shuffle
-/// partitions than task slots, so reduce tasks take several partitions each.
-const PARALLELISM: &str = "parallelism: {max_records_per_task: 300, shuffle_partitions: 8}";
+/// Two map tasks of two partitions' ranges each (packed), and more shuffle partitions than
+/// task slots, so reduce tasks take several partitions each.
+const PARALLELISM: &str =
+    "parallelism: {max_records_per_task: 1000, min_records_per_task: 600, shuffle_partitions: 8}";
 
 async fn queries_match_single_process_datafusion(executors: usize) {
     let cluster = TestCluster::start("orders", PARTITIONS, executors)
@@ -63,7 +64,10 @@ async fn queries_match_single_process_datafusion(executors: usize) {
         for (name, sql) in wave {
             let spec = cluster
                 .spec(name, "orders", sql, "{available_now: true}", "")
-                .replace("parallelism: {max_records_per_task: 20000}", PARALLELISM)
+                .replace(
+                    "parallelism: {max_records_per_task: 20000, min_records_per_task: 1}",
+                    PARALLELISM,
+                )
                 + &tables;
             let job = cluster
                 .submit(&spec)

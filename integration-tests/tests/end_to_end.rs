@@ -15,13 +15,19 @@ async fn filter_job_commits_every_record_exactly_once() {
     cluster
         .produce_orders("orders", PARTITIONS, 0, EVENTS)
         .unwrap();
-    let spec = cluster.spec(
-        "filter-once",
-        "orders",
-        FILTER_SQL,
-        "{available_now: true}",
-        "    max_offsets_per_trigger: 80000",
-    );
+    // Each batch's four 20,000-offset ranges are packed two by two into tasks.
+    let spec = cluster
+        .spec(
+            "filter-once",
+            "orders",
+            FILTER_SQL,
+            "{available_now: true}",
+            "    max_offsets_per_trigger: 80000",
+        )
+        .replace(
+            "max_records_per_task: 20000, min_records_per_task: 1",
+            "max_records_per_task: 50000, min_records_per_task: 30000",
+        );
     let job = cluster.submit(&spec).await.unwrap();
     let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(
@@ -32,6 +38,8 @@ async fn filter_job_commits_every_record_exactly_once() {
     );
     // 200,000 offsets at most 80,000 per batch: three batches.
     assert_eq!(status.last_committed_batch, 2);
+    let tasks: Vec<u32> = status.recent_batches.iter().map(|b| b.tasks).collect();
+    assert_eq!(tasks, vec![2, 2, 2], "ranges packed two by two");
     let batches = cluster.committed_batches(&spec).await.unwrap();
     assert_eq!(batches, vec!["0", "1", "2"]);
     let table = cluster.table_rows(&spec).await.unwrap();
