@@ -30,6 +30,8 @@ pub fn consumer(bootstrap_servers: &str) -> Result<BaseConsumer> {
         // A range below the earliest offset is data loss; never silently jump.
         .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "10")
+        // Small fetch requests must not wait for a delayed ACK.
+        .set("socket.nagle.disable", "true")
         .set("socket.connection.setup.timeout.ms", "5000")
         .set("log_level", "3")
         .create()

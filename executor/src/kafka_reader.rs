@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use arrow::array::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
 use sluice_common::decode::{DeadLetter, RecordDecoder};
-use sluice_common::kafka::{consumer, read_range};
+use sluice_common::kafka::{consumer, read_range, RangeRead};
 use sluice_common::offsets::OffsetRange;
-use sluice_common::Result;
+use sluice_common::{Error, Result};
 
 /// Idle consumers, by bootstrap servers.
 #[derive(Default)]
@@ -51,7 +51,8 @@ impl ConsumerPool {
             .push(consumer);
     }
 
-    /// Reads and decodes every range. Blocking: call from a blocking thread.
+    /// Reads and decodes every range; several ranges are read at once, one pooled
+    /// consumer each. Blocking: call from a blocking thread.
     pub fn read(
         &self,
         bootstrap_servers: &str,
@@ -59,7 +60,32 @@ impl ConsumerPool {
         ranges: &[OffsetRange],
         fail_on_data_loss: bool,
     ) -> Result<TaskInput> {
-        let consumer = self.take(bootstrap_servers)?;
+        let reads: Vec<Result<RangeRead>> = std::thread::scope(|scope| {
+            let readers: Vec<_> = ranges
+                .iter()
+                .map(|range| {
+                    scope.spawn(move || -> Result<RangeRead> {
+                        let consumer = self.take(bootstrap_servers)?;
+                        // A consumer that failed mid-read is dropped, not pooled.
+                        let read =
+                            read_range(&consumer, bootstrap_servers, range, fail_on_data_loss)?;
+                        self.give_back(bootstrap_servers, consumer);
+                        Ok(read)
+                    })
+                })
+                .collect();
+            readers
+                .into_iter()
+                .map(|reader| {
+                    reader.join().unwrap_or_else(|_| {
+                        Err(Error::Io {
+                            context: "Kafka reader thread".into(),
+                            source: std::io::Error::other("the reader thread panicked"),
+                        })
+                    })
+                })
+                .collect()
+        });
         let mut input = TaskInput {
             batches: Vec::with_capacity(ranges.len()),
             input_rows: 0,
@@ -67,9 +93,8 @@ impl ConsumerPool {
             offsets_lost: 0,
             dead_letters: Vec::new(),
         };
-        for range in ranges {
-            // A consumer that failed mid-read is dropped, not pooled.
-            let read = read_range(&consumer, bootstrap_servers, range, fail_on_data_loss)?;
+        for (range, read) in ranges.iter().zip(reads) {
+            let read = read?;
             input.input_rows += read.records.len() as u64;
             input.offsets_lost += read.offsets_lost;
             let decoded = decoder.decode(&range.topic, range.partition, &read.records)?;
@@ -77,7 +102,6 @@ impl ConsumerPool {
             input.dead_letters.extend(decoded.dead_letters);
             input.batches.push(decoded.batch);
         }
-        self.give_back(bootstrap_servers, consumer);
         Ok(input)
     }
 }
