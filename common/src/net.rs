@@ -25,3 +25,8 @@ pub fn incoming(
         Some((accepted, listener))
     })
 }
+
+/// Completes once `stop` turns true (or its sender is gone): a server's shutdown signal.
+pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}

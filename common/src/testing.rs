@@ -155,3 +155,34 @@ pub fn normalized_rows(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
     rows.sort();
     rows
 }
+
+/// Writes the `regions` dimension used by tests, (country, region) with no region for JP,
+/// as a Parquet file at `path`.
+pub fn write_regions_parquet(path: &std::path::Path) -> crate::Result<()> {
+    use std::sync::Arc;
+
+    use arrow::array::{RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("country", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["DE", "FR", "NL", "US"])),
+            Arc::new(StringArray::from(vec!["EU", "EU", "EU", "NA"])),
+        ],
+    )?;
+    let io = |source: std::io::Error| crate::Error::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    };
+    let parquet = |e: parquet::errors::ParquetError| io(std::io::Error::other(e));
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(parquet)?;
+    writer.write(&batch).map_err(parquet)?;
+    writer.close().map_err(parquet)?;
+    Ok(())
+}

@@ -198,13 +198,20 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
-    pub fn new(shared: Arc<JobShared>, log: JobLog, scheduler: Scheduler) -> JobRunner {
+    /// A runner; `job` is the job's plan when already made, else it is made at the first
+    /// batch.
+    pub fn new(
+        shared: Arc<JobShared>,
+        log: JobLog,
+        scheduler: Scheduler,
+        job: Option<JobRef>,
+    ) -> JobRunner {
         JobRunner {
             ident: table_ident(&shared.spec.sink.iceberg),
             shared,
             log,
             scheduler,
-            job: None,
+            job,
             catalog: None,
             table: None,
             table_location: None,

@@ -9,7 +9,6 @@ use sluice_common::checkpoint::{CheckpointStore, JobLog, JobRecord};
 use sluice_common::decode::dead_letter_schema;
 use sluice_common::iceberg_sink::{dead_letter_ident, ensure_table, open_catalog, table_ident};
 use sluice_common::kafka::OffsetReader;
-use sluice_common::plan::plan_job;
 use sluice_common::spec::{JobSpec, OnMalformed};
 use sluice_common::JobId;
 use sluice_proto::v1::JobStatus;
@@ -18,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::job::{JobRunner, JobShared, JobState, StopRequest};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{JobRef, Scheduler};
 
 /// How long submit waits for Kafka to answer.
 const SUBMIT_KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -55,11 +54,11 @@ impl JobManager {
                 return Err(Error::JobRunning(spec.name.clone()));
             }
         }
-        let plan = plan_job(&spec).await?;
+        let job = JobRef::plan(&spec.name, &spec).await?;
         check_kafka(&spec).await?;
         let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
         let sink = &spec.sink.iceberg;
-        let table = ensure_table(&catalog, &table_ident(sink), &plan.output_schema).await?;
+        let table = ensure_table(&catalog, &table_ident(sink), &job.output_schema).await?;
         if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
             ensure_table(&catalog, &dead_letter_ident(sink), &dead_letter_schema()).await?;
         }
@@ -76,7 +75,7 @@ impl JobManager {
             .await?;
         let job_id = spec.name.clone();
         info!(job = %job_id, table = %location, "job submitted");
-        self.start(spec);
+        self.start(spec, Some(job));
         Ok((job_id, location))
     }
 
@@ -93,7 +92,7 @@ impl JobManager {
             };
             if record.active {
                 info!(job = %record.job_id, "resuming job from its checkpoint");
-                self.start(spec);
+                self.start(spec, None);
                 continue;
             }
             let shared = JobShared::new(spec);
@@ -114,11 +113,13 @@ impl JobManager {
         Ok(())
     }
 
-    fn start(self: &Arc<Self>, spec: JobSpec) {
+    /// Starts a job's loop; `planned` is its plan when submit already made it (a resumed
+    /// job is planned at its first batch).
+    fn start(self: &Arc<Self>, spec: JobSpec, planned: Option<JobRef>) {
         let shared = JobShared::new(spec);
         let job_id = shared.job_id.clone();
         let log = JobLog::new(self.store.clone(), &job_id);
-        let runner = JobRunner::new(shared.clone(), log.clone(), self.scheduler.clone());
+        let runner = JobRunner::new(shared.clone(), log.clone(), self.scheduler.clone(), planned);
         let manager = self.clone();
         let loop_shared = shared.clone();
         let handle = tokio::spawn(async move {

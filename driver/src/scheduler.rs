@@ -62,6 +62,8 @@ pub struct JobRef {
     pub job_id: String,
     pub spec_json: Arc<String>,
     pub stages: Arc<Vec<StageInfo>>,
+    /// The rows the last stage writes to the sink table.
+    pub output_schema: arrow::datatypes::SchemaRef,
     stage_plans: Arc<Vec<StagePlan>>,
     /// Names this spec and plan on executors, so that a changed job is prepared again.
     prepared_key: String,
@@ -74,7 +76,7 @@ impl JobRef {
     pub async fn plan(job_id: &str, spec: &JobSpec) -> Result<JobRef> {
         let plan = plan_job(spec).await?;
         let encoded = plan.encoded_stages()?;
-        debug!(job = %job_id, plan = %plan.display(), "job planned");
+        debug!(job = %job_id, plan = %plan.display(), "stage plans");
         let spec_json = spec.to_json();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         spec_json.hash(&mut hasher);
@@ -109,6 +111,7 @@ impl JobRef {
                 .map(|s| s.id),
             spec_json: Arc::new(spec_json),
             stages: Arc::new(stages),
+            output_schema: plan.output_schema,
             stage_plans: Arc::new(stage_plans),
         })
     }

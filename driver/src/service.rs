@@ -204,11 +204,7 @@ pub async fn run(
     config: DriverConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let mut stop_rx = sluice_common::telemetry::stop_flag(shutdown);
     let view = TermView::default();
     let (http, http_addr) = bind(config.http_bind).await?;
     info!(address = %http_addr, "http (health, metrics, status page) listening");
@@ -273,14 +269,12 @@ async fn serve_term(
         registry,
         manager: manager.clone(),
     };
-    let (server_stop_tx, mut server_stop) = watch::channel(false);
+    let (server_stop_tx, server_stop) = watch::channel(false);
     let server = tonic::transport::Server::builder()
         .add_service(DriverServer::new(service))
         .serve_with_incoming_shutdown(
             Box::pin(sluice_common::net::incoming(listener)),
-            async move {
-                let _ = server_stop.wait_for(|stop| *stop).await;
-            },
+            sluice_common::net::stopped(server_stop),
         );
     tokio::pin!(server);
     let end = tokio::select! {

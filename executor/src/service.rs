@@ -11,7 +11,7 @@ use sluice_proto::v1::{
     task_result, PrepareJobRequest, PrepareJobResponse, ReleaseShuffleRequest,
     ReleaseShuffleResponse, TaskDefinition, TaskFailure, TaskResult,
 };
-use tokio::sync::{watch, RwLock, Semaphore};
+use tokio::sync::{RwLock, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -174,11 +174,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
         metrics: metrics.clone(),
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = sluice_common::telemetry::stop_flag(shutdown);
     let (http, http_addr) = bind(config.http_bind).await?;
     info!(address = %http_addr, "http (health, metrics) listening");
     tokio::spawn(sluice_common::http::serve(
@@ -192,7 +188,6 @@ pub async fn run(
         metrics,
         stop_rx.clone(),
     ));
-    let mut flight_stop = stop_rx.clone();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
@@ -203,19 +198,14 @@ pub async fn run(
             )
             .serve_with_incoming_shutdown(
                 Box::pin(sluice_common::net::incoming(flight_listener)),
-                async move {
-                    let _ = flight_stop.wait_for(|stop| *stop).await;
-                },
+                sluice_common::net::stopped(stop_rx.clone()),
             ),
     );
-    let mut server_stop = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         .add_service(ExecutorServer::new(service).max_decoding_message_size(64 << 20))
         .serve_with_incoming_shutdown(
             Box::pin(sluice_common::net::incoming(listener)),
-            async move {
-                let _ = server_stop.wait_for(|stop| *stop).await;
-            },
+            sluice_common::net::stopped(stop_rx.clone()),
         );
     tokio::pin!(server);
     tokio::select! {

@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow::array::{RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use sluice_common::decode::RecordDecoder;
@@ -70,26 +69,6 @@ pub fn product_events() -> Vec<String> {
 /// The source schema of [`product_events`], as a spec's YAML list.
 pub const PRODUCT_SCHEMA_YAML: &str =
     "[{name: product_id, type: int64}, {name: name, type: utf8}, {name: category, type: utf8}]";
-
-/// Writes the `regions` dimension (country -> region; JP has none) as a Parquet file.
-pub fn write_regions(path: &std::path::Path) -> Result<()> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("country", DataType::Utf8, false),
-        Field::new("region", DataType::Utf8, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from(vec!["DE", "FR", "NL", "US"])),
-            Arc::new(StringArray::from(vec!["EU", "EU", "EU", "NA"])),
-        ],
-    )?;
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema, None)?;
-    writer.write(&batch)?;
-    writer.close()?;
-    Ok(())
-}
 
 /// Every record of `topic`, decoded as `spec` decodes them.
 pub fn source_batches(cluster: &TestCluster, spec: &JobSpec) -> Result<Vec<RecordBatch>> {

@@ -531,6 +531,19 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
             .await
     }
 
+    /// Waits until the job ended and checks that it FINISHED (the status and the processes'
+    /// last log lines otherwise); returns its final status.
+    pub async fn wait_until_finished(&self, job: &str) -> JobStatus {
+        let status = self.wait_until_ended(job).await.unwrap();
+        assert_eq!(
+            status.state,
+            "FINISHED",
+            "{status:?}\n{}",
+            self.logs_tail(40)
+        );
+        status
+    }
+
     /// Waits for the [`check::FILTER_SQL`] job to finish, then checks that its table holds
     /// events `0..events` exactly once, each batch committed once, no stray file.
     pub async fn assert_finished_exactly_once(
@@ -540,13 +553,7 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
         events: u64,
         partitions: i32,
     ) {
-        let status = self.wait_until_ended(job).await.unwrap();
-        assert_eq!(
-            status.state,
-            "FINISHED",
-            "{status:?}\n{}",
-            self.logs_tail(40)
-        );
+        self.wait_until_finished(job).await;
         check::assert_unique_batches(&self.committed_batches(spec).await.unwrap());
         let table = self.table_rows(spec).await.unwrap();
         check::assert_exactly_once(

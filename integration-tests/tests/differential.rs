@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use sluice_common::spec::JobSpec;
 use sluice_common::synthetic::ORDER_SCHEMA_YAML;
-use sluice_common::testing::normalized_rows;
+use sluice_common::testing::{normalized_rows, write_regions_parquet};
 use sluice_integration_tests::differential::{
-    expected_rows, product_events, source_batches, write_regions, PRODUCT_SCHEMA_YAML, QUERIES,
+    expected_rows, product_events, source_batches, PRODUCT_SCHEMA_YAML, QUERIES,
 };
 use sluice_integration_tests::TestCluster;
 
@@ -44,12 +44,11 @@ async fn queries_match_single_process_datafusion(executors: usize) {
         )
         .replace(ORDER_SCHEMA_YAML, PRODUCT_SCHEMA_YAML);
     let job = cluster.submit(&products_spec).await.unwrap();
-    let status = cluster.wait_until_ended(&job).await.unwrap();
-    assert_eq!(status.state, "FINISHED", "{status:?}");
+    cluster.wait_until_finished(&job).await;
     let products = cluster.table_rows(&products_spec).await.unwrap();
 
     let regions = cluster.dir.path().join("regions.parquet");
-    write_regions(&regions).unwrap();
+    write_regions_parquet(&regions).unwrap();
     let sink = JobSpec::parse(&products_spec).unwrap().sink.iceberg.catalog;
     let tables = format!(
         "tables:\n  - {{name: regions, parquet: \"{}\"}}\n  - name: products\n    iceberg: {{catalog: {{type: sql, uri: \"{}\", warehouse: \"{}\"}}, namespace: test, table: products}}\n",

@@ -29,13 +29,7 @@ async fn filter_job_commits_every_record_exactly_once() {
             "max_records_per_task: 50000, min_records_per_task: 30000",
         );
     let job = cluster.submit(&spec).await.unwrap();
-    let status = cluster.wait_until_ended(&job).await.unwrap();
-    assert_eq!(
-        status.state,
-        "FINISHED",
-        "{status:?}\n{}",
-        cluster.logs_tail(40)
-    );
+    let status = cluster.wait_until_finished(&job).await;
     // 200,000 offsets at most 80,000 per batch: three batches.
     assert_eq!(status.last_committed_batch, 2);
     let tasks: Vec<u32> = status.recent_batches.iter().map(|b| b.tasks).collect();
@@ -110,8 +104,7 @@ async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
         "    on_malformed: skip",
     );
     let job = cluster.submit(&skipping).await.unwrap();
-    let status = cluster.wait_until_ended(&job).await.unwrap();
-    assert_eq!(status.state, "FINISHED", "{status:?}");
+    let status = cluster.wait_until_finished(&job).await;
     let skipped: u64 = status
         .recent_batches
         .iter()
@@ -129,8 +122,7 @@ async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
         "    on_malformed: dead_letter",
     );
     let job = cluster.submit(&dead_lettering).await.unwrap();
-    let status = cluster.wait_until_ended(&job).await.unwrap();
-    assert_eq!(status.state, "FINISHED", "{status:?}");
+    cluster.wait_until_finished(&job).await;
     let committed = cluster.row_count(&dead_lettering).await.unwrap();
     assert_eq!(committed, 100);
     let letters = cluster.dead_letter_rows(&dead_lettering).await.unwrap();

@@ -105,8 +105,7 @@ async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
     let sql = "SELECT order_id, _offset AS o FROM source";
     let strict = cluster.spec("strict-loss", "short", sql, "{available_now: true}", "");
     let job = cluster.submit(&strict).await.unwrap();
-    let status = cluster.wait_until_ended(&job).await.unwrap();
-    assert_eq!(status.state, "FINISHED", "{status:?}");
+    cluster.wait_until_finished(&job).await;
 
     // About 8 MiB more: the mock broker keeps 5 MiB, so offsets 100.. fall out.
     cluster.produce_padded("short", 0, 80, 100_000).unwrap();
@@ -135,13 +134,7 @@ async fn offsets_lost_to_retention_fail_the_job_or_are_skipped_and_counted() {
         "    starting_offsets: {short: {0: 50}}\n    fail_on_data_loss: false",
     );
     let job = cluster.submit(&lenient).await.unwrap();
-    let status = cluster.wait_until_ended(&job).await.unwrap();
-    assert_eq!(
-        status.state,
-        "FINISHED",
-        "{status:?}\n{}",
-        cluster.logs_tail(30)
-    );
+    let status = cluster.wait_until_finished(&job).await;
     let lost: u64 = status.recent_batches.iter().map(|b| b.offsets_lost).sum();
     assert_eq!(lost, (low - 50) as u64);
     let committed = cluster.row_count(&lenient).await.unwrap();

@@ -83,13 +83,7 @@ async fn executor_killed_during_the_shuffle_reruns_its_map_tasks_and_commits_onc
         .expect("some executor holds map outputs");
     cluster.kill_executor(holder);
 
-    let status = cluster.wait_until_ended(&job).await.unwrap();
-    assert_eq!(
-        status.state,
-        "FINISHED",
-        "{status:?}\n{}",
-        cluster.logs_tail(40)
-    );
+    cluster.wait_until_finished(&job).await;
     assert!(
         cluster
             .logs_tail(usize::MAX)
@@ -128,13 +122,7 @@ async fn map_outputs_over_the_memory_bound_spill_to_disk_and_are_released() {
         BATCH,
     );
     let job = cluster.submit(&spec).await.unwrap();
-    let status = cluster.wait_until_ended(&job).await.unwrap();
-    assert_eq!(
-        status.state,
-        "FINISHED",
-        "{status:?}\n{}",
-        cluster.logs_tail(40)
-    );
+    cluster.wait_until_finished(&job).await;
     let table = cluster.table_rows(&spec).await.unwrap();
     assert_eq!(table_counts(&table), expected_counts());
     for executor in 0..2 {

@@ -175,30 +175,24 @@ impl ExecutionPlan for KafkaScanExec {
         if partition >= self.partitions {
             return internal_err!("KafkaScanExec has no partition {partition}");
         }
-        let batches = if partition == 0 {
-            let columns = self
-                .schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    inputs
-                        .source
-                        .first()
-                        .map(|b| b.schema().index_of(f.name()))
-                        .transpose()
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let columns: Option<Vec<usize>> = columns.into_iter().collect();
-            match columns {
-                Some(columns) => inputs
+        // Partition 0 holds the task's records (all decoded with the source schema),
+        // projected by column name; the other partitions are empty.
+        let batches = match inputs.source.first() {
+            Some(first) if partition == 0 => {
+                let source = first.schema();
+                let columns = self
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| source.index_of(f.name()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                inputs
                     .source
                     .iter()
                     .map(|b| b.project(&columns))
-                    .collect::<Result<Vec<_>, _>>()?,
-                None => vec![],
+                    .collect::<Result<Vec<_>, _>>()?
             }
-        } else {
-            vec![]
+            _ => vec![],
         };
         Ok(Box::pin(MemoryStream::try_new(
             batches,

@@ -12,7 +12,7 @@ use datafusion::prelude::SessionContext;
 use super::*;
 use crate::decode::{RawRecord, RecordDecoder};
 use crate::synthetic::{Order, ORDER_SCHEMA_YAML};
-use crate::testing::normalized_rows;
+use crate::testing::{normalized_rows, write_regions_parquet};
 
 #[derive(Debug, Default)]
 struct MemoryShuffle {
@@ -265,34 +265,12 @@ async fn the_example_jobs_plan() {
     assert!(planned >= 2, "examples in {}", dir.display());
 }
 
-/// A Parquet file of (country, region) in `dir`; JP has no region.
-fn write_regions(dir: &std::path::Path) -> String {
-    use arrow::array::StringArray;
-    use arrow::datatypes::{DataType, Field, Schema};
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("country", DataType::Utf8, false),
-        Field::new("region", DataType::Utf8, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from(vec!["DE", "FR", "NL", "US"])),
-            Arc::new(StringArray::from(vec!["EU", "EU", "EU", "NA"])),
-        ],
-    )
-    .unwrap();
-    let path = dir.join("regions.parquet");
-    let file = std::fs::File::create(&path).unwrap();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    path.display().to_string()
-}
-
 #[tokio::test]
 async fn small_static_tables_are_broadcast_and_large_ones_shuffled() {
     let dir = tempfile::tempdir().unwrap();
-    let regions = write_regions(dir.path());
+    let regions = dir.path().join("regions.parquet");
+    write_regions_parquet(&regions).unwrap();
+    let regions = regions.display();
     let tables = format!("tables: [{{name: regions, parquet: \"{regions}\"}}]");
     let sql = "SELECT r.region, count(*) AS n, sum(s.amount) AS revenue FROM source s JOIN regions r ON s.country = r.country GROUP BY r.region";
     let mut shapes = vec![];
