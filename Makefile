@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test prerequisites check
+.PHONY: demo test prerequisites test-services check
 
 # Installs etcd and protoc where apt-get is available and they are missing.
 prerequisites:
@@ -19,6 +19,13 @@ prerequisites:
 		fi; \
 	fi
 
+# Installs the Python services the tests start when missing: an S3-compatible object store
+# (moto) and the Iceberg REST catalog fixture's pyiceberg.
+test-services:
+	@python3 -c "import moto.server, pyiceberg.catalog.sql, sqlalchemy" 2>/dev/null || { \
+		echo "installing the test object store and REST catalog (PyPI: moto, pyiceberg)"; \
+		python3 -m pip install --quiet "moto[server]" "pyiceberg[sql-sqlite]"; }
+
 # Builds the three binaries and runs the demo: a local cluster, a stream, ten batches.
 # A debug build (about 10 minutes cold on 2 cores, shared with `make test`); for the
 # fastest batches use `cargo build --release --bins && ./target/release/sluice demo`.
@@ -28,7 +35,7 @@ demo: prerequisites
 
 # Builds every binary (integration tests start them as processes), runs every test, and
 # renders and validates the Helm chart offline.
-test: prerequisites
+test: prerequisites test-services
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace -- --test-threads=2
 	deploy/k8s/validate.sh

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use iceberg::Catalog;
-use sluice_common::iceberg_sink::{open_catalog, table_ident, total_records};
+use sluice_common::catalog::open_catalog;
+use sluice_common::iceberg_sink::{table_ident, total_records};
 use sluice_common::spec::JobSpec;
 use sluice_common::synthetic::{produce_orders, producer, ORDER_SCHEMA_YAML};
 

@@ -5,12 +5,13 @@
 //! Files of a batch that are not in its committed snapshot are garbage: attempts that
 //! failed, were abandoned, or ran before a driver crash.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use iceberg::table::Table;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::error::{Error, Result};
+use crate::storage::list_with_prefix;
 use crate::BatchId;
 
 /// The name prefix of the files written by one task attempt.
@@ -29,14 +30,6 @@ pub fn batch_prefix(job_id: &str, batch: BatchId) -> String {
 
 fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-/// The local directory of a table's data files; `None` for non-local storage.
-fn local_data_dir(location: &str) -> Option<std::path::PathBuf> {
-    let path = location
-        .strip_prefix("file://")
-        .or_else(|| location.strip_prefix("file:"))?;
-    Some(std::path::Path::new(path).join("data"))
 }
 
 /// Names of the data files that snapshot `snapshot_id` added.
@@ -68,38 +61,27 @@ pub async fn snapshot_file_names(table: &Table, snapshot_id: i64) -> Result<Hash
 }
 
 /// Deletes the batch's data files whose names are not in `keep`; returns how many.
-/// Only local warehouses are cleaned; other storage is left alone.
-pub fn delete_batch_files_except(
-    table_location: &str,
+/// `properties` are the catalog's FileIO properties, for listing object storage.
+pub async fn delete_batch_files_except(
+    table: &Table,
+    properties: &BTreeMap<String, String>,
     job_id: &str,
     batch: BatchId,
     keep: &HashSet<String>,
 ) -> Result<usize> {
-    let Some(dir) = local_data_dir(table_location) else {
-        debug!("data files are not on a local file system; skipping clean-up");
-        return Ok(0);
-    };
+    let data_dir = format!("{}/data", table.metadata().location().trim_end_matches('/'));
     let prefix = batch_prefix(job_id, batch);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => {
-            return Err(Error::Io {
-                context: format!("listing {}", dir.display()),
-                source,
-            })
-        }
-    };
     let mut deleted = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && !keep.contains(&name) {
-            std::fs::remove_file(entry.path()).map_err(|source| Error::Io {
-                context: format!("deleting {}", entry.path().display()),
-                source,
-            })?;
-            deleted += 1;
+    for path in list_with_prefix(&data_dir, &prefix, properties).await? {
+        if keep.contains(file_name(&path)) {
+            continue;
         }
+        table
+            .file_io()
+            .delete(&path)
+            .await
+            .map_err(Error::iceberg(format!("deleting {path}")))?;
+        deleted += 1;
     }
     if deleted > 0 {
         info!(job = %job_id, batch, deleted, "deleted data files of failed or abandoned attempts");

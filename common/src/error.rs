@@ -78,6 +78,10 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A table location could not be listed (object storage unreachable, refused, …).
+    #[error("storage ({location}): {message}")]
+    Storage { location: String, message: String },
+
     /// A local file system error.
     #[error("io ({context}): {source}")]
     Io {
@@ -131,6 +135,7 @@ impl Error {
             Error::Query(_) => "query",
             Error::Arrow(_) => "arrow",
             Error::InvalidRequest(_) => "invalid_request",
+            Error::Storage { .. } => "storage",
             Error::Io { .. } => "io",
         }
     }

@@ -1,4 +1,4 @@
-//! The Iceberg side of a job: the SQL catalog, the sink table, data-file exchange between
+//! The Iceberg side of a job: the sink table, data-file exchange between
 //! executors and the driver, and the per-batch snapshot commit.
 
 use std::collections::HashMap;
@@ -8,65 +8,16 @@ use arrow::datatypes::{DataType, Field, Fields, Schema as ArrowSchema, SchemaRef
 use iceberg::spec::{DataFile, Schema};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
+use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
 
 use crate::error::{Error, Result};
-use crate::spec::{CatalogSpec, IcebergSinkSpec};
+use crate::spec::IcebergSinkSpec;
 use crate::BatchId;
 
 /// Snapshot summary property naming the job that wrote a snapshot.
 pub const JOB_ID_PROPERTY: &str = "sluice.job-id";
 /// Snapshot summary property naming the batch a snapshot holds.
 pub const BATCH_ID_PROPERTY: &str = "sluice.batch-id";
-
-/// Opens the SQL catalog (SQLite), creating the database file and warehouse when absent.
-pub async fn open_catalog(spec: &CatalogSpec) -> Result<SqlCatalog> {
-    let db_path = spec
-        .uri
-        .strip_prefix("sqlite://")
-        .or_else(|| spec.uri.strip_prefix("sqlite:"))
-        .unwrap_or(&spec.uri);
-    let db_path = db_path.split('?').next().unwrap_or(db_path);
-    let warehouse = warehouse_url(&spec.warehouse);
-    for dir in [
-        std::path::Path::new(db_path).parent(),
-        Some(std::path::Path::new(
-            warehouse.trim_start_matches("file://"),
-        )),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-                context: format!("creating {}", dir.display()),
-                source,
-            })?;
-        }
-    }
-    let uri = if spec.uri.contains('?') {
-        spec.uri.clone()
-    } else {
-        format!("{}?mode=rwc", spec.uri)
-    };
-    SqlCatalogBuilder::default()
-        .uri(uri)
-        .warehouse_location(warehouse)
-        .sql_bind_style(SqlBindStyle::QMark)
-        .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
-        .load(spec.name(), HashMap::new())
-        .await
-        .map_err(Error::iceberg(format!("opening catalog {}", spec.uri)))
-}
-
-fn warehouse_url(warehouse: &str) -> String {
-    if warehouse.starts_with('/') {
-        format!("file://{warehouse}")
-    } else {
-        warehouse.to_string()
-    }
-}
 
 /// The identifier of a sink's dead-letter table.
 pub fn dead_letter_ident(sink: &IcebergSinkSpec) -> TableIdent {
@@ -121,7 +72,7 @@ pub fn iceberg_schema_for(output: &ArrowSchema) -> Result<Schema> {
 
 /// Creates the sink table from the query's output schema, or checks an existing one.
 pub async fn ensure_table(
-    catalog: &SqlCatalog,
+    catalog: &dyn Catalog,
     ident: &TableIdent,
     output: &ArrowSchema,
 ) -> Result<Table> {
@@ -262,7 +213,7 @@ pub struct BatchSnapshot {
 /// Commits one snapshot holding `files` for batch `batch`; idempotent: when the batch is
 /// already in the table, returns its snapshot without writing another.
 pub async fn commit_batch(
-    catalog: &SqlCatalog,
+    catalog: &dyn Catalog,
     ident: &TableIdent,
     job_id: &str,
     batch: BatchId,
@@ -281,7 +232,7 @@ pub async fn commit_batch(
 /// the table metadata again; returns the table as committed. A stale `table` is safe: the
 /// catalog refuses a commit based on old metadata, and the caller reloads and retries.
 pub async fn commit_batch_to(
-    catalog: &SqlCatalog,
+    catalog: &dyn Catalog,
     table: &Table,
     job_id: &str,
     batch: BatchId,
@@ -342,7 +293,11 @@ pub fn needs_expiry(table: &Table) -> bool {
 /// Expires all but the `retain` most recent snapshots, so the table metadata (rewritten
 /// by every commit) stops growing; data files stay (they are all still live: Sluice only
 /// appends). Returns the table as committed.
-pub async fn expire_snapshots(catalog: &SqlCatalog, table: &Table, retain: usize) -> Result<Table> {
+pub async fn expire_snapshots(
+    catalog: &dyn Catalog,
+    table: &Table,
+    retain: usize,
+) -> Result<Table> {
     let ident = table.identifier().clone();
     let now_ms = chrono::Utc::now().timestamp_millis() + 1;
     let tx = Transaction::new(table);
@@ -373,6 +328,8 @@ mod tests {
     use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
 
     use super::*;
+    use crate::catalog::open_catalog;
+    use crate::spec::CatalogSpec;
 
     fn data_file(table: &Table, name: &str) -> String {
         let file = DataFileBuilder::default()
@@ -397,14 +354,16 @@ mod tests {
             uri: format!("sqlite://{}/catalog.db", dir.path().display()),
             warehouse: format!("file://{}/warehouse", dir.path().display()),
             name: None,
+            properties: Default::default(),
         };
         let catalog = open_catalog(&spec).await.unwrap();
+        let catalog = catalog.as_ref();
         let ident = TableIdent::from_strs(["ns", "t"]).unwrap();
         let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
-        let mut table = ensure_table(&catalog, &ident, &schema).await.unwrap();
+        let mut table = ensure_table(catalog, &ident, &schema).await.unwrap();
         for batch in 0..8 {
             let files = vec![data_file(&table, &format!("b{batch}"))];
-            table = commit_batch_to(&catalog, &table, "j", batch, &files)
+            table = commit_batch_to(catalog, &table, "j", batch, &files)
                 .await
                 .unwrap()
                 .0;
@@ -412,7 +371,7 @@ mod tests {
         assert_eq!(table.metadata().snapshots().len(), 8);
         assert_eq!(total_records(&table), 80);
 
-        let expired = expire_snapshots(&catalog, &table, 3).await.unwrap();
+        let expired = expire_snapshots(catalog, &table, 3).await.unwrap();
         assert_eq!(expired.metadata().snapshots().len(), 3);
         assert_eq!(total_records(&expired), 80, "expiry keeps every data file");
         assert!(find_batch_snapshot(&expired, "j", 7).is_some());
@@ -420,7 +379,7 @@ mod tests {
         assert!(find_batch_snapshot(&expired, "j", 4).is_none());
         // The table keeps committing after expiry.
         let files = vec![data_file(&expired, "b8")];
-        let (table, snapshot) = commit_batch_to(&catalog, &expired, "j", 8, &files)
+        let (table, snapshot) = commit_batch_to(catalog, &expired, "j", 8, &files)
             .await
             .unwrap();
         assert!(snapshot.appended);

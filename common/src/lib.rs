@@ -1,6 +1,7 @@
 //! Shared building blocks of Sluice: the job spec, the checkpoint store, Kafka helpers,
 //! record decoding, the Iceberg sink and telemetry.
 
+pub mod catalog;
 pub mod checkpoint;
 pub mod data_files;
 pub mod decode;
@@ -14,6 +15,7 @@ pub mod offsets;
 pub mod plan;
 pub mod schema;
 pub mod spec;
+pub mod storage;
 pub mod synthetic;
 pub mod telemetry;
 pub mod testing;

@@ -293,22 +293,84 @@ impl IcebergSinkSpec {
     }
 }
 
-/// The Iceberg catalog; only the SQL catalog (SQLite) is supported so far.
+/// The Iceberg catalog: `type: sql` (SQLite, `uri: sqlite:///…`) or `type: rest` (an
+/// Iceberg REST catalog, `uri: http(s)://…`), with the warehouse on the local file system
+/// (`file:///…`) or on S3-compatible object storage (`s3://bucket/prefix`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogSpec {
     #[serde(rename = "type")]
     pub catalog_type: String,
     pub uri: String,
+    /// Where tables live; required for `sql`, optional for `rest` (the server's default).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub warehouse: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Catalog and FileIO properties in Iceberg's names, e.g. `s3.endpoint`, `s3.region`,
+    /// `s3.access-key-id`, `s3.secret-access-key`, `s3.path-style-access`, or `token` and
+    /// `credential` for a REST catalog.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The kinds of catalog Sluice opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogKind {
+    Sql,
+    Rest,
 }
 
 impl CatalogSpec {
     /// The catalog's name (pyiceberg's default when none is given).
     pub fn name(&self) -> &str {
         self.name.as_deref().unwrap_or(DEFAULT_CATALOG_NAME)
+    }
+
+    /// Checks the catalog's fields and returns its kind; `field` is where the catalog
+    /// sits in the spec.
+    pub fn validate(&self, field: &str) -> Result<CatalogKind> {
+        let kind = match self.catalog_type.as_str() {
+            "sql" => CatalogKind::Sql,
+            "rest" => CatalogKind::Rest,
+            other => {
+                return Err(Error::spec(
+                    format!("{field}.type"),
+                    format!("unsupported catalog type {other:?}; supported: sql, rest"),
+                ))
+            }
+        };
+        match kind {
+            CatalogKind::Sql if !self.uri.starts_with("sqlite:") => {
+                return Err(Error::spec(
+                    format!("{field}.uri"),
+                    "expected a SQLite URI such as sqlite:///var/sluice/catalog.db",
+                ))
+            }
+            CatalogKind::Rest
+                if !self.uri.starts_with("http://") && !self.uri.starts_with("https://") =>
+            {
+                return Err(Error::spec(
+                    format!("{field}.uri"),
+                    "expected the REST catalog's URL such as http://iceberg-rest:8181",
+                ))
+            }
+            CatalogKind::Sql if self.warehouse.is_empty() => {
+                return Err(Error::spec(
+                    format!("{field}.warehouse"),
+                    "a SQL catalog needs a warehouse such as file:///var/sluice/warehouse or s3://bucket/warehouse",
+                ))
+            }
+            _ => {}
+        }
+        let supported = ["file://", "s3://", "s3a://", "/"];
+        if !self.warehouse.is_empty() && !supported.iter().any(|p| self.warehouse.starts_with(p)) {
+            return Err(Error::spec(
+                format!("{field}.warehouse"),
+                "expected a local warehouse (file:///var/sluice/warehouse) or S3-compatible object storage (s3://bucket/warehouse)",
+            ));
+        }
+        Ok(kind)
     }
 }
 
@@ -454,29 +516,7 @@ impl JobSpec {
             return Err(Error::spec("sql", "must not be empty"));
         }
         let sink = &self.sink.iceberg;
-        if sink.catalog.catalog_type != "sql" {
-            return Err(Error::spec(
-                "sink.iceberg.catalog.type",
-                format!(
-                    "unsupported catalog type {:?}; supported: sql",
-                    sink.catalog.catalog_type
-                ),
-            ));
-        }
-        if !sink.catalog.uri.starts_with("sqlite:") {
-            return Err(Error::spec(
-                "sink.iceberg.catalog.uri",
-                "expected a SQLite URI such as sqlite:///var/sluice/catalog.db",
-            ));
-        }
-        if !sink.catalog.warehouse.starts_with("file://")
-            && !sink.catalog.warehouse.starts_with('/')
-        {
-            return Err(Error::spec(
-                "sink.iceberg.catalog.warehouse",
-                "expected a local warehouse such as file:///var/sluice/warehouse",
-            ));
-        }
+        sink.catalog.validate("sink.iceberg.catalog")?;
         validate_identifier("sink.iceberg.namespace", &sink.namespace)?;
         validate_identifier("sink.iceberg.table", &sink.table)?;
         if let Some(table) = &sink.dead_letter_table {
@@ -520,7 +560,12 @@ impl JobSpec {
                 (Some(path), None) if path.trim().is_empty() => {
                     return Err(Error::spec(format!("{field}.parquet"), "must not be empty"))
                 }
-                (Some(_), None) | (None, Some(_)) => {}
+                (Some(_), None) => {}
+                (None, Some(iceberg)) => {
+                    iceberg
+                        .catalog
+                        .validate(&format!("{field}.iceberg.catalog"))?;
+                }
                 _ => {
                     return Err(Error::spec(
                         field,
@@ -666,8 +711,20 @@ sink:
             "trigger"
         );
         assert_eq!(
-            error_field(&with("type: sql", "type: rest")),
+            error_field(&with("type: sql", "type: hive")),
             "sink.iceberg.catalog.type"
+        );
+        assert_eq!(
+            error_field(&with("type: sql", "type: rest")),
+            "sink.iceberg.catalog.uri"
+        );
+        assert_eq!(
+            error_field(&with("file:///tmp/wh", "hdfs://nn/wh")),
+            "sink.iceberg.catalog.warehouse"
+        );
+        assert_eq!(
+            error_field(&with(", warehouse: \"file:///tmp/wh\"", "")),
+            "sink.iceberg.catalog.warehouse"
         );
         assert_eq!(
             error_field(&with(
@@ -682,6 +739,24 @@ sink:
                 "{name: _offset, type: int64}"
             )),
             "source.kafka.schema._offset"
+        );
+    }
+
+    #[test]
+    fn rest_catalogs_and_object_storage_warehouses_are_accepted() {
+        let spec = JobSpec::parse(&with(
+            r#"{type: sql, uri: "sqlite:///tmp/c.db", warehouse: "file:///tmp/wh"}"#,
+            r#"{type: rest, uri: "http://rest:8181", warehouse: "s3://lake/wh",
+                properties: {s3.endpoint: "http://minio:9000", s3.path-style-access: "true"}}"#,
+        ))
+        .unwrap();
+        let catalog = &spec.sink.iceberg.catalog;
+        assert_eq!(catalog.validate("c").unwrap(), CatalogKind::Rest);
+        assert_eq!(catalog.properties["s3.endpoint"], "http://minio:9000");
+        let spec = JobSpec::parse(&with("file:///tmp/wh", "s3://lake/wh")).unwrap();
+        assert_eq!(
+            spec.sink.iceberg.catalog.validate("c").unwrap(),
+            CatalogKind::Sql
         );
     }
 

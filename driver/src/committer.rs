@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use iceberg::table::Table;
+use iceberg::Catalog;
 use iceberg::TableIdent;
-use iceberg_catalog_sql::SqlCatalog;
 use sluice_common::checkpoint::JobLog;
 use sluice_common::failpoint;
 use sluice_common::iceberg_sink::{commit_batch, commit_batch_to, BatchSnapshot};
@@ -32,7 +32,7 @@ pub struct CommitTimings {
 
 /// Commits `plan` with `data_files`; returns the new checkpoint.
 pub async fn commit(
-    catalog: &SqlCatalog,
+    catalog: &dyn Catalog,
     table: &Table,
     log: &JobLog,
     job_id: &str,
@@ -71,7 +71,7 @@ pub async fn commit(
 /// Commits a batch's dead letters to the dead-letter table; this happens before the main
 /// commit, so a batch found in the main table always has its dead letters committed.
 pub async fn commit_dead_letters(
-    catalog: &SqlCatalog,
+    catalog: &dyn Catalog,
     dead_letter_table: &TableIdent,
     job_id: &str,
     plan: &BatchPlan,

@@ -3,18 +3,18 @@
 //! backoff; user failures (bad data, bad SQL) fail it. Every batch is logged before it
 //! runs, so a retry re-runs exactly the same ranges.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
-use iceberg_catalog_sql::SqlCatalog;
+use sluice_common::catalog::{open_catalog, CatalogRef};
 use sluice_common::checkpoint::JobLog;
 use sluice_common::data_files::{delete_batch_files_except, names_of, snapshot_file_names};
 use sluice_common::iceberg_sink::{
-    dead_letter_ident, expire_snapshots, find_batch_snapshot, needs_expiry, open_catalog,
-    table_ident, total_records, SNAPSHOTS_RETAINED,
+    dead_letter_ident, expire_snapshots, find_batch_snapshot, needs_expiry, table_ident,
+    total_records, SNAPSHOTS_RETAINED,
 };
 use sluice_common::kafka::OffsetReader;
 use sluice_common::offsets::Checkpoint;
@@ -186,10 +186,9 @@ pub struct JobRunner {
     /// The job's stage plans, made at its first batch.
     job: Option<JobRef>,
     ident: TableIdent,
-    catalog: Option<SqlCatalog>,
+    catalog: Option<CatalogRef>,
     /// The sink table as this driver last committed it (reloaded after any Iceberg error).
     table: Option<Table>,
-    table_location: Option<String>,
     offsets: Option<Arc<OffsetReader>>,
     /// For `once` / `available_now`: the offsets to stop at, fixed at the first batch.
     limit: Option<LatestOffsets>,
@@ -214,7 +213,6 @@ impl JobRunner {
             job,
             catalog: None,
             table: None,
-            table_location: None,
             offsets: None,
             limit: None,
             batches_run: 0,
@@ -286,7 +284,7 @@ impl JobRunner {
     }
 
     /// The catalog, opened on first use, with the sink table loaded (again after errors).
-    async fn catalog(&mut self) -> Result<&SqlCatalog> {
+    async fn catalog(&mut self) -> Result<&dyn Catalog> {
         if self.catalog.is_none() {
             self.catalog = Some(open_catalog(&self.shared.spec.sink.iceberg.catalog).await?);
         }
@@ -301,10 +299,9 @@ impl JobRunner {
                 )))?;
             let rows = total_records(&table);
             self.shared.set(|s| s.total_rows = rows);
-            self.table_location = Some(table.metadata().location().to_string());
             self.table = Some(table);
         }
-        Ok(catalog)
+        Ok(catalog.as_ref())
     }
 
     async fn load_table(&mut self) -> Result<Table> {
@@ -320,17 +317,29 @@ impl JobRunner {
     /// Deletes the batch's data files that are not in `keep` (best effort: a failure
     /// leaves garbage, never loses data).
     async fn clean(&mut self, batch: BatchId, keep: &HashSet<String>) {
-        if let Err(error) = self.catalog().await {
-            warn!(batch, %error, "cannot clean up data files");
-            return;
-        }
-        let location = self.table_location.clone().unwrap_or_default();
-        if let Err(error) = delete_batch_files_except(&location, &self.shared.job_id, batch, keep) {
+        let cleaned = async {
+            let table = self.load_table().await?;
+            delete_batch_files_except(
+                &table,
+                self.storage_properties(),
+                &self.shared.job_id,
+                batch,
+                keep,
+            )
+            .await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(error) = cleaned.await {
             warn!(batch, %error, "cannot clean up data files");
         }
         if self.shared.spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
             self.clean_dead_letters(batch).await;
         }
+    }
+
+    /// The catalog's FileIO properties, for listing the table's storage.
+    fn storage_properties(&self) -> &BTreeMap<String, String> {
+        &self.shared.spec.sink.iceberg.catalog.properties
     }
 
     /// Deletes the batch's dead-letter files that its dead-letter snapshot (if any) lacks.
@@ -348,7 +357,8 @@ impl JobRunner {
                 Some(snapshot_id) => snapshot_file_names(&table, snapshot_id).await?,
                 None => HashSet::new(),
             };
-            delete_batch_files_except(table.metadata().location(), &job_id, batch, &keep)?;
+            delete_batch_files_except(&table, self.storage_properties(), &job_id, batch, &keep)
+                .await?;
             Ok::<_, Error>(())
         };
         if let Err(error) = cleaned.await {
@@ -407,7 +417,7 @@ impl JobRunner {
         if !needs_expiry(table) {
             return;
         }
-        match expire_snapshots(catalog, table, SNAPSHOTS_RETAINED).await {
+        match expire_snapshots(catalog.as_ref(), table, SNAPSHOTS_RETAINED).await {
             Ok(table) => {
                 info!(job = %self.shared.job_id, kept = table.metadata().snapshots().len(), "expired old snapshots of the sink table");
                 self.table = Some(table);
@@ -517,8 +527,16 @@ impl JobRunner {
                 (Some(catalog), Some(table)) => (catalog, table),
                 _ => unreachable!("catalog() opens the catalog and loads the table"),
             };
-            let (next, committed) =
-                commit(catalog, table, &log, &job_id, &checkpoint, &plan, &files).await?;
+            let (next, committed) = commit(
+                catalog.as_ref(),
+                table,
+                &log,
+                &job_id,
+                &checkpoint,
+                &plan,
+                &files,
+            )
+            .await?;
             self.scheduler.release_shuffle(&job, plan.batch_id);
             self.table = Some(committed.table);
             self.expire_snapshots().await;

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sluice_common::catalog::open_catalog;
 use sluice_common::checkpoint::{CheckpointStore, JobLog, JobRecord};
 use sluice_common::decode::dead_letter_schema;
-use sluice_common::iceberg_sink::{dead_letter_ident, ensure_table, open_catalog, table_ident};
+use sluice_common::iceberg_sink::{dead_letter_ident, ensure_table, table_ident};
 use sluice_common::kafka::OffsetReader;
 use sluice_common::spec::{JobSpec, OnMalformed};
 use sluice_common::JobId;
@@ -58,9 +59,14 @@ impl JobManager {
         check_kafka(&spec).await?;
         let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
         let sink = &spec.sink.iceberg;
-        let table = ensure_table(&catalog, &table_ident(sink), &job.output_schema).await?;
+        let table = ensure_table(catalog.as_ref(), &table_ident(sink), &job.output_schema).await?;
         if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
-            ensure_table(&catalog, &dead_letter_ident(sink), &dead_letter_schema()).await?;
+            ensure_table(
+                catalog.as_ref(),
+                &dead_letter_ident(sink),
+                &dead_letter_schema(),
+            )
+            .await?;
         }
         let location = table.metadata().location().to_string();
         let record = JobRecord {

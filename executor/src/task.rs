@@ -8,13 +8,12 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use iceberg::table::Table;
-use iceberg::Catalog;
-use iceberg::TableIdent;
-use iceberg_catalog_sql::SqlCatalog;
+use iceberg::{Catalog, TableIdent};
+use sluice_common::catalog::open_catalog;
 use sluice_common::data_files::attempt_prefix;
 use sluice_common::decode::{dead_letter_batch, RecordDecoder};
 use sluice_common::iceberg_sink::{
-    data_files_to_json, dead_letter_ident, open_catalog, table_arrow_schema, table_ident,
+    data_files_to_json, dead_letter_ident, table_arrow_schema, table_ident,
 };
 use sluice_common::offsets::OffsetRange;
 use sluice_common::plan::{
@@ -37,7 +36,7 @@ struct TargetTable {
 }
 
 impl TargetTable {
-    async fn load(catalog: &SqlCatalog, ident: &TableIdent) -> Result<TargetTable> {
+    async fn load(catalog: &dyn Catalog, ident: &TableIdent) -> Result<TargetTable> {
         let table = catalog
             .load_table(ident)
             .await
@@ -127,12 +126,12 @@ impl PreparedJob {
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
         let dead_letters = if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
-            Some(TargetTable::load(&catalog, &dead_letter_ident(sink)).await?)
+            Some(TargetTable::load(catalog.as_ref(), &dead_letter_ident(sink)).await?)
         } else {
             None
         };
         Ok(PreparedJob {
-            sink: TargetTable::load(&catalog, &table_ident(sink)).await?,
+            sink: TargetTable::load(catalog.as_ref(), &table_ident(sink)).await?,
             dead_letters,
             decoder,
             stages,

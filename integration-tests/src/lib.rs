@@ -4,22 +4,24 @@
 
 pub mod check;
 pub mod differential;
+pub mod services;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
-use iceberg::Catalog;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
-use sluice_common::iceberg_sink::{dead_letter_ident, open_catalog, table_ident};
+use sluice_common::catalog::open_catalog;
+use sluice_common::iceberg_sink::{dead_letter_ident, table_ident};
 use sluice_common::spec::JobSpec;
+use sluice_common::storage::list_with_prefix;
 use sluice_common::synthetic::{produce_orders, producer};
 use sluice_common::testing::{free_port, EtcdServer};
 use sluice_proto::v1::driver_client::DriverClient;
@@ -441,7 +443,8 @@ impl TestCluster {
         Ok(())
     }
 
-    /// A spec over `topic` writing to `table`, with `sql` and `extra` YAML lines for the source.
+    /// A spec over `topic` writing to `table`, with `sql` and `extra` YAML lines for the
+    /// source, in a SQL catalog with a local warehouse under the cluster's directory.
     pub fn spec(
         &self,
         name: &str,
@@ -451,6 +454,22 @@ impl TestCluster {
         source_extra: &str,
     ) -> String {
         let dir = self.dir.path().display();
+        let catalog = format!(
+            r#"{{type: sql, uri: "sqlite://{dir}/catalog.db", warehouse: "file://{dir}/warehouse"}}"#
+        );
+        self.spec_in_catalog(name, topic, sql, trigger, source_extra, &catalog)
+    }
+
+    /// Like [`TestCluster::spec`] with the sink in `catalog` (a YAML flow map).
+    pub fn spec_in_catalog(
+        &self,
+        name: &str,
+        topic: &str,
+        sql: &str,
+        trigger: &str,
+        source_extra: &str,
+        catalog: &str,
+    ) -> String {
         format!(
             r#"name: {name}
 source:
@@ -464,7 +483,7 @@ trigger: {trigger}
 sql: "{sql}"
 sink:
   iceberg:
-    catalog: {{type: sql, uri: "sqlite://{dir}/catalog.db", warehouse: "file://{dir}/warehouse"}}
+    catalog: {catalog}
     namespace: test
     table: {name_table}
 parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
@@ -615,45 +634,45 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
             .collect())
     }
 
-    /// Files in the table's data directory that no committed snapshot references.
-    pub async fn uncommitted_files(&self, spec: &str) -> Result<Vec<String>> {
+    /// Names of the data files the table's current snapshot references, sorted.
+    pub async fn committed_file_names(&self, spec: &str) -> Result<Vec<String>> {
         let spec = JobSpec::parse(spec)?;
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
         let table = catalog.load_table(&table_ident(sink)).await?;
-        let mut committed = std::collections::HashSet::new();
-        if table.metadata().current_snapshot().is_some() {
-            let tasks: Vec<_> = table
-                .scan()
-                .build()?
-                .plan_files()
-                .await?
-                .try_collect()
-                .await?;
-            for task in tasks {
-                committed.insert(
-                    task.data_file_path
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
+        if table.metadata().current_snapshot().is_none() {
+            return Ok(vec![]);
         }
-        let location = table
-            .metadata()
-            .location()
-            .trim_start_matches("file://")
-            .to_string();
-        let mut stray = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(Path::new(&location).join("data")) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !committed.contains(&name) {
-                    stray.push(name);
-                }
-            }
-        }
+        let tasks: Vec<_> = table
+            .scan()
+            .build()?
+            .plan_files()
+            .await?
+            .try_collect()
+            .await?;
+        let mut names: Vec<String> = tasks
+            .iter()
+            .map(|task| file_name(&task.data_file_path).to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Files in the table's data directory that no committed snapshot references.
+    pub async fn uncommitted_files(&self, text: &str) -> Result<Vec<String>> {
+        let committed = self.committed_file_names(text).await?;
+        let spec = JobSpec::parse(text)?;
+        let sink = &spec.sink.iceberg;
+        let catalog = open_catalog(&sink.catalog).await?;
+        let table = catalog.load_table(&table_ident(sink)).await?;
+        let data_dir = format!("{}/data", table.metadata().location());
+        let stray = list_with_prefix(&data_dir, "", &sink.catalog.properties)
+            .await?
+            .iter()
+            .map(|path| file_name(path).to_string())
+            .filter(|name| committed.binary_search(name).is_err())
+            .collect();
         Ok(stray)
     }
 
@@ -685,6 +704,10 @@ async fn read_table(spec: &JobSpec, ident: &iceberg::TableIdent) -> Result<Vec<R
     }
     let stream = table.scan().select_all().build()?.to_arrow().await?;
     Ok(stream.try_collect().await?)
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 impl Drop for TestCluster {

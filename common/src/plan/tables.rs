@@ -16,11 +16,11 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
-use iceberg::Catalog;
 
 use super::nodes::KafkaScanExec;
+use crate::catalog::open_catalog;
 use crate::error::{Error, Result};
-use crate::iceberg_sink::{open_catalog, table_arrow_schema};
+use crate::iceberg_sink::table_arrow_schema;
 use crate::spec::{DimensionTableSpec, IcebergTableSpec};
 
 /// The stream of one micro-batch; scans become [`KafkaScanExec`]s.

@@ -1,0 +1,126 @@
+//! Where the table lives: jobs committing through an Iceberg REST catalog, and jobs whose
+//! warehouse is S3-compatible object storage, each exactly once, over real processes.
+
+use sluice_common::failpoint::{self, FAILPOINTS_ENV};
+use sluice_integration_tests::check::FILTER_SQL;
+use sluice_integration_tests::services::{RestCatalogServer, S3Server};
+use sluice_integration_tests::TestCluster;
+
+const EVENTS: u64 = 20_000;
+const PARTITIONS: i32 = 4;
+/// Four batches of 5,000 offsets.
+const BATCH: &str = "    max_offsets_per_trigger: 5000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_job_commits_every_record_once() {
+    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    let rest = RestCatalogServer::start(&cluster.dir.path().join("logs")).unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let catalog = format!("{{type: rest, uri: \"{}\"}}", rest.url());
+    let spec = cluster.spec_in_catalog(
+        "via-rest",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        BATCH,
+        &catalog,
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
+    assert_eq!(cluster.committed_batches(&spec).await.unwrap().len(), 4);
+    // The catalog's own warehouse holds the table: the server placed it.
+    let table_dir = cluster
+        .dir
+        .path()
+        .join("logs/rest-warehouse/test/via_rest/data");
+    assert!(
+        std::fs::read_dir(&table_dir).unwrap().count() > 0,
+        "no data files in {}",
+        table_dir.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_that_is_down_is_refused_at_submit() {
+    let cluster = TestCluster::start("orders", PARTITIONS, 1).await.unwrap();
+    let port = sluice_common::testing::free_port();
+    let catalog = format!("{{type: rest, uri: \"http://127.0.0.1:{port}\"}}");
+    let spec = cluster.spec_in_catalog(
+        "rest-down",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        BATCH,
+        &catalog,
+    );
+    let error = cluster.submit(&spec).await.unwrap_err();
+    assert!(
+        error.message().contains(&format!("127.0.0.1:{port}")),
+        "the error names the catalog: {error:?}"
+    );
+}
+
+/// The warehouse is a bucket. Executor 0 dies after writing its batch-1 files, so the
+/// driver must find that attempt's objects by listing the bucket and delete them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_storage_warehouse_commits_once_and_cleans_failed_attempts() {
+    let mut cluster = TestCluster::start("orders", PARTITIONS, 0).await.unwrap();
+    let s3 = S3Server::start(&cluster.dir.path().join("logs"), "lake").unwrap();
+    let crash = format!("{}@1", failpoint::EXECUTOR_FILES_WRITTEN);
+    cluster
+        .start_executor(&[(FAILPOINTS_ENV, crash.as_str())])
+        .unwrap();
+    cluster.start_executor(&[]).unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let dir = cluster.dir.path().display();
+    let catalog = format!(
+        r#"{{type: sql, uri: "sqlite://{dir}/catalog.db", warehouse: "s3://{}/warehouse", properties: {}}}"#,
+        s3.bucket,
+        s3.catalog_properties()
+    );
+    let spec = cluster.spec_in_catalog(
+        "in-bucket",
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        BATCH,
+        &catalog,
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
+    assert!(
+        cluster.executor_exited(0),
+        "executor 0 must have died after writing files"
+    );
+    // The bucket itself, listed by the store: exactly the committed files remain.
+    let committed = cluster.committed_file_names(&spec).await.unwrap();
+    let mut objects: Vec<String> = s3
+        .keys("warehouse/test/in_bucket/data/")
+        .unwrap()
+        .iter()
+        .map(|key| key.rsplit('/').next().unwrap().to_string())
+        .collect();
+    objects.sort();
+    assert_eq!(
+        objects, committed,
+        "the bucket holds exactly the committed files"
+    );
+    assert!(
+        cluster
+            .logs_tail(usize::MAX)
+            .contains("deleted data files of failed or abandoned attempts"),
+        "the crashed attempt's objects were deleted"
+    );
+    assert!(
+        !cluster.dir.path().join("warehouse").exists(),
+        "nothing was written to the local disk"
+    );
+}
