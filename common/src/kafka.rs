@@ -33,6 +33,8 @@ pub fn consumer(bootstrap_servers: &str) -> Result<BaseConsumer> {
         // Small fetch requests must not wait for a delayed ACK.
         .set("socket.nagle.disable", "true")
         .set("socket.connection.setup.timeout.ms", "5000")
+        // A pooled consumer keeps fetching ahead on its partition; bound what it holds.
+        .set("queued.max.messages.kbytes", "16384")
         .set("log_level", "3")
         .create()
         .map_err(|e| kafka_error(bootstrap_servers, e))
@@ -119,29 +121,52 @@ impl OffsetReader {
     }
 }
 
+/// Where a consumer assigned to one partition stands: the next record it returns has
+/// offset `next` or higher, and no record lies in between. A range starting at `next` is
+/// read on from there without seeking, from records the consumer already fetched ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+}
+
+impl Position {
+    /// Whether a read of `range` can go on from here without seeking.
+    pub fn continues(&self, range: &OffsetRange) -> bool {
+        self.topic == range.topic && self.partition == range.partition && self.next == range.start
+    }
+}
+
 /// The records of a range, and how many of its offsets Kafka no longer had.
 #[derive(Debug, Default)]
 pub struct RangeRead {
     pub records: Vec<RawRecord>,
     pub offsets_lost: u64,
+    /// Where the consumer stands after the read; `None` when it consumed a record past
+    /// the range (which the next read must fetch again).
+    pub position: Option<Position>,
 }
 
 /// Reads exactly the records of `range` (offsets in `[start, end)`; gaps are fine).
 /// Offsets deleted by retention fail the read with [`Error::DataLoss`], or are skipped
-/// and counted when `fail_on_data_loss` is false. Blocking; `consumer` may be reused.
+/// and counted when `fail_on_data_loss` is false. Blocking; `consumer` may be reused:
+/// `position` is where a previous read left it (see [`RangeRead::position`]).
 pub fn read_range(
     consumer: &BaseConsumer,
     bootstrap_servers: &str,
     range: &OffsetRange,
     fail_on_data_loss: bool,
+    position: Option<&Position>,
 ) -> Result<RangeRead> {
-    match read_from(consumer, bootstrap_servers, range, range.start) {
+    let positioned = position.is_some_and(|p| p.continues(range));
+    match read_from(consumer, bootstrap_servers, range, range.start, positioned) {
         Err(Error::DataLoss { start, end, .. }) if !fail_on_data_loss => {
             tracing::warn!(topic = %range.topic, partition = range.partition, start, end, "offsets deleted from Kafka before they were processed; skipping them");
-            let rest = read_from(consumer, bootstrap_servers, range, end)?;
+            let rest = read_from(consumer, bootstrap_servers, range, end, false)?;
             Ok(RangeRead {
-                records: rest.records,
                 offsets_lost: (end - start) as u64,
+                ..rest
             })
         }
         other => other,
@@ -153,6 +178,7 @@ fn read_from(
     bootstrap_servers: &str,
     range: &OffsetRange,
     from: i64,
+    positioned: bool,
 ) -> Result<RangeRead> {
     let data_loss = |low: i64| Error::DataLoss {
         topic: range.topic.clone(),
@@ -173,17 +199,31 @@ fn read_from(
         end: range.end,
         message,
     };
+    let at = |next: i64| {
+        Some(Position {
+            topic: range.topic.clone(),
+            partition: range.partition,
+            next,
+        })
+    };
     let mut records = Vec::with_capacity((range.end - from).max(0) as usize);
     if from >= range.end {
-        return Ok(RangeRead::default());
+        return Ok(RangeRead {
+            position: if positioned { at(from) } else { None },
+            ..RangeRead::default()
+        });
     }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&range.topic, range.partition, Offset::Offset(from))
-        .map_err(|e| kafka_error(bootstrap_servers, e))?;
-    consumer
-        .assign(&assignment)
-        .map_err(|e| kafka_error(bootstrap_servers, e))?;
+    if !positioned {
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&range.topic, range.partition, Offset::Offset(from))
+            .map_err(|e| kafka_error(bootstrap_servers, e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| kafka_error(bootstrap_servers, e))?;
+    }
+    // Set once the read ends: where the consumer then stands.
+    let mut position = None;
     let mut last_progress = Instant::now();
     loop {
         match consumer.poll(Duration::from_millis(100)) {
@@ -193,7 +233,11 @@ fn read_from(
                     continue;
                 }
                 let offset = message.offset();
+                if offset < from {
+                    continue;
+                }
                 if offset >= range.end {
+                    // Consumed past the range: a later read must seek back to it.
                     break;
                 }
                 records.push(RawRecord {
@@ -203,6 +247,7 @@ fn read_from(
                     value: message.payload().map(<[u8]>::to_vec),
                 });
                 if offset + 1 >= range.end {
+                    position = at(range.end);
                     break;
                 }
             }
@@ -219,7 +264,7 @@ fn read_from(
             Some(Err(e)) => return Err(kafka_error(bootstrap_servers, e)),
             None => {
                 // Nothing arrived: the rest of the range may be a gap. The position tells.
-                let position = consumer
+                let consumed_to = consumer
                     .position()
                     .ok()
                     .and_then(|tpl| {
@@ -227,12 +272,13 @@ fn read_from(
                             .and_then(|p| p.offset().to_raw())
                     })
                     .unwrap_or(-1);
-                if position >= range.end {
+                if consumed_to >= range.end {
+                    position = at(range.end);
                     break;
                 }
                 if last_progress.elapsed() > READ_STALL_TIMEOUT {
                     return Err(range_error(format!(
-                        "no records for {}s at offset {position}",
+                        "no records for {}s at offset {consumed_to}",
                         READ_STALL_TIMEOUT.as_secs()
                     )));
                 }
@@ -242,5 +288,63 @@ fn read_from(
     Ok(RangeRead {
         records,
         offsets_lost: 0,
+        position,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::synthetic::{produce_orders, producer};
+
+    fn range(start: i64, end: i64) -> OffsetRange {
+        OffsetRange {
+            topic: "t".into(),
+            partition: 0,
+            start,
+            end,
+        }
+    }
+
+    fn offsets(read: &RangeRead) -> Vec<i64> {
+        read.records.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn a_consumer_reads_on_from_where_its_last_range_ended_and_seeks_otherwise() {
+        let kafka = MockCluster::new(1).unwrap();
+        kafka.create_topic("t", 1, 1).unwrap();
+        let bootstrap = kafka.bootstrap_servers();
+        produce_orders(&producer(&bootstrap).unwrap(), "t", 1, 0, 30, None, |_| {}).unwrap();
+        let consumer = consumer(&bootstrap).unwrap();
+
+        let first = read_range(&consumer, &bootstrap, &range(0, 10), true, None).unwrap();
+        assert_eq!(offsets(&first), (0..10).collect::<Vec<_>>());
+        let position = first
+            .position
+            .clone()
+            .expect("the read ended at the range end");
+        assert!(position.continues(&range(10, 20)));
+        assert!(!position.continues(&range(11, 20)));
+
+        let second =
+            read_range(&consumer, &bootstrap, &range(10, 20), true, Some(&position)).unwrap();
+        assert_eq!(offsets(&second), (10..20).collect::<Vec<_>>());
+
+        // A position that does not continue the range is not trusted: the consumer seeks.
+        let stale = second.position.clone();
+        let third = read_range(&consumer, &bootstrap, &range(5, 8), true, stale.as_ref()).unwrap();
+        assert_eq!(offsets(&third), vec![5, 6, 7]);
+        let fourth = read_range(
+            &consumer,
+            &bootstrap,
+            &range(8, 30),
+            true,
+            third.position.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(offsets(&fourth), (8..30).collect::<Vec<_>>());
+    }
 }

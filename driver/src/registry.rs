@@ -126,9 +126,15 @@ impl Registry {
         executors.values().cloned().collect()
     }
 
-    /// The least-loaded live executor, avoiding `exclude` when another exists.
-    pub fn pick(&self, exclude: Option<&str>) -> Option<Arc<ExecutorHandle>> {
+    /// Executor `prefer` when it is alive and has a free task slot, else the least-loaded
+    /// live executor, avoiding `exclude` when another exists.
+    pub fn pick(&self, exclude: Option<&str>, prefer: Option<&str>) -> Option<Arc<ExecutorHandle>> {
         let alive = self.alive();
+        if let Some(preferred) = alive.iter().find(|h| {
+            Some(h.id.as_str()) == prefer && Some(h.id.as_str()) != exclude && h.load() < 1.0
+        }) {
+            return Some(preferred.clone());
+        }
         let candidates: Vec<_> = alive
             .iter()
             .filter(|h| Some(h.id.as_str()) != exclude)
@@ -141,5 +147,42 @@ impl Registry {
         };
         pool.into_iter()
             .min_by(|a, b| a.load().total_cmp(&b.load()).then_with(|| a.id.cmp(&b.id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let registry = Registry::new(Duration::from_secs(60));
+        for id in ["a", "b"] {
+            let address = format!("http://127.0.0.1:1/{id}");
+            registry
+                .register(id.into(), address, String::new(), 1)
+                .unwrap();
+        }
+        registry
+    }
+
+    #[tokio::test]
+    async fn a_preferred_executor_with_a_free_slot_is_picked_else_the_least_loaded() {
+        let registry = registry();
+        let picked = |exclude, prefer| registry.pick(exclude, prefer).unwrap().id.clone();
+        assert_eq!(picked(None, None), "a", "equal load: by id");
+        assert_eq!(picked(None, Some("b")), "b");
+        assert_eq!(
+            picked(Some("b"), Some("b")),
+            "a",
+            "an excluded preference loses"
+        );
+        assert_eq!(picked(None, Some("gone")), "a");
+        let b = registry.alive().into_iter().find(|h| h.id == "b").unwrap();
+        b.in_flight.store(1, Ordering::Relaxed);
+        assert_eq!(
+            picked(None, Some("b")),
+            "a",
+            "a full preferred executor is passed over"
+        );
     }
 }

@@ -36,7 +36,14 @@ pub struct Scheduler {
     registry: Arc<Registry>,
     /// Task attempts that failed and were retried, since start.
     retries: Arc<AtomicU64>,
+    /// The executor that last read each partition, by job: the partition's next range goes
+    /// there while it has a free slot, where a consumer already stands at the range's
+    /// start and has fetched ahead.
+    partition_homes: Arc<Mutex<HashMap<PartitionKey, String>>>,
 }
+
+/// A partition of a job's source: job, topic, partition.
+type PartitionKey = (String, String, i32);
 
 /// The successful results of a batch's tasks.
 #[derive(Debug)]
@@ -216,6 +223,7 @@ impl Scheduler {
         Scheduler {
             registry,
             retries: Arc::new(AtomicU64::new(0)),
+            partition_homes: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -288,10 +296,14 @@ impl Scheduler {
         }
     }
 
-    async fn wait_for_executor(&self, avoid: Option<&str>) -> Result<Arc<ExecutorHandle>> {
+    async fn wait_for_executor(
+        &self,
+        avoid: Option<&str>,
+        prefer: Option<&str>,
+    ) -> Result<Arc<ExecutorHandle>> {
         let deadline = Instant::now() + EXECUTOR_WAIT;
         loop {
-            if let Some(executor) = self.registry.pick(avoid) {
+            if let Some(executor) = self.registry.pick(avoid, prefer) {
                 return Ok(executor);
             }
             if Instant::now() > deadline {
@@ -310,15 +322,24 @@ impl Scheduler {
         let mut last_failure = (String::new(), String::new());
         let mut attempt = 0;
         let mut recoveries = 0;
+        let ranges: &[OffsetRange] = match stage.kind {
+            StageKind::Source => &run.ranges[task_id as usize],
+            _ => &[],
+        };
+        let home = self.partition_home(&run.job.job_id, ranges);
         while attempt < MAX_TASK_ATTEMPTS {
             attempt += 1;
-            let executor = self.wait_for_executor(last_executor.as_deref()).await?;
+            let prefer = if attempt == 1 { home.as_deref() } else { None };
+            let executor = self
+                .wait_for_executor(last_executor.as_deref(), prefer)
+                .await?;
             last_executor = Some(executor.id.clone());
             let definition = run.definition(stage, task_id, attempt);
             let sent_inputs = definition.inputs.clone();
             match self.launch(&executor, run.job, definition).await {
                 Ok(task_result::Outcome::Success(success)) => {
                     failpoint::hit(failpoint::TASK_FINISHED, batch);
+                    self.set_partition_home(&run.job.job_id, ranges, &executor.id);
                     if attempt > 1 {
                         run.retried.store(true, Ordering::Relaxed);
                     }
@@ -399,6 +420,25 @@ impl Scheduler {
             message: last_failure.1,
             retryable: true,
         })
+    }
+
+    /// The executor that last read the first of `ranges`' partitions for the job.
+    fn partition_home(&self, job_id: &str, ranges: &[OffsetRange]) -> Option<String> {
+        let first = ranges.first()?;
+        let key = (job_id.to_string(), first.topic.clone(), first.partition);
+        self.partition_homes
+            .lock()
+            .expect("partition homes lock")
+            .get(&key)
+            .cloned()
+    }
+
+    fn set_partition_home(&self, job_id: &str, ranges: &[OffsetRange], executor: &str) {
+        let mut homes = self.partition_homes.lock().expect("partition homes lock");
+        for range in ranges {
+            let key = (job_id.to_string(), range.topic.clone(), range.partition);
+            homes.insert(key, executor.to_string());
+        }
     }
 
     /// Runs map task `task` of `stage` again, unless another task already did since its

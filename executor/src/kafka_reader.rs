@@ -1,20 +1,39 @@
 //! Offset ranges -> decoded Arrow batches. Consumers are pooled per bootstrap address so a
 //! task does not pay for a new connection; offsets are never committed.
+//!
+//! A pooled consumer stays assigned to the partition it last read and keeps fetching
+//! ahead. The next range of that partition starts where the last one ended, so a task
+//! handed that consumer finds its records already fetched instead of waiting for a seek
+//! and a fetch round trip; the driver sends a partition's ranges to the same executor
+//! while it has room. Consumers idle longer than [`IDLE_TTL`] are closed.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use rdkafka::consumer::BaseConsumer;
 use sluice_common::decode::{DeadLetter, RecordDecoder};
-use sluice_common::kafka::{consumer, read_range, RangeRead};
+use sluice_common::kafka::{consumer, read_range, Position, RangeRead};
 use sluice_common::offsets::OffsetRange;
 use sluice_common::{Error, Result};
+
+/// How long an idle consumer is kept (fetching ahead on its partition).
+pub const IDLE_TTL: Duration = Duration::from_secs(30);
+/// Idle consumers kept per bootstrap address at most; the longest idle go first.
+pub const MAX_IDLE: usize = 64;
 
 /// Idle consumers, by bootstrap servers.
 #[derive(Default)]
 pub struct ConsumerPool {
-    idle: Mutex<HashMap<String, Vec<BaseConsumer>>>,
+    idle: Mutex<HashMap<String, Vec<PooledConsumer>>>,
+}
+
+struct PooledConsumer {
+    consumer: BaseConsumer,
+    /// Where the consumer stands; `None` when unknown (it must seek).
+    position: Option<Position>,
+    idle_since: Instant,
 }
 
 /// The decoded records of a task's ranges.
@@ -29,26 +48,46 @@ pub struct TaskInput {
 }
 
 impl ConsumerPool {
-    fn take(&self, bootstrap_servers: &str) -> Result<BaseConsumer> {
-        let pooled = self
-            .idle
-            .lock()
-            .expect("pool lock")
-            .get_mut(bootstrap_servers)
-            .and_then(Vec::pop);
+    /// The consumer standing where `range` starts, else the longest idle one, else a new
+    /// one. Consumers idle too long are closed on the way.
+    fn take(&self, bootstrap_servers: &str, range: &OffsetRange) -> Result<PooledConsumer> {
+        let pooled = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            let consumers = idle.entry(bootstrap_servers.to_string()).or_default();
+            consumers.retain(|c| c.idle_since.elapsed() < IDLE_TTL);
+            let continuing = consumers
+                .iter()
+                .position(|c| c.position.as_ref().is_some_and(|p| p.continues(range)));
+            let longest_idle = || {
+                (0..consumers.len()).min_by_key(|&i| {
+                    // Unpositioned consumers first, then the longest idle.
+                    (consumers[i].position.is_some(), consumers[i].idle_since)
+                })
+            };
+            continuing
+                .or_else(longest_idle)
+                .map(|i| consumers.swap_remove(i))
+        };
         match pooled {
             Some(c) => Ok(c),
-            None => consumer(bootstrap_servers),
+            None => Ok(PooledConsumer {
+                consumer: consumer(bootstrap_servers)?,
+                position: None,
+                idle_since: Instant::now(),
+            }),
         }
     }
 
-    fn give_back(&self, bootstrap_servers: &str, consumer: BaseConsumer) {
-        self.idle
-            .lock()
-            .expect("pool lock")
-            .entry(bootstrap_servers.to_string())
-            .or_default()
-            .push(consumer);
+    fn give_back(&self, bootstrap_servers: &str, mut pooled: PooledConsumer) {
+        pooled.idle_since = Instant::now();
+        let mut idle = self.idle.lock().expect("pool lock");
+        let consumers = idle.entry(bootstrap_servers.to_string()).or_default();
+        consumers.push(pooled);
+        if consumers.len() > MAX_IDLE {
+            if let Some(oldest) = (0..consumers.len()).min_by_key(|&i| consumers[i].idle_since) {
+                consumers.swap_remove(oldest);
+            }
+        }
     }
 
     /// Reads and decodes every range; several ranges are read at once, one pooled
@@ -65,11 +104,17 @@ impl ConsumerPool {
                 .iter()
                 .map(|range| {
                     scope.spawn(move || -> Result<RangeRead> {
-                        let consumer = self.take(bootstrap_servers)?;
+                        let mut pooled = self.take(bootstrap_servers, range)?;
                         // A consumer that failed mid-read is dropped, not pooled.
-                        let read =
-                            read_range(&consumer, bootstrap_servers, range, fail_on_data_loss)?;
-                        self.give_back(bootstrap_servers, consumer);
+                        let read = read_range(
+                            &pooled.consumer,
+                            bootstrap_servers,
+                            range,
+                            fail_on_data_loss,
+                            pooled.position.as_ref(),
+                        )?;
+                        pooled.position = read.position.clone();
+                        self.give_back(bootstrap_servers, pooled);
                         Ok(read)
                     })
                 })

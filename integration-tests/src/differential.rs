@@ -85,7 +85,7 @@ pub fn source_batches(cluster: &TestCluster, spec: &JobSpec) -> Result<Vec<Recor
             start: marks.low,
             end: marks.high,
         };
-        let read = read_range(&consumer, &bootstrap, &range, true)?;
+        let read = read_range(&consumer, &bootstrap, &range, true, None)?;
         batches.push(decoder.decode(&topic, partition, &read.records)?.batch);
     }
     Ok(batches)

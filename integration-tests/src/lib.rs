@@ -300,8 +300,9 @@ impl TestCluster {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "driver did not come up; logs in {}",
-                    self.dir.path().display()
+                    "driver did not come up within 30 s; logs in {}:\n{}",
+                    self.dir.path().display(),
+                    self.logs_tail(20)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
