@@ -5,14 +5,15 @@
 //! ahead. The next range of that partition starts where the last one ended, so a task
 //! handed that consumer finds its records already fetched instead of waiting for a seek
 //! and a fetch round trip; the driver sends a partition's ranges to the same executor
-//! while it has room. Consumers idle longer than [`IDLE_TTL`] are closed.
+//! while it has room. Consumers idle longer than [`IDLE_TTL`] are closed. Without read-ahead
+//! (`--kafka-read-ahead false`) idle consumers are unassigned and every read seeks.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_common::decode::{DeadLetter, RecordDecoder};
 use sluice_common::kafka::{consumer, read_range, Position, RangeRead};
 use sluice_common::offsets::OffsetRange;
@@ -24,9 +25,10 @@ pub const IDLE_TTL: Duration = Duration::from_secs(30);
 pub const MAX_IDLE: usize = 64;
 
 /// Idle consumers, by bootstrap servers.
-#[derive(Default)]
 pub struct ConsumerPool {
     idle: Mutex<HashMap<String, Vec<PooledConsumer>>>,
+    /// Whether idle consumers stay on their partition, fetching ahead.
+    read_ahead: bool,
 }
 
 struct PooledConsumer {
@@ -48,6 +50,14 @@ pub struct TaskInput {
 }
 
 impl ConsumerPool {
+    /// An empty pool; with `read_ahead`, consumers stay on their partition between reads.
+    pub fn new(read_ahead: bool) -> ConsumerPool {
+        ConsumerPool {
+            idle: Mutex::new(HashMap::new()),
+            read_ahead,
+        }
+    }
+
     /// The consumer standing where `range` starts, else the longest idle one, else a new
     /// one. Consumers idle too long are closed on the way.
     fn take(&self, bootstrap_servers: &str, range: &OffsetRange) -> Result<PooledConsumer> {
@@ -90,6 +100,32 @@ impl ConsumerPool {
         }
     }
 
+    /// Reads one range with a pooled consumer; a consumer that failed mid-read is
+    /// dropped, not pooled. Blocking.
+    fn read_one(
+        &self,
+        bootstrap_servers: &str,
+        range: &OffsetRange,
+        fail_on_data_loss: bool,
+    ) -> Result<RangeRead> {
+        let mut pooled = self.take(bootstrap_servers, range)?;
+        let read = read_range(
+            &pooled.consumer,
+            bootstrap_servers,
+            range,
+            fail_on_data_loss,
+            pooled.position.as_ref(),
+        )?;
+        pooled.position = read.position.clone();
+        if !self.read_ahead {
+            // Stop fetching; the next read seeks.
+            pooled.position = None;
+            let _ = pooled.consumer.unassign();
+        }
+        self.give_back(bootstrap_servers, pooled);
+        Ok(read)
+    }
+
     /// Reads and decodes every range; several ranges are read at once, one pooled
     /// consumer each. Blocking: call from a blocking thread.
     pub fn read(
@@ -103,20 +139,7 @@ impl ConsumerPool {
             let readers: Vec<_> = ranges
                 .iter()
                 .map(|range| {
-                    scope.spawn(move || -> Result<RangeRead> {
-                        let mut pooled = self.take(bootstrap_servers, range)?;
-                        // A consumer that failed mid-read is dropped, not pooled.
-                        let read = read_range(
-                            &pooled.consumer,
-                            bootstrap_servers,
-                            range,
-                            fail_on_data_loss,
-                            pooled.position.as_ref(),
-                        )?;
-                        pooled.position = read.position.clone();
-                        self.give_back(bootstrap_servers, pooled);
-                        Ok(read)
-                    })
+                    scope.spawn(move || self.read_one(bootstrap_servers, range, fail_on_data_loss))
                 })
                 .collect();
             readers
@@ -148,5 +171,53 @@ impl ConsumerPool {
             input.batches.push(decoded.batch);
         }
         Ok(input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+    use sluice_common::synthetic::{produce_orders, producer};
+
+    use super::*;
+
+    fn range(start: i64, end: i64) -> OffsetRange {
+        OffsetRange {
+            topic: "t".into(),
+            partition: 0,
+            start,
+            end,
+        }
+    }
+
+    /// Positions of the pooled consumers.
+    fn positions(pool: &ConsumerPool, bootstrap: &str) -> Vec<Option<i64>> {
+        let idle = pool.idle.lock().unwrap();
+        idle[bootstrap]
+            .iter()
+            .map(|c| c.position.as_ref().map(|p| p.next))
+            .collect()
+    }
+
+    #[test]
+    fn consumers_stay_on_their_partition_only_with_read_ahead() {
+        let kafka = MockCluster::new(1).unwrap();
+        kafka.create_topic("t", 1, 1).unwrap();
+        let bootstrap = kafka.bootstrap_servers();
+        produce_orders(&producer(&bootstrap).unwrap(), "t", 1, 0, 20, None, |_| {}).unwrap();
+        for read_ahead in [true, false] {
+            let pool = ConsumerPool::new(read_ahead);
+            for (start, end) in [(0, 10), (10, 20)] {
+                let read = pool.read_one(&bootstrap, &range(start, end), true).unwrap();
+                let offsets: Vec<i64> = read.records.iter().map(|r| r.offset).collect();
+                assert_eq!(offsets, (start..end).collect::<Vec<_>>());
+                let expected = if read_ahead { Some(end) } else { None };
+                assert_eq!(
+                    positions(&pool, &bootstrap),
+                    vec![expected],
+                    "one consumer, reused"
+                );
+            }
+        }
     }
 }

@@ -46,6 +46,9 @@ pub struct ExecutorConfig {
     pub task_slots: u32,
     /// Stable id; a fresh one per process when absent.
     pub executor_id: Option<String>,
+    /// Idle Kafka consumers stay on their partition and fetch ahead, so the partition's
+    /// next range is read from memory (up to 16 MiB buffered per partition).
+    pub kafka_read_ahead: bool,
 }
 
 impl Default for ExecutorConfig {
@@ -60,6 +63,7 @@ impl Default for ExecutorConfig {
             advertise_host: None,
             task_slots: DEFAULT_TASK_SLOTS,
             executor_id: None,
+            kafka_read_ahead: true,
         }
     }
 }

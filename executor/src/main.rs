@@ -42,6 +42,11 @@ struct Args {
     /// Stable executor id (default: a fresh one per process).
     #[arg(long, env = "SLUICE_EXECUTOR_ID")]
     id: Option<String>,
+    /// Keep idle Kafka consumers on their partition, fetching ahead (up to 16 MiB per
+    /// partition), so the partition's next range is already in memory. `false` saves
+    /// that memory and the broker's fetches when an executor reads very many partitions.
+    #[arg(long, env = "SLUICE_KAFKA_READ_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
+    kafka_read_ahead: bool,
     /// Log as JSON lines.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -61,6 +66,7 @@ async fn main() -> std::process::ExitCode {
         advertise_host: args.advertise_host,
         task_slots: args.slots,
         executor_id: args.id,
+        kafka_read_ahead: args.kafka_read_ahead,
     };
     match sluice_executor::run(config, sluice_common::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

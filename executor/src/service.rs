@@ -167,7 +167,7 @@ pub async fn run(
     let service = ExecutorService {
         jobs: RwLock::new(HashMap::new()),
         env: TaskEnv {
-            pool: Arc::new(ConsumerPool::default()),
+            pool: Arc::new(ConsumerPool::new(config.kafka_read_ahead)),
             store: store.clone(),
             fetcher: Arc::new(FlightFetcher::default()),
         },

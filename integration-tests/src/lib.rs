@@ -184,8 +184,13 @@ impl TestCluster {
 
     /// Starts executor `i` again (after it was killed or died), with the same id.
     pub fn restart_executor(&mut self, i: usize) -> Result<()> {
+        self.restart_executor_with(i, &[])
+    }
+
+    /// Like [`TestCluster::restart_executor`] with extra environment variables.
+    pub fn restart_executor_with(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
         self.kill_executor(i);
-        self.executors[i] = self.spawn_executor(i, &[])?;
+        self.executors[i] = self.spawn_executor(i, env)?;
         Ok(())
     }
 

@@ -309,11 +309,126 @@ fn spec(
     cluster.spec(name, topic, sql, trigger, extra)
 }
 
+/// Partitions of the 100 ms-trigger streams.
+const STREAM_PARTITIONS: i32 = 4;
+
+/// The per-batch phases of a progress record, the last one the whole batch.
+const PHASES: [Phase; 5] = [
+    ("plan", |b| b.plan_ms),
+    ("execute", |b| b.execute_ms),
+    ("commit (Iceberg)", |b| b.commit_ms),
+    ("checkpoint (etcd)", |b| b.checkpoint_ms),
+    ("total overhead", |b| b.duration_ms),
+];
+
+/// What one 100 ms-trigger stream measured: (median, p99) per phase and of latency.
+struct StreamFigures {
+    batches: usize,
+    median_rows: f64,
+    phases: Vec<(f64, f64)>,
+    latency: (f64, f64),
+}
+
+/// Produces `stream_rate` events/s for `stream_secs` to `topic` while a filter job on a
+/// 100 ms trigger commits them; steady-state figures (warm-up batches left out).
+async fn stream(cluster: &TestCluster, args: &Args, topic: &str) -> Result<StreamFigures> {
+    cluster.kafka.create_topic(topic, STREAM_PARTITIONS, 1)?;
+    let stream_sql = "SELECT order_id, amount, _partition AS p, _offset AS o FROM source";
+    let stream_spec = spec(
+        cluster,
+        &format!("bench-{topic}"),
+        topic,
+        stream_sql,
+        "{processing_time: 100ms}",
+        "    starting_offsets: earliest",
+    );
+    let job = cluster
+        .submit(&stream_spec)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    let total = args.stream_rate * args.stream_secs;
+    let producer = {
+        let bootstrap = cluster.bootstrap_servers();
+        let rate = args.stream_rate;
+        let topic = topic.to_string();
+        std::thread::spawn(move || -> Result<()> {
+            let producer = producer(&bootstrap)?;
+            let started = Instant::now();
+            for seq in 0..total {
+                let payload = event(seq, now_ms());
+                let record = BaseRecord::<str, str>::to(&topic)
+                    .payload(&payload)
+                    .partition((seq % STREAM_PARTITIONS as u64) as i32)
+                    .timestamp(now_ms());
+                if producer.send(record).is_err() {
+                    producer.poll(Duration::from_millis(5));
+                }
+                let due = Duration::from_secs_f64((seq + 1) as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    producer.poll(Duration::ZERO);
+                    std::thread::sleep(wait);
+                }
+            }
+            producer.flush(Duration::from_secs(30))?;
+            Ok(())
+        })
+    };
+    let mut read = 0;
+    let batches = watch(cluster, &job, |b| {
+        read += b.input_rows;
+        read >= total
+    })
+    .await?;
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    cluster
+        .client()
+        .await?
+        .stop_job(StopJobRequest {
+            job_id: job.clone(),
+        })
+        .await?;
+    let (_, timestamps) = consume_all(cluster, topic, STREAM_PARTITIONS, total, true)
+        .context("reading produce times")?;
+
+    // Steady state: the first second of batches (the job starting: planning, executors
+    // preparing it, connections) is left out of every figure, latency included.
+    let mut latencies = Vec::with_capacity(total as usize);
+    for (batch, committed_at) in batches.iter().skip(WARM_UP_BATCHES) {
+        for p in &batch.partitions {
+            for offset in p.start_offset..p.end_offset {
+                if let Some(produced) = timestamps.get(&(p.partition, offset)) {
+                    latencies.push((committed_at - produced) as f64);
+                }
+            }
+        }
+    }
+    let steady: Vec<&BatchProgress> = batches
+        .iter()
+        .map(|(b, _)| b)
+        .skip(WARM_UP_BATCHES)
+        .collect();
+    let column =
+        |f: fn(&BatchProgress) -> u64| -> Vec<f64> { steady.iter().map(|b| f(b) as f64).collect() };
+    let median_and_p99 =
+        |mut values: Vec<f64>| (percentile(&mut values, 50.0), percentile(&mut values, 99.0));
+    Ok(StreamFigures {
+        batches: batches.len(),
+        median_rows: percentile(&mut column(|b| b.input_rows), 50.0),
+        phases: PHASES
+            .iter()
+            .map(|(_, f)| median_and_p99(column(*f)))
+            .collect(),
+        latency: median_and_p99(latencies),
+    })
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
     println!("# Sluice benchmark\n\nMachine: {}\n", machine());
-    let cluster = TestCluster::start("load", args.partitions, args.executors).await?;
+    let mut cluster = TestCluster::start("load", args.partitions, args.executors).await?;
 
     let started = Instant::now();
     produce(&cluster, "load", args.partitions, 0, args.events, None)?;
@@ -391,115 +506,55 @@ async fn main() -> Result<()> {
 
     shuffle_overhead(&cluster, args.executors).await?;
 
-    // A stream of small batches on a 100 ms trigger.
-    let stream_partitions = 4;
-    cluster.kafka.create_topic("stream", stream_partitions, 1)?;
-    let stream_sql = "SELECT order_id, amount, _partition AS p, _offset AS o FROM source";
-    let stream_spec = spec(
-        &cluster,
-        "bench-stream",
-        "stream",
-        stream_sql,
-        "{processing_time: 100ms}",
-        "    starting_offsets: earliest",
-    );
-    let job = cluster
-        .submit(&stream_spec)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    let total = args.stream_rate * args.stream_secs;
-    let producer = {
-        let bootstrap = cluster.bootstrap_servers();
-        let rate = args.stream_rate;
-        std::thread::spawn(move || -> Result<()> {
-            let producer = producer(&bootstrap)?;
-            let started = Instant::now();
-            for seq in 0..total {
-                let payload = event(seq, now_ms());
-                let record = BaseRecord::<str, str>::to("stream")
-                    .payload(&payload)
-                    .partition((seq % 4) as i32)
-                    .timestamp(now_ms());
-                if producer.send(record).is_err() {
-                    producer.poll(Duration::from_millis(5));
-                }
-                let due = Duration::from_secs_f64((seq + 1) as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    producer.poll(Duration::ZERO);
-                    std::thread::sleep(wait);
-                }
-            }
-            producer.flush(Duration::from_secs(30))?;
-            Ok(())
-        })
-    };
-    let mut read = 0;
-    let batches = watch(&cluster, &job, |b| {
-        read += b.input_rows;
-        read >= total
-    })
-    .await?;
-    producer
-        .join()
-        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
-    cluster
-        .client()
-        .await?
-        .stop_job(StopJobRequest {
-            job_id: job.clone(),
-        })
-        .await?;
-    let (_, timestamps) = consume_all(&cluster, "stream", stream_partitions, total, true)
-        .context("reading produce times")?;
-
-    // Steady state: the first second of batches (the job starting: planning, executors
-    // preparing it, connections) is left out of every figure, latency included.
-    let mut latencies = Vec::with_capacity(total as usize);
-    for (batch, committed_at) in batches.iter().skip(WARM_UP_BATCHES) {
-        for p in &batch.partitions {
-            for offset in p.start_offset..p.end_offset {
-                if let Some(produced) = timestamps.get(&(p.partition, offset)) {
-                    latencies.push((committed_at - produced) as f64);
-                }
-            }
+    // Streams of small batches on a 100 ms trigger: executors without Kafka read-ahead
+    // (every read seeks: the baseline), then with it (the default).
+    let mut runs = Vec::new();
+    for (name, read_ahead) in [("without read-ahead", "false"), ("with read-ahead", "true")] {
+        for i in 0..args.executors {
+            cluster.restart_executor_with(i, &[("SLUICE_KAFKA_READ_AHEAD", read_ahead)])?;
         }
+        let topic = format!("stream-{read_ahead}");
+        runs.push((name, stream(&cluster, &args, &topic).await?));
     }
-    let steady: Vec<&BatchProgress> = batches
-        .iter()
-        .map(|(b, _)| b)
-        .skip(WARM_UP_BATCHES)
-        .collect();
-    let column =
-        |f: fn(&BatchProgress) -> u64| -> Vec<f64> { steady.iter().map(|b| f(b) as f64).collect() };
-    let rows: Vec<f64> = column(|b| b.input_rows);
     println!(
-        "## 100 ms trigger ({} events/s for {} s, {} batches, median {:.0} rows per batch)\n",
-        args.stream_rate,
-        args.stream_secs,
-        batches.len(),
-        percentile(&mut rows.clone(), 50.0)
+        "## 100 ms trigger ({} events/s for {} s, {} partitions, first {WARM_UP_BATCHES} batches left out)\n",
+        args.stream_rate, args.stream_secs, STREAM_PARTITIONS
     );
-    println!("| per-batch | median ms | p99 ms |\n| --- | ---: | ---: |");
-    let phases: [Phase; 5] = [
-        ("plan", |b| b.plan_ms),
-        ("execute", |b| b.execute_ms),
-        ("commit (Iceberg)", |b| b.commit_ms),
-        ("checkpoint (etcd)", |b| b.checkpoint_ms),
-        ("total overhead", |b| b.duration_ms),
-    ];
-    for (name, f) in phases {
-        let mut values = column(f);
+    println!(
+        "| per batch, ms | {} |\n| --- |{}",
+        runs.iter()
+            .map(|(name, _)| format!("{name} median | p99"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        " ---: | ---: |".repeat(runs.len())
+    );
+    let rows = |f: &dyn Fn(&StreamFigures) -> String| {
+        runs.iter()
+            .map(|(_, r)| f(r))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    println!(
+        "| batches (median rows) | {} |",
+        rows(&|r| format!("{} | ({:.0})", r.batches, r.median_rows))
+    );
+    for (i, (name, _)) in PHASES.iter().enumerate() {
         println!(
-            "| {name} | {:.0} | {:.0} |",
-            percentile(&mut values, 50.0),
-            percentile(&mut values, 99.0)
+            "| {name} | {} |",
+            rows(&|r| format!("{:.0} | {:.0}", r.phases[i].0, r.phases[i].1))
         );
     }
     println!(
-        "| end-to-end latency, produce -> committed ({} records) | {:.0} | {:.0} |",
-        latencies.len(),
-        percentile(&mut latencies.clone(), 50.0),
-        percentile(&mut latencies, 99.0)
+        "| end-to-end latency, produce -> committed | {} |",
+        rows(&|r| format!("{:.0} | {:.0}", r.latency.0, r.latency.1))
+    );
+    let (base, ahead) = (&runs[0].1, &runs[1].1);
+    let total = PHASES.len() - 1;
+    println!(
+        "\nRead-ahead: execute median {:.2}x, total overhead median {:.2}x, p99 latency {:.2}x of the baseline.",
+        ahead.phases[1].0 / base.phases[1].0.max(1.0),
+        ahead.phases[total].0 / base.phases[total].0.max(1.0),
+        ahead.latency.1 / base.latency.1.max(1.0)
     );
     Ok(())
 }
