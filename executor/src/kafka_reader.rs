@@ -5,8 +5,9 @@
 //! ahead. The next range of that partition starts where the last one ended, so a task
 //! handed that consumer finds its records already fetched instead of waiting for a seek
 //! and a fetch round trip; the driver sends a partition's ranges to the same executor
-//! while it has room. Consumers idle longer than [`IDLE_TTL`] are closed. Without read-ahead
-//! (`--kafka-read-ahead false`) idle consumers are unassigned and every read seeks.
+//! while it has room. Consumers idle longer than [`READ_AHEAD_TTL`] stop fetching ahead.
+//! Without read-ahead (`--kafka-read-ahead false`) idle consumers are unassigned and every
+//! read seeks.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,8 +20,9 @@ use sluice_common::kafka::{consumer, read_range, Position, RangeRead};
 use sluice_common::offsets::OffsetRange;
 use sluice_common::{Error, Result};
 
-/// How long an idle consumer is kept (fetching ahead on its partition).
-pub const IDLE_TTL: Duration = Duration::from_secs(30);
+/// How long an idle consumer keeps fetching ahead on its partition; then it is unassigned
+/// (and stays pooled, connected).
+pub const READ_AHEAD_TTL: Duration = Duration::from_secs(30);
 /// Idle consumers kept per bootstrap address at most; the longest idle go first.
 pub const MAX_IDLE: usize = 64;
 
@@ -58,13 +60,19 @@ impl ConsumerPool {
         }
     }
 
-    /// The consumer standing where `range` starts, else the longest idle one, else a new
-    /// one. Consumers idle too long are closed on the way.
+    /// The consumer standing where `range` starts, else an unpositioned or the longest
+    /// idle one, else a new one. Consumers idle too long stop fetching ahead on the way.
     fn take(&self, bootstrap_servers: &str, range: &OffsetRange) -> Result<PooledConsumer> {
         let pooled = {
             let mut idle = self.idle.lock().expect("pool lock");
             let consumers = idle.entry(bootstrap_servers.to_string()).or_default();
-            consumers.retain(|c| c.idle_since.elapsed() < IDLE_TTL);
+            for stale in consumers
+                .iter_mut()
+                .filter(|c| c.position.is_some() && c.idle_since.elapsed() >= READ_AHEAD_TTL)
+            {
+                stale.position = None;
+                let _ = stale.consumer.unassign();
+            }
             let continuing = consumers
                 .iter()
                 .position(|c| c.position.as_ref().is_some_and(|p| p.continues(range)));
