@@ -318,7 +318,11 @@ impl JobRunner {
     /// leaves garbage, never loses data).
     async fn clean(&mut self, batch: BatchId, keep: &HashSet<String>) {
         let cleaned = async {
-            let table = self.load_table().await?;
+            // Only the table's location and file IO are needed: a cached table will do.
+            let table = match self.table.clone() {
+                Some(table) => table,
+                None => self.load_table().await?,
+            };
             delete_batch_files_except(
                 &table,
                 self.storage_properties(),
