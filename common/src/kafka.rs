@@ -294,18 +294,11 @@ fn read_from(
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::mocking::MockCluster;
-
     use super::*;
-    use crate::synthetic::{produce_orders, producer};
+    use crate::testing::{mock_topic, partition_range};
 
     fn range(start: i64, end: i64) -> OffsetRange {
-        OffsetRange {
-            topic: "t".into(),
-            partition: 0,
-            start,
-            end,
-        }
+        partition_range("t", start, end)
     }
 
     fn offsets(read: &RangeRead) -> Vec<i64> {
@@ -314,10 +307,8 @@ mod tests {
 
     #[test]
     fn a_consumer_reads_on_from_where_its_last_range_ended_and_seeks_otherwise() {
-        let kafka = MockCluster::new(1).unwrap();
-        kafka.create_topic("t", 1, 1).unwrap();
+        let kafka = mock_topic("t", 30);
         let bootstrap = kafka.bootstrap_servers();
-        produce_orders(&producer(&bootstrap).unwrap(), "t", 1, 0, 30, None, |_| {}).unwrap();
         let consumer = consumer(&bootstrap).unwrap();
 
         let first = read_range(&consumer, &bootstrap, &range(0, 10), true, None).unwrap();

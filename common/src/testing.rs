@@ -186,3 +186,27 @@ pub fn write_regions_parquet(path: &std::path::Path) -> crate::Result<()> {
     writer.close().map_err(parquet)?;
     Ok(())
 }
+
+/// A mock Kafka cluster whose single-partition topic `topic` holds order events at
+/// offsets `0..records`.
+pub fn mock_topic(
+    topic: &str,
+    records: u64,
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let kafka = rdkafka::mocking::MockCluster::new(1).expect("mock Kafka cluster");
+    kafka.create_topic(topic, 1, 1).expect("mock topic");
+    let producer = crate::synthetic::producer(&kafka.bootstrap_servers()).expect("producer");
+    crate::synthetic::produce_orders(&producer, topic, 1, 0, records, None, |_| {})
+        .expect("producing to the mock topic");
+    kafka
+}
+
+/// Offsets `start..end` of partition 0 of `topic`.
+pub fn partition_range(topic: &str, start: i64, end: i64) -> crate::offsets::OffsetRange {
+    crate::offsets::OffsetRange {
+        topic: topic.into(),
+        partition: 0,
+        start,
+        end,
+    }
+}

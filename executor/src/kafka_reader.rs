@@ -184,19 +184,9 @@ impl ConsumerPool {
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::mocking::MockCluster;
-    use sluice_common::synthetic::{produce_orders, producer};
+    use sluice_common::testing::{mock_topic, partition_range};
 
     use super::*;
-
-    fn range(start: i64, end: i64) -> OffsetRange {
-        OffsetRange {
-            topic: "t".into(),
-            partition: 0,
-            start,
-            end,
-        }
-    }
 
     /// Positions of the pooled consumers.
     fn positions(pool: &ConsumerPool, bootstrap: &str) -> Vec<Option<i64>> {
@@ -209,14 +199,14 @@ mod tests {
 
     #[test]
     fn consumers_stay_on_their_partition_only_with_read_ahead() {
-        let kafka = MockCluster::new(1).unwrap();
-        kafka.create_topic("t", 1, 1).unwrap();
+        let kafka = mock_topic("t", 20);
         let bootstrap = kafka.bootstrap_servers();
-        produce_orders(&producer(&bootstrap).unwrap(), "t", 1, 0, 20, None, |_| {}).unwrap();
         for read_ahead in [true, false] {
             let pool = ConsumerPool::new(read_ahead);
             for (start, end) in [(0, 10), (10, 20)] {
-                let read = pool.read_one(&bootstrap, &range(start, end), true).unwrap();
+                let read = pool
+                    .read_one(&bootstrap, &partition_range("t", start, end), true)
+                    .unwrap();
                 let offsets: Vec<i64> = read.records.iter().map(|r| r.offset).collect();
                 assert_eq!(offsets, (start..end).collect::<Vec<_>>());
                 let expected = if read_ahead { Some(end) } else { None };
