@@ -28,7 +28,8 @@ pub fn batch_prefix(job_id: &str, batch: BatchId) -> String {
     format!("{job_id}.b{batch}.")
 }
 
-fn file_name(path: &str) -> &str {
+/// The last segment of a file path or URL.
+pub fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 

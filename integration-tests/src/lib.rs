@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use sluice_common::catalog::open_catalog;
+use sluice_common::data_files::file_name;
 use sluice_common::iceberg_sink::{dead_letter_ident, table_ident};
 use sluice_common::spec::JobSpec;
 use sluice_common::storage::list_with_prefix;
@@ -614,10 +615,7 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
 
     /// The table's snapshots' `sluice.batch-id` values, in commit order.
     pub async fn committed_batches(&self, spec: &str) -> Result<Vec<String>> {
-        let spec = JobSpec::parse(spec)?;
-        let sink = &spec.sink.iceberg;
-        let catalog = open_catalog(&sink.catalog).await?;
-        let table = catalog.load_table(&table_ident(sink)).await?;
+        let (_, table) = sink_table(spec).await?;
         // Commit order: from the current snapshot back through its parents.
         let metadata = table.metadata();
         let mut snapshots = Vec::new();
@@ -642,38 +640,16 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
 
     /// Names of the data files the table's current snapshot references, sorted.
     pub async fn committed_file_names(&self, spec: &str) -> Result<Vec<String>> {
-        let spec = JobSpec::parse(spec)?;
-        let sink = &spec.sink.iceberg;
-        let catalog = open_catalog(&sink.catalog).await?;
-        let table = catalog.load_table(&table_ident(sink)).await?;
-        if table.metadata().current_snapshot().is_none() {
-            return Ok(vec![]);
-        }
-        let tasks: Vec<_> = table
-            .scan()
-            .build()?
-            .plan_files()
-            .await?
-            .try_collect()
-            .await?;
-        let mut names: Vec<String> = tasks
-            .iter()
-            .map(|task| file_name(&task.data_file_path).to_string())
-            .collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
+        committed_names(&sink_table(spec).await?.1).await
     }
 
     /// Files in the table's data directory that no committed snapshot references.
-    pub async fn uncommitted_files(&self, text: &str) -> Result<Vec<String>> {
-        let committed = self.committed_file_names(text).await?;
-        let spec = JobSpec::parse(text)?;
-        let sink = &spec.sink.iceberg;
-        let catalog = open_catalog(&sink.catalog).await?;
-        let table = catalog.load_table(&table_ident(sink)).await?;
+    pub async fn uncommitted_files(&self, spec: &str) -> Result<Vec<String>> {
+        let (spec, table) = sink_table(spec).await?;
+        let committed = committed_names(&table).await?;
         let data_dir = format!("{}/data", table.metadata().location());
-        let stray = list_with_prefix(&data_dir, "", &sink.catalog.properties)
+        let properties = &spec.sink.iceberg.catalog.properties;
+        let stray = list_with_prefix(&data_dir, "", properties)
             .await?
             .iter()
             .map(|path| file_name(path).to_string())
@@ -712,8 +688,36 @@ async fn read_table(spec: &JobSpec, ident: &iceberg::TableIdent) -> Result<Vec<R
     Ok(stream.try_collect().await?)
 }
 
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
+/// The parsed spec and its sink table, loaded through the spec's catalog.
+async fn sink_table(spec: &str) -> Result<(JobSpec, iceberg::table::Table)> {
+    let spec = JobSpec::parse(spec)?;
+    let sink = &spec.sink.iceberg;
+    let table = open_catalog(&sink.catalog)
+        .await?
+        .load_table(&table_ident(sink))
+        .await?;
+    Ok((spec, table))
+}
+
+/// Names of the data files `table`'s current snapshot references, sorted.
+async fn committed_names(table: &iceberg::table::Table) -> Result<Vec<String>> {
+    if table.metadata().current_snapshot().is_none() {
+        return Ok(vec![]);
+    }
+    let tasks: Vec<_> = table
+        .scan()
+        .build()?
+        .plan_files()
+        .await?
+        .try_collect()
+        .await?;
+    let mut names: Vec<String> = tasks
+        .iter()
+        .map(|task| file_name(&task.data_file_path).to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 impl Drop for TestCluster {
