@@ -1,9 +1,12 @@
 //! Naming and cleaning up the data files of task attempts.
 //!
-//! Every file a task attempt writes is named `{job}.b{batch}.t{task}.a{attempt}.{uuid}-NNNNN.parquet`
-//! ('.' never occurs in a job name), so the files of one batch can be found by prefix.
-//! Files of a batch that are not in its committed snapshot are garbage: attempts that
-//! failed, were abandoned, or ran before a driver crash.
+//! Every file a task attempt writes is named
+//! `{job}.b{batch}.e{term}.t{task}.a{attempt}.{uuid}-NNNNN.parquet` ('.' never occurs in a
+//! job name), where the term is the leadership term of the driver that ran the attempt, so
+//! the files of one batch can be found by prefix and attempts of different leaders never
+//! collide. Files of a batch that are not in its committed snapshot are garbage (attempts
+//! that failed, were abandoned, or ran under an earlier leader); they are deleted only once
+//! the batch's snapshot is committed, when no other attempt can be committed any more.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -14,10 +17,10 @@ use crate::error::{Error, Result};
 use crate::storage::list_with_prefix;
 use crate::BatchId;
 
-/// The name prefix of the files written by one task attempt.
-pub fn attempt_prefix(job_id: &str, batch: BatchId, task: u32, attempt: u32) -> String {
+/// The name prefix of the files written by one task attempt under leader term `term`.
+pub fn attempt_prefix(job_id: &str, batch: BatchId, term: i64, task: u32, attempt: u32) -> String {
     format!(
-        "{}t{task}.a{attempt}.{}",
+        "{}e{term}.t{task}.a{attempt}.{}",
         batch_prefix(job_id, batch),
         uuid::Uuid::new_v4().simple()
     )
@@ -107,11 +110,12 @@ mod tests {
 
     #[test]
     fn prefixes_of_different_jobs_and_batches_do_not_overlap() {
-        let a = attempt_prefix("x", 1, 0, 1);
+        let a = attempt_prefix("x", 1, 7, 0, 1);
         assert!(a.starts_with(&batch_prefix("x", 1)));
         assert!(!a.starts_with(&batch_prefix("x", 11)));
+        assert!(a.starts_with("x.b1.e7.t0.a1."));
         // A job whose name looks like another job's batch prefix.
-        assert!(!attempt_prefix("x-b1-t", 0, 0, 1).starts_with(&batch_prefix("x", 1)));
-        assert!(!attempt_prefix("x", 10, 0, 1).starts_with(&batch_prefix("x", 1)));
+        assert!(!attempt_prefix("x-b1-t", 0, 7, 0, 1).starts_with(&batch_prefix("x", 1)));
+        assert!(!attempt_prefix("x", 10, 7, 0, 1).starts_with(&batch_prefix("x", 1)));
     }
 }

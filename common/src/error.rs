@@ -38,7 +38,7 @@ pub enum Error {
     },
 
     /// Offsets a job still had to process were deleted from Kafka.
-    #[error("data loss: offsets {start}..{end} of {topic}/{partition} were deleted from Kafka (retention) before they were processed; set source.kafka.fail_on_data_loss: false to skip them")]
+    #[error("data loss: offsets {start}..{end} of {topic}/{partition} are gone from Kafka (deleted by retention, or the partition was truncated or re-created) before they were processed; set source.kafka.fail_on_data_loss: false to skip them")]
     DataLoss {
         topic: String,
         partition: i32,
@@ -49,6 +49,10 @@ pub enum Error {
     /// The checkpoint store failed.
     #[error("checkpoint store: {message}")]
     Checkpoint { message: String },
+
+    /// The embedded checkpoint store is open in another driver process.
+    #[error("the checkpoint store {path} is in use by another driver (its lock file {path}.lock is held); run one driver per store, or use etcd for several")]
+    StoreLocked { path: String },
 
     /// A write was refused because this driver lost leadership.
     #[error("fenced: {message}")]
@@ -130,6 +134,7 @@ impl Error {
             Error::DataLoss { .. } => "data_loss",
             Error::Checkpoint { .. } => "checkpoint",
             Error::Fenced { .. } => "fenced",
+            Error::StoreLocked { .. } => "store_locked",
             Error::Iceberg { .. } => "iceberg",
             Error::SchemaMismatch { .. } => "schema_mismatch",
             Error::Query(_) => "query",

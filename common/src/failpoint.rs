@@ -67,8 +67,9 @@ fn parse(value: &str) -> Armed {
         .collect()
 }
 
-/// Aborts the process (or stalls) when `name` is armed for `batch` (or for every batch).
-pub fn hit(name: &str, batch: BatchId) {
+/// Aborts the process (or stalls, without blocking the async worker) when `name` is
+/// armed for `batch` (or for every batch).
+pub async fn hit(name: &str, batch: BatchId) {
     let armed = armed();
     if armed.is_empty() {
         return;
@@ -84,7 +85,7 @@ pub fn hit(name: &str, batch: BatchId) {
         }
         Some(Action::SleepMs(ms)) => {
             eprintln!("failpoint {name} hit at batch {batch}: sleeping {ms} ms");
-            std::thread::sleep(std::time::Duration::from_millis(ms));
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         None => {}
     }

@@ -7,17 +7,12 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Fields, Schema as ArrowSchema, SchemaRef, TimeUnit};
 use iceberg::spec::{DataFile, Schema};
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
 
 use crate::error::{Error, Result};
 use crate::spec::IcebergSinkSpec;
-use crate::BatchId;
 
-/// Snapshot summary property naming the job that wrote a snapshot.
-pub const JOB_ID_PROPERTY: &str = "sluice.job-id";
-/// Snapshot summary property naming the batch a snapshot holds.
-pub const BATCH_ID_PROPERTY: &str = "sluice.batch-id";
+pub use crate::iceberg_commit::{BATCH_ID_PROPERTY, JOB_ID_PROPERTY};
 
 /// The identifier of a sink's dead-letter table.
 pub fn dead_letter_ident(sink: &IcebergSinkSpec) -> TableIdent {
@@ -188,128 +183,15 @@ pub fn data_files_from_json(table: &Table, files: &[String]) -> Result<Vec<DataF
         .collect()
 }
 
-/// The snapshot that holds batch `batch` of job `job_id`, if one was committed.
-pub fn find_batch_snapshot(table: &Table, job_id: &str, batch: BatchId) -> Option<i64> {
-    let batch = batch.to_string();
-    table
-        .metadata()
-        .snapshots()
-        .find(|s| {
-            let props = &s.summary().additional_properties;
-            props.get(JOB_ID_PROPERTY).map(String::as_str) == Some(job_id)
-                && props.get(BATCH_ID_PROPERTY) == Some(&batch)
-        })
-        .map(|s| s.snapshot_id())
-}
-
-/// A batch's snapshot in a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchSnapshot {
-    pub snapshot_id: i64,
-    /// False when the batch was already in the table and nothing was appended.
-    pub appended: bool,
-}
-
-/// Commits one snapshot holding `files` for batch `batch`; idempotent: when the batch is
-/// already in the table, returns its snapshot without writing another.
-pub async fn commit_batch(
-    catalog: &dyn Catalog,
-    ident: &TableIdent,
-    job_id: &str,
-    batch: BatchId,
-    files: &[String],
-) -> Result<BatchSnapshot> {
-    let table = catalog
-        .load_table(ident)
-        .await
-        .map_err(Error::iceberg(format!("loading table {ident}")))?;
-    Ok(commit_batch_to(catalog, &table, job_id, batch, files)
-        .await?
-        .1)
-}
-
-/// Like [`commit_batch`] on an already loaded `table`, which saves reading the catalog and
-/// the table metadata again; returns the table as committed. A stale `table` is safe: the
-/// catalog refuses a commit based on old metadata, and the caller reloads and retries.
-pub async fn commit_batch_to(
-    catalog: &dyn Catalog,
-    table: &Table,
-    job_id: &str,
-    batch: BatchId,
-    files: &[String],
-) -> Result<(Table, BatchSnapshot)> {
-    let ident = table.identifier().clone();
-    if let Some(snapshot_id) = find_batch_snapshot(table, job_id, batch) {
-        let snapshot = BatchSnapshot {
-            snapshot_id,
-            appended: false,
-        };
-        return Ok((table.clone(), snapshot));
-    }
-    let table = table.clone();
-    let data_files = data_files_from_json(&table, files)?;
-    let properties = HashMap::from([
-        (JOB_ID_PROPERTY.to_string(), job_id.to_string()),
-        (BATCH_ID_PROPERTY.to_string(), batch.to_string()),
-    ]);
-    let tx = Transaction::new(&table);
-    // Data file names are unique (a UUID each) and a batch is appended at most once (found
-    // above by its snapshot summary), so the duplicate-file check, which reads every
-    // manifest of the table and made each commit slower than the last, is not needed.
-    let tx = tx
-        .fast_append()
-        .with_check_duplicate(false)
-        .add_data_files(data_files)
-        .set_snapshot_properties(properties)
-        .apply(tx)
-        .map_err(Error::iceberg(format!(
-            "appending batch {batch} to {ident}"
-        )))?;
-    let table = tx.commit(catalog).await.map_err(Error::iceberg(format!(
-        "committing batch {batch} to {ident}"
-    )))?;
-    let snapshot_id =
-        find_batch_snapshot(&table, job_id, batch).ok_or_else(|| Error::Checkpoint {
-            message: format!("batch {batch} committed to {ident} but its snapshot is not visible"),
-        })?;
-    let snapshot = BatchSnapshot {
-        snapshot_id,
-        appended: true,
-    };
-    Ok((table, snapshot))
-}
-
-/// Snapshots a table keeps after [`expire_snapshots`]: enough for recovery, which looks
+/// Snapshots a table keeps after expiry: enough for recovery, which looks
 /// only for the batch planned last, and for readers' time travel over recent batches.
 pub const SNAPSHOTS_RETAINED: usize = 100;
 /// Expiry runs once this many snapshots more than [`SNAPSHOTS_RETAINED`] accumulated.
 pub const SNAPSHOTS_EXPIRY_SLACK: usize = 50;
 
-/// Whether `table` has accumulated enough snapshots for [`expire_snapshots`] to run.
+/// Whether `table` has accumulated enough snapshots for expiry to run.
 pub fn needs_expiry(table: &Table) -> bool {
     table.metadata().snapshots().len() > SNAPSHOTS_RETAINED + SNAPSHOTS_EXPIRY_SLACK
-}
-
-/// Expires all but the `retain` most recent snapshots, so the table metadata (rewritten
-/// by every commit) stops growing; data files stay (they are all still live: Sluice only
-/// appends). Returns the table as committed.
-pub async fn expire_snapshots(
-    catalog: &dyn Catalog,
-    table: &Table,
-    retain: usize,
-) -> Result<Table> {
-    let ident = table.identifier().clone();
-    let now_ms = chrono::Utc::now().timestamp_millis() + 1;
-    let tx = Transaction::new(table);
-    let tx = tx
-        .expire_snapshots()
-        .expire_older_than_ms(now_ms)
-        .retain_last(retain.max(1))
-        .apply(tx)
-        .map_err(Error::iceberg(format!("expiring snapshots of {ident}")))?;
-    tx.commit(catalog)
-        .await
-        .map_err(Error::iceberg(format!("expiring snapshots of {ident}")))
 }
 
 /// Total rows in the table's current snapshot (from its summary).
@@ -329,9 +211,12 @@ mod tests {
 
     use super::*;
     use crate::catalog::open_catalog;
+    use crate::iceberg_commit::{
+        append_batch_on, expire_snapshots_on, find_batch_in_ancestry, CasOutcome,
+    };
     use crate::spec::CatalogSpec;
 
-    fn data_file(table: &Table, name: &str) -> String {
+    fn data_file(table: &Table, name: &str) -> DataFile {
         let file = DataFileBuilder::default()
             .content(DataContentType::Data)
             .file_path(format!(
@@ -343,7 +228,7 @@ mod tests {
             .file_size_in_bytes(100)
             .build()
             .unwrap();
-        data_files_to_json(table, vec![file]).unwrap().remove(0)
+        file
     }
 
     #[tokio::test]
@@ -357,33 +242,70 @@ mod tests {
             properties: Default::default(),
         };
         let catalog = open_catalog(&spec).await.unwrap();
-        let catalog = catalog.as_ref();
         let ident = TableIdent::from_strs(["ns", "t"]).unwrap();
         let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
-        let mut table = ensure_table(catalog, &ident, &schema).await.unwrap();
+        let mut table = ensure_table(catalog.as_ref(), &ident, &schema)
+            .await
+            .unwrap();
         for batch in 0..8 {
             let files = vec![data_file(&table, &format!("b{batch}"))];
-            table = commit_batch_to(catalog, &table, "j", batch, &files)
-                .await
-                .unwrap()
-                .0;
+            table = committed(append_batch_on(catalog.clone(), &table, "j", batch, files).await);
         }
         assert_eq!(table.metadata().snapshots().len(), 8);
         assert_eq!(total_records(&table), 80);
 
-        let expired = expire_snapshots(catalog, &table, 3).await.unwrap();
+        let expired = committed(expire_snapshots_on(catalog.clone(), &table, 3).await);
         assert_eq!(expired.metadata().snapshots().len(), 3);
         assert_eq!(total_records(&expired), 80, "expiry keeps every data file");
-        assert!(find_batch_snapshot(&expired, "j", 7).is_some());
-        assert!(find_batch_snapshot(&expired, "j", 5).is_some());
-        assert!(find_batch_snapshot(&expired, "j", 4).is_none());
+        assert!(find_batch_in_ancestry(&expired, "j", 7).is_some());
+        assert!(find_batch_in_ancestry(&expired, "j", 5).is_some());
+        assert!(find_batch_in_ancestry(&expired, "j", 4).is_none());
         // The table keeps committing after expiry.
         let files = vec![data_file(&expired, "b8")];
-        let (table, snapshot) = commit_batch_to(catalog, &expired, "j", 8, &files)
-            .await
-            .unwrap();
-        assert!(snapshot.appended);
+        let table = committed(append_batch_on(catalog.clone(), &expired, "j", 8, files).await);
         assert_eq!(total_records(&table), 90);
         assert!(!needs_expiry(&table));
+    }
+
+    #[tokio::test]
+    async fn a_commit_based_on_a_stale_table_conflicts_instead_of_replaying() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = CatalogSpec {
+            catalog_type: "sql".into(),
+            uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+            warehouse: format!("file://{}/warehouse", dir.path().display()),
+            name: None,
+            properties: Default::default(),
+        };
+        let catalog = open_catalog(&spec).await.unwrap();
+        let ident = TableIdent::from_strs(["ns", "t"]).unwrap();
+        let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
+        let stale = ensure_table(catalog.as_ref(), &ident, &schema)
+            .await
+            .unwrap();
+        // Another writer commits batch 0 after `stale` was loaded.
+        let files = vec![data_file(&stale, "other")];
+        let current = committed(append_batch_on(catalog.clone(), &stale, "j", 0, files).await);
+        assert!(find_batch_in_ancestry(&stale, "j", 0).is_none());
+        let files = vec![data_file(&stale, "mine")];
+        let outcome = append_batch_on(catalog.clone(), &stale, "j", 0, files)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, CasOutcome::Conflict), "{outcome:?}");
+        let reloaded = catalog.load_table(&ident).await.unwrap();
+        assert_eq!(reloaded.metadata_location(), current.metadata_location());
+        assert_eq!(reloaded.metadata().snapshots().len(), 1);
+        assert!(find_batch_in_ancestry(&reloaded, "j", 0).is_some());
+        // An empty batch still moves the table on.
+        let empty = committed(append_batch_on(catalog.clone(), &reloaded, "j", 1, vec![]).await);
+        assert!(find_batch_in_ancestry(&empty, "j", 1).is_some());
+        assert_eq!(total_records(&empty), 10);
+    }
+
+    fn committed(outcome: Result<CasOutcome>) -> Table {
+        match outcome.unwrap() {
+            CasOutcome::Committed(table) => table,
+            CasOutcome::Conflict => panic!("unexpected commit conflict"),
+        }
     }
 }

@@ -16,6 +16,9 @@ use crate::offsets::{OffsetRange, Watermarks};
 
 /// How long a metadata or watermark request may take.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a range read waits for records before it checks whether the partition still
+/// reaches the range's end.
+const TRUNCATION_CHECK_AFTER: Duration = Duration::from_secs(2);
 /// How long a range read may go without receiving anything before it gives up.
 pub const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,6 +30,10 @@ pub fn consumer(bootstrap_servers: &str) -> Result<BaseConsumer> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // Only committed transactional records; aborted ones and control records are
+        // offset gaps. Watermark lookups then return the last stable offset, so a batch
+        // never waits on an open transaction.
+        .set("isolation.level", "read_committed")
         // A range below the earliest offset is data loss; never silently jump.
         .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "10")
@@ -160,10 +167,13 @@ pub fn read_range(
     position: Option<&Position>,
 ) -> Result<RangeRead> {
     let positioned = position.is_some_and(|p| p.continues(range));
-    match read_from(consumer, bootstrap_servers, range, range.start, positioned) {
+    let read = |from: i64, positioned: bool| {
+        read_from(consumer, bootstrap_servers, range, from, positioned, fail_on_data_loss)
+    };
+    match read(range.start, positioned) {
         Err(Error::DataLoss { start, end, .. }) if !fail_on_data_loss => {
             tracing::warn!(topic = %range.topic, partition = range.partition, start, end, "offsets deleted from Kafka before they were processed; skipping them");
-            let rest = read_from(consumer, bootstrap_servers, range, end, false)?;
+            let rest = read(end, false)?;
             Ok(RangeRead {
                 offsets_lost: (end - start) as u64,
                 ..rest
@@ -179,6 +189,7 @@ fn read_from(
     range: &OffsetRange,
     from: i64,
     positioned: bool,
+    fail_on_data_loss: bool,
 ) -> Result<RangeRead> {
     let data_loss = |low: i64| Error::DataLoss {
         topic: range.topic.clone(),
@@ -186,11 +197,18 @@ fn read_from(
         start: from,
         end: low.min(range.end),
     };
-    let low_watermark = || -> Result<i64> {
+    let watermarks = || -> Result<(i64, i64)> {
         consumer
             .fetch_watermarks(&range.topic, range.partition, METADATA_TIMEOUT)
-            .map(|(low, _)| low)
             .map_err(|e| kafka_error(bootstrap_servers, e))
+    };
+    // The partition ends before the range does and nothing more can come: it was
+    // truncated, or deleted and re-created, under a logged batch.
+    let truncated = |at: i64, high: i64| Error::DataLoss {
+        topic: range.topic.clone(),
+        partition: range.partition,
+        start: at.max(high),
+        end: range.end,
     };
     let range_error = |message: String| Error::OffsetRange {
         topic: range.topic.clone(),
@@ -255,9 +273,12 @@ fn read_from(
             // next record simply has a higher offset).
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)))
             | Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                let low = low_watermark()?;
+                let (low, high) = watermarks()?;
                 if low > from {
                     return Err(data_loss(low));
+                }
+                if high <= from {
+                    return Err(truncated(from, high));
                 }
                 return Err(range_error(format!("offset {from} is out of range")));
             }
@@ -275,6 +296,21 @@ fn read_from(
                 if consumed_to >= range.end {
                     position = at(range.end);
                     break;
+                }
+                if last_progress.elapsed() > TRUNCATION_CHECK_AFTER {
+                    let (_, high) = watermarks()?;
+                    let reached = consumed_to.max(from);
+                    if high < range.end && reached >= high {
+                        if fail_on_data_loss {
+                            return Err(truncated(reached, high));
+                        }
+                        tracing::warn!(topic = %range.topic, partition = range.partition, start = reached, end = range.end, "the partition ends before the batch's range (truncated or re-created); skipping the missing offsets");
+                        return Ok(RangeRead {
+                            records,
+                            offsets_lost: (range.end - reached) as u64,
+                            position: None,
+                        });
+                    }
                 }
                 if last_progress.elapsed() > READ_STALL_TIMEOUT {
                     return Err(range_error(format!(

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod error;
 pub mod failpoint;
 pub mod http;
+pub mod iceberg_commit;
 pub mod iceberg_sink;
 pub mod kafka;
 pub mod net;

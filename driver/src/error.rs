@@ -12,6 +12,8 @@ pub enum Error {
     UnknownJob(JobId),
     #[error("job {0} is already running")]
     JobRunning(JobId),
+    #[error("table {table} is already written by job {job}; one job per table (stop {job} first, or choose another table)")]
+    TableTaken { table: String, job: JobId },
     #[error("no executor is alive to run tasks")]
     NoExecutors,
     #[error("task {task} of batch {batch} failed after {attempts} attempts: {kind}: {message}")]
@@ -22,6 +24,19 @@ pub enum Error {
         kind: String,
         message: String,
         retryable: bool,
+    },
+    #[error("batch {batch} could not be committed to {table}: the table changed under each of {attempts} attempts")]
+    CommitConflicts {
+        table: String,
+        batch: i64,
+        attempts: u32,
+    },
+    #[error("the checkpoint of {topic}/{partition} is at offset {checkpoint} but the partition ends at {latest}: the topic was deleted and re-created or truncated; the offsets consumed no longer name the same records (resubmit the job under a new name to start over)")]
+    CheckpointBeyondLog {
+        topic: String,
+        partition: i32,
+        checkpoint: i64,
+        latest: i64,
     },
     #[error("{what} did not answer within {seconds}s")]
     Timeout { what: String, seconds: u64 },
@@ -41,6 +56,7 @@ impl Error {
         match self {
             Error::Common(e) => e.is_user_error(),
             Error::TaskFailed { retryable, .. } => !retryable,
+            Error::CheckpointBeyondLog { .. } => true,
             _ => false,
         }
     }
@@ -53,6 +69,7 @@ impl From<Error> for tonic::Status {
         match &error {
             Error::UnknownJob(_) => tonic::Status::not_found(message),
             Error::JobRunning(_) => tonic::Status::already_exists(message),
+            Error::TableTaken { .. } => tonic::Status::failed_precondition(message),
             Error::Common(
                 C::InvalidSpec { .. } | C::InvalidSql { .. } | C::SchemaMismatch { .. },
             ) => tonic::Status::invalid_argument(message),

@@ -3,32 +3,24 @@
 //! backoff; user failures (bad data, bad SQL) fail it. Every batch is logged before it
 //! runs, so a retry re-runs exactly the same ranges.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use iceberg::table::Table;
-use iceberg::{Catalog, TableIdent};
-use sluice_common::catalog::{open_catalog, CatalogRef};
+use async_trait::async_trait;
 use sluice_common::checkpoint::JobLog;
-use sluice_common::data_files::{delete_batch_files_except, names_of, snapshot_file_names};
-use sluice_common::iceberg_sink::{
-    dead_letter_ident, expire_snapshots, find_batch_snapshot, needs_expiry, table_ident,
-    total_records, SNAPSHOTS_RETAINED,
-};
+use sluice_common::iceberg_sink::total_records;
 use sluice_common::kafka::OffsetReader;
-use sluice_common::offsets::Checkpoint;
+use sluice_common::offsets::{BatchPlan, Checkpoint};
 use sluice_common::spec::{JobSpec, OnMalformed, Trigger};
-use sluice_common::{failpoint, BatchId, Error as CommonError, JobId};
+use sluice_common::{BatchId, Error as CommonError, JobId};
 use sluice_proto::v1::JobStatus;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::committer::{commit, commit_dead_letters, record_commit};
+use crate::batch::{BatchProtocol, ExecuteBatch, Executed, SinkTables};
 use crate::error::{Error, Result};
 use crate::planner::{self, LatestOffsets};
 use crate::progress::{batch_progress, BatchTimings, ProgressLog};
-use crate::recovery::{pending_batch, Pending};
 use crate::scheduler::{JobRef, Scheduler};
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -181,19 +173,16 @@ enum Step {
 /// Runs a job's batches until it finishes, fails or is stopped.
 pub struct JobRunner {
     shared: Arc<JobShared>,
-    log: JobLog,
+    protocol: BatchProtocol,
     scheduler: Scheduler,
     /// The job's stage plans, made at its first batch.
     job: Option<JobRef>,
-    ident: TableIdent,
-    catalog: Option<CatalogRef>,
-    /// The sink table as this driver last committed it (reloaded after any Iceberg error).
-    table: Option<Table>,
     offsets: Option<Arc<OffsetReader>>,
     /// For `once` / `available_now`: the offsets to stop at, fixed at the first batch.
     limit: Option<LatestOffsets>,
-    batches_run: u64,
     last_trigger: Instant,
+    /// Whether the status's row total was read from the table.
+    total_rows_loaded: bool,
 }
 
 impl JobRunner {
@@ -205,22 +194,22 @@ impl JobRunner {
         scheduler: Scheduler,
         job: Option<JobRef>,
     ) -> JobRunner {
+        let dead_letters = shared.spec.source.kafka.on_malformed == OnMalformed::DeadLetter;
+        let sink = SinkTables::new(&shared.spec.sink.iceberg, dead_letters);
         JobRunner {
-            ident: table_ident(&shared.spec.sink.iceberg),
+            protocol: BatchProtocol::new(shared.job_id.clone(), log, sink),
             shared,
-            log,
             scheduler,
             job,
-            catalog: None,
-            table: None,
             offsets: None,
             limit: None,
-            batches_run: 0,
             last_trigger: Instant::now(),
+            total_rows_loaded: false,
         }
     }
 
-    /// The loop; returns the final state (or `Running` when interrupted by shutdown).
+    /// The loop; returns the final state (or `Running` when interrupted by shutdown or
+    /// when this driver turned out to be deposed).
     pub async fn run(mut self) -> (JobState, String) {
         let trigger = self.shared.spec.trigger();
         let mut stop = self.shared.stop.subscribe();
@@ -237,7 +226,6 @@ impl JobRunner {
                 Ok(Step::Committed) => {
                     retry_delay = FIRST_RETRY_DELAY;
                     self.shared.set(|s| s.message.clear());
-                    self.batches_run += 1;
                     match trigger {
                         Trigger::Once => return (JobState::Finished, String::new()),
                         Trigger::AvailableNow => Duration::ZERO,
@@ -252,6 +240,11 @@ impl JobRunner {
                     }
                     Trigger::ProcessingTime(interval) => interval.saturating_sub(started.elapsed()),
                 },
+                Err(Error::Common(CommonError::Fenced { message })) => {
+                    // Another driver leads: it runs the job; this one commits nothing more.
+                    warn!(job = %self.shared.job_id, %message, "deposed: leaving the job to the new leader");
+                    return (JobState::Running, String::new());
+                }
                 Err(error) if error.is_user_error() => {
                     warn!(job = %self.shared.job_id, %error, "job failed");
                     return (JobState::Failed, error.to_string());
@@ -266,11 +259,9 @@ impl JobRunner {
                     if matches!(error, Error::Common(CommonError::Kafka { .. })) {
                         self.offsets = None;
                     }
-                    if matches!(error, Error::Common(CommonError::Iceberg { .. })) {
-                        self.catalog = None;
-                    }
-                    // The batch may or may not have reached the table: reload it.
-                    self.table = None;
+                    // The batch may or may not have reached the table: read it again.
+                    let catalog_failed = matches!(error, Error::Common(CommonError::Iceberg { .. }));
+                    self.protocol.sink.forget(catalog_failed);
                     let wait = retry_delay;
                     retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
                     wait
@@ -280,93 +271,6 @@ impl JobRunner {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
-        }
-    }
-
-    /// The catalog, opened on first use, with the sink table loaded (again after errors).
-    async fn catalog(&mut self) -> Result<&dyn Catalog> {
-        if self.catalog.is_none() {
-            self.catalog = Some(open_catalog(&self.shared.spec.sink.iceberg.catalog).await?);
-        }
-        let catalog = self.catalog.as_ref().expect("catalog just opened");
-        if self.table.is_none() {
-            let table = catalog
-                .load_table(&self.ident)
-                .await
-                .map_err(CommonError::iceberg(format!(
-                    "loading table {}",
-                    self.ident
-                )))?;
-            let rows = total_records(&table);
-            self.shared.set(|s| s.total_rows = rows);
-            self.table = Some(table);
-        }
-        Ok(catalog.as_ref())
-    }
-
-    async fn load_table(&mut self) -> Result<Table> {
-        let ident = self.ident.clone();
-        Ok(self
-            .catalog()
-            .await?
-            .load_table(&ident)
-            .await
-            .map_err(CommonError::iceberg(format!("loading table {ident}")))?)
-    }
-
-    /// Deletes the batch's data files that are not in `keep` (best effort: a failure
-    /// leaves garbage, never loses data).
-    async fn clean(&mut self, batch: BatchId, keep: &HashSet<String>) {
-        let cleaned = async {
-            // Only the table's location and file IO are needed: a cached table will do.
-            let table = match self.table.clone() {
-                Some(table) => table,
-                None => self.load_table().await?,
-            };
-            delete_batch_files_except(
-                &table,
-                self.storage_properties(),
-                &self.shared.job_id,
-                batch,
-                keep,
-            )
-            .await?;
-            Ok::<_, Error>(())
-        };
-        if let Err(error) = cleaned.await {
-            warn!(batch, %error, "cannot clean up data files");
-        }
-        if self.shared.spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
-            self.clean_dead_letters(batch).await;
-        }
-    }
-
-    /// The catalog's FileIO properties, for listing the table's storage.
-    fn storage_properties(&self) -> &BTreeMap<String, String> {
-        &self.shared.spec.sink.iceberg.catalog.properties
-    }
-
-    /// Deletes the batch's dead-letter files that its dead-letter snapshot (if any) lacks.
-    async fn clean_dead_letters(&mut self, batch: BatchId) {
-        let ident = dead_letter_ident(&self.shared.spec.sink.iceberg);
-        let job_id = self.shared.job_id.clone();
-        let cleaned = async {
-            let table = self
-                .catalog()
-                .await?
-                .load_table(&ident)
-                .await
-                .map_err(CommonError::iceberg(format!("loading table {ident}")))?;
-            let keep = match find_batch_snapshot(&table, &job_id, batch) {
-                Some(snapshot_id) => snapshot_file_names(&table, snapshot_id).await?,
-                None => HashSet::new(),
-            };
-            delete_batch_files_except(&table, self.storage_properties(), &job_id, batch, &keep)
-                .await?;
-            Ok::<_, Error>(())
-        };
-        if let Err(error) = cleaned.await {
-            warn!(batch, %error, "cannot clean up dead-letter files");
         }
     }
 
@@ -391,16 +295,15 @@ impl JobRunner {
     }
 
     async fn checkpoint(&self, latest: &LatestOffsets) -> Result<Checkpoint> {
-        if let Some(checkpoint) = self.log.checkpoint().await? {
+        if let Some(checkpoint) = self.protocol.log.checkpoint().await? {
             return Ok(checkpoint);
         }
         let initial =
             planner::initial_checkpoint(&self.shared.spec.source.kafka.starting_offsets, latest);
-        self.log.put_initial_checkpoint(&initial).await?;
+        self.protocol.log.put_initial_checkpoint(&initial).await?;
         Ok(initial)
     }
 
-    /// One batch: plan (or recover), run, commit, checkpoint.
     /// The job's stage plans; planned once (a failed planning is tried again next time).
     async fn job_ref(&mut self) -> Result<JobRef> {
         if let Some(job) = &self.job {
@@ -411,160 +314,65 @@ impl JobRunner {
         Ok(job)
     }
 
-    /// Keeps the sink table's metadata from growing with every batch: once enough
-    /// snapshots accumulated, all but the most recent ones are expired. A failure only
-    /// delays expiry to a later batch.
-    async fn expire_snapshots(&mut self) {
-        let (Some(catalog), Some(table)) = (&self.catalog, &self.table) else {
-            return;
-        };
-        if !needs_expiry(table) {
-            return;
-        }
-        match expire_snapshots(catalog.as_ref(), table, SNAPSHOTS_RETAINED).await {
-            Ok(table) => {
-                info!(job = %self.shared.job_id, kept = table.metadata().snapshots().len(), "expired old snapshots of the sink table");
-                self.table = Some(table);
-            }
-            Err(error) => {
-                warn!(job = %self.shared.job_id, %error, "could not expire old snapshots; trying again later");
-                // The table may have moved on: reload before the next commit.
-                self.table = None;
-            }
-        }
-    }
-
+    /// One batch: recover the pending one or plan the next, then run it through the
+    /// protocol.
     async fn step(&mut self) -> Result<Step> {
         let trigger_started = Instant::now();
         let job = self.job_ref().await?;
         let since_previous_trigger = trigger_started - self.last_trigger;
         let latest = self.latest_offsets().await?;
         let checkpoint = self.checkpoint(&latest).await?;
+        planner::check_not_beyond(&checkpoint, &latest)?;
         let trigger = self.shared.spec.trigger();
         if self.limit.is_none() && matches!(trigger, Trigger::Once | Trigger::AvailableNow) {
             self.limit = Some(latest.clone());
         }
-        let job_id = self.shared.job_id.clone();
-        let last_plan = self.log.last_plan().await?;
-        let pending = match &last_plan {
-            Some(plan) if plan.batch_id > checkpoint.batch_id => {
-                let table = self.load_table().await?;
-                let pending = pending_batch(&checkpoint, last_plan, &table, &job_id);
-                let keep = match &pending {
-                    Pending::Committed { snapshot_id, .. } => {
-                        snapshot_file_names(&table, *snapshot_id).await?
-                    }
-                    _ => HashSet::new(),
-                };
-                (pending, keep)
-            }
-            _ => (Pending::None, HashSet::new()),
-        };
-        let (plan, rerun) = match pending {
-            (Pending::Committed { plan, snapshot_id }, keep) => {
-                info!(job = %job_id, batch = plan.batch_id, snapshot_id, "batch found in the table; recording its commit");
-                self.clean(plan.batch_id, &keep).await;
-                let next = record_commit(&self.log, &checkpoint, &plan, snapshot_id).await?;
-                self.shared.set(|s| s.last_committed_batch = next.batch_id);
-                return Ok(Step::Committed);
-            }
-            (Pending::Rerun(plan), _) => {
-                info!(job = %job_id, batch = plan.batch_id, "re-running a logged batch with its ranges");
-                self.clean(plan.batch_id, &HashSet::new()).await;
-                (plan, true)
-            }
-            (Pending::None, _) => {
+        if !self.total_rows_loaded {
+            let table = self.protocol.sink.main_table().await?;
+            self.shared.set(|s| s.total_rows = total_records(&table));
+            self.total_rows_loaded = true;
+        }
+        let (state, recovered) = match self.protocol.recover(&checkpoint).await? {
+            Some(state) => (state, true),
+            None => {
                 let capped = planner::cap(&latest, self.limit.as_ref());
-                let now_ms = chrono_now_ms();
                 let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
-                match planner::next_plan(&checkpoint, &capped, max, now_ms) {
-                    Some(plan) => {
-                        self.log.log_plan(&plan).await?;
-                        failpoint::hit(failpoint::PLAN_LOGGED, plan.batch_id);
-                        (plan, false)
-                    }
+                match planner::next_plan(&checkpoint, &capped, max, now_ms()) {
+                    Some(plan) => (self.protocol.log_plan(plan).await?, false),
                     None => return Ok(Step::Idle),
                 }
             }
         };
         self.last_trigger = trigger_started;
-        let span = info_span!("batch", job = %job_id, batch = plan.batch_id);
+        let batch = state.batch_id();
+        let span = info_span!("batch", job = %self.shared.job_id, batch);
         async {
             let planned = trigger_started.elapsed();
-            let tasks = planner::tasks(&plan, &self.shared.spec.parallelism);
-            let results = match self.scheduler.run_batch(&job, plan.batch_id, tasks).await {
-                Ok(results) => results,
-                Err(error) => {
-                    // Nothing of the batch is committed: its files and shuffle outputs
-                    // are garbage.
-                    self.scheduler.release_shuffle(&job, plan.batch_id);
-                    self.clean(plan.batch_id, &HashSet::new()).await;
-                    return Err(error);
-                }
+            let mut execution = SchedulerExecution {
+                scheduler: &self.scheduler,
+                job: &job,
+                spec: &self.shared.spec,
             };
-            failpoint::hit(failpoint::FILES_WRITTEN, plan.batch_id);
-            let dead_letter_files: Vec<String> = results
-                .tasks
-                .iter()
-                .flat_map(|r| r.dead_letter_files_json.iter().cloned())
-                .collect();
-            if !dead_letter_files.is_empty() {
-                let ident = dead_letter_ident(&self.shared.spec.sink.iceberg);
-                let catalog = self.catalog().await?;
-                let snapshot =
-                    commit_dead_letters(catalog, &ident, &job_id, &plan, &dead_letter_files)
-                        .await?;
-                if !snapshot.appended {
-                    // Committed by an earlier run of this batch: these files are garbage.
-                    self.clean_dead_letters(plan.batch_id).await;
-                }
-            }
-            let executed = trigger_started.elapsed() - planned;
-            let files: Vec<String> = results
-                .tasks
-                .iter()
-                .flat_map(|r| r.data_files_json.iter().cloned())
-                .collect();
-            let log = self.log.clone();
-            self.catalog().await?;
-            let (catalog, table) = match (&self.catalog, &self.table) {
-                (Some(catalog), Some(table)) => (catalog, table),
-                _ => unreachable!("catalog() opens the catalog and loads the table"),
-            };
-            let (next, committed) = commit(
-                catalog.as_ref(),
-                table,
-                &log,
-                &job_id,
-                &checkpoint,
-                &plan,
-                &files,
-            )
-            .await?;
-            self.scheduler.release_shuffle(&job, plan.batch_id);
-            self.table = Some(committed.table);
-            self.expire_snapshots().await;
-            if !committed.snapshot.appended {
-                // Another driver (a deposed leader) committed this batch first: its files
-                // are the batch's, ours are garbage.
-                let table = self.load_table().await?;
-                let keep = snapshot_file_names(&table, committed.snapshot.snapshot_id).await?;
-                self.clean(plan.batch_id, &keep).await;
-            } else if results.retried || rerun {
-                self.clean(plan.batch_id, &names_of(&files)).await;
-            }
-            let commit_timings = committed.timings;
+            let outcome = self
+                .protocol
+                .run(state, &checkpoint, recovered, &mut execution)
+                .await;
+            self.scheduler.release_shuffle(&job, batch);
+            let outcome = outcome?;
             let timings = BatchTimings {
                 plan: planned,
-                execute: executed,
-                commit: commit_timings,
+                execute: outcome.timings.execute,
+                commit: outcome.timings.commit,
+                checkpoint: outcome.timings.checkpoint,
                 since_previous_trigger,
             };
-            let progress = batch_progress(&job_id, &plan, &latest, &results.tasks, &timings);
+            let progress =
+                batch_progress(&self.shared.job_id, &outcome.plan, &latest, &outcome.tasks, &timings);
             info!(
                 rows = progress.input_rows,
                 output_rows = progress.output_rows,
                 duration_ms = progress.duration_ms,
+                appended = outcome.appended,
                 "batch committed"
             );
             if progress.offsets_lost > 0 {
@@ -574,7 +382,7 @@ impl JobRunner {
                 );
             }
             self.shared.set(|s| {
-                s.last_committed_batch = next.batch_id;
+                s.last_committed_batch = outcome.checkpoint.batch_id;
                 s.total_rows += progress.output_rows;
             });
             self.shared.progress.publish(progress);
@@ -585,7 +393,29 @@ impl JobRunner {
     }
 }
 
-fn chrono_now_ms() -> i64 {
+/// Runs a batch's tasks on the cluster through the scheduler.
+struct SchedulerExecution<'a> {
+    scheduler: &'a Scheduler,
+    job: &'a JobRef,
+    spec: &'a JobSpec,
+}
+
+#[async_trait]
+impl ExecuteBatch for SchedulerExecution<'_> {
+    async fn execute(&mut self, plan: &BatchPlan, term: i64) -> Result<Executed> {
+        let tasks = planner::tasks(plan, &self.spec.parallelism);
+        let results = self
+            .scheduler
+            .run_batch(self.job, plan.batch_id, term, tasks)
+            .await?;
+        Ok(Executed {
+            tasks: results.tasks,
+            retried: results.retried,
+        })
+    }
+}
+
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -2,14 +2,13 @@
 //! latest offsets, runs its tasks on executors, and commits the batch to Iceberg and the
 //! checkpoint store exactly once. See DESIGN.md, "The batch lifecycle".
 
-mod committer;
+mod batch;
 mod error;
 mod http;
 mod job;
 mod manager;
 mod planner;
 mod progress;
-mod recovery;
 mod registry;
 mod scheduler;
 mod service;
@@ -23,6 +22,9 @@ use std::time::Duration;
 
 /// Executors silent for longer than this are declared lost.
 pub const DEFAULT_EXECUTOR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default deadline of one task attempt on an executor.
+pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Default lifetime of the leader lease.
 pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(3);
@@ -41,6 +43,8 @@ pub struct DriverConfig {
     pub executor_timeout: Duration,
     /// Lifetime of the leader lease in etcd: how soon a standby takes over a dead leader.
     pub leader_lease: Duration,
+    /// Deadline of one task attempt on an executor.
+    pub task_timeout: Duration,
 }
 
 impl Default for DriverConfig {
@@ -52,6 +56,7 @@ impl Default for DriverConfig {
             embedded_store: PathBuf::from("sluice-data/checkpoints.json"),
             executor_timeout: DEFAULT_EXECUTOR_TIMEOUT,
             leader_lease: DEFAULT_LEADER_LEASE,
+            task_timeout: DEFAULT_TASK_TIMEOUT,
         }
     }
 }

@@ -31,6 +31,10 @@ struct Args {
     /// Seconds the leader lease lives; a standby takes over this long after the leader dies.
     #[arg(long, env = "SLUICE_LEADER_LEASE_SECS", default_value_t = 3)]
     leader_lease_secs: u64,
+    /// Seconds a task may run on an executor before the driver gives up on that attempt
+    /// (and runs it elsewhere): a stalled executor cannot hold a batch open for ever.
+    #[arg(long, env = "SLUICE_TASK_TIMEOUT_SECS", default_value_t = 600)]
+    task_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -47,6 +51,7 @@ async fn main() -> std::process::ExitCode {
         embedded_store: args.data_dir.join("checkpoints.json"),
         executor_timeout: Duration::from_secs(args.executor_timeout_secs),
         leader_lease: Duration::from_secs(args.leader_lease_secs.max(1)),
+        task_timeout: Duration::from_secs(args.task_timeout_secs.max(1)),
     };
     match sluice_driver::run(config, sluice_common::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -55,6 +55,7 @@ impl JobManager {
                 return Err(Error::JobRunning(spec.name.clone()));
             }
         }
+        self.check_table_not_taken(&spec).await?;
         let job = JobRef::plan(&spec.name, &spec).await?;
         check_kafka(&spec).await?;
         let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
@@ -83,6 +84,27 @@ impl JobManager {
         info!(job = %job_id, table = %location, "job submitted");
         self.start(spec, Some(job));
         Ok((job_id, location))
+    }
+
+    /// Refuses a job whose sink table another active job writes: two writers of one table
+    /// would each take the other's snapshots for evidence and expire them.
+    async fn check_table_not_taken(&self, spec: &JobSpec) -> Result<()> {
+        let wanted = sink_key(spec);
+        for record in JobLog::all_jobs(self.store.as_ref()).await? {
+            if !record.active || record.job_id == spec.name {
+                continue;
+            }
+            let Ok(other) = JobSpec::parse(&record.spec_json) else {
+                continue;
+            };
+            if sink_key(&other) == wanted {
+                return Err(Error::TableTaken {
+                    table: format!("{}.{}", wanted.1, wanted.2),
+                    job: record.job_id,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Starts the loops of every active job in the store (driver start-up) and remembers
@@ -217,6 +239,21 @@ impl JobManager {
         Ok(())
     }
 
+    /// Cancels every job's loop at once, committing nothing more: this driver lost its
+    /// leadership and the new leader runs the jobs. Returns when all loops ended.
+    pub async fn abort_all(&self) {
+        let handles: Vec<_> = {
+            let mut jobs = self.jobs.lock().expect("jobs lock");
+            jobs.values_mut().filter_map(|e| e.handle.take()).collect()
+        };
+        for handle in &handles {
+            handle.abort();
+        }
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+
     /// Lets every job finish its running batch and returns when all loops ended.
     pub async fn shutdown(&self) {
         let handles: Vec<_> = {
@@ -232,6 +269,13 @@ impl JobManager {
             let _ = handle.await;
         }
     }
+}
+
+/// What identifies a job's sink table: catalog address, namespace, table.
+fn sink_key(spec: &JobSpec) -> (String, String, String) {
+    let sink = &spec.sink.iceberg;
+    let uri = sink.catalog.uri.trim_end_matches('/').to_string();
+    (uri, sink.namespace.clone(), sink.table.clone())
 }
 
 /// Checks that Kafka answers and every topic exists.

@@ -8,6 +8,8 @@ use sluice_common::offsets::{
 };
 use sluice_common::spec::{ParallelismSpec, StartingOffsets};
 
+use crate::error::Error;
+
 /// Partition watermarks as Kafka reports them.
 pub type LatestOffsets = BTreeMap<(String, i32), Watermarks>;
 
@@ -30,6 +32,25 @@ pub fn initial_checkpoint(starting: &StartingOffsets, latest: &LatestOffsets) ->
             .insert(*partition, start);
     }
     Checkpoint::initial(offsets)
+}
+
+/// Fails when the checkpoint is beyond a partition's latest offset: the topic was deleted
+/// and re-created (or truncated), so the offsets the job consumed no longer name the same
+/// records and no new record would ever be read.
+pub fn check_not_beyond(checkpoint: &Checkpoint, latest: &LatestOffsets) -> Result<(), Error> {
+    for ((topic, partition), marks) in latest {
+        if let Some(next) = checkpoint.get(topic, *partition) {
+            if next > marks.high {
+                return Err(Error::CheckpointBeyondLog {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    checkpoint: next,
+                    latest: marks.high,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Caps each partition's latest offset at `limit` (an `available_now` job's end).

@@ -10,7 +10,6 @@ use sluice_common::offsets::BatchPlan;
 use sluice_proto::v1::{BatchProgress, PartitionProgress, TaskSuccess};
 use tokio::sync::broadcast;
 
-use crate::committer::CommitTimings;
 use crate::planner::LatestOffsets;
 
 /// Progress records kept per job.
@@ -21,7 +20,8 @@ pub const RECENT_BATCHES: usize = 100;
 pub struct BatchTimings {
     pub plan: Duration,
     pub execute: Duration,
-    pub commit: CommitTimings,
+    pub commit: Duration,
+    pub checkpoint: Duration,
     /// Time since the previous batch was triggered (for the input rate).
     pub since_previous_trigger: Duration,
 }
@@ -36,7 +36,7 @@ pub fn batch_progress(
 ) -> BatchProgress {
     let input_rows: u64 = results.iter().map(|r| r.input_rows).sum();
     let duration =
-        timings.plan + timings.execute + timings.commit.commit + timings.commit.checkpoint;
+        timings.plan + timings.execute + timings.commit + timings.checkpoint;
     let rate = |rows: u64, over: Duration| {
         if over.is_zero() {
             0.0
@@ -56,8 +56,8 @@ pub fn batch_progress(
         processed_rows_per_second: rate(input_rows, duration),
         plan_ms: timings.plan.as_millis() as u64,
         execute_ms: timings.execute.as_millis() as u64,
-        commit_ms: timings.commit.commit.as_millis() as u64,
-        checkpoint_ms: timings.commit.checkpoint.as_millis() as u64,
+        commit_ms: timings.commit.as_millis() as u64,
+        checkpoint_ms: timings.checkpoint.as_millis() as u64,
         duration_ms: duration.as_millis() as u64,
         partitions: plan
             .ranges

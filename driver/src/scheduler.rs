@@ -27,6 +27,8 @@ use crate::registry::{ExecutorHandle, Registry};
 pub const MAX_TASK_ATTEMPTS: u32 = 4;
 /// First retry delay; doubles on each further attempt.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Deadline of the calls that hand an executor a job's plans or release its outputs.
+const CONTROL_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a task waits for some executor to be alive.
 const EXECUTOR_WAIT: Duration = Duration::from_secs(30);
 
@@ -34,6 +36,8 @@ const EXECUTOR_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     registry: Arc<Registry>,
+    /// Deadline of one task attempt.
+    task_timeout: Duration,
     /// Task attempts that failed and were retried, since start.
     retries: Arc<AtomicU64>,
     /// The executor that last read each partition, by job: the partition's next range goes
@@ -136,6 +140,8 @@ type StageTask = (u32, u32);
 struct BatchRun<'a> {
     job: &'a JobRef,
     batch: BatchId,
+    /// The leadership term the batch runs under (named in data files).
+    term: i64,
     /// The offset ranges of each task of the stages reading the stream.
     ranges: Vec<Vec<OffsetRange>>,
     /// Flight address of each finished map task, by (stage, task).
@@ -214,14 +220,16 @@ impl BatchRun<'_> {
             partitions: self.partitions(stage, task),
             inputs,
             report_input: self.job.counting_stage == Some(stage.id),
+            term: self.term,
         }
     }
 }
 
 impl Scheduler {
-    pub fn new(registry: Arc<Registry>) -> Scheduler {
+    pub fn new(registry: Arc<Registry>, task_timeout: Duration) -> Scheduler {
         Scheduler {
             registry,
+            task_timeout,
             retries: Arc::new(AtomicU64::new(0)),
             partition_homes: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -239,11 +247,13 @@ impl Scheduler {
         &self,
         job: &JobRef,
         batch: BatchId,
+        term: i64,
         ranges: Vec<Vec<OffsetRange>>,
     ) -> Result<BatchResults> {
         let run = BatchRun {
             job,
             batch,
+            term,
             ranges,
             outputs: Mutex::new(HashMap::new()),
             results: Mutex::new(BTreeMap::new()),
@@ -261,7 +271,7 @@ impl Scheduler {
             let tasks = (0..run.task_count(stage)).map(|task| self.run_task(&run, stage.id, task));
             try_join_all(tasks).await?;
             if stage.output != StageOutput::Sink {
-                failpoint::hit(failpoint::MAP_STAGE_DONE, batch);
+                failpoint::hit(failpoint::MAP_STAGE_DONE, batch).await;
             }
         }
         let retried = run.retried.load(Ordering::Relaxed);
@@ -289,7 +299,8 @@ impl Scheduler {
                 batch_id: batch,
             };
             tokio::spawn(async move {
-                if let Err(e) = client.release_shuffle(request).await {
+                let call = client.release_shuffle(request);
+                if let Err(e) = with_deadline(CONTROL_CALL_TIMEOUT, "release_shuffle", call).await {
                     debug!(executor = %executor.id, error = %e.message(), "shuffle release failed");
                 }
             });
@@ -338,7 +349,7 @@ impl Scheduler {
             let sent_inputs = definition.inputs.clone();
             match self.launch(&executor, run.job, definition).await {
                 Ok(task_result::Outcome::Success(success)) => {
-                    failpoint::hit(failpoint::TASK_FINISHED, batch);
+                    failpoint::hit(failpoint::TASK_FINISHED, batch).await;
                     self.set_partition_home(&run.job.job_id, ranges, &executor.id);
                     if attempt > 1 {
                         run.retried.store(true, Ordering::Relaxed);
@@ -488,13 +499,13 @@ impl Scheduler {
             .expect("prepared lock")
             .contains(&job.prepared_key);
         if !prepared {
-            client
-                .prepare_job(PrepareJobRequest {
-                    job_id: job.job_id.clone(),
-                    spec_json: job.spec_json.as_ref().clone(),
-                    stages: job.stage_plans.as_ref().clone(),
-                })
-                .await?;
+            let request = PrepareJobRequest {
+                job_id: job.job_id.clone(),
+                spec_json: job.spec_json.as_ref().clone(),
+                stages: job.stage_plans.as_ref().clone(),
+            };
+            let call = client.prepare_job(request);
+            with_deadline(CONTROL_CALL_TIMEOUT, "prepare_job", call).await?;
             executor
                 .prepared
                 .lock()
@@ -503,12 +514,28 @@ impl Scheduler {
         }
         executor.in_flight.fetch_add(1, Ordering::Relaxed);
         debug!(executor = %executor.id, batch = task.batch_id, task = task.task_id, "task sent");
-        let reply = client.run_task(task).await;
+        let call = client.run_task(task);
+        let reply = with_deadline(self.task_timeout, "run_task", call).await;
         executor.in_flight.fetch_sub(1, Ordering::Relaxed);
         reply?.into_inner().outcome.ok_or_else(|| {
             tonic::Status::internal("the executor sent a task result without an outcome")
         })
     }
+}
+
+/// Awaits an executor call for at most `deadline`: a paused or wedged executor answers
+/// nothing, and the call would otherwise wait for ever.
+async fn with_deadline<T>(
+    deadline: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(format!(
+            "{what} got no answer within {}s",
+            deadline.as_secs()
+        )))
+    })
 }
 
 /// Whether a failed call means the executor itself is unreachable or broken.

@@ -255,7 +255,7 @@ async fn serve_term(
     let (_never_lost, never) = watch::channel(false);
     let mut lost = leadership.as_ref().map_or(never, |l| l.lost.clone());
     let registry = Arc::new(Registry::new(config.executor_timeout));
-    let scheduler = Scheduler::new(registry.clone());
+    let scheduler = Scheduler::new(registry.clone(), config.task_timeout);
     let manager = JobManager::new(store, scheduler.clone());
     let (listener, local) = bind(config.bind).await?;
     info!(address = %local, store = if config.etcd_endpoints.is_empty() { "embedded" } else { "etcd" }, "driver listening");
@@ -291,9 +291,14 @@ async fn serve_term(
             TermEnd::LeadershipLost
         }
     };
-    // Running batches finish (a deposed leader's commits are refused by the fence).
     view.set(None);
-    manager.shutdown().await;
+    match end {
+        // Running batches finish and commit.
+        TermEnd::Shutdown => manager.shutdown().await,
+        // A deposed leader commits nothing more: its batches are cancelled where they
+        // stand (the fence and the conditional commit refuse them anyway).
+        TermEnd::LeadershipLost => manager.abort_all().await,
+    }
     let _ = server_stop_tx.send(true);
     server.await?;
     if let (TermEnd::Shutdown, Some(leadership)) = (&end, leadership) {

@@ -17,6 +17,9 @@ use crate::metrics::ExecutorMetrics;
 use crate::HEARTBEAT_INTERVAL;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Deadline of every call to a driver: a paused or partitioned driver is given up on
+/// within two heartbeat periods, and the next `--driver` address is tried.
+const DRIVER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Who this executor is, as told to the driver.
 pub struct Identity {
@@ -64,7 +67,8 @@ pub async fn stay_registered(
                 None => {
                     let channel = endpoints[current]
                         .clone()
-                        .connect_timeout(Duration::from_secs(2))
+                        .connect_timeout(DRIVER_CALL_TIMEOUT)
+                        .timeout(DRIVER_CALL_TIMEOUT)
                         .connect()
                         .await
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;

@@ -232,7 +232,7 @@ pub async fn run_task(
             )
         };
         let read_ms = started.elapsed().as_millis();
-        failpoint::hit(failpoint::EXECUTOR_RECORDS_READ, task.batch_id);
+        failpoint::hit(failpoint::EXECUTOR_RECORDS_READ, task.batch_id).await;
         let (source, input_rows, malformed_skipped, offsets_lost, dead_letters) = match input {
             Some(input) if task.report_input => (
                 input.batches,
@@ -275,7 +275,13 @@ pub async fn run_task(
             .await?;
         let executed_ms = started.elapsed().as_millis();
         let output_rows: usize = outputs.iter().flatten().map(|b| b.num_rows()).sum();
-        let prefix = attempt_prefix(&task.job_id, task.batch_id, task.task_id, task.attempt);
+        let prefix = attempt_prefix(
+            &task.job_id,
+            task.batch_id,
+            task.term,
+            task.task_id,
+            task.attempt,
+        );
         let key = ShuffleKey {
             job_id: task.job_id.clone(),
             batch_id: task.batch_id,
@@ -312,7 +318,7 @@ pub async fn run_task(
             }
             _ => vec![],
         };
-        failpoint::hit(failpoint::EXECUTOR_FILES_WRITTEN, task.batch_id);
+        failpoint::hit(failpoint::EXECUTOR_FILES_WRITTEN, task.batch_id).await;
         debug!(
             input_rows,
             output_rows,

@@ -1,7 +1,7 @@
 //! Sluice's gRPC protocol: generated tonic/prost code and nothing else.
 
 /// Version of the driver/executor protocol; a mismatch is refused at registration.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Generated messages and services of `sluice.v1`.
 pub mod v1 {

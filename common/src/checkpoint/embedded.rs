@@ -10,36 +10,73 @@ use tokio::sync::Mutex;
 use super::CheckpointStore;
 use crate::error::{Error, Result};
 
+/// The key holding the last driver term handed out by this store.
+const TERM_KEY: &str = "/sluice/term";
+
 /// Keeps every entry in memory and rewrites the file atomically (write, fsync, rename)
-/// on each change, so a crash leaves either the old or the new state.
+/// on each change, so a crash leaves either the old or the new state. One driver at a
+/// time: opening takes an exclusive lock on `PATH.lock`, held until the store is dropped
+/// (the process exits), and bumps the store's term.
 #[derive(Debug)]
 pub struct EmbeddedStore {
     path: PathBuf,
     entries: Mutex<BTreeMap<String, String>>,
+    term: i64,
+    /// Holds the lock for the store's lifetime.
+    _lock: std::fs::File,
 }
 
 impl EmbeddedStore {
-    /// Opens the store at `path`, creating it when absent.
+    /// Opens the store at `path`, creating it when absent. Fails with
+    /// [`Error::StoreLocked`] when another driver has it open.
     pub fn open(path: &Path) -> Result<EmbeddedStore> {
         let io_err = |context: &str| {
             let context = format!("{context} {}", path.display());
             move |source| Error::Io { context, source }
         };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("creating directory for"))?;
+        }
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("opening the lock file of"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::StoreLocked {
+                    path: path.display().to_string(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking")(e)),
+        }
         let entries = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint {
                 message: format!("corrupt embedded store {}: {e}", path.display()),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(io_err("creating directory for"))?;
-                }
-                BTreeMap::new()
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(io_err("reading")(e)),
         };
-        Ok(EmbeddedStore {
+        let mut entries: BTreeMap<String, String> = entries;
+        let term = entries
+            .get(TERM_KEY)
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or(0)
+            + 1;
+        entries.insert(TERM_KEY.to_string(), term.to_string());
+        let store = EmbeddedStore {
             path: path.to_path_buf(),
+            entries: Mutex::new(BTreeMap::new()),
+            term,
+            _lock: lock,
+        };
+        store.persist(&entries)?;
+        Ok(EmbeddedStore {
             entries: Mutex::new(entries),
+            ..store
         })
     }
 
@@ -91,6 +128,15 @@ impl CheckpointStore for EmbeddedStore {
         Ok(())
     }
 
+    fn term(&self) -> i64 {
+        self.term
+    }
+
+    async fn check_fence(&self) -> Result<()> {
+        // The file lock makes this driver the store's only writer for as long as it lives.
+        Ok(())
+    }
+
     async fn delete_range(&self, prefix: &str, before: &str) -> Result<()> {
         let mut entries = self.entries.lock().await;
         let mut next = entries.clone();
@@ -100,5 +146,26 @@ impl CheckpointStore for EmbeddedStore {
             *entries = next;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_driver_cannot_open_a_store_in_use_and_each_opening_is_a_new_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoints.json");
+        let first = EmbeddedStore::open(&path).unwrap();
+        let error = EmbeddedStore::open(&path).unwrap_err();
+        assert!(
+            matches!(&error, Error::StoreLocked { path: p } if p.ends_with("checkpoints.json")),
+            "{error}"
+        );
+        let term = first.term();
+        drop(first);
+        let second = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(second.term(), term + 1);
     }
 }

@@ -146,6 +146,40 @@ impl CheckpointStore for EtcdStore {
         self.fenced_txn(ops, "checkpoint write").await
     }
 
+    fn term(&self) -> i64 {
+        self.fence
+            .read()
+            .expect("fence lock")
+            .as_ref()
+            .map_or(0, |fence| fence.revision)
+    }
+
+    async fn check_fence(&self) -> Result<()> {
+        let Some(fence) = self.fence.read().expect("fence lock").clone() else {
+            return Ok(());
+        };
+        let response = self
+            .client
+            .kv_client()
+            .get(fence.key.clone(), None)
+            .await
+            .map_err(self.error("leader key check"))?;
+        let held = response
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == fence.revision);
+        if held {
+            Ok(())
+        } else {
+            Err(Error::Fenced {
+                message: format!(
+                    "the leader key of term {} is gone: another driver leads",
+                    fence.revision
+                ),
+            })
+        }
+    }
+
     async fn delete_range(&self, prefix: &str, before: &str) -> Result<()> {
         let options = etcd_client::DeleteOptions::new().with_range(before);
         let op = TxnOp::delete(prefix, Some(options));

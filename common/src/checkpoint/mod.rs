@@ -37,6 +37,13 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     async fn put_all(&self, entries: Vec<(String, String)>) -> Result<()>;
     /// Deletes every key that starts with `prefix` and sorts before `before`.
     async fn delete_range(&self, prefix: &str, before: &str) -> Result<()>;
+    /// The leadership term this store's writes are fenced by: increases with every new
+    /// leader (etcd: the leader key's create revision; embedded: a counter bumped by each
+    /// driver that opens the file).
+    fn term(&self) -> i64;
+    /// Fails with [`Error::Fenced`] when this driver's leadership is gone. Checked right
+    /// before every Iceberg commit, which the store's own fence cannot cover.
+    async fn check_fence(&self) -> Result<()>;
 }
 
 /// The durable record of a submitted job.
@@ -148,6 +155,21 @@ impl JobLog {
             }
         }
         Ok(())
+    }
+
+    /// The leadership term of this driver (see [`CheckpointStore::term`]).
+    pub fn term(&self) -> i64 {
+        self.store.term()
+    }
+
+    /// Fails with [`Error::Fenced`] when this driver is no longer the leader.
+    pub async fn check_fence(&self) -> Result<()> {
+        self.store.check_fence().await
+    }
+
+    /// Every job's record, through this job's store.
+    pub async fn other_jobs(&self) -> Result<Vec<JobRecord>> {
+        JobLog::all_jobs(self.store.as_ref()).await
     }
 
     /// Whether batch `batch` is recorded as committed.

@@ -1,0 +1,60 @@
+//! `Checkpointed → done`: deleting the files of other attempts of a committed batch.
+//!
+//! Safe only now: the batch's snapshot is in the table, so any other attempt's commit of
+//! the batch (a paused leader's, a timed-out commit landing late) is based on a table
+//! state without it and is refused by the catalog. Best effort: a failure leaves garbage,
+//! never loses data.
+
+use std::collections::HashSet;
+
+use iceberg::table::Table;
+use iceberg::TableIdent;
+use sluice_common::data_files::{delete_batch_files_except, snapshot_file_names};
+use sluice_common::iceberg_commit::find_batch_in_ancestry;
+use sluice_common::BatchId;
+use tracing::warn;
+
+use super::BatchProtocol;
+use crate::error::Result;
+
+impl BatchProtocol {
+    /// Deletes batch `batch`'s files that its committed snapshots (`snapshot_id` in the
+    /// sink table, and its dead-letter snapshot) do not hold.
+    pub(super) async fn clean(&mut self, batch: BatchId, snapshot_id: i64) {
+        let main = self.sink.main.clone();
+        let cleaned = async {
+            let table = self.sink.main_table().await?;
+            let keep = snapshot_file_names(&table, snapshot_id).await?;
+            self.delete_except(&table, batch, &keep).await
+        };
+        if let Err(error) = cleaned.await {
+            warn!(job = %self.job_id, batch, table = %main, %error, "cannot clean up data files");
+        }
+        if let Some(ident) = self.sink.dead_letter.clone() {
+            if let Err(error) = self.clean_dead_letters(&ident, batch).await {
+                warn!(job = %self.job_id, batch, table = %ident, %error, "cannot clean up dead-letter files");
+            }
+        }
+    }
+
+    async fn clean_dead_letters(&mut self, ident: &TableIdent, batch: BatchId) -> Result<()> {
+        let table = self.sink.load(ident).await?;
+        let keep = match find_batch_in_ancestry(&table, &self.job_id, batch) {
+            Some(snapshot_id) => snapshot_file_names(&table, snapshot_id).await?,
+            // The batch had no dead letters: any of its dead-letter files are garbage.
+            None => HashSet::new(),
+        };
+        self.delete_except(&table, batch, &keep).await
+    }
+
+    async fn delete_except(
+        &self,
+        table: &Table,
+        batch: BatchId,
+        keep: &HashSet<String>,
+    ) -> Result<()> {
+        let properties = self.sink.storage_properties();
+        delete_batch_files_except(table, properties, &self.job_id, batch, keep).await?;
+        Ok(())
+    }
+}

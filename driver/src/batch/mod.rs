@@ -1,0 +1,210 @@
+//! The batch protocol: the one place where a micro-batch moves from its logged ranges to a
+//! committed snapshot, a checkpoint and a clean table directory.
+//!
+//! # The invariant
+//!
+//! Every Kafka record in a committed offset range appears in the sink table exactly once,
+//! whatever process pauses or dies at whatever moment. Four rules hold it:
+//!
+//! 1. **Write-ahead.** A batch's ranges are in the offset log before anything runs, and a
+//!    logged batch is only ever re-run with exactly those ranges.
+//! 2. **Conditional commit.** Batch N's snapshot is appended on exactly the table state in
+//!    which N was found absent from the current snapshot's ancestry; if the table moved
+//!    on, the catalog refuses the commit and the driver looks again (found: record it,
+//!    append nothing; absent: try on the new state). A stale driver can therefore never
+//!    add N twice, however late it wakes up.
+//! 3. **Fenced records.** The leader checks its fence right before each Iceberg commit,
+//!    and the commit record and checkpoint are written in one checkpoint-store transaction
+//!    that requires the leadership to be held.
+//! 4. **Delete only what nobody can commit.** Data files carry the leader term in their
+//!    names; files of batch N that are not in N's snapshot are deleted only after N's
+//!    snapshot is in the table: from then on any other attempt's commit of N conflicts.
+//!
+//! # States
+//!
+//! ```text
+//! Planned ──execute──▶ FilesWritten ──commit──▶ Committed ──checkpoint──▶ Checkpointed ──clean──▶ done
+//!    ▲                                              ▲
+//!    └──────────── recover (offset log, commit log, table ancestry) ──────┘
+//! ```
+//!
+//! [`recover`](BatchProtocol::recover) maps what the checkpoint store and the table say
+//! onto a state; [`BatchProtocol::run`] drives a state to the end (files of other attempts
+//! deleted). See
+//! docs/architecture.md, "The commit protocol".
+
+mod clean;
+mod commit;
+mod recover;
+mod sink;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sluice_common::checkpoint::JobLog;
+use sluice_common::offsets::{BatchPlan, Checkpoint};
+use sluice_common::{failpoint, BatchId, JobId};
+use sluice_proto::v1::TaskSuccess;
+
+use crate::error::Result;
+
+pub use sink::SinkTables;
+
+/// Where one batch stands in the protocol.
+#[derive(Debug)]
+pub enum BatchState {
+    /// The ranges are in the offset log; the batch is not in the table.
+    Planned { plan: BatchPlan },
+    /// Every task succeeded; their files are written, not committed.
+    FilesWritten { plan: BatchPlan, executed: Executed },
+    /// The batch's snapshot is in the sink table: ours (`appended`) or an earlier
+    /// attempt's, found by its `sluice.batch-id`.
+    Committed {
+        plan: BatchPlan,
+        snapshot_id: i64,
+        appended: bool,
+    },
+    /// The commit record and the checkpoint after the batch are written.
+    Checkpointed {
+        plan: BatchPlan,
+        snapshot_id: i64,
+        checkpoint: Checkpoint,
+    },
+}
+
+/// Runs a batch's tasks; the driver's scheduler in production, a fake in tests.
+#[async_trait]
+pub trait ExecuteBatch: Send {
+    /// Runs every task of `plan`; files are named with leader term `term`.
+    async fn execute(&mut self, plan: &BatchPlan, term: i64) -> Result<Executed>;
+}
+
+/// The results of a batch's tasks.
+#[derive(Debug, Default)]
+pub struct Executed {
+    pub tasks: Vec<TaskSuccess>,
+    /// Whether some task needed more than one attempt (earlier attempts may have left
+    /// files behind).
+    pub retried: bool,
+}
+
+/// How long each phase of a batch took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimings {
+    pub execute: Duration,
+    pub commit: Duration,
+    pub checkpoint: Duration,
+}
+
+/// What a finished batch leaves for progress reporting.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub plan: BatchPlan,
+    pub checkpoint: Checkpoint,
+    /// The tasks' results; empty when the batch was found committed by recovery.
+    pub tasks: Vec<TaskSuccess>,
+    /// False when the table already held the batch (an earlier attempt committed it).
+    pub appended: bool,
+    pub timings: PhaseTimings,
+}
+
+/// One job's side of the protocol: its logs, its tables, its fence.
+pub struct BatchProtocol {
+    pub job_id: JobId,
+    pub log: JobLog,
+    pub sink: SinkTables,
+}
+
+impl BatchProtocol {
+    pub fn new(job_id: JobId, log: JobLog, sink: SinkTables) -> BatchProtocol {
+        BatchProtocol { job_id, log, sink }
+    }
+
+    /// Writes a new batch's ranges to the offset log: the batch is `Planned`.
+    pub async fn log_plan(&mut self, plan: BatchPlan) -> Result<BatchState> {
+        self.log.log_plan(&plan).await?;
+        failpoint::hit(failpoint::PLAN_LOGGED, plan.batch_id).await;
+        Ok(BatchState::Planned { plan })
+    }
+
+    /// Drives `state` through the protocol to its end. `checkpoint` is the checkpoint
+    /// before the batch; `recovered` says that the state came from
+    /// [`recover`](BatchProtocol::recover) (files of earlier attempts may exist).
+    pub async fn run(
+        &mut self,
+        mut state: BatchState,
+        checkpoint: &Checkpoint,
+        recovered: bool,
+        executor: &mut dyn ExecuteBatch,
+    ) -> Result<BatchOutcome> {
+        let mut timings = PhaseTimings::default();
+        let mut tasks = Vec::new();
+        let mut appended = false;
+        // Files other than this attempt's can exist only for a recovered batch or after a
+        // retried task; otherwise the clean-up's listing of the table is skipped.
+        let mut garbage_possible = recovered;
+        loop {
+            let started = Instant::now();
+            state = match state {
+                BatchState::Planned { plan } => {
+                    let executed = executor.execute(&plan, self.log.term()).await?;
+                    timings.execute = started.elapsed();
+                    failpoint::hit(failpoint::FILES_WRITTEN, plan.batch_id).await;
+                    BatchState::FilesWritten { plan, executed }
+                }
+                BatchState::FilesWritten { plan, executed } => {
+                    let committed = self.commit(plan, &executed.tasks).await?;
+                    garbage_possible |= executed.retried;
+                    tasks = executed.tasks;
+                    timings.commit = started.elapsed();
+                    failpoint::hit(failpoint::SNAPSHOT_COMMITTED, committed.batch_id()).await;
+                    committed
+                }
+                BatchState::Committed {
+                    plan,
+                    snapshot_id,
+                    appended: ours,
+                } => {
+                    appended = ours;
+                    garbage_possible |= !ours;
+                    let next = self.checkpoint(checkpoint, plan, snapshot_id).await?;
+                    timings.checkpoint = started.elapsed();
+                    failpoint::hit(failpoint::CHECKPOINT_WRITTEN, next.batch_id()).await;
+                    next
+                }
+                BatchState::Checkpointed {
+                    plan,
+                    snapshot_id,
+                    checkpoint: next,
+                } => {
+                    if garbage_possible {
+                        self.clean(plan.batch_id, snapshot_id).await;
+                    }
+                    self.sink.expire_if_due(&self.log).await;
+                    return Ok(BatchOutcome {
+                        plan,
+                        checkpoint: next,
+                        tasks,
+                        appended,
+                        timings,
+                    });
+                }
+            };
+        }
+    }
+}
+
+impl BatchState {
+    /// The batch this state is of.
+    pub fn batch_id(&self) -> BatchId {
+        match self {
+        BatchState::Planned { plan }
+        | BatchState::FilesWritten { plan, .. }
+        | BatchState::Committed { plan, .. }
+        | BatchState::Checkpointed { plan, .. } => plan.batch_id,
+        }
+    }
+}

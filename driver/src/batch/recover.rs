@@ -1,0 +1,40 @@
+//! Recovery: what the offset log, the checkpoint and the table say about the last logged
+//! batch, as a protocol state. Runs before every batch, so a new leader, a restarted
+//! driver and a driver retrying after an error all take the same path.
+
+use sluice_common::iceberg_commit::find_batch_in_ancestry;
+use sluice_common::offsets::Checkpoint;
+use tracing::info;
+
+use super::{BatchProtocol, BatchState};
+use crate::error::Result;
+
+impl BatchProtocol {
+    /// The state of a batch that was logged but is not recorded as committed: `Committed`
+    /// when the table's current ancestry holds its snapshot, else `Planned` (to be run
+    /// again with exactly its logged ranges). `None` when nothing is pending.
+    pub async fn recover(&mut self, checkpoint: &Checkpoint) -> Result<Option<BatchState>> {
+        let Some(plan) = self.log.last_plan().await? else {
+            return Ok(None);
+        };
+        if plan.batch_id <= checkpoint.batch_id {
+            return Ok(None);
+        }
+        let ident = self.sink.main.clone();
+        let table = self.sink.load(&ident).await?;
+        match find_batch_in_ancestry(&table, &self.job_id, plan.batch_id) {
+            Some(snapshot_id) => {
+                info!(job = %self.job_id, batch = plan.batch_id, snapshot_id, "batch found in the table; recording its commit");
+                Ok(Some(BatchState::Committed {
+                    plan,
+                    snapshot_id,
+                    appended: false,
+                }))
+            }
+            None => {
+                info!(job = %self.job_id, batch = plan.batch_id, "re-running a logged batch with its ranges");
+                Ok(Some(BatchState::Planned { plan }))
+            }
+        }
+    }
+}

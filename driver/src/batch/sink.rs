@@ -1,0 +1,122 @@
+//! The job's Iceberg tables as the protocol sees them: the catalog (opened on first use,
+//! again after errors) and the sink table as last loaded or committed.
+
+use std::collections::BTreeMap;
+
+use iceberg::table::Table;
+use iceberg::TableIdent;
+use sluice_common::catalog::{open_catalog, CatalogRef};
+use sluice_common::checkpoint::JobLog;
+use sluice_common::iceberg_commit::{expire_snapshots_on, CasOutcome};
+use sluice_common::iceberg_sink::{
+    dead_letter_ident, needs_expiry, table_ident, SNAPSHOTS_RETAINED,
+};
+use sluice_common::spec::{CatalogSpec, IcebergSinkSpec};
+use sluice_common::Error as CommonError;
+use tracing::{info, warn};
+
+use crate::error::Result;
+
+/// The sink table and, with `on_malformed: dead_letter`, the dead-letter table.
+pub struct SinkTables {
+    catalog_spec: CatalogSpec,
+    catalog: Option<CatalogRef>,
+    pub main: TableIdent,
+    pub dead_letter: Option<TableIdent>,
+    /// The main table as last loaded or committed; `None` forces a reload.
+    cached: Option<Table>,
+}
+
+impl SinkTables {
+    pub fn new(sink: &IcebergSinkSpec, with_dead_letters: bool) -> SinkTables {
+        SinkTables {
+            catalog_spec: sink.catalog.clone(),
+            catalog: None,
+            main: table_ident(sink),
+            dead_letter: with_dead_letters.then(|| dead_letter_ident(sink)),
+            cached: None,
+        }
+    }
+
+    /// The catalog's FileIO properties, for listing the tables' storage.
+    pub fn storage_properties(&self) -> &BTreeMap<String, String> {
+        &self.catalog_spec.properties
+    }
+
+    /// The catalog, opened on first use.
+    pub async fn catalog(&mut self) -> Result<CatalogRef> {
+        if let Some(catalog) = &self.catalog {
+            return Ok(catalog.clone());
+        }
+        let catalog = open_catalog(&self.catalog_spec).await?;
+        self.catalog = Some(catalog.clone());
+        Ok(catalog)
+    }
+
+    /// Loads `ident` from the catalog (always a fresh read).
+    pub async fn load(&mut self, ident: &TableIdent) -> Result<Table> {
+        let table = self
+            .catalog()
+            .await?
+            .load_table(ident)
+            .await
+            .map_err(CommonError::iceberg(format!("loading table {ident}")))?;
+        if ident == &self.main {
+            self.cached = Some(table.clone());
+        }
+        Ok(table)
+    }
+
+    /// The main table as last seen, loading it when nothing is cached.
+    pub async fn main_table(&mut self) -> Result<Table> {
+        match &self.cached {
+            Some(table) => Ok(table.clone()),
+            None => {
+                let ident = self.main.clone();
+                self.load(&ident).await
+            }
+        }
+    }
+
+    /// Remembers the main table as just committed.
+    pub fn set_main(&mut self, table: Table) {
+        self.cached = Some(table);
+    }
+
+    /// Forgets the cached table (and, after a catalog error, the catalog): the next use
+    /// reads both again.
+    pub fn forget(&mut self, catalog_too: bool) {
+        self.cached = None;
+        if catalog_too {
+            self.catalog = None;
+        }
+    }
+
+    /// Keeps the table's metadata from growing with every batch: once enough snapshots
+    /// accumulated, all but the most recent ones are expired, on exactly the table state
+    /// last committed and under the fence. A failure only delays expiry.
+    pub async fn expire_if_due(&mut self, log: &JobLog) {
+        let Some(table) = self.cached.clone() else {
+            return;
+        };
+        if !needs_expiry(&table) {
+            return;
+        }
+        let expired = async {
+            log.check_fence().await?;
+            let catalog = self.catalog().await?;
+            Ok::<_, crate::Error>(expire_snapshots_on(catalog, &table, SNAPSHOTS_RETAINED).await?)
+        };
+        match expired.await {
+            Ok(CasOutcome::Committed(table)) => {
+                info!(table = %self.main, kept = table.metadata().snapshots().len(), "expired old snapshots of the sink table");
+                self.cached = Some(table);
+            }
+            Ok(CasOutcome::Conflict) => self.cached = None,
+            Err(error) => {
+                warn!(table = %self.main, %error, "could not expire old snapshots; trying again later");
+                self.cached = None;
+            }
+        }
+    }
+}

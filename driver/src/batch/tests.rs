@@ -1,0 +1,445 @@
+//! Every transition of the batch protocol against an in-memory checkpoint store (whose
+//! fence a test can take away) and a real SQL catalog on a temporary SQLite file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
+use async_trait::async_trait;
+use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
+use iceberg::table::Table;
+use sluice_common::catalog::{open_catalog, CatalogRef};
+use sluice_common::checkpoint::{CheckpointStore, JobLog};
+use sluice_common::data_files::attempt_prefix;
+use sluice_common::iceberg_commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
+use sluice_common::iceberg_sink::{data_files_to_json, ensure_table};
+use sluice_common::offsets::{BatchPlan, Checkpoint, OffsetRange};
+use sluice_common::spec::{CatalogSpec, IcebergSinkSpec};
+use sluice_common::{Error as CommonError, Result as CommonResult};
+use sluice_proto::v1::TaskSuccess;
+use tokio::sync::Mutex;
+
+use super::*;
+use crate::error::Error;
+
+const JOB: &str = "orders";
+
+/// A checkpoint store in memory whose leadership a test can revoke.
+#[derive(Debug, Default)]
+struct MemoryStore {
+    entries: Mutex<BTreeMap<String, String>>,
+    deposed: AtomicBool,
+}
+
+impl MemoryStore {
+    fn fenced(&self) -> CommonResult<()> {
+        if self.deposed.load(Ordering::SeqCst) {
+            return Err(CommonError::Fenced {
+                message: "test: leadership revoked".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for MemoryStore {
+    async fn get(&self, key: &str) -> CommonResult<Option<String>> {
+        Ok(self.entries.lock().await.get(key).cloned())
+    }
+
+    async fn list(&self, prefix: &str) -> CommonResult<Vec<(String, String)>> {
+        let entries = self.entries.lock().await;
+        Ok(entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn last(&self, prefix: &str) -> CommonResult<Option<(String, String)>> {
+        Ok(self.list(prefix).await?.pop())
+    }
+
+    async fn put_all(&self, entries: Vec<(String, String)>) -> CommonResult<()> {
+        self.fenced()?;
+        self.entries.lock().await.extend(entries);
+        Ok(())
+    }
+
+    async fn delete_range(&self, prefix: &str, before: &str) -> CommonResult<()> {
+        self.fenced()?;
+        self.entries
+            .lock()
+            .await
+            .retain(|k, _| !(k.starts_with(prefix) && k.as_str() < before));
+        Ok(())
+    }
+
+    fn term(&self) -> i64 {
+        7
+    }
+
+    async fn check_fence(&self) -> CommonResult<()> {
+        self.fenced()
+    }
+}
+
+/// A catalog on a temporary SQLite file with the job's sink table.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<MemoryStore>,
+    catalog: CatalogRef,
+    sink: IcebergSinkSpec,
+    /// The sink table as first created (a stale copy once anything committed).
+    created: Table,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = IcebergSinkSpec {
+            catalog: CatalogSpec {
+                catalog_type: "sql".into(),
+                uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+                warehouse: format!("file://{}/warehouse", dir.path().display()),
+                name: None,
+                properties: Default::default(),
+            },
+            namespace: "shop".into(),
+            table: "orders".into(),
+            dead_letter_table: None,
+        };
+        let catalog = open_catalog(&sink.catalog).await.unwrap();
+        let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
+        let ident = iceberg::TableIdent::from_strs(["shop", "orders"]).unwrap();
+        let created = ensure_table(catalog.as_ref(), &ident, &schema)
+            .await
+            .unwrap();
+        Fixture {
+            _dir: dir,
+            store: Arc::new(MemoryStore::default()),
+            catalog,
+            sink,
+            created,
+        }
+    }
+
+    fn log(&self) -> JobLog {
+        JobLog::new(self.store.clone(), JOB)
+    }
+
+    fn protocol(&self) -> BatchProtocol {
+        BatchProtocol::new(JOB.into(), self.log(), SinkTables::new(&self.sink, false))
+    }
+
+    async fn table(&self) -> Table {
+        self.catalog
+            .load_table(self.created.identifier())
+            .await
+            .unwrap()
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        let location = self.created.metadata().location();
+        PathBuf::from(location.strip_prefix("file://").unwrap()).join("data")
+    }
+
+    /// Writes an (empty) data file of batch `batch` under leader term `term` and returns
+    /// its metadata as an executor would.
+    fn write_file(&self, batch: i64, term: i64) -> (String, String) {
+        let name = format!("{}-00000.parquet", attempt_prefix(JOB, batch, term, 0, 1));
+        std::fs::create_dir_all(self.data_dir()).unwrap();
+        std::fs::write(self.data_dir().join(&name), b"").unwrap();
+        let file = DataFileBuilder::default()
+            .content(DataContentType::Data)
+            .file_path(format!(
+                "{}/data/{name}",
+                self.created.metadata().location()
+            ))
+            .file_format(DataFileFormat::Parquet)
+            .record_count(10)
+            .file_size_in_bytes(100)
+            .build()
+            .unwrap();
+        let json = data_files_to_json(&self.created, vec![file])
+            .unwrap()
+            .remove(0);
+        (name, json)
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.data_dir().join(name).exists()
+    }
+
+    /// Commits batch `batch` directly, as another driver's attempt would.
+    async fn commit_elsewhere(&self, batch: i64, files: Vec<String>) -> Table {
+        let base = self.table().await;
+        let files = sluice_common::iceberg_sink::data_files_from_json(&base, &files).unwrap();
+        match append_batch_on(self.catalog.clone(), &base, JOB, batch, files)
+            .await
+            .unwrap()
+        {
+            CasOutcome::Committed(table) => table,
+            CasOutcome::Conflict => panic!("unexpected conflict"),
+        }
+    }
+}
+
+fn plan(batch: i64) -> BatchPlan {
+    BatchPlan {
+        batch_id: batch,
+        ranges: vec![OffsetRange {
+            topic: "t".into(),
+            partition: 0,
+            start: batch * 10,
+            end: batch * 10 + 10,
+        }],
+        planned_at_ms: 0,
+    }
+}
+
+fn checkpoint_before(batch: i64) -> Checkpoint {
+    Checkpoint {
+        batch_id: batch - 1,
+        offsets: [("t".to_string(), [(0, batch * 10)].into())].into(),
+    }
+}
+
+/// An executor that hands back prepared data files and records the terms it was given.
+struct FakeExecution {
+    files: Vec<String>,
+    terms: Vec<i64>,
+    /// Runs during execution (e.g. checks that files still exist).
+    during: Option<Box<dyn FnMut() + Send>>,
+}
+
+impl FakeExecution {
+    fn new(files: Vec<String>) -> FakeExecution {
+        FakeExecution {
+            files,
+            terms: vec![],
+            during: None,
+        }
+    }
+}
+
+#[async_trait]
+impl ExecuteBatch for FakeExecution {
+    async fn execute(&mut self, _plan: &BatchPlan, term: i64) -> Result<Executed> {
+        self.terms.push(term);
+        if let Some(during) = self.during.as_mut() {
+            during();
+        }
+        Ok(Executed {
+            tasks: vec![TaskSuccess {
+                data_files_json: self.files.clone(),
+                output_rows: 10,
+                ..Default::default()
+            }],
+            retried: false,
+        })
+    }
+}
+
+fn batch_snapshots(table: &Table, batch: i64) -> usize {
+    table
+        .metadata()
+        .snapshots()
+        .filter(|s| {
+            s.summary()
+                .additional_properties
+                .get("sluice.batch-id")
+                .map(String::as_str)
+                == Some(&batch.to_string())
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_planned_batch_is_executed_committed_checkpointed_under_the_leader_term() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    let (name, json) = fx.write_file(0, 7);
+    let state = protocol.log_plan(plan(0)).await.unwrap();
+    let mut execution = FakeExecution::new(vec![json]);
+    let outcome = protocol
+        .run(state, &checkpoint_before(0), false, &mut execution)
+        .await
+        .unwrap();
+    assert_eq!(execution.terms, vec![7], "tasks run under the store's term");
+    assert!(outcome.appended);
+    assert_eq!(outcome.checkpoint.batch_id, 0);
+    assert_eq!(outcome.checkpoint.get("t", 0), Some(10));
+    let table = fx.table().await;
+    assert!(find_batch_in_ancestry(&table, JOB, 0).is_some());
+    assert_eq!(batch_snapshots(&table, 0), 1);
+    assert!(fx.exists(&name));
+    let log = fx.log();
+    assert_eq!(log.checkpoint().await.unwrap().unwrap().batch_id, 0);
+    assert!(log.is_committed(0).await.unwrap());
+    // Nothing is pending any more.
+    assert!(protocol.recover(&outcome.checkpoint).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_batch_another_attempt_committed_on_a_newer_table_is_recorded_not_appended_again() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    // This driver reads the table (caching it) and plans batch 0.
+    protocol.sink.main_table().await.unwrap();
+    let state = protocol.log_plan(plan(0)).await.unwrap();
+    let (mine, my_json) = fx.write_file(0, 7);
+    // Meanwhile an earlier leader's attempt (term 3) commits batch 0: our cached table is
+    // now stale and does not show it.
+    let (theirs, their_json) = fx.write_file(0, 3);
+    fx.commit_elsewhere(0, vec![their_json]).await;
+    let mut execution = FakeExecution::new(vec![my_json]);
+    let outcome = protocol
+        .run(state, &checkpoint_before(0), false, &mut execution)
+        .await
+        .unwrap();
+    assert!(!outcome.appended, "the batch must not be appended twice");
+    let table = fx.table().await;
+    assert_eq!(batch_snapshots(&table, 0), 1, "batch 0 is in exactly one snapshot");
+    assert!(fx.log().is_committed(0).await.unwrap());
+    assert!(fx.exists(&theirs), "the committed attempt's file is kept");
+    assert!(!fx.exists(&mine), "the discarded attempt's file is deleted");
+}
+
+#[tokio::test]
+async fn a_commit_on_a_table_that_moved_on_without_the_batch_is_made_on_the_new_state() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    protocol.sink.main_table().await.unwrap();
+    let state = protocol.log_plan(plan(0)).await.unwrap();
+    // Another job appends to the table after this driver cached it.
+    let base = fx.table().await;
+    match append_batch_on(fx.catalog.clone(), &base, "other-job", 0, vec![])
+        .await
+        .unwrap()
+    {
+        CasOutcome::Committed(_) => {}
+        CasOutcome::Conflict => panic!("unexpected conflict"),
+    }
+    let (_, json) = fx.write_file(0, 7);
+    let outcome = protocol
+        .run(state, &checkpoint_before(0), false, &mut FakeExecution::new(vec![json]))
+        .await
+        .unwrap();
+    assert!(outcome.appended);
+    let table = fx.table().await;
+    assert_eq!(table.metadata().snapshots().count(), 2);
+    assert!(find_batch_in_ancestry(&table, JOB, 0).is_some());
+    assert!(find_batch_in_ancestry(&table, "other-job", 0).is_some());
+}
+
+#[tokio::test]
+async fn a_driver_whose_fence_is_gone_commits_nothing_to_the_table_or_the_checkpoint() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    let state = protocol.log_plan(plan(0)).await.unwrap();
+    let (name, json) = fx.write_file(0, 7);
+    let mut execution = FakeExecution::new(vec![json]);
+    let store = fx.store.clone();
+    // Deposed while its tasks run.
+    execution.during = Some(Box::new(move || store.deposed.store(true, Ordering::SeqCst)));
+    let error = protocol
+        .run(state, &checkpoint_before(0), false, &mut execution)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Common(CommonError::Fenced { .. })),
+        "{error}"
+    );
+    let table = fx.table().await;
+    assert_eq!(table.metadata().snapshots().count(), 0, "nothing committed");
+    assert!(fx.log().checkpoint().await.unwrap().is_none());
+    assert!(fx.exists(&name), "files are not deleted by a deposed driver");
+}
+
+#[tokio::test]
+async fn recovery_records_a_batch_found_in_the_table_and_reruns_one_that_is_not() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    let checkpoint = checkpoint_before(0);
+    assert!(protocol.recover(&checkpoint).await.unwrap().is_none());
+    protocol.log_plan(plan(0)).await.unwrap();
+    match protocol.recover(&checkpoint).await.unwrap() {
+        Some(BatchState::Planned { plan: logged }) => assert_eq!(logged, plan(0)),
+        other => panic!("expected a re-run, got {other:?}"),
+    }
+    let (_, json) = fx.write_file(0, 3);
+    let table = fx.commit_elsewhere(0, vec![json]).await;
+    let snapshot = table.metadata().current_snapshot_id().unwrap();
+    let state = protocol.recover(&checkpoint).await.unwrap();
+    match &state {
+        Some(BatchState::Committed {
+            plan: logged,
+            snapshot_id,
+            appended: false,
+        }) => {
+            assert_eq!(logged, &plan(0));
+            assert_eq!(*snapshot_id, snapshot);
+        }
+        other => panic!("expected a found commit, got {other:?}"),
+    }
+    let outcome = protocol
+        .run(state.unwrap(), &checkpoint, true, &mut FakeExecution::new(vec![]))
+        .await
+        .unwrap();
+    assert_eq!(outcome.checkpoint.batch_id, 0);
+    assert!(fx.log().is_committed(0).await.unwrap());
+    assert_eq!(batch_snapshots(&fx.table().await, 0), 1);
+}
+
+#[tokio::test]
+async fn an_earlier_leaders_files_survive_a_rerun_until_the_batch_is_committed() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    let checkpoint = checkpoint_before(0);
+    protocol.log_plan(plan(0)).await.unwrap();
+    // A paused leader of term 3 wrote its files and may still commit them.
+    let (paused, _) = fx.write_file(0, 3);
+    let state = protocol.recover(&checkpoint).await.unwrap().unwrap();
+    let (mine, json) = fx.write_file(0, 7);
+    let mut execution = FakeExecution::new(vec![json]);
+    let probe = fx.data_dir().join(&paused);
+    let survived = Arc::new(AtomicBool::new(false));
+    let seen = survived.clone();
+    execution.during = Some(Box::new(move || {
+        seen.store(probe.exists(), Ordering::SeqCst);
+    }));
+    protocol
+        .run(state, &checkpoint, true, &mut execution)
+        .await
+        .unwrap();
+    assert!(
+        survived.load(Ordering::SeqCst),
+        "the paused leader's file was deleted before the batch was committed"
+    );
+    assert!(fx.exists(&mine));
+    assert!(!fx.exists(&paused), "garbage is deleted once the batch is committed");
+}
+
+#[tokio::test]
+async fn a_batch_without_output_still_moves_the_table_on() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    let state = protocol.log_plan(plan(0)).await.unwrap();
+    protocol
+        .run(state, &checkpoint_before(0), false, &mut FakeExecution::new(vec![]))
+        .await
+        .unwrap();
+    // A stale attempt of the same batch with output now conflicts and finds it.
+    let stale = fx.created.clone();
+    let (_, json) = fx.write_file(0, 3);
+    let files = sluice_common::iceberg_sink::data_files_from_json(&stale, &[json]).unwrap();
+    let outcome = append_batch_on(fx.catalog.clone(), &stale, JOB, 0, files)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CasOutcome::Conflict));
+    assert_eq!(batch_snapshots(&fx.table().await, 0), 1);
+}
