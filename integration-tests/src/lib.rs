@@ -80,6 +80,18 @@ impl TestCluster {
         executors: usize,
         drivers: usize,
     ) -> Result<TestCluster> {
+        Self::start_with_first_driver_env(topic, partitions, executors, drivers, &[]).await
+    }
+
+    /// Like [`TestCluster::start_with_drivers`]; driver 0 starts alone with `env` (e.g.
+    /// armed failpoints) and leads, then the others start as standbys.
+    pub async fn start_with_first_driver_env(
+        topic: &str,
+        partitions: i32,
+        executors: usize,
+        drivers: usize,
+        env: &[(&str, &str)],
+    ) -> Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("sluice-it-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
         let etcd = EtcdServer::start().map_err(anyhow::Error::msg)?;
@@ -97,7 +109,16 @@ impl TestCluster {
             starts: HashMap::new(),
             driver_env: Vec::new(),
         };
-        for i in 0..drivers {
+        cluster.driver_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        cluster.start_driver_at(0)?;
+        cluster.driver_env.clear();
+        if drivers > 1 {
+            cluster.wait_for_driver().await?;
+        }
+        for i in 1..drivers {
             cluster.start_driver_at(i)?;
         }
         for _ in 0..executors {
@@ -262,6 +283,32 @@ impl TestCluster {
         self.executors[i].try_wait().ok().flatten().is_some()
     }
 
+    /// Sends `signal` to driver `i` (SIGSTOP pauses it as a long GC pause or a frozen VM
+    /// would; SIGCONT wakes it).
+    pub fn signal_driver(&self, i: usize, signal: Signal) -> Result<()> {
+        let driver = self.drivers[i].as_ref().context("driver not running")?;
+        kill(Pid::from_raw(driver.id() as i32), signal)?;
+        Ok(())
+    }
+
+    /// The value of a metric line `name{labels}` in the serving driver's /metrics.
+    pub async fn driver_metric(&self, series: &str) -> Result<f64> {
+        let leader = self.leader().await.context("no driver serves")?;
+        let (_, body) = self.http_get(leader, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .with_context(|| format!("no metric {series} in {body}"))
+    }
+
+    /// The job's offset log and checkpoint in etcd: (last logged batch, checkpointed batch).
+    pub async fn logged_and_checkpointed(&self, job: &str) -> Result<(i64, i64)> {
+        let store = sluice_common::checkpoint::EtcdStore::connect(&[self.etcd.endpoint()]).await?;
+        let log = sluice_common::checkpoint::JobLog::new(std::sync::Arc::new(store), job);
+        let logged = log.last_plan().await?.map_or(-1, |p| p.batch_id);
+        let checkpointed = log.checkpoint().await?.map_or(-1, |c| c.batch_id);
+        Ok((logged, checkpointed))
+    }
+
     /// SIGKILLs the driver: no chance to finish anything.
     pub fn kill_driver(&mut self) {
         self.kill_driver_at(0)
@@ -334,11 +381,23 @@ impl TestCluster {
     }
 }
 
+/// A driver client on `port` whose connect and calls give up after a few seconds.
+async fn connect(port: u16) -> Result<DriverClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(DriverClient::new(channel))
+}
+
 /// GETs `path` from 127.0.0.1:`port`: (status code, body).
 fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        // A paused process accepts the connection but never answers.
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
@@ -356,28 +415,37 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 }
 
 impl TestCluster {
-    /// A client of the serving driver (standby drivers do not listen).
+    /// A client of the serving driver (standby drivers do not listen; a paused one is
+    /// skipped after a short deadline).
     pub async fn client(&self) -> Result<DriverClient<Channel>> {
         let mut last = None;
         for port in &self.driver_ports {
-            match DriverClient::connect(format!("http://127.0.0.1:{port}")).await {
+            let answered = async {
+                let mut client = connect(*port).await?;
+                client
+                    .list_jobs(sluice_proto::v1::ListJobsRequest {})
+                    .await?;
+                Ok::<_, anyhow::Error>(client)
+            };
+            match answered.await {
                 Ok(client) => return Ok(client),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last
-            .map(anyhow::Error::from)
-            .unwrap_or_else(|| anyhow::anyhow!("no driver")))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no driver")))
     }
 
     /// The index of the driver that serves (the leader).
     pub async fn leader(&self) -> Option<usize> {
         for (i, port) in self.driver_ports.iter().enumerate() {
-            if DriverClient::connect(format!("http://127.0.0.1:{port}"))
-                .await
-                .is_ok()
-            {
-                return Some(i);
+            if let Ok(mut client) = connect(*port).await {
+                if client
+                    .list_jobs(sluice_proto::v1::ListJobsRequest {})
+                    .await
+                    .is_ok()
+                {
+                    return Some(i);
+                }
             }
         }
         None
@@ -515,6 +583,17 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
             .job_id)
     }
 
+    /// The job's status as driver `i` reports it.
+    pub async fn status_at(&self, i: usize, job: &str) -> Result<JobStatus> {
+        let mut client = connect(self.driver_ports[i]).await?;
+        Ok(client
+            .get_job_status(GetJobStatusRequest {
+                job_id: job.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
     pub async fn status(&self, job: &str) -> Result<JobStatus> {
         let mut client = self.client().await?;
         Ok(client
@@ -636,6 +715,26 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
                     .cloned()
             })
             .collect())
+    }
+
+    /// (batch, leader term, attempt) of every data file the table's current snapshot
+    /// references, read from the file names.
+    pub async fn committed_file_origins(&self, spec: &str) -> Result<Vec<(i64, i64, u32)>> {
+        let names = self.committed_file_names(spec).await?;
+        names
+            .iter()
+            .map(|name| {
+                let parts: Vec<&str> = name.split('.').collect();
+                let field = |i: usize, tag: char| -> Result<i64> {
+                    parts
+                        .get(i)
+                        .and_then(|p| p.strip_prefix(tag))
+                        .and_then(|p| p.parse().ok())
+                        .with_context(|| format!("data file name {name} lacks its {tag} field"))
+                };
+                Ok((field(1, 'b')?, field(2, 'e')?, field(4, 'a')? as u32))
+            })
+            .collect()
     }
 
     /// Names of the data files the table's current snapshot references, sorted.

@@ -150,6 +150,9 @@ impl BatchProtocol {
             let started = Instant::now();
             state = match state {
                 BatchState::Planned { plan } => {
+                    // A deposed leader must not even run tasks: their files would be
+                    // written after the new leader cleaned the batch up.
+                    self.log.check_fence().await?;
                     let executed = executor.execute(&plan, self.log.term()).await?;
                     timings.execute = started.elapsed();
                     failpoint::hit(failpoint::FILES_WRITTEN, plan.batch_id).await;

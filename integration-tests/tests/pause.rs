@@ -1,0 +1,137 @@
+//! A paused leader never commits. Two drivers on etcd, two executors: the leader stalls
+//! at one step of batch 3 (a failpoint), is paused there with a real SIGSTOP (as a long
+//! GC pause, a frozen VM or a partition looks to it), the standby takes over and commits
+//! later batches while the old leader is still paused, then the old leader is resumed.
+//! Afterwards every (partition, offset) is in the table exactly once, every snapshot's
+//! files are readable, no file is left behind, the old leader committed nothing after the
+//! pause, and it stands by.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use sluice_common::failpoint::{self, FAILPOINTS_ENV};
+use sluice_integration_tests::check::FILTER_SQL;
+use sluice_integration_tests::TestCluster;
+
+const EVENTS: u64 = 16_000;
+const PARTITIONS: i32 = 4;
+/// The batch the leader is paused in.
+const PAUSED_BATCH: i64 = 3;
+
+async fn paused_leader_commits_nothing(step: &str) {
+    let stall = format!("{step}@{PAUSED_BATCH}=sleep:3000");
+    let mut cluster = TestCluster::start_with_first_driver_env(
+        "orders",
+        PARTITIONS,
+        2,
+        2,
+        &[(FAILPOINTS_ENV, stall.as_str())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(cluster.leader().await, Some(0), "the armed driver leads");
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let name = format!("paused-{}", step.replace('_', "-"));
+    let spec = cluster.spec(
+        &name,
+        "orders",
+        FILTER_SQL,
+        "{available_now: true}",
+        "    max_offsets_per_trigger: 2000",
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .wait_for_log(
+            &format!("failpoint {step} hit at batch {PAUSED_BATCH}"),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    cluster.signal_driver(0, Signal::SIGSTOP).unwrap();
+    let paused = Instant::now();
+
+    // The standby takes over and the executors follow it while the old leader sleeps.
+    loop {
+        let status = cluster.status_at(1, &job).await;
+        if status.is_ok_and(|s| s.last_committed_batch > PAUSED_BATCH) {
+            break;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(60),
+            "no progress while the old leader is paused\n{}",
+            cluster.logs_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "the new leader committed batch {} {:?} after the pause",
+        PAUSED_BATCH + 1,
+        paused.elapsed()
+    );
+    assert_eq!(cluster.leader().await, Some(1));
+
+    cluster.signal_driver(0, Signal::SIGCONT).unwrap();
+    cluster
+        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+        .await;
+
+    // Which leader wrote each committed file: the paused one may have committed only the
+    // batches it finished before the pause.
+    let origins = cluster.committed_file_origins(&spec).await.unwrap();
+    let old_term = origins
+        .iter()
+        .find(|(batch, _, _)| *batch == 0)
+        .map(|(_, term, _)| *term)
+        .expect("batch 0 has files");
+    let committed_before_pause = if step == failpoint::SNAPSHOT_COMMITTED {
+        PAUSED_BATCH
+    } else {
+        PAUSED_BATCH - 1
+    };
+    for (batch, term, _) in &origins {
+        if *batch > committed_before_pause {
+            assert_ne!(
+                *term, old_term,
+                "batch {batch} was committed by the paused leader\n{}",
+                cluster.logs_tail(40)
+            );
+        }
+    }
+    // The old leader woke up deposed: it stands by and does not serve.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if cluster.http_get(0, "/readyz").map(|r| r.0).ok() == Some(503) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader still claims to lead\n{}",
+            cluster.logs_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.driver_running(0), "the old leader stays up as a standby");
+    assert_eq!(cluster.leader().await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_paused_after_logging_the_plan_commits_nothing() {
+    paused_leader_commits_nothing(failpoint::PLAN_LOGGED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_paused_while_tasks_run_commits_nothing() {
+    paused_leader_commits_nothing(failpoint::TASK_FINISHED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_paused_with_files_written_before_the_commit_commits_nothing() {
+    paused_leader_commits_nothing(failpoint::FILES_WRITTEN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_paused_after_the_commit_before_the_checkpoint_commits_nothing_more() {
+    paused_leader_commits_nothing(failpoint::SNAPSHOT_COMMITTED).await;
+}
