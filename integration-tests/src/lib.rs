@@ -385,10 +385,19 @@ impl TestCluster {
 async fn connect(port: u16) -> Result<DriverClient<Channel>> {
     let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
         .connect()
         .await?;
     Ok(DriverClient::new(channel))
+}
+
+/// Whether the driver serves: a paused or standby driver does not answer within 3 s.
+async fn answers(client: &mut DriverClient<Channel>) -> Result<()> {
+    let call = client.list_jobs(sluice_proto::v1::ListJobsRequest {});
+    tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .context("the driver did not answer within 3 s")??;
+    Ok(())
 }
 
 /// GETs `path` from 127.0.0.1:`port`: (status code, body).
@@ -422,9 +431,7 @@ impl TestCluster {
         for port in &self.driver_ports {
             let answered = async {
                 let mut client = connect(*port).await?;
-                client
-                    .list_jobs(sluice_proto::v1::ListJobsRequest {})
-                    .await?;
+                answers(&mut client).await?;
                 Ok::<_, anyhow::Error>(client)
             };
             match answered.await {
@@ -439,11 +446,7 @@ impl TestCluster {
     pub async fn leader(&self) -> Option<usize> {
         for (i, port) in self.driver_ports.iter().enumerate() {
             if let Ok(mut client) = connect(*port).await {
-                if client
-                    .list_jobs(sluice_proto::v1::ListJobsRequest {})
-                    .await
-                    .is_ok()
-                {
+                if answers(&mut client).await.is_ok() {
                     return Some(i);
                 }
             }

@@ -104,13 +104,12 @@ async fn malformed_record_fails_the_batch_and_commits_nothing_of_it() {
         "    on_malformed: skip",
     );
     let job = cluster.submit(&skipping).await.unwrap();
-    let status = cluster.wait_until_finished(&job).await;
-    let skipped: u64 = status
-        .recent_batches
-        .iter()
-        .map(|b| b.malformed_skipped)
-        .sum();
-    assert_eq!(skipped, 1);
+    cluster.wait_until_finished(&job).await;
+    let skipped = cluster
+        .driver_metric(r#"sluice_malformed_records_total{job="lenient"}"#)
+        .await
+        .unwrap();
+    assert_eq!(skipped, 1.0);
     let committed = cluster.row_count(&skipping).await.unwrap();
     assert_eq!(committed, 100);
 

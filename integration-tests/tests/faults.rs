@@ -124,14 +124,21 @@ async fn driver_sigterm_commits_the_running_batch_and_resumes_after_restart() {
         .unwrap();
     let exit = cluster.terminate_driver(Duration::from_secs(60)).unwrap();
     assert!(exit.success(), "a SIGTERM'd driver exits cleanly: {exit}");
-    // Whatever batch was running committed: no batch is left planned but unconfirmed.
+    // Whatever batch was running committed: no batch is left planned but unconfirmed, and
+    // the table's last batch is the checkpointed one.
+    let (logged, checkpointed) = cluster.logged_and_checkpointed(&job).await.unwrap();
+    assert!(checkpointed >= 0);
+    assert_eq!(logged, checkpointed, "batch {logged} was left half-done");
     let committed = cluster.committed_batches(&spec).await.unwrap();
+    assert_eq!(
+        committed.last().map(String::as_str),
+        Some(checkpointed.to_string().as_str())
+    );
     cluster.start_driver().unwrap();
     cluster.wait_for_driver().await.unwrap();
     cluster
         .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
         .await;
-    assert!(!committed.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,15 +176,14 @@ async fn executor_sigterm_finishes_its_running_task_first() {
     cluster
         .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
         .await;
-    // The stalled batch-1 tasks finished and reported: none of them was retried. (Tasks
-    // of later batches sent before the driver noticed the executor left are retried.)
-    let logs = cluster.logs_tail(usize::MAX);
-    let retried: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("retrying") && l.contains(" batch=1 "))
-        .collect();
+    // The stalled batch-1 tasks finished and reported: every committed file of batch 1
+    // comes from a first attempt. (Tasks of later batches sent before the driver noticed
+    // the executor left are retried.)
+    let origins = cluster.committed_file_origins(&spec).await.unwrap();
+    let batch_one: Vec<_> = origins.iter().filter(|(batch, _, _)| *batch == 1).collect();
+    assert!(!batch_one.is_empty(), "batch 1 has files: {origins:?}");
     assert!(
-        retried.is_empty(),
-        "batch 1 tasks were retried: {retried:?}"
+        batch_one.iter().all(|(_, _, attempt)| *attempt == 1),
+        "batch 1 tasks were retried: {batch_one:?}"
     );
 }
