@@ -375,3 +375,4 @@ mod tests {
         assert_eq!(offsets(&fourth), (8..30).collect::<Vec<_>>());
     }
 }
+
