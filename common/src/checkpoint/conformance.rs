@@ -161,6 +161,8 @@ async fn a_deposed_leaders_checkpoint_write_is_refused() {
     old.put_all(vec![("/k".into(), "old-1".into())])
         .await
         .unwrap();
+    old.check_fence().await.unwrap();
+    assert_eq!(old.term(), old_leadership.fence.revision);
 
     // The old leader's lease ends (as when it stalls past its TTL); another driver wins.
     old_leadership.resign().await.unwrap();
@@ -178,5 +180,10 @@ async fn a_deposed_leaders_checkpoint_write_is_refused() {
     assert!(matches!(late, Error::Fenced { .. }), "{late}");
     let late = old.delete_range("/", "/z").await.unwrap_err();
     assert!(matches!(late, Error::Fenced { .. }), "{late}");
+    // The check made before every Iceberg commit says so too, and terms only grow.
+    let late = old.check_fence().await.unwrap_err();
+    assert!(matches!(late, Error::Fenced { .. }), "{late}");
+    new.check_fence().await.unwrap();
+    assert!(new.term() > old.term());
     assert_eq!(new.get("/k").await.unwrap().as_deref(), Some("new-1"));
 }
