@@ -39,7 +39,10 @@ pub fn find_batch_in_ancestry(table: &Table, job_id: &str, batch: BatchId) -> Op
     while let Some(snapshot) = next {
         let props = &snapshot.summary().additional_properties;
         if props.get(JOB_ID_PROPERTY).map(String::as_str) == Some(job_id) {
-            match props.get(BATCH_ID_PROPERTY).and_then(|b| b.parse::<BatchId>().ok()) {
+            match props
+                .get(BATCH_ID_PROPERTY)
+                .and_then(|b| b.parse::<BatchId>().ok())
+            {
                 Some(found) if found == batch => return Some(snapshot.snapshot_id()),
                 Some(found) if found < batch => return None,
                 _ => {}
@@ -52,34 +55,11 @@ pub fn find_batch_in_ancestry(table: &Table, job_id: &str, batch: BatchId) -> Op
     None
 }
 
-/// The jobs whose snapshots are among the table's last `depth` ancestors.
-pub fn recent_writers(table: &Table, depth: usize) -> Vec<String> {
-    let metadata = table.metadata();
-    let mut writers: Vec<String> = Vec::new();
-    let mut next = metadata.current_snapshot().cloned();
-    let mut seen = 0;
-    while let Some(snapshot) = next {
-        if seen == depth {
-            break;
-        }
-        seen += 1;
-        if let Some(job) = snapshot.summary().additional_properties.get(JOB_ID_PROPERTY) {
-            if !writers.contains(job) {
-                writers.push(job.clone());
-            }
-        }
-        next = snapshot
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id).cloned());
-    }
-    writers
-}
-
 /// How a conditional commit ended.
 #[derive(Debug)]
 pub enum CasOutcome {
     /// Committed; the table as committed.
-    Committed(Table),
+    Committed(Box<Table>),
     /// The table is no longer in the state the commit was based on: nothing was written.
     /// Reload, decide again.
     Conflict,
@@ -111,8 +91,16 @@ pub async fn append_batch_on(
         .add_data_files(files)
         .set_snapshot_properties(properties)
         .apply(tx)
-        .map_err(Error::iceberg(format!("appending batch {batch} to {ident}")))?;
-    commit_pinned(catalog, base, tx, &format!("committing batch {batch} to {ident}")).await
+        .map_err(Error::iceberg(format!(
+            "appending batch {batch} to {ident}"
+        )))?;
+    commit_pinned(
+        catalog,
+        base,
+        tx,
+        &format!("committing batch {batch} to {ident}"),
+    )
+    .await
 }
 
 /// Expires all but the `retain` most recent snapshots, on exactly `base` (a conflict
@@ -146,7 +134,7 @@ async fn commit_pinned(
         base: base.clone(),
     };
     match tx.commit(&pinned).await {
-        Ok(table) => Ok(CasOutcome::Committed(table)),
+        Ok(table) => Ok(CasOutcome::Committed(Box::new(table))),
         Err(e) if e.kind() == ErrorKind::CatalogCommitConflicts => Ok(CasOutcome::Conflict),
         Err(e) => Err(Error::iceberg(what)(e)),
     }

@@ -217,7 +217,7 @@ mod tests {
     use crate::spec::CatalogSpec;
 
     fn data_file(table: &Table, name: &str) -> DataFile {
-        let file = DataFileBuilder::default()
+        DataFileBuilder::default()
             .content(DataContentType::Data)
             .file_path(format!(
                 "{}/data/{name}.parquet",
@@ -227,13 +227,11 @@ mod tests {
             .record_count(10)
             .file_size_in_bytes(100)
             .build()
-            .unwrap();
-        file
+            .unwrap()
     }
 
-    #[tokio::test]
-    async fn expiry_keeps_recent_batches_findable_and_every_row() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A SQL catalog in `dir` with an empty table `ns.t`.
+    async fn new_table(dir: &tempfile::TempDir) -> (crate::catalog::CatalogRef, Table) {
         let spec = CatalogSpec {
             catalog_type: "sql".into(),
             uri: format!("sqlite://{}/catalog.db", dir.path().display()),
@@ -244,9 +242,16 @@ mod tests {
         let catalog = open_catalog(&spec).await.unwrap();
         let ident = TableIdent::from_strs(["ns", "t"]).unwrap();
         let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
-        let mut table = ensure_table(catalog.as_ref(), &ident, &schema)
+        let table = ensure_table(catalog.as_ref(), &ident, &schema)
             .await
             .unwrap();
+        (catalog, table)
+    }
+
+    #[tokio::test]
+    async fn expiry_keeps_recent_batches_findable_and_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, mut table) = new_table(&dir).await;
         for batch in 0..8 {
             let files = vec![data_file(&table, &format!("b{batch}"))];
             table = committed(append_batch_on(catalog.clone(), &table, "j", batch, files).await);
@@ -270,19 +275,7 @@ mod tests {
     #[tokio::test]
     async fn a_commit_based_on_a_stale_table_conflicts_instead_of_replaying() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = CatalogSpec {
-            catalog_type: "sql".into(),
-            uri: format!("sqlite://{}/catalog.db", dir.path().display()),
-            warehouse: format!("file://{}/warehouse", dir.path().display()),
-            name: None,
-            properties: Default::default(),
-        };
-        let catalog = open_catalog(&spec).await.unwrap();
-        let ident = TableIdent::from_strs(["ns", "t"]).unwrap();
-        let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
-        let stale = ensure_table(catalog.as_ref(), &ident, &schema)
-            .await
-            .unwrap();
+        let (catalog, stale) = new_table(&dir).await;
         // Another writer commits batch 0 after `stale` was loaded.
         let files = vec![data_file(&stale, "other")];
         let current = committed(append_batch_on(catalog.clone(), &stale, "j", 0, files).await);
@@ -292,7 +285,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(outcome, CasOutcome::Conflict), "{outcome:?}");
-        let reloaded = catalog.load_table(&ident).await.unwrap();
+        let reloaded = catalog.load_table(stale.identifier()).await.unwrap();
         assert_eq!(reloaded.metadata_location(), current.metadata_location());
         assert_eq!(reloaded.metadata().snapshots().len(), 1);
         assert!(find_batch_in_ancestry(&reloaded, "j", 0).is_some());
@@ -304,7 +297,7 @@ mod tests {
 
     fn committed(outcome: Result<CasOutcome>) -> Table {
         match outcome.unwrap() {
-            CasOutcome::Committed(table) => table,
+            CasOutcome::Committed(table) => *table,
             CasOutcome::Conflict => panic!("unexpected commit conflict"),
         }
     }

@@ -168,7 +168,14 @@ pub fn read_range(
 ) -> Result<RangeRead> {
     let positioned = position.is_some_and(|p| p.continues(range));
     let read = |from: i64, positioned: bool| {
-        read_from(consumer, bootstrap_servers, range, from, positioned, fail_on_data_loss)
+        read_from(
+            consumer,
+            bootstrap_servers,
+            range,
+            from,
+            positioned,
+            fail_on_data_loss,
+        )
     };
     match read(range.start, positioned) {
         Err(Error::DataLoss { start, end, .. }) if !fail_on_data_loss => {
@@ -204,10 +211,10 @@ fn read_from(
     };
     // The partition ends before the range does and nothing more can come: it was
     // truncated, or deleted and re-created, under a logged batch.
-    let truncated = |at: i64, high: i64| Error::DataLoss {
+    let truncated = |at: i64| Error::DataLoss {
         topic: range.topic.clone(),
         partition: range.partition,
-        start: at.max(high),
+        start: at,
         end: range.end,
     };
     let range_error = |message: String| Error::OffsetRange {
@@ -243,6 +250,8 @@ fn read_from(
     // Set once the read ends: where the consumer then stands.
     let mut position = None;
     let mut last_progress = Instant::now();
+    // Watermark lookups while stalled: one per TRUNCATION_CHECK_AFTER, not one per poll.
+    let mut last_truncation_check = Instant::now();
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
@@ -278,7 +287,7 @@ fn read_from(
                     return Err(data_loss(low));
                 }
                 if high <= from {
-                    return Err(truncated(from, high));
+                    return Err(truncated(from));
                 }
                 return Err(range_error(format!("offset {from} is out of range")));
             }
@@ -297,12 +306,15 @@ fn read_from(
                     position = at(range.end);
                     break;
                 }
-                if last_progress.elapsed() > TRUNCATION_CHECK_AFTER {
+                if last_progress.elapsed() > TRUNCATION_CHECK_AFTER
+                    && last_truncation_check.elapsed() > TRUNCATION_CHECK_AFTER
+                {
+                    last_truncation_check = Instant::now();
                     let (_, high) = watermarks()?;
                     let reached = consumed_to.max(from);
                     if high < range.end && reached >= high {
                         if fail_on_data_loss {
-                            return Err(truncated(reached, high));
+                            return Err(truncated(reached));
                         }
                         tracing::warn!(topic = %range.topic, partition = range.partition, start = reached, end = range.end, "the partition ends before the batch's range (truncated or re-created); skipping the missing offsets");
                         return Ok(RangeRead {
@@ -375,4 +387,3 @@ mod tests {
         assert_eq!(offsets(&fourth), (8..30).collect::<Vec<_>>());
     }
 }
-

@@ -260,7 +260,8 @@ impl JobRunner {
                         self.offsets = None;
                     }
                     // The batch may or may not have reached the table: read it again.
-                    let catalog_failed = matches!(error, Error::Common(CommonError::Iceberg { .. }));
+                    let catalog_failed =
+                        matches!(error, Error::Common(CommonError::Iceberg { .. }));
                     self.protocol.sink.forget(catalog_failed);
                     let wait = retry_delay;
                     retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
@@ -366,8 +367,13 @@ impl JobRunner {
                 checkpoint: outcome.timings.checkpoint,
                 since_previous_trigger,
             };
-            let progress =
-                batch_progress(&self.shared.job_id, &outcome.plan, &latest, &outcome.tasks, &timings);
+            let progress = batch_progress(
+                &self.shared.job_id,
+                &outcome.plan,
+                &latest,
+                &outcome.tasks,
+                &timings,
+            );
             info!(
                 rows = progress.input_rows,
                 output_rows = progress.output_rows,

@@ -35,8 +35,7 @@ pub fn batch_progress(
     timings: &BatchTimings,
 ) -> BatchProgress {
     let input_rows: u64 = results.iter().map(|r| r.input_rows).sum();
-    let duration =
-        timings.plan + timings.execute + timings.commit + timings.checkpoint;
+    let duration = timings.plan + timings.execute + timings.commit + timings.checkpoint;
     let rate = |rows: u64, over: Duration| {
         if over.is_zero() {
             0.0

@@ -530,12 +530,14 @@ async fn with_deadline<T>(
     what: &str,
     call: impl std::future::Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, tonic::Status> {
-    tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
-        Err(tonic::Status::deadline_exceeded(format!(
-            "{what} got no answer within {}s",
-            deadline.as_secs()
-        )))
-    })
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "{what} got no answer within {}s",
+                deadline.as_secs()
+            )))
+        })
 }
 
 /// Whether a failed call means the executor itself is unreachable or broken.

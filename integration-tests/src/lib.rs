@@ -238,14 +238,31 @@ impl TestCluster {
 
     /// Waits until some process log contains `text`.
     pub async fn wait_for_log(&self, text: &str, timeout: Duration) -> Result<()> {
+        let found = || async { self.logs_tail(usize::MAX).contains(text) };
+        self.wait_until(timeout, &format!("a log line with {text:?}"), found)
+            .await
+    }
+
+    /// Polls `holds` every 50 ms until it is true; fails after `timeout` naming `what`,
+    /// with the processes' last log lines.
+    pub async fn wait_until<F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut holds: F,
+    ) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.logs_tail(usize::MAX).contains(text) {
+            if holds().await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("no log line with {text:?} within {timeout:?}")
+        bail!("no {what} within {timeout:?}\n{}", self.logs_tail(40))
     }
 
     /// Whether driver `i` is running.

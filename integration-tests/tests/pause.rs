@@ -53,18 +53,18 @@ async fn paused_leader_commits_nothing(step: &str) {
     let paused = Instant::now();
 
     // The standby takes over and the executors follow it while the old leader sleeps.
-    loop {
+    let progressed = || async {
         let status = cluster.status_at(1, &job).await;
-        if status.is_ok_and(|s| s.last_committed_batch > PAUSED_BATCH) {
-            break;
-        }
-        assert!(
-            paused.elapsed() < Duration::from_secs(60),
-            "no progress while the old leader is paused\n{}",
-            cluster.logs_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        status.is_ok_and(|s| s.last_committed_batch > PAUSED_BATCH)
+    };
+    cluster
+        .wait_until(
+            Duration::from_secs(60),
+            "progress while the old leader is paused",
+            progressed,
+        )
+        .await
+        .unwrap();
     eprintln!(
         "the new leader committed batch {} {:?} after the pause",
         PAUSED_BATCH + 1,
@@ -93,26 +93,27 @@ async fn paused_leader_commits_nothing(step: &str) {
     for (batch, term, _) in &origins {
         if *batch > committed_before_pause {
             assert_ne!(
-                *term, old_term,
+                *term,
+                old_term,
                 "batch {batch} was committed by the paused leader\n{}",
                 cluster.logs_tail(40)
             );
         }
     }
     // The old leader woke up deposed: it stands by and does not serve.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if cluster.http_get(0, "/readyz").map(|r| r.0).ok() == Some(503) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the old leader still claims to lead\n{}",
-            cluster.logs_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(cluster.driver_running(0), "the old leader stays up as a standby");
+    let standing_by = || async { cluster.http_get(0, "/readyz").map(|r| r.0).ok() == Some(503) };
+    cluster
+        .wait_until(
+            Duration::from_secs(30),
+            "standby /readyz from the old leader",
+            standing_by,
+        )
+        .await
+        .unwrap();
+    assert!(
+        cluster.driver_running(0),
+        "the old leader stays up as a standby"
+    );
     assert_eq!(cluster.leader().await, Some(1));
 }
 

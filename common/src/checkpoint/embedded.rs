@@ -53,46 +53,42 @@ impl EmbeddedStore {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking")(e)),
         }
-        let entries = match std::fs::read(path) {
+        let mut entries: BTreeMap<String, String> = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint {
                 message: format!("corrupt embedded store {}: {e}", path.display()),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(io_err("reading")(e)),
         };
-        let mut entries: BTreeMap<String, String> = entries;
         let term = entries
             .get(TERM_KEY)
             .and_then(|t| t.parse::<i64>().ok())
             .unwrap_or(0)
             + 1;
         entries.insert(TERM_KEY.to_string(), term.to_string());
-        let store = EmbeddedStore {
+        persist(path, &entries)?;
+        Ok(EmbeddedStore {
             path: path.to_path_buf(),
-            entries: Mutex::new(BTreeMap::new()),
+            entries: Mutex::new(entries),
             term,
             _lock: lock,
-        };
-        store.persist(&entries)?;
-        Ok(EmbeddedStore {
-            entries: Mutex::new(entries),
-            ..store
         })
     }
+}
 
-    fn persist(&self, entries: &BTreeMap<String, String>) -> Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec(entries).expect("strings serialize"))?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|source| Error::Io {
-            context: format!("writing {}", self.path.display()),
-            source,
-        })
-    }
+/// Writes `entries` to `path` atomically (write, fsync, rename).
+fn persist(path: &Path, entries: &BTreeMap<String, String>) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec(entries).expect("strings serialize"))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|source| Error::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    })
 }
 
 #[async_trait]
@@ -123,7 +119,7 @@ impl CheckpointStore for EmbeddedStore {
         let mut entries = self.entries.lock().await;
         let mut next = entries.clone();
         next.extend(new_entries);
-        self.persist(&next)?;
+        persist(&self.path, &next)?;
         *entries = next;
         Ok(())
     }
@@ -142,7 +138,7 @@ impl CheckpointStore for EmbeddedStore {
         let mut next = entries.clone();
         next.retain(|k, _| !(k.starts_with(prefix) && k.as_str() < before));
         if next.len() != entries.len() {
-            self.persist(&next)?;
+            persist(&self.path, &next)?;
             *entries = next;
         }
         Ok(())

@@ -167,11 +167,6 @@ impl JobLog {
         self.store.check_fence().await
     }
 
-    /// Every job's record, through this job's store.
-    pub async fn other_jobs(&self) -> Result<Vec<JobRecord>> {
-        JobLog::all_jobs(self.store.as_ref()).await
-    }
-
     /// Whether batch `batch` is recorded as committed.
     pub async fn is_committed(&self, batch: BatchId) -> Result<bool> {
         Ok(self

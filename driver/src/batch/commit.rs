@@ -99,7 +99,7 @@ impl BatchProtocol {
                         .current_snapshot_id()
                         .expect("a committed append has a current snapshot");
                     if ident == &self.sink.main {
-                        self.sink.set_main(committed);
+                        self.sink.set_main(*committed);
                     }
                     return Ok(TableCommitted {
                         snapshot_id,

@@ -204,10 +204,10 @@ impl BatchState {
     /// The batch this state is of.
     pub fn batch_id(&self) -> BatchId {
         match self {
-        BatchState::Planned { plan }
-        | BatchState::FilesWritten { plan, .. }
-        | BatchState::Committed { plan, .. }
-        | BatchState::Checkpointed { plan, .. } => plan.batch_id,
+            BatchState::Planned { plan }
+            | BatchState::FilesWritten { plan, .. }
+            | BatchState::Committed { plan, .. }
+            | BatchState::Checkpointed { plan, .. } => plan.batch_id,
         }
     }
 }

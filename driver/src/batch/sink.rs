@@ -110,7 +110,7 @@ impl SinkTables {
         match expired.await {
             Ok(CasOutcome::Committed(table)) => {
                 info!(table = %self.main, kept = table.metadata().snapshots().len(), "expired old snapshots of the sink table");
-                self.cached = Some(table);
+                self.cached = Some(*table);
             }
             Ok(CasOutcome::Conflict) => self.cached = None,
             Err(error) => {

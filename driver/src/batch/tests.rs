@@ -182,7 +182,7 @@ impl Fixture {
             .await
             .unwrap()
         {
-            CasOutcome::Committed(table) => table,
+            CasOutcome::Committed(table) => *table,
             CasOutcome::Conflict => panic!("unexpected conflict"),
         }
     }
@@ -281,7 +281,11 @@ async fn a_planned_batch_is_executed_committed_checkpointed_under_the_leader_ter
     assert_eq!(log.checkpoint().await.unwrap().unwrap().batch_id, 0);
     assert!(log.is_committed(0).await.unwrap());
     // Nothing is pending any more.
-    assert!(protocol.recover(&outcome.checkpoint).await.unwrap().is_none());
+    assert!(protocol
+        .recover(&outcome.checkpoint)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -303,7 +307,11 @@ async fn a_batch_another_attempt_committed_on_a_newer_table_is_recorded_not_appe
         .unwrap();
     assert!(!outcome.appended, "the batch must not be appended twice");
     let table = fx.table().await;
-    assert_eq!(batch_snapshots(&table, 0), 1, "batch 0 is in exactly one snapshot");
+    assert_eq!(
+        batch_snapshots(&table, 0),
+        1,
+        "batch 0 is in exactly one snapshot"
+    );
     assert!(fx.log().is_committed(0).await.unwrap());
     assert!(fx.exists(&theirs), "the committed attempt's file is kept");
     assert!(!fx.exists(&mine), "the discarded attempt's file is deleted");
@@ -326,7 +334,12 @@ async fn a_commit_on_a_table_that_moved_on_without_the_batch_is_made_on_the_new_
     }
     let (_, json) = fx.write_file(0, 7);
     let outcome = protocol
-        .run(state, &checkpoint_before(0), false, &mut FakeExecution::new(vec![json]))
+        .run(
+            state,
+            &checkpoint_before(0),
+            false,
+            &mut FakeExecution::new(vec![json]),
+        )
         .await
         .unwrap();
     assert!(outcome.appended);
@@ -345,7 +358,9 @@ async fn a_driver_whose_fence_is_gone_commits_nothing_to_the_table_or_the_checkp
     let mut execution = FakeExecution::new(vec![json]);
     let store = fx.store.clone();
     // Deposed while its tasks run.
-    execution.during = Some(Box::new(move || store.deposed.store(true, Ordering::SeqCst)));
+    execution.during = Some(Box::new(move || {
+        store.deposed.store(true, Ordering::SeqCst)
+    }));
     let error = protocol
         .run(state, &checkpoint_before(0), false, &mut execution)
         .await
@@ -357,7 +372,10 @@ async fn a_driver_whose_fence_is_gone_commits_nothing_to_the_table_or_the_checkp
     let table = fx.table().await;
     assert_eq!(table.metadata().snapshots().count(), 0, "nothing committed");
     assert!(fx.log().checkpoint().await.unwrap().is_none());
-    assert!(fx.exists(&name), "files are not deleted by a deposed driver");
+    assert!(
+        fx.exists(&name),
+        "files are not deleted by a deposed driver"
+    );
 }
 
 #[tokio::test]
@@ -387,7 +405,12 @@ async fn recovery_records_a_batch_found_in_the_table_and_reruns_one_that_is_not(
         other => panic!("expected a found commit, got {other:?}"),
     }
     let outcome = protocol
-        .run(state.unwrap(), &checkpoint, true, &mut FakeExecution::new(vec![]))
+        .run(
+            state.unwrap(),
+            &checkpoint,
+            true,
+            &mut FakeExecution::new(vec![]),
+        )
         .await
         .unwrap();
     assert_eq!(outcome.checkpoint.batch_id, 0);
@@ -421,7 +444,10 @@ async fn an_earlier_leaders_files_survive_a_rerun_until_the_batch_is_committed()
         "the paused leader's file was deleted before the batch was committed"
     );
     assert!(fx.exists(&mine));
-    assert!(!fx.exists(&paused), "garbage is deleted once the batch is committed");
+    assert!(
+        !fx.exists(&paused),
+        "garbage is deleted once the batch is committed"
+    );
 }
 
 #[tokio::test]
@@ -430,7 +456,12 @@ async fn a_batch_without_output_still_moves_the_table_on() {
     let mut protocol = fx.protocol();
     let state = protocol.log_plan(plan(0)).await.unwrap();
     protocol
-        .run(state, &checkpoint_before(0), false, &mut FakeExecution::new(vec![]))
+        .run(
+            state,
+            &checkpoint_before(0),
+            false,
+            &mut FakeExecution::new(vec![]),
+        )
         .await
         .unwrap();
     // A stale attempt of the same batch with output now conflicts and finds it.
