@@ -386,4 +386,28 @@ mod tests {
         .unwrap();
         assert_eq!(offsets(&fourth), (8..30).collect::<Vec<_>>());
     }
+
+    /// A logged batch whose range reaches past the partition's end (the topic was
+    /// re-created with fewer records) must not wait for ever for offsets that cannot come.
+    #[test]
+    fn a_range_beyond_a_truncated_partition_is_data_loss_not_a_stall() {
+        let kafka = mock_topic("t", 10);
+        let bootstrap = kafka.bootstrap_servers();
+        let consumer = consumer(&bootstrap).unwrap();
+
+        let strict = read_range(&consumer, &bootstrap, &range(5, 50), true, None).unwrap_err();
+        match strict {
+            Error::DataLoss {
+                topic,
+                partition,
+                start,
+                end,
+            } => assert_eq!((topic.as_str(), partition, start, end), ("t", 0, 10, 50)),
+            other => panic!("expected data loss, got {other}"),
+        }
+
+        let lenient = read_range(&consumer, &bootstrap, &range(5, 50), false, None).unwrap();
+        assert_eq!(offsets(&lenient), (5..10).collect::<Vec<_>>());
+        assert_eq!(lenient.offsets_lost, 40);
+    }
 }

@@ -124,3 +124,46 @@ async fn object_storage_warehouse_commits_once_and_cleans_failed_attempts() {
         "nothing was written to the local disk"
     );
 }
+
+/// The commit is a compare-and-swap through a REST catalog too: a driver's append built on
+/// a table state that another commit has since moved on is refused by the server (409),
+/// never replayed on the newer metadata, so a paused leader cannot commit a batch twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_catalog_refuses_a_commit_built_on_a_stale_table() {
+    use arrow::datatypes::{DataType, Field, Schema};
+    use iceberg::{NamespaceIdent, TableIdent};
+    use sluice_common::iceberg_commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
+
+    let dir = tempfile::tempdir().unwrap();
+    let rest = RestCatalogServer::start(dir.path()).unwrap();
+    let spec = sluice_common::spec::CatalogSpec {
+        catalog_type: "rest".into(),
+        uri: rest.url(),
+        warehouse: String::new(),
+        name: None,
+        properties: Default::default(),
+    };
+    let catalog = sluice_common::catalog::open_catalog(&spec).await.unwrap();
+    let ident = TableIdent::new(NamespaceIdent::new("test".into()), "cas".into());
+    let schema = Schema::new(vec![Field::new("n", DataType::Int64, true)]);
+    let stale = sluice_common::iceberg_sink::ensure_table(catalog.as_ref(), &ident, &schema)
+        .await
+        .unwrap();
+
+    // The standby commits batch 3 on the table as both drivers saw it...
+    let committed = append_batch_on(catalog.clone(), &stale, "job", 3, vec![])
+        .await
+        .unwrap();
+    assert!(matches!(committed, CasOutcome::Committed(_)));
+    // ...then the paused leader wakes and commits batch 3 on its stale copy.
+    let replay = append_batch_on(catalog.clone(), &stale, "job", 3, vec![])
+        .await
+        .unwrap();
+    assert!(
+        matches!(replay, CasOutcome::Conflict),
+        "a stale commit must conflict: {replay:?}"
+    );
+    let table = catalog.load_table(&ident).await.unwrap();
+    assert_eq!(table.metadata().snapshots().count(), 1, "batch 3 once");
+    assert!(find_batch_in_ancestry(&table, "job", 3).is_some());
+}

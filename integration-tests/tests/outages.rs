@@ -182,3 +182,37 @@ async fn catalog_outage_pauses_the_job_which_resumes_by_itself() {
         .await;
     assert!(cluster.uncommitted_files(&spec).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_beyond_a_recreated_topic_fails_the_job_naming_the_partition() {
+    let cluster = TestCluster::start("recreated", 1, 1).await.unwrap();
+    cluster.produce_orders("recreated", 1, 0, 100).unwrap();
+    let sql = "SELECT order_id FROM source";
+    let spec = cluster.spec("recreated", "recreated", sql, "{available_now: true}", "");
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster.wait_until_finished(&job).await;
+
+    // The topic "deleted and re-created": same name, a new log of 10 records, while the
+    // job's checkpoint says offset 100 comes next.
+    let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
+    kafka.create_topic("recreated", 1, 1).unwrap();
+    let producer = sluice_common::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
+    sluice_common::synthetic::produce_orders(&producer, "recreated", 1, 0, 10, None, |_| {})
+        .unwrap();
+    let moved = spec.replace(&cluster.bootstrap_servers(), &kafka.bootstrap_servers());
+    let job = cluster.submit(&moved).await.unwrap();
+    let status = cluster.wait_until_ended(&job).await.unwrap();
+    assert_eq!(status.state, "FAILED", "{status:?}");
+    assert!(
+        status.message.contains("recreated/0")
+            && status.message.contains("offset 100")
+            && status.message.contains("ends at 10"),
+        "{}",
+        status.message
+    );
+    assert_eq!(
+        cluster.row_count(&spec).await.unwrap(),
+        100,
+        "nothing committed is lost and nothing re-read"
+    );
+}

@@ -152,3 +152,37 @@ async fn invalid_requests_are_refused_with_a_clear_status() {
         .is_ok());
     assert!(!cluster.executor_exited(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_job_on_a_table_another_job_writes_is_refused_naming_it() {
+    let cluster = TestCluster::start("orders", 1, 1).await.unwrap();
+    let sql = "SELECT order_id FROM source";
+    let first = cluster.spec("writer-a", "orders", sql, "{processing_time: 1s}", "");
+    cluster.submit(&first).await.unwrap();
+    // Another job name, the same sink table.
+    let second = first.replace("name: writer-a", "name: writer-b");
+    let status = cluster.submit(&second).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("writer-a") && status.message().contains("writer_a"),
+        "{}",
+        status.message()
+    );
+    // Once the writer is stopped, the table is free.
+    cluster
+        .client()
+        .await
+        .unwrap()
+        .stop_job(StopJobRequest {
+            job_id: "writer-a".into(),
+        })
+        .await
+        .unwrap();
+    cluster
+        .wait_for("writer-a", std::time::Duration::from_secs(30), |s| {
+            s.state != "RUNNING"
+        })
+        .await
+        .unwrap();
+    cluster.submit(&second).await.unwrap();
+}
