@@ -12,6 +12,7 @@ use arrow::array::{
 use arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
+use crate::json_guard;
 use crate::schema::{source_schema, value_schema};
 use crate::spec::{KafkaSourceSpec, OnMalformed, RecordFormat};
 
@@ -49,6 +50,7 @@ pub struct RecordDecoder {
     format: RecordFormat,
     on_malformed: OnMalformed,
     max_record_bytes: usize,
+    max_nesting_depth: u32,
     value_schema: SchemaRef,
     source_schema: SchemaRef,
 }
@@ -59,6 +61,7 @@ impl RecordDecoder {
             format: kafka.format,
             on_malformed: kafka.on_malformed,
             max_record_bytes: kafka.max_record_bytes() as usize,
+            max_nesting_depth: kafka.max_nesting_depth(),
             value_schema: value_schema(kafka)?,
             source_schema: source_schema(kafka)?,
         })
@@ -69,15 +72,26 @@ impl RecordDecoder {
         self.source_schema.clone()
     }
 
-    /// Why a record cannot be taken before decoding it, if it cannot.
+    /// Why a record cannot be taken before decoding it, if it cannot: too large, or (JSON)
+    /// nested too deep for the decoder to be safe on it.
     fn precheck(&self, record: &RawRecord) -> Option<String> {
-        let size = record.value.as_ref().map_or(0, Vec::len);
-        (size > self.max_record_bytes).then(|| {
-            format!(
-                "record of {size} bytes exceeds max_record_bytes ({})",
+        let value = record.value.as_deref().unwrap_or_default();
+        if value.len() > self.max_record_bytes {
+            return Some(format!(
+                "record of {} bytes exceeds max_record_bytes ({})",
+                value.len(),
                 self.max_record_bytes
-            )
-        })
+            ));
+        }
+        if self.format == RecordFormat::Json {
+            if let Some(at) = json_guard::too_deep_at(value, self.max_nesting_depth) {
+                return Some(format!(
+                    "JSON nested deeper than max_nesting_depth ({}) at byte {at}",
+                    self.max_nesting_depth
+                ));
+            }
+        }
+        None
     }
 
     /// Decodes `records` of `topic`/`partition`; malformed records are handled as the
@@ -172,14 +186,14 @@ impl RecordDecoder {
         let mut decoder = arrow_json::ReaderBuilder::new(self.value_schema.clone())
             .with_batch_size(count.max(1) + 1)
             .build_decoder()
-            .map_err(|e| e.to_string())?;
+            .map_err(decoder_error)?;
         for (i, record) in records.enumerate() {
             let value = record.value.as_deref().ok_or("the record has no value")?;
-            let consumed = decoder.decode(value).map_err(|e| e.to_string())?;
+            let consumed = decoder.decode(value).map_err(decoder_error)?;
             if consumed != value.len() {
                 return Err("trailing data after the JSON value".into());
             }
-            decoder.decode(b"\n").map_err(|e| e.to_string())?;
+            decoder.decode(b"\n").map_err(decoder_error)?;
             if decoder.has_partial_record() {
                 return Err("incomplete JSON value".into());
             }
@@ -187,10 +201,23 @@ impl RecordDecoder {
                 return Err("expected exactly one JSON object".into());
             }
         }
-        match decoder.flush().map_err(|e| e.to_string())? {
+        match decoder.flush().map_err(decoder_error)? {
             Some(batch) => Ok(batch),
             None => Ok(RecordBatch::new_empty(self.value_schema.clone())),
         }
+    }
+}
+
+/// Longest decoder message kept: arrow-json quotes the offending value whole, which may be
+/// megabytes of one record.
+const MAX_ERROR_CHARS: usize = 500;
+
+/// A decoder error as a message of at most [`MAX_ERROR_CHARS`] characters.
+fn decoder_error(error: arrow::error::ArrowError) -> String {
+    let message = error.to_string();
+    match message.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &message[..cut], message.len()),
+        None => message,
     }
 }
 
@@ -290,6 +317,7 @@ mod tests {
             on_malformed,
             fail_on_data_loss: true,
             max_record_bytes: None,
+            max_nesting_depth: None,
         }
     }
 
@@ -461,5 +489,92 @@ mod tests {
         let decoded = decoder.decode("t", 0, &[]).unwrap();
         assert_eq!(decoded.batch.num_rows(), 0);
         assert_eq!(decoded.batch.schema(), decoder.schema());
+    }
+    /// Orders at even offsets, one hostile value after each: `(records, valid offsets)`.
+    fn orders_among_hostile_values() -> (Vec<RawRecord>, Vec<i64>) {
+        let mut records = Vec::new();
+        let mut valid = Vec::new();
+        for (i, (_, value)) in crate::testing::hostile_values().into_iter().enumerate() {
+            let offset = 2 * i as i64;
+            let order = crate::synthetic::Order::new(i as u64, 0).to_json();
+            records.push(record(offset, &order));
+            valid.push(offset);
+            records.push(RawRecord {
+                value,
+                ..record(offset + 1, "")
+            });
+        }
+        (records, valid)
+    }
+
+    fn order_spec(on_malformed: OnMalformed) -> KafkaSourceSpec {
+        let yaml = format!(
+            "{{bootstrap_servers: b, topics: [t], format: json, schema: {}}}",
+            crate::synthetic::ORDER_SCHEMA_YAML
+        );
+        KafkaSourceSpec {
+            on_malformed,
+            ..serde_yaml::from_str(&yaml).unwrap()
+        }
+    }
+
+    /// No input crashes the decoder (a stack overflow would abort this test binary):
+    /// every valid record decodes, the deep ones are malformed for their depth.
+    #[test]
+    fn hostile_values_among_valid_records_never_crash_the_decoder() {
+        let (records, valid) = orders_among_hostile_values();
+        let skip = RecordDecoder::new(&order_spec(OnMalformed::Skip)).unwrap();
+        let decoded = skip.decode("t", 0, &records).unwrap();
+        let offsets = decoded
+            .batch
+            .column_by_name("_offset")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for offset in &valid {
+            assert!(
+                offsets.values().contains(offset),
+                "valid record {offset} lost"
+            );
+        }
+        assert_eq!(
+            decoded.malformed_skipped as usize + decoded.batch.num_rows(),
+            records.len()
+        );
+
+        let dead_letter = RecordDecoder::new(&order_spec(OnMalformed::DeadLetter)).unwrap();
+        let decoded = dead_letter.decode("t", 0, &records).unwrap();
+        let deep: Vec<&DeadLetter> = decoded
+            .dead_letters
+            .iter()
+            .filter(|l| l.error.contains("max_nesting_depth (64)"))
+            .collect();
+        assert_eq!(
+            deep.iter().map(|l| l.record.offset).collect::<Vec<_>>(),
+            vec![1, 3, 5, 7],
+            "the four deep values are malformed for their depth"
+        );
+        assert_eq!(
+            deep[0].record.value.as_ref().unwrap().len(),
+            400_000,
+            "kept whole"
+        );
+        for letter in &decoded.dead_letters {
+            assert!(
+                letter.error.len() < 1_000,
+                "bounded reason: {}",
+                letter.error.len()
+            );
+        }
+
+        let fail = RecordDecoder::new(&order_spec(OnMalformed::Fail)).unwrap();
+        match fail.decode("t", 0, &records) {
+            Err(Error::MalformedRecord {
+                offset, message, ..
+            }) => {
+                assert_eq!(offset, 1);
+                assert!(message.contains("max_nesting_depth"), "{message}");
+            }
+            other => panic!("expected a malformed record, got {other:?}"),
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod http;
 pub mod iceberg_commit;
 pub mod iceberg_sink;
+pub mod json_guard;
 pub mod kafka;
 pub mod net;
 pub mod offsets;

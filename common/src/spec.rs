@@ -86,7 +86,16 @@ pub struct KafkaSourceSpec {
     /// Larger records are malformed (default [`DEFAULT_MAX_RECORD_BYTES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_record_bytes: Option<u64>,
+    /// JSON records nested deeper than this (objects and arrays) are malformed (default
+    /// [`DEFAULT_MAX_NESTING_DEPTH`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nesting_depth: Option<u32>,
 }
+
+pub use crate::json_guard::DEFAULT_MAX_NESTING_DEPTH;
+/// The deepest `max_nesting_depth` a spec may ask for: deeper values would reach code
+/// that recurses per level with a thread's stack.
+pub const MAX_NESTING_DEPTH_LIMIT: u32 = 1024;
 
 /// Records above this size are malformed unless the spec says otherwise.
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 << 20;
@@ -95,6 +104,11 @@ impl KafkaSourceSpec {
     /// The size above which a record is malformed.
     pub fn max_record_bytes(&self) -> u64 {
         self.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES)
+    }
+
+    /// The nesting depth above which a JSON record is malformed.
+    pub fn max_nesting_depth(&self) -> u32 {
+        self.max_nesting_depth.unwrap_or(DEFAULT_MAX_NESTING_DEPTH)
     }
 }
 
@@ -533,6 +547,14 @@ impl JobSpec {
                 "source.kafka.max_record_bytes",
                 "must be above zero",
             ));
+        }
+        if let Some(depth) = kafka.max_nesting_depth {
+            if !(1..=MAX_NESTING_DEPTH_LIMIT).contains(&depth) {
+                return Err(Error::spec(
+                    "source.kafka.max_nesting_depth",
+                    format!("must be between 1 and {MAX_NESTING_DEPTH_LIMIT}"),
+                ));
+            }
         }
         if self.parallelism.max_records_per_task == 0 {
             return Err(Error::spec(

@@ -210,3 +210,53 @@ pub fn partition_range(topic: &str, start: i64, end: i64) -> crate::offsets::Off
         end,
     }
 }
+
+/// Record values a hostile or broken producer may send, each named: deep nesting that
+/// crashes recursive decoders, invalid text, numbers out of range, wrong shapes and sizes.
+/// `None` is a tombstone (a record without a value).
+pub fn hostile_values() -> Vec<(&'static str, Option<Vec<u8>>)> {
+    let nested = |open: &str, close: &str, depth: usize| {
+        let mut value = open.repeat(depth);
+        value.push_str(&close.repeat(depth));
+        Some(value.into_bytes())
+    };
+    vec![
+        ("a 200,000-deep array", nested("[", "]", 200_000)),
+        ("a 100,000-deep object", nested("{\"a\":", "}", 100_000)),
+        ("a 5,000-deep object", nested("{\"a\":", "}", 5_000)),
+        (
+            "a deep value in a typed field",
+            Some(
+                format!(
+                    "{{\"order_id\": {}1{}}}",
+                    "[".repeat(50_000),
+                    "]".repeat(50_000)
+                )
+                .into_bytes(),
+            ),
+        ),
+        (
+            "invalid UTF-8",
+            Some(b"{\"order_id\": \"\xff\xfe\"}".to_vec()),
+        ),
+        ("1e400", Some(b"{\"product_id\": 1e400}".to_vec())),
+        (
+            "a 23-digit integer",
+            Some(b"{\"product_id\": 12345678901234567890123}".to_vec()),
+        ),
+        (
+            "wrong types",
+            Some(b"{\"order_id\": 5, \"product_id\": \"x\", \"amount\": [1]}".to_vec()),
+        ),
+        ("a bare array", Some(b"[1, 2, 3]".to_vec())),
+        ("empty", Some(Vec::new())),
+        ("null", Some(b"null".to_vec())),
+        ("NUL bytes", Some(b"{\"order_id\": \"a\0b\"}\0".to_vec())),
+        ("NaN", Some(b"{\"amount\": NaN}".to_vec())),
+        (
+            "a 900 KB string",
+            Some(format!("{{\"amount\": \"{}\"}}", "x".repeat(900_000)).into_bytes()),
+        ),
+        ("a tombstone", None),
+    ]
+}
