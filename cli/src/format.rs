@@ -44,6 +44,9 @@ pub fn batch_line(p: &BatchProgress) -> String {
     if p.malformed_skipped > 0 {
         line.push_str(&format!("  skipped {}", thousands(p.malformed_skipped)));
     }
+    if p.executor_crashes > 0 {
+        line.push_str(&format!("  CRASHED {} executors", p.executor_crashes));
+    }
     line
 }
 

@@ -1,7 +1,7 @@
 //! Crash points for fault-injection tests: a process started with
-//! `SLUICE_FAILPOINTS=name[@batch][=sleep:MS][,…]` aborts at once (no clean-up, like
-//! SIGKILL) when it reaches a named point (for that batch), or with `=sleep:MS` stalls
-//! there that long. Unset, a check costs one atomic load.
+//! `SLUICE_FAILPOINTS=name[@batch][=sleep:MS|=panic][,…]` aborts at once (no clean-up,
+//! like SIGKILL) when it reaches a named point (for that batch), with `=sleep:MS` stalls
+//! there that long, with `=panic` panics there. Unset, a check costs one atomic load.
 
 use std::sync::OnceLock;
 
@@ -33,6 +33,7 @@ pub const EXECUTOR_FILES_WRITTEN: &str = "executor_files_written";
 enum Action {
     Abort,
     SleepMs(u64),
+    Panic,
 }
 
 type Armed = Vec<(String, Option<BatchId>, Action)>;
@@ -53,6 +54,7 @@ fn parse(value: &str) -> Armed {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (point, action) = match p.split_once('=') {
+                Some((point, "panic")) => (point, Action::Panic),
                 Some((point, action)) => {
                     let ms = action.strip_prefix("sleep:").and_then(|ms| ms.parse().ok());
                     (point, ms.map_or(Action::Abort, Action::SleepMs))
@@ -87,6 +89,7 @@ pub async fn hit(name: &str, batch: BatchId) {
             eprintln!("failpoint {name} hit at batch {batch}: sleeping {ms} ms");
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
+        Some(Action::Panic) => panic!("failpoint {name} hit at batch {batch}: panicking"),
         None => {}
     }
 }
@@ -98,7 +101,7 @@ mod tests {
     #[test]
     fn failpoints_parse_with_optional_batches() {
         assert_eq!(
-            parse("plan_logged@3, files_written, executor_records_read@1=sleep:2000"),
+            parse("plan_logged@3, files_written, executor_records_read@1=sleep:2000, x=panic"),
             vec![
                 ("plan_logged".to_string(), Some(3), Action::Abort),
                 ("files_written".to_string(), None, Action::Abort),
@@ -107,6 +110,7 @@ mod tests {
                     Some(1),
                     Action::SleepMs(2000)
                 ),
+                ("x".to_string(), None, Action::Panic),
             ]
         );
         assert!(parse("").is_empty());

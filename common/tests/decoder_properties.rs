@@ -118,7 +118,7 @@ fn wide(width: usize, seed: u64) -> Vec<u8> {
             let name = format!(
                 "{}{}",
                 NAMES[(r % 8) as usize],
-                if r % 3 == 0 { "" } else { "_" }
+                if r.is_multiple_of(3) { "" } else { "_" }
             );
             let value = match r % 5 {
                 0 => (r as i64 - 1_000_000).to_string(),

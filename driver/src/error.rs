@@ -25,6 +25,15 @@ pub enum Error {
         message: String,
         retryable: bool,
     },
+    #[error("batch {batch}: stage {stage} task {task} crashed {crashes} times (its executor died or it panicked; last: {last}); it reads {ranges}; no more executors are risked on it")]
+    TaskCrashed {
+        batch: i64,
+        stage: u32,
+        task: u32,
+        crashes: u32,
+        ranges: String,
+        last: String,
+    },
     #[error("batch {batch} could not be committed to {table}: the table changed under each of {attempts} attempts")]
     CommitConflicts {
         table: String,
@@ -57,6 +66,8 @@ impl Error {
             Error::Common(e) => e.is_user_error(),
             Error::TaskFailed { retryable, .. } => !retryable,
             Error::CheckpointBeyondLog { .. } => true,
+            // Running it again would crash more executors: the job fails instead.
+            Error::TaskCrashed { .. } => true,
             _ => false,
         }
     }

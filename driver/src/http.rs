@@ -64,6 +64,11 @@ fn metrics(term: Option<&Term>) -> String {
         "# TYPE sluice_task_retries_total counter\nsluice_task_retries_total {}",
         term.scheduler.retries()
     );
+    let _ = writeln!(
+        out,
+        "# HELP sluice_task_crashes_total Task attempts whose executor died under them or that panicked.\n# TYPE sluice_task_crashes_total counter\nsluice_task_crashes_total {}",
+        term.scheduler.crashes()
+    );
     let jobs = term.manager.jobs();
     let counters = [
         ("sluice_batches_total", "Committed batches."),

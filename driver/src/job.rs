@@ -367,13 +367,14 @@ impl JobRunner {
                 checkpoint: outcome.timings.checkpoint,
                 since_previous_trigger,
             };
-            let progress = batch_progress(
+            let mut progress = batch_progress(
                 &self.shared.job_id,
                 &outcome.plan,
                 &latest,
                 &outcome.tasks,
                 &timings,
             );
+            progress.executor_crashes = outcome.crashes;
             info!(
                 rows = progress.input_rows,
                 output_rows = progress.output_rows,
@@ -417,6 +418,7 @@ impl ExecuteBatch for SchedulerExecution<'_> {
         Ok(Executed {
             tasks: results.tasks,
             retried: results.retried,
+            crashes: results.crashes,
         })
     }
 }

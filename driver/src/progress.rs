@@ -72,6 +72,7 @@ pub fn batch_progress(
             })
             .collect(),
         tasks: results.len() as u32,
+        executor_crashes: 0,
         job_state: String::new(),
         message: String::new(),
     }

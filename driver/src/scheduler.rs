@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,10 @@ use sluice_proto::v1::{
     self, task_result, MapOutput, PrepareJobRequest, ReleaseShuffleRequest, ShuffleInput,
     StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
 };
-use tracing::{debug, info, warn};
+use sluice_proto::TASK_PANICKED;
+use tracing::{debug, error, info, warn};
 
+use crate::crash;
 use crate::error::{Error, Result};
 use crate::registry::{ExecutorHandle, Registry};
 
@@ -40,6 +42,8 @@ pub struct Scheduler {
     task_timeout: Duration,
     /// Task attempts that failed and were retried, since start.
     retries: Arc<AtomicU64>,
+    /// Task attempts that crashed their executor or panicked, since start.
+    crashes: Arc<AtomicU64>,
     /// The executor that last read each partition, by job: the partition's next range goes
     /// there while it has a free slot, where a consumer already stands at the range's
     /// start and has fetched ahead.
@@ -56,6 +60,8 @@ pub struct BatchResults {
     pub tasks: Vec<TaskSuccess>,
     /// Whether some task needed more than one attempt (earlier attempts may have left files).
     pub retried: bool,
+    /// Attempts that crashed their executor or panicked.
+    pub crashes: u32,
 }
 
 /// A stage as the scheduler runs it.
@@ -150,6 +156,8 @@ struct BatchRun<'a> {
     /// One re-run at a time per map output.
     recoveries: Mutex<HashMap<StageTask, Arc<tokio::sync::Mutex<()>>>>,
     retried: AtomicBool,
+    /// Attempts that crashed their executor or panicked.
+    crashes: AtomicU32,
     /// Tasks of a stage after a hash shuffle: the shuffle partitions, or fewer when the
     /// cluster has fewer task slots (each task then reduces several partitions). Fixed
     /// for the batch, so that map outputs keep their task ids.
@@ -231,6 +239,7 @@ impl Scheduler {
             registry,
             task_timeout,
             retries: Arc::new(AtomicU64::new(0)),
+            crashes: Arc::new(AtomicU64::new(0)),
             partition_homes: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -238,6 +247,11 @@ impl Scheduler {
     /// Task attempts that failed and were retried, since start.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Task attempts that crashed their executor or panicked, since start.
+    pub fn crashes(&self) -> u64 {
+        self.crashes.load(Ordering::Relaxed)
     }
 
     /// Runs the job's stages in order; stages that read the stream run one task per
@@ -259,6 +273,7 @@ impl Scheduler {
             results: Mutex::new(BTreeMap::new()),
             recoveries: Mutex::new(HashMap::new()),
             retried: AtomicBool::new(false),
+            crashes: AtomicU32::new(0),
             reduce_tasks: self
                 .registry
                 .alive()
@@ -283,6 +298,7 @@ impl Scheduler {
                 .into_values()
                 .collect(),
             retried,
+            crashes: run.crashes.load(Ordering::Relaxed),
         })
     }
 
@@ -333,6 +349,7 @@ impl Scheduler {
         let mut last_failure = (String::new(), String::new());
         let mut attempt = 0;
         let mut recoveries = 0;
+        let mut crashes = 0;
         let ranges: &[OffsetRange] = match stage.kind {
             StageKind::Source => &run.ranges[task_id as usize],
             _ => &[],
@@ -398,6 +415,12 @@ impl Scheduler {
                         .await?;
                     continue;
                 }
+                Ok(task_result::Outcome::Failure(failure)) if failure.kind == TASK_PANICKED => {
+                    warn!(executor = %executor.id, batch, stage = stage_id, task = task_id, attempt, message = %failure.message, "task panicked");
+                    crashes += 1;
+                    self.count_crash(run);
+                    last_failure = (failure.kind, failure.message);
+                }
                 Ok(task_result::Outcome::Failure(failure)) => {
                     if failure.kind == "unknown_job" {
                         executor
@@ -415,7 +438,23 @@ impl Scheduler {
                         self.registry.remove(&executor.id, status.message());
                     }
                     last_failure = ("executor_unreachable".into(), status.message().to_string());
+                    if crash::executor_died(&executor.address, &status).await {
+                        error!(executor = %executor.id, batch, stage = stage_id, task = task_id, attempt, ranges = %crash::describe_ranges(ranges), "the executor died running the task");
+                        crashes += 1;
+                        self.count_crash(run);
+                        last_failure.1 = format!("executor {} died running it", executor.id);
+                    }
                 }
+            }
+            if crashes >= crash::MAX_TASK_CRASHES {
+                return Err(Error::TaskCrashed {
+                    batch,
+                    stage: stage_id,
+                    task: task_id,
+                    crashes,
+                    ranges: crash::describe_ranges(ranges),
+                    last: last_failure.1,
+                });
             }
             if attempt < MAX_TASK_ATTEMPTS {
                 self.retries.fetch_add(1, Ordering::Relaxed);
@@ -431,6 +470,11 @@ impl Scheduler {
             message: last_failure.1,
             retryable: true,
         })
+    }
+
+    fn count_crash(&self, run: &BatchRun<'_>) {
+        run.crashes.fetch_add(1, Ordering::Relaxed);
+        self.crashes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The executor that last read the first of `ranges`' partitions for the job.

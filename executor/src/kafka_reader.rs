@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_common::decode::{DeadLetter, RecordDecoder};
 use sluice_common::kafka::{consumer, read_range, Position, RangeRead};
 use sluice_common::offsets::OffsetRange;
-use sluice_common::{Error, Result};
+use sluice_common::Result;
 
 /// How long an idle consumer keeps fetching ahead on its partition; then it is unassigned
 /// (and stays pooled, connected).
@@ -152,13 +152,11 @@ impl ConsumerPool {
                 .collect();
             readers
                 .into_iter()
+                // A reader's panic goes on up to the task, which reports it.
                 .map(|reader| {
-                    reader.join().unwrap_or_else(|_| {
-                        Err(Error::Io {
-                            context: "Kafka reader thread".into(),
-                            source: std::io::Error::other("the reader thread panicked"),
-                        })
-                    })
+                    reader
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 })
                 .collect()
         });

@@ -14,6 +14,8 @@ pub struct ExecutorMetrics {
     pub registered: AtomicBool,
     pub tasks_succeeded: AtomicU64,
     pub tasks_failed: AtomicU64,
+    /// Failed tasks that panicked (also counted in `tasks_failed`).
+    pub tasks_panicked: AtomicU64,
     pub records_read: AtomicU64,
     /// Bytes of shuffle outputs held in memory.
     pub shuffle_memory_bytes: AtomicU64,
@@ -29,6 +31,7 @@ impl Default for ExecutorMetrics {
             registered: AtomicBool::new(false),
             tasks_succeeded: AtomicU64::new(0),
             tasks_failed: AtomicU64::new(0),
+            tasks_panicked: AtomicU64::new(0),
             records_read: AtomicU64::new(0),
             shuffle_memory_bytes: AtomicU64::new(0),
             shuffle_spilled_bytes: AtomicU64::new(0),
@@ -62,6 +65,7 @@ impl ExecutorMetrics {
             "sluice_executor_tasks_total{{outcome=\"failed\"}} {}",
             load(&self.tasks_failed)
         );
+        let _ = writeln!(out, "# TYPE sluice_executor_tasks_panicked_total counter\nsluice_executor_tasks_panicked_total {}", load(&self.tasks_panicked));
         let _ = writeln!(out, "# TYPE sluice_executor_records_read_total counter\nsluice_executor_records_read_total {}", load(&self.records_read));
         let _ = writeln!(out, "# TYPE sluice_executor_shuffle_memory_bytes gauge\nsluice_executor_shuffle_memory_bytes {}", load(&self.shuffle_memory_bytes));
         let _ = writeln!(out, "# TYPE sluice_executor_shuffle_spilled_bytes_total counter\nsluice_executor_shuffle_spilled_bytes_total {}", load(&self.shuffle_spilled_bytes));

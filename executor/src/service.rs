@@ -11,9 +11,10 @@ use sluice_proto::v1::{
     task_result, PrepareJobRequest, PrepareJobResponse, ReleaseShuffleRequest,
     ReleaseShuffleResponse, TaskDefinition, TaskFailure, TaskResult,
 };
+use sluice_proto::TASK_PANICKED;
 use tokio::sync::{RwLock, Semaphore};
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::flight::{FlightFetcher, FlightShuffleService};
@@ -26,7 +27,7 @@ use crate::ExecutorConfig;
 
 struct ExecutorService {
     jobs: RwLock<HashMap<String, Arc<PreparedJob>>>,
-    env: TaskEnv,
+    env: Arc<TaskEnv>,
     slots: Arc<Semaphore>,
     metrics: Arc<ExecutorMetrics>,
 }
@@ -86,7 +87,12 @@ impl Executor for ExecutorService {
         let metrics = &self.metrics;
         metrics.running.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let outcome = run_task(job, &self.env, &task, ranges).await;
+        // Its own tokio task, so that a panic anywhere in it fails this task only.
+        let env = self.env.clone();
+        let definition = task.clone();
+        let outcome = tokio::spawn(async move { run_task(job, &env, &definition, ranges).await })
+            .await
+            .map_err(|e| panic_message(e.into_panic()));
         metrics.running.fetch_sub(1, Ordering::Relaxed);
         metrics
             .shuffle_memory_bytes
@@ -100,17 +106,29 @@ impl Executor for ExecutorService {
             .expect("histogram lock")
             .observe(started.elapsed().as_secs_f64());
         let outcome = match outcome {
-            Ok(success) => {
+            Ok(Ok(success)) => {
                 metrics.tasks_succeeded.fetch_add(1, Ordering::Relaxed);
                 metrics
                     .records_read
                     .fetch_add(success.input_rows, Ordering::Relaxed);
                 task_result::Outcome::Success(success)
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 metrics.tasks_failed.fetch_add(1, Ordering::Relaxed);
                 warn!(job = %task.job_id, batch = task.batch_id, task = task.task_id, %error, "task failed");
                 task_result::Outcome::Failure(failure(&error))
+            }
+            Err(panic) => {
+                metrics.tasks_failed.fetch_add(1, Ordering::Relaxed);
+                metrics.tasks_panicked.fetch_add(1, Ordering::Relaxed);
+                error!(job = %task.job_id, batch = task.batch_id, task = task.task_id, %panic, "task panicked; the executor keeps serving");
+                task_result::Outcome::Failure(TaskFailure {
+                    retryable: true,
+                    kind: TASK_PANICKED.into(),
+                    message: format!("the task panicked: {panic}"),
+                    lost_stage: None,
+                    lost_map_task: None,
+                })
             }
         };
         Ok(Response::new(TaskResult {
@@ -131,6 +149,15 @@ impl Executor for ExecutorService {
             .store(self.env.store.memory_used() as u64, Ordering::Relaxed);
         Ok(Response::new(ReleaseShuffleResponse {}))
     }
+}
+
+/// The message a panic was raised with.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Runs an executor until `shutdown` completes; running tasks finish first.
@@ -166,11 +193,11 @@ pub async fn run(
     let metrics = Arc::new(ExecutorMetrics::default());
     let service = ExecutorService {
         jobs: RwLock::new(HashMap::new()),
-        env: TaskEnv {
+        env: Arc::new(TaskEnv {
             pool: Arc::new(ConsumerPool::new(config.kafka_read_ahead)),
             store: store.clone(),
             fetcher: Arc::new(FlightFetcher::default()),
-        },
+        }),
         slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
         metrics: metrics.clone(),
     };

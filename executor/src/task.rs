@@ -225,9 +225,13 @@ pub async fn run_task(
                     )
                 })
                 .await
-                .map_err(|e| Error::Io {
-                    context: "reader thread".into(),
-                    source: std::io::Error::other(e.to_string()),
+                .map_err(|e| match e.try_into_panic() {
+                    // Reported by the service as the task's panic.
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(e) => Error::Io {
+                        context: "reader thread".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    },
                 })??,
             )
         };

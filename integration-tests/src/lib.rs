@@ -522,19 +522,31 @@ impl TestCluster {
 
     /// Produces raw values to one partition.
     pub fn produce_raw(&self, topic: &str, partition: i32, values: &[&str]) -> Result<()> {
+        let values: Vec<Option<Vec<u8>>> =
+            values.iter().map(|v| Some(v.as_bytes().to_vec())).collect();
+        self.produce_values(topic, partition, &values)
+    }
+
+    /// Produces records to one partition, any bytes; `None` is a tombstone.
+    pub fn produce_values(
+        &self,
+        topic: &str,
+        partition: i32,
+        values: &[Option<Vec<u8>>],
+    ) -> Result<()> {
         let producer: BaseProducer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap_servers())
+            .set("message.max.bytes", "2000000")
             .create()?;
         for value in values {
-            producer
-                .send(
-                    BaseRecord::<str, str>::to(topic)
-                        .payload(value)
-                        .partition(partition),
-                )
-                .map_err(|(e, _)| e)?;
+            let mut record = BaseRecord::<(), [u8]>::to(topic).partition(partition);
+            if let Some(value) = value {
+                record = record.payload(value.as_slice());
+            }
+            producer.send(record).map_err(|(e, _)| e)?;
+            producer.poll(Duration::ZERO);
         }
-        producer.flush(Duration::from_secs(10))?;
+        producer.flush(Duration::from_secs(30))?;
         Ok(())
     }
 
@@ -652,7 +664,7 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
 
     /// Waits until the job is no longer RUNNING; returns its final status.
     pub async fn wait_until_ended(&self, job: &str) -> Result<JobStatus> {
-        self.wait_for(job, Duration::from_secs(240), |s| s.state != "RUNNING")
+        self.wait_for(job, Duration::from_secs(60), |s| s.state != "RUNNING")
             .await
     }
 

@@ -7,3 +7,6 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub mod v1 {
     tonic::include_proto!("sluice.v1");
 }
+
+/// `TaskFailure.kind` of a task that panicked on its executor (which keeps serving).
+pub const TASK_PANICKED: &str = "panic";

@@ -89,6 +89,8 @@ pub struct Executed {
     /// Whether some task needed more than one attempt (earlier attempts may have left
     /// files behind).
     pub retried: bool,
+    /// Attempts that crashed their executor or panicked.
+    pub crashes: u32,
 }
 
 /// How long each phase of a batch took.
@@ -109,6 +111,8 @@ pub struct BatchOutcome {
     /// False when the table already held the batch (an earlier attempt committed it).
     pub appended: bool,
     pub timings: PhaseTimings,
+    /// Task attempts that crashed their executor or panicked before the batch succeeded.
+    pub crashes: u32,
 }
 
 /// One job's side of the protocol: its logs, its tables, its fence.
@@ -143,6 +147,7 @@ impl BatchProtocol {
         let mut timings = PhaseTimings::default();
         let mut tasks = Vec::new();
         let mut appended = false;
+        let mut crashes = 0;
         // Files other than this attempt's can exist only for a recovered batch or after a
         // retried task; otherwise the clean-up's listing of the table is skipped.
         let mut garbage_possible = recovered;
@@ -161,6 +166,7 @@ impl BatchProtocol {
                 BatchState::FilesWritten { plan, executed } => {
                     let committed = self.commit(plan, &executed.tasks).await?;
                     garbage_possible |= executed.retried;
+                    crashes = executed.crashes;
                     tasks = executed.tasks;
                     timings.commit = started.elapsed();
                     failpoint::hit(failpoint::SNAPSHOT_COMMITTED, committed.batch_id()).await;
@@ -193,6 +199,7 @@ impl BatchProtocol {
                         tasks,
                         appended,
                         timings,
+                        crashes,
                     });
                 }
             };

@@ -240,6 +240,7 @@ impl ExecuteBatch for FakeExecution {
                 ..Default::default()
             }],
             retried: false,
+            crashes: 0,
         })
     }
 }
