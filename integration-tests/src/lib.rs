@@ -664,7 +664,7 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
 
     /// Waits until the job is no longer RUNNING; returns its final status.
     pub async fn wait_until_ended(&self, job: &str) -> Result<JobStatus> {
-        self.wait_for(job, Duration::from_secs(60), |s| s.state != "RUNNING")
+        self.wait_for(job, Duration::from_secs(240), |s| s.state != "RUNNING")
             .await
     }
 
