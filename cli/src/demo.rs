@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use sluice_common::catalog::open_catalog;
-use sluice_common::iceberg_sink::{table_ident, total_records};
-use sluice_common::spec::JobSpec;
-use sluice_common::synthetic::{produce_orders, producer, ORDER_SCHEMA_YAML};
+use sluice_kafka::synthetic::{produce_orders, producer, ORDER_SCHEMA_YAML};
+use sluice_proto::v1::JobStatus;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::{client, format};
@@ -85,11 +83,12 @@ pub async fn demo(data_dir: PathBuf, executors: u32, batches: u64) -> Result<()>
     println!("stopping the cluster");
     let data_dir = cluster.data_dir.clone();
     cluster.shutdown(Duration::from_secs(15)).await;
-    let spec_text = result?;
-    report(&spec_text, &data_dir).await
+    let (location, status) = result?;
+    report(&location, &status, &data_dir);
+    Ok(())
 }
 
-async fn run_demo(cluster: &LocalCluster, batches: u64) -> Result<String> {
+async fn run_demo(cluster: &LocalCluster, batches: u64) -> Result<(String, JobStatus)> {
     println!(
         "mock Kafka at {}; producing {RATE} orders/s to {TOPIC} ({PARTITIONS} partitions)",
         cluster.bootstrap_servers
@@ -147,22 +146,18 @@ async fn run_demo(cluster: &LocalCluster, batches: u64) -> Result<String> {
         .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
     let status = client::status(&mut driver, &job_id).await?;
     print!("{}", format::status_block(&status));
-    Ok(spec_text)
+    Ok((location, status))
 }
 
-async fn report(spec_text: &str, data_dir: &Path) -> Result<()> {
-    let spec = JobSpec::parse(spec_text)?;
-    let sink = &spec.sink.iceberg;
-    let catalog = open_catalog(&sink.catalog).await?;
-    let table = catalog.load_table(&table_ident(sink)).await?;
+/// Where the demo's table is and what it holds, as the driver committed it.
+fn report(location: &str, status: &JobStatus, data_dir: &Path) {
     println!();
-    println!("Iceberg table {}.{}", sink.namespace, sink.table);
-    println!("  location: {}", table.metadata().location());
+    println!("Iceberg table {}", status.table);
+    println!("  location: {location}");
     println!(
         "  catalog:  {}/catalog.db (SQLite, catalog name \"default\")",
         data_dir.display()
     );
-    println!("  snapshots: {}", table.metadata().snapshots().len());
-    println!("  rows: {}", format::thousands(total_records(&table)));
-    Ok(())
+    println!("  batches committed: {}", status.last_committed_batch + 1);
+    println!("  rows: {}", format::thousands(status.total_rows));
 }

@@ -119,7 +119,7 @@ async fn local(options: ClusterOptions) -> Result<()> {
         "Submit with `sluice --driver {} submit job.yaml`; Ctrl-C stops.",
         cluster.driver_url
     );
-    let shutdown = sluice_common::telemetry::shutdown_signal();
+    let shutdown = sluice_core::telemetry::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -140,7 +140,7 @@ async fn local(options: ClusterOptions) -> Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    sluice_common::telemetry::init(false);
+    sluice_core::telemetry::init(false);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use sluice_common::kafka::OffsetReader;
-use sluice_common::synthetic::{produce_orders, producer};
+use sluice_kafka::read::OffsetReader;
+use sluice_kafka::synthetic::{produce_orders, producer};
 
 /// Produces `count` events (or until interrupted when absent) at `rate` events/s.
 pub fn produce(

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use sluice_common::offsets::OffsetRange;
+use sluice_kafka::offsets::OffsetRange;
 use sluice_proto::v1::executor_client::ExecutorClient;
 use sluice_proto::v1::ReleaseShuffleRequest;
 
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn ranges_are_named_by_topic_partition_and_offsets() {
-        let ranges = [sluice_common::testing::partition_range("orders", 5, 9)];
+        let ranges = [sluice_testkit::partition_range("orders", 5, 9)];
         assert_eq!(describe_ranges(&ranges), "orders/0 offsets 5..9");
     }
 }

@@ -1,13 +1,14 @@
 //! Driver errors and their gRPC status codes.
 
-use sluice_common::JobId;
+use sluice_core::JobId;
+use sluice_core::{BatchId, TaskId};
 
 /// What can go wrong in the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Shared code failed (spec, Kafka, checkpoint store, Iceberg, query).
     #[error(transparent)]
-    Common(#[from] sluice_common::Error),
+    Common(#[from] sluice_core::Error),
     #[error("job {0} does not exist")]
     UnknownJob(JobId),
     #[error("job {0} is already running")]
@@ -18,8 +19,8 @@ pub enum Error {
     NoExecutors,
     #[error("task {task} of batch {batch} failed after {attempts} attempts: {kind}: {message}")]
     TaskFailed {
-        batch: i64,
-        task: u32,
+        batch: BatchId,
+        task: TaskId,
         attempts: u32,
         kind: String,
         message: String,
@@ -27,9 +28,9 @@ pub enum Error {
     },
     #[error("batch {batch}: stage {stage} task {task} crashed {crashes} times (its executor died or it panicked; last: {last}); it reads {ranges}; no more executors are risked on it")]
     TaskCrashed {
-        batch: i64,
+        batch: BatchId,
         stage: u32,
-        task: u32,
+        task: TaskId,
         crashes: u32,
         ranges: String,
         last: String,
@@ -37,7 +38,7 @@ pub enum Error {
     #[error("batch {batch} could not be committed to {table}: the table changed under each of {attempts} attempts")]
     CommitConflicts {
         table: String,
-        batch: i64,
+        batch: BatchId,
         attempts: u32,
     },
     #[error("the checkpoint of {topic}/{partition} is at offset {checkpoint} but the partition ends at {latest}: the topic was deleted and re-created or truncated; the offsets consumed no longer name the same records (resubmit the job under a new name to start over)")]
@@ -75,7 +76,7 @@ impl Error {
 
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> tonic::Status {
-        use sluice_common::Error as C;
+        use sluice_core::Error as C;
         let message = error.to_string();
         match &error {
             Error::UnknownJob(_) => tonic::Status::not_found(message),

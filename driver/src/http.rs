@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
-use sluice_common::http::{escape_html, Handler, HttpResponse};
+use sluice_core::http::{escape_html, Handler, HttpResponse};
 
 use crate::manager::JobManager;
 use crate::progress::PHASES;

@@ -6,13 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::JobLog;
 use async_trait::async_trait;
-use sluice_common::checkpoint::JobLog;
-use sluice_common::iceberg_sink::total_records;
-use sluice_common::kafka::OffsetReader;
-use sluice_common::offsets::{BatchPlan, Checkpoint};
-use sluice_common::spec::{JobSpec, OnMalformed, Trigger};
-use sluice_common::{BatchId, Error as CommonError, JobId};
+use sluice_core::spec::{JobSpec, OnMalformed, Trigger};
+use sluice_core::{BatchId, Error as CommonError, JobId};
+use sluice_iceberg::sink::total_records;
+use sluice_kafka::offsets::{BatchPlan, Checkpoint};
+use sluice_kafka::read::OffsetReader;
 use sluice_proto::v1::JobStatus;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
@@ -99,7 +99,7 @@ pub struct JobShared {
 impl JobShared {
     pub fn new(spec: JobSpec) -> Arc<JobShared> {
         Arc::new(JobShared {
-            job_id: spec.name.clone(),
+            job_id: spec.job_id(),
             spec,
             progress: ProgressLog::default(),
             status: Mutex::new(StatusInner {
@@ -130,7 +130,7 @@ impl JobShared {
 
     /// Records the last committed batch (for a job that is not running).
     pub fn set_last_committed(&self, batch: BatchId) {
-        self.set(|s| s.last_committed_batch = batch);
+        self.set(|s| s.last_committed_batch = batch.get());
     }
 
     /// Asks the loop to end after the running batch.
@@ -150,7 +150,7 @@ impl JobShared {
         let s = self.status.lock().expect("status lock");
         let sink = &self.spec.sink.iceberg;
         JobStatus {
-            job_id: self.job_id.clone(),
+            job_id: self.job_id.to_string(),
             name: self.spec.name.clone(),
             state: s.state.as_str().to_string(),
             message: s.message.clone(),
@@ -346,7 +346,7 @@ impl JobRunner {
         };
         self.last_trigger = trigger_started;
         let batch = state.batch_id();
-        let span = info_span!("batch", job = %self.shared.job_id, batch);
+        let span = info_span!("batch", job = %self.shared.job_id, %batch);
         async {
             let planned = trigger_started.elapsed();
             let mut execution = SchedulerExecution {
@@ -389,7 +389,7 @@ impl JobRunner {
                 );
             }
             self.shared.set(|s| {
-                s.last_committed_batch = outcome.checkpoint.batch_id;
+                s.last_committed_batch = outcome.checkpoint.batch_id.get();
                 s.total_rows += progress.output_rows;
             });
             self.shared.progress.publish(progress);

@@ -3,6 +3,7 @@
 //! checkpoint store exactly once. See DESIGN.md, "The batch lifecycle".
 
 mod batch;
+pub mod checkpoint;
 mod crash;
 mod error;
 mod http;

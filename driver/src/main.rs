@@ -43,7 +43,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    sluice_common::telemetry::init(args.log_json);
+    sluice_core::telemetry::init(args.log_json);
+    sluice_core::failpoint::warn_if_ignored();
     let config = DriverConfig {
         bind: args.bind,
         http_bind: args.http_bind,
@@ -53,7 +54,7 @@ async fn main() -> std::process::ExitCode {
         leader_lease: Duration::from_secs(args.leader_lease_secs.max(1)),
         task_timeout: Duration::from_secs(args.task_timeout_secs.max(1)),
     };
-    match sluice_driver::run(config, sluice_common::telemetry::shutdown_signal()).await {
+    match sluice_driver::run(config, sluice_core::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "exiting");

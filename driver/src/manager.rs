@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_common::catalog::open_catalog;
-use sluice_common::checkpoint::{CheckpointStore, JobLog, JobRecord};
-use sluice_common::decode::dead_letter_schema;
-use sluice_common::iceberg_sink::{dead_letter_ident, ensure_table, table_ident};
-use sluice_common::kafka::OffsetReader;
-use sluice_common::spec::{JobSpec, OnMalformed};
-use sluice_common::JobId;
+use crate::checkpoint::{CheckpointStore, JobLog, JobRecord};
+use sluice_core::spec::{JobSpec, OnMalformed};
+use sluice_core::JobId;
+use sluice_iceberg::catalog::open_catalog;
+use sluice_iceberg::sink::{dead_letter_ident, ensure_table, table_ident};
+use sluice_kafka::decode::dead_letter_schema;
+use sluice_kafka::read::OffsetReader;
 use sluice_proto::v1::JobStatus;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -50,9 +50,9 @@ impl JobManager {
     /// Returns the job id and the table location.
     pub async fn submit(self: &Arc<Self>, text: &str) -> Result<(JobId, String)> {
         let spec = JobSpec::parse(text)?;
-        if let Some(entry) = self.jobs.lock().expect("jobs lock").get(&spec.name) {
+        if let Some(entry) = self.jobs.lock().expect("jobs lock").get(spec.name.as_str()) {
             if !entry.shared.state().is_final() {
-                return Err(Error::JobRunning(spec.name.clone()));
+                return Err(Error::JobRunning(spec.job_id()));
             }
         }
         self.check_table_not_taken(&spec).await?;
@@ -71,7 +71,7 @@ impl JobManager {
         }
         let location = table.metadata().location().to_string();
         let record = JobRecord {
-            job_id: spec.name.clone(),
+            job_id: spec.job_id(),
             spec_json: spec.to_json(),
             active: true,
             state: JobState::Running.as_str().into(),
@@ -80,7 +80,7 @@ impl JobManager {
         JobLog::new(self.store.clone(), &spec.name)
             .put_job(&record)
             .await?;
-        let job_id = spec.name.clone();
+        let job_id = spec.job_id();
         info!(job = %job_id, table = %location, "job submitted");
         self.start(spec, Some(job));
         Ok((job_id, location))
@@ -91,7 +91,7 @@ impl JobManager {
     async fn check_table_not_taken(&self, spec: &JobSpec) -> Result<()> {
         let wanted = sink_key(spec);
         for record in JobLog::all_jobs(self.store.as_ref()).await? {
-            if !record.active || record.job_id == spec.name {
+            if !record.active || *record.job_id == *spec.name {
                 continue;
             }
             let Ok(other) = JobSpec::parse(&record.spec_json) else {
@@ -191,7 +191,7 @@ impl JobManager {
             .expect("jobs lock")
             .get(job_id)
             .map(|e| e.shared.clone())
-            .ok_or_else(|| Error::UnknownJob(job_id.to_string()))
+            .ok_or_else(|| Error::UnknownJob(job_id.into()))
     }
 
     pub fn job(&self, job_id: &str) -> Result<Arc<JobShared>> {
@@ -229,7 +229,7 @@ impl JobManager {
             let mut jobs = self.jobs.lock().expect("jobs lock");
             let entry = jobs
                 .get_mut(job_id)
-                .ok_or_else(|| Error::UnknownJob(job_id.to_string()))?;
+                .ok_or_else(|| Error::UnknownJob(job_id.into()))?;
             (entry.shared.clone(), entry.handle.take())
         };
         shared.request_stop(StopRequest::User);

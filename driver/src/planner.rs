@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use sluice_common::offsets::{
+use sluice_core::spec::{ParallelismSpec, StartingOffsets};
+use sluice_kafka::offsets::{
     cut_ranges, pack_ranges, split_ranges, BatchPlan, Checkpoint, OffsetRange, PartitionOffsets,
     Watermarks,
 };
-use sluice_common::spec::{ParallelismSpec, StartingOffsets};
 
 use crate::error::Error;
 
@@ -82,7 +82,7 @@ pub fn next_plan(
 ) -> Option<BatchPlan> {
     let ranges = cut_ranges(checkpoint, latest, max_offsets);
     (!ranges.is_empty()).then(|| BatchPlan {
-        batch_id: checkpoint.batch_id + 1,
+        batch_id: checkpoint.batch_id.next(),
         ranges,
         planned_at_ms: now_ms,
     })
@@ -102,6 +102,7 @@ pub fn tasks(plan: &BatchPlan, parallelism: &ParallelismSpec) -> Vec<Vec<OffsetR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_core::BatchId;
 
     fn latest() -> LatestOffsets {
         [
@@ -118,7 +119,7 @@ mod tests {
             (earliest.get("t", 0), earliest.get("t", 1)),
             (Some(2), Some(0))
         );
-        assert_eq!(earliest.batch_id, -1);
+        assert_eq!(earliest.batch_id, BatchId::new(-1));
         let newest = initial_checkpoint(&StartingOffsets::Latest, &latest());
         assert_eq!(
             (newest.get("t", 0), newest.get("t", 1)),
@@ -133,7 +134,7 @@ mod tests {
     fn the_first_plan_is_batch_zero_and_latest_start_waits_for_new_data() {
         let start = initial_checkpoint(&StartingOffsets::Earliest, &latest());
         let plan = next_plan(&start, &latest(), None, 5).unwrap();
-        assert_eq!(plan.batch_id, 0);
+        assert_eq!(plan.batch_id, BatchId::new(0));
         assert_eq!(plan.total_offsets(), 12);
         let newest = initial_checkpoint(&StartingOffsets::Latest, &latest());
         assert_eq!(next_plan(&newest, &latest(), None, 5), None);

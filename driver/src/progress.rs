@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use sluice_common::http::{Histogram, DURATION_BUCKETS};
-use sluice_common::offsets::BatchPlan;
+use sluice_core::http::{Histogram, DURATION_BUCKETS};
+use sluice_kafka::offsets::BatchPlan;
 use sluice_proto::v1::{BatchProgress, PartitionProgress, TaskSuccess};
 use tokio::sync::broadcast;
 
@@ -45,7 +45,7 @@ pub fn batch_progress(
     };
     BatchProgress {
         job_id: job_id.to_string(),
-        batch_id: plan.batch_id,
+        batch_id: plan.batch_id.get(),
         trigger_time_ms: plan.planned_at_ms,
         input_rows,
         output_rows: results.iter().map(|r| r.output_rows).sum(),

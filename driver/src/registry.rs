@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sluice_core::ExecutorId;
 use sluice_proto::v1::executor_client::ExecutorClient;
 use tonic::transport::Channel;
 use tracing::{info, warn};
@@ -12,7 +13,7 @@ use tracing::{info, warn};
 /// One registered executor.
 #[derive(Debug)]
 pub struct ExecutorHandle {
-    pub id: String,
+    pub id: ExecutorId,
     pub address: String,
     /// Where it serves shuffle outputs (Arrow Flight).
     pub flight_address: String,
@@ -61,7 +62,7 @@ impl Registry {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let handle = Arc::new(ExecutorHandle {
-            id: id.clone(),
+            id: ExecutorId::new(id.clone()),
             address: address.clone(),
             flight_address,
             slots: slots.max(1),
@@ -168,7 +169,7 @@ mod tests {
     #[tokio::test]
     async fn a_preferred_executor_with_a_free_slot_is_picked_else_the_least_loaded() {
         let registry = registry();
-        let picked = |exclude, prefer| registry.pick(exclude, prefer).unwrap().id.clone();
+        let picked = |exclude, prefer| registry.pick(exclude, prefer).unwrap().id.to_string();
         assert_eq!(picked(None, None), "a", "equal load: by id");
         assert_eq!(picked(None, Some("b")), "b");
         assert_eq!(
@@ -177,7 +178,11 @@ mod tests {
             "an excluded preference loses"
         );
         assert_eq!(picked(None, Some("gone")), "a");
-        let b = registry.alive().into_iter().find(|h| h.id == "b").unwrap();
+        let b = registry
+            .alive()
+            .into_iter()
+            .find(|h| h.id.as_str() == "b")
+            .unwrap();
         b.in_flight.store(1, Ordering::Relaxed);
         assert_eq!(
             picked(None, Some("b")),

@@ -9,16 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
-use sluice_common::failpoint;
-use sluice_common::offsets::OffsetRange;
-use sluice_common::plan::{plan_job, StageKind, StageOutput};
-use sluice_common::spec::JobSpec;
-use sluice_common::BatchId;
+use sluice_core::failpoint;
+use sluice_core::spec::JobSpec;
+use sluice_core::{BatchId, ExecutorId, TaskId};
+use sluice_kafka::offsets::OffsetRange;
+use sluice_plan::{plan_job, StageKind, StageOutput};
 use sluice_proto::v1::{
-    self, task_result, MapOutput, PrepareJobRequest, ReleaseShuffleRequest, ShuffleInput,
-    StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
+    self, task_result, FailureKind, MapOutput, PrepareJobRequest, ReleaseShuffleRequest,
+    ShuffleInput, StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
 };
-use sluice_proto::TASK_PANICKED;
 use tracing::{debug, error, info, warn};
 
 use crate::crash;
@@ -105,7 +104,7 @@ impl JobRef {
             .map(|(stage, bytes)| StagePlan {
                 stage_id: stage.id,
                 plan: bytes,
-                output: stage.output.as_str().into(),
+                output: wire_output(stage.output).into(),
             })
             .collect();
         let stages: Vec<StageInfo> = plan
@@ -220,7 +219,7 @@ impl BatchRun<'_> {
         };
         TaskDefinition {
             job_id: self.job.job_id.clone(),
-            batch_id: self.batch,
+            batch_id: self.batch.get(),
             task_id: task,
             attempt,
             ranges,
@@ -312,7 +311,7 @@ impl Scheduler {
             let mut client = executor.client.clone();
             let request = ReleaseShuffleRequest {
                 job_id: job.job_id.clone(),
-                batch_id: batch,
+                batch_id: batch.get(),
             };
             tokio::spawn(async move {
                 let call = client.release_shuffle(request);
@@ -344,7 +343,7 @@ impl Scheduler {
     async fn run_task(&self, run: &BatchRun<'_>, stage_id: u32, task_id: u32) -> Result<()> {
         let stage = run.stage(stage_id);
         let batch = run.batch;
-        let mut last_executor: Option<String> = None;
+        let mut last_executor: Option<ExecutorId> = None;
         let mut backoff = FIRST_BACKOFF;
         let mut last_failure = (String::new(), String::new());
         let mut attempt = 0;
@@ -386,9 +385,9 @@ impl Scheduler {
                 Ok(task_result::Outcome::Failure(failure)) if !failure.retryable => {
                     return Err(Error::TaskFailed {
                         batch,
-                        task: task_id,
+                        task: TaskId(task_id),
                         attempts: attempt,
-                        kind: failure.kind,
+                        kind: failure.kind().label(),
                         message: failure.message,
                         retryable: false,
                     });
@@ -404,7 +403,7 @@ impl Scheduler {
                     attempt -= 1;
                     run.retried.store(true, Ordering::Relaxed);
                     self.retries.fetch_add(1, Ordering::Relaxed);
-                    warn!(batch, stage = stage_id, task = task_id, lost_stage, lost_task, %message, "map output lost; running its map task again");
+                    warn!(%batch, stage = stage_id, task = task_id, lost_stage, lost_task, %message, "map output lost; running its map task again");
                     let lost_address = sent_inputs
                         .iter()
                         .find(|i| i.stage_id == lost_stage)
@@ -415,31 +414,33 @@ impl Scheduler {
                         .await?;
                     continue;
                 }
-                Ok(task_result::Outcome::Failure(failure)) if failure.kind == TASK_PANICKED => {
-                    warn!(executor = %executor.id, batch, stage = stage_id, task = task_id, attempt, message = %failure.message, "task panicked");
+                Ok(task_result::Outcome::Failure(failure))
+                    if failure.kind() == FailureKind::Panic =>
+                {
+                    warn!(executor = %executor.id, %batch, stage = stage_id, task = task_id, attempt, message = %failure.message, "task panicked");
                     crashes += 1;
                     self.count_crash(run);
-                    last_failure = (failure.kind, failure.message);
+                    last_failure = (failure.kind().label(), failure.message);
                 }
                 Ok(task_result::Outcome::Failure(failure)) => {
-                    if failure.kind == "unknown_job" {
+                    if failure.kind() == FailureKind::UnknownJob {
                         executor
                             .prepared
                             .lock()
                             .expect("prepared lock")
                             .remove(&run.job.prepared_key);
                     }
-                    warn!(executor = %executor.id, batch, stage = stage_id, task = task_id, attempt, kind = %failure.kind, message = %failure.message, "task failed; retrying");
-                    last_failure = (failure.kind, failure.message);
+                    warn!(executor = %executor.id, %batch, stage = stage_id, task = task_id, attempt, kind = %failure.kind().label(), message = %failure.message, "task failed; retrying");
+                    last_failure = (failure.kind().label(), failure.message);
                 }
                 Err(status) => {
-                    warn!(executor = %executor.id, address = %executor.address, batch, stage = stage_id, task = task_id, attempt, error = %status.message(), "executor call failed; retrying elsewhere");
+                    warn!(executor = %executor.id, address = %executor.address, %batch, stage = stage_id, task = task_id, attempt, error = %status.message(), "executor call failed; retrying elsewhere");
                     if executor_gone(&status) {
                         self.registry.remove(&executor.id, status.message());
                     }
                     last_failure = ("executor_unreachable".into(), status.message().to_string());
                     if crash::executor_died(&executor.address, &status).await {
-                        error!(executor = %executor.id, batch, stage = stage_id, task = task_id, attempt, ranges = %crash::describe_ranges(ranges), "the executor died running the task");
+                        error!(executor = %executor.id, %batch, stage = stage_id, task = task_id, attempt, ranges = %crash::describe_ranges(ranges), "the executor died running the task");
                         crashes += 1;
                         self.count_crash(run);
                         last_failure.1 = format!("executor {} died running it", executor.id);
@@ -450,7 +451,7 @@ impl Scheduler {
                 return Err(Error::TaskCrashed {
                     batch,
                     stage: stage_id,
-                    task: task_id,
+                    task: TaskId(task_id),
                     crashes,
                     ranges: crash::describe_ranges(ranges),
                     last: last_failure.1,
@@ -464,7 +465,7 @@ impl Scheduler {
         }
         Err(Error::TaskFailed {
             batch,
-            task: task_id,
+            task: TaskId(task_id),
             attempts: attempt,
             kind: last_failure.0,
             message: last_failure.1,
@@ -564,6 +565,15 @@ impl Scheduler {
         reply?.into_inner().outcome.ok_or_else(|| {
             tonic::Status::internal("the executor sent a task result without an outcome")
         })
+    }
+}
+
+/// A stage's output kind as the protocol carries it.
+fn wire_output(output: StageOutput) -> v1::StageOutput {
+    match output {
+        StageOutput::Hash(_) => v1::StageOutput::Hash,
+        StageOutput::Single => v1::StageOutput::Single,
+        StageOutput::Sink => v1::StageOutput::Sink,
     }
 }
 

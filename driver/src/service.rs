@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::checkpoint::{campaign, CheckpointStore, EmbeddedStore, EtcdStore, Leadership};
 use futures::Stream;
-use sluice_common::checkpoint::{campaign, CheckpointStore, EmbeddedStore, EtcdStore, Leadership};
 use sluice_proto::v1::driver_server::{Driver, DriverServer};
 use sluice_proto::v1::{
     BatchProgress, GetJobStatusRequest, HeartbeatRequest, HeartbeatResponse, JobStatus,
@@ -95,7 +95,7 @@ impl Driver for DriverService {
         required(&spec, "spec")?;
         let (job_id, table_location) = self.manager.submit(&spec).await?;
         Ok(Response::new(SubmitJobResponse {
-            job_id,
+            job_id: job_id.into(),
             table_location,
         }))
     }
@@ -204,11 +204,11 @@ pub async fn run(
     config: DriverConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let mut stop_rx = sluice_common::telemetry::stop_flag(shutdown);
+    let mut stop_rx = sluice_core::telemetry::stop_flag(shutdown);
     let view = TermView::default();
     let (http, http_addr) = bind(config.http_bind).await?;
     info!(address = %http_addr, "http (health, metrics, status page) listening");
-    tokio::spawn(sluice_common::http::serve(
+    tokio::spawn(sluice_core::http::serve(
         http,
         http::handler(view.clone()),
         stop_rx.clone(),
@@ -273,8 +273,8 @@ async fn serve_term(
     let server = tonic::transport::Server::builder()
         .add_service(DriverServer::new(service))
         .serve_with_incoming_shutdown(
-            Box::pin(sluice_common::net::incoming(listener)),
-            sluice_common::net::stopped(server_stop),
+            Box::pin(sluice_core::net::incoming(listener)),
+            sluice_core::net::stopped(server_stop),
         );
     tokio::pin!(server);
     let end = tokio::select! {
@@ -314,7 +314,7 @@ async fn serve_term(
 async fn bind(
     addr: std::net::SocketAddr,
 ) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
-    sluice_common::net::bind(addr)
+    sluice_core::net::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })
 }

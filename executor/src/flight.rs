@@ -17,7 +17,7 @@ use arrow_flight::{
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use sluice_common::plan::{ShuffleFetchError, ShuffleFetcher, ShuffleKey};
+use sluice_plan::{ShuffleFetchError, ShuffleFetcher, ShuffleKey};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use sluice_common::decode::{DeadLetter, RecordDecoder};
-use sluice_common::kafka::{consumer, read_range, Position, RangeRead};
-use sluice_common::offsets::OffsetRange;
-use sluice_common::Result;
+use sluice_core::Result;
+use sluice_kafka::decode::{DeadLetter, RecordDecoder};
+use sluice_kafka::offsets::OffsetRange;
+use sluice_kafka::read::{consumer, read_range, Position, RangeRead};
 
 /// How long an idle consumer keeps fetching ahead on its partition; then it is unassigned
 /// (and stays pooled, connected).
@@ -182,7 +182,7 @@ impl ConsumerPool {
 
 #[cfg(test)]
 mod tests {
-    use sluice_common::testing::{mock_topic, partition_range};
+    use sluice_testkit::{mock_topic, partition_range};
 
     use super::*;
 

@@ -55,7 +55,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    sluice_common::telemetry::init(args.log_json);
+    sluice_core::telemetry::init(args.log_json);
+    sluice_core::failpoint::warn_if_ignored();
     let config = ExecutorConfig {
         driver_url: args.driver,
         bind: args.bind,
@@ -68,7 +69,7 @@ async fn main() -> std::process::ExitCode {
         executor_id: args.id,
         kafka_read_ahead: args.kafka_read_ahead,
     };
-    match sluice_executor::run(config, sluice_common::telemetry::shutdown_signal()).await {
+    match sluice_executor::run(config, sluice_core::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "exiting");

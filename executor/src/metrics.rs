@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sluice_common::http::{Handler, Histogram, HttpResponse, DURATION_BUCKETS};
+use sluice_core::http::{Handler, Histogram, HttpResponse, DURATION_BUCKETS};
 
 /// What an executor has done since it started.
 #[derive(Debug)]

@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_core::ExecutorId;
+
 use sluice_proto::v1::driver_client::DriverClient;
 use sluice_proto::v1::{HeartbeatRequest, RegisterExecutorRequest};
 use sluice_proto::PROTOCOL_VERSION;
@@ -23,7 +25,7 @@ const DRIVER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Who this executor is, as told to the driver.
 pub struct Identity {
-    pub executor_id: String,
+    pub executor_id: ExecutorId,
     pub address: String,
     pub flight_address: String,
     pub task_slots: u32,
@@ -77,7 +79,7 @@ pub async fn stay_registered(
             };
             if !registered {
                 c.register_executor(RegisterExecutorRequest {
-                    executor_id: identity.executor_id.clone(),
+                    executor_id: identity.executor_id.to_string(),
                     address: identity.address.clone(),
                     flight_address: identity.flight_address.clone(),
                     task_slots: identity.task_slots,
@@ -89,7 +91,7 @@ pub async fn stay_registered(
             }
             let reply = c
                 .heartbeat(HeartbeatRequest {
-                    executor_id: identity.executor_id.clone(),
+                    executor_id: identity.executor_id.to_string(),
                     protocol_version: PROTOCOL_VERSION,
                     running_tasks: metrics.running.load(Ordering::Relaxed),
                 })

@@ -6,12 +6,12 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use sluice_core::ExecutorId;
 use sluice_proto::v1::executor_server::{Executor, ExecutorServer};
 use sluice_proto::v1::{
-    task_result, PrepareJobRequest, PrepareJobResponse, ReleaseShuffleRequest,
+    task_result, FailureKind, PrepareJobRequest, PrepareJobResponse, ReleaseShuffleRequest,
     ReleaseShuffleResponse, TaskDefinition, TaskFailure, TaskResult,
 };
-use sluice_proto::TASK_PANICKED;
 use tokio::sync::{RwLock, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
@@ -32,7 +32,7 @@ struct ExecutorService {
     metrics: Arc<ExecutorMetrics>,
 }
 
-fn task_failure(retryable: bool, kind: &str, message: String) -> TaskResult {
+fn task_failure(retryable: bool, kind: FailureKind, message: String) -> TaskResult {
     TaskResult {
         outcome: Some(task_result::Outcome::Failure(TaskFailure {
             retryable,
@@ -74,7 +74,7 @@ impl Executor for ExecutorService {
         let Some(job) = self.jobs.read().await.get(&task.job_id).cloned() else {
             return Ok(Response::new(task_failure(
                 true,
-                "unknown_job",
+                FailureKind::UnknownJob,
                 format!("job {} is not prepared on this executor", task.job_id),
             )));
         };
@@ -124,7 +124,7 @@ impl Executor for ExecutorService {
                 error!(job = %task.job_id, batch = task.batch_id, task = task.task_id, %panic, "task panicked; the executor keeps serving");
                 task_result::Outcome::Failure(TaskFailure {
                     retryable: true,
-                    kind: TASK_PANICKED.into(),
+                    kind: FailureKind::Panic.into(),
                     message: format!("the task panicked: {panic}"),
                     lost_stage: None,
                     lost_map_task: None,
@@ -181,10 +181,12 @@ pub async fn run(
     })?;
     let store = Arc::new(ShuffleStore::new(config.shuffle_memory_bytes, spill_dir));
     let identity = Identity {
-        executor_id: config
-            .executor_id
-            .clone()
-            .unwrap_or_else(|| format!("executor-{}", uuid::Uuid::new_v4().simple())),
+        executor_id: ExecutorId::new(
+            config
+                .executor_id
+                .clone()
+                .unwrap_or_else(|| format!("executor-{}", uuid::Uuid::new_v4().simple())),
+        ),
         address: format!("http://{host}:{}", local.port()),
         flight_address: format!("http://{host}:{}", flight_local.port()),
         task_slots: config.task_slots.max(1),
@@ -201,10 +203,10 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
         metrics: metrics.clone(),
     };
-    let stop_rx = sluice_common::telemetry::stop_flag(shutdown);
+    let stop_rx = sluice_core::telemetry::stop_flag(shutdown);
     let (http, http_addr) = bind(config.http_bind).await?;
     info!(address = %http_addr, "http (health, metrics) listening");
-    tokio::spawn(sluice_common::http::serve(
+    tokio::spawn(sluice_core::http::serve(
         http,
         metrics::handler(metrics.clone()),
         stop_rx.clone(),
@@ -224,15 +226,15 @@ pub async fn run(
                 .max_encoding_message_size(256 << 20),
             )
             .serve_with_incoming_shutdown(
-                Box::pin(sluice_common::net::incoming(flight_listener)),
-                sluice_common::net::stopped(stop_rx.clone()),
+                Box::pin(sluice_core::net::incoming(flight_listener)),
+                sluice_core::net::stopped(stop_rx.clone()),
             ),
     );
     let server = tonic::transport::Server::builder()
         .add_service(ExecutorServer::new(service).max_decoding_message_size(64 << 20))
         .serve_with_incoming_shutdown(
-            Box::pin(sluice_common::net::incoming(listener)),
-            sluice_common::net::stopped(stop_rx.clone()),
+            Box::pin(sluice_core::net::incoming(listener)),
+            sluice_core::net::stopped(stop_rx.clone()),
         );
     tokio::pin!(server);
     tokio::select! {
@@ -255,7 +257,7 @@ pub async fn run(
 async fn bind(
     addr: std::net::SocketAddr,
 ) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
-    sluice_common::net::bind(addr)
+    sluice_core::net::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })
 }

@@ -11,7 +11,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
-use sluice_common::plan::ShuffleKey;
+use sluice_plan::ShuffleKey;
 use tracing::{debug, warn};
 
 /// One map task's output, all of its partitions.

@@ -9,20 +9,20 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
-use sluice_common::catalog::open_catalog;
-use sluice_common::data_files::attempt_prefix;
-use sluice_common::decode::{dead_letter_batch, RecordDecoder};
-use sluice_common::iceberg_sink::{
+use sluice_core::spec::JobSpec;
+use sluice_core::spec::OnMalformed;
+use sluice_core::{failpoint, BatchId, Error, Result};
+use sluice_iceberg::catalog::open_catalog;
+use sluice_iceberg::data_files::attempt_prefix;
+use sluice_iceberg::sink::{
     data_files_to_json, dead_letter_ident, table_arrow_schema, table_ident,
 };
-use sluice_common::offsets::OffsetRange;
-use sluice_common::plan::{
-    self, MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs,
+use sluice_kafka::decode::{dead_letter_batch, RecordDecoder};
+use sluice_kafka::offsets::OffsetRange;
+use sluice_plan::{MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs};
+use sluice_proto::v1::{
+    FailureKind, StageOutput, StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
 };
-use sluice_common::spec::JobSpec;
-use sluice_common::spec::OnMalformed;
-use sluice_common::{failpoint, Error, Result};
-use sluice_proto::v1::{StagePlan, TaskDefinition, TaskFailure, TaskSuccess};
 use tracing::{debug, Instrument};
 
 use crate::kafka_reader::ConsumerPool;
@@ -93,23 +93,23 @@ impl PreparedJob {
                 "the job comes without stage plans".into(),
             ));
         }
-        let context = plan::base_task_context(&spec);
+        let context = sluice_plan::base_task_context(&spec);
         let mut stages = HashMap::new();
         for stage in stage_plans {
-            plan::decode_plan(&stage.plan, &context).map_err(|e| {
+            sluice_plan::decode_plan(&stage.plan, &context).map_err(|e| {
                 Error::InvalidRequest(format!(
                     "stage {} does not decode: {}",
                     stage.stage_id,
                     e.strip_backtrace()
                 ))
             })?;
-            let output = match stage.output.as_str() {
-                "hash" => Output::Hash,
-                "single" => Output::Single,
-                "sink" => Output::Sink,
-                other => {
+            let output = match stage.output() {
+                StageOutput::Hash => Output::Hash,
+                StageOutput::Single => Output::Single,
+                StageOutput::Sink => Output::Sink,
+                StageOutput::Unspecified => {
                     return Err(Error::InvalidRequest(format!(
-                        "stage {} has an unknown output {other:?}",
+                        "stage {} has no output kind (a driver of another version?)",
                         stage.stage_id
                     )))
                 }
@@ -163,11 +163,15 @@ pub fn task_ranges(task: &TaskDefinition) -> Result<Vec<OffsetRange>, String> {
 /// The failure sent back to the driver for an error; a map output that could not be
 /// fetched is named, so that the driver runs its map task again.
 pub fn failure(error: &Error) -> TaskFailure {
-    if let Error::Query(query) = error {
+    let query = match error {
+        Error::Query(query) => query.downcast_ref::<datafusion::error::DataFusionError>(),
+        _ => None,
+    };
+    if let Some(query) = query {
         if let Some(lost) = ShuffleFetchError::find(query) {
             return TaskFailure {
                 retryable: true,
-                kind: "shuffle_fetch".into(),
+                kind: FailureKind::ShuffleFetch.into(),
                 message: lost.to_string(),
                 lost_stage: Some(lost.stage_id),
                 lost_map_task: Some(lost.map_task),
@@ -176,7 +180,7 @@ pub fn failure(error: &Error) -> TaskFailure {
     }
     TaskFailure {
         retryable: !error.is_user_error(),
-        kind: error.kind().to_string(),
+        kind: failure_kind(error).into(),
         message: error.to_string(),
         lost_stage: None,
         lost_map_task: None,
@@ -188,6 +192,28 @@ pub struct TaskEnv {
     pub pool: Arc<ConsumerPool>,
     pub store: Arc<ShuffleStore>,
     pub fetcher: Arc<dyn ShuffleFetcher>,
+}
+
+/// The wire kind of an error.
+fn failure_kind(error: &Error) -> FailureKind {
+    match error {
+        Error::InvalidSpec { .. } => FailureKind::InvalidSpec,
+        Error::InvalidSql { .. } => FailureKind::InvalidSql,
+        Error::MalformedRecord { .. } => FailureKind::MalformedRecord,
+        Error::Kafka { .. } => FailureKind::Kafka,
+        Error::OffsetRange { .. } => FailureKind::OffsetRange,
+        Error::DataLoss { .. } => FailureKind::DataLoss,
+        Error::Checkpoint { .. } => FailureKind::Checkpoint,
+        Error::Fenced { .. } => FailureKind::Fenced,
+        Error::StoreLocked { .. } => FailureKind::StoreLocked,
+        Error::Iceberg { .. } => FailureKind::Iceberg,
+        Error::SchemaMismatch { .. } => FailureKind::SchemaMismatch,
+        Error::Query(_) => FailureKind::Query,
+        Error::Arrow(_) => FailureKind::Arrow,
+        Error::InvalidRequest(_) => FailureKind::InvalidRequest,
+        Error::Storage { .. } => FailureKind::Storage,
+        Error::Io { .. } => FailureKind::Io,
+    }
 }
 
 /// Runs one task to completion.
@@ -236,7 +262,11 @@ pub async fn run_task(
             )
         };
         let read_ms = started.elapsed().as_millis();
-        failpoint::hit(failpoint::EXECUTOR_RECORDS_READ, task.batch_id).await;
+        failpoint::hit(
+            failpoint::EXECUTOR_RECORDS_READ,
+            BatchId::new(task.batch_id),
+        )
+        .await;
         let (source, input_rows, malformed_skipped, offsets_lost, dead_letters) = match input {
             Some(input) if task.report_input => (
                 input.batches,
@@ -270,18 +300,19 @@ pub async fn run_task(
                 .collect(),
             fetcher: env.fetcher.clone(),
         };
-        let context = plan::task_context(&job.context, inputs);
-        let stage_plan = plan::decode_plan(&stage.plan, &context)?;
+        let context = sluice_plan::task_context(&job.context, inputs);
+        let stage_plan =
+            sluice_plan::decode_plan(&stage.plan, &context).map_err(sluice_core::Error::query)?;
         let planned_ms = started.elapsed().as_millis();
         let schema = stage_plan.schema();
-        let outputs = plan::execute_all_partitions(stage_plan, context)
+        let outputs = sluice_plan::execute_all_partitions(stage_plan, context)
             .instrument(tracing::info_span!("execute"))
             .await?;
         let executed_ms = started.elapsed().as_millis();
         let output_rows: usize = outputs.iter().flatten().map(|b| b.num_rows()).sum();
         let prefix = attempt_prefix(
             &task.job_id,
-            task.batch_id,
+            BatchId::new(task.batch_id),
             task.term,
             task.task_id,
             task.attempt,
@@ -322,7 +353,11 @@ pub async fn run_task(
             }
             _ => vec![],
         };
-        failpoint::hit(failpoint::EXECUTOR_FILES_WRITTEN, task.batch_id).await;
+        failpoint::hit(
+            failpoint::EXECUTOR_FILES_WRITTEN,
+            BatchId::new(task.batch_id),
+        )
+        .await;
         debug!(
             input_rows,
             output_rows,

@@ -15,7 +15,7 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use sluice_common::{Error, Result};
+use sluice_core::{Error, Result};
 
 /// Converts a query result batch to the table's Arrow schema, column by column by name.
 pub fn to_table_batch(batch: &RecordBatch, table_schema: &SchemaRef) -> Result<RecordBatch> {

@@ -7,11 +7,11 @@ use anyhow::Result;
 use arrow::array::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use sluice_common::decode::RecordDecoder;
-use sluice_common::kafka::{consumer, read_range, OffsetReader};
-use sluice_common::offsets::OffsetRange;
-use sluice_common::spec::JobSpec;
-use sluice_common::testing::normalized_rows;
+use sluice_core::spec::JobSpec;
+use sluice_kafka::decode::RecordDecoder;
+use sluice_kafka::offsets::OffsetRange;
+use sluice_kafka::read::{consumer, read_range, OffsetReader};
+use sluice_testkit::normalized_rows;
 
 use crate::TestCluster;
 
@@ -56,7 +56,7 @@ const CATEGORIES: [&str; 4] = ["books", "games", "music", "tools"];
 
 /// The `products` dimension as JSON events, one per product id.
 pub fn product_events() -> Vec<String> {
-    (1..=sluice_common::synthetic::PRODUCTS)
+    (1..=sluice_kafka::synthetic::PRODUCTS)
         .map(|id| {
             format!(
                 r#"{{"product_id":{id},"name":"product-{id}","category":"{}"}}"#,

@@ -18,15 +18,15 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
-use sluice_common::catalog::open_catalog;
-use sluice_common::data_files::file_name;
-use sluice_common::iceberg_sink::{dead_letter_ident, table_ident};
-use sluice_common::spec::JobSpec;
-use sluice_common::storage::list_with_prefix;
-use sluice_common::synthetic::{produce_orders, producer};
-use sluice_common::testing::{free_port, EtcdServer};
+use sluice_core::spec::JobSpec;
+use sluice_iceberg::catalog::open_catalog;
+use sluice_iceberg::data_files::file_name;
+use sluice_iceberg::sink::{dead_letter_ident, table_ident};
+use sluice_iceberg::storage::list_with_prefix;
+use sluice_kafka::synthetic::{produce_orders, producer};
 use sluice_proto::v1::driver_client::DriverClient;
 use sluice_proto::v1::{GetJobStatusRequest, JobStatus, SubmitJobRequest};
+use sluice_testkit::{free_port, EtcdServer};
 use tonic::transport::Channel;
 
 /// Where cargo put the binaries (`target/debug` or `target/release`), found from this
@@ -319,10 +319,10 @@ impl TestCluster {
 
     /// The job's offset log and checkpoint in etcd: (last logged batch, checkpointed batch).
     pub async fn logged_and_checkpointed(&self, job: &str) -> Result<(i64, i64)> {
-        let store = sluice_common::checkpoint::EtcdStore::connect(&[self.etcd.endpoint()]).await?;
-        let log = sluice_common::checkpoint::JobLog::new(std::sync::Arc::new(store), job);
-        let logged = log.last_plan().await?.map_or(-1, |p| p.batch_id);
-        let checkpointed = log.checkpoint().await?.map_or(-1, |c| c.batch_id);
+        let store = sluice_driver::checkpoint::EtcdStore::connect(&[self.etcd.endpoint()]).await?;
+        let log = sluice_driver::checkpoint::JobLog::new(std::sync::Arc::new(store), job);
+        let logged = log.last_plan().await?.map_or(-1, |p| p.batch_id.get());
+        let checkpointed = log.checkpoint().await?.map_or(-1, |c| c.batch_id.get());
         Ok((logged, checkpointed))
     }
 
@@ -516,7 +516,7 @@ impl TestCluster {
 
     /// The partition's earliest offset still in Kafka.
     pub fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64> {
-        let reader = sluice_common::kafka::OffsetReader::new(&self.bootstrap_servers())?;
+        let reader = sluice_kafka::read::OffsetReader::new(&self.bootstrap_servers())?;
         Ok(reader.watermarks(&[topic.to_string()])?[&(topic.to_string(), partition)].low)
     }
 
@@ -596,7 +596,7 @@ sink:
 parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
 "#,
             bootstrap = self.bootstrap_servers(),
-            schema = sluice_common::synthetic::ORDER_SCHEMA_YAML,
+            schema = sluice_kafka::synthetic::ORDER_SCHEMA_YAML,
             name_table = name.replace('-', "_"),
         )
     }

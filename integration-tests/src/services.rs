@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sluice_common::testing::free_port;
+use sluice_testkit::free_port;
 
 const PIP_HINT: &str = "install the test services with `python3 -m pip install \"moto[server]\" \"pyiceberg[sql-sqlite]\"` (make test does)";
 

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use sluice_common::spec::JobSpec;
-use sluice_common::synthetic::ORDER_SCHEMA_YAML;
-use sluice_common::testing::{normalized_rows, write_regions_parquet};
+use sluice_core::spec::JobSpec;
 use sluice_integration_tests::differential::{
     expected_rows, product_events, source_batches, PRODUCT_SCHEMA_YAML, QUERIES,
 };
 use sluice_integration_tests::TestCluster;
+use sluice_kafka::synthetic::ORDER_SCHEMA_YAML;
+use sluice_testkit::{normalized_rows, write_regions_parquet};
 
 const ORDERS: u64 = 2_000;
 const PARTITIONS: i32 = 4;

@@ -194,7 +194,7 @@ async fn bad_jobs_are_refused_at_submit_with_the_cause() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("every"), "{}", status.message());
 
-    let port = sluice_common::testing::free_port();
+    let port = sluice_testkit::free_port();
     let unreachable = cluster
         .spec("e", "orders", "SELECT order_id FROM source", trigger, "")
         .replace(&cluster.bootstrap_servers(), &format!("127.0.0.1:{port}"));

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sluice_common::failpoint::{self, FAILPOINTS_ENV};
+use sluice_core::failpoint::{self, FAILPOINTS_ENV};
 use sluice_integration_tests::check::FILTER_SQL;
 use sluice_integration_tests::TestCluster;
 

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use sluice_common::failpoint::{self, FAILPOINTS_ENV};
-use sluice_common::testing::hostile_values;
+use sluice_core::failpoint::{self, FAILPOINTS_ENV};
 use sluice_integration_tests::check::{expected_rows, rows, Row, FILTER_SQL};
 use sluice_integration_tests::TestCluster;
+use sluice_testkit::hostile_values;
 
 const PARTITIONS: i32 = 2;
 

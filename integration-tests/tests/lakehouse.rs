@@ -1,7 +1,7 @@
 //! Where the table lives: jobs committing through an Iceberg REST catalog, and jobs whose
 //! warehouse is S3-compatible object storage, each exactly once, over real processes.
 
-use sluice_common::failpoint::{self, FAILPOINTS_ENV};
+use sluice_core::failpoint::{self, FAILPOINTS_ENV};
 use sluice_integration_tests::check::FILTER_SQL;
 use sluice_integration_tests::services::{RestCatalogServer, S3Server};
 use sluice_integration_tests::TestCluster;
@@ -47,7 +47,7 @@ async fn rest_catalog_job_commits_every_record_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_catalog_that_is_down_is_refused_at_submit() {
     let cluster = TestCluster::start("orders", PARTITIONS, 1).await.unwrap();
-    let port = sluice_common::testing::free_port();
+    let port = sluice_testkit::free_port();
     let catalog = format!("{{type: rest, uri: \"http://127.0.0.1:{port}\"}}");
     let spec = cluster.spec_in_catalog(
         "rest-down",
@@ -132,31 +132,32 @@ async fn object_storage_warehouse_commits_once_and_cleans_failed_attempts() {
 async fn rest_catalog_refuses_a_commit_built_on_a_stale_table() {
     use arrow::datatypes::{DataType, Field, Schema};
     use iceberg::{NamespaceIdent, TableIdent};
-    use sluice_common::iceberg_commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
+    use sluice_core::BatchId;
+    use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
 
     let dir = tempfile::tempdir().unwrap();
     let rest = RestCatalogServer::start(dir.path()).unwrap();
-    let spec = sluice_common::spec::CatalogSpec {
+    let spec = sluice_core::spec::CatalogSpec {
         catalog_type: "rest".into(),
         uri: rest.url(),
         warehouse: String::new(),
         name: None,
         properties: Default::default(),
     };
-    let catalog = sluice_common::catalog::open_catalog(&spec).await.unwrap();
+    let catalog = sluice_iceberg::catalog::open_catalog(&spec).await.unwrap();
     let ident = TableIdent::new(NamespaceIdent::new("test".into()), "cas".into());
     let schema = Schema::new(vec![Field::new("n", DataType::Int64, true)]);
-    let stale = sluice_common::iceberg_sink::ensure_table(catalog.as_ref(), &ident, &schema)
+    let stale = sluice_iceberg::sink::ensure_table(catalog.as_ref(), &ident, &schema)
         .await
         .unwrap();
 
     // The standby commits batch 3 on the table as both drivers saw it...
-    let committed = append_batch_on(catalog.clone(), &stale, "job", 3, vec![])
+    let committed = append_batch_on(catalog.clone(), &stale, "job", BatchId::new(3), vec![])
         .await
         .unwrap();
     assert!(matches!(committed, CasOutcome::Committed(_)));
     // ...then the paused leader wakes and commits batch 3 on its stale copy.
-    let replay = append_batch_on(catalog.clone(), &stale, "job", 3, vec![])
+    let replay = append_batch_on(catalog.clone(), &stale, "job", BatchId::new(3), vec![])
         .await
         .unwrap();
     assert!(
@@ -165,5 +166,5 @@ async fn rest_catalog_refuses_a_commit_built_on_a_stale_table() {
     );
     let table = catalog.load_table(&ident).await.unwrap();
     assert_eq!(table.metadata().snapshots().count(), 1, "batch 3 once");
-    assert!(find_batch_in_ancestry(&table, "job", 3).is_some());
+    assert!(find_batch_in_ancestry(&table, "job", BatchId::new(3)).is_some());
 }

@@ -1,13 +1,14 @@
 //! Bad requests get a clear status, never a panic; the processes keep serving.
 
-use sluice_common::testing::free_port;
 use sluice_integration_tests::TestCluster;
 use sluice_proto::v1::executor_client::ExecutorClient;
 use sluice_proto::v1::{
-    task_result, GetJobStatusRequest, HeartbeatRequest, OffsetRange, PrepareJobRequest,
-    RegisterExecutorRequest, StopJobRequest, SubmitJobRequest, TaskDefinition, WatchJobRequest,
+    task_result, FailureKind, GetJobStatusRequest, HeartbeatRequest, OffsetRange,
+    PrepareJobRequest, RegisterExecutorRequest, StopJobRequest, SubmitJobRequest, TaskDefinition,
+    WatchJobRequest,
 };
 use sluice_proto::PROTOCOL_VERSION;
+use sluice_testkit::free_port;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +118,7 @@ async fn invalid_requests_are_refused_with_a_clear_status() {
         .into_inner();
     match unknown.outcome {
         Some(task_result::Outcome::Failure(failure)) => {
-            assert_eq!(failure.kind, "unknown_job");
+            assert_eq!(failure.kind(), FailureKind::UnknownJob);
             assert!(failure.retryable);
         }
         other => panic!("expected an unknown-job failure, got {other:?}"),

@@ -9,9 +9,9 @@ use std::collections::HashSet;
 
 use iceberg::table::Table;
 use iceberg::TableIdent;
-use sluice_common::data_files::{delete_batch_files_except, snapshot_file_names};
-use sluice_common::iceberg_commit::find_batch_in_ancestry;
-use sluice_common::BatchId;
+use sluice_core::BatchId;
+use sluice_iceberg::commit::find_batch_in_ancestry;
+use sluice_iceberg::data_files::{delete_batch_files_except, snapshot_file_names};
 use tracing::warn;
 
 use super::BatchProtocol;
@@ -28,11 +28,11 @@ impl BatchProtocol {
             self.delete_except(&table, batch, &keep).await
         };
         if let Err(error) = cleaned.await {
-            warn!(job = %self.job_id, batch, table = %main, %error, "cannot clean up data files");
+            warn!(job = %self.job_id, %batch, table = %main, %error, "cannot clean up data files");
         }
         if let Some(ident) = self.sink.dead_letter.clone() {
             if let Err(error) = self.clean_dead_letters(&ident, batch).await {
-                warn!(job = %self.job_id, batch, table = %ident, %error, "cannot clean up dead-letter files");
+                warn!(job = %self.job_id, %batch, table = %ident, %error, "cannot clean up dead-letter files");
             }
         }
     }

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use iceberg::table::Table;
 use iceberg::TableIdent;
-use sluice_common::iceberg_commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
-use sluice_common::iceberg_sink::data_files_from_json;
-use sluice_common::offsets::{BatchPlan, Checkpoint};
-use sluice_common::BatchId;
+use sluice_core::BatchId;
+use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
+use sluice_iceberg::sink::data_files_from_json;
+use sluice_kafka::offsets::{BatchPlan, Checkpoint};
 use sluice_proto::v1::TaskSuccess;
 use tracing::{info, warn};
 
@@ -55,7 +55,7 @@ impl BatchProtocol {
         let table = self.sink.main_table().await?;
         let committed = self.commit_to(&ident, table, batch, &files).await?;
         if !committed.appended {
-            warn!(job = %self.job_id, batch, snapshot_id = committed.snapshot_id, "another attempt committed this batch first; its files are kept, ours discarded");
+            warn!(job = %self.job_id, %batch, snapshot_id = committed.snapshot_id, "another attempt committed this batch first; its files are kept, ours discarded");
         }
         Ok(BatchState::Committed {
             plan,
@@ -107,7 +107,7 @@ impl BatchProtocol {
                     });
                 }
                 CasOutcome::Conflict => {
-                    info!(job = %self.job_id, batch, table = %ident, "the table changed since it was read; reading it again");
+                    info!(job = %self.job_id, %batch, table = %ident, "the table changed since it was read; reading it again");
                     table = self.sink.load(ident).await?;
                 }
             }

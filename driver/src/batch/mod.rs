@@ -43,10 +43,10 @@ mod tests;
 
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::JobLog;
 use async_trait::async_trait;
-use sluice_common::checkpoint::JobLog;
-use sluice_common::offsets::{BatchPlan, Checkpoint};
-use sluice_common::{failpoint, BatchId, JobId};
+use sluice_core::{failpoint, BatchId, JobId};
+use sluice_kafka::offsets::{BatchPlan, Checkpoint};
 use sluice_proto::v1::TaskSuccess;
 
 use crate::error::Result;

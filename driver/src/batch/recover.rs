@@ -2,8 +2,8 @@
 //! batch, as a protocol state. Runs before every batch, so a new leader, a restarted
 //! driver and a driver retrying after an error all take the same path.
 
-use sluice_common::iceberg_commit::find_batch_in_ancestry;
-use sluice_common::offsets::Checkpoint;
+use sluice_iceberg::commit::find_batch_in_ancestry;
+use sluice_kafka::offsets::Checkpoint;
 use tracing::info;
 
 use super::{BatchProtocol, BatchState};
@@ -24,7 +24,7 @@ impl BatchProtocol {
         let table = self.sink.load(&ident).await?;
         match find_batch_in_ancestry(&table, &self.job_id, plan.batch_id) {
             Some(snapshot_id) => {
-                info!(job = %self.job_id, batch = plan.batch_id, snapshot_id, "batch found in the table; recording its commit");
+                info!(job = %self.job_id, batch = %plan.batch_id, snapshot_id, "batch found in the table; recording its commit");
                 Ok(Some(BatchState::Committed {
                     plan,
                     snapshot_id,
@@ -32,7 +32,7 @@ impl BatchProtocol {
                 }))
             }
             None => {
-                info!(job = %self.job_id, batch = plan.batch_id, "re-running a logged batch with its ranges");
+                info!(job = %self.job_id, batch = %plan.batch_id, "re-running a logged batch with its ranges");
                 Ok(Some(BatchState::Planned { plan }))
             }
         }

@@ -3,16 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::checkpoint::JobLog;
 use iceberg::table::Table;
 use iceberg::TableIdent;
-use sluice_common::catalog::{open_catalog, CatalogRef};
-use sluice_common::checkpoint::JobLog;
-use sluice_common::iceberg_commit::{expire_snapshots_on, CasOutcome};
-use sluice_common::iceberg_sink::{
-    dead_letter_ident, needs_expiry, table_ident, SNAPSHOTS_RETAINED,
-};
-use sluice_common::spec::{CatalogSpec, IcebergSinkSpec};
-use sluice_common::Error as CommonError;
+use sluice_core::spec::{CatalogSpec, IcebergSinkSpec};
+use sluice_core::Error as CommonError;
+use sluice_iceberg::catalog::{open_catalog, CatalogRef};
+use sluice_iceberg::commit::{expire_snapshots_on, CasOutcome};
+use sluice_iceberg::sink::{dead_letter_ident, needs_expiry, table_ident, SNAPSHOTS_RETAINED};
 use tracing::{info, warn};
 
 use crate::error::Result;

@@ -6,18 +6,18 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::checkpoint::{CheckpointStore, JobLog};
 use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
 use async_trait::async_trait;
 use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
 use iceberg::table::Table;
-use sluice_common::catalog::{open_catalog, CatalogRef};
-use sluice_common::checkpoint::{CheckpointStore, JobLog};
-use sluice_common::data_files::attempt_prefix;
-use sluice_common::iceberg_commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
-use sluice_common::iceberg_sink::{data_files_to_json, ensure_table};
-use sluice_common::offsets::{BatchPlan, Checkpoint, OffsetRange};
-use sluice_common::spec::{CatalogSpec, IcebergSinkSpec};
-use sluice_common::{Error as CommonError, Result as CommonResult};
+use sluice_core::spec::{CatalogSpec, IcebergSinkSpec};
+use sluice_core::{Error as CommonError, Result as CommonResult};
+use sluice_iceberg::catalog::{open_catalog, CatalogRef};
+use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
+use sluice_iceberg::data_files::attempt_prefix;
+use sluice_iceberg::sink::{data_files_to_json, ensure_table};
+use sluice_kafka::offsets::{BatchPlan, Checkpoint, OffsetRange};
 use sluice_proto::v1::TaskSuccess;
 use tokio::sync::Mutex;
 
@@ -150,7 +150,10 @@ impl Fixture {
     /// Writes an (empty) data file of batch `batch` under leader term `term` and returns
     /// its metadata as an executor would.
     fn write_file(&self, batch: i64, term: i64) -> (String, String) {
-        let name = format!("{}-00000.parquet", attempt_prefix(JOB, batch, term, 0, 1));
+        let name = format!(
+            "{}-00000.parquet",
+            attempt_prefix(JOB, BatchId::new(batch), term, 0, 1)
+        );
         std::fs::create_dir_all(self.data_dir()).unwrap();
         std::fs::write(self.data_dir().join(&name), b"").unwrap();
         let file = DataFileBuilder::default()
@@ -177,8 +180,8 @@ impl Fixture {
     /// Commits batch `batch` directly, as another driver's attempt would.
     async fn commit_elsewhere(&self, batch: i64, files: Vec<String>) -> Table {
         let base = self.table().await;
-        let files = sluice_common::iceberg_sink::data_files_from_json(&base, &files).unwrap();
-        match append_batch_on(self.catalog.clone(), &base, JOB, batch, files)
+        let files = sluice_iceberg::sink::data_files_from_json(&base, &files).unwrap();
+        match append_batch_on(self.catalog.clone(), &base, JOB, BatchId::new(batch), files)
             .await
             .unwrap()
         {
@@ -190,7 +193,7 @@ impl Fixture {
 
 fn plan(batch: i64) -> BatchPlan {
     BatchPlan {
-        batch_id: batch,
+        batch_id: BatchId::new(batch),
         ranges: vec![OffsetRange {
             topic: "t".into(),
             partition: 0,
@@ -203,7 +206,7 @@ fn plan(batch: i64) -> BatchPlan {
 
 fn checkpoint_before(batch: i64) -> Checkpoint {
     Checkpoint {
-        batch_id: batch - 1,
+        batch_id: BatchId::new(batch - 1),
         offsets: [("t".to_string(), [(0, batch * 10)].into())].into(),
     }
 }
@@ -272,15 +275,18 @@ async fn a_planned_batch_is_executed_committed_checkpointed_under_the_leader_ter
         .unwrap();
     assert_eq!(execution.terms, vec![7], "tasks run under the store's term");
     assert!(outcome.appended);
-    assert_eq!(outcome.checkpoint.batch_id, 0);
+    assert_eq!(outcome.checkpoint.batch_id, BatchId::new(0));
     assert_eq!(outcome.checkpoint.get("t", 0), Some(10));
     let table = fx.table().await;
-    assert!(find_batch_in_ancestry(&table, JOB, 0).is_some());
+    assert!(find_batch_in_ancestry(&table, JOB, BatchId::new(0)).is_some());
     assert_eq!(batch_snapshots(&table, 0), 1);
     assert!(fx.exists(&name));
     let log = fx.log();
-    assert_eq!(log.checkpoint().await.unwrap().unwrap().batch_id, 0);
-    assert!(log.is_committed(0).await.unwrap());
+    assert_eq!(
+        log.checkpoint().await.unwrap().unwrap().batch_id,
+        BatchId::new(0)
+    );
+    assert!(log.is_committed(BatchId::new(0)).await.unwrap());
     // Nothing is pending any more.
     assert!(protocol
         .recover(&outcome.checkpoint)
@@ -313,7 +319,7 @@ async fn a_batch_another_attempt_committed_on_a_newer_table_is_recorded_not_appe
         1,
         "batch 0 is in exactly one snapshot"
     );
-    assert!(fx.log().is_committed(0).await.unwrap());
+    assert!(fx.log().is_committed(BatchId::new(0)).await.unwrap());
     assert!(fx.exists(&theirs), "the committed attempt's file is kept");
     assert!(!fx.exists(&mine), "the discarded attempt's file is deleted");
 }
@@ -326,9 +332,15 @@ async fn a_commit_on_a_table_that_moved_on_without_the_batch_is_made_on_the_new_
     let state = protocol.log_plan(plan(0)).await.unwrap();
     // Another job appends to the table after this driver cached it.
     let base = fx.table().await;
-    match append_batch_on(fx.catalog.clone(), &base, "other-job", 0, vec![])
-        .await
-        .unwrap()
+    match append_batch_on(
+        fx.catalog.clone(),
+        &base,
+        "other-job",
+        BatchId::new(0),
+        vec![],
+    )
+    .await
+    .unwrap()
     {
         CasOutcome::Committed(_) => {}
         CasOutcome::Conflict => panic!("unexpected conflict"),
@@ -346,8 +358,8 @@ async fn a_commit_on_a_table_that_moved_on_without_the_batch_is_made_on_the_new_
     assert!(outcome.appended);
     let table = fx.table().await;
     assert_eq!(table.metadata().snapshots().count(), 2);
-    assert!(find_batch_in_ancestry(&table, JOB, 0).is_some());
-    assert!(find_batch_in_ancestry(&table, "other-job", 0).is_some());
+    assert!(find_batch_in_ancestry(&table, JOB, BatchId::new(0)).is_some());
+    assert!(find_batch_in_ancestry(&table, "other-job", BatchId::new(0)).is_some());
 }
 
 #[tokio::test]
@@ -414,8 +426,8 @@ async fn recovery_records_a_batch_found_in_the_table_and_reruns_one_that_is_not(
         )
         .await
         .unwrap();
-    assert_eq!(outcome.checkpoint.batch_id, 0);
-    assert!(fx.log().is_committed(0).await.unwrap());
+    assert_eq!(outcome.checkpoint.batch_id, BatchId::new(0));
+    assert!(fx.log().is_committed(BatchId::new(0)).await.unwrap());
     assert_eq!(batch_snapshots(&fx.table().await, 0), 1);
 }
 
@@ -468,8 +480,8 @@ async fn a_batch_without_output_still_moves_the_table_on() {
     // A stale attempt of the same batch with output now conflicts and finds it.
     let stale = fx.created.clone();
     let (_, json) = fx.write_file(0, 3);
-    let files = sluice_common::iceberg_sink::data_files_from_json(&stale, &[json]).unwrap();
-    let outcome = append_batch_on(fx.catalog.clone(), &stale, JOB, 0, files)
+    let files = sluice_iceberg::sink::data_files_from_json(&stale, &[json]).unwrap();
+    let outcome = append_batch_on(fx.catalog.clone(), &stale, JOB, BatchId::new(0), files)
         .await
         .unwrap();
     assert!(matches!(outcome, CasOutcome::Conflict));

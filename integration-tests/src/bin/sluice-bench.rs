@@ -18,8 +18,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_common::synthetic::{producer, Order};
 use sluice_integration_tests::TestCluster;
+use sluice_kafka::synthetic::{producer, Order};
 use sluice_proto::v1::{BatchProgress, StopJobRequest, WatchJobRequest};
 
 /// Benchmark Sluice against a plain Kafka consumer.

@@ -1,0 +1,15 @@
+//! The core of Sluice that every process and the CLI share: the job spec and its
+//! validation, the source schema it implies, ids, the shared error, failpoints, telemetry
+//! and the small HTTP and TCP helpers. Nothing here talks to Kafka, Iceberg or etcd.
+
+pub mod error;
+pub mod failpoint;
+pub mod http;
+pub mod ids;
+pub mod net;
+pub mod schema;
+pub mod spec;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+pub use ids::{BatchId, ExecutorId, JobId, TaskId};

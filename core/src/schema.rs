@@ -1,0 +1,51 @@
+//! The Arrow schema of the `source` table a job's SQL sees.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::error::Result;
+use crate::spec::{validate_source_schema, KafkaSourceSpec, RecordFormat};
+pub use crate::spec::{
+    KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN, RAW_VALUE_COLUMN, TIMESTAMP_COLUMN, TOPIC_COLUMN,
+};
+
+/// The Kafka metadata columns, in the order they follow the decoded columns.
+pub fn metadata_fields() -> Vec<Field> {
+    vec![
+        Field::new(TOPIC_COLUMN, DataType::Utf8, false),
+        Field::new(PARTITION_COLUMN, DataType::Int32, false),
+        Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        Field::new(
+            TIMESTAMP_COLUMN,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new(KEY_COLUMN, DataType::Binary, true),
+    ]
+}
+
+/// The columns decoded from record values (without metadata columns); fails as
+/// [`validate_source_schema`] does on an invalid schema.
+pub fn value_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
+    let fields = match kafka.format {
+        RecordFormat::Raw => vec![Field::new(RAW_VALUE_COLUMN, DataType::Binary, true)],
+        RecordFormat::Json => {
+            validate_source_schema(kafka)?;
+            kafka
+                .schema
+                .iter()
+                .map(|field| field.arrow_field(&format!("source.kafka.schema.{}", field.name)))
+                .collect::<Result<_>>()?
+        }
+    };
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The full `source` schema: decoded columns followed by Kafka metadata columns.
+pub fn source_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
+    let values = value_schema(kafka)?;
+    let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(metadata_fields());
+    Ok(Arc::new(Schema::new(fields)))
+}

@@ -1,0 +1,905 @@
+//! The job spec (YAML or JSON) and its validation.
+//!
+//! Parsing checks everything that can be checked without talking to a service; the driver
+//! then plans the SQL and reaches Kafka and the catalog before accepting a job.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow_schema::{DataType, Field, Fields, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Default number of records a single task reads at most.
+pub const DEFAULT_MAX_RECORDS_PER_TASK: u64 = 500_000;
+/// Default number of shuffle partitions (used once the plan repartitions).
+pub const DEFAULT_SHUFFLE_PARTITIONS: u32 = 8;
+/// Catalog name used in the SQL catalog, the same as pyiceberg's default.
+pub const DEFAULT_CATALOG_NAME: &str = "default";
+
+/// A whole job: where to read, what to compute, where to write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub trigger: TriggerSpec,
+    pub sql: String,
+    pub sink: SinkSpec,
+    #[serde(default)]
+    pub parallelism: ParallelismSpec,
+    /// Static tables the SQL may join with the stream, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<DimensionTableSpec>,
+}
+
+/// A static table (e.g. a dimension) visible to the job's SQL under `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DimensionTableSpec {
+    pub name: String,
+    /// Parquet files: one file or a directory of them (a path or `file://` URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<String>,
+    /// An Iceberg table, read as of its current snapshot when the job is planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iceberg: Option<IcebergTableSpec>,
+}
+
+/// An Iceberg table to read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergTableSpec {
+    pub catalog: CatalogSpec,
+    pub namespace: String,
+    pub table: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub kafka: KafkaSourceSpec,
+}
+
+/// The Kafka source of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceSpec {
+    pub bootstrap_servers: String,
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// Upper bound on records per batch over all partitions.
+    #[serde(default)]
+    pub max_offsets_per_trigger: Option<u64>,
+    #[serde(default)]
+    pub format: RecordFormat,
+    #[serde(default)]
+    pub schema: Vec<FieldSpec>,
+    #[serde(default)]
+    pub on_malformed: OnMalformed,
+    /// Fail the job when offsets to process were deleted from Kafka (retention); when
+    /// false, skip ahead and record the gap in the batch's progress.
+    #[serde(default = "default_true")]
+    pub fail_on_data_loss: bool,
+    /// Larger records are malformed (default [`DEFAULT_MAX_RECORD_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_record_bytes: Option<u64>,
+    /// JSON records nested deeper than this (objects and arrays) are malformed (default
+    /// [`DEFAULT_MAX_NESTING_DEPTH`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nesting_depth: Option<u32>,
+}
+
+/// JSON nesting allowed unless the spec says otherwise (`source.kafka.max_nesting_depth`).
+pub const DEFAULT_MAX_NESTING_DEPTH: u32 = 64;
+/// The deepest `max_nesting_depth` a spec may ask for: deeper values would reach code
+/// that recurses per level with a thread's stack.
+pub const MAX_NESTING_DEPTH_LIMIT: u32 = 1024;
+
+/// The name under which a job's SQL reads the stream.
+pub const SOURCE_TABLE: &str = "source";
+
+/// Kafka metadata columns appended to every decoded record (the `source` table's last
+/// columns).
+pub const TOPIC_COLUMN: &str = "_topic";
+pub const PARTITION_COLUMN: &str = "_partition";
+pub const OFFSET_COLUMN: &str = "_offset";
+pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+pub const KEY_COLUMN: &str = "_key";
+/// The column holding the value's bytes for `format: raw`.
+pub const RAW_VALUE_COLUMN: &str = "value";
+
+const METADATA_COLUMNS: [&str; 5] = [
+    TOPIC_COLUMN,
+    PARTITION_COLUMN,
+    OFFSET_COLUMN,
+    TIMESTAMP_COLUMN,
+    KEY_COLUMN,
+];
+
+/// Records above this size are malformed unless the spec says otherwise.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 << 20;
+
+impl KafkaSourceSpec {
+    /// The size above which a record is malformed.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES)
+    }
+
+    /// The nesting depth above which a JSON record is malformed.
+    pub fn max_nesting_depth(&self) -> u32 {
+        self.max_nesting_depth.unwrap_or(DEFAULT_MAX_NESTING_DEPTH)
+    }
+}
+
+/// Where a job starts reading a partition that has no checkpoint yet.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StartingOffsets {
+    #[default]
+    Earliest,
+    Latest,
+    /// Per topic, per partition: the first offset to read. Unlisted partitions start at earliest.
+    PerPartition(BTreeMap<String, BTreeMap<i32, i64>>),
+}
+
+const STARTING_OFFSETS_HELP: &str =
+    "source.kafka.starting_offsets: expected earliest, latest or a map of topic -> partition -> offset";
+
+impl StartingOffsets {
+    fn from_value(value: &serde_yaml_ng::Value) -> Result<StartingOffsets, String> {
+        use serde_yaml_ng::Value;
+        match value {
+            Value::String(s) if s == "earliest" => Ok(StartingOffsets::Earliest),
+            Value::String(s) if s == "latest" => Ok(StartingOffsets::Latest),
+            Value::Mapping(topics) => {
+                let mut map = BTreeMap::new();
+                for (topic, partitions) in topics {
+                    let topic = topic.as_str().ok_or(STARTING_OFFSETS_HELP)?.to_string();
+                    let partitions = partitions.as_mapping().ok_or(STARTING_OFFSETS_HELP)?;
+                    let mut offsets = BTreeMap::new();
+                    for (partition, offset) in partitions {
+                        // Keys are numbers in YAML and strings in JSON.
+                        let partition = match partition {
+                            Value::Number(n) => n.as_i64(),
+                            Value::String(s) => s.parse().ok(),
+                            _ => None,
+                        }
+                        .and_then(|p| i32::try_from(p).ok())
+                        .ok_or_else(|| {
+                            format!(
+                                "{STARTING_OFFSETS_HELP}; bad partition {partition:?} of {topic}"
+                            )
+                        })?;
+                        let offset = offset.as_i64().ok_or_else(|| {
+                            format!("{STARTING_OFFSETS_HELP}; bad offset of {topic}/{partition}")
+                        })?;
+                        offsets.insert(partition, offset);
+                    }
+                    map.insert(topic, offsets);
+                }
+                Ok(StartingOffsets::PerPartition(map))
+            }
+            other => Err(format!("{STARTING_OFFSETS_HELP}, got {other:?}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartingOffsets {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_yaml_ng::Value::deserialize(deserializer)?;
+        StartingOffsets::from_value(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for StartingOffsets {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StartingOffsets::Earliest => serializer.serialize_str("earliest"),
+            StartingOffsets::Latest => serializer.serialize_str("latest"),
+            StartingOffsets::PerPartition(map) => map.serialize(serializer),
+        }
+    }
+}
+
+/// How record values are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordFormat {
+    /// One JSON object per record, decoded with the spec's schema.
+    #[default]
+    Json,
+    /// The value's bytes as a binary column `value`.
+    Raw,
+}
+
+/// What to do with a record that does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMalformed {
+    /// Fail the batch; nothing of it is committed.
+    #[default]
+    Fail,
+    /// Drop the record and count it in the batch's progress.
+    Skip,
+    /// Write the record whole (bytes, error, Kafka coordinates) to the dead-letter table.
+    DeadLetter,
+}
+
+/// One column of the source schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+    /// Child fields of a `struct` column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldSpec>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// When batches run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// Run a batch every interval, e.g. `1s`, `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_time: Option<String>,
+    /// Run one batch with what is available, then finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once: Option<bool>,
+    /// Run batches until everything available at start is processed, then finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_now: Option<bool>,
+}
+
+/// The trigger, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    ProcessingTime(Duration),
+    Once,
+    AvailableNow,
+}
+
+/// Default trigger interval when the spec names none.
+pub const DEFAULT_TRIGGER_INTERVAL: Duration = Duration::from_secs(1);
+
+impl TriggerSpec {
+    /// Resolves the trigger; exactly one kind may be given.
+    pub fn resolve(&self) -> Result<Trigger> {
+        let mut chosen = Vec::new();
+        if let Some(interval) = &self.processing_time {
+            let interval = humantime::parse_duration(interval).map_err(|e| {
+                Error::spec("trigger.processing_time", format!("{interval:?}: {e}"))
+            })?;
+            if interval.is_zero() {
+                return Err(Error::spec("trigger.processing_time", "must be above zero"));
+            }
+            chosen.push(Trigger::ProcessingTime(interval));
+        }
+        if self.once == Some(true) {
+            chosen.push(Trigger::Once);
+        }
+        if self.available_now == Some(true) {
+            chosen.push(Trigger::AvailableNow);
+        }
+        match chosen.as_slice() {
+            [] => Ok(Trigger::ProcessingTime(DEFAULT_TRIGGER_INTERVAL)),
+            [one] => Ok(*one),
+            _ => Err(Error::spec(
+                "trigger",
+                "give exactly one of processing_time, once, available_now",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    pub iceberg: IcebergSinkSpec,
+}
+
+/// The Iceberg table a job writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcebergSinkSpec {
+    pub catalog: CatalogSpec,
+    pub namespace: String,
+    pub table: String,
+    /// Table for `on_malformed: dead_letter` (default `{table}_dead_letter`), in the
+    /// same catalog and namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_table: Option<String>,
+}
+
+impl IcebergSinkSpec {
+    /// The dead-letter table's name.
+    pub fn dead_letter_table(&self) -> String {
+        self.dead_letter_table
+            .clone()
+            .unwrap_or_else(|| format!("{}_dead_letter", self.table))
+    }
+}
+
+/// The Iceberg catalog: `type: sql` (SQLite, `uri: sqlite:///…`) or `type: rest` (an
+/// Iceberg REST catalog, `uri: http(s)://…`), with the warehouse on the local file system
+/// (`file:///…`) or on S3-compatible object storage (`s3://bucket/prefix`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSpec {
+    #[serde(rename = "type")]
+    pub catalog_type: String,
+    pub uri: String,
+    /// Where tables live; required for `sql`, optional for `rest` (the server's default).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub warehouse: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Catalog and FileIO properties in Iceberg's names, e.g. `s3.endpoint`, `s3.region`,
+    /// `s3.access-key-id`, `s3.secret-access-key`, `s3.path-style-access`, or `token` and
+    /// `credential` for a REST catalog.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The kinds of catalog Sluice opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogKind {
+    Sql,
+    Rest,
+}
+
+impl CatalogSpec {
+    /// The catalog's name (pyiceberg's default when none is given).
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(DEFAULT_CATALOG_NAME)
+    }
+
+    /// Checks the catalog's fields and returns its kind; `field` is where the catalog
+    /// sits in the spec.
+    pub fn validate(&self, field: &str) -> Result<CatalogKind> {
+        let kind = match self.catalog_type.as_str() {
+            "sql" => CatalogKind::Sql,
+            "rest" => CatalogKind::Rest,
+            other => {
+                return Err(Error::spec(
+                    format!("{field}.type"),
+                    format!("unsupported catalog type {other:?}; supported: sql, rest"),
+                ))
+            }
+        };
+        match kind {
+            CatalogKind::Sql if !self.uri.starts_with("sqlite:") => {
+                return Err(Error::spec(
+                    format!("{field}.uri"),
+                    "expected a SQLite URI such as sqlite:///var/sluice/catalog.db",
+                ))
+            }
+            CatalogKind::Rest
+                if !self.uri.starts_with("http://") && !self.uri.starts_with("https://") =>
+            {
+                return Err(Error::spec(
+                    format!("{field}.uri"),
+                    "expected the REST catalog's URL such as http://iceberg-rest:8181",
+                ))
+            }
+            CatalogKind::Sql if self.warehouse.is_empty() => {
+                return Err(Error::spec(
+                    format!("{field}.warehouse"),
+                    "a SQL catalog needs a warehouse such as file:///var/sluice/warehouse or s3://bucket/warehouse",
+                ))
+            }
+            _ => {}
+        }
+        let supported = ["file://", "s3://", "s3a://", "/"];
+        if !self.warehouse.is_empty() && !supported.iter().any(|p| self.warehouse.starts_with(p)) {
+            return Err(Error::spec(
+                format!("{field}.warehouse"),
+                "expected a local warehouse (file:///var/sluice/warehouse) or S3-compatible object storage (s3://bucket/warehouse)",
+            ));
+        }
+        Ok(kind)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelismSpec {
+    #[serde(default = "default_shuffle_partitions")]
+    pub shuffle_partitions: u32,
+    #[serde(default = "default_max_records_per_task")]
+    pub max_records_per_task: u64,
+    /// Small ranges of a batch are packed into one task until it holds this many offsets
+    /// (never more than `max_records_per_task`): fewer tasks and data files per small batch.
+    #[serde(default = "default_min_records_per_task")]
+    pub min_records_per_task: u64,
+    /// A joined static table smaller than this is sent whole to every task instead of
+    /// being shuffled.
+    #[serde(default = "default_broadcast_threshold_bytes")]
+    pub broadcast_threshold_bytes: u64,
+}
+
+impl Default for ParallelismSpec {
+    fn default() -> Self {
+        ParallelismSpec {
+            shuffle_partitions: DEFAULT_SHUFFLE_PARTITIONS,
+            max_records_per_task: DEFAULT_MAX_RECORDS_PER_TASK,
+            min_records_per_task: DEFAULT_MIN_RECORDS_PER_TASK,
+            broadcast_threshold_bytes: DEFAULT_BROADCAST_THRESHOLD_BYTES,
+        }
+    }
+}
+
+/// Default size under which a joined static table is broadcast.
+pub const DEFAULT_BROADCAST_THRESHOLD_BYTES: u64 = 10 << 20;
+
+fn default_broadcast_threshold_bytes() -> u64 {
+    DEFAULT_BROADCAST_THRESHOLD_BYTES
+}
+
+fn default_shuffle_partitions() -> u32 {
+    DEFAULT_SHUFFLE_PARTITIONS
+}
+/// Default offsets below which ranges are packed together into one task.
+pub const DEFAULT_MIN_RECORDS_PER_TASK: u64 = 5_000;
+
+fn default_min_records_per_task() -> u64 {
+    DEFAULT_MIN_RECORDS_PER_TASK
+}
+fn default_max_records_per_task() -> u64 {
+    DEFAULT_MAX_RECORDS_PER_TASK
+}
+
+impl JobSpec {
+    /// The job's id: its name.
+    pub fn job_id(&self) -> crate::JobId {
+        crate::JobId::new(self.name.clone())
+    }
+
+    /// Parses a spec from YAML (JSON is valid YAML) and validates it.
+    pub fn parse(text: &str) -> Result<JobSpec> {
+        let spec: JobSpec = serde_yaml_ng::from_str(text).map_err(|e| {
+            let field = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "spec".into());
+            Error::spec(field, e.to_string())
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The spec as JSON, for executors and the checkpoint store.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a job spec always serializes")
+    }
+
+    /// The resolved trigger.
+    pub fn trigger(&self) -> Trigger {
+        self.trigger
+            .resolve()
+            .expect("trigger was validated at parse time")
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_identifier("name", &self.name)?;
+        let kafka = &self.source.kafka;
+        if kafka.bootstrap_servers.trim().is_empty() {
+            return Err(Error::spec(
+                "source.kafka.bootstrap_servers",
+                "must not be empty",
+            ));
+        }
+        if kafka.topics.is_empty() {
+            return Err(Error::spec(
+                "source.kafka.topics",
+                "name at least one topic",
+            ));
+        }
+        for (i, topic) in kafka.topics.iter().enumerate() {
+            if topic.trim().is_empty() {
+                return Err(Error::spec(
+                    format!("source.kafka.topics[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if kafka.max_offsets_per_trigger == Some(0) {
+            return Err(Error::spec(
+                "source.kafka.max_offsets_per_trigger",
+                "must be above zero",
+            ));
+        }
+        if let StartingOffsets::PerPartition(map) = &kafka.starting_offsets {
+            for (topic, partitions) in map {
+                if !kafka.topics.contains(topic) {
+                    return Err(Error::spec(
+                        format!("source.kafka.starting_offsets.{topic}"),
+                        "topic is not in source.kafka.topics",
+                    ));
+                }
+                for (partition, offset) in partitions {
+                    if *offset < 0 || *partition < 0 {
+                        return Err(Error::spec(
+                            format!("source.kafka.starting_offsets.{topic}.{partition}"),
+                            "partitions and offsets must not be negative",
+                        ));
+                    }
+                }
+            }
+        }
+        match kafka.format {
+            RecordFormat::Json if kafka.schema.is_empty() => {
+                return Err(Error::spec(
+                    "source.kafka.schema",
+                    "format json needs a schema: a list of {name, type}",
+                ))
+            }
+            RecordFormat::Raw if !kafka.schema.is_empty() => {
+                return Err(Error::spec(
+                    "source.kafka.schema",
+                    "format raw has no schema: the value is the binary column `value`",
+                ))
+            }
+            _ => {}
+        }
+        validate_source_schema(kafka)?;
+        self.trigger.resolve()?;
+        if self.sql.trim().is_empty() {
+            return Err(Error::spec("sql", "must not be empty"));
+        }
+        let sink = &self.sink.iceberg;
+        sink.catalog.validate("sink.iceberg.catalog")?;
+        validate_identifier("sink.iceberg.namespace", &sink.namespace)?;
+        validate_identifier("sink.iceberg.table", &sink.table)?;
+        if let Some(table) = &sink.dead_letter_table {
+            validate_identifier("sink.iceberg.dead_letter_table", table)?;
+            if *table == sink.table {
+                return Err(Error::spec(
+                    "sink.iceberg.dead_letter_table",
+                    "must differ from sink.iceberg.table",
+                ));
+            }
+        }
+        if kafka.max_record_bytes == Some(0) {
+            return Err(Error::spec(
+                "source.kafka.max_record_bytes",
+                "must be above zero",
+            ));
+        }
+        if let Some(depth) = kafka.max_nesting_depth {
+            if !(1..=MAX_NESTING_DEPTH_LIMIT).contains(&depth) {
+                return Err(Error::spec(
+                    "source.kafka.max_nesting_depth",
+                    format!("must be between 1 and {MAX_NESTING_DEPTH_LIMIT}"),
+                ));
+            }
+        }
+        if self.parallelism.max_records_per_task == 0 {
+            return Err(Error::spec(
+                "parallelism.max_records_per_task",
+                "must be above zero",
+            ));
+        }
+        if self.parallelism.shuffle_partitions == 0 {
+            return Err(Error::spec(
+                "parallelism.shuffle_partitions",
+                "must be above zero",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            let field = format!("tables[{i}]");
+            validate_identifier(&format!("{field}.name"), &table.name)?;
+            if table.name == SOURCE_TABLE || !names.insert(table.name.as_str()) {
+                return Err(Error::spec(
+                    format!("{field}.name"),
+                    format!("{:?} is already a table of this job", table.name),
+                ));
+            }
+            match (&table.parquet, &table.iceberg) {
+                (Some(path), None) if path.trim().is_empty() => {
+                    return Err(Error::spec(format!("{field}.parquet"), "must not be empty"))
+                }
+                (Some(_), None) => {}
+                (None, Some(iceberg)) => {
+                    iceberg
+                        .catalog
+                        .validate(&format!("{field}.iceberg.catalog"))?;
+                }
+                _ => {
+                    return Err(Error::spec(
+                        field,
+                        "give exactly one of `parquet` (files) or `iceberg` (a table)",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names become etcd keys, file names and table identifiers: keep them plain.
+fn validate_identifier(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::spec(field, "must not be empty"));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(Error::spec(
+            field,
+            format!("{value:?} contains {bad:?}; use letters, digits, '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+impl FieldSpec {
+    /// The Arrow field of a source column; `path` names it in errors.
+    pub fn arrow_field(&self, path: &str) -> Result<Field> {
+        let spec = self;
+        let data_type = match spec.data_type.as_str() {
+            "utf8" | "string" => DataType::Utf8,
+            "bool" | "boolean" => DataType::Boolean,
+            "int32" | "int" => DataType::Int32,
+            "int64" | "long" | "bigint" => DataType::Int64,
+            "float32" | "float" => DataType::Float32,
+            "float64" | "double" => DataType::Float64,
+            "date" | "date32" => DataType::Date32,
+            "timestamp_ms" => DataType::Timestamp(TimeUnit::Millisecond, None),
+            "timestamp_us" | "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
+            "binary" => DataType::Binary,
+            "struct" => {
+                if spec.fields.is_empty() {
+                    return Err(Error::spec(path, "a struct needs `fields`"));
+                }
+                let children = spec
+                    .fields
+                    .iter()
+                    .map(|child| child.arrow_field(&format!("{path}.{}", child.name)))
+                    .collect::<Result<Vec<_>>>()?;
+                DataType::Struct(Fields::from(children))
+            }
+            other => {
+                return Err(Error::spec(
+                    path,
+                    format!(
+                        "unknown type {other:?}; use utf8, bool, int32, int64, float32, float64, \
+                         date, timestamp_ms, timestamp_us, binary or struct"
+                    ),
+                ))
+            }
+        };
+        if spec.data_type != "struct" && !spec.fields.is_empty() {
+            return Err(Error::spec(path, "only a struct has `fields`"));
+        }
+        Ok(Field::new(&spec.name, data_type, spec.nullable))
+    }
+}
+
+/// Checks a JSON source's schema: names present, unique and not taken by a metadata
+/// column; every type known.
+pub fn validate_source_schema(kafka: &KafkaSourceSpec) -> Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for field in &kafka.schema {
+        let path = format!("source.kafka.schema.{}", field.name);
+        if field.name.is_empty() {
+            return Err(Error::spec(
+                "source.kafka.schema",
+                "a field has an empty name",
+            ));
+        }
+        if METADATA_COLUMNS.contains(&field.name.as_str()) {
+            return Err(Error::spec(
+                path,
+                "the name is taken by a Kafka metadata column",
+            ));
+        }
+        if !names.insert(field.name.as_str()) {
+            return Err(Error::spec(path, "the name appears twice"));
+        }
+        field.arrow_field(&path)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+name: orders-filtered
+source:
+  kafka:
+    bootstrap_servers: "localhost:9092"
+    topics: [orders]
+    starting_offsets: earliest
+    max_offsets_per_trigger: 1000
+    format: json
+    schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]
+trigger: {processing_time: 500ms}
+sql: SELECT order_id, amount FROM source WHERE amount > 10
+sink:
+  iceberg:
+    catalog: {type: sql, uri: "sqlite:///tmp/c.db", warehouse: "file:///tmp/wh"}
+    namespace: shop
+    table: big_orders
+"#;
+
+    fn with(replace: &str, by: &str) -> String {
+        assert!(EXAMPLE.contains(replace), "example lacks {replace}");
+        EXAMPLE.replace(replace, by)
+    }
+
+    fn error_field(text: &str) -> String {
+        match JobSpec::parse(text) {
+            Err(Error::InvalidSpec { field, .. }) => field,
+            other => panic!("expected an invalid spec, got {other:?}"),
+        }
+    }
+
+    fn error_text(text: &str) -> String {
+        match JobSpec::parse(text) {
+            Err(e @ Error::InvalidSpec { .. }) => e.to_string(),
+            other => panic!("expected an invalid spec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn example_spec_parses_with_defaults() {
+        let spec = JobSpec::parse(EXAMPLE).unwrap();
+        assert_eq!(spec.name, "orders-filtered");
+        assert_eq!(
+            spec.source.kafka.starting_offsets,
+            StartingOffsets::Earliest
+        );
+        assert_eq!(spec.source.kafka.on_malformed, OnMalformed::Fail);
+        assert_eq!(
+            spec.trigger(),
+            Trigger::ProcessingTime(Duration::from_millis(500))
+        );
+        assert_eq!(spec.parallelism, ParallelismSpec::default());
+        assert_eq!(spec.sink.iceberg.catalog.name(), "default");
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let spec = JobSpec::parse(EXAMPLE).unwrap();
+        assert_eq!(JobSpec::parse(&spec.to_json()).unwrap(), spec);
+        let per_partition = with(
+            "starting_offsets: earliest",
+            "starting_offsets: {orders: {0: 5, 3: 7}}",
+        );
+        let spec = JobSpec::parse(&per_partition).unwrap();
+        let StartingOffsets::PerPartition(map) = &spec.source.kafka.starting_offsets else {
+            panic!("expected per-partition offsets");
+        };
+        assert_eq!(map["orders"][&3], 7);
+        assert_eq!(JobSpec::parse(&spec.to_json()).unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        assert_eq!(
+            error_field(&with("name: orders-filtered", "name: 'a b'")),
+            "name"
+        );
+        assert_eq!(
+            error_field(&with("topics: [orders]", "topics: []")),
+            "source.kafka.topics"
+        );
+        let err = error_text(&with(
+            "starting_offsets: earliest",
+            "starting_offsets: newest",
+        ));
+        assert!(err.contains("source.kafka.starting_offsets"), "{err}");
+        assert_eq!(
+            error_field(&with(
+                "starting_offsets: earliest",
+                "starting_offsets: {other: {0: 1}}"
+            )),
+            "source.kafka.starting_offsets.other"
+        );
+        assert_eq!(
+            error_field(&with(
+                "max_offsets_per_trigger: 1000",
+                "max_offsets_per_trigger: 0"
+            )),
+            "source.kafka.max_offsets_per_trigger"
+        );
+        assert_eq!(
+            error_field(&with("{processing_time: 500ms}", "{processing_time: soon}")),
+            "trigger.processing_time"
+        );
+        assert_eq!(
+            error_field(&with(
+                "{processing_time: 500ms}",
+                "{processing_time: 1s, once: true}"
+            )),
+            "trigger"
+        );
+        assert_eq!(
+            error_field(&with("type: sql", "type: hive")),
+            "sink.iceberg.catalog.type"
+        );
+        assert_eq!(
+            error_field(&with("type: sql", "type: rest")),
+            "sink.iceberg.catalog.uri"
+        );
+        assert_eq!(
+            error_field(&with("file:///tmp/wh", "hdfs://nn/wh")),
+            "sink.iceberg.catalog.warehouse"
+        );
+        assert_eq!(
+            error_field(&with(", warehouse: \"file:///tmp/wh\"", "")),
+            "sink.iceberg.catalog.warehouse"
+        );
+        assert_eq!(
+            error_field(&with(
+                "{name: amount, type: float64}",
+                "{name: amount, type: money}"
+            )),
+            "source.kafka.schema.amount"
+        );
+        assert_eq!(
+            error_field(&with(
+                "{name: amount, type: float64}",
+                "{name: _offset, type: int64}"
+            )),
+            "source.kafka.schema._offset"
+        );
+    }
+
+    #[test]
+    fn rest_catalogs_and_object_storage_warehouses_are_accepted() {
+        let spec = JobSpec::parse(&with(
+            r#"{type: sql, uri: "sqlite:///tmp/c.db", warehouse: "file:///tmp/wh"}"#,
+            r#"{type: rest, uri: "http://rest:8181", warehouse: "s3://lake/wh",
+                properties: {s3.endpoint: "http://minio:9000", s3.path-style-access: "true"}}"#,
+        ))
+        .unwrap();
+        let catalog = &spec.sink.iceberg.catalog;
+        assert_eq!(catalog.validate("c").unwrap(), CatalogKind::Rest);
+        assert_eq!(catalog.properties["s3.endpoint"], "http://minio:9000");
+        let spec = JobSpec::parse(&with("file:///tmp/wh", "s3://lake/wh")).unwrap();
+        assert_eq!(
+            spec.sink.iceberg.catalog.validate("c").unwrap(),
+            CatalogKind::Sql
+        );
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_reported_with_their_location() {
+        let err = JobSpec::parse(&with("sql:", "sqll:"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sqll"), "{err}");
+        let err = JobSpec::parse("name: x").unwrap_err().to_string();
+        assert!(err.contains("missing field"), "{err}");
+    }
+
+    #[test]
+    fn raw_format_needs_no_schema_and_json_needs_one() {
+        let raw = with("format: json", "format: raw").replace(
+            "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]",
+            "",
+        );
+        assert!(JobSpec::parse(&raw).is_ok());
+        let schemaless = EXAMPLE.replace(
+            "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]",
+            "",
+        );
+        assert_eq!(error_field(&schemaless), "source.kafka.schema");
+    }
+}

@@ -1,0 +1,123 @@
+//! Naming and cleaning up the data files of task attempts.
+//!
+//! Every file a task attempt writes is named
+//! `{job}.b{batch}.e{term}.t{task}.a{attempt}.{uuid}-NNNNN.parquet` ('.' never occurs in a
+//! job name), where the term is the leadership term of the driver that ran the attempt, so
+//! the files of one batch can be found by prefix and attempts of different leaders never
+//! collide. Files of a batch that are not in its committed snapshot are garbage (attempts
+//! that failed, were abandoned, or ran under an earlier leader); they are deleted only once
+//! the batch's snapshot is committed, when no other attempt can be committed any more.
+
+use std::collections::{BTreeMap, HashSet};
+
+use iceberg::table::Table;
+use tracing::info;
+
+use crate::storage::list_with_prefix;
+use sluice_core::error::{Error, Result};
+use sluice_core::BatchId;
+
+/// The name prefix of the files written by one task attempt under leader term `term`.
+pub fn attempt_prefix(job_id: &str, batch: BatchId, term: i64, task: u32, attempt: u32) -> String {
+    format!(
+        "{}e{term}.t{task}.a{attempt}.{}",
+        batch_prefix(job_id, batch),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The name prefix shared by every file of a batch.
+pub fn batch_prefix(job_id: &str, batch: BatchId) -> String {
+    format!("{job_id}.b{batch}.")
+}
+
+/// The last segment of a file path or URL.
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Names of the data files that snapshot `snapshot_id` added.
+pub async fn snapshot_file_names(table: &Table, snapshot_id: i64) -> Result<HashSet<String>> {
+    let mut names = HashSet::new();
+    let Some(snapshot) = table.metadata().snapshot_by_id(snapshot_id) else {
+        return Ok(names);
+    };
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(Error::iceberg(format!(
+            "reading the manifest list of snapshot {snapshot_id}"
+        )))?;
+    for manifest_file in list.entries() {
+        if manifest_file.added_snapshot_id != snapshot_id {
+            continue;
+        }
+        let manifest = manifest_file
+            .load_manifest(table.file_io())
+            .await
+            .map_err(Error::iceberg("reading a manifest"))?;
+        for entry in manifest.entries() {
+            names.insert(file_name(entry.data_file().file_path()).to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Deletes the batch's data files whose names are not in `keep`; returns how many.
+/// `properties` are the catalog's FileIO properties, for listing object storage.
+pub async fn delete_batch_files_except(
+    table: &Table,
+    properties: &BTreeMap<String, String>,
+    job_id: &str,
+    batch: BatchId,
+    keep: &HashSet<String>,
+) -> Result<usize> {
+    let data_dir = format!("{}/data", table.metadata().location().trim_end_matches('/'));
+    let prefix = batch_prefix(job_id, batch);
+    let mut deleted = 0;
+    for path in list_with_prefix(&data_dir, &prefix, properties).await? {
+        if keep.contains(file_name(&path)) {
+            continue;
+        }
+        table
+            .file_io()
+            .delete(&path)
+            .await
+            .map_err(Error::iceberg(format!("deleting {path}")))?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        info!(job = %job_id, %batch, deleted, "deleted data files of failed or abandoned attempts");
+    }
+    Ok(deleted)
+}
+
+/// Names of data files from their JSON metadata (as executors send them).
+pub fn names_of(data_files_json: &[String]) -> HashSet<String> {
+    data_files_json
+        .iter()
+        .filter_map(|json| {
+            let value: serde_json::Value = serde_json::from_str(json).ok()?;
+            Some(file_name(value.get("file_path")?.as_str()?).to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_of_different_jobs_and_batches_do_not_overlap() {
+        let a = attempt_prefix("x", BatchId::new(1), 7, 0, 1);
+        assert!(a.starts_with(&batch_prefix("x", BatchId::new(1))));
+        assert!(!a.starts_with(&batch_prefix("x", BatchId::new(11))));
+        assert!(a.starts_with("x.b1.e7.t0.a1."));
+        // A job whose name looks like another job's batch prefix.
+        assert!(!attempt_prefix("x-b1-t", BatchId::new(0), 7, 0, 1)
+            .starts_with(&batch_prefix("x", BatchId::new(1))));
+        assert!(!attempt_prefix("x", BatchId::new(10), 7, 0, 1)
+            .starts_with(&batch_prefix("x", BatchId::new(1))));
+    }
+}

@@ -1,0 +1,580 @@
+//! Kafka records -> Arrow record batches with the job's `source` schema.
+//!
+//! JSON is decoded with arrow-json in one pass; only when that pass fails are records
+//! decoded one by one, to name the offending offset (or skip it with `on_malformed: skip`).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
+use arrow::datatypes::SchemaRef;
+
+use crate::json_guard;
+use sluice_core::error::{Error, Result};
+use sluice_core::schema::{source_schema, value_schema};
+use sluice_core::spec::{KafkaSourceSpec, OnMalformed, RecordFormat};
+
+/// One Kafka record as read from a partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecord {
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Decoded rows of one partition's records.
+#[derive(Debug)]
+pub struct DecodedBatch {
+    pub batch: RecordBatch,
+    /// Records dropped because they did not decode (`skip` or `dead_letter`).
+    pub malformed_skipped: u64,
+    /// The dropped records themselves, with `on_malformed: dead_letter`.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// A record that did not decode, kept whole with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub record: RawRecord,
+    pub error: String,
+}
+
+/// Decodes records of a job's source; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RecordDecoder {
+    format: RecordFormat,
+    on_malformed: OnMalformed,
+    max_record_bytes: usize,
+    max_nesting_depth: u32,
+    value_schema: SchemaRef,
+    source_schema: SchemaRef,
+}
+
+impl RecordDecoder {
+    pub fn new(kafka: &KafkaSourceSpec) -> Result<RecordDecoder> {
+        Ok(RecordDecoder {
+            format: kafka.format,
+            on_malformed: kafka.on_malformed,
+            max_record_bytes: kafka.max_record_bytes() as usize,
+            max_nesting_depth: kafka.max_nesting_depth(),
+            value_schema: value_schema(kafka)?,
+            source_schema: source_schema(kafka)?,
+        })
+    }
+
+    /// The schema of decoded batches.
+    pub fn schema(&self) -> SchemaRef {
+        self.source_schema.clone()
+    }
+
+    /// Why a record cannot be taken before decoding it, if it cannot: too large, or (JSON)
+    /// nested too deep for the decoder to be safe on it.
+    fn precheck(&self, record: &RawRecord) -> Option<String> {
+        let value = record.value.as_deref().unwrap_or_default();
+        if value.len() > self.max_record_bytes {
+            return Some(format!(
+                "record of {} bytes exceeds max_record_bytes ({})",
+                value.len(),
+                self.max_record_bytes
+            ));
+        }
+        if self.format == RecordFormat::Json {
+            if let Some(at) = json_guard::too_deep_at(value, self.max_nesting_depth) {
+                return Some(format!(
+                    "JSON nested deeper than max_nesting_depth ({}) at byte {at}",
+                    self.max_nesting_depth
+                ));
+            }
+        }
+        None
+    }
+
+    /// Decodes `records` of `topic`/`partition`; malformed records are handled as the
+    /// spec's `on_malformed` says.
+    pub fn decode(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &[RawRecord],
+    ) -> Result<DecodedBatch> {
+        let all_fit = records.iter().all(|r| self.precheck(r).is_none());
+        let fast = match self.format {
+            RecordFormat::Json if all_fit => self.decode_json(records.iter()).ok(),
+            _ => None,
+        };
+        let (values, kept, malformed) = match (fast, self.format) {
+            (Some(batch), _) => (batch.columns().to_vec(), records.iter().collect(), vec![]),
+            (None, RecordFormat::Raw) => {
+                let (kept, malformed) = self.split(records, |_| Ok(()));
+                let values: BinaryArray = kept.iter().map(|r| r.value.as_deref()).collect();
+                (vec![Arc::new(values) as ArrayRef], kept, malformed)
+            }
+            (None, RecordFormat::Json) => {
+                let (kept, malformed) = self.split(records, |record| {
+                    self.decode_json(std::iter::once(record)).map(|_| ())
+                });
+                let batch = self.decode_json(kept.iter().copied()).map_err(|message| {
+                    Error::MalformedRecord {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: kept.first().map_or(-1, |r| r.offset),
+                        message,
+                    }
+                })?;
+                (batch.columns().to_vec(), kept, malformed)
+            }
+        };
+        let mut dead_letters = Vec::new();
+        for (record, error) in &malformed {
+            match self.on_malformed {
+                OnMalformed::Fail => {
+                    return Err(Error::MalformedRecord {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: record.offset,
+                        message: error.clone(),
+                    })
+                }
+                OnMalformed::Skip => {}
+                OnMalformed::DeadLetter => dead_letters.push(DeadLetter {
+                    topic: topic.to_string(),
+                    partition,
+                    record: (*record).clone(),
+                    error: error.clone(),
+                }),
+            }
+        }
+        let mut columns = values;
+        columns.extend(metadata_columns(topic, partition, &kept));
+        let batch = RecordBatch::try_new(self.source_schema.clone(), columns)?;
+        Ok(DecodedBatch {
+            batch,
+            malformed_skipped: malformed.len() as u64,
+            dead_letters,
+        })
+    }
+
+    /// Splits records into those that pass the precheck and `check`, and the others
+    /// with their reason.
+    fn split<'a>(
+        &self,
+        records: &'a [RawRecord],
+        check: impl Fn(&RawRecord) -> Result<(), String>,
+    ) -> (Vec<&'a RawRecord>, Vec<(&'a RawRecord, String)>) {
+        let mut kept = Vec::with_capacity(records.len());
+        let mut malformed = Vec::new();
+        for record in records {
+            match self.precheck(record).map_or_else(|| check(record), Err) {
+                Ok(()) => kept.push(record),
+                Err(reason) => malformed.push((record, reason)),
+            }
+        }
+        (kept, malformed)
+    }
+
+    /// Decodes all records in one arrow-json pass; any bad record fails the pass.
+    fn decode_json<'a>(
+        &self,
+        records: impl ExactSizeIterator<Item = &'a RawRecord>,
+    ) -> Result<RecordBatch, String> {
+        let count = records.len();
+        let mut decoder = arrow_json::ReaderBuilder::new(self.value_schema.clone())
+            .with_batch_size(count.max(1) + 1)
+            .build_decoder()
+            .map_err(decoder_error)?;
+        for (i, record) in records.enumerate() {
+            let value = record.value.as_deref().ok_or("the record has no value")?;
+            let consumed = decoder.decode(value).map_err(decoder_error)?;
+            if consumed != value.len() {
+                return Err("trailing data after the JSON value".into());
+            }
+            decoder.decode(b"\n").map_err(decoder_error)?;
+            if decoder.has_partial_record() {
+                return Err("incomplete JSON value".into());
+            }
+            if decoder.len() != i + 1 {
+                return Err("expected exactly one JSON object".into());
+            }
+        }
+        match decoder.flush().map_err(decoder_error)? {
+            Some(batch) => Ok(batch),
+            None => Ok(RecordBatch::new_empty(self.value_schema.clone())),
+        }
+    }
+}
+
+/// Longest decoder message kept: arrow-json quotes the offending value whole, which may be
+/// megabytes of one record.
+const MAX_ERROR_CHARS: usize = 500;
+
+/// A decoder error as a message of at most [`MAX_ERROR_CHARS`] characters.
+fn decoder_error(error: arrow::error::ArrowError) -> String {
+    let message = error.to_string();
+    match message.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &message[..cut], message.len()),
+        None => message,
+    }
+}
+
+/// The schema of a dead-letter table: the record whole, where it came from, and why.
+pub fn dead_letter_schema() -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, true),
+        Field::new("partition", DataType::Int32, true),
+        Field::new("offset", DataType::Int64, true),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+/// Dead letters as a record batch of [`dead_letter_schema`].
+pub fn dead_letter_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|l| l.topic.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            letters.iter().map(|l| l.partition),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            letters.iter().map(|l| l.record.offset),
+        )),
+        Arc::new(TimestampMillisecondArray::from_iter(
+            letters.iter().map(|l| l.record.timestamp_ms),
+        )),
+        Arc::new(BinaryArray::from_iter(
+            letters.iter().map(|l| l.record.key.as_deref()),
+        )),
+        Arc::new(BinaryArray::from_iter(
+            letters.iter().map(|l| l.record.value.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            letters.iter().map(|l| l.error.as_str()),
+        )),
+    ];
+    Ok(RecordBatch::try_new(dead_letter_schema(), columns)?)
+}
+
+fn metadata_columns(topic: &str, partition: i32, records: &[&RawRecord]) -> Vec<ArrayRef> {
+    let n = records.len();
+    vec![
+        Arc::new(StringArray::from(vec![topic; n])),
+        Arc::new(Int32Array::from(vec![partition; n])),
+        Arc::new(Int64Array::from_iter_values(
+            records.iter().map(|r| r.offset),
+        )),
+        Arc::new(TimestampMillisecondArray::from_iter(
+            records.iter().map(|r| r.timestamp_ms),
+        )),
+        Arc::new(BinaryArray::from_iter(
+            records.iter().map(|r| r.key.as_deref()),
+        )),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type};
+
+    use super::*;
+    use sluice_core::spec::{FieldSpec, StartingOffsets};
+
+    fn spec(format: RecordFormat, on_malformed: OnMalformed) -> KafkaSourceSpec {
+        let field = |name: &str, ty: &str| FieldSpec {
+            name: name.into(),
+            data_type: ty.into(),
+            nullable: true,
+            fields: vec![],
+        };
+        KafkaSourceSpec {
+            bootstrap_servers: "b".into(),
+            topics: vec!["t".into()],
+            starting_offsets: StartingOffsets::Earliest,
+            max_offsets_per_trigger: None,
+            format,
+            schema: if format == RecordFormat::Json {
+                vec![
+                    field("id", "int64"),
+                    field("amount", "float64"),
+                    field("name", "utf8"),
+                ]
+            } else {
+                vec![]
+            },
+            on_malformed,
+            fail_on_data_loss: true,
+            max_record_bytes: None,
+            max_nesting_depth: None,
+        }
+    }
+
+    fn record(offset: i64, value: &str) -> RawRecord {
+        RawRecord {
+            offset,
+            timestamp_ms: Some(1_700_000_000_000 + offset),
+            key: Some(format!("k{offset}").into_bytes()),
+            value: Some(value.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn json_records_decode_with_metadata_columns() {
+        let decoder = RecordDecoder::new(&spec(RecordFormat::Json, OnMalformed::Fail)).unwrap();
+        let records = vec![
+            record(7, r#"{"id": 1, "amount": 2.5, "name": "a", "extra": true}"#),
+            record(8, r#"{"id": 2, "name": null}"#),
+        ];
+        let decoded = decoder.decode("t", 3, &records).unwrap();
+        let batch = decoded.batch;
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), decoder.schema());
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(ids.values(), &[1, 2]);
+        let amounts = batch
+            .column_by_name("amount")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        assert_eq!(amounts.value(0), 2.5);
+        assert!(amounts.is_null(1));
+        let offsets = batch
+            .column_by_name("_offset")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(offsets.values(), &[7, 8]);
+        let partitions = batch.column_by_name("_partition").unwrap();
+        assert_eq!(
+            partitions
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .value(1),
+            3
+        );
+        let keys = batch.column_by_name("_key").unwrap().as_binary::<i32>();
+        assert_eq!(keys.value(1), b"k8");
+        assert_eq!(
+            batch
+                .column_by_name("_topic")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "t"
+        );
+    }
+
+    #[test]
+    fn malformed_record_fails_naming_its_coordinates() {
+        let decoder = RecordDecoder::new(&spec(RecordFormat::Json, OnMalformed::Fail)).unwrap();
+        for bad in [
+            r#"{"id": 1"#,
+            "not json",
+            r#"{"id": "abc"}"#,
+            r#"{"id": 1} {"id": 2}"#,
+        ] {
+            let records = vec![
+                record(10, r#"{"id": 1}"#),
+                record(11, bad),
+                record(12, r#"{"id": 3}"#),
+            ];
+            match decoder.decode("orders", 2, &records) {
+                Err(Error::MalformedRecord {
+                    topic,
+                    partition,
+                    offset,
+                    ..
+                }) => {
+                    assert_eq!(
+                        (topic.as_str(), partition, offset),
+                        ("orders", 2, 11),
+                        "{bad}"
+                    );
+                }
+                other => panic!("{bad}: expected a malformed record error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn skipped_malformed_records_are_counted() {
+        let decoder = RecordDecoder::new(&spec(RecordFormat::Json, OnMalformed::Skip)).unwrap();
+        let mut tombstone = record(12, "");
+        tombstone.value = None;
+        let records = vec![
+            record(10, r#"{"id": 1}"#),
+            record(11, "{oops"),
+            tombstone,
+            record(13, r#"{"id": 4}"#),
+        ];
+        let decoded = decoder.decode("t", 0, &records).unwrap();
+        assert_eq!(decoded.malformed_skipped, 2);
+        let offsets = decoded
+            .batch
+            .column_by_name("_offset")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(offsets.values(), &[10, 13]);
+    }
+
+    #[test]
+    fn dead_letters_keep_the_record_and_the_reason() {
+        let decoder =
+            RecordDecoder::new(&spec(RecordFormat::Json, OnMalformed::DeadLetter)).unwrap();
+        let records = vec![
+            record(10, r#"{"id": 1}"#),
+            record(11, "{oops"),
+            record(12, r#"{"id": 3}"#),
+        ];
+        let decoded = decoder.decode("t", 4, &records).unwrap();
+        assert_eq!(decoded.batch.num_rows(), 2);
+        assert_eq!(decoded.malformed_skipped, 1);
+        let letter = &decoded.dead_letters[0];
+        assert_eq!((letter.partition, letter.record.offset), (4, 11));
+        assert_eq!(letter.record.value.as_deref(), Some(&b"{oops"[..]));
+        assert!(!letter.error.is_empty());
+        let batch = dead_letter_batch(&decoded.dead_letters).unwrap();
+        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(batch.schema(), dead_letter_schema());
+    }
+
+    #[test]
+    fn oversized_records_are_malformed() {
+        let mut source = spec(RecordFormat::Raw, OnMalformed::Fail);
+        source.max_record_bytes = Some(8);
+        let decoder = RecordDecoder::new(&source).unwrap();
+        let err = decoder
+            .decode("t", 0, &[record(0, "short"), record(1, "far too long")])
+            .unwrap_err();
+        match err {
+            Error::MalformedRecord {
+                offset, message, ..
+            } => {
+                assert_eq!(offset, 1);
+                assert!(message.contains("max_record_bytes"), "{message}");
+            }
+            other => panic!("expected a malformed record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn raw_records_keep_their_bytes() {
+        let decoder = RecordDecoder::new(&spec(RecordFormat::Raw, OnMalformed::Fail)).unwrap();
+        let decoded = decoder
+            .decode("t", 0, &[record(0, "\u{1}anything")])
+            .unwrap();
+        let values = decoded
+            .batch
+            .column_by_name("value")
+            .unwrap()
+            .as_binary::<i32>();
+        assert_eq!(values.value(0), b"\x01anything");
+    }
+
+    #[test]
+    fn no_records_make_an_empty_batch() {
+        let decoder = RecordDecoder::new(&spec(RecordFormat::Json, OnMalformed::Fail)).unwrap();
+        let decoded = decoder.decode("t", 0, &[]).unwrap();
+        assert_eq!(decoded.batch.num_rows(), 0);
+        assert_eq!(decoded.batch.schema(), decoder.schema());
+    }
+    /// Orders at even offsets, one hostile value after each: `(records, valid offsets)`.
+    fn orders_among_hostile_values() -> (Vec<RawRecord>, Vec<i64>) {
+        let mut records = Vec::new();
+        let mut valid = Vec::new();
+        for (i, (_, value)) in sluice_testkit::hostile_values().into_iter().enumerate() {
+            let offset = 2 * i as i64;
+            let order = crate::synthetic::Order::new(i as u64, 0).to_json();
+            records.push(record(offset, &order));
+            valid.push(offset);
+            records.push(RawRecord {
+                value,
+                ..record(offset + 1, "")
+            });
+        }
+        (records, valid)
+    }
+
+    fn order_spec(on_malformed: OnMalformed) -> KafkaSourceSpec {
+        let yaml = format!(
+            "{{bootstrap_servers: b, topics: [t], format: json, schema: {}}}",
+            crate::synthetic::ORDER_SCHEMA_YAML
+        );
+        KafkaSourceSpec {
+            on_malformed,
+            ..serde_yaml_ng::from_str(&yaml).unwrap()
+        }
+    }
+
+    /// No input crashes the decoder (a stack overflow would abort this test binary):
+    /// every valid record decodes, the deep ones are malformed for their depth.
+    #[test]
+    fn hostile_values_among_valid_records_never_crash_the_decoder() {
+        let (records, valid) = orders_among_hostile_values();
+        let skip = RecordDecoder::new(&order_spec(OnMalformed::Skip)).unwrap();
+        let decoded = skip.decode("t", 0, &records).unwrap();
+        let offsets = decoded
+            .batch
+            .column_by_name("_offset")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for offset in &valid {
+            assert!(
+                offsets.values().contains(offset),
+                "valid record {offset} lost"
+            );
+        }
+        assert_eq!(
+            decoded.malformed_skipped as usize + decoded.batch.num_rows(),
+            records.len()
+        );
+
+        let dead_letter = RecordDecoder::new(&order_spec(OnMalformed::DeadLetter)).unwrap();
+        let decoded = dead_letter.decode("t", 0, &records).unwrap();
+        let deep: Vec<&DeadLetter> = decoded
+            .dead_letters
+            .iter()
+            .filter(|l| l.error.contains("max_nesting_depth (64)"))
+            .collect();
+        assert_eq!(
+            deep.iter().map(|l| l.record.offset).collect::<Vec<_>>(),
+            vec![1, 3, 5, 7],
+            "the four deep values are malformed for their depth"
+        );
+        assert_eq!(
+            deep[0].record.value.as_ref().unwrap().len(),
+            400_000,
+            "kept whole"
+        );
+        for letter in &decoded.dead_letters {
+            assert!(
+                letter.error.len() < 1_000,
+                "bounded reason: {}",
+                letter.error.len()
+            );
+        }
+
+        let fail = RecordDecoder::new(&order_spec(OnMalformed::Fail)).unwrap();
+        match fail.decode("t", 0, &records) {
+            Err(Error::MalformedRecord {
+                offset, message, ..
+            }) => {
+                assert_eq!(offset, 1);
+                assert!(message.contains("max_nesting_depth"), "{message}");
+            }
+            other => panic!("expected a malformed record, got {other:?}"),
+        }
+    }
+}

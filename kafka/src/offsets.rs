@@ -1,0 +1,358 @@
+//! Offset bookkeeping: checkpoints, the ranges of a batch, and how a batch is cut and split.
+//! Pure functions, no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use sluice_core::BatchId;
+
+/// A half-open range `[start, end)` of one Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetRange {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl OffsetRange {
+    /// Number of offsets in the range (records, unless the partition has gaps).
+    pub fn len(&self) -> u64 {
+        (self.end - self.start).max(0) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Next offset to read, per topic and partition.
+pub type PartitionOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// What a job has durably consumed: the last committed batch and where to go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Last committed batch; [`BatchId::BEFORE_FIRST`] before the first one.
+    pub batch_id: BatchId,
+    pub offsets: PartitionOffsets,
+}
+
+impl Checkpoint {
+    /// The checkpoint a job starts from, before any batch.
+    pub fn initial(offsets: PartitionOffsets) -> Checkpoint {
+        Checkpoint {
+            batch_id: BatchId::BEFORE_FIRST,
+            offsets,
+        }
+    }
+
+    /// The checkpoint after `plan` is committed.
+    pub fn after(&self, plan: &BatchPlan) -> Checkpoint {
+        let mut offsets = self.offsets.clone();
+        for range in &plan.ranges {
+            offsets
+                .entry(range.topic.clone())
+                .or_default()
+                .insert(range.partition, range.end);
+        }
+        Checkpoint {
+            batch_id: plan.batch_id,
+            offsets,
+        }
+    }
+
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.offsets.get(topic)?.get(&partition).copied()
+    }
+}
+
+/// A batch as written to the offset log before it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchPlan {
+    pub batch_id: BatchId,
+    pub ranges: Vec<OffsetRange>,
+    /// When the batch was planned, milliseconds since the Unix epoch.
+    pub planned_at_ms: i64,
+}
+
+impl BatchPlan {
+    pub fn total_offsets(&self) -> u64 {
+        self.ranges.iter().map(OffsetRange::len).sum()
+    }
+}
+
+/// Kafka's view of one partition: the earliest and the next-to-be-written offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    pub low: i64,
+    pub high: i64,
+}
+
+/// Cuts the next batch's ranges: from the checkpoint (or the partition's earliest offset
+/// when the partition is new) up to the latest offset, with at most `max_offsets` offsets
+/// in all, shared between partitions in proportion to their backlog.
+/// Returns only non-empty ranges, ordered by topic and partition.
+pub fn cut_ranges(
+    checkpoint: &Checkpoint,
+    latest: &BTreeMap<(String, i32), Watermarks>,
+    max_offsets: Option<u64>,
+) -> Vec<OffsetRange> {
+    let mut ranges: Vec<OffsetRange> = latest
+        .iter()
+        .filter_map(|((topic, partition), marks)| {
+            let start = checkpoint.get(topic, *partition).unwrap_or(marks.low);
+            (marks.high > start).then(|| OffsetRange {
+                topic: topic.clone(),
+                partition: *partition,
+                start,
+                end: marks.high,
+            })
+        })
+        .collect();
+    let backlog: u64 = ranges.iter().map(OffsetRange::len).sum();
+    let Some(budget) = max_offsets.filter(|max| *max < backlog) else {
+        return ranges;
+    };
+    // Proportional share, rounded down, then the remainder one by one in partition order.
+    let mut shares: Vec<u64> = ranges
+        .iter()
+        .map(|r| (r.len() as u128 * budget as u128 / backlog as u128) as u64)
+        .collect();
+    let mut remainder = budget - shares.iter().sum::<u64>();
+    for (share, range) in shares.iter_mut().zip(&ranges) {
+        if remainder == 0 {
+            break;
+        }
+        if *share < range.len() {
+            *share += 1;
+            remainder -= 1;
+        }
+    }
+    for (range, share) in ranges.iter_mut().zip(shares) {
+        range.end = range.start + share as i64;
+    }
+    ranges.retain(|r| !r.is_empty());
+    ranges
+}
+
+/// Splits ranges into task-sized pieces of at most `max_per_task` offsets each.
+pub fn split_ranges(ranges: &[OffsetRange], max_per_task: u64) -> Vec<OffsetRange> {
+    let max_per_task = max_per_task.max(1) as i64;
+    let mut pieces = Vec::new();
+    for range in ranges {
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + max_per_task).min(range.end);
+            pieces.push(OffsetRange {
+                topic: range.topic.clone(),
+                partition: range.partition,
+                start,
+                end,
+            });
+            start = end;
+        }
+    }
+    pieces
+}
+
+/// Groups `pieces` (each at most `max_per_task` offsets) into tasks: consecutive pieces
+/// join one task until it holds at least `min_per_task` offsets, never exceeding
+/// `max_per_task`. Every piece lands in exactly one task, in order.
+pub fn pack_ranges(
+    pieces: Vec<OffsetRange>,
+    min_per_task: u64,
+    max_per_task: u64,
+) -> Vec<Vec<OffsetRange>> {
+    let len = |r: &OffsetRange| (r.end - r.start).max(0) as u64;
+    let mut tasks = Vec::new();
+    let mut current: Vec<OffsetRange> = Vec::new();
+    let mut size = 0;
+    for piece in pieces {
+        let full = size >= min_per_task || size + len(&piece) > max_per_task.max(1);
+        if !current.is_empty() && full {
+            tasks.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len(&piece);
+        current.push(piece);
+    }
+    if !current.is_empty() {
+        tasks.push(current);
+    }
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(partition: i32, start: i64, end: i64) -> OffsetRange {
+        OffsetRange {
+            topic: "t".into(),
+            partition,
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn small_ranges_are_packed_into_tasks_up_to_the_bounds() {
+        let pieces = vec![
+            range(0, 0, 300),
+            range(1, 0, 300),
+            range(2, 0, 300),
+            range(3, 0, 300),
+        ];
+        // 1,200 offsets, at least 1,000 per task: one task.
+        let one = pack_ranges(pieces.clone(), 1_000, 5_000);
+        assert_eq!(one, vec![pieces.clone()]);
+        // At least 500 per task: two tasks of two ranges.
+        let two = pack_ranges(pieces.clone(), 500, 5_000);
+        assert_eq!(two, vec![pieces[..2].to_vec(), pieces[2..].to_vec()]);
+        // A task never exceeds the maximum, even below the minimum.
+        let capped = pack_ranges(pieces.clone(), 1_000, 700);
+        assert_eq!(capped, vec![pieces[..2].to_vec(), pieces[2..].to_vec()]);
+        // A minimum of one keeps every range its own task.
+        assert_eq!(pack_ranges(pieces.clone(), 1, 5_000).len(), 4);
+        assert!(pack_ranges(vec![], 1_000, 5_000).is_empty());
+    }
+
+    fn marks(entries: &[(&str, i32, i64, i64)]) -> BTreeMap<(String, i32), Watermarks> {
+        entries
+            .iter()
+            .map(|(t, p, low, high)| {
+                (
+                    (t.to_string(), *p),
+                    Watermarks {
+                        low: *low,
+                        high: *high,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn checkpoint(entries: &[(&str, i32, i64)]) -> Checkpoint {
+        let mut offsets = PartitionOffsets::new();
+        for (t, p, o) in entries {
+            offsets.entry(t.to_string()).or_default().insert(*p, *o);
+        }
+        Checkpoint {
+            batch_id: BatchId::new(3),
+            offsets,
+        }
+    }
+
+    #[test]
+    fn ranges_start_at_checkpoint_and_end_at_latest() {
+        let ranges = cut_ranges(
+            &checkpoint(&[("t", 0, 10), ("t", 1, 20)]),
+            &marks(&[("t", 0, 0, 15), ("t", 1, 0, 20), ("t", 2, 5, 8)]),
+            None,
+        );
+        assert_eq!(
+            ranges,
+            vec![
+                OffsetRange {
+                    topic: "t".into(),
+                    partition: 0,
+                    start: 10,
+                    end: 15
+                },
+                // Partition 2 is new: it starts at its earliest offset.
+                OffsetRange {
+                    topic: "t".into(),
+                    partition: 2,
+                    start: 5,
+                    end: 8
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn no_new_data_means_no_ranges() {
+        let ranges = cut_ranges(
+            &checkpoint(&[("t", 0, 15)]),
+            &marks(&[("t", 0, 0, 15)]),
+            Some(10),
+        );
+        assert!(ranges.is_empty());
+    }
+
+    #[test]
+    fn max_offsets_is_shared_in_proportion_and_never_exceeded() {
+        let latest = marks(&[("t", 0, 0, 300), ("t", 1, 0, 100), ("t", 2, 0, 1)]);
+        let ranges = cut_ranges(&checkpoint(&[]), &latest, Some(100));
+        let total: u64 = ranges.iter().map(OffsetRange::len).sum();
+        assert_eq!(total, 100);
+        assert_eq!(ranges[0].len(), 75);
+        assert!(ranges[1].len() >= 24 && ranges[1].len() <= 25);
+        for r in &ranges {
+            assert_eq!(r.start, 0);
+        }
+    }
+
+    #[test]
+    fn a_tiny_budget_still_makes_progress() {
+        let latest = marks(&[("t", 0, 0, 1000), ("t", 1, 0, 1000), ("t", 2, 0, 1000)]);
+        let ranges = cut_ranges(&checkpoint(&[]), &latest, Some(1));
+        assert_eq!(ranges.iter().map(OffsetRange::len).sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn successive_batches_cover_the_backlog_exactly_once() {
+        let latest = marks(&[("t", 0, 0, 997), ("t", 1, 3, 250), ("u", 0, 0, 13)]);
+        let mut cp = Checkpoint::initial(PartitionOffsets::new());
+        let mut seen: BTreeMap<(String, i32), Vec<(i64, i64)>> = BTreeMap::new();
+        for batch_id in 0.. {
+            let ranges = cut_ranges(&cp, &latest, Some(64));
+            if ranges.is_empty() {
+                break;
+            }
+            for r in &ranges {
+                seen.entry((r.topic.clone(), r.partition))
+                    .or_default()
+                    .push((r.start, r.end));
+            }
+            cp = cp.after(&BatchPlan {
+                batch_id: BatchId::new(batch_id),
+                ranges,
+                planned_at_ms: 0,
+            });
+        }
+        for ((topic, partition), marks) in &latest {
+            let pieces = &seen[&(topic.clone(), *partition)];
+            assert_eq!(pieces.first().unwrap().0, marks.low);
+            assert_eq!(pieces.last().unwrap().1, marks.high);
+            for pair in pieces.windows(2) {
+                assert_eq!(pair[0].1, pair[1].0, "ranges must be contiguous");
+            }
+        }
+    }
+
+    #[test]
+    fn split_respects_the_task_size_and_keeps_every_offset() {
+        let ranges = vec![
+            OffsetRange {
+                topic: "t".into(),
+                partition: 0,
+                start: 0,
+                end: 10,
+            },
+            OffsetRange {
+                topic: "t".into(),
+                partition: 1,
+                start: 5,
+                end: 7,
+            },
+        ];
+        let pieces = split_ranges(&ranges, 4);
+        let bounds: Vec<_> = pieces
+            .iter()
+            .map(|p| (p.partition, p.start, p.end))
+            .collect();
+        assert_eq!(bounds, vec![(0, 0, 4), (0, 4, 8), (0, 8, 10), (1, 5, 7)]);
+    }
+}

@@ -1,0 +1,418 @@
+//! Kafka helpers: latest offsets for planning and exact offset-range reads for tasks.
+//! No consumer-group offsets are ever committed; the checkpoint store is the only truth.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::decode::RawRecord;
+use crate::offsets::{OffsetRange, Watermarks};
+use sluice_core::error::{Error, Result};
+
+/// How long a metadata or watermark request may take.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a range read waits for records before it checks whether the partition still
+/// reaches the range's end.
+const TRUNCATION_CHECK_AFTER: Duration = Duration::from_secs(2);
+/// How long a range read may go without receiving anything before it gives up.
+pub const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A consumer configured for assign/seek reads: no group commits, no offset reset.
+pub fn consumer(bootstrap_servers: &str) -> Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("group.id", "sluice")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        // Only committed transactional records; aborted ones and control records are
+        // offset gaps. Watermark lookups then return the last stable offset, so a batch
+        // never waits on an open transaction.
+        .set("isolation.level", "read_committed")
+        // A range below the earliest offset is data loss; never silently jump.
+        .set("auto.offset.reset", "error")
+        .set("fetch.wait.max.ms", "10")
+        // Small fetch requests must not wait for a delayed ACK.
+        .set("socket.nagle.disable", "true")
+        .set("socket.connection.setup.timeout.ms", "5000")
+        // A pooled consumer keeps fetching ahead on its partition; bound what it holds.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| kafka_error(bootstrap_servers, e))
+}
+
+fn kafka_error(bootstrap_servers: &str, e: impl std::fmt::Display) -> Error {
+    Error::Kafka {
+        bootstrap_servers: bootstrap_servers.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Reads partition watermarks of a job's topics; blocking, keep it off async threads.
+pub struct OffsetReader {
+    consumer: BaseConsumer,
+    bootstrap_servers: String,
+}
+
+impl OffsetReader {
+    pub fn new(bootstrap_servers: &str) -> Result<OffsetReader> {
+        Ok(OffsetReader {
+            consumer: consumer(bootstrap_servers)?,
+            bootstrap_servers: bootstrap_servers.to_string(),
+        })
+    }
+
+    /// Partition count of every topic; an absent topic is an error naming it.
+    pub fn partitions(&self, topics: &[String]) -> Result<BTreeMap<String, i32>> {
+        let mut counts = BTreeMap::new();
+        for topic in topics {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                .map_err(|e| {
+                    kafka_error(
+                        &self.bootstrap_servers,
+                        format!("metadata of topic {topic}: {e}"),
+                    )
+                })?;
+            let found = metadata.topics().iter().find(|t| t.name() == topic);
+            match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    counts.insert(topic.clone(), t.partitions().len() as i32);
+                }
+                Some(t) => {
+                    let cause = t
+                        .error()
+                        .map(|e| format!("{:?}", RDKafkaErrorCode::from(e)))
+                        .unwrap_or_else(|| "no partitions".into());
+                    return Err(kafka_error(
+                        &self.bootstrap_servers,
+                        format!("topic {topic} is not available: {cause}"),
+                    ));
+                }
+                None => {
+                    return Err(kafka_error(
+                        &self.bootstrap_servers,
+                        format!("topic {topic} does not exist"),
+                    ))
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Low and high watermarks of every partition of `topics`.
+    pub fn watermarks(&self, topics: &[String]) -> Result<BTreeMap<(String, i32), Watermarks>> {
+        let mut marks = BTreeMap::new();
+        for (topic, count) in self.partitions(topics)? {
+            for partition in 0..count {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+                    .map_err(|e| {
+                        kafka_error(
+                            &self.bootstrap_servers,
+                            format!("watermarks of {topic}/{partition}: {e}"),
+                        )
+                    })?;
+                marks.insert((topic.clone(), partition), Watermarks { low, high });
+            }
+        }
+        Ok(marks)
+    }
+}
+
+/// Where a consumer assigned to one partition stands: the next record it returns has
+/// offset `next` or higher, and no record lies in between. A range starting at `next` is
+/// read on from there without seeking, from records the consumer already fetched ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
+}
+
+impl Position {
+    /// Whether a read of `range` can go on from here without seeking.
+    pub fn continues(&self, range: &OffsetRange) -> bool {
+        self.topic == range.topic && self.partition == range.partition && self.next == range.start
+    }
+}
+
+/// The records of a range, and how many of its offsets Kafka no longer had.
+#[derive(Debug, Default)]
+pub struct RangeRead {
+    pub records: Vec<RawRecord>,
+    pub offsets_lost: u64,
+    /// Where the consumer stands after the read; `None` when it consumed a record past
+    /// the range (which the next read must fetch again).
+    pub position: Option<Position>,
+}
+
+/// Reads exactly the records of `range` (offsets in `[start, end)`; gaps are fine).
+/// Offsets deleted by retention fail the read with [`Error::DataLoss`], or are skipped
+/// and counted when `fail_on_data_loss` is false. Blocking; `consumer` may be reused:
+/// `position` is where a previous read left it (see [`RangeRead::position`]).
+pub fn read_range(
+    consumer: &BaseConsumer,
+    bootstrap_servers: &str,
+    range: &OffsetRange,
+    fail_on_data_loss: bool,
+    position: Option<&Position>,
+) -> Result<RangeRead> {
+    let positioned = position.is_some_and(|p| p.continues(range));
+    let read = |from: i64, positioned: bool| {
+        read_from(
+            consumer,
+            bootstrap_servers,
+            range,
+            from,
+            positioned,
+            fail_on_data_loss,
+        )
+    };
+    match read(range.start, positioned) {
+        Err(Error::DataLoss { start, end, .. }) if !fail_on_data_loss => {
+            tracing::warn!(topic = %range.topic, partition = range.partition, start, end, "offsets deleted from Kafka before they were processed; skipping them");
+            let rest = read(end, false)?;
+            Ok(RangeRead {
+                offsets_lost: (end - start) as u64,
+                ..rest
+            })
+        }
+        other => other,
+    }
+}
+
+fn read_from(
+    consumer: &BaseConsumer,
+    bootstrap_servers: &str,
+    range: &OffsetRange,
+    from: i64,
+    positioned: bool,
+    fail_on_data_loss: bool,
+) -> Result<RangeRead> {
+    let data_loss = |low: i64| Error::DataLoss {
+        topic: range.topic.clone(),
+        partition: range.partition,
+        start: from,
+        end: low.min(range.end),
+    };
+    let watermarks = || -> Result<(i64, i64)> {
+        consumer
+            .fetch_watermarks(&range.topic, range.partition, METADATA_TIMEOUT)
+            .map_err(|e| kafka_error(bootstrap_servers, e))
+    };
+    // The partition ends before the range does and nothing more can come: it was
+    // truncated, or deleted and re-created, under a logged batch.
+    let truncated = |at: i64| Error::DataLoss {
+        topic: range.topic.clone(),
+        partition: range.partition,
+        start: at,
+        end: range.end,
+    };
+    let range_error = |message: String| Error::OffsetRange {
+        topic: range.topic.clone(),
+        partition: range.partition,
+        start: range.start,
+        end: range.end,
+        message,
+    };
+    let at = |next: i64| {
+        Some(Position {
+            topic: range.topic.clone(),
+            partition: range.partition,
+            next,
+        })
+    };
+    let mut records = Vec::with_capacity((range.end - from).max(0) as usize);
+    if from >= range.end {
+        return Ok(RangeRead {
+            position: if positioned { at(from) } else { None },
+            ..RangeRead::default()
+        });
+    }
+    if !positioned {
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&range.topic, range.partition, Offset::Offset(from))
+            .map_err(|e| kafka_error(bootstrap_servers, e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| kafka_error(bootstrap_servers, e))?;
+    }
+    // Set once the read ends: where the consumer then stands.
+    let mut position = None;
+    let mut last_progress = Instant::now();
+    // Watermark lookups while stalled: one per TRUNCATION_CHECK_AFTER, not one per poll.
+    let mut last_truncation_check = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                if message.topic() != range.topic || message.partition() != range.partition {
+                    continue;
+                }
+                let offset = message.offset();
+                if offset < from {
+                    continue;
+                }
+                if offset >= range.end {
+                    // Consumed past the range: a later read must seek back to it.
+                    break;
+                }
+                records.push(RawRecord {
+                    offset,
+                    timestamp_ms: message.timestamp().to_millis(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                });
+                if offset + 1 >= range.end {
+                    position = at(range.end);
+                    break;
+                }
+            }
+            // Retention shows as an out-of-range fetch (a gap inside the log is fine: the
+            // next record simply has a higher offset).
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)))
+            | Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                let (low, high) = watermarks()?;
+                if low > from {
+                    return Err(data_loss(low));
+                }
+                if high <= from {
+                    return Err(truncated(from));
+                }
+                return Err(range_error(format!("offset {from} is out of range")));
+            }
+            Some(Err(e)) => return Err(kafka_error(bootstrap_servers, e)),
+            None => {
+                // Nothing arrived: the rest of the range may be a gap. The position tells.
+                let consumed_to = consumer
+                    .position()
+                    .ok()
+                    .and_then(|tpl| {
+                        tpl.find_partition(&range.topic, range.partition)
+                            .and_then(|p| p.offset().to_raw())
+                    })
+                    .unwrap_or(-1);
+                if consumed_to >= range.end {
+                    position = at(range.end);
+                    break;
+                }
+                if last_progress.elapsed() > TRUNCATION_CHECK_AFTER
+                    && last_truncation_check.elapsed() > TRUNCATION_CHECK_AFTER
+                {
+                    last_truncation_check = Instant::now();
+                    let (_, high) = watermarks()?;
+                    let reached = consumed_to.max(from);
+                    if high < range.end && reached >= high {
+                        if fail_on_data_loss {
+                            return Err(truncated(reached));
+                        }
+                        tracing::warn!(topic = %range.topic, partition = range.partition, start = reached, end = range.end, "the partition ends before the batch's range (truncated or re-created); skipping the missing offsets");
+                        return Ok(RangeRead {
+                            records,
+                            offsets_lost: (range.end - reached) as u64,
+                            position: None,
+                        });
+                    }
+                }
+                if last_progress.elapsed() > READ_STALL_TIMEOUT {
+                    return Err(range_error(format!(
+                        "no records for {}s at offset {consumed_to}",
+                        READ_STALL_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(RangeRead {
+        records,
+        offsets_lost: 0,
+        position,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_testkit::mock_topic;
+
+    fn range(start: i64, end: i64) -> OffsetRange {
+        OffsetRange {
+            topic: "t".into(),
+            partition: 0,
+            start,
+            end,
+        }
+    }
+
+    fn offsets(read: &RangeRead) -> Vec<i64> {
+        read.records.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn a_consumer_reads_on_from_where_its_last_range_ended_and_seeks_otherwise() {
+        let kafka = mock_topic("t", 30);
+        let bootstrap = kafka.bootstrap_servers();
+        let consumer = consumer(&bootstrap).unwrap();
+
+        let first = read_range(&consumer, &bootstrap, &range(0, 10), true, None).unwrap();
+        assert_eq!(offsets(&first), (0..10).collect::<Vec<_>>());
+        let position = first
+            .position
+            .clone()
+            .expect("the read ended at the range end");
+        assert!(position.continues(&range(10, 20)));
+        assert!(!position.continues(&range(11, 20)));
+
+        let second =
+            read_range(&consumer, &bootstrap, &range(10, 20), true, Some(&position)).unwrap();
+        assert_eq!(offsets(&second), (10..20).collect::<Vec<_>>());
+
+        // A position that does not continue the range is not trusted: the consumer seeks.
+        let stale = second.position.clone();
+        let third = read_range(&consumer, &bootstrap, &range(5, 8), true, stale.as_ref()).unwrap();
+        assert_eq!(offsets(&third), vec![5, 6, 7]);
+        let fourth = read_range(
+            &consumer,
+            &bootstrap,
+            &range(8, 30),
+            true,
+            third.position.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(offsets(&fourth), (8..30).collect::<Vec<_>>());
+    }
+
+    /// A logged batch whose range reaches past the partition's end (the topic was
+    /// re-created with fewer records) must not wait for ever for offsets that cannot come.
+    #[test]
+    fn a_range_beyond_a_truncated_partition_is_data_loss_not_a_stall() {
+        let kafka = mock_topic("t", 10);
+        let bootstrap = kafka.bootstrap_servers();
+        let consumer = consumer(&bootstrap).unwrap();
+
+        let strict = read_range(&consumer, &bootstrap, &range(5, 50), true, None).unwrap_err();
+        match strict {
+            Error::DataLoss {
+                topic,
+                partition,
+                start,
+                end,
+            } => assert_eq!((topic.as_str(), partition, start, end), ("t", 0, 10, 50)),
+            other => panic!("expected data loss, got {other}"),
+        }
+
+        let lenient = read_range(&consumer, &bootstrap, &range(5, 50), false, None).unwrap();
+        assert_eq!(offsets(&lenient), (5..10).collect::<Vec<_>>());
+        assert_eq!(lenient.offsets_lost, 40);
+    }
+}

@@ -1,0 +1,308 @@
+//! Stage plans run in one process as executors run them (encoded, decoded, one context
+//! per task, map outputs exchanged through memory), compared with plain DataFusion.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+
+use super::*;
+use sluice_kafka::decode::{RawRecord, RecordDecoder};
+use sluice_kafka::synthetic::{Order, ORDER_SCHEMA_YAML};
+use sluice_testkit::{normalized_rows, write_regions_parquet};
+
+#[derive(Debug, Default)]
+struct MemoryShuffle {
+    outputs: Mutex<HashMap<ShuffleKey, Vec<RecordBatch>>>,
+}
+
+#[async_trait]
+impl ShuffleFetcher for MemoryShuffle {
+    async fn fetch(
+        &self,
+        address: &str,
+        key: &ShuffleKey,
+    ) -> Result<Vec<RecordBatch>, ShuffleFetchError> {
+        self.outputs
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ShuffleFetchError {
+                stage_id: key.stage_id,
+                map_task: key.map_task,
+                partition: key.partition,
+                address: address.into(),
+                message: "no such output".into(),
+            })
+    }
+}
+
+pub(crate) fn spec(sql: &str, shuffle_partitions: u32) -> JobSpec {
+    spec_with(
+        sql,
+        &format!("{{shuffle_partitions: {shuffle_partitions}}}"),
+        "",
+    )
+}
+
+/// A spec with `parallelism` (a YAML map) and extra top-level YAML (e.g. `tables:`).
+fn spec_with(sql: &str, parallelism: &str, extra: &str) -> JobSpec {
+    JobSpec::parse(&format!(
+        r#"
+name: plan-test
+source:
+  kafka:
+    bootstrap_servers: "localhost:9092"
+    topics: [orders]
+    schema: {ORDER_SCHEMA_YAML}
+sql: "{sql}"
+sink:
+  iceberg:
+    catalog: {{type: sql, uri: "sqlite:///tmp/c.db", warehouse: "file:///tmp/wh"}}
+    namespace: ns
+    table: t
+parallelism: {parallelism}
+{extra}
+"#
+    ))
+    .unwrap()
+}
+
+/// Three tasks' worth of decoded orders (one Kafka partition each).
+fn source_slices(spec: &JobSpec) -> Vec<RecordBatch> {
+    let decoder = RecordDecoder::new(&spec.source.kafka).unwrap();
+    (0..3)
+        .map(|partition| {
+            let records: Vec<RawRecord> = (0..400)
+                .map(|offset| RawRecord {
+                    offset,
+                    timestamp_ms: Some(1_700_000_000_000 + offset),
+                    key: None,
+                    value: Some(
+                        Order::new(
+                            partition as u64 * 1000 + offset as u64,
+                            1_700_000_000_000 + offset,
+                        )
+                        .to_json()
+                        .into_bytes(),
+                    ),
+                })
+                .collect();
+            decoder.decode("orders", partition, &records).unwrap().batch
+        })
+        .collect()
+}
+
+/// Runs `plan` stage by stage, every task in its own decoded copy of the stage plan.
+async fn run_distributed(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBatch> {
+    let plan = plan_job(spec).await.unwrap();
+    let base = base_task_context(spec);
+    let shuffle = Arc::new(MemoryShuffle::default());
+    let mut task_counts: HashMap<u32, u32> = HashMap::new();
+    let mut sink = vec![];
+    for stage in &plan.stages {
+        let bytes = encode_plan(stage.plan.clone()).unwrap();
+        // After a hash shuffle, two tasks share the partitions (as with fewer task slots
+        // than partitions).
+        let tasks: Vec<(Vec<RecordBatch>, Option<Vec<u32>>)> = match stage.kind {
+            StageKind::Source => slices.iter().map(|s| (vec![s.clone()], None)).collect(),
+            StageKind::Hash(n) => (0..2u32)
+                .map(|t| (vec![], Some((0..n as u32).filter(|p| p % 2 == t).collect())))
+                .collect(),
+            StageKind::Single => vec![(vec![], None)],
+        };
+        task_counts.insert(stage.id, tasks.len() as u32);
+        for (task, (source, partitions)) in tasks.into_iter().enumerate() {
+            let inputs = TaskInputs {
+                job_id: "j".into(),
+                batch_id: 0,
+                source,
+                partitions,
+                shuffle: stage
+                    .inputs
+                    .iter()
+                    .map(|input| {
+                        let locations = (0..task_counts[input])
+                            .map(|map_task| MapOutputLocation {
+                                map_task,
+                                flight_address: "memory".into(),
+                            })
+                            .collect();
+                        (*input, locations)
+                    })
+                    .collect(),
+                fetcher: shuffle.clone(),
+            };
+            let context = task_context(&base, inputs);
+            let decoded = decode_plan(&bytes, &context).unwrap();
+            let outputs = execute_all_partitions(decoded, context).await.unwrap();
+            let store = |partition: u32, batches: Vec<RecordBatch>| {
+                let key = ShuffleKey {
+                    job_id: "j".into(),
+                    batch_id: 0,
+                    stage_id: stage.id,
+                    map_task: task as u32,
+                    partition,
+                };
+                shuffle.outputs.lock().unwrap().insert(key, batches);
+            };
+            match stage.output {
+                StageOutput::Hash(n) => {
+                    assert_eq!(outputs.len(), n, "stage {} partitions", stage.id);
+                    for (p, batches) in outputs.into_iter().enumerate() {
+                        store(p as u32, batches);
+                    }
+                }
+                StageOutput::Single => store(0, outputs.into_iter().flatten().collect()),
+                StageOutput::Sink => sink.extend(outputs.into_iter().flatten()),
+            }
+        }
+    }
+    sink
+}
+
+async fn run_single_process(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new();
+    for table in &spec.tables {
+        let path = table.parquet.as_ref().unwrap();
+        ctx.register_parquet(table.name.as_str(), path, Default::default())
+            .await
+            .unwrap();
+    }
+    let table = MemTable::try_new(slices[0].schema(), vec![slices.to_vec()]).unwrap();
+    ctx.register_table(SOURCE_TABLE, Arc::new(table)).unwrap();
+    ctx.sql(&spec.sql).await.unwrap().collect().await.unwrap()
+}
+
+async fn assert_same_result(sql: &str) {
+    for partitions in [1, 4] {
+        let spec = spec(sql, partitions);
+        let slices = source_slices(&spec);
+        let expected = normalized_rows(&run_single_process(&spec, &slices).await);
+        let actual = normalized_rows(&run_distributed(&spec, &slices).await);
+        assert!(!expected.is_empty(), "{sql}: no rows to compare");
+        assert_eq!(
+            actual, expected,
+            "{sql} with {partitions} shuffle partitions"
+        );
+    }
+}
+
+#[tokio::test]
+async fn distributed_stages_compute_what_one_process_computes() {
+    for sql in [
+        "SELECT order_id, amount * 2 AS double FROM source WHERE country = 'DE'",
+        "SELECT product_id, count(*) AS n, sum(amount) AS revenue, min(amount) AS lo, max(amount) AS hi, avg(amount) AS mean FROM source GROUP BY product_id",
+        "SELECT count(*) AS n, count(DISTINCT customer_id) AS customers FROM source",
+        "SELECT DISTINCT country FROM source",
+        "SELECT country, product_id, count(*) AS n FROM source GROUP BY country, product_id HAVING count(*) > 2",
+        "SELECT order_id, amount FROM source ORDER BY amount DESC, order_id LIMIT 7",
+        "SELECT order_id, rank() OVER (PARTITION BY country ORDER BY amount DESC, order_id) AS r FROM source",
+        "SELECT a.order_id, b.order_id AS other FROM source a JOIN source b ON a.customer_id = b.customer_id AND a.order_id < b.order_id",
+        "SELECT country FROM source WHERE amount > 400 UNION SELECT country FROM source WHERE amount < 5",
+        "SELECT order_id FROM source WHERE amount > (SELECT avg(amount) * 1.9 FROM source)",
+        "SELECT order_id, sum(amount) OVER (ORDER BY order_id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s FROM source",
+    ] {
+        assert_same_result(sql).await;
+    }
+}
+
+#[tokio::test]
+async fn aggregation_is_cut_at_its_exchange() {
+    let spec = spec(
+        "SELECT product_id, sum(amount) AS s FROM source GROUP BY product_id",
+        4,
+    );
+    let plan = plan_job(&spec).await.unwrap();
+    let kinds: Vec<_> = plan.stages.iter().map(|s| (s.kind, s.output)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (StageKind::Source, StageOutput::Hash(4)),
+            (StageKind::Hash(4), StageOutput::Sink)
+        ],
+        "{}",
+        plan.display()
+    );
+    let filter = plan_job(&spec_for_filter()).await.unwrap();
+    assert_eq!(filter.stages.len(), 1, "{}", filter.display());
+}
+
+fn spec_for_filter() -> JobSpec {
+    spec("SELECT order_id FROM source WHERE amount > 10", 4)
+}
+
+#[tokio::test]
+async fn bad_sql_and_statements_are_refused() {
+    for sql in [
+        "SELECT nope FROM source",
+        "SELEC id FROM source",
+        "CREATE TABLE t (a INT)",
+        "SELECT order_id FROM other",
+    ] {
+        let err = plan_job(&spec(sql, 4)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidSql { .. }), "{sql}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_example_jobs_plan() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut planned = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let spec = JobSpec::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        plan_job(&spec)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        planned += 1;
+    }
+    assert!(planned >= 2, "examples in {}", dir.display());
+}
+
+#[tokio::test]
+async fn small_static_tables_are_broadcast_and_large_ones_shuffled() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = dir.path().join("regions.parquet");
+    write_regions_parquet(&regions).unwrap();
+    let regions = regions.display();
+    let tables = format!("tables: [{{name: regions, parquet: \"{regions}\"}}]");
+    let sql = "SELECT r.region, count(*) AS n, sum(s.amount) AS revenue FROM source s JOIN regions r ON s.country = r.country GROUP BY r.region";
+    let mut shapes = vec![];
+    for threshold in [10_485_760, 0] {
+        let parallelism =
+            format!("{{shuffle_partitions: 4, broadcast_threshold_bytes: {threshold}}}");
+        let spec = spec_with(sql, &parallelism, &tables);
+        let slices = source_slices(&spec);
+        let expected = normalized_rows(&run_single_process(&spec, &slices).await);
+        let actual = normalized_rows(&run_distributed(&spec, &slices).await);
+        assert_eq!(actual, expected, "broadcast threshold {threshold}");
+        let plan = plan_job(&spec).await.unwrap();
+        shapes.push(
+            plan.stages
+                .iter()
+                .map(|s| (s.kind, s.output))
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Broadcast: the stream is read and joined in one stage, then aggregated.
+    assert_eq!(
+        shapes[0],
+        vec![
+            (StageKind::Source, StageOutput::Hash(4)),
+            (StageKind::Hash(4), StageOutput::Sink)
+        ]
+    );
+    // Shuffled: the table is hash-partitioned by a stage of its own, like the stream.
+    assert!(
+        shapes[1].contains(&(StageKind::Single, StageOutput::Hash(4))),
+        "{:?}",
+        shapes[1]
+    );
+    assert!(shapes[1].len() >= 4, "{:?}", shapes[1]);
+}
