@@ -44,10 +44,28 @@ pub fn batch_line(p: &BatchProgress) -> String {
     if p.malformed_skipped > 0 {
         line.push_str(&format!("  skipped {}", thousands(p.malformed_skipped)));
     }
+    if let Some(ms) = p.watermark_ms {
+        line.push_str(&format!("  watermark {}", format_ms(ms)));
+    }
+    if p.late_records > 0 {
+        line.push_str(&format!("  late {}", thousands(p.late_records)));
+    }
     if p.executor_crashes > 0 {
         line.push_str(&format!("  CRASHED {} executors", p.executor_crashes));
     }
     line
+}
+
+/// A time in ms since the epoch as UTC `HH:MM:SS.mmm`.
+fn format_ms(ms: i64) -> String {
+    let day_ms = ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 /// A job's status, several lines.

@@ -91,6 +91,67 @@ pub struct KafkaSourceSpec {
     /// [`DEFAULT_MAX_NESTING_DEPTH`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_nesting_depth: Option<u32>,
+    /// Event time and allowed lateness: the job tracks a watermark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkSpec>,
+}
+
+/// `source.kafka.watermark`: which column holds a record's event time, and how late a
+/// record may come. The watermark is the highest event time seen (the minimum over
+/// partitions that have data) less `delay`; records older than it are late.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// A `timestamp_ms` or `timestamp_us` column of the schema, or `_timestamp` (the Kafka
+    /// record's timestamp).
+    pub column: String,
+    /// Allowed lateness, e.g. `30s`.
+    pub delay: String,
+}
+
+impl WatermarkSpec {
+    /// The allowed lateness in milliseconds.
+    pub fn delay_ms(&self) -> Result<i64> {
+        humantime::parse_duration(&self.delay)
+            .map(|d| d.as_millis() as i64)
+            .map_err(|e| {
+                Error::spec(
+                    "source.kafka.watermark.delay",
+                    format!("{:?} is not a duration ({e}); e.g. 30s, 5m", self.delay),
+                )
+            })
+    }
+
+    /// Checks the column and the delay against the source.
+    fn validate(&self, kafka: &KafkaSourceSpec) -> Result<()> {
+        self.delay_ms()?;
+        if self.column == TIMESTAMP_COLUMN {
+            return Ok(());
+        }
+        let field = kafka
+            .schema
+            .iter()
+            .find(|f| f.name == self.column)
+            .ok_or_else(|| {
+                Error::spec(
+                    "source.kafka.watermark.column",
+                    format!(
+                        "{:?} is not a column of source.kafka.schema (nor {TIMESTAMP_COLUMN})",
+                        self.column
+                    ),
+                )
+            })?;
+        match field.data_type.as_str() {
+            "timestamp_ms" | "timestamp_us" | "timestamp" => Ok(()),
+            other => Err(Error::spec(
+                "source.kafka.watermark.column",
+                format!(
+                    "{:?} is of type {other}; an event-time column must be timestamp_ms or timestamp_us",
+                    self.column
+                ),
+            )),
+        }
+    }
 }
 
 /// JSON nesting allowed unless the spec says otherwise (`source.kafka.max_nesting_depth`).
@@ -576,6 +637,9 @@ impl JobSpec {
                 "must be above zero",
             ));
         }
+        if let Some(watermark) = &kafka.watermark {
+            watermark.validate(kafka)?;
+        }
         if let Some(depth) = kafka.max_nesting_depth {
             if !(1..=MAX_NESTING_DEPTH_LIMIT).contains(&depth) {
                 return Err(Error::spec(
@@ -901,5 +965,29 @@ sink:
             "",
         );
         assert_eq!(error_field(&schemaless), "source.kafka.schema");
+    }
+
+    #[test]
+    fn a_watermark_names_a_timestamp_column_and_a_delay() {
+        let schema = "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]";
+        let with_ts = "schema: [{name: order_id, type: utf8}, {name: ts, type: timestamp_ms}]";
+        let spec =
+            |watermark: &str| with(schema, &format!("{with_ts}\n    watermark: {watermark}"));
+        let parsed = JobSpec::parse(&spec("{column: ts, delay: 30s}")).unwrap();
+        let watermark = parsed.source.kafka.watermark.unwrap();
+        assert_eq!(watermark.delay_ms().unwrap(), 30_000);
+        assert!(JobSpec::parse(&spec("{column: _timestamp, delay: 0s}")).is_ok());
+        for (bad, why) in [
+            (
+                "{column: order_id, delay: 30s}",
+                "timestamp_ms or timestamp_us",
+            ),
+            ("{column: nope, delay: 30s}", "not a column"),
+            ("{column: ts, delay: soon}", "not a duration"),
+        ] {
+            let message = error_text(&spec(bad));
+            assert!(message.contains(why), "{bad}: {message}");
+            assert!(message.contains("source.kafka.watermark"), "{message}");
+        }
     }
 }

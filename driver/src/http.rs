@@ -82,6 +82,10 @@ fn metrics(term: Option<&Term>) -> String {
             "sluice_offsets_lost_total",
             "Offsets deleted by Kafka before they were read.",
         ),
+        (
+            "sluice_late_records_total",
+            "Records older than the watermark their batch ran under.",
+        ),
     ];
     let all: Vec<_> = jobs.iter().map(|j| (j, j.progress.metrics())).collect();
     for (i, (name, help)) in counters.iter().enumerate() {
@@ -93,8 +97,20 @@ fn metrics(term: Option<&Term>) -> String {
                 m.output_rows,
                 m.malformed,
                 m.offsets_lost,
+                m.late_records,
             ][i];
             let _ = writeln!(out, "{name}{{job=\"{}\"}} {value}", job.job_id);
+        }
+    }
+    let _ = writeln!(out, "# HELP sluice_watermark_seconds The event-time watermark after the latest batch (jobs with a watermark).\n# TYPE sluice_watermark_seconds gauge");
+    for (job, m) in &all {
+        if let Some(ms) = m.watermark_ms {
+            let _ = writeln!(
+                out,
+                "sluice_watermark_seconds{{job=\"{}\"}} {:.3}",
+                job.job_id,
+                ms as f64 / 1000.0
+            );
         }
     }
     let _ = writeln!(out, "# HELP sluice_batch_duration_seconds Batch duration by phase.\n# TYPE sluice_batch_duration_seconds histogram");

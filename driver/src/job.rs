@@ -197,7 +197,8 @@ impl JobRunner {
         let dead_letters = shared.spec.source.kafka.on_malformed == OnMalformed::DeadLetter;
         let sink = SinkTables::new(&shared.spec.sink.iceberg, dead_letters);
         JobRunner {
-            protocol: BatchProtocol::new(shared.job_id.clone(), log, sink),
+            protocol: BatchProtocol::new(shared.job_id.clone(), log, sink)
+                .with_watermark_delay(watermark_delay_ms(&shared.spec)),
             shared,
             scheduler,
             job,
@@ -375,6 +376,7 @@ impl JobRunner {
                 &timings,
             );
             progress.executor_crashes = outcome.crashes;
+            progress.watermark_ms = outcome.checkpoint.watermark_ms;
             info!(
                 rows = progress.input_rows,
                 output_rows = progress.output_rows,
@@ -413,7 +415,7 @@ impl ExecuteBatch for SchedulerExecution<'_> {
         let tasks = planner::tasks(plan, &self.spec.parallelism);
         let results = self
             .scheduler
-            .run_batch(self.job, plan.batch_id, term, tasks)
+            .run_batch(self.job, plan.batch_id, term, plan.watermark_ms, tasks)
             .await?;
         Ok(Executed {
             tasks: results.tasks,
@@ -421,6 +423,13 @@ impl ExecuteBatch for SchedulerExecution<'_> {
             crashes: results.crashes,
         })
     }
+}
+
+/// The allowed lateness of the job's watermark; `None` without one. The spec was
+/// validated at submit, so the delay parses.
+fn watermark_delay_ms(spec: &JobSpec) -> Option<i64> {
+    let watermark = spec.source.kafka.watermark.as_ref()?;
+    watermark.delay_ms().ok()
 }
 
 fn now_ms() -> i64 {

@@ -85,6 +85,7 @@ pub fn next_plan(
         batch_id: checkpoint.batch_id.next(),
         ranges,
         planned_at_ms: now_ms,
+        watermark_ms: checkpoint.watermark_ms,
     })
 }
 

@@ -73,6 +73,8 @@ pub fn batch_progress(
             .collect(),
         tasks: results.len() as u32,
         executor_crashes: 0,
+        watermark_ms: None,
+        late_records: results.iter().map(|r| r.late_records).sum(),
         job_state: String::new(),
         message: String::new(),
     }
@@ -86,6 +88,10 @@ pub struct BatchMetrics {
     pub output_rows: u64,
     pub malformed: u64,
     pub offsets_lost: u64,
+    /// Records older than the watermark their batch ran under.
+    pub late_records: u64,
+    /// The latest batch's watermark, ms since the epoch (jobs with a watermark).
+    pub watermark_ms: Option<i64>,
     /// Per phase: plan, execute, commit, checkpoint, total.
     pub durations: [Histogram; 5],
 }
@@ -101,6 +107,8 @@ impl Default for BatchMetrics {
             output_rows: 0,
             malformed: 0,
             offsets_lost: 0,
+            late_records: 0,
+            watermark_ms: None,
             durations: std::array::from_fn(|_| Histogram::new(DURATION_BUCKETS)),
         }
     }
@@ -113,6 +121,10 @@ impl BatchMetrics {
         self.output_rows += p.output_rows;
         self.malformed += p.malformed_skipped;
         self.offsets_lost += p.offsets_lost;
+        self.late_records += p.late_records;
+        if p.watermark_ms.is_some() {
+            self.watermark_ms = p.watermark_ms;
+        }
         let phases = [
             p.plan_ms,
             p.execute_ms,

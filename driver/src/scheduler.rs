@@ -147,6 +147,8 @@ struct BatchRun<'a> {
     batch: BatchId,
     /// The leadership term the batch runs under (named in data files).
     term: i64,
+    /// The watermark the batch runs under (jobs with a watermark).
+    watermark_ms: Option<i64>,
     /// The offset ranges of each task of the stages reading the stream.
     ranges: Vec<Vec<OffsetRange>>,
     /// Flight address of each finished map task, by (stage, task).
@@ -228,6 +230,7 @@ impl BatchRun<'_> {
             inputs,
             report_input: self.job.counting_stage == Some(stage.id),
             term: self.term,
+            watermark_ms: self.watermark_ms,
         }
     }
 }
@@ -261,12 +264,14 @@ impl Scheduler {
         job: &JobRef,
         batch: BatchId,
         term: i64,
+        watermark_ms: Option<i64>,
         ranges: Vec<Vec<OffsetRange>>,
     ) -> Result<BatchResults> {
         let run = BatchRun {
             job,
             batch,
             term,
+            watermark_ms,
             ranges,
             outputs: Mutex::new(HashMap::new()),
             results: Mutex::new(BTreeMap::new()),

@@ -20,6 +20,8 @@ use sluice_kafka::decode::{DeadLetter, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
 use sluice_kafka::read::{consumer, read_range, Position, RangeRead};
 
+use crate::event_time::event_time_stats;
+
 /// How long an idle consumer keeps fetching ahead on its partition; then it is unassigned
 /// (and stays pooled, connected).
 pub const READ_AHEAD_TTL: Duration = Duration::from_secs(30);
@@ -41,6 +43,7 @@ struct PooledConsumer {
 }
 
 /// The decoded records of a task's ranges.
+#[derive(Default)]
 pub struct TaskInput {
     pub batches: Vec<RecordBatch>,
     pub input_rows: u64,
@@ -49,6 +52,17 @@ pub struct TaskInput {
     pub offsets_lost: u64,
     /// Malformed records to write to the dead-letter table.
     pub dead_letters: Vec<DeadLetter>,
+    /// Jobs with a watermark: the highest event time read, per (topic, partition).
+    pub max_event_times: Vec<(String, i32, i64)>,
+    /// Records older than the batch's watermark.
+    pub late_records: u64,
+}
+
+/// Which column holds event time, and the watermark of the batch being read.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTime<'a> {
+    pub column: &'a str,
+    pub watermark_ms: Option<i64>,
 }
 
 impl ConsumerPool {
@@ -142,6 +156,7 @@ impl ConsumerPool {
         decoder: &RecordDecoder,
         ranges: &[OffsetRange],
         fail_on_data_loss: bool,
+        event_time: Option<EventTime<'_>>,
     ) -> Result<TaskInput> {
         let reads: Vec<Result<RangeRead>> = std::thread::scope(|scope| {
             let readers: Vec<_> = ranges
@@ -166,6 +181,8 @@ impl ConsumerPool {
             malformed_skipped: 0,
             offsets_lost: 0,
             dead_letters: Vec::new(),
+            max_event_times: Vec::new(),
+            late_records: 0,
         };
         for (range, read) in ranges.iter().zip(reads) {
             let read = read?;
@@ -174,6 +191,16 @@ impl ConsumerPool {
             let decoded = decoder.decode(&range.topic, range.partition, &read.records)?;
             input.malformed_skipped += decoded.malformed_skipped;
             input.dead_letters.extend(decoded.dead_letters);
+            if let Some(event_time) = event_time {
+                let stats =
+                    event_time_stats(&decoded.batch, event_time.column, event_time.watermark_ms);
+                input.late_records += stats.late;
+                if let Some(max) = stats.max_ms {
+                    input
+                        .max_event_times
+                        .push((range.topic.clone(), range.partition, max));
+                }
+            }
             input.batches.push(decoded.batch);
         }
         Ok(input)

@@ -3,6 +3,7 @@
 //! and returns the data files' metadata. It never commits anything.
 
 mod error;
+mod event_time;
 mod flight;
 mod kafka_reader;
 mod metrics;

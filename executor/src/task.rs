@@ -21,11 +21,12 @@ use sluice_kafka::decode::{dead_letter_batch, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
 use sluice_plan::{MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs};
 use sluice_proto::v1::{
-    FailureKind, StageOutput, StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
+    FailureKind, PartitionEventTime, StageOutput, StagePlan, TaskDefinition, TaskFailure,
+    TaskSuccess,
 };
 use tracing::{debug, Instrument};
 
-use crate::kafka_reader::ConsumerPool;
+use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
 use crate::shuffle_store::ShuffleStore;
 use crate::writer::write_data_files;
 
@@ -239,15 +240,21 @@ pub async fn run_task(
             let job = job.clone();
             let pool = env.pool.clone();
             let span = tracing::info_span!("kafka_read");
+            let watermark_ms = task.watermark_ms;
             Some(
                 tokio::task::spawn_blocking(move || {
                     let _enter = span.enter();
                     let kafka = &job.spec.source.kafka;
+                    let event_time = kafka.watermark.as_ref().map(|w| EventTime {
+                        column: &w.column,
+                        watermark_ms,
+                    });
                     pool.read(
                         &kafka.bootstrap_servers,
                         &job.decoder,
                         &ranges,
                         kafka.fail_on_data_loss,
+                        event_time,
                     )
                 })
                 .await
@@ -267,17 +274,19 @@ pub async fn run_task(
             BatchId::new(task.batch_id),
         )
         .await;
-        let (source, input_rows, malformed_skipped, offsets_lost, dead_letters) = match input {
-            Some(input) if task.report_input => (
-                input.batches,
-                input.input_rows,
-                input.malformed_skipped,
-                input.offsets_lost,
-                input.dead_letters,
-            ),
-            Some(input) => (input.batches, 0, 0, 0, vec![]),
-            None => (vec![], 0, 0, 0, vec![]),
+        // The batches go to the plan; the rest is reported by one stage reading the stream.
+        let (source, mut report) = match input {
+            Some(mut input) => {
+                let batches = std::mem::take(&mut input.batches);
+                (batches, input)
+            }
+            None => (vec![], TaskInput::default()),
         };
+        if !task.report_input {
+            report = TaskInput::default();
+        }
+        let input_rows = report.input_rows;
+        let dead_letters = std::mem::take(&mut report.dead_letters);
         let inputs = TaskInputs {
             job_id: task.job_id.clone(),
             batch_id: task.batch_id,
@@ -375,9 +384,19 @@ pub async fn run_task(
             } else {
                 0
             },
-            malformed_skipped,
-            offsets_lost,
+            malformed_skipped: report.malformed_skipped,
+            offsets_lost: report.offsets_lost,
             dead_letter_files_json,
+            max_event_times: report
+                .max_event_times
+                .into_iter()
+                .map(|(topic, partition, max_event_time_ms)| PartitionEventTime {
+                    topic,
+                    partition,
+                    max_event_time_ms,
+                })
+                .collect(),
+            late_records: report.late_records,
         })
     }
     .instrument(span)

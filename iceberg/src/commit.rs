@@ -30,6 +30,17 @@ pub const JOB_ID_PROPERTY: &str = "sluice.job-id";
 /// Snapshot summary property naming the batch a snapshot holds.
 pub const BATCH_ID_PROPERTY: &str = "sluice.batch-id";
 
+/// A snapshot summary property of snapshot `snapshot_id` of `table`.
+pub fn snapshot_property(table: &Table, snapshot_id: i64, key: &str) -> Option<String> {
+    table
+        .metadata()
+        .snapshot_by_id(snapshot_id)?
+        .summary()
+        .additional_properties
+        .get(key)
+        .cloned()
+}
+
 /// The snapshot holding batch `batch` of job `job_id` among the ancestors of the table's
 /// current snapshot (a snapshot rolled back out of the main branch does not count).
 /// Stops early at an older batch of the same job: batches are committed in order.
@@ -65,22 +76,22 @@ pub enum CasOutcome {
     Conflict,
 }
 
-/// Appends `files` as one snapshot tagged with the job and batch, on exactly `base`: the
-/// catalog accepts it only while the table is still at `base`'s state. An empty `files`
-/// still commits a snapshot (with no data), so every batch moves the table on and a stale
-/// driver's commit of the same batch conflicts.
+/// Appends `files` as one snapshot tagged with the job and batch (and `extra` summary
+/// properties), on exactly `base`: the catalog accepts it only while the table is still at
+/// `base`'s state. An empty `files` still commits a snapshot (with no data), so every
+/// batch moves the table on and a stale driver's commit of the same batch conflicts.
 pub async fn append_batch_on(
     catalog: Arc<dyn Catalog>,
     base: &Table,
     job_id: &str,
     batch: BatchId,
     files: Vec<DataFile>,
+    extra: &HashMap<String, String>,
 ) -> Result<CasOutcome> {
     let ident = base.identifier().clone();
-    let properties = HashMap::from([
-        (JOB_ID_PROPERTY.to_string(), job_id.to_string()),
-        (BATCH_ID_PROPERTY.to_string(), batch.to_string()),
-    ]);
+    let mut properties = extra.clone();
+    properties.insert(JOB_ID_PROPERTY.to_string(), job_id.to_string());
+    properties.insert(BATCH_ID_PROPERTY.to_string(), batch.to_string());
     let tx = Transaction::new(base);
     // Data file names are unique (term, task, attempt and a UUID each) and a batch is
     // appended at most once (checked by the caller on `base`), so the duplicate-file check,

@@ -254,7 +254,15 @@ mod tests {
         for batch in 0..8 {
             let files = vec![data_file(&table, &format!("b{batch}"))];
             table = committed(
-                append_batch_on(catalog.clone(), &table, "j", BatchId::new(batch), files).await,
+                append_batch_on(
+                    catalog.clone(),
+                    &table,
+                    "j",
+                    BatchId::new(batch),
+                    files,
+                    &Default::default(),
+                )
+                .await,
             );
         }
         assert_eq!(table.metadata().snapshots().len(), 8);
@@ -269,7 +277,15 @@ mod tests {
         // The table keeps committing after expiry.
         let files = vec![data_file(&expired, "b8")];
         let table = committed(
-            append_batch_on(catalog.clone(), &expired, "j", BatchId::new(8), files).await,
+            append_batch_on(
+                catalog.clone(),
+                &expired,
+                "j",
+                BatchId::new(8),
+                files,
+                &Default::default(),
+            )
+            .await,
         );
         assert_eq!(total_records(&table), 90);
         assert!(!needs_expiry(&table));
@@ -281,13 +297,29 @@ mod tests {
         let (catalog, stale) = new_table(&dir).await;
         // Another writer commits batch 0 after `stale` was loaded.
         let files = vec![data_file(&stale, "other")];
-        let current =
-            committed(append_batch_on(catalog.clone(), &stale, "j", BatchId::new(0), files).await);
+        let current = committed(
+            append_batch_on(
+                catalog.clone(),
+                &stale,
+                "j",
+                BatchId::new(0),
+                files,
+                &Default::default(),
+            )
+            .await,
+        );
         assert!(find_batch_in_ancestry(&stale, "j", BatchId::new(0)).is_none());
         let files = vec![data_file(&stale, "mine")];
-        let outcome = append_batch_on(catalog.clone(), &stale, "j", BatchId::new(0), files)
-            .await
-            .unwrap();
+        let outcome = append_batch_on(
+            catalog.clone(),
+            &stale,
+            "j",
+            BatchId::new(0),
+            files,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         assert!(matches!(outcome, CasOutcome::Conflict), "{outcome:?}");
         let reloaded = catalog.load_table(stale.identifier()).await.unwrap();
         assert_eq!(reloaded.metadata_location(), current.metadata_location());
@@ -295,7 +327,15 @@ mod tests {
         assert!(find_batch_in_ancestry(&reloaded, "j", BatchId::new(0)).is_some());
         // An empty batch still moves the table on.
         let empty = committed(
-            append_batch_on(catalog.clone(), &reloaded, "j", BatchId::new(1), vec![]).await,
+            append_batch_on(
+                catalog.clone(),
+                &reloaded,
+                "j",
+                BatchId::new(1),
+                vec![],
+                &Default::default(),
+            )
+            .await,
         );
         assert!(find_batch_in_ancestry(&empty, "j", BatchId::new(1)).is_some());
         assert_eq!(total_records(&empty), 10);

@@ -152,14 +152,28 @@ async fn rest_catalog_refuses_a_commit_built_on_a_stale_table() {
         .unwrap();
 
     // The standby commits batch 3 on the table as both drivers saw it...
-    let committed = append_batch_on(catalog.clone(), &stale, "job", BatchId::new(3), vec![])
-        .await
-        .unwrap();
+    let committed = append_batch_on(
+        catalog.clone(),
+        &stale,
+        "job",
+        BatchId::new(3),
+        vec![],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(committed, CasOutcome::Committed(_)));
     // ...then the paused leader wakes and commits batch 3 on its stale copy.
-    let replay = append_batch_on(catalog.clone(), &stale, "job", BatchId::new(3), vec![])
-        .await
-        .unwrap();
+    let replay = append_batch_on(
+        catalog.clone(),
+        &stale,
+        "job",
+        BatchId::new(3),
+        vec![],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(replay, CasOutcome::Conflict),
         "a stale commit must conflict: {replay:?}"

@@ -318,6 +318,7 @@ mod tests {
             fail_on_data_loss: true,
             max_record_bytes: None,
             max_nesting_depth: None,
+            watermark: None,
         }
     }
 

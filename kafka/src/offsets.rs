@@ -36,7 +36,19 @@ pub struct Checkpoint {
     /// Last committed batch; [`BatchId::BEFORE_FIRST`] before the first one.
     pub batch_id: BatchId,
     pub offsets: PartitionOffsets,
+    /// The highest event time seen in each partition, ms since the epoch (jobs with a
+    /// watermark).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub max_event_time_ms: EventTimes,
+    /// The event-time watermark after this batch, ms since the epoch: the minimum of
+    /// `max_event_time_ms` less the allowed delay, never moving back. `None` until a
+    /// record with an event time was seen (or for a job without a watermark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
 }
+
+/// Highest event time per topic and partition, ms since the epoch.
+pub type EventTimes = BTreeMap<String, BTreeMap<i32, i64>>;
 
 impl Checkpoint {
     /// The checkpoint a job starts from, before any batch.
@@ -44,6 +56,8 @@ impl Checkpoint {
         Checkpoint {
             batch_id: BatchId::BEFORE_FIRST,
             offsets,
+            max_event_time_ms: EventTimes::new(),
+            watermark_ms: None,
         }
     }
 
@@ -59,7 +73,33 @@ impl Checkpoint {
         Checkpoint {
             batch_id: plan.batch_id,
             offsets,
+            max_event_time_ms: self.max_event_time_ms.clone(),
+            watermark_ms: self.watermark_ms,
         }
+    }
+
+    /// This checkpoint with the event times a batch saw merged in and the watermark moved
+    /// on: the minimum over partitions that have data of their highest event time, less
+    /// `delay_ms`, and never below the previous watermark.
+    pub fn with_event_times(mut self, seen: &EventTimes, delay_ms: i64) -> Checkpoint {
+        for (topic, partitions) in seen {
+            let known = self.max_event_time_ms.entry(topic.clone()).or_default();
+            for (partition, &ms) in partitions {
+                let max = known.entry(*partition).or_insert(ms);
+                *max = (*max).max(ms);
+            }
+        }
+        let lowest = self
+            .max_event_time_ms
+            .values()
+            .flat_map(|partitions| partitions.values())
+            .min()
+            .copied();
+        if let Some(lowest) = lowest {
+            let candidate = lowest.saturating_sub(delay_ms);
+            self.watermark_ms = Some(self.watermark_ms.map_or(candidate, |w| w.max(candidate)));
+        }
+        self
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -74,6 +114,10 @@ pub struct BatchPlan {
     pub ranges: Vec<OffsetRange>,
     /// When the batch was planned, milliseconds since the Unix epoch.
     pub planned_at_ms: i64,
+    /// The watermark the batch runs under (the previous checkpoint's): records older are
+    /// late. Logged with the plan, so a re-run counts the same records late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
 }
 
 impl BatchPlan {
@@ -241,6 +285,7 @@ mod tests {
         Checkpoint {
             batch_id: BatchId::new(3),
             offsets,
+            ..Checkpoint::initial(Default::default())
         }
     }
 
@@ -320,6 +365,7 @@ mod tests {
                 batch_id: BatchId::new(batch_id),
                 ranges,
                 planned_at_ms: 0,
+                watermark_ms: None,
             });
         }
         for ((topic, partition), marks) in &latest {
@@ -354,5 +400,35 @@ mod tests {
             .map(|p| (p.partition, p.start, p.end))
             .collect();
         assert_eq!(bounds, vec![(0, 0, 4), (0, 4, 8), (0, 8, 10), (1, 5, 7)]);
+    }
+
+    #[test]
+    fn the_watermark_is_the_slowest_partition_less_the_delay_and_never_moves_back() {
+        let seen = |entries: &[(i32, i64)]| -> EventTimes {
+            [("t".to_string(), entries.iter().copied().collect())].into()
+        };
+        let start = Checkpoint::initial(PartitionOffsets::new());
+        assert_eq!(
+            start
+                .clone()
+                .with_event_times(&EventTimes::new(), 10)
+                .watermark_ms,
+            None
+        );
+
+        let first = start.with_event_times(&seen(&[(0, 1_000), (1, 400)]), 100);
+        assert_eq!(first.watermark_ms, Some(300), "partition 1 is the slowest");
+        // Partition 1 has no new data: its old maximum still holds the watermark back.
+        let second = first.with_event_times(&seen(&[(0, 5_000)]), 100);
+        assert_eq!(second.watermark_ms, Some(300));
+        let third = second.with_event_times(&seen(&[(1, 2_000)]), 100);
+        assert_eq!(third.watermark_ms, Some(1_900));
+        // An out-of-order batch of older records does not move it back.
+        let fourth = third.with_event_times(&seen(&[(0, 10), (1, 10)]), 100);
+        assert_eq!(fourth.watermark_ms, Some(1_900));
+        assert_eq!(fourth.max_event_time_ms["t"][&0], 5_000);
+        // A new partition with older data cannot pull it back either.
+        let fifth = fourth.with_event_times(&seen(&[(2, 50)]), 100);
+        assert_eq!(fifth.watermark_ms, Some(1_900));
     }
 }

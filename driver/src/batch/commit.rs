@@ -1,6 +1,7 @@
 //! `FilesWritten → Committed → Checkpointed`: the conditional Iceberg commit (dead letters
 //! first, then the sink table) and the fenced commit record.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use iceberg::table::Table;
@@ -8,7 +9,7 @@ use iceberg::TableIdent;
 use sluice_core::BatchId;
 use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
 use sluice_iceberg::sink::data_files_from_json;
-use sluice_kafka::offsets::{BatchPlan, Checkpoint};
+use sluice_kafka::offsets::{BatchPlan, Checkpoint, EventTimes};
 use sluice_proto::v1::TaskSuccess;
 use tracing::{info, warn};
 
@@ -20,6 +21,24 @@ use crate::error::{Error, Result};
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commits refused because the table moved on, before the batch fails (and is retried).
 const MAX_CONFLICTS: u32 = 10;
+
+/// Snapshot summary property holding the highest event time the batch read per
+/// partition (JSON: topic -> partition -> ms), for the watermark.
+pub const EVENT_TIMES_PROPERTY: &str = "sluice.max-event-time";
+
+/// The highest event time per partition over a batch's task results.
+pub fn batch_event_times(tasks: &[TaskSuccess]) -> EventTimes {
+    let mut times = EventTimes::new();
+    for seen in tasks.iter().flat_map(|t| &t.max_event_times) {
+        let max = times
+            .entry(seen.topic.clone())
+            .or_default()
+            .entry(seen.partition)
+            .or_insert(seen.max_event_time_ms);
+        *max = (*max).max(seen.max_event_time_ms);
+    }
+    times
+}
 
 /// How a batch's commit to one table ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +64,26 @@ impl BatchProtocol {
             // Before the main table: a batch found in the main table always has its dead
             // letters committed.
             let table = self.sink.load(&ident).await?;
-            self.commit_to(&ident, table, batch, &dead_letters).await?;
+            self.commit_to(&ident, table, batch, &dead_letters, &HashMap::new())
+                .await?;
         }
         let files: Vec<String> = tasks
             .iter()
             .flat_map(|t| t.data_files_json.iter().cloned())
             .collect();
+        let event_times = batch_event_times(tasks);
+        let mut properties = HashMap::new();
+        if !event_times.is_empty() {
+            properties.insert(
+                EVENT_TIMES_PROPERTY.to_string(),
+                serde_json::to_string(&event_times).expect("event times serialize"),
+            );
+        }
         let ident = self.sink.main.clone();
         let table = self.sink.main_table().await?;
-        let committed = self.commit_to(&ident, table, batch, &files).await?;
+        let committed = self
+            .commit_to(&ident, table, batch, &files, &properties)
+            .await?;
         if !committed.appended {
             warn!(job = %self.job_id, %batch, snapshot_id = committed.snapshot_id, "another attempt committed this batch first; its files are kept, ours discarded");
         }
@@ -61,6 +91,7 @@ impl BatchProtocol {
             plan,
             snapshot_id: committed.snapshot_id,
             appended: committed.appended,
+            event_times,
         })
     }
 
@@ -74,6 +105,7 @@ impl BatchProtocol {
         mut table: Table,
         batch: BatchId,
         files_json: &[String],
+        properties: &HashMap<String, String>,
     ) -> Result<TableCommitted> {
         for _ in 0..MAX_CONFLICTS {
             if let Some(snapshot_id) = find_batch_in_ancestry(&table, &self.job_id, batch) {
@@ -85,7 +117,7 @@ impl BatchProtocol {
             self.log.check_fence().await?;
             let files = data_files_from_json(&table, files_json)?;
             let catalog = self.sink.catalog().await?;
-            let attempt = append_batch_on(catalog, &table, &self.job_id, batch, files);
+            let attempt = append_batch_on(catalog, &table, &self.job_id, batch, files, properties);
             let outcome = tokio::time::timeout(COMMIT_TIMEOUT, attempt)
                 .await
                 .map_err(|_| Error::Timeout {
@@ -126,8 +158,12 @@ impl BatchProtocol {
         before: &Checkpoint,
         plan: BatchPlan,
         snapshot_id: i64,
+        event_times: &EventTimes,
     ) -> Result<BatchState> {
-        let next = before.after(&plan);
+        let mut next = before.after(&plan);
+        if let Some(delay_ms) = self.watermark_delay_ms {
+            next = next.with_event_times(event_times, delay_ms);
+        }
         self.log.commit(&next, snapshot_id).await?;
         Ok(BatchState::Checkpointed {
             plan,

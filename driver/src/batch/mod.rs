@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::JobLog;
 use async_trait::async_trait;
 use sluice_core::{failpoint, BatchId, JobId};
-use sluice_kafka::offsets::{BatchPlan, Checkpoint};
+use sluice_kafka::offsets::{BatchPlan, Checkpoint, EventTimes};
 use sluice_proto::v1::TaskSuccess;
 
 use crate::error::Result;
@@ -66,6 +66,9 @@ pub enum BatchState {
         plan: BatchPlan,
         snapshot_id: i64,
         appended: bool,
+        /// The highest event time the batch read per partition (jobs with a watermark),
+        /// kept in the snapshot's summary so that recovery finds the same values.
+        event_times: EventTimes,
     },
     /// The commit record and the checkpoint after the batch are written.
     Checkpointed {
@@ -120,11 +123,24 @@ pub struct BatchProtocol {
     pub job_id: JobId,
     pub log: JobLog,
     pub sink: SinkTables,
+    /// The watermark's allowed lateness, for jobs with a watermark.
+    pub watermark_delay_ms: Option<i64>,
 }
 
 impl BatchProtocol {
     pub fn new(job_id: JobId, log: JobLog, sink: SinkTables) -> BatchProtocol {
-        BatchProtocol { job_id, log, sink }
+        BatchProtocol {
+            job_id,
+            log,
+            sink,
+            watermark_delay_ms: None,
+        }
+    }
+
+    /// The same protocol for a job whose watermark allows `delay_ms` of lateness.
+    pub fn with_watermark_delay(mut self, delay_ms: Option<i64>) -> BatchProtocol {
+        self.watermark_delay_ms = delay_ms;
+        self
     }
 
     /// Writes a new batch's ranges to the offset log: the batch is `Planned`.
@@ -176,10 +192,13 @@ impl BatchProtocol {
                     plan,
                     snapshot_id,
                     appended: ours,
+                    event_times,
                 } => {
                     appended = ours;
                     garbage_possible |= !ours;
-                    let next = self.checkpoint(checkpoint, plan, snapshot_id).await?;
+                    let next = self
+                        .checkpoint(checkpoint, plan, snapshot_id, &event_times)
+                        .await?;
                     timings.checkpoint = started.elapsed();
                     failpoint::hit(failpoint::CHECKPOINT_WRITTEN, next.batch_id()).await;
                     next

@@ -2,10 +2,11 @@
 //! batch, as a protocol state. Runs before every batch, so a new leader, a restarted
 //! driver and a driver retrying after an error all take the same path.
 
-use sluice_iceberg::commit::find_batch_in_ancestry;
+use sluice_iceberg::commit::{find_batch_in_ancestry, snapshot_property};
 use sluice_kafka::offsets::Checkpoint;
 use tracing::info;
 
+use super::commit::EVENT_TIMES_PROPERTY;
 use super::{BatchProtocol, BatchState};
 use crate::error::Result;
 
@@ -25,10 +26,14 @@ impl BatchProtocol {
         match find_batch_in_ancestry(&table, &self.job_id, plan.batch_id) {
             Some(snapshot_id) => {
                 info!(job = %self.job_id, batch = %plan.batch_id, snapshot_id, "batch found in the table; recording its commit");
+                let event_times = snapshot_property(&table, snapshot_id, EVENT_TIMES_PROPERTY)
+                    .and_then(|json| serde_json::from_str(&json).ok())
+                    .unwrap_or_default();
                 Ok(Some(BatchState::Committed {
                     plan,
                     snapshot_id,
                     appended: false,
+                    event_times,
                 }))
             }
             None => {

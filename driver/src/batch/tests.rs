@@ -18,7 +18,7 @@ use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome
 use sluice_iceberg::data_files::attempt_prefix;
 use sluice_iceberg::sink::{data_files_to_json, ensure_table};
 use sluice_kafka::offsets::{BatchPlan, Checkpoint, OffsetRange};
-use sluice_proto::v1::TaskSuccess;
+use sluice_proto::v1::{PartitionEventTime, TaskSuccess};
 use tokio::sync::Mutex;
 
 use super::*;
@@ -181,9 +181,16 @@ impl Fixture {
     async fn commit_elsewhere(&self, batch: i64, files: Vec<String>) -> Table {
         let base = self.table().await;
         let files = sluice_iceberg::sink::data_files_from_json(&base, &files).unwrap();
-        match append_batch_on(self.catalog.clone(), &base, JOB, BatchId::new(batch), files)
-            .await
-            .unwrap()
+        match append_batch_on(
+            self.catalog.clone(),
+            &base,
+            JOB,
+            BatchId::new(batch),
+            files,
+            &Default::default(),
+        )
+        .await
+        .unwrap()
         {
             CasOutcome::Committed(table) => *table,
             CasOutcome::Conflict => panic!("unexpected conflict"),
@@ -201,6 +208,7 @@ fn plan(batch: i64) -> BatchPlan {
             end: batch * 10 + 10,
         }],
         planned_at_ms: 0,
+        watermark_ms: None,
     }
 }
 
@@ -208,6 +216,7 @@ fn checkpoint_before(batch: i64) -> Checkpoint {
     Checkpoint {
         batch_id: BatchId::new(batch - 1),
         offsets: [("t".to_string(), [(0, batch * 10)].into())].into(),
+        ..Checkpoint::initial(Default::default())
     }
 }
 
@@ -217,6 +226,8 @@ struct FakeExecution {
     terms: Vec<i64>,
     /// Runs during execution (e.g. checks that files still exist).
     during: Option<Box<dyn FnMut() + Send>>,
+    /// The highest event time the tasks report for partition t/0.
+    max_event_time_ms: Option<i64>,
 }
 
 impl FakeExecution {
@@ -225,6 +236,7 @@ impl FakeExecution {
             files,
             terms: vec![],
             during: None,
+            max_event_time_ms: None,
         }
     }
 }
@@ -237,14 +249,30 @@ impl ExecuteBatch for FakeExecution {
             during();
         }
         Ok(Executed {
-            tasks: vec![TaskSuccess {
-                data_files_json: self.files.clone(),
-                output_rows: 10,
-                ..Default::default()
-            }],
+            tasks: vec![task_with_event_time(
+                self.files.clone(),
+                self.max_event_time_ms,
+            )],
             retried: false,
             crashes: 0,
         })
+    }
+}
+
+/// A task result with `files` and, when given, the highest event time of partition t/0.
+fn task_with_event_time(files: Vec<String>, max_event_time_ms: Option<i64>) -> TaskSuccess {
+    TaskSuccess {
+        data_files_json: files,
+        output_rows: 10,
+        max_event_times: max_event_time_ms
+            .map(|ms| PartitionEventTime {
+                topic: "t".into(),
+                partition: 0,
+                max_event_time_ms: ms,
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
     }
 }
 
@@ -338,6 +366,7 @@ async fn a_commit_on_a_table_that_moved_on_without_the_batch_is_made_on_the_new_
         "other-job",
         BatchId::new(0),
         vec![],
+        &Default::default(),
     )
     .await
     .unwrap()
@@ -411,6 +440,7 @@ async fn recovery_records_a_batch_found_in_the_table_and_reruns_one_that_is_not(
             plan: logged,
             snapshot_id,
             appended: false,
+            ..
         }) => {
             assert_eq!(logged, &plan(0));
             assert_eq!(*snapshot_id, snapshot);
@@ -481,9 +511,61 @@ async fn a_batch_without_output_still_moves_the_table_on() {
     let stale = fx.created.clone();
     let (_, json) = fx.write_file(0, 3);
     let files = sluice_iceberg::sink::data_files_from_json(&stale, &[json]).unwrap();
-    let outcome = append_batch_on(fx.catalog.clone(), &stale, JOB, BatchId::new(0), files)
-        .await
-        .unwrap();
+    let outcome = append_batch_on(
+        fx.catalog.clone(),
+        &stale,
+        JOB,
+        BatchId::new(0),
+        files,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(outcome, CasOutcome::Conflict));
     assert_eq!(batch_snapshots(&fx.table().await, 0), 1);
+}
+
+/// The watermark after a batch is the same whether this driver ran the batch or found it
+/// in the table after another attempt committed it: the batch's event times travel in its
+/// snapshot's summary.
+#[tokio::test]
+async fn the_watermark_moves_on_with_each_batch_and_survives_recovery() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol().with_watermark_delay(Some(100));
+    let state = protocol.log_plan(plan(0)).await.unwrap();
+    let mut execution = FakeExecution::new(vec![]);
+    execution.max_event_time_ms = Some(5_000);
+    let first = protocol
+        .run(state, &checkpoint_before(0), false, &mut execution)
+        .await
+        .unwrap();
+    assert_eq!(first.checkpoint.watermark_ms, Some(4_900));
+
+    // Another attempt commits batch 1 (event times up to 9,000) and dies before its
+    // checkpoint.
+    let mut other = fx.protocol().with_watermark_delay(Some(100));
+    other.log_plan(plan(1)).await.unwrap();
+    let tasks = [task_with_event_time(vec![], Some(9_000))];
+    assert!(matches!(
+        other.commit(plan(1), &tasks).await.unwrap(),
+        BatchState::Committed { .. }
+    ));
+
+    let state = protocol.recover(&first.checkpoint).await.unwrap().unwrap();
+    let recovered = protocol
+        .run(
+            state,
+            &first.checkpoint,
+            true,
+            &mut FakeExecution::new(vec![]),
+        )
+        .await
+        .unwrap();
+    assert!(!recovered.appended, "found in the table, not run again");
+    assert_eq!(recovered.checkpoint.watermark_ms, Some(8_900));
+    assert_eq!(
+        fx.log().checkpoint().await.unwrap().unwrap().watermark_ms,
+        Some(8_900),
+        "the watermark is checkpointed with the batch"
+    );
 }

@@ -48,6 +48,7 @@ fn plan(batch_id: i64, start: i64, end: i64) -> BatchPlan {
             end,
         }],
         planned_at_ms: 1,
+        watermark_ms: None,
     }
 }
 
