@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::spec::{validate_source_schema, KafkaSourceSpec, RecordFormat};
 pub use crate::spec::{
     KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN, RAW_VALUE_COLUMN, TIMESTAMP_COLUMN, TOPIC_COLUMN,
+    WINDOW_END_COLUMN, WINDOW_START_COLUMN,
 };
 
 /// The Kafka metadata columns, in the order they follow the decoded columns.
@@ -42,10 +43,22 @@ pub fn value_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// The columns of a windowed source's record window, after the metadata columns.
+pub fn window_fields() -> Vec<Field> {
+    let timestamp = DataType::Timestamp(TimeUnit::Millisecond, None);
+    vec![
+        Field::new(WINDOW_START_COLUMN, timestamp.clone(), true),
+        Field::new(WINDOW_END_COLUMN, timestamp, true),
+    ]
+}
+
 /// The full `source` schema: decoded columns followed by Kafka metadata columns.
 pub fn source_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
     let values = value_schema(kafka)?;
     let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(metadata_fields());
+    if kafka.window.is_some() {
+        fields.extend(window_fields());
+    }
     Ok(Arc::new(Schema::new(fields)))
 }

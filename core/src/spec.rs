@@ -94,6 +94,40 @@ pub struct KafkaSourceSpec {
     /// Event time and allowed lateness: the job tracks a watermark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkSpec>,
+    /// Tumbling event-time windows over the watermark's column: the `source` table gains
+    /// `window_start` and `window_end`, and a window's rows are written once, when the
+    /// watermark has passed its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+}
+
+/// `source.kafka.window`: tumbling windows of `size` on the watermark's event-time column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// The window length, e.g. `1m`.
+    pub size: String,
+}
+
+/// The columns a windowed source gains: each record's window, as timestamps (ms).
+pub const WINDOW_START_COLUMN: &str = "window_start";
+pub const WINDOW_END_COLUMN: &str = "window_end";
+
+impl WindowSpec {
+    /// The window length in milliseconds.
+    pub fn size_ms(&self) -> Result<i64> {
+        match humantime::parse_duration(&self.size) {
+            Ok(size) if size.as_millis() > 0 => Ok(size.as_millis() as i64),
+            Ok(_) => Err(Error::spec(
+                "source.kafka.window.size",
+                "must be above zero",
+            )),
+            Err(e) => Err(Error::spec(
+                "source.kafka.window.size",
+                format!("{:?} is not a duration ({e}); e.g. 10s, 1m", self.size),
+            )),
+        }
+    }
 }
 
 /// `source.kafka.watermark`: which column holds a record's event time, and how late a
@@ -640,6 +674,15 @@ impl JobSpec {
         if let Some(watermark) = &kafka.watermark {
             watermark.validate(kafka)?;
         }
+        if let Some(window) = &kafka.window {
+            window.size_ms()?;
+            if kafka.watermark.is_none() {
+                return Err(Error::spec(
+                    "source.kafka.window",
+                    "windows need source.kafka.watermark (the event-time column and the allowed lateness)",
+                ));
+            }
+        }
         if let Some(depth) = kafka.max_nesting_depth {
             if !(1..=MAX_NESTING_DEPTH_LIMIT).contains(&depth) {
                 return Err(Error::spec(
@@ -764,7 +807,10 @@ pub fn validate_source_schema(kafka: &KafkaSourceSpec) -> Result<()> {
                 "a field has an empty name",
             ));
         }
-        if METADATA_COLUMNS.contains(&field.name.as_str()) {
+        if METADATA_COLUMNS.contains(&field.name.as_str())
+            || (kafka.window.is_some()
+                && [WINDOW_START_COLUMN, WINDOW_END_COLUMN].contains(&field.name.as_str()))
+        {
             return Err(Error::spec(
                 path,
                 "the name is taken by a Kafka metadata column",

@@ -198,7 +198,8 @@ impl JobRunner {
         let sink = SinkTables::new(&shared.spec.sink.iceberg, dead_letters);
         JobRunner {
             protocol: BatchProtocol::new(shared.job_id.clone(), log, sink)
-                .with_watermark_delay(watermark_delay_ms(&shared.spec)),
+                .with_watermark_delay(watermark_delay_ms(&shared.spec))
+                .with_windows(shared.spec.source.kafka.window.is_some()),
             shared,
             scheduler,
             job,
@@ -415,7 +416,7 @@ impl ExecuteBatch for SchedulerExecution<'_> {
         let tasks = planner::tasks(plan, &self.spec.parallelism);
         let results = self
             .scheduler
-            .run_batch(self.job, plan.batch_id, term, plan.watermark_ms, tasks)
+            .run_batch(self.job, plan, term, tasks)
             .await?;
         Ok(Executed {
             tasks: results.tasks,

@@ -86,6 +86,7 @@ pub fn next_plan(
         ranges,
         planned_at_ms: now_ms,
         watermark_ms: checkpoint.watermark_ms,
+        state_files: checkpoint.state_files.clone(),
     })
 }
 

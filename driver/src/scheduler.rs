@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use sluice_core::failpoint;
-use sluice_core::spec::JobSpec;
+use sluice_core::spec::{JobSpec, WINDOW_END_COLUMN};
 use sluice_core::{BatchId, ExecutorId, TaskId};
-use sluice_kafka::offsets::OffsetRange;
+use sluice_kafka::offsets::{BatchPlan, OffsetRange};
 use sluice_plan::{plan_job, StageKind, StageOutput};
 use sluice_proto::v1::{
     self, task_result, FailureKind, MapOutput, PrepareJobRequest, ReleaseShuffleRequest,
@@ -91,6 +91,16 @@ impl JobRef {
     /// Plans the job's SQL into stages (once per job and driver).
     pub async fn plan(job_id: &str, spec: &JobSpec) -> Result<JobRef> {
         let plan = plan_job(spec).await?;
+        if spec.source.kafka.window.is_some()
+            && plan.output_schema.index_of(WINDOW_END_COLUMN).is_err()
+        {
+            return Err(sluice_core::Error::InvalidSql {
+                message: format!(
+                    "a windowed job's query must select {WINDOW_END_COLUMN} (a window's rows are written once the watermark passes its end), e.g. SELECT window_start, window_end, count(*) FROM source GROUP BY window_start, window_end"
+                ),
+            }
+            .into());
+        }
         let encoded = plan.encoded_stages()?;
         debug!(job = %job_id, plan = %plan.display(), "stage plans");
         let spec_json = spec.to_json();
@@ -149,6 +159,8 @@ struct BatchRun<'a> {
     term: i64,
     /// The watermark the batch runs under (jobs with a watermark).
     watermark_ms: Option<i64>,
+    /// Windowed jobs: the state the batch starts from, read by the first source task.
+    state_files: Vec<String>,
     /// The offset ranges of each task of the stages reading the stream.
     ranges: Vec<Vec<OffsetRange>>,
     /// Flight address of each finished map task, by (stage, task).
@@ -231,6 +243,10 @@ impl BatchRun<'_> {
             report_input: self.job.counting_stage == Some(stage.id),
             term: self.term,
             watermark_ms: self.watermark_ms,
+            state_files: match stage.kind {
+                StageKind::Source if task == 0 => self.state_files.clone(),
+                _ => vec![],
+            },
         }
     }
 }
@@ -262,16 +278,17 @@ impl Scheduler {
     pub async fn run_batch(
         &self,
         job: &JobRef,
-        batch: BatchId,
+        plan: &BatchPlan,
         term: i64,
-        watermark_ms: Option<i64>,
         ranges: Vec<Vec<OffsetRange>>,
     ) -> Result<BatchResults> {
+        let batch = plan.batch_id;
         let run = BatchRun {
             job,
             batch,
             term,
-            watermark_ms,
+            watermark_ms: plan.watermark_ms,
+            state_files: plan.state_files.clone(),
             ranges,
             outputs: Mutex::new(HashMap::new()),
             results: Mutex::new(BTreeMap::new()),

@@ -11,6 +11,7 @@ mod registration;
 mod service;
 mod shuffle_store;
 mod task;
+mod window_state;
 mod writer;
 
 pub use error::{Error, Result};

@@ -28,6 +28,7 @@ use tracing::{debug, Instrument};
 
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
 use crate::shuffle_store::ShuffleStore;
+use crate::window_state;
 use crate::writer::write_data_files;
 
 /// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
@@ -287,6 +288,19 @@ pub async fn run_task(
         }
         let input_rows = report.input_rows;
         let dead_letters = std::mem::take(&mut report.dead_letters);
+        let prefix = attempt_prefix(
+            &task.job_id,
+            BatchId::new(task.batch_id),
+            task.term,
+            task.task_id,
+            task.attempt,
+        );
+        let windowed = job.spec.source.kafka.window.is_some();
+        let (source, state_files) = if windowed && task.report_input {
+            carry_window_state(&job, task, source, &prefix).await?
+        } else {
+            (source, vec![])
+        };
         let inputs = TaskInputs {
             job_id: task.job_id.clone(),
             batch_id: task.batch_id,
@@ -318,14 +332,22 @@ pub async fn run_task(
             .instrument(tracing::info_span!("execute"))
             .await?;
         let executed_ms = started.elapsed().as_millis();
+        let outputs = if windowed && stage.output == Output::Sink {
+            // Only windows the watermark has passed are final; the others are computed
+            // again next batch from the state.
+            outputs
+                .iter()
+                .map(|partition| {
+                    partition
+                        .iter()
+                        .map(|b| window_state::select_windows(b, task.watermark_ms, false))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            outputs
+        };
         let output_rows: usize = outputs.iter().flatten().map(|b| b.num_rows()).sum();
-        let prefix = attempt_prefix(
-            &task.job_id,
-            BatchId::new(task.batch_id),
-            task.term,
-            task.task_id,
-            task.attempt,
-        );
         let key = ShuffleKey {
             job_id: task.job_id.clone(),
             batch_id: task.batch_id,
@@ -397,10 +419,43 @@ pub async fn run_task(
                 })
                 .collect(),
             late_records: report.late_records,
+            state_files,
         })
     }
     .instrument(span)
     .await
+}
+
+/// A windowed job's source rows for the SQL and the state it leaves: late rows (their
+/// window already written) are dropped, the batch's starting state is added, and the rows
+/// of windows still open after the batch's watermark are written as this task's state.
+async fn carry_window_state(
+    job: &PreparedJob,
+    task: &TaskDefinition,
+    source: Vec<RecordBatch>,
+    prefix: &str,
+) -> Result<(Vec<RecordBatch>, Vec<String>)> {
+    let schema = job.decoder.schema();
+    let file_io = job.sink.table.file_io();
+    let mut rows = Vec::with_capacity(source.len() + task.state_files.len());
+    let mut still_open = Vec::with_capacity(rows.capacity());
+    for batch in source {
+        let on_time = window_state::select_windows(&batch, task.watermark_ms, true)?;
+        still_open.push(on_time.clone());
+        rows.push(on_time);
+    }
+    for batch in window_state::read_state(file_io, &task.state_files).await? {
+        let batch = window_state::conform(&batch, &schema)?;
+        still_open.push(window_state::select_windows(
+            &batch,
+            task.watermark_ms,
+            true,
+        )?);
+        rows.push(batch);
+    }
+    let path = window_state::state_path(job.sink.table.metadata().location(), prefix);
+    let written = window_state::write_state(file_io, &path, &schema, &still_open).await?;
+    Ok((rows, written.into_iter().collect()))
 }
 
 fn shuffle_error(error: crate::shuffle_store::ShuffleStoreError) -> Error {

@@ -64,16 +64,25 @@ pub async fn snapshot_file_names(table: &Table, snapshot_id: i64) -> Result<Hash
     Ok(names)
 }
 
+/// The table's directory of data files.
+pub const DATA_DIR: &str = "data";
+/// The table's directory of windowed jobs' state files (never referenced by a snapshot).
+pub const STATE_DIR: &str = "sluice-state";
+
 /// Deletes the batch's data files whose names are not in `keep`; returns how many.
 /// `properties` are the catalog's FileIO properties, for listing object storage.
 pub async fn delete_batch_files_except(
     table: &Table,
     properties: &BTreeMap<String, String>,
+    subdir: &str,
     job_id: &str,
     batch: BatchId,
     keep: &HashSet<String>,
 ) -> Result<usize> {
-    let data_dir = format!("{}/data", table.metadata().location().trim_end_matches('/'));
+    let data_dir = format!(
+        "{}/{subdir}",
+        table.metadata().location().trim_end_matches('/')
+    );
     let prefix = batch_prefix(job_id, batch);
     let mut deleted = 0;
     for path in list_with_prefix(&data_dir, &prefix, properties).await? {

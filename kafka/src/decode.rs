@@ -51,6 +51,8 @@ pub struct RecordDecoder {
     on_malformed: OnMalformed,
     max_record_bytes: usize,
     max_nesting_depth: u32,
+    /// Windowed sources: the event-time column and the window length (ms).
+    window: Option<(String, i64)>,
     value_schema: SchemaRef,
     source_schema: SchemaRef,
 }
@@ -62,6 +64,12 @@ impl RecordDecoder {
             on_malformed: kafka.on_malformed,
             max_record_bytes: kafka.max_record_bytes() as usize,
             max_nesting_depth: kafka.max_nesting_depth(),
+            window: match (&kafka.window, &kafka.watermark) {
+                (Some(window), Some(watermark)) => {
+                    Some((watermark.column.clone(), window.size_ms()?))
+                }
+                _ => None,
+            },
             value_schema: value_schema(kafka)?,
             source_schema: source_schema(kafka)?,
         })
@@ -151,6 +159,10 @@ impl RecordDecoder {
         }
         let mut columns = values;
         columns.extend(metadata_columns(topic, partition, &kept));
+        if let Some((column, size_ms)) = &self.window {
+            let index = self.source_schema.index_of(column)?;
+            columns.extend(window_columns(&columns[index], *size_ms)?);
+        }
         let batch = RecordBatch::try_new(self.source_schema.clone(), columns)?;
         Ok(DecodedBatch {
             batch,
@@ -267,6 +279,25 @@ pub fn dead_letter_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(dead_letter_schema(), columns)?)
 }
 
+/// Each record's tumbling window of `size_ms` from its event time: start and end, in ms.
+fn window_columns(event_time: &ArrayRef, size_ms: i64) -> Result<Vec<ArrayRef>> {
+    use arrow::datatypes::{DataType, TimeUnit};
+    let millis = arrow::compute::cast(
+        event_time,
+        &DataType::Timestamp(TimeUnit::Millisecond, None),
+    )?;
+    let millis = millis
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .expect("cast to timestamp(ms)");
+    let start: TimestampMillisecondArray = millis
+        .iter()
+        .map(|ms| ms.map(|ms| ms - ms.rem_euclid(size_ms)))
+        .collect();
+    let end: TimestampMillisecondArray = start.iter().map(|s| s.map(|s| s + size_ms)).collect();
+    Ok(vec![Arc::new(start), Arc::new(end)])
+}
+
 fn metadata_columns(topic: &str, partition: i32, records: &[&RawRecord]) -> Vec<ArrayRef> {
     let n = records.len();
     vec![
@@ -319,6 +350,7 @@ mod tests {
             max_record_bytes: None,
             max_nesting_depth: None,
             watermark: None,
+            window: None,
         }
     }
 

@@ -45,6 +45,10 @@ pub struct Checkpoint {
     /// record with an event time was seen (or for a job without a watermark).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark_ms: Option<i64>,
+    /// Windowed jobs: the rows of windows not yet written after this batch, as Parquet
+    /// files; the next batch starts from them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_files: Vec<String>,
 }
 
 /// Highest event time per topic and partition, ms since the epoch.
@@ -58,6 +62,7 @@ impl Checkpoint {
             offsets,
             max_event_time_ms: EventTimes::new(),
             watermark_ms: None,
+            state_files: Vec::new(),
         }
     }
 
@@ -75,6 +80,7 @@ impl Checkpoint {
             offsets,
             max_event_time_ms: self.max_event_time_ms.clone(),
             watermark_ms: self.watermark_ms,
+            state_files: self.state_files.clone(),
         }
     }
 
@@ -118,6 +124,9 @@ pub struct BatchPlan {
     /// late. Logged with the plan, so a re-run counts the same records late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark_ms: Option<i64>,
+    /// Windowed jobs: the state the batch starts from (the previous checkpoint's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_files: Vec<String>,
 }
 
 impl BatchPlan {
@@ -366,6 +375,7 @@ mod tests {
                 ranges,
                 planned_at_ms: 0,
                 watermark_ms: None,
+                state_files: vec![],
             });
         }
         for ((topic, partition), marks) in &latest {

@@ -11,7 +11,9 @@ use iceberg::table::Table;
 use iceberg::TableIdent;
 use sluice_core::BatchId;
 use sluice_iceberg::commit::find_batch_in_ancestry;
-use sluice_iceberg::data_files::{delete_batch_files_except, snapshot_file_names};
+use sluice_iceberg::data_files::{
+    delete_batch_files_except, snapshot_file_names, DATA_DIR, STATE_DIR,
+};
 use tracing::warn;
 
 use super::BatchProtocol;
@@ -54,7 +56,50 @@ impl BatchProtocol {
         keep: &HashSet<String>,
     ) -> Result<()> {
         let properties = self.sink.storage_properties();
-        delete_batch_files_except(table, properties, &self.job_id, batch, keep).await?;
+        delete_batch_files_except(table, properties, DATA_DIR, &self.job_id, batch, keep).await?;
         Ok(())
+    }
+
+    /// Windowed jobs, after batch `batch` is checkpointed: deletes the state it started
+    /// from (`before`, no longer needed by any re-run) unless still listed in `after`, and,
+    /// when other attempts may have run, their state files of this batch.
+    pub(super) async fn clean_state(
+        &mut self,
+        batch: BatchId,
+        before: &[String],
+        after: &[String],
+        other_attempts: bool,
+    ) {
+        let cleaned = async {
+            let table = self.sink.main_table().await?;
+            for path in before.iter().filter(|p| !after.contains(p)) {
+                table
+                    .file_io()
+                    .delete(path)
+                    .await
+                    .map_err(sluice_core::Error::iceberg(format!("deleting {path}")))?;
+            }
+            if other_attempts {
+                let keep: HashSet<String> = after
+                    .iter()
+                    .filter_map(|p| p.rsplit('/').next())
+                    .map(str::to_string)
+                    .collect();
+                let properties = self.sink.storage_properties();
+                delete_batch_files_except(
+                    &table,
+                    properties,
+                    STATE_DIR,
+                    &self.job_id,
+                    batch,
+                    &keep,
+                )
+                .await?;
+            }
+            Ok::<_, crate::error::Error>(())
+        };
+        if let Err(error) = cleaned.await {
+            warn!(job = %self.job_id, %batch, %error, "cannot clean up window state files");
+        }
     }
 }

@@ -26,6 +26,9 @@ const MAX_CONFLICTS: u32 = 10;
 /// partition (JSON: topic -> partition -> ms), for the watermark.
 pub const EVENT_TIMES_PROPERTY: &str = "sluice.max-event-time";
 
+/// Snapshot summary property listing a windowed batch's state files (JSON array).
+pub const STATE_FILES_PROPERTY: &str = "sluice.state-files";
+
 /// The highest event time per partition over a batch's task results.
 pub fn batch_event_times(tasks: &[TaskSuccess]) -> EventTimes {
     let mut times = EventTimes::new();
@@ -72,11 +75,21 @@ impl BatchProtocol {
             .flat_map(|t| t.data_files_json.iter().cloned())
             .collect();
         let event_times = batch_event_times(tasks);
+        let state_files: Vec<String> = tasks
+            .iter()
+            .flat_map(|t| t.state_files.iter().cloned())
+            .collect();
         let mut properties = HashMap::new();
         if !event_times.is_empty() {
             properties.insert(
                 EVENT_TIMES_PROPERTY.to_string(),
                 serde_json::to_string(&event_times).expect("event times serialize"),
+            );
+        }
+        if self.windowed {
+            properties.insert(
+                STATE_FILES_PROPERTY.to_string(),
+                serde_json::to_string(&state_files).expect("state files serialize"),
             );
         }
         let ident = self.sink.main.clone();
@@ -92,6 +105,7 @@ impl BatchProtocol {
             snapshot_id: committed.snapshot_id,
             appended: committed.appended,
             event_times,
+            state_files,
         })
     }
 
@@ -159,10 +173,14 @@ impl BatchProtocol {
         plan: BatchPlan,
         snapshot_id: i64,
         event_times: &EventTimes,
+        state_files: Vec<String>,
     ) -> Result<BatchState> {
         let mut next = before.after(&plan);
         if let Some(delay_ms) = self.watermark_delay_ms {
             next = next.with_event_times(event_times, delay_ms);
+        }
+        if self.windowed {
+            next.state_files = state_files;
         }
         self.log.commit(&next, snapshot_id).await?;
         Ok(BatchState::Checkpointed {

@@ -69,6 +69,9 @@ pub enum BatchState {
         /// The highest event time the batch read per partition (jobs with a watermark),
         /// kept in the snapshot's summary so that recovery finds the same values.
         event_times: EventTimes,
+        /// Windowed jobs: the state the batch left (rows of windows still open), also in
+        /// the snapshot's summary.
+        state_files: Vec<String>,
     },
     /// The commit record and the checkpoint after the batch are written.
     Checkpointed {
@@ -125,6 +128,8 @@ pub struct BatchProtocol {
     pub sink: SinkTables,
     /// The watermark's allowed lateness, for jobs with a watermark.
     pub watermark_delay_ms: Option<i64>,
+    /// Whether the job keeps window state between batches.
+    pub windowed: bool,
 }
 
 impl BatchProtocol {
@@ -134,7 +139,14 @@ impl BatchProtocol {
             log,
             sink,
             watermark_delay_ms: None,
+            windowed: false,
         }
+    }
+
+    /// The same protocol for a job that keeps window state between batches.
+    pub fn with_windows(mut self, windowed: bool) -> BatchProtocol {
+        self.windowed = windowed;
+        self
     }
 
     /// The same protocol for a job whose watermark allows `delay_ms` of lateness.
@@ -193,11 +205,12 @@ impl BatchProtocol {
                     snapshot_id,
                     appended: ours,
                     event_times,
+                    state_files,
                 } => {
                     appended = ours;
                     garbage_possible |= !ours;
                     let next = self
-                        .checkpoint(checkpoint, plan, snapshot_id, &event_times)
+                        .checkpoint(checkpoint, plan, snapshot_id, &event_times, state_files)
                         .await?;
                     timings.checkpoint = started.elapsed();
                     failpoint::hit(failpoint::CHECKPOINT_WRITTEN, next.batch_id()).await;
@@ -210,6 +223,15 @@ impl BatchProtocol {
                 } => {
                     if garbage_possible {
                         self.clean(plan.batch_id, snapshot_id).await;
+                    }
+                    if self.windowed {
+                        self.clean_state(
+                            plan.batch_id,
+                            &plan.state_files,
+                            &next.state_files,
+                            garbage_possible,
+                        )
+                        .await;
                     }
                     self.sink.expire_if_due(&self.log).await;
                     return Ok(BatchOutcome {

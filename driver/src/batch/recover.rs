@@ -6,7 +6,7 @@ use sluice_iceberg::commit::{find_batch_in_ancestry, snapshot_property};
 use sluice_kafka::offsets::Checkpoint;
 use tracing::info;
 
-use super::commit::EVENT_TIMES_PROPERTY;
+use super::commit::{EVENT_TIMES_PROPERTY, STATE_FILES_PROPERTY};
 use super::{BatchProtocol, BatchState};
 use crate::error::Result;
 
@@ -29,11 +29,15 @@ impl BatchProtocol {
                 let event_times = snapshot_property(&table, snapshot_id, EVENT_TIMES_PROPERTY)
                     .and_then(|json| serde_json::from_str(&json).ok())
                     .unwrap_or_default();
+                let state_files = snapshot_property(&table, snapshot_id, STATE_FILES_PROPERTY)
+                    .and_then(|json| serde_json::from_str(&json).ok())
+                    .unwrap_or_default();
                 Ok(Some(BatchState::Committed {
                     plan,
                     snapshot_id,
                     appended: false,
                     event_times,
+                    state_files,
                 }))
             }
             None => {

@@ -209,6 +209,7 @@ fn plan(batch: i64) -> BatchPlan {
         }],
         planned_at_ms: 0,
         watermark_ms: None,
+        state_files: vec![],
     }
 }
 

@@ -49,6 +49,7 @@ fn plan(batch_id: i64, start: i64, end: i64) -> BatchPlan {
         }],
         planned_at_ms: 1,
         watermark_ms: None,
+        state_files: vec![],
     }
 }
 

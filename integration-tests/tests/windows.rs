@@ -1,0 +1,170 @@
+//! Tumbling event-time windows: a window's row is written once, in the batch that runs
+//! after the watermark passed its end, with its count over the records of every batch;
+//! state between batches survives the job being resumed, late records are dropped, and
+//! only the latest state files remain.
+
+use std::collections::BTreeMap;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
+use sluice_integration_tests::TestCluster;
+
+const T: i64 = 1_700_000_000_000;
+
+fn produce(cluster: &TestCluster, partition: i32, seconds: impl Iterator<Item = i64>) {
+    let values: Vec<String> = seconds
+        .map(|s| {
+            format!(
+                r#"{{"order_id":"p{partition}-{s}","customer_id":1,"product_id":1,"amount":1.0,"country":"DE","ts":{}}}"#,
+                T + s * 1000
+            )
+        })
+        .collect();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    cluster.produce_raw("clicks", partition, &values).unwrap();
+}
+
+/// The table's rows as window start (s after T) -> count; each window at most once.
+async fn windows(cluster: &TestCluster, spec: &str) -> BTreeMap<i64, i64> {
+    let mut out = BTreeMap::new();
+    for batch in cluster.table_rows(spec).await.unwrap() {
+        // Iceberg keeps timestamps in microseconds.
+        let starts = arrow::compute::cast(
+            batch.column_by_name("window_start").unwrap(),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )
+        .unwrap();
+        let starts = starts.as_primitive::<TimestampMillisecondType>();
+        let counts = batch
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            let start = (starts.value(i) - T) / 1000;
+            assert!(
+                out.insert(start, counts.value(i)).is_none(),
+                "window {start} written twice"
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_window_is_written_once_with_its_count_over_every_batch() {
+    let cluster = TestCluster::start("clicks", 2, 2).await.unwrap();
+    let spec = cluster.spec(
+        "windows",
+        "clicks",
+        "SELECT window_start, window_end, count(*) AS n FROM source GROUP BY window_start, window_end",
+        "{available_now: true}",
+        "    watermark: {column: ts, delay: 0s}\n    window: {size: 10s}",
+    );
+    let round = |range: std::ops::RangeInclusive<i64>| {
+        for partition in 0..2 {
+            produce(&cluster, partition, range.clone());
+        }
+    };
+
+    round(1..=25);
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster.wait_until_finished(&job).await;
+    assert!(
+        windows(&cluster, &spec).await.is_empty(),
+        "no watermark yet: every window is open"
+    );
+
+    round(26..=45);
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster.wait_until_finished(&job).await;
+    assert_eq!(
+        windows(&cluster, &spec).await,
+        BTreeMap::from([(0, 18), (10, 20)]),
+        "windows ending by the watermark (25 s) are written, from the state"
+    );
+
+    round(46..=65);
+    produce(&cluster, 0, [5].into_iter());
+    let job = cluster.submit(&spec).await.unwrap();
+    let status = cluster.wait_until_finished(&job).await;
+    assert_eq!(
+        windows(&cluster, &spec).await,
+        BTreeMap::from([(0, 18), (10, 20), (20, 20), (30, 20)]),
+        "the late record (5 s) does not reopen its window"
+    );
+    let last = status.recent_batches.last().unwrap();
+    assert_eq!(last.late_records, 1);
+
+    // Only the state the last batch left remains.
+    let state_dir = cluster
+        .dir
+        .path()
+        .join("warehouse/test/windows/sluice-state");
+    let left: Vec<String> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!left.is_empty());
+    assert!(
+        left.iter()
+            .all(|name| name.contains(&format!(".b{}.", last.batch_id))),
+        "{left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_query_must_select_the_window_end() {
+    let cluster = TestCluster::start("clicks", 1, 1).await.unwrap();
+    let spec = cluster.spec(
+        "no-end",
+        "clicks",
+        "SELECT window_start, count(*) AS n FROM source GROUP BY window_start",
+        "{available_now: true}",
+        "    watermark: {column: ts, delay: 0s}\n    window: {size: 10s}",
+    );
+    let status = cluster.submit(&spec).await.unwrap_err();
+    assert!(
+        status.message().contains("window_end"),
+        "{}",
+        status.message()
+    );
+}
+
+/// The driver dies after a windowed batch's Iceberg commit, before its checkpoint: the
+/// restarted driver finds the batch in the table and takes the batch's state (and event
+/// times) from its snapshot, so no window is lost, counted twice or written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_survives_a_driver_killed_between_commit_and_checkpoint() {
+    let armed = format!("{}@2", sluice_core::failpoint::SNAPSHOT_COMMITTED);
+    let mut cluster = TestCluster::start_with_first_driver_env(
+        "clicks",
+        2,
+        2,
+        1,
+        &[(sluice_core::failpoint::FAILPOINTS_ENV, &armed)],
+    )
+    .await
+    .unwrap();
+    for partition in 0..2 {
+        produce(&cluster, partition, 1..=65);
+    }
+    let spec = cluster.spec(
+        "windows-killed",
+        "clicks",
+        "SELECT window_start, window_end, count(*) AS n FROM source GROUP BY window_start, window_end",
+        "{available_now: true}",
+        "    watermark: {column: ts, delay: 0s}\n    window: {size: 10s}\n    max_offsets_per_trigger: 40",
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster
+        .wait_driver_exit(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    cluster.start_driver().unwrap();
+    cluster.wait_for_driver().await.unwrap();
+    cluster.wait_until_finished(&job).await;
+    assert_eq!(
+        windows(&cluster, &spec).await,
+        BTreeMap::from([(0, 18), (10, 20), (20, 20), (30, 20), (40, 20), (50, 20)])
+    );
+}
