@@ -297,7 +297,10 @@ pub async fn run_task(
         );
         let windowed = job.spec.source.kafka.window.is_some();
         let (source, state_files) = if windowed && task.report_input {
-            carry_window_state(&job, task, source, &prefix).await?
+            let carried = carry_window_state(&job, task, source, &prefix).await?;
+            // In a windowed job a record is late when its window was already written.
+            report.late_records = carried.dropped;
+            (carried.rows, carried.state_files)
         } else {
             (source, vec![])
         };
@@ -434,13 +437,15 @@ async fn carry_window_state(
     task: &TaskDefinition,
     source: Vec<RecordBatch>,
     prefix: &str,
-) -> Result<(Vec<RecordBatch>, Vec<String>)> {
+) -> Result<CarriedState> {
     let schema = job.decoder.schema();
     let file_io = job.sink.table.file_io();
     let mut rows = Vec::with_capacity(source.len() + task.state_files.len());
     let mut still_open = Vec::with_capacity(rows.capacity());
+    let mut dropped = 0;
     for batch in source {
         let on_time = window_state::select_windows(&batch, task.watermark_ms, true)?;
+        dropped += (batch.num_rows() - on_time.num_rows()) as u64;
         still_open.push(on_time.clone());
         rows.push(on_time);
     }
@@ -455,7 +460,21 @@ async fn carry_window_state(
     }
     let path = window_state::state_path(job.sink.table.metadata().location(), prefix);
     let written = window_state::write_state(file_io, &path, &schema, &still_open).await?;
-    Ok((rows, written.into_iter().collect()))
+    Ok(CarriedState {
+        rows,
+        state_files: written.into_iter().collect(),
+        dropped,
+    })
+}
+
+/// What a windowed source task hands the SQL and leaves for the next batch.
+struct CarriedState {
+    /// The batch's on-time records and the state it started from.
+    rows: Vec<RecordBatch>,
+    /// The state file written (none when no window is open).
+    state_files: Vec<String>,
+    /// Records dropped because their window was already written.
+    dropped: u64,
 }
 
 fn shuffle_error(error: crate::shuffle_store::ShuffleStoreError) -> Error {
