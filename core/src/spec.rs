@@ -101,12 +101,29 @@ pub struct KafkaSourceSpec {
     pub window: Option<WindowSpec>,
 }
 
-/// `source.kafka.window`: tumbling windows of `size` on the watermark's event-time column.
+/// `source.kafka.window`: windows of `size` on the watermark's event-time column,
+/// tumbling, or sliding every `slide` (a record then belongs to `size / slide` windows).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSpec {
     /// The window length, e.g. `1m`.
     pub size: String,
+    /// Sliding windows: how far each window starts after the previous one, e.g. `1m` for
+    /// a 5-minute window every minute; it must divide `size`. Absent: tumbling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<String>,
+}
+
+/// A duration above zero in milliseconds; `field` names it in errors.
+fn positive_ms(field: &str, text: &str) -> Result<i64> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.as_millis() > 0 => Ok(d.as_millis() as i64),
+        Ok(_) => Err(Error::spec(field, "must be above zero")),
+        Err(e) => Err(Error::spec(
+            field,
+            format!("{text:?} is not a duration ({e}); e.g. 10s, 1m"),
+        )),
+    }
 }
 
 /// The columns a windowed source gains: each record's window, as timestamps (ms).
@@ -116,17 +133,23 @@ pub const WINDOW_END_COLUMN: &str = "window_end";
 impl WindowSpec {
     /// The window length in milliseconds.
     pub fn size_ms(&self) -> Result<i64> {
-        match humantime::parse_duration(&self.size) {
-            Ok(size) if size.as_millis() > 0 => Ok(size.as_millis() as i64),
-            Ok(_) => Err(Error::spec(
-                "source.kafka.window.size",
-                "must be above zero",
-            )),
-            Err(e) => Err(Error::spec(
-                "source.kafka.window.size",
-                format!("{:?} is not a duration ({e}); e.g. 10s, 1m", self.size),
-            )),
+        positive_ms("source.kafka.window.size", &self.size)
+    }
+
+    /// How far consecutive windows start apart, in milliseconds (the size when tumbling).
+    pub fn slide_ms(&self) -> Result<i64> {
+        let size = self.size_ms()?;
+        let Some(slide) = &self.slide else {
+            return Ok(size);
+        };
+        let slide = positive_ms("source.kafka.window.slide", slide)?;
+        if slide > size || size % slide != 0 {
+            return Err(Error::spec(
+                "source.kafka.window.slide",
+                format!("must divide the window size ({})", self.size),
+            ));
         }
+        Ok(slide)
     }
 }
 
@@ -675,7 +698,7 @@ impl JobSpec {
             watermark.validate(kafka)?;
         }
         if let Some(window) = &kafka.window {
-            window.size_ms()?;
+            window.slide_ms()?;
             if kafka.watermark.is_none() {
                 return Err(Error::spec(
                     "source.kafka.window",

@@ -168,3 +168,26 @@ async fn window_state_survives_a_driver_killed_between_commit_and_checkpoint() {
         BTreeMap::from([(0, 18), (10, 20), (20, 20), (30, 20), (40, 20), (50, 20)])
     );
 }
+
+/// Sliding windows: 20-second windows every 10 seconds, each record in two of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_windows_count_each_record_in_every_window_it_belongs_to() {
+    let cluster = TestCluster::start("clicks", 2, 2).await.unwrap();
+    for partition in 0..2 {
+        produce(&cluster, partition, 1..=65);
+    }
+    let spec = cluster.spec(
+        "sliding",
+        "clicks",
+        "SELECT window_start, window_end, count(*) AS n FROM source GROUP BY window_start, window_end",
+        "{available_now: true}",
+        "    watermark: {column: ts, delay: 0s}\n    window: {size: 20s, slide: 10s}\n    max_offsets_per_trigger: 40",
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster.wait_until_finished(&job).await;
+    // Batches of 20 s of records per partition: windows ending by 20, 40 and 60 s close.
+    assert_eq!(
+        windows(&cluster, &spec).await,
+        BTreeMap::from([(-10, 18), (0, 38), (10, 40), (20, 40), (30, 40), (40, 40)])
+    );
+}

@@ -51,8 +51,8 @@ pub struct RecordDecoder {
     on_malformed: OnMalformed,
     max_record_bytes: usize,
     max_nesting_depth: u32,
-    /// Windowed sources: the event-time column and the window length (ms).
-    window: Option<(String, i64)>,
+    /// Windowed sources: the event-time column, the window length and slide (ms).
+    window: Option<(String, i64, i64)>,
     value_schema: SchemaRef,
     source_schema: SchemaRef,
 }
@@ -65,9 +65,11 @@ impl RecordDecoder {
             max_record_bytes: kafka.max_record_bytes() as usize,
             max_nesting_depth: kafka.max_nesting_depth(),
             window: match (&kafka.window, &kafka.watermark) {
-                (Some(window), Some(watermark)) => {
-                    Some((watermark.column.clone(), window.size_ms()?))
-                }
+                (Some(window), Some(watermark)) => Some((
+                    watermark.column.clone(),
+                    window.size_ms()?,
+                    window.slide_ms()?,
+                )),
                 _ => None,
             },
             value_schema: value_schema(kafka)?,
@@ -159,9 +161,9 @@ impl RecordDecoder {
         }
         let mut columns = values;
         columns.extend(metadata_columns(topic, partition, &kept));
-        if let Some((column, size_ms)) = &self.window {
+        if let Some((column, size_ms, slide_ms)) = &self.window {
             let index = self.source_schema.index_of(column)?;
-            columns.extend(window_columns(&columns[index], *size_ms)?);
+            columns = with_windows(columns, index, *size_ms, *slide_ms)?;
         }
         let batch = RecordBatch::try_new(self.source_schema.clone(), columns)?;
         Ok(DecodedBatch {
@@ -279,23 +281,56 @@ pub fn dead_letter_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(dead_letter_schema(), columns)?)
 }
 
-/// Each record's tumbling window of `size_ms` from its event time: start and end, in ms.
-fn window_columns(event_time: &ArrayRef, size_ms: i64) -> Result<Vec<ArrayRef>> {
+/// `columns` with each record repeated once per window it belongs to (one window when
+/// tumbling, `size / slide` when sliding), and the window's start and end (ms) appended.
+/// A record without an event time keeps one row, without a window.
+fn with_windows(
+    columns: Vec<ArrayRef>,
+    event_time: usize,
+    size_ms: i64,
+    slide_ms: i64,
+) -> Result<Vec<ArrayRef>> {
     use arrow::datatypes::{DataType, TimeUnit};
     let millis = arrow::compute::cast(
-        event_time,
+        &columns[event_time],
         &DataType::Timestamp(TimeUnit::Millisecond, None),
     )?;
     let millis = millis
         .as_any()
         .downcast_ref::<TimestampMillisecondArray>()
         .expect("cast to timestamp(ms)");
-    let start: TimestampMillisecondArray = millis
-        .iter()
-        .map(|ms| ms.map(|ms| ms - ms.rem_euclid(size_ms)))
-        .collect();
+    let copies = size_ms / slide_ms;
+    let mut rows: Vec<u32> = Vec::with_capacity(millis.len() * copies as usize);
+    let mut starts: Vec<Option<i64>> = Vec::with_capacity(rows.capacity());
+    for (row, ms) in millis.iter().enumerate() {
+        match ms {
+            Some(ms) => {
+                let last = ms - ms.rem_euclid(slide_ms);
+                for copy in 0..copies {
+                    rows.push(row as u32);
+                    starts.push(Some(last - copy * slide_ms));
+                }
+            }
+            None => {
+                rows.push(row as u32);
+                starts.push(None);
+            }
+        }
+    }
+    let mut out = if copies == 1 {
+        columns
+    } else {
+        let rows = arrow::array::UInt32Array::from(rows);
+        columns
+            .iter()
+            .map(|column| arrow::compute::take(column, &rows, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?
+    };
+    let start = TimestampMillisecondArray::from(starts);
     let end: TimestampMillisecondArray = start.iter().map(|s| s.map(|s| s + size_ms)).collect();
-    Ok(vec![Arc::new(start), Arc::new(end)])
+    out.push(Arc::new(start));
+    out.push(Arc::new(end));
+    Ok(out)
 }
 
 fn metadata_columns(topic: &str, partition: i32, records: &[&RawRecord]) -> Vec<ArrayRef> {
@@ -609,5 +644,21 @@ mod tests {
             }
             other => panic!("expected a malformed record, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn sliding_windows_repeat_a_record_in_each_of_its_windows() {
+        let ts =
+            |s: i64| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(vec![Some(s), None])) };
+        let columns = with_windows(vec![ts(25_000)], 0, 20_000, 10_000).unwrap();
+        let starts: Vec<Option<i64>> = columns[1]
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(starts, vec![Some(20_000), Some(10_000), None]);
+        let tumbling = with_windows(vec![ts(25_000)], 0, 20_000, 20_000).unwrap();
+        assert_eq!(tumbling[0].len(), 2, "one row per record");
     }
 }
