@@ -47,6 +47,13 @@ pub fn batch_line(p: &BatchProgress) -> String {
     if let Some(ms) = p.watermark_ms {
         line.push_str(&format!("  watermark {}", format_ms(ms)));
     }
+    if p.state_rows > 0 {
+        line.push_str(&format!(
+            "  state {} rows ({} KiB)",
+            thousands(p.state_rows),
+            thousands(p.state_bytes / 1024)
+        ));
+    }
     if p.late_records > 0 {
         line.push_str(&format!("  late {}", thousands(p.late_records)));
     }

@@ -113,6 +113,12 @@ fn metrics(term: Option<&Term>) -> String {
             );
         }
     }
+    let _ = writeln!(out, "# HELP sluice_state_bytes Window state the latest batch left (jobs with a watermark).\n# TYPE sluice_state_bytes gauge");
+    for (job, m) in &all {
+        if let Some(bytes) = m.state_bytes {
+            let _ = writeln!(out, "sluice_state_bytes{{job=\"{}\"}} {bytes}", job.job_id);
+        }
+    }
     let _ = writeln!(out, "# HELP sluice_batch_duration_seconds Batch duration by phase.\n# TYPE sluice_batch_duration_seconds histogram");
     for (job, m) in &all {
         for (phase, histogram) in PHASES.iter().zip(&m.durations) {

@@ -75,6 +75,8 @@ pub fn batch_progress(
         executor_crashes: 0,
         watermark_ms: None,
         late_records: results.iter().map(|r| r.late_records).sum(),
+        state_rows: results.iter().map(|r| r.state_rows).sum(),
+        state_bytes: results.iter().map(|r| r.state_bytes).sum(),
         job_state: String::new(),
         message: String::new(),
     }
@@ -92,6 +94,8 @@ pub struct BatchMetrics {
     pub late_records: u64,
     /// The latest batch's watermark, ms since the epoch (jobs with a watermark).
     pub watermark_ms: Option<i64>,
+    /// Windowed jobs: the state the latest batch left, in bytes.
+    pub state_bytes: Option<u64>,
     /// Per phase: plan, execute, commit, checkpoint, total.
     pub durations: [Histogram; 5],
 }
@@ -109,6 +113,7 @@ impl Default for BatchMetrics {
             offsets_lost: 0,
             late_records: 0,
             watermark_ms: None,
+            state_bytes: None,
             durations: std::array::from_fn(|_| Histogram::new(DURATION_BUCKETS)),
         }
     }
@@ -124,6 +129,7 @@ impl BatchMetrics {
         self.late_records += p.late_records;
         if p.watermark_ms.is_some() {
             self.watermark_ms = p.watermark_ms;
+            self.state_bytes = Some(p.state_bytes);
         }
         let phases = [
             p.plan_ms,

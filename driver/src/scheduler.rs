@@ -13,7 +13,7 @@ use sluice_core::failpoint;
 use sluice_core::spec::{JobSpec, WINDOW_END_COLUMN};
 use sluice_core::{BatchId, ExecutorId, TaskId};
 use sluice_kafka::offsets::{BatchPlan, OffsetRange};
-use sluice_plan::{plan_job, StageKind, StageOutput};
+use sluice_plan::{plan_job, JobPlan, StageKind, StageOutput};
 use sluice_proto::v1::{
     self, task_result, FailureKind, MapOutput, PrepareJobRequest, ReleaseShuffleRequest,
     ShuffleInput, StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
@@ -91,15 +91,8 @@ impl JobRef {
     /// Plans the job's SQL into stages (once per job and driver).
     pub async fn plan(job_id: &str, spec: &JobSpec) -> Result<JobRef> {
         let plan = plan_job(spec).await?;
-        if spec.source.kafka.window.is_some()
-            && plan.output_schema.index_of(WINDOW_END_COLUMN).is_err()
-        {
-            return Err(sluice_core::Error::InvalidSql {
-                message: format!(
-                    "a windowed job's query must select {WINDOW_END_COLUMN} (a window's rows are written once the watermark passes its end), e.g. SELECT window_start, window_end, count(*) FROM source GROUP BY window_start, window_end"
-                ),
-            }
-            .into());
+        if spec.source.kafka.window.is_some() {
+            check_windowed_plan(&plan)?;
         }
         let encoded = plan.encoded_stages()?;
         debug!(job = %job_id, plan = %plan.display(), "stage plans");
@@ -146,6 +139,29 @@ impl JobRef {
     pub fn shuffles(&self) -> bool {
         self.stages.len() > 1
     }
+}
+
+/// Refuses what windows cannot do yet: a query without `window_end` (its rows could not
+/// be held back until their window closes), or one reading the stream more than once
+/// (only one reading keeps the window state).
+fn check_windowed_plan(plan: &JobPlan) -> Result<()> {
+    let refuse = |message: String| Err(sluice_core::Error::InvalidSql { message }.into());
+    if plan.output_schema.index_of(WINDOW_END_COLUMN).is_err() {
+        return refuse(format!(
+            "a windowed job's query must select {WINDOW_END_COLUMN} (a window's rows are written once the watermark passes its end), e.g. SELECT window_start, window_end, count(*) FROM source GROUP BY window_start, window_end"
+        ));
+    }
+    let readings = plan
+        .stages
+        .iter()
+        .filter(|s| s.kind == StageKind::Source)
+        .count();
+    if readings > 1 {
+        return refuse(format!(
+            "a windowed job's query may read the stream once; this one reads it {readings} times (a self-join or union of source)"
+        ));
+    }
+    Ok(())
 }
 
 /// A task of a stage, as (stage id, task id).

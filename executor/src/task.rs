@@ -296,13 +296,13 @@ pub async fn run_task(
             task.attempt,
         );
         let windowed = job.spec.source.kafka.window.is_some();
-        let (source, state_files) = if windowed && task.report_input {
+        let (source, state) = if windowed && task.report_input {
             let carried = carry_window_state(&job, task, source, &prefix).await?;
             // In a windowed job a record is late when its window was already written.
             report.late_records = carried.dropped;
-            (carried.rows, carried.state_files)
+            (carried.rows, carried.state)
         } else {
-            (source, vec![])
+            (source, None)
         };
         let inputs = TaskInputs {
             job_id: task.job_id.clone(),
@@ -422,7 +422,9 @@ pub async fn run_task(
                 })
                 .collect(),
             late_records: report.late_records,
-            state_files,
+            state_rows: state.as_ref().map_or(0, |s| s.rows),
+            state_bytes: state.as_ref().map_or(0, |s| s.bytes),
+            state_files: state.into_iter().map(|s| s.path).collect(),
         })
     }
     .instrument(span)
@@ -462,7 +464,7 @@ async fn carry_window_state(
     let written = window_state::write_state(file_io, &path, &schema, &still_open).await?;
     Ok(CarriedState {
         rows,
-        state_files: written.into_iter().collect(),
+        state: written,
         dropped,
     })
 }
@@ -472,7 +474,7 @@ struct CarriedState {
     /// The batch's on-time records and the state it started from.
     rows: Vec<RecordBatch>,
     /// The state file written (none when no window is open).
-    state_files: Vec<String>,
+    state: Option<window_state::StateFile>,
     /// Records dropped because their window was already written.
     dropped: u64,
 }

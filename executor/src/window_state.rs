@@ -44,13 +44,21 @@ pub fn select_windows(
     Ok(filter_record_batch(batch, &mask)?)
 }
 
+/// A state file as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFile {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
 /// Writes `batches` as one Parquet file at `path`; nothing when they hold no rows.
 pub async fn write_state(
     file_io: &FileIO,
     path: &str,
     schema: &SchemaRef,
     batches: &[RecordBatch],
-) -> Result<Option<String>> {
+) -> Result<Option<StateFile>> {
     if batches.iter().all(|b| b.num_rows() == 0) {
         return Ok(None);
     }
@@ -61,13 +69,18 @@ pub async fn write_state(
         writer.write(batch).map_err(|e| state_error(path, e))?;
     }
     writer.close().map_err(|e| state_error(path, e))?;
+    let written = StateFile {
+        path: path.to_string(),
+        rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+        bytes: bytes.len() as u64,
+    };
     file_io
         .new_output(path)
         .map_err(Error::iceberg(format!("opening state file {path}")))?
         .write(Bytes::from(bytes))
         .await
         .map_err(Error::iceberg(format!("writing state file {path}")))?;
-    Ok(Some(path.to_string()))
+    Ok(Some(written))
 }
 
 /// Reads the state files a batch starts from.
@@ -182,7 +195,9 @@ mod tests {
         let written = write_state(&file_io, &path, &b.schema(), std::slice::from_ref(&b))
             .await
             .unwrap();
-        assert_eq!(written.as_deref(), Some(path.as_str()));
+        let written = written.unwrap();
+        assert_eq!((written.path.as_str(), written.rows), (path.as_str(), 4));
+        assert!(written.bytes > 0);
         let read = read_state(&file_io, &[path]).await.unwrap();
         assert_eq!(conform(&read[0], &b.schema()).unwrap(), b);
         assert_eq!(

@@ -94,6 +94,15 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
     );
     let last = status.recent_batches.last().unwrap();
     assert_eq!(last.late_records, 1);
+    // State is bounded by the open windows: the batch ran under a 45 s watermark, so it
+    // keeps the rows of windows from 40 s on (40..=65 s, both partitions), nothing older.
+    assert_eq!(last.state_rows, 2 * 26);
+    assert!(last.state_bytes > 0);
+    let state_bytes = cluster
+        .driver_metric(r#"sluice_state_bytes{job="windows"}"#)
+        .await
+        .unwrap();
+    assert_eq!(state_bytes, last.state_bytes as f64);
 
     // Only the state the last batch left remains.
     let state_dir = cluster
@@ -113,7 +122,7 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_windowed_query_must_select_the_window_end() {
+async fn a_windowed_query_must_select_the_window_end_and_read_the_stream_once() {
     let cluster = TestCluster::start("clicks", 1, 1).await.unwrap();
     let spec = cluster.spec(
         "no-end",
