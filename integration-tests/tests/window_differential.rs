@@ -1,0 +1,159 @@
+//! Stream equals batch for windows: out-of-order records (within the allowed delay) spread
+//! over partitions and cut into many batches at random boundaries yield exactly the
+//! windows single-process DataFusion computes with `date_bin` over all the records, each
+//! window once. The seed is printed and can be replayed with `SLUICE_WINDOW_SEED`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMillisecondType};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sluice_core::spec::JobSpec;
+use sluice_integration_tests::differential::source_batches;
+use sluice_integration_tests::TestCluster;
+
+const PARTITIONS: i32 = 4;
+const RECORDS: i64 = 3_000;
+const T: i64 = 1_700_000_000_000;
+
+/// Window start (ms) -> (count, revenue in cents).
+type Windows = BTreeMap<i64, (i64, i64)>;
+
+/// Reads `window_start`, `n` and `revenue` rows into [`Windows`]; a window twice fails.
+fn windows_of(batches: &[RecordBatch]) -> Windows {
+    let mut out = Windows::new();
+    for batch in batches {
+        let starts = arrow::compute::cast(
+            batch.column_by_name("window_start").unwrap(),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )
+        .unwrap();
+        let starts = starts.as_primitive::<TimestampMillisecondType>();
+        let counts =
+            arrow::compute::cast(batch.column_by_name("n").unwrap(), &DataType::Int64).unwrap();
+        let counts = counts.as_primitive::<Int64Type>();
+        let revenue = batch
+            .column_by_name("revenue")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        for i in 0..batch.num_rows() {
+            assert!(starts.is_valid(i));
+            let cents = (revenue.value(i) * 100.0).round() as i64;
+            let previous = out.insert(starts.value(i), (counts.value(i), cents));
+            assert!(previous.is_none(), "window {} twice", starts.value(i));
+        }
+    }
+    out
+}
+
+async fn stream_equals_batch(name: &str, window: &str, expected_sql: &str) {
+    let seed: u64 = std::env::var("SLUICE_WINDOW_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("window seed {seed} (replay with SLUICE_WINDOW_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cluster = TestCluster::start("events", PARTITIONS, 2).await.unwrap();
+    // One record every 200 ms of event time, up to 15 s late, on a random partition.
+    let mut per_partition: Vec<Vec<String>> = vec![vec![]; PARTITIONS as usize];
+    for i in 0..RECORDS {
+        let ts = T + i * 200 - rng.gen_range(0..15_000);
+        let amount = rng.gen_range(1..50_000) as f64 / 100.0;
+        per_partition[rng.gen_range(0..PARTITIONS) as usize].push(format!(
+            r#"{{"order_id":"o-{i}","customer_id":{i},"product_id":1,"amount":{amount},"country":"DE","ts":{ts}}}"#
+        ));
+    }
+    for (partition, values) in per_partition.iter().enumerate() {
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        cluster
+            .produce_raw("events", partition as i32, &values)
+            .unwrap();
+    }
+    let per_batch = rng.gen_range(150..400);
+    let spec = cluster.spec(
+        name,
+        "events",
+        "SELECT window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY window_start, window_end",
+        "{available_now: true}",
+        &format!(
+            "    watermark: {{column: ts, delay: 20s}}\n    window: {window}\n    max_offsets_per_trigger: {per_batch}"
+        ),
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    let status = cluster.wait_until_finished(&job).await;
+    let batches = status.last_committed_batch + 1;
+    assert!(batches >= 8, "{batches} batches of {per_batch} offsets");
+    let late = cluster
+        .driver_metric(&format!(r#"sluice_late_records_total{{job="{name}"}}"#))
+        .await
+        .unwrap();
+    assert_eq!(late, 0.0, "records are late by less than the delay");
+    // The last batch ran under the watermark the batch before it left.
+    let recent = &status.recent_batches;
+    let closed_by = recent[recent.len() - 2].watermark_ms.unwrap();
+
+    // The records once each, as decoded without windows (sliding windows repeat them).
+    let mut parsed = JobSpec::parse(&spec).unwrap();
+    parsed.source.kafka.window = None;
+    let source = source_batches(&cluster, &parsed).unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "source",
+        Arc::new(MemTable::try_new(source[0].schema(), vec![source]).unwrap()),
+    )
+    .unwrap();
+    let expected = ctx
+        .sql(expected_sql)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let expected: Windows = windows_of(&expected)
+        .into_iter()
+        .filter(|(start, _)| *start + window_size_ms(window) <= closed_by)
+        .collect();
+    let streamed = windows_of(&cluster.table_rows(&spec).await.unwrap());
+    assert!(expected.len() >= 10, "{} windows closed", expected.len());
+    assert_eq!(streamed, expected, "seed {seed}");
+}
+
+/// The `size` of a `{size: Ns, ...}` window spec, in ms.
+fn window_size_ms(window: &str) -> i64 {
+    let size = window
+        .split("size: ")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .unwrap();
+    size.parse::<i64>().unwrap() * 1000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_windows_over_a_stream_equal_date_bin_over_the_records() {
+    stream_equals_batch(
+        "tumbling",
+        "{size: 30s}",
+        "SELECT date_bin(INTERVAL '30 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
+         count(*) AS n, sum(amount) AS revenue FROM source GROUP BY 1",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_windows_over_a_stream_equal_date_bin_over_the_records() {
+    // 60-second windows every 20 seconds: a record is in the window of its 20-second bin
+    // and in the two that started before it.
+    let bin = "date_bin(INTERVAL '20 seconds', ts, TIMESTAMP '1970-01-01T00:00:00')";
+    let sql = format!(
+        "SELECT window_start, count(*) AS n, sum(amount) AS revenue FROM ( \
+           SELECT {bin} AS window_start, amount FROM source \
+           UNION ALL SELECT {bin} - INTERVAL '20 seconds', amount FROM source \
+           UNION ALL SELECT {bin} - INTERVAL '40 seconds', amount FROM source) w \
+         GROUP BY window_start"
+    );
+    stream_equals_batch("sliding", "{size: 60s, slide: 20s}", &sql).await;
+}
