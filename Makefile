@@ -5,17 +5,19 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test prerequisites test-services check
 
-# Installs etcd and protoc where apt-get is available and they are missing.
+# Installs etcd, protoc and OpenSSL's headers (librdkafka is built with TLS) where apt-get
+# is available and they are missing.
 prerequisites:
 	@missing=""; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev pkg-config"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null; then \
 			echo "installing:$$missing"; \
 			$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 		else \
-			echo "please install:$$missing (protoc and etcd)"; exit 1; \
+			echo "please install:$$missing (protoc, etcd, OpenSSL headers)"; exit 1; \
 		fi; \
 	fi
 

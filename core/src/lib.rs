@@ -8,6 +8,7 @@ pub mod http;
 pub mod ids;
 pub mod net;
 pub mod schema;
+pub mod secrets;
 pub mod spec;
 pub mod telemetry;
 

@@ -91,6 +91,11 @@ pub struct KafkaSourceSpec {
     /// [`DEFAULT_MAX_NESTING_DEPTH`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_nesting_depth: Option<u32>,
+    /// librdkafka client properties for every consumer the job creates (security,
+    /// client id, fetch tuning, …). Secret values are references: `${env:NAME}` or
+    /// `${file:/path}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
     /// Event time and allowed lateness: the job tracks a watermark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<WatermarkSpec>,
@@ -112,6 +117,49 @@ pub struct WindowSpec {
     /// a 5-minute window every minute; it must divide `size`. Absent: tumbling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slide: Option<String>,
+}
+
+/// Client properties Sluice sets itself: exact range reads depend on them.
+pub const MANAGED_KAFKA_PROPERTIES: [&str; 7] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "isolation.level",
+    "auto.offset.reset",
+];
+
+/// Whether a client property holds a secret (its value must be a reference).
+pub fn is_secret_property(name: &str) -> bool {
+    name.contains("password")
+        || name.contains("secret")
+        || name.ends_with(".key.pem")
+        || name == "sasl.oauthbearer.config"
+}
+
+/// Checks `source.kafka.properties` before any client sees them: no property Sluice
+/// manages, secrets only as references, references well formed. Whether librdkafka knows
+/// a property and accepts its value is checked at submit, when the driver creates its
+/// client.
+fn validate_kafka_properties(properties: &BTreeMap<String, String>) -> Result<()> {
+    for (name, value) in properties {
+        let field = format!("source.kafka.properties.{name}");
+        if MANAGED_KAFKA_PROPERTIES.contains(&name.as_str()) {
+            return Err(Error::spec(
+                field,
+                "is set by Sluice (exact offset-range reads depend on it); bootstrap servers go in source.kafka.bootstrap_servers",
+            ));
+        }
+        if is_secret_property(name) && !crate::secrets::is_reference(value) {
+            return Err(Error::spec(
+                field,
+                "holds a secret: keep it out of the spec and refer to it as ${env:NAME} or ${file:/path}",
+            ));
+        }
+        crate::secrets::check(value).map_err(|message| Error::spec(field, message))?;
+    }
+    Ok(())
 }
 
 /// A duration above zero in milliseconds; `field` names it in errors.
@@ -694,6 +742,7 @@ impl JobSpec {
                 "must be above zero",
             ));
         }
+        validate_kafka_properties(&kafka.properties)?;
         if let Some(watermark) = &kafka.watermark {
             watermark.validate(kafka)?;
         }

@@ -12,7 +12,7 @@ use sluice_core::spec::{JobSpec, OnMalformed, Trigger};
 use sluice_core::{BatchId, Error as CommonError, JobId};
 use sluice_iceberg::sink::total_records;
 use sluice_kafka::offsets::{BatchPlan, Checkpoint};
-use sluice_kafka::read::OffsetReader;
+use sluice_kafka::read::{Connection, OffsetReader};
 use sluice_proto::v1::JobStatus;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
@@ -282,7 +282,7 @@ impl JobRunner {
         let reader = match &self.offsets {
             Some(reader) => reader.clone(),
             None => {
-                let reader = Arc::new(OffsetReader::new(&kafka.bootstrap_servers)?);
+                let reader = Arc::new(OffsetReader::connect(&Connection::of(kafka))?);
                 self.offsets = Some(reader.clone());
                 reader
             }

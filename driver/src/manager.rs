@@ -11,7 +11,7 @@ use sluice_core::JobId;
 use sluice_iceberg::catalog::open_catalog;
 use sluice_iceberg::sink::{dead_letter_ident, ensure_table, table_ident};
 use sluice_kafka::decode::dead_letter_schema;
-use sluice_kafka::read::OffsetReader;
+use sluice_kafka::read::{Connection, OffsetReader};
 use sluice_proto::v1::JobStatus;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -282,7 +282,7 @@ fn sink_key(spec: &JobSpec) -> (String, String, String) {
 async fn check_kafka(spec: &JobSpec) -> Result<()> {
     let kafka = spec.source.kafka.clone();
     let lookup = tokio::task::spawn_blocking(move || {
-        OffsetReader::new(&kafka.bootstrap_servers)?.partitions(&kafka.topics)
+        OffsetReader::connect(&Connection::of(&kafka))?.partitions(&kafka.topics)
     });
     match tokio::time::timeout(SUBMIT_KAFKA_TIMEOUT, lookup).await {
         Ok(Ok(result)) => result.map(|_| ()).map_err(Error::from),

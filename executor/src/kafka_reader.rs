@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_core::Result;
 use sluice_kafka::decode::{DeadLetter, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
-use sluice_kafka::read::{consumer, read_range, Position, RangeRead};
+use sluice_kafka::read::{read_range, Connection, Position, RangeRead};
 
 use crate::event_time::event_time_stats;
 
@@ -28,7 +28,7 @@ pub const READ_AHEAD_TTL: Duration = Duration::from_secs(30);
 /// Idle consumers kept per bootstrap address at most; the longest idle go first.
 pub const MAX_IDLE: usize = 64;
 
-/// Idle consumers, by bootstrap servers.
+/// Idle consumers, by connection (bootstrap servers and client properties).
 pub struct ConsumerPool {
     idle: Mutex<HashMap<String, Vec<PooledConsumer>>>,
     /// Whether idle consumers stay on their partition, fetching ahead.
@@ -65,6 +65,14 @@ pub struct EventTime<'a> {
     pub watermark_ms: Option<i64>,
 }
 
+/// Consumers are shared only between reads of the same connection.
+fn pool_key(connection: &Connection) -> String {
+    format!(
+        "{}|{:?}",
+        connection.bootstrap_servers, connection.properties
+    )
+}
+
 impl ConsumerPool {
     /// An empty pool; with `read_ahead`, consumers stay on their partition between reads.
     pub fn new(read_ahead: bool) -> ConsumerPool {
@@ -76,10 +84,10 @@ impl ConsumerPool {
 
     /// The consumer standing where `range` starts, else an unpositioned or the longest
     /// idle one, else a new one. Consumers idle too long stop fetching ahead on the way.
-    fn take(&self, bootstrap_servers: &str, range: &OffsetRange) -> Result<PooledConsumer> {
+    fn take(&self, connection: &Connection, range: &OffsetRange) -> Result<PooledConsumer> {
         let pooled = {
             let mut idle = self.idle.lock().expect("pool lock");
-            let consumers = idle.entry(bootstrap_servers.to_string()).or_default();
+            let consumers = idle.entry(pool_key(connection)).or_default();
             for stale in consumers
                 .iter_mut()
                 .filter(|c| c.position.is_some() && c.idle_since.elapsed() >= READ_AHEAD_TTL)
@@ -103,17 +111,17 @@ impl ConsumerPool {
         match pooled {
             Some(c) => Ok(c),
             None => Ok(PooledConsumer {
-                consumer: consumer(bootstrap_servers)?,
+                consumer: connection.consumer()?,
                 position: None,
                 idle_since: Instant::now(),
             }),
         }
     }
 
-    fn give_back(&self, bootstrap_servers: &str, mut pooled: PooledConsumer) {
+    fn give_back(&self, connection: &Connection, mut pooled: PooledConsumer) {
         pooled.idle_since = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
-        let consumers = idle.entry(bootstrap_servers.to_string()).or_default();
+        let consumers = idle.entry(pool_key(connection)).or_default();
         consumers.push(pooled);
         if consumers.len() > MAX_IDLE {
             if let Some(oldest) = (0..consumers.len()).min_by_key(|&i| consumers[i].idle_since) {
@@ -126,14 +134,14 @@ impl ConsumerPool {
     /// dropped, not pooled. Blocking.
     fn read_one(
         &self,
-        bootstrap_servers: &str,
+        connection: &Connection,
         range: &OffsetRange,
         fail_on_data_loss: bool,
     ) -> Result<RangeRead> {
-        let mut pooled = self.take(bootstrap_servers, range)?;
+        let mut pooled = self.take(connection, range)?;
         let read = read_range(
             &pooled.consumer,
-            bootstrap_servers,
+            &connection.bootstrap_servers,
             range,
             fail_on_data_loss,
             pooled.position.as_ref(),
@@ -144,7 +152,7 @@ impl ConsumerPool {
             pooled.position = None;
             let _ = pooled.consumer.unassign();
         }
-        self.give_back(bootstrap_servers, pooled);
+        self.give_back(connection, pooled);
         Ok(read)
     }
 
@@ -152,7 +160,7 @@ impl ConsumerPool {
     /// consumer each. Blocking: call from a blocking thread.
     pub fn read(
         &self,
-        bootstrap_servers: &str,
+        connection: &Connection,
         decoder: &RecordDecoder,
         ranges: &[OffsetRange],
         fail_on_data_loss: bool,
@@ -162,7 +170,7 @@ impl ConsumerPool {
             let readers: Vec<_> = ranges
                 .iter()
                 .map(|range| {
-                    scope.spawn(move || self.read_one(bootstrap_servers, range, fail_on_data_loss))
+                    scope.spawn(move || self.read_one(connection, range, fail_on_data_loss))
                 })
                 .collect();
             readers
@@ -214,9 +222,9 @@ mod tests {
     use super::*;
 
     /// Positions of the pooled consumers.
-    fn positions(pool: &ConsumerPool, bootstrap: &str) -> Vec<Option<i64>> {
+    fn positions(pool: &ConsumerPool, connection: &Connection) -> Vec<Option<i64>> {
         let idle = pool.idle.lock().unwrap();
-        idle[bootstrap]
+        idle[&pool_key(connection)]
             .iter()
             .map(|c| c.position.as_ref().map(|p| p.next))
             .collect()
@@ -225,18 +233,18 @@ mod tests {
     #[test]
     fn consumers_stay_on_their_partition_only_with_read_ahead() {
         let kafka = mock_topic("t", 20);
-        let bootstrap = kafka.bootstrap_servers();
+        let connection = Connection::plain(&kafka.bootstrap_servers());
         for read_ahead in [true, false] {
             let pool = ConsumerPool::new(read_ahead);
             for (start, end) in [(0, 10), (10, 20)] {
                 let read = pool
-                    .read_one(&bootstrap, &partition_range("t", start, end), true)
+                    .read_one(&connection, &partition_range("t", start, end), true)
                     .unwrap();
                 let offsets: Vec<i64> = read.records.iter().map(|r| r.offset).collect();
                 assert_eq!(offsets, (start..end).collect::<Vec<_>>());
                 let expected = if read_ahead { Some(end) } else { None };
                 assert_eq!(
-                    positions(&pool, &bootstrap),
+                    positions(&pool, &connection),
                     vec![expected],
                     "one consumer, reused"
                 );

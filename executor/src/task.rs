@@ -19,6 +19,7 @@ use sluice_iceberg::sink::{
 };
 use sluice_kafka::decode::{dead_letter_batch, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
+use sluice_kafka::read::Connection;
 use sluice_plan::{MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs};
 use sluice_proto::v1::{
     FailureKind, PartitionEventTime, StageOutput, StagePlan, TaskDefinition, TaskFailure,
@@ -251,7 +252,7 @@ pub async fn run_task(
                         watermark_ms,
                     });
                     pool.read(
-                        &kafka.bootstrap_servers,
+                        &Connection::of(kafka),
                         &job.decoder,
                         &ranges,
                         kafka.fail_on_data_loss,

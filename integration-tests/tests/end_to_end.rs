@@ -206,6 +206,37 @@ async fn bad_jobs_are_refused_at_submit_with_the_cause() {
         status.message()
     );
 
+    // Client properties: unknown ones, secrets written into the spec, secrets that cannot
+    // be resolved and properties Sluice sets itself are refused, each named.
+    for (name, properties, names) in [
+        ("f", "{no.such.property: x}", vec!["no.such.property"]),
+        ("g", "{sasl.password: hunter2}", vec!["sasl.password", "${env:NAME}"]),
+        (
+            "h",
+            "{security.protocol: SASL_PLAINTEXT, sasl.mechanism: PLAIN, sasl.username: u, sasl.password: \"${env:SLUICE_UNSET_SECRET}\"}",
+            vec!["sasl.password", "SLUICE_UNSET_SECRET"],
+        ),
+        ("i", "{group.id: mine}", vec!["group.id", "set by Sluice"]),
+    ] {
+        let spec = cluster.spec(
+            name,
+            "orders",
+            "SELECT order_id FROM source",
+            trigger,
+            &format!("    properties: {properties}"),
+        );
+        let status = refused(spec).await;
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{properties}");
+        for expected in names {
+            assert!(
+                status.message().contains(expected),
+                "{properties}: {}",
+                status.message()
+            );
+        }
+        assert!(!status.message().contains("hunter2"), "{}", status.message());
+    }
+
     // Nothing was started by any refused submit.
     let mut client = cluster.client().await.unwrap();
     let jobs = client

@@ -384,6 +384,7 @@ mod tests {
             fail_on_data_loss: true,
             max_record_bytes: None,
             max_nesting_depth: None,
+            properties: Default::default(),
             watermark: None,
             window: None,
         }

@@ -13,6 +13,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::decode::RawRecord;
 use crate::offsets::{OffsetRange, Watermarks};
 use sluice_core::error::{Error, Result};
+use sluice_core::secrets;
+use sluice_core::spec::KafkaSourceSpec;
 
 /// How long a metadata or watermark request may take.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,9 +24,76 @@ const TRUNCATION_CHECK_AFTER: Duration = Duration::from_secs(2);
 /// How long a range read may go without receiving anything before it gives up.
 pub const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a job's Kafka is and how to reach it: bootstrap servers and the spec's client
+/// properties (secret references unresolved).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Connection {
+    pub bootstrap_servers: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Connection {
+    /// A plaintext connection without extra properties.
+    pub fn plain(bootstrap_servers: &str) -> Connection {
+        Connection {
+            bootstrap_servers: bootstrap_servers.to_string(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// The connection a job's source spec describes.
+    pub fn of(kafka: &KafkaSourceSpec) -> Connection {
+        Connection {
+            bootstrap_servers: kafka.bootstrap_servers.clone(),
+            properties: kafka.properties.clone(),
+        }
+    }
+
+    /// A consumer for assign/seek reads with the connection's properties, secrets
+    /// resolved now. A property librdkafka does not know or accept, or a secret that
+    /// cannot be resolved, is an invalid spec naming it.
+    pub fn consumer(&self) -> Result<BaseConsumer> {
+        let mut config = ClientConfig::new();
+        for (name, value) in &self.properties {
+            let value = secrets::resolve(value).map_err(|message| Error::InvalidSpec {
+                field: format!("source.kafka.properties.{name}"),
+                message,
+            })?;
+            config.set(name, value);
+        }
+        consumer_from(config, &self.bootstrap_servers).map_err(|e| match e {
+            Error::Kafka { message, .. } => Error::InvalidSpec {
+                field: "source.kafka.properties".into(),
+                message,
+            },
+            other => other,
+        })
+    }
+}
+
 /// A consumer configured for assign/seek reads: no group commits, no offset reset.
 pub fn consumer(bootstrap_servers: &str) -> Result<BaseConsumer> {
-    ClientConfig::new()
+    consumer_from(ClientConfig::new(), bootstrap_servers)
+}
+
+/// `config` (the spec's properties) completed with what exact range reads need, which
+/// wins, and with tuning defaults the spec may override.
+fn consumer_from(mut config: ClientConfig, bootstrap_servers: &str) -> Result<BaseConsumer> {
+    let defaults = [
+        ("fetch.wait.max.ms", "10"),
+        // Small fetch requests must not wait for a delayed ACK.
+        ("socket.nagle.disable", "true"),
+        ("socket.connection.setup.timeout.ms", "5000"),
+        // A pooled consumer keeps fetching ahead on its partition; bound what it holds.
+        ("queued.max.messages.kbytes", "16384"),
+        ("log_level", "3"),
+    ];
+    for (name, value) in defaults {
+        if config.get(name).is_none() {
+            config.set(name, value);
+        }
+    }
+    config
         .set("bootstrap.servers", bootstrap_servers)
         .set("group.id", "sluice")
         .set("enable.auto.commit", "false")
@@ -36,13 +105,6 @@ pub fn consumer(bootstrap_servers: &str) -> Result<BaseConsumer> {
         .set("isolation.level", "read_committed")
         // A range below the earliest offset is data loss; never silently jump.
         .set("auto.offset.reset", "error")
-        .set("fetch.wait.max.ms", "10")
-        // Small fetch requests must not wait for a delayed ACK.
-        .set("socket.nagle.disable", "true")
-        .set("socket.connection.setup.timeout.ms", "5000")
-        // A pooled consumer keeps fetching ahead on its partition; bound what it holds.
-        .set("queued.max.messages.kbytes", "16384")
-        .set("log_level", "3")
         .create()
         .map_err(|e| kafka_error(bootstrap_servers, e))
 }
@@ -61,10 +123,16 @@ pub struct OffsetReader {
 }
 
 impl OffsetReader {
+    /// A reader over plaintext Kafka at `bootstrap_servers`.
     pub fn new(bootstrap_servers: &str) -> Result<OffsetReader> {
+        OffsetReader::connect(&Connection::plain(bootstrap_servers))
+    }
+
+    /// A reader over `connection` (its client properties applied).
+    pub fn connect(connection: &Connection) -> Result<OffsetReader> {
         Ok(OffsetReader {
-            consumer: consumer(bootstrap_servers)?,
-            bootstrap_servers: bootstrap_servers.to_string(),
+            consumer: connection.consumer()?,
+            bootstrap_servers: connection.bootstrap_servers.clone(),
         })
     }
 
@@ -414,5 +482,70 @@ mod tests {
         let lenient = read_range(&consumer, &bootstrap, &range(5, 50), false, None).unwrap();
         assert_eq!(offsets(&lenient), (5..10).collect::<Vec<_>>());
         assert_eq!(lenient.offsets_lost, 40);
+    }
+
+    /// The spec's client properties reach the consumer: the same broker that answers a
+    /// plaintext client does not answer one told to authenticate with SASL or to speak
+    /// TLS (the mock broker has neither).
+    #[test]
+    fn client_properties_are_applied_to_every_consumer() {
+        let kafka = mock_topic("t", 3);
+        let plain = Connection::plain(&kafka.bootstrap_servers());
+        let topics = ["t".to_string()];
+        assert_eq!(
+            OffsetReader::connect(&plain)
+                .unwrap()
+                .partitions(&topics)
+                .unwrap()["t"],
+            1
+        );
+        let sasl = Connection {
+            properties: [
+                ("security.protocol", "sasl_plaintext"),
+                ("sasl.mechanism", "PLAIN"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+            ..plain.clone()
+        };
+        // librdkafka is built with TLS: SASL_SSL with SCRAM is a valid configuration (the
+        // plaintext mock broker cannot answer it).
+        let scram = Connection {
+            properties: [
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+            ..plain.clone()
+        };
+        // Both wait for the metadata timeout; at once, not one after the other.
+        let refused = [sasl, scram].map(|connection| {
+            let topics = topics.clone();
+            std::thread::spawn(move || {
+                OffsetReader::connect(&connection)
+                    .unwrap()
+                    .partitions(&topics)
+                    .is_err()
+            })
+        });
+        for refused in refused {
+            assert!(refused.join().unwrap());
+        }
+        let unknown = Connection {
+            properties: [("no.such.property".to_string(), "1".to_string())].into(),
+            ..plain
+        };
+        match unknown.consumer() {
+            Err(Error::InvalidSpec { field, message }) => {
+                assert_eq!(field, "source.kafka.properties");
+                assert!(message.contains("no.such.property"), "{message}");
+            }
+            other => panic!("expected an invalid spec, got {:?}", other.map(|_| ())),
+        }
     }
 }
