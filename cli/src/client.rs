@@ -3,8 +3,8 @@
 use anyhow::{bail, Context, Result};
 use sluice_proto::v1::driver_client::DriverClient;
 use sluice_proto::v1::{
-    BatchProgress, GetJobStatusRequest, JobStatus, ListJobsRequest, StopJobRequest,
-    SubmitJobRequest, WatchJobRequest,
+    BatchProgress, DescribeTableRequest, GetJobStatusRequest, JobStatus, ListJobsRequest,
+    StopJobRequest, SubmitJobRequest, TableDescription, WatchJobRequest,
 };
 use tonic::transport::Channel;
 
@@ -59,6 +59,19 @@ pub async fn list(client: &mut DriverClient<Channel>) -> Result<Vec<JobStatus>> 
 pub async fn status(client: &mut DriverClient<Channel>, job_id: &str) -> Result<JobStatus> {
     Ok(client
         .get_job_status(GetJobStatusRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner())
+}
+
+pub async fn describe_table(
+    client: &mut DriverClient<Channel>,
+    job_id: &str,
+) -> Result<TableDescription> {
+    Ok(client
+        .describe_table(DescribeTableRequest {
             job_id: job_id.to_string(),
         })
         .await

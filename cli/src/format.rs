@@ -1,6 +1,6 @@
 //! How jobs and batches look on a terminal.
 
-use sluice_proto::v1::{BatchProgress, JobStatus};
+use sluice_proto::v1::{BatchProgress, JobStatus, TableDescription};
 
 /// Groups digits by thousands: 1234567 -> "1,234,567".
 pub fn thousands(n: u64) -> String {
@@ -73,6 +73,46 @@ fn format_ms(ms: i64) -> String {
         day_ms / 1000 % 60,
         day_ms % 1000
     )
+}
+
+/// A job's table, several lines.
+pub fn table_block(t: &TableDescription) -> String {
+    let partitioning = if t.partition_fields.is_empty() {
+        "unpartitioned".to_string()
+    } else {
+        t.partition_fields.join(", ")
+    };
+    let average = t.total_bytes.checked_div(t.data_files).unwrap_or(0);
+    let mut out = format!(
+        "table {}\n  location: {}\n  partitioning: {partitioning}\n  data files: {} ({} bytes, {} on average)\n  records: {}\n  snapshots: {}\n",
+        t.table,
+        t.location,
+        thousands(t.data_files),
+        thousands(t.total_bytes),
+        thousands(average),
+        thousands(t.total_records),
+        thousands(t.snapshots),
+    );
+    if !t.recent_snapshots.is_empty() {
+        out.push_str("  latest snapshots:\n");
+    }
+    for s in &t.recent_snapshots {
+        let batch = if s.batch_id < 0 {
+            "-".to_string()
+        } else {
+            s.batch_id.to_string()
+        };
+        out.push_str(&format!(
+            "    {}  {:<9} batch {:>5}  +{} files  +{} records  ({})\n",
+            s.snapshot_id,
+            s.operation,
+            batch,
+            thousands(s.added_files),
+            thousands(s.added_records),
+            format_ms(s.timestamp_ms)
+        ));
+    }
+    out
 }
 
 /// A job's status, several lines.

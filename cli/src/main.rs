@@ -43,6 +43,9 @@ enum Command {
     Status { job: String },
     /// Stream a job's batch progress until it ends (Ctrl-C to stop watching).
     Watch { job: String },
+    /// Show a job's table: files and bytes in the current snapshot, partitioning, latest
+    /// snapshots and the batches they hold.
+    Table { job: String },
     /// Stop a job: its running batch commits, then it stops.
     Stop { job: String },
     /// Produce synthetic JSON order events to a topic.
@@ -175,6 +178,13 @@ async fn run(cli: Cli) -> Result<()> {
                     job.message
                 );
             }
+        }
+        Command::Table { job } => {
+            let mut driver = client::connect(&cli.driver).await?;
+            print!(
+                "{}",
+                format::table_block(&client::describe_table(&mut driver, &job).await?)
+            );
         }
         Command::Status { job } => {
             let mut driver = client::connect(&cli.driver).await?;

@@ -8,11 +8,15 @@ use std::time::Duration;
 
 use crate::checkpoint::{campaign, CheckpointStore, EmbeddedStore, EtcdStore, Leadership};
 use futures::Stream;
+use sluice_iceberg::catalog::open_catalog;
+use sluice_iceberg::overview::table_overview;
+use sluice_iceberg::sink::table_ident;
 use sluice_proto::v1::driver_server::{Driver, DriverServer};
 use sluice_proto::v1::{
-    BatchProgress, GetJobStatusRequest, HeartbeatRequest, HeartbeatResponse, JobStatus,
-    ListJobsRequest, ListJobsResponse, RegisterExecutorRequest, RegisterExecutorResponse,
-    StopJobRequest, StopJobResponse, SubmitJobRequest, SubmitJobResponse, WatchJobRequest,
+    BatchProgress, DescribeTableRequest, GetJobStatusRequest, HeartbeatRequest, HeartbeatResponse,
+    JobStatus, ListJobsRequest, ListJobsResponse, RegisterExecutorRequest,
+    RegisterExecutorResponse, SnapshotDescription, StopJobRequest, StopJobResponse,
+    SubmitJobRequest, SubmitJobResponse, TableDescription, WatchJobRequest,
 };
 use sluice_proto::PROTOCOL_VERSION;
 use tokio::sync::broadcast::error::RecvError;
@@ -167,7 +171,50 @@ impl Driver for DriverService {
         self.manager.stop(required(&r.job_id, "job_id")?).await?;
         Ok(Response::new(StopJobResponse {}))
     }
+
+    async fn describe_table(
+        &self,
+        request: Request<DescribeTableRequest>,
+    ) -> Result<Response<TableDescription>, Status> {
+        let r = request.into_inner();
+        let job = self.manager.job(required(&r.job_id, "job_id")?)?;
+        let sink = &job.spec.sink.iceberg;
+        let ident = table_ident(sink);
+        let catalog = open_catalog(&sink.catalog).await.map_err(Error::from)?;
+        let table = catalog
+            .load_table(&ident)
+            .await
+            .map_err(sluice_core::Error::iceberg(format!(
+                "loading table {ident}"
+            )))
+            .map_err(Error::from)?;
+        let overview = table_overview(&table, DESCRIBED_SNAPSHOTS);
+        Ok(Response::new(TableDescription {
+            table: format!("{}.{}", sink.namespace, sink.table),
+            location: overview.location,
+            partition_fields: overview.partition_fields,
+            snapshots: overview.snapshots,
+            data_files: overview.data_files,
+            total_bytes: overview.total_bytes,
+            total_records: overview.total_records,
+            recent_snapshots: overview
+                .recent
+                .into_iter()
+                .map(|s| SnapshotDescription {
+                    snapshot_id: s.snapshot_id,
+                    timestamp_ms: s.timestamp_ms,
+                    operation: s.operation,
+                    batch_id: s.batch_id.unwrap_or(-1),
+                    added_files: s.added_files,
+                    added_records: s.added_records,
+                })
+                .collect(),
+        }))
+    }
 }
+
+/// Snapshots `DescribeTable` lists.
+const DESCRIBED_SNAPSHOTS: usize = 10;
 
 /// Opens the checkpoint store. With etcd, first waits to become leader (a standby driver
 /// waits here, not yet serving) and fences every later write by that leadership.

@@ -31,7 +31,7 @@ use tonic::transport::Channel;
 
 /// Where cargo put the binaries (`target/debug` or `target/release`), found from this
 /// executable: a test lives in `deps/` below them, a bench binary beside them.
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let beside = exe.parent().expect("executable directory");
     let dir = if beside.ends_with("deps") {

@@ -40,6 +40,42 @@ async fn filter_job_commits_every_record_exactly_once() {
     assert_exactly_once(rows(&table), expected_rows(EVENTS, PARTITIONS), || {
         cluster.logs_tail(40)
     });
+
+    // The table at a glance, through the driver.
+    let described = cluster
+        .client()
+        .await
+        .unwrap()
+        .describe_table(sluice_proto::v1::DescribeTableRequest {
+            job_id: job.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.snapshots, 3);
+    assert_eq!(
+        described.total_records as usize,
+        table.iter().map(RecordBatch::num_rows).sum::<usize>()
+    );
+    assert!(described.data_files >= 3 && described.total_bytes > 0);
+    assert!(described.partition_fields.is_empty());
+    let batches: Vec<i64> = described
+        .recent_snapshots
+        .iter()
+        .map(|s| s.batch_id)
+        .collect();
+    assert_eq!(batches, vec![2, 1, 0], "newest first");
+    // And as `sluice table` prints it.
+    let output = std::process::Command::new(sluice_integration_tests::binary("sluice"))
+        .args(["--driver", &cluster.driver_url(), "table", &job])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    assert!(
+        printed.contains("partitioning: unpartitioned") && printed.contains("batch     2"),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
