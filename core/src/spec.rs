@@ -485,9 +485,73 @@ pub struct IcebergSinkSpec {
     /// same catalog and namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_table: Option<String>,
+    /// A task rolls its output into a new data file once the current one reaches this
+    /// many bytes (default [`DEFAULT_TARGET_FILE_SIZE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_file_size: Option<u64>,
+    /// Parquet writer settings of the data files.
+    #[serde(default, skip_serializing_if = "ParquetSpec::is_default")]
+    pub parquet: ParquetSpec,
+}
+
+/// Data files roll over at this size unless the spec says otherwise.
+pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
+
+/// `sink.iceberg.parquet`: how data files are encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSpec {
+    /// `snappy` (default), `zstd`, `zstd(LEVEL)`, `gzip`, `gzip(LEVEL)`, `lz4`, `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// Rows per row group at most (default: the Parquet writer's, about a million).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_group_rows: Option<u64>,
+}
+
+impl ParquetSpec {
+    fn is_default(&self) -> bool {
+        self == &ParquetSpec::default()
+    }
+
+    /// The codec name and optional level, validated.
+    pub fn codec(&self) -> Result<(String, Option<i32>)> {
+        let text = self
+            .compression
+            .as_deref()
+            .unwrap_or("snappy")
+            .to_ascii_lowercase();
+        let (name, level) = match text.split_once('(') {
+            Some((name, rest)) => {
+                let level = rest
+                    .strip_suffix(')')
+                    .and_then(|l| l.trim().parse::<i32>().ok())
+                    .ok_or_else(|| {
+                        Error::spec(
+                            "sink.iceberg.parquet.compression",
+                            format!("{text:?}: the level must be a number, e.g. zstd(3)"),
+                        )
+                    })?;
+                (name.to_string(), Some(level))
+            }
+            None => (text.clone(), None),
+        };
+        match (name.as_str(), level) {
+            ("snappy" | "lz4" | "none", None) | ("zstd" | "gzip", _) => Ok((name, level)),
+            _ => Err(Error::spec(
+                "sink.iceberg.parquet.compression",
+                format!("{text:?}: use snappy, zstd, zstd(LEVEL), gzip, gzip(LEVEL), lz4 or none"),
+            )),
+        }
+    }
 }
 
 impl IcebergSinkSpec {
+    /// The size at which a task starts a new data file.
+    pub fn target_file_size(&self) -> u64 {
+        self.target_file_size.unwrap_or(DEFAULT_TARGET_FILE_SIZE)
+    }
+
     /// The dead-letter table's name.
     pub fn dead_letter_table(&self) -> String {
         self.dead_letter_table
@@ -727,6 +791,19 @@ impl JobSpec {
         sink.catalog.validate("sink.iceberg.catalog")?;
         validate_identifier("sink.iceberg.namespace", &sink.namespace)?;
         validate_identifier("sink.iceberg.table", &sink.table)?;
+        sink.parquet.codec()?;
+        if sink.target_file_size == Some(0) {
+            return Err(Error::spec(
+                "sink.iceberg.target_file_size",
+                "must be above zero (bytes)",
+            ));
+        }
+        if sink.parquet.row_group_rows == Some(0) {
+            return Err(Error::spec(
+                "sink.iceberg.parquet.row_group_rows",
+                "must be above zero",
+            ));
+        }
         if let Some(table) = &sink.dead_letter_table {
             validate_identifier("sink.iceberg.dead_letter_table", table)?;
             if *table == sink.table {

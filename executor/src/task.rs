@@ -30,16 +30,21 @@ use tracing::{debug, Instrument};
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
 use crate::shuffle_store::ShuffleStore;
 use crate::window_state;
-use crate::writer::write_data_files;
+use crate::writer::{write_data_files, WriteOptions};
 
 /// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
 struct TargetTable {
     table: Table,
     schema: SchemaRef,
+    options: WriteOptions,
 }
 
 impl TargetTable {
-    async fn load(catalog: &dyn Catalog, ident: &TableIdent) -> Result<TargetTable> {
+    async fn load(
+        catalog: &dyn Catalog,
+        ident: &TableIdent,
+        options: WriteOptions,
+    ) -> Result<TargetTable> {
         let table = catalog
             .load_table(ident)
             .await
@@ -47,12 +52,14 @@ impl TargetTable {
         Ok(TargetTable {
             schema: table_arrow_schema(&table)?,
             table,
+            options,
         })
     }
 
     /// Writes `batches` as data files and returns their metadata as JSON.
     async fn write(&self, batches: &[RecordBatch], prefix: String) -> Result<Vec<String>> {
-        let files = write_data_files(&self.table, &self.schema, batches, prefix).await?;
+        let files =
+            write_data_files(&self.table, &self.schema, batches, prefix, &self.options).await?;
         data_files_to_json(&self.table, files)
     }
 }
@@ -129,12 +136,18 @@ impl PreparedJob {
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
         let dead_letters = if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
-            Some(TargetTable::load(catalog.as_ref(), &dead_letter_ident(sink)).await?)
+            let options = WriteOptions::default();
+            Some(TargetTable::load(catalog.as_ref(), &dead_letter_ident(sink), options).await?)
         } else {
             None
         };
         Ok(PreparedJob {
-            sink: TargetTable::load(catalog.as_ref(), &table_ident(sink)).await?,
+            sink: TargetTable::load(
+                catalog.as_ref(),
+                &table_ident(sink),
+                WriteOptions::of(sink)?,
+            )
+            .await?,
             dead_letters,
             decoder,
             stages,

@@ -13,8 +13,9 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use parquet::basic::Compression;
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use sluice_core::spec::{IcebergSinkSpec, DEFAULT_TARGET_FILE_SIZE};
 use sluice_core::{Error, Result};
 
 /// Converts a query result batch to the table's Arrow schema, column by column by name.
@@ -34,13 +35,71 @@ pub fn to_table_batch(batch: &RecordBatch, table_schema: &SchemaRef) -> Result<R
     Ok(RecordBatch::try_new(table_schema.clone(), columns)?)
 }
 
+/// How data files are written: when to roll to a new file, and the Parquet encoding.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub target_file_size: usize,
+    pub properties: WriterProperties,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            target_file_size: DEFAULT_TARGET_FILE_SIZE as usize,
+            properties: WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build(),
+        }
+    }
+}
+
+impl WriteOptions {
+    /// The options `sink.iceberg` asks for (validated at submit).
+    pub fn of(sink: &IcebergSinkSpec) -> Result<WriteOptions> {
+        let (codec, level) = sink.parquet.codec()?;
+        let invalid = |e: parquet::errors::ParquetError| Error::InvalidSpec {
+            field: "sink.iceberg.parquet.compression".into(),
+            message: e.to_string(),
+        };
+        let compression = match codec.as_str() {
+            "none" => Compression::UNCOMPRESSED,
+            "snappy" => Compression::SNAPPY,
+            "lz4" => Compression::LZ4_RAW,
+            "zstd" => Compression::ZSTD(
+                level
+                    .map(ZstdLevel::try_new)
+                    .transpose()
+                    .map_err(invalid)?
+                    .unwrap_or_default(),
+            ),
+            _ => Compression::GZIP(
+                level
+                    .map(|l| GzipLevel::try_new(l as u32))
+                    .transpose()
+                    .map_err(invalid)?
+                    .unwrap_or_default(),
+            ),
+        };
+        let mut properties = WriterProperties::builder().set_compression(compression);
+        if let Some(rows) = sink.parquet.row_group_rows {
+            properties = properties.set_max_row_group_row_count(Some(rows as usize));
+        }
+        Ok(WriteOptions {
+            target_file_size: sink.target_file_size() as usize,
+            properties: properties.build(),
+        })
+    }
+}
+
 /// Writes `batches` as data files named `{file_prefix}-NNNNN.parquet` under the table's
-/// data location. Returns no files for no rows.
+/// data location, a new file each time one reaches the target size. Returns no files for
+/// no rows.
 pub async fn write_data_files(
     table: &Table,
     table_schema: &SchemaRef,
     batches: &[RecordBatch],
     file_prefix: String,
+    options: &WriteOptions,
 ) -> Result<Vec<DataFile>> {
     if batches.iter().all(|b| b.num_rows() == 0) {
         return Ok(vec![]);
@@ -49,12 +108,13 @@ pub async fn write_data_files(
     let locations =
         DefaultLocationGenerator::new(metadata).map_err(Error::iceberg("data location"))?;
     let names = DefaultFileNameGenerator::new(file_prefix, None, DataFileFormat::Parquet);
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
-    let parquet = ParquetWriterBuilder::new(properties, metadata.current_schema().clone());
-    let rolling = RollingFileWriterBuilder::new_with_default_file_size(
+    let parquet = ParquetWriterBuilder::new(
+        options.properties.clone(),
+        metadata.current_schema().clone(),
+    );
+    let rolling = RollingFileWriterBuilder::new(
         parquet,
+        options.target_file_size,
         table.file_io().clone(),
         locations,
         names,
@@ -63,17 +123,36 @@ pub async fn write_data_files(
         .build(None)
         .await
         .map_err(Error::iceberg("opening a data file writer"))?;
+    // The writer can start a new file only between writes: write in chunks small enough
+    // for the target size to be kept.
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        writer
-            .write(to_table_batch(batch, table_schema)?)
-            .await
-            .map_err(Error::iceberg("writing a data file"))?;
+        let batch = to_table_batch(batch, table_schema)?;
+        let rows = chunk_rows(&batch, options.target_file_size);
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let length = rows.min(batch.num_rows() - offset);
+            writer
+                .write(batch.slice(offset, length))
+                .await
+                .map_err(Error::iceberg("writing a data file"))?;
+            offset += length;
+        }
     }
     writer
         .close()
         .await
         .map_err(Error::iceberg("closing a data file"))
 }
+
+/// Rows written at a time: at most [`MAX_CHUNK_ROWS`], fewer when a chunk of `batch`
+/// would be larger (in memory) than a quarter of the target file size.
+fn chunk_rows(batch: &RecordBatch, target_file_size: usize) -> usize {
+    let bytes_per_row = (batch.get_array_memory_size() / batch.num_rows().max(1)).max(1);
+    (target_file_size / 4 / bytes_per_row).clamp(1, MAX_CHUNK_ROWS)
+}
+
+/// The most rows handed to the Parquet writer at once.
+const MAX_CHUNK_ROWS: usize = 8192;
 
 #[cfg(test)]
 mod tests {

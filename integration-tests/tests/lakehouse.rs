@@ -182,3 +182,78 @@ async fn rest_catalog_refuses_a_commit_built_on_a_stale_table() {
     assert_eq!(table.metadata().snapshots().count(), 1, "batch 3 once");
     assert!(find_batch_in_ancestry(&table, "job", BatchId::new(3)).is_some());
 }
+
+/// `sink.iceberg.target_file_size` rolls a task's output into several data files, and
+/// `sink.iceberg.parquet` sets their encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_files_roll_at_the_target_size_with_the_chosen_parquet_settings() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let cluster = TestCluster::start("orders", PARTITIONS, 1).await.unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, EVENTS)
+        .unwrap();
+    let describe = |job: String| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .client()
+                .await
+                .unwrap()
+                .describe_table(sluice_proto::v1::DescribeTableRequest { job_id: job })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let one_batch =
+        |name: &str| cluster.spec(name, "orders", FILTER_SQL, "{available_now: true}", "");
+    let default_spec = one_batch("default-files");
+    let job = cluster.submit(&default_spec).await.unwrap();
+    cluster.wait_until_finished(&job).await;
+    let default_files = describe(job).await.data_files;
+
+    let small = one_batch("small-files").replace(
+        "    table: small_files\n",
+        "    table: small_files\n    target_file_size: 16384\n    parquet: {compression: zstd(3), row_group_rows: 100}\n",
+    );
+    assert!(small.contains("target_file_size: 16384"), "{small}");
+    let job = cluster.submit(&small).await.unwrap();
+    cluster.wait_until_finished(&job).await;
+    let rolled = describe(job).await;
+    assert!(
+        rolled.data_files > default_files,
+        "{} files with a 16 KiB target, {default_files} by default",
+        rolled.data_files
+    );
+    assert_eq!(
+        cluster.row_count(&small).await.unwrap(),
+        cluster.row_count(&default_spec).await.unwrap()
+    );
+    let data = cluster.dir.path().join("warehouse/test/small_files/data");
+    let file = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let reader = SerializedFileReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+    let metadata = reader.metadata();
+    assert!(matches!(
+        metadata.row_group(0).column(0).compression(),
+        parquet::basic::Compression::ZSTD(_)
+    ));
+    assert!(metadata.row_groups().iter().all(|g| g.num_rows() <= 100));
+
+    let bad = one_batch("bad-codec").replace(
+        "    table: bad_codec\n",
+        "    table: bad_codec\n    parquet: {compression: brotli}\n",
+    );
+    let status = cluster.submit(&bad).await.unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("sink.iceberg.parquet.compression"),
+        "{}",
+        status.message()
+    );
+}

@@ -111,6 +111,8 @@ impl Fixture {
             namespace: "shop".into(),
             table: "orders".into(),
             dead_letter_table: None,
+            target_file_size: None,
+            parquet: Default::default(),
         };
         let catalog = open_catalog(&sink.catalog).await.unwrap();
         let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
