@@ -166,9 +166,10 @@ fn status_page(term: Option<&Term>) -> String {
     };
     let _ = write!(
         page,
-        "<p>Leader · {} executors alive · {} task retries</p>",
+        "<p>Leader · {} executors alive · {} task retries · {} task crashes</p>",
         term.registry.alive().len(),
-        term.scheduler.retries()
+        term.scheduler.retries(),
+        term.scheduler.crashes()
     );
     for job in term.manager.jobs() {
         let status = job.status(10);
@@ -181,6 +182,15 @@ fn status_page(term: Option<&Term>) -> String {
             status.last_committed_batch,
             status.total_rows
         );
+        let metrics = job.progress.metrics();
+        if let Some(ms) = metrics.watermark_ms {
+            let _ = write!(
+                page,
+                "<p>watermark {ms} ms · late records {} · window state {} bytes</p>",
+                metrics.late_records,
+                metrics.state_bytes.unwrap_or(0)
+            );
+        }
         if !status.message.is_empty() {
             let _ = write!(page, "<p><i>{}</i></p>", escape_html(&status.message));
         }

@@ -103,6 +103,11 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
         .await
         .unwrap();
     assert_eq!(state_bytes, last.state_bytes as f64);
+    let (_, page) = cluster.http_get(0, "/").unwrap();
+    assert!(
+        page.contains(&format!("window state {} bytes", last.state_bytes)),
+        "the status page shows the state: {page}"
+    );
 
     // Only the state the last batch left remains.
     let state_dir = cluster
