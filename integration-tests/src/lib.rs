@@ -113,7 +113,7 @@ impl TestCluster {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        cluster.start_driver_at(0)?;
+        cluster.start_first_driver()?;
         cluster.driver_env.clear();
         if drivers > 1 {
             cluster.wait_for_driver().await?;
@@ -146,6 +146,36 @@ impl TestCluster {
         *n += 1;
         let path = self.dir.path().join("logs").join(format!("{name}-{n}.log"));
         Ok(std::fs::File::create(path)?)
+    }
+
+    /// Starts driver 0, the first leader, and waits until it serves or exits. A free port
+    /// chosen for it may be taken by another process before the driver binds it; then the
+    /// driver exits and is started again on other ports.
+    fn start_first_driver(&mut self) -> Result<()> {
+        for _ in 0..3 {
+            self.start_driver_at(0)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", self.driver_ports[0])).is_ok() {
+                    return Ok(());
+                }
+                let driver = self.drivers[0].as_mut().expect("driver 0 started");
+                if driver.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    // Slow, not gone: `wait_for_driver` reports it.
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.driver_ports[0] = free_port();
+            self.driver_http_ports[0] = free_port();
+        }
+        bail!(
+            "driver 0 exited at start three times; logs in {}",
+            self.dir.path().display()
+        )
     }
 
     /// Starts (or restarts) the first driver on the same port, with the same etcd.
