@@ -14,3 +14,10 @@ pub mod telemetry;
 
 pub use error::{Error, Result};
 pub use ids::{BatchId, ExecutorId, JobId, TaskId};
+
+/// Milliseconds since the Unix epoch (0 on a clock set before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -340,7 +340,7 @@ impl JobRunner {
             None => {
                 let capped = planner::cap(&latest, self.limit.as_ref());
                 let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
-                match planner::next_plan(&checkpoint, &capped, max, now_ms()) {
+                match planner::next_plan(&checkpoint, &capped, max, sluice_core::now_ms()) {
                     Some(plan) => (self.protocol.log_plan(plan).await?, false),
                     None => return Ok(Step::Idle),
                 }
@@ -431,11 +431,4 @@ impl ExecuteBatch for SchedulerExecution<'_> {
 fn watermark_delay_ms(spec: &JobSpec) -> Option<i64> {
     let watermark = spec.source.kafka.watermark.as_ref()?;
     watermark.delay_ms().ok()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

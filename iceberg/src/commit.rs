@@ -123,7 +123,7 @@ pub async fn expire_snapshots_on(
     retain: usize,
 ) -> Result<CasOutcome> {
     let ident = base.identifier().clone();
-    let now_ms = now_ms() + 1;
+    let now_ms = sluice_core::now_ms() + 1;
     let tx = Transaction::new(base);
     let tx = tx
         .expire_snapshots()
@@ -250,11 +250,4 @@ impl Catalog for PinnedCatalog {
             }
         })
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -100,7 +100,7 @@ pub fn produce_orders(
     };
     for i in 0..count {
         let seq = first + i;
-        let now_ms = now_ms();
+        let now_ms = sluice_core::now_ms();
         let order = Order::new(seq, now_ms);
         let payload = order.to_json();
         let key = order.customer_id.to_string();
@@ -141,13 +141,6 @@ pub fn produce_orders(
         .map_err(|e| kafka_err(format!("flushing to {topic}: {e}")))?;
     progress(count);
     Ok(())
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! `cargo build --release --bins && cargo run --release -p sluice-integration-tests --bin sluice-bench`
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -53,13 +53,6 @@ const WARM_UP_BATCHES: usize = 10;
 /// Target size of one event's JSON.
 const EVENT_BYTES: usize = 200;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Event `seq` as JSON padded to about [`EVENT_BYTES`].
 fn event(seq: u64, ts_ms: i64) -> String {
     let json = Order::new(seq, ts_ms).to_json();
@@ -83,12 +76,12 @@ fn produce(
     let started = Instant::now();
     for i in 0..count {
         let seq = first + i;
-        let payload = event(seq, now_ms());
+        let payload = event(seq, sluice_core::now_ms());
         loop {
             let record = BaseRecord::<str, str>::to(topic)
                 .payload(&payload)
                 .partition((seq % partitions as u64) as i32)
-                .timestamp(now_ms());
+                .timestamp(sluice_core::now_ms());
             match producer.send(record) {
                 Ok(()) => break,
                 Err((_, _)) => {
@@ -172,7 +165,7 @@ async fn watch(
             continue;
         }
         let stop = until(&p);
-        seen.push((p, now_ms()));
+        seen.push((p, sluice_core::now_ms()));
         if stop {
             break;
         }
@@ -355,11 +348,11 @@ async fn stream(cluster: &TestCluster, args: &Args, topic: &str) -> Result<Strea
             let producer = producer(&bootstrap)?;
             let started = Instant::now();
             for seq in 0..total {
-                let payload = event(seq, now_ms());
+                let payload = event(seq, sluice_core::now_ms());
                 let record = BaseRecord::<str, str>::to(&topic)
                     .payload(&payload)
                     .partition((seq % STREAM_PARTITIONS as u64) as i32)
-                    .timestamp(now_ms());
+                    .timestamp(sluice_core::now_ms());
                 if producer.send(record).is_err() {
                     producer.poll(Duration::from_millis(5));
                 }
