@@ -54,6 +54,16 @@ pub struct Checkpoint {
 /// Highest event time per topic and partition, ms since the epoch.
 pub type EventTimes = BTreeMap<String, BTreeMap<i32, i64>>;
 
+/// Keeps `ms` as `topic`/`partition`'s highest event time if it is higher.
+pub fn record_event_time(times: &mut EventTimes, topic: &str, partition: i32, ms: i64) {
+    let max = times
+        .entry(topic.to_string())
+        .or_default()
+        .entry(partition)
+        .or_insert(ms);
+    *max = (*max).max(ms);
+}
+
 impl Checkpoint {
     /// The checkpoint a job starts from, before any batch.
     pub fn initial(offsets: PartitionOffsets) -> Checkpoint {
@@ -89,10 +99,8 @@ impl Checkpoint {
     /// `delay_ms`, and never below the previous watermark.
     pub fn with_event_times(mut self, seen: &EventTimes, delay_ms: i64) -> Checkpoint {
         for (topic, partitions) in seen {
-            let known = self.max_event_time_ms.entry(topic.clone()).or_default();
-            for (partition, &ms) in partitions {
-                let max = known.entry(*partition).or_insert(ms);
-                *max = (*max).max(ms);
+            for (&partition, &ms) in partitions {
+                record_event_time(&mut self.max_event_time_ms, topic, partition, ms);
             }
         }
         let lowest = self

@@ -9,7 +9,7 @@ use iceberg::TableIdent;
 use sluice_core::BatchId;
 use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
 use sluice_iceberg::sink::data_files_from_json;
-use sluice_kafka::offsets::{BatchPlan, Checkpoint, EventTimes};
+use sluice_kafka::offsets::{record_event_time, BatchPlan, Checkpoint, EventTimes};
 use sluice_proto::v1::TaskSuccess;
 use tracing::{info, warn};
 
@@ -33,12 +33,12 @@ pub const STATE_FILES_PROPERTY: &str = "sluice.state-files";
 pub fn batch_event_times(tasks: &[TaskSuccess]) -> EventTimes {
     let mut times = EventTimes::new();
     for seen in tasks.iter().flat_map(|t| &t.max_event_times) {
-        let max = times
-            .entry(seen.topic.clone())
-            .or_default()
-            .entry(seen.partition)
-            .or_insert(seen.max_event_time_ms);
-        *max = (*max).max(seen.max_event_time_ms);
+        record_event_time(
+            &mut times,
+            &seen.topic,
+            seen.partition,
+            seen.max_event_time_ms,
+        );
     }
     times
 }

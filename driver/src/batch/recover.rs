@@ -26,18 +26,12 @@ impl BatchProtocol {
         match find_batch_in_ancestry(&table, &self.job_id, plan.batch_id) {
             Some(snapshot_id) => {
                 info!(job = %self.job_id, batch = %plan.batch_id, snapshot_id, "batch found in the table; recording its commit");
-                let event_times = snapshot_property(&table, snapshot_id, EVENT_TIMES_PROPERTY)
-                    .and_then(|json| serde_json::from_str(&json).ok())
-                    .unwrap_or_default();
-                let state_files = snapshot_property(&table, snapshot_id, STATE_FILES_PROPERTY)
-                    .and_then(|json| serde_json::from_str(&json).ok())
-                    .unwrap_or_default();
                 Ok(Some(BatchState::Committed {
                     plan,
                     snapshot_id,
                     appended: false,
-                    event_times,
-                    state_files,
+                    event_times: summary_json(&table, snapshot_id, EVENT_TIMES_PROPERTY),
+                    state_files: summary_json(&table, snapshot_id, STATE_FILES_PROPERTY),
                 }))
             }
             None => {
@@ -46,4 +40,16 @@ impl BatchProtocol {
             }
         }
     }
+}
+
+/// A JSON value the batch's commit put in its snapshot's summary; empty when absent
+/// (a job without a watermark or windows writes none).
+fn summary_json<T: serde::de::DeserializeOwned + Default>(
+    table: &iceberg::table::Table,
+    snapshot_id: i64,
+    key: &str,
+) -> T {
+    snapshot_property(table, snapshot_id, key)
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default()
 }
