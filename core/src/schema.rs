@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::Result;
-use crate::spec::{validate_source_schema, KafkaSourceSpec, RecordFormat};
+use crate::spec::{source_fields, KafkaSourceSpec, RecordFormat};
 pub use crate::spec::{
     KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN, RAW_VALUE_COLUMN, TIMESTAMP_COLUMN, TOPIC_COLUMN,
     WINDOW_END_COLUMN, WINDOW_START_COLUMN,
@@ -27,18 +27,11 @@ pub fn metadata_fields() -> Vec<Field> {
 }
 
 /// The columns decoded from record values (without metadata columns); fails as
-/// [`validate_source_schema`] does on an invalid schema.
+/// [`crate::spec::validate_source_schema`] does on an invalid schema.
 pub fn value_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
     let fields = match kafka.format {
         RecordFormat::Raw => vec![Field::new(RAW_VALUE_COLUMN, DataType::Binary, true)],
-        RecordFormat::Json => {
-            validate_source_schema(kafka)?;
-            kafka
-                .schema
-                .iter()
-                .map(|field| field.arrow_field(&format!("source.kafka.schema.{}", field.name)))
-                .collect::<Result<_>>()?
-        }
+        RecordFormat::Json => source_fields(kafka)?,
     };
     Ok(Arc::new(Schema::new(fields)))
 }

@@ -947,7 +947,13 @@ impl FieldSpec {
 /// Checks a JSON source's schema: names present, unique and not taken by a metadata
 /// column; every type known.
 pub fn validate_source_schema(kafka: &KafkaSourceSpec) -> Result<()> {
+    source_fields(kafka).map(|_| ())
+}
+
+/// The Arrow fields of a JSON source's schema, checked as [`validate_source_schema`] says.
+pub fn source_fields(kafka: &KafkaSourceSpec) -> Result<Vec<Field>> {
     let mut names = std::collections::HashSet::new();
+    let mut fields = Vec::with_capacity(kafka.schema.len());
     for field in &kafka.schema {
         let path = format!("source.kafka.schema.{}", field.name);
         if field.name.is_empty() {
@@ -968,9 +974,9 @@ pub fn validate_source_schema(kafka: &KafkaSourceSpec) -> Result<()> {
         if !names.insert(field.name.as_str()) {
             return Err(Error::spec(path, "the name appears twice"));
         }
-        field.arrow_field(&path)?;
+        fields.push(field.arrow_field(&path)?);
     }
-    Ok(())
+    Ok(fields)
 }
 
 #[cfg(test)]
