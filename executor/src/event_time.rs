@@ -1,8 +1,9 @@
 //! Event time of decoded records, for the job's watermark: the highest event time a task
 //! read per partition, and how many of its records are older than the batch's watermark.
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, TimeUnit};
+use sluice_kafka::decode::millis;
 
 /// What a batch of one partition's records says about event time.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -23,20 +24,17 @@ pub fn event_time_stats(
     let Some(array) = batch.column_by_name(column) else {
         return EventTimeStats::default();
     };
-    let millis: Box<dyn Fn(usize) -> i64> = match array.data_type() {
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            let values = array.as_primitive::<TimestampMillisecondType>().clone();
-            Box::new(move |i| values.value(i))
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            let values = array.as_primitive::<TimestampMicrosecondType>().clone();
-            Box::new(move |i| values.value(i).div_euclid(1000))
-        }
-        _ => return EventTimeStats::default(),
+    if !matches!(
+        array.data_type(),
+        DataType::Timestamp(TimeUnit::Millisecond | TimeUnit::Microsecond, _)
+    ) {
+        return EventTimeStats::default();
+    }
+    let Ok(millis) = millis(array) else {
+        return EventTimeStats::default();
     };
     let mut stats = EventTimeStats::default();
-    for i in (0..array.len()).filter(|&i| array.is_valid(i)) {
-        let ms = millis(i);
+    for ms in millis.iter().flatten() {
         stats.max_ms = Some(stats.max_ms.map_or(ms, |max| max.max(ms)));
         if watermark_ms.is_some_and(|w| ms < w) {
             stats.late += 1;
@@ -49,7 +47,7 @@ pub fn event_time_stats(
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{TimestampMicrosecondArray, TimestampMillisecondArray};
+    use arrow::array::{Array, TimestampMicrosecondArray, TimestampMillisecondArray};
     use arrow::datatypes::{Field, Schema};
 
     use super::*;

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use iceberg::io::FileIO;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -17,6 +17,7 @@ use parquet::arrow::ArrowWriter;
 use sluice_core::schema::WINDOW_END_COLUMN;
 use sluice_core::{Error, Result};
 use sluice_iceberg::data_files::STATE_DIR;
+use sluice_kafka::decode::millis;
 
 /// The rows of `batch` whose window ends after `watermark_ms` (`keep_open`), or at or
 /// before it (the complement). Rows without a window are dropped either way. Without a
@@ -29,11 +30,7 @@ pub fn select_windows(
     let end = batch
         .column_by_name(WINDOW_END_COLUMN)
         .ok_or_else(|| Error::InvalidRequest(format!("no {WINDOW_END_COLUMN} column")))?;
-    let end = arrow::compute::cast(
-        end,
-        &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
-    )?;
-    let end = end.as_primitive::<TimestampMillisecondType>();
+    let end = millis(end)?;
     let mask: BooleanArray = (0..end.len())
         .map(|i| {
             let open = end.is_valid(i) && watermark_ms.is_none_or(|w| end.value(i) > w);
@@ -137,7 +134,7 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{Int64Array, TimestampMillisecondArray};
+    use arrow::array::{AsArray, Int64Array, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
     use super::*;

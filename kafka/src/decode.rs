@@ -281,6 +281,17 @@ pub fn dead_letter_batch(letters: &[DeadLetter]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(dead_letter_schema(), columns)?)
 }
 
+/// A timestamp (or date) column in milliseconds since the epoch.
+pub fn millis(column: &ArrayRef) -> Result<TimestampMillisecondArray> {
+    use arrow::datatypes::{DataType, TimeUnit};
+    let millis = arrow::compute::cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    Ok(millis
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .expect("cast to timestamp(ms)")
+        .clone())
+}
+
 /// `columns` with each record repeated once per window it belongs to (one window when
 /// tumbling, `size / slide` when sliding), and the window's start and end (ms) appended.
 /// A record without an event time keeps one row, without a window.
@@ -290,15 +301,7 @@ fn with_windows(
     size_ms: i64,
     slide_ms: i64,
 ) -> Result<Vec<ArrayRef>> {
-    use arrow::datatypes::{DataType, TimeUnit};
-    let millis = arrow::compute::cast(
-        &columns[event_time],
-        &DataType::Timestamp(TimeUnit::Millisecond, None),
-    )?;
-    let millis = millis
-        .as_any()
-        .downcast_ref::<TimestampMillisecondArray>()
-        .expect("cast to timestamp(ms)");
+    let millis = millis(&columns[event_time])?;
     let copies = size_ms / slide_ms;
     let mut rows: Vec<u32> = Vec::with_capacity(millis.len() * copies as usize);
     let mut starts: Vec<Option<i64>> = Vec::with_capacity(rows.capacity());
