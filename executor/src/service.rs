@@ -32,16 +32,15 @@ struct ExecutorService {
     metrics: Arc<ExecutorMetrics>,
 }
 
-fn task_failure(retryable: bool, kind: FailureKind, message: String) -> TaskResult {
-    TaskResult {
-        outcome: Some(task_result::Outcome::Failure(TaskFailure {
-            retryable,
-            kind: kind.into(),
-            message,
-            lost_stage: None,
-            lost_map_task: None,
-        })),
-    }
+/// A task's failure of `kind` that names no lost map output.
+fn task_failure(retryable: bool, kind: FailureKind, message: String) -> task_result::Outcome {
+    task_result::Outcome::Failure(TaskFailure {
+        retryable,
+        kind: kind.into(),
+        message,
+        lost_stage: None,
+        lost_map_task: None,
+    })
 }
 
 #[tonic::async_trait]
@@ -72,11 +71,13 @@ impl Executor for ExecutorService {
         let task = request.into_inner();
         let ranges = task_ranges(&task).map_err(Status::invalid_argument)?;
         let Some(job) = self.jobs.read().await.get(&task.job_id).cloned() else {
-            return Ok(Response::new(task_failure(
-                true,
-                FailureKind::UnknownJob,
-                format!("job {} is not prepared on this executor", task.job_id),
-            )));
+            return Ok(Response::new(TaskResult {
+                outcome: Some(task_failure(
+                    true,
+                    FailureKind::UnknownJob,
+                    format!("job {} is not prepared on this executor", task.job_id),
+                )),
+            }));
         };
         let _slot = self
             .slots
@@ -122,13 +123,11 @@ impl Executor for ExecutorService {
                 metrics.tasks_failed.fetch_add(1, Ordering::Relaxed);
                 metrics.tasks_panicked.fetch_add(1, Ordering::Relaxed);
                 error!(job = %task.job_id, batch = task.batch_id, task = task.task_id, %panic, "task panicked; the executor keeps serving");
-                task_result::Outcome::Failure(TaskFailure {
-                    retryable: true,
-                    kind: FailureKind::Panic.into(),
-                    message: format!("the task panicked: {panic}"),
-                    lost_stage: None,
-                    lost_map_task: None,
-                })
+                task_failure(
+                    true,
+                    FailureKind::Panic,
+                    format!("the task panicked: {panic}"),
+                )
             }
         };
         Ok(Response::new(TaskResult {
