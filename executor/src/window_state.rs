@@ -5,8 +5,6 @@
 //! next state. Late rows (their window already written) are dropped. See
 //! docs/architecture.md, "Windows".
 
-use std::sync::Arc;
-
 use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
@@ -18,6 +16,8 @@ use sluice_core::schema::WINDOW_END_COLUMN;
 use sluice_core::{Error, Result};
 use sluice_iceberg::data_files::STATE_DIR;
 use sluice_kafka::decode::millis;
+
+use crate::writer::to_table_batch;
 
 /// The rows of `batch` whose window ends after `watermark_ms` (`keep_open`), or at or
 /// before it (the complement). Rows without a window are dropped either way. Without a
@@ -117,23 +117,25 @@ fn state_error(path: &str, error: impl std::fmt::Display) -> Error {
 }
 
 /// `batch` cast to `schema` by column name (state files may come back with other but
-/// compatible types, e.g. a dictionary or view encoding).
+/// compatible types, e.g. a dictionary or view encoding); every column must be there.
 pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = schema
+    if let Some(missing) = schema
         .fields()
         .iter()
-        .map(|field| {
-            let column = batch.column_by_name(field.name()).ok_or_else(|| {
-                Error::InvalidRequest(format!("state file lacks column {}", field.name()))
-            })?;
-            Ok(arrow::compute::cast(column, field.data_type())?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+        .find(|field| batch.column_by_name(field.name()).is_none())
+    {
+        return Err(Error::InvalidRequest(format!(
+            "state file lacks column {}",
+            missing.name()
+        )));
+    }
+    to_table_batch(batch, schema)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use arrow::array::{AsArray, Int64Array, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
