@@ -51,7 +51,7 @@ fn windows_of(batches: &[RecordBatch]) -> Windows {
     out
 }
 
-async fn stream_equals_batch(name: &str, window: &str, expected_sql: &str) {
+async fn stream_equals_batch(name: &str, window: &str, size_ms: i64, expected_sql: &str) {
     let seed: u64 = std::env::var("SLUICE_WINDOW_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -116,21 +116,11 @@ async fn stream_equals_batch(name: &str, window: &str, expected_sql: &str) {
         .unwrap();
     let expected: Windows = windows_of(&expected)
         .into_iter()
-        .filter(|(start, _)| *start + window_size_ms(window) <= closed_by)
+        .filter(|(start, _)| *start + size_ms <= closed_by)
         .collect();
     let streamed = windows_of(&cluster.table_rows(&spec).await.unwrap());
     assert!(expected.len() >= 10, "{} windows closed", expected.len());
     assert_eq!(streamed, expected, "seed {seed}");
-}
-
-/// The `size` of a `{size: Ns, ...}` window spec, in ms.
-fn window_size_ms(window: &str) -> i64 {
-    let size = window
-        .split("size: ")
-        .nth(1)
-        .and_then(|s| s.split('s').next())
-        .unwrap();
-    size.parse::<i64>().unwrap() * 1000
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,6 +128,7 @@ async fn tumbling_windows_over_a_stream_equal_date_bin_over_the_records() {
     stream_equals_batch(
         "tumbling",
         "{size: 30s}",
+        30_000,
         "SELECT date_bin(INTERVAL '30 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
          count(*) AS n, sum(amount) AS revenue FROM source GROUP BY 1",
     )
@@ -156,5 +147,5 @@ async fn sliding_windows_over_a_stream_equal_date_bin_over_the_records() {
            UNION ALL SELECT {bin} - INTERVAL '40 seconds', amount FROM source) w \
          GROUP BY window_start"
     );
-    stream_equals_batch("sliding", "{size: 60s, slide: 20s}", &sql).await;
+    stream_equals_batch("sliding", "{size: 60s, slide: 20s}", 60_000, &sql).await;
 }
