@@ -303,31 +303,37 @@ fn with_windows(
 ) -> Result<Vec<ArrayRef>> {
     let millis = millis(&columns[event_time])?;
     let copies = size_ms / slide_ms;
-    let mut rows: Vec<u32> = Vec::with_capacity(millis.len() * copies as usize);
-    let mut starts: Vec<Option<i64>> = Vec::with_capacity(rows.capacity());
-    for (row, ms) in millis.iter().enumerate() {
-        match ms {
-            Some(ms) => {
-                let last = ms - ms.rem_euclid(slide_ms);
-                for copy in 0..copies {
+    let mut out = columns;
+    let starts: Vec<Option<i64>> = if copies == 1 {
+        // Tumbling: one window per record, the rows stay as they are.
+        millis
+            .iter()
+            .map(|ms| ms.map(|ms| ms - ms.rem_euclid(slide_ms)))
+            .collect()
+    } else {
+        let mut rows: Vec<u32> = Vec::with_capacity(millis.len() * copies as usize);
+        let mut starts = Vec::with_capacity(rows.capacity());
+        for (row, ms) in millis.iter().enumerate() {
+            match ms {
+                Some(ms) => {
+                    let last = ms - ms.rem_euclid(slide_ms);
+                    for copy in 0..copies {
+                        rows.push(row as u32);
+                        starts.push(Some(last - copy * slide_ms));
+                    }
+                }
+                None => {
                     rows.push(row as u32);
-                    starts.push(Some(last - copy * slide_ms));
+                    starts.push(None);
                 }
             }
-            None => {
-                rows.push(row as u32);
-                starts.push(None);
-            }
         }
-    }
-    let mut out = if copies == 1 {
-        columns
-    } else {
         let rows = arrow::array::UInt32Array::from(rows);
-        columns
+        out = out
             .iter()
             .map(|column| arrow::compute::take(column, &rows, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        starts
     };
     let start = TimestampMillisecondArray::from(starts);
     let end: TimestampMillisecondArray = start.iter().map(|s| s.map(|s| s + size_ms)).collect();
