@@ -6,12 +6,27 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound and released).
+/// Ports handed out below the kernel's ephemeral range (32768 and up on Linux), so an
+/// outgoing connection's source port cannot take one between the pick and the bind.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on 127.0.0.1 (bound and released), never the same one twice in a
+/// process, from outside the ephemeral range.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each process starts at its own offset so concurrent test binaries rarely probe the
+    // same ports; every probe moves the cursor on, so no port is handed out twice.
+    static CURSOR: AtomicU16 = AtomicU16::new(0);
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    let offset = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let step = CURSOR.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORT_RANGE.start + (offset + step) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORT_RANGE:?}")
 }
 
 /// A single-member etcd on loopback, killed and removed on drop.
@@ -24,15 +39,24 @@ pub struct EtcdServer {
 
 impl EtcdServer {
     /// Starts etcd and waits until it answers; fails with how to install it when missing.
+    /// An etcd that exits at once (another process took a port after it was picked) is
+    /// started again on fresh ports.
     pub fn start() -> Result<EtcdServer, String> {
-        let mut server = EtcdServer {
-            child: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            data_dir: tempfile::tempdir().map_err(|e| e.to_string())?,
-        };
-        server.restart()?;
-        Ok(server)
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let mut server = EtcdServer {
+                child: None,
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: tempfile::tempdir().map_err(|e| e.to_string())?,
+            };
+            match server.restart() {
+                Ok(()) => return Ok(server),
+                Err(StartError::Exited(message)) => last_error = message,
+                Err(StartError::Fatal(message)) => return Err(message),
+            }
+        }
+        Err(last_error)
     }
 
     /// Kills etcd (an outage); [`EtcdServer::restart`] brings it back with its data.
@@ -45,7 +69,7 @@ impl EtcdServer {
     }
 
     /// Starts etcd on the same ports and data directory and waits until it answers.
-    pub fn restart(&mut self) -> Result<(), String> {
+    pub fn restart(&mut self) -> Result<(), StartError> {
         self.stop();
         let binary = std::env::var("SLUICE_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let dir = self.data_dir.path();
@@ -55,12 +79,22 @@ impl EtcdServer {
             .create(true)
             .append(true)
             .open(dir.join("etcd.log"))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StartError::Fatal(e.to_string()))?;
         let child = Command::new(&binary)
             .args(["--name", "n1", "--data-dir"])
             .arg(dir.join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("n1={peer}")])
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .args(["--log-level", "warn"])
@@ -68,15 +102,25 @@ impl EtcdServer {
             .stderr(log)
             .spawn()
             .map_err(|e| {
-                format!("cannot start {binary:?}: {e}; install it with `apt-get install -y etcd-server`")
+                StartError::Fatal(format!(
+                    "cannot start {binary:?}: {e}; install it with `apt-get install -y etcd-server`"
+                ))
             })?;
         self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(20))
+        self.wait_healthy(Duration::from_secs(30))
     }
 
-    fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<(), StartError> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(StartError::Exited(format!(
+                    "etcd on port {} exited ({status}): {}",
+                    self.client_port,
+                    self.log_tail()
+                )));
+            }
             if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) {
                 use std::io::{Read, Write};
                 let request = "GET /health HTTP/1.0\r\n\r\n";
@@ -90,10 +134,19 @@ impl EtcdServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!(
-            "etcd on port {} did not become healthy",
-            self.client_port
-        ))
+        Err(StartError::Fatal(format!(
+            "etcd on port {} did not become healthy within {timeout:?}: {}",
+            self.client_port,
+            self.log_tail()
+        )))
+    }
+
+    /// The last lines etcd logged, for start-up errors.
+    fn log_tail(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.data_dir.path().join("etcd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
     /// The client URL, e.g. `http://127.0.0.1:23790`.
@@ -105,6 +158,18 @@ impl EtcdServer {
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.path().to_path_buf()
     }
+}
+
+/// Why etcd did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The process exited at once, typically because a port was taken; worth a retry on
+    /// other ports.
+    #[error("{0}")]
+    Exited(String),
+    /// Not started, or started and never healthy.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 impl Drop for EtcdServer {
