@@ -7,8 +7,8 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::error::Result;
 use crate::spec::{source_fields, KafkaSourceSpec, RecordFormat};
 pub use crate::spec::{
-    KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN, RAW_VALUE_COLUMN, TIMESTAMP_COLUMN, TOPIC_COLUMN,
-    WINDOW_END_COLUMN, WINDOW_START_COLUMN,
+    KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN, RAW_VALUE_COLUMN, SEEN_COLUMN, TIMESTAMP_COLUMN,
+    TOPIC_COLUMN, WINDOW_END_COLUMN, WINDOW_START_COLUMN,
 };
 
 /// The Kafka metadata columns, in the order they follow the decoded columns.
@@ -53,5 +53,17 @@ pub fn source_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
     if kafka.window.is_some() {
         fields.extend(window_fields());
     }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// What source tasks hand the plan: the `source` schema, plus [`SEEN_COLUMN`] when the job
+/// deduplicates (its state rows travel with the batch's records, marked seen).
+pub fn scan_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
+    let source = source_schema(kafka)?;
+    if kafka.dedup.is_none() {
+        return Ok(source);
+    }
+    let mut fields: Vec<Field> = source.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(SEEN_COLUMN, DataType::Boolean, false));
     Ok(Arc::new(Schema::new(fields)))
 }

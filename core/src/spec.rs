@@ -104,6 +104,81 @@ pub struct KafkaSourceSpec {
     /// watermark has passed its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowSpec>,
+    /// Deduplication: the first record per key passes, later ones with the same key are
+    /// dropped for as long as the key is remembered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupSpec>,
+}
+
+/// `source.kafka.dedup`: only the first record of each `key` reaches the query. A key is
+/// remembered until the watermark passes its first record's event time plus `within`;
+/// records older than the watermark are late (dropped and counted), because their key may
+/// already be forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupSpec {
+    /// The columns that identify a record, e.g. `[order_id]`.
+    pub key: Vec<String>,
+    /// How much longer than the watermark's delay a key is remembered, e.g. `10m` when a
+    /// producer's retries carry new event times (default `0s`: duplicates carry the same
+    /// event time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
+}
+
+/// The hidden column of a deduplicated source that marks rows of keys seen in earlier
+/// batches (the job's state); the query never sees it.
+pub const SEEN_COLUMN: &str = "_sluice_seen";
+
+impl DedupSpec {
+    /// How long after its event time a key is remembered beyond the watermark, in ms.
+    pub fn within_ms(&self) -> Result<i64> {
+        let Some(within) = &self.within else {
+            return Ok(0);
+        };
+        humantime::parse_duration(within)
+            .map(|d| d.as_millis() as i64)
+            .map_err(|e| {
+                Error::spec(
+                    "source.kafka.dedup.within",
+                    format!("{within:?} is not a duration ({e}); e.g. 10m"),
+                )
+            })
+    }
+
+    /// Checks the key against the source and the options it needs.
+    fn validate(&self, kafka: &KafkaSourceSpec) -> Result<()> {
+        self.within_ms()?;
+        if kafka.watermark.is_none() {
+            return Err(Error::spec(
+                "source.kafka.dedup",
+                "deduplication needs source.kafka.watermark (keys are forgotten as the watermark passes them)",
+            ));
+        }
+        if kafka.window.is_some() {
+            return Err(Error::spec(
+                "source.kafka.dedup",
+                "cannot be combined with source.kafka.window yet",
+            ));
+        }
+        if self.key.is_empty() {
+            return Err(Error::spec(
+                "source.kafka.dedup.key",
+                "names no column; e.g. [order_id]",
+            ));
+        }
+        for column in &self.key {
+            let known = kafka.schema.iter().any(|f| f.name == *column)
+                || METADATA_COLUMNS.contains(&column.as_str());
+            if !known {
+                return Err(Error::spec(
+                    "source.kafka.dedup.key",
+                    format!("{column:?} is not a column of the source"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `source.kafka.window`: windows of `size` on the watermark's event-time column,
@@ -290,6 +365,11 @@ const METADATA_COLUMNS: [&str; 5] = [
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 << 20;
 
 impl KafkaSourceSpec {
+    /// Whether batches hand state to the next (windows or deduplication).
+    pub fn is_stateful(&self) -> bool {
+        self.window.is_some() || self.dedup.is_some()
+    }
+
     /// The size above which a record is malformed.
     pub fn max_record_bytes(&self) -> u64 {
         self.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES)
@@ -832,6 +912,9 @@ impl JobSpec {
                 ));
             }
         }
+        if let Some(dedup) = &kafka.dedup {
+            dedup.validate(kafka)?;
+        }
         if let Some(depth) = kafka.max_nesting_depth {
             if !(1..=MAX_NESTING_DEPTH_LIMIT).contains(&depth) {
                 return Err(Error::spec(
@@ -963,6 +1046,7 @@ pub fn source_fields(kafka: &KafkaSourceSpec) -> Result<Vec<Field>> {
             ));
         }
         if METADATA_COLUMNS.contains(&field.name.as_str())
+            || field.name == SEEN_COLUMN
             || (kafka.window.is_some()
                 && [WINDOW_START_COLUMN, WINDOW_END_COLUMN].contains(&field.name.as_str()))
         {
@@ -1190,5 +1274,45 @@ sink:
             assert!(message.contains(why), "{bad}: {message}");
             assert!(message.contains("source.kafka.watermark"), "{message}");
         }
+    }
+
+    #[test]
+    fn dedup_names_source_columns_and_needs_a_watermark_without_windows() {
+        let schema = "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]";
+        let with_ts = "schema: [{name: order_id, type: utf8}, {name: ts, type: timestamp_ms}]";
+        let watermark = "watermark: {column: ts, delay: 30s}";
+        let spec = |options: &str| with(schema, &format!("{with_ts}\n    {options}"));
+        let parsed = JobSpec::parse(&spec(&format!(
+            "{watermark}\n    dedup: {{key: [order_id, _key], within: 10m}}"
+        )))
+        .unwrap();
+        let dedup = parsed.source.kafka.dedup.as_ref().unwrap();
+        assert_eq!(dedup.within_ms().unwrap(), 600_000);
+        assert!(parsed.source.kafka.is_stateful());
+        for (options, why) in [
+            ("dedup: {key: [order_id]}", "needs source.kafka.watermark"),
+            (
+                &format!("{watermark}\n    dedup: {{key: []}}"),
+                "names no column",
+            ),
+            (
+                &format!("{watermark}\n    dedup: {{key: [nope]}}"),
+                "not a column",
+            ),
+            (
+                &format!("{watermark}\n    dedup: {{key: [order_id], within: later}}"),
+                "not a duration",
+            ),
+            (
+                &format!("{watermark}\n    window: {{size: 1m}}\n    dedup: {{key: [order_id]}}"),
+                "combined with source.kafka.window",
+            ),
+        ] {
+            let message = error_text(&spec(options));
+            assert!(message.contains(why), "{options}: {message}");
+            assert!(message.contains("source.kafka.dedup"), "{message}");
+        }
+        let hidden = "schema: [{name: _sluice_seen, type: utf8}]";
+        assert!(error_text(&with(schema, hidden)).contains("taken"));
     }
 }

@@ -199,7 +199,7 @@ impl JobRunner {
         JobRunner {
             protocol: BatchProtocol::new(shared.job_id.clone(), log, sink)
                 .with_watermark_delay(watermark_delay_ms(&shared.spec))
-                .with_windows(shared.spec.source.kafka.window.is_some()),
+                .with_state(shared.spec.source.kafka.is_stateful()),
             shared,
             scheduler,
             job,

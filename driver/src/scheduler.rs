@@ -91,8 +91,8 @@ impl JobRef {
     /// Plans the job's SQL into stages (once per job and driver).
     pub async fn plan(job_id: &str, spec: &JobSpec) -> Result<JobRef> {
         let plan = plan_job(spec).await?;
-        if spec.source.kafka.window.is_some() {
-            check_windowed_plan(&plan)?;
+        if spec.source.kafka.is_stateful() {
+            check_stateful_plan(&plan, spec.source.kafka.window.is_some())?;
         }
         let encoded = plan.encoded_stages()?;
         debug!(job = %job_id, plan = %plan.display(), "stage plans");
@@ -141,12 +141,12 @@ impl JobRef {
     }
 }
 
-/// Refuses what windows cannot do yet: a query without `window_end` (its rows could not
-/// be held back until their window closes), or one reading the stream more than once
-/// (only one reading keeps the window state).
-fn check_windowed_plan(plan: &JobPlan) -> Result<()> {
+/// Refuses what stateful jobs cannot do yet: a windowed query without `window_end` (its
+/// rows could not be held back until their window closes), or one reading the stream more
+/// than once (only one reading keeps the state).
+fn check_stateful_plan(plan: &JobPlan, windowed: bool) -> Result<()> {
     let refuse = |message: String| Err(sluice_core::Error::InvalidSql { message }.into());
-    if plan.output_schema.index_of(WINDOW_END_COLUMN).is_err() {
+    if windowed && plan.output_schema.index_of(WINDOW_END_COLUMN).is_err() {
         return refuse(format!(
             "a windowed job's query must select {WINDOW_END_COLUMN} (a window's rows are written once the watermark passes its end), e.g. SELECT window_start, window_end, count(*) FROM source GROUP BY window_start, window_end"
         ));
@@ -158,7 +158,7 @@ fn check_windowed_plan(plan: &JobPlan) -> Result<()> {
         .count();
     if readings > 1 {
         return refuse(format!(
-            "a windowed job's query may read the stream once; this one reads it {readings} times (a self-join or union of source)"
+            "a windowed or deduplicating job's query may read the stream once; this one reads it {readings} times (a self-join or union of source)"
         ));
     }
     Ok(())

@@ -10,8 +10,9 @@ mod metrics;
 mod registration;
 mod service;
 mod shuffle_store;
+mod state_files;
+mod state_rule;
 mod task;
-mod window_state;
 mod writer;
 
 pub use error::{Error, Result};

@@ -29,7 +29,8 @@ use tracing::{debug, Instrument};
 
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
 use crate::shuffle_store::ShuffleStore;
-use crate::window_state;
+use crate::state_files;
+use crate::state_rule::{self, StateRule};
 use crate::writer::{write_data_files, WriteOptions};
 
 /// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
@@ -91,6 +92,10 @@ pub struct PreparedJob {
     sink: TargetTable,
     /// With `on_malformed: dead_letter`.
     dead_letters: Option<TargetTable>,
+    /// What a stateful job (windows, deduplication) keeps between batches.
+    state_rule: Option<StateRule>,
+    /// The rows source tasks hand the plan, and state files hold.
+    scan_schema: arrow::datatypes::SchemaRef,
 }
 
 impl PreparedJob {
@@ -133,6 +138,8 @@ impl PreparedJob {
             );
         }
         let decoder = RecordDecoder::new(&spec.source.kafka)?;
+        let state_rule = StateRule::of(&spec.source.kafka)?;
+        let scan_schema = sluice_core::schema::scan_schema(&spec.source.kafka)?;
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
         let dead_letters = if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
@@ -150,6 +157,8 @@ impl PreparedJob {
             .await?,
             dead_letters,
             decoder,
+            state_rule,
+            scan_schema,
             stages,
             context,
             spec,
@@ -309,14 +318,14 @@ pub async fn run_task(
             task.task_id,
             task.attempt,
         );
-        let windowed = job.spec.source.kafka.window.is_some();
-        let (source, state) = if windowed && task.report_input {
-            let carried = carry_window_state(&job, task, source, &prefix).await?;
-            // In a windowed job a record is late when its window was already written.
-            report.late_records = carried.dropped;
-            (carried.rows, carried.state)
-        } else {
-            (source, None)
+        let (source, state) = match &job.state_rule {
+            Some(rule) if task.report_input => {
+                let carried = carry_state(&job, rule, task, source, &prefix).await?;
+                // A stateful job drops its late records (see `StateRule::on_time`).
+                report.late_records = carried.dropped;
+                (carried.rows, carried.state)
+            }
+            _ => (source, None),
         };
         let inputs = TaskInputs {
             job_id: task.job_id.clone(),
@@ -349,6 +358,7 @@ pub async fn run_task(
             .instrument(tracing::info_span!("execute"))
             .await?;
         let executed_ms = started.elapsed().as_millis();
+        let windowed = job.state_rule == Some(StateRule::Windows);
         let outputs = if windowed && stage.output == Output::Sink {
             // Only windows the watermark has passed are final; the others are computed
             // again next batch from the state.
@@ -357,7 +367,7 @@ pub async fn run_task(
                 .map(|partition| {
                     partition
                         .iter()
-                        .map(|b| window_state::select_windows(b, task.watermark_ms, false))
+                        .map(|b| state_rule::select_windows(b, task.watermark_ms, false))
                         .collect::<Result<Vec<_>>>()
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -448,34 +458,30 @@ pub async fn run_task(
 /// A windowed job's source rows for the SQL and the state it leaves: late rows (their
 /// window already written) are dropped, the batch's starting state is added, and the rows
 /// of windows still open after the batch's watermark are written as this task's state.
-async fn carry_window_state(
+async fn carry_state(
     job: &PreparedJob,
+    rule: &StateRule,
     task: &TaskDefinition,
     source: Vec<RecordBatch>,
     prefix: &str,
 ) -> Result<CarriedState> {
-    let schema = job.decoder.schema();
     let file_io = job.sink.table.file_io();
     let mut rows = Vec::with_capacity(source.len() + task.state_files.len());
-    let mut still_open = Vec::with_capacity(rows.capacity());
+    let mut still_needed = Vec::with_capacity(rows.capacity());
     let mut dropped = 0;
     for batch in source {
-        let on_time = window_state::select_windows(&batch, task.watermark_ms, true)?;
+        let on_time = rule.on_time(&batch, task.watermark_ms)?;
         dropped += (batch.num_rows() - on_time.num_rows()) as u64;
-        still_open.push(on_time.clone());
+        still_needed.push(rule.still_needed(&on_time, task.watermark_ms)?);
         rows.push(on_time);
     }
-    for batch in window_state::read_state(file_io, &task.state_files).await? {
-        let batch = window_state::conform(&batch, &schema)?;
-        still_open.push(window_state::select_windows(
-            &batch,
-            task.watermark_ms,
-            true,
-        )?);
+    for batch in state_files::read_state(file_io, &task.state_files).await? {
+        let batch = rule.read_back(state_files::conform(&batch, &job.scan_schema)?)?;
+        still_needed.push(rule.still_needed(&batch, task.watermark_ms)?);
         rows.push(batch);
     }
-    let path = window_state::state_path(job.sink.table.metadata().location(), prefix);
-    let written = window_state::write_state(file_io, &path, &schema, &still_open).await?;
+    let path = state_files::state_path(job.sink.table.metadata().location(), prefix);
+    let written = state_files::write_state(file_io, &path, &job.scan_schema, &still_needed).await?;
     Ok(CarriedState {
         rows,
         state: written,
@@ -483,13 +489,13 @@ async fn carry_window_state(
     })
 }
 
-/// What a windowed source task hands the SQL and leaves for the next batch.
+/// What a stateful source task hands the SQL and leaves for the next batch.
 struct CarriedState {
     /// The batch's on-time records and the state it started from.
     rows: Vec<RecordBatch>,
     /// The state file written (none when no window is open).
-    state: Option<window_state::StateFile>,
-    /// Records dropped because their window was already written.
+    state: Option<state_files::StateFile>,
+    /// Late records, dropped.
     dropped: u64,
 }
 

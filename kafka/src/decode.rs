@@ -396,6 +396,7 @@ mod tests {
             properties: Default::default(),
             watermark: None,
             window: None,
+            dedup: None,
         }
     }
 

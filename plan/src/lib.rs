@@ -3,6 +3,7 @@
 //! plans and run one fresh copy per task with the task's inputs.
 
 mod codec;
+mod dedup;
 mod nodes;
 mod split;
 mod tables;
@@ -16,6 +17,7 @@ use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{decode_plan, encode_plan, SluiceCodec};
+pub use dedup::DEDUP_INPUT_TABLE;
 pub use nodes::{
     KafkaScanExec, MapOutputLocation, ReaderMode, ShuffleFetchError, ShuffleFetcher, ShuffleKey,
     ShuffleReaderExec, TaskInputs,
@@ -23,7 +25,7 @@ pub use nodes::{
 pub use split::{Stage, StageKind, StageOutput};
 
 use sluice_core::error::{Error, Result};
-use sluice_core::schema::source_schema;
+use sluice_core::schema::scan_schema;
 use sluice_core::spec::JobSpec;
 
 /// The name of the micro-batch table in a job's SQL.
@@ -90,17 +92,28 @@ pub fn session_config(spec: &JobSpec) -> SessionConfig {
 /// Plans `spec`'s SQL: checks it, and cuts it into stages.
 pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
     let ctx = SessionContext::new_with_config(session_config(spec));
-    let schema = source_schema(&spec.source.kafka)?;
+    let schema = scan_schema(&spec.source.kafka)?;
     let partitions = spec.parallelism.shuffle_partitions.max(2) as usize;
-    ctx.register_table(
-        SOURCE_TABLE,
-        Arc::new(tables::SourceTable::new(schema, partitions)),
-    )
-    .map_err(sluice_core::Error::query)?;
-    tables::register_static_tables(&ctx, &spec.tables).await?;
+    let source = Arc::new(tables::SourceTable::new(schema, partitions));
     let invalid = |e: datafusion::error::DataFusionError| Error::InvalidSql {
         message: e.strip_backtrace(),
     };
+    match &spec.source.kafka.dedup {
+        Some(dedup) => {
+            // The query sees the stream through a view that keeps each key's first row.
+            ctx.register_table(DEDUP_INPUT_TABLE, source)
+                .map_err(sluice_core::Error::query)?;
+            let view = dedup::first_row_per_key_sql(&spec.source.kafka, dedup)?;
+            let view = ctx.sql(&view).await.map_err(invalid)?.into_view();
+            ctx.register_table(SOURCE_TABLE, view)
+                .map_err(sluice_core::Error::query)?;
+        }
+        None => {
+            ctx.register_table(SOURCE_TABLE, source)
+                .map_err(sluice_core::Error::query)?;
+        }
+    }
+    tables::register_static_tables(&ctx, &spec.tables).await?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

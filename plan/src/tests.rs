@@ -306,3 +306,113 @@ async fn small_static_tables_are_broadcast_and_large_ones_shuffled() {
     );
     assert!(shapes[1].len() >= 4, "{:?}", shapes[1]);
 }
+
+/// `slices` with the hidden seen column: the first slice as state from earlier batches,
+/// the others as the batch's new records.
+fn with_seen_column(slices: &[RecordBatch]) -> Vec<RecordBatch> {
+    use arrow::array::BooleanArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    slices
+        .iter()
+        .enumerate()
+        .map(|(i, batch)| {
+            let mut fields: Vec<Field> = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(
+                sluice_core::schema::SEEN_COLUMN,
+                DataType::Boolean,
+                false,
+            ));
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(BooleanArray::from(vec![i == 0; batch.num_rows()])));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+    use std::collections::BTreeMap;
+
+    let mut spec = spec("SELECT * FROM source", 4);
+    spec.source.kafka.watermark = Some(sluice_core::spec::WatermarkSpec {
+        column: "ts".into(),
+        delay: "10s".into(),
+    });
+    spec.source.kafka.dedup = Some(sluice_core::spec::DedupSpec {
+        key: vec!["customer_id".into()],
+        within: None,
+    });
+    let slices = with_seen_column(&source_slices(&spec));
+    // Expected: per customer not in the state slice, the new row with the least
+    // (ts, partition, offset).
+    let mut seen = std::collections::HashSet::new();
+    let mut first: BTreeMap<i64, (i64, i32, i64)> = BTreeMap::new();
+    for (i, batch) in slices.iter().enumerate() {
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let products = column("customer_id");
+        let ts = column("ts");
+        let partitions = column("_partition");
+        let offsets = column("_offset");
+        for row in 0..batch.num_rows() {
+            let product = products.as_primitive::<Int64Type>().value(row);
+            if i == 0 {
+                seen.insert(product);
+                continue;
+            }
+            let order = (
+                ts.as_primitive::<TimestampMillisecondType>().value(row),
+                partitions.as_primitive::<Int32Type>().value(row),
+                offsets.as_primitive::<Int64Type>().value(row),
+            );
+            let best = first.entry(product).or_insert(order);
+            *best = (*best).min(order);
+        }
+    }
+    let new_rows: usize = slices[1..].iter().map(|b| b.num_rows()).sum();
+    let before = first.len();
+    first.retain(|customer, _| !seen.contains(customer));
+    assert!(before < new_rows, "duplicates among the new rows");
+    assert!(first.len() < before, "new rows of keys seen before");
+
+    let plan = plan_job(&spec).await.unwrap();
+    assert!(
+        plan.output_schema
+            .index_of(sluice_core::schema::SEEN_COLUMN)
+            .is_err(),
+        "the query never sees the hidden column"
+    );
+    let rows = run_distributed(&spec, &slices).await;
+    let mut actual: BTreeMap<i64, (i64, i32, i64)> = BTreeMap::new();
+    for batch in &rows {
+        let products: &Int64Array = batch.column_by_name("customer_id").unwrap().as_primitive();
+        for row in 0..batch.num_rows() {
+            let order = (
+                batch
+                    .column_by_name("ts")
+                    .unwrap()
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(row),
+                batch
+                    .column_by_name("_partition")
+                    .unwrap()
+                    .as_primitive::<Int32Type>()
+                    .value(row),
+                batch
+                    .column_by_name("_offset")
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .value(row),
+            );
+            let previous = actual.insert(products.value(row), order);
+            assert!(previous.is_none(), "customer {} twice", products.value(row));
+        }
+    }
+    assert_eq!(actual, first);
+}

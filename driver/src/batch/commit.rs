@@ -26,7 +26,7 @@ const MAX_CONFLICTS: u32 = 10;
 /// partition (JSON: topic -> partition -> ms), for the watermark.
 pub const EVENT_TIMES_PROPERTY: &str = "sluice.max-event-time";
 
-/// Snapshot summary property listing a windowed batch's state files (JSON array).
+/// Snapshot summary property listing a stateful batch's state files (JSON array).
 pub const STATE_FILES_PROPERTY: &str = "sluice.state-files";
 
 /// The highest event time per partition over a batch's task results.
@@ -86,7 +86,7 @@ impl BatchProtocol {
                 serde_json::to_string(&event_times).expect("event times serialize"),
             );
         }
-        if self.windowed {
+        if self.stateful {
             properties.insert(
                 STATE_FILES_PROPERTY.to_string(),
                 serde_json::to_string(&state_files).expect("state files serialize"),
@@ -179,7 +179,7 @@ impl BatchProtocol {
         if let Some(delay_ms) = self.watermark_delay_ms {
             next = next.with_event_times(event_times, delay_ms);
         }
-        if self.windowed {
+        if self.stateful {
             next.state_files = state_files;
         }
         self.log.commit(&next, snapshot_id).await?;

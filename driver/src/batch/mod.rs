@@ -128,8 +128,8 @@ pub struct BatchProtocol {
     pub sink: SinkTables,
     /// The watermark's allowed lateness, for jobs with a watermark.
     pub watermark_delay_ms: Option<i64>,
-    /// Whether the job keeps window state between batches.
-    pub windowed: bool,
+    /// Whether the job keeps state between batches (windows, deduplication).
+    pub stateful: bool,
 }
 
 impl BatchProtocol {
@@ -139,13 +139,13 @@ impl BatchProtocol {
             log,
             sink,
             watermark_delay_ms: None,
-            windowed: false,
+            stateful: false,
         }
     }
 
-    /// The same protocol for a job that keeps window state between batches.
-    pub fn with_windows(mut self, windowed: bool) -> BatchProtocol {
-        self.windowed = windowed;
+    /// The same protocol for a job that keeps state between batches.
+    pub fn with_state(mut self, stateful: bool) -> BatchProtocol {
+        self.stateful = stateful;
         self
     }
 
@@ -224,7 +224,7 @@ impl BatchProtocol {
                     if garbage_possible {
                         self.clean(plan.batch_id, snapshot_id).await;
                     }
-                    if self.windowed {
+                    if self.stateful {
                         self.clean_state(
                             plan.batch_id,
                             &plan.state_files,

@@ -1,45 +1,18 @@
-//! Windowed jobs' state between batches: the rows of windows not yet written, kept as
-//! Parquet files next to the sink table. A batch reads the state the previous batch left
-//! (listed in its checkpoint), runs the SQL over it and its own records, writes only the
-//! windows the watermark has passed, and leaves the rows of the windows still open as the
-//! next state. Late rows (their window already written) are dropped. See
-//! docs/architecture.md, "Windows".
+//! Stateful jobs' state between batches, kept as Parquet files next to the sink table: a
+//! batch reads the state files the previous batch left (listed in its checkpoint) and
+//! writes its own. Which rows are state is the job's [`crate::state_rule::StateRule`].
+//! See docs/architecture.md, "Windows" and "Deduplication".
 
-use arrow::array::{Array, BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use iceberg::io::FileIO;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use sluice_core::schema::WINDOW_END_COLUMN;
 use sluice_core::{Error, Result};
 use sluice_iceberg::data_files::STATE_DIR;
-use sluice_kafka::decode::millis;
 
 use crate::writer::to_table_batch;
-
-/// The rows of `batch` whose window ends after `watermark_ms` (`keep_open`), or at or
-/// before it (the complement). Rows without a window are dropped either way. Without a
-/// watermark every window is open.
-pub fn select_windows(
-    batch: &RecordBatch,
-    watermark_ms: Option<i64>,
-    keep_open: bool,
-) -> Result<RecordBatch> {
-    let end = batch
-        .column_by_name(WINDOW_END_COLUMN)
-        .ok_or_else(|| Error::InvalidRequest(format!("no {WINDOW_END_COLUMN} column")))?;
-    let end = millis(end)?;
-    let mask: BooleanArray = (0..end.len())
-        .map(|i| {
-            let open = end.is_valid(i) && watermark_ms.is_none_or(|w| end.value(i) > w);
-            let closed = end.is_valid(i) && watermark_ms.is_some_and(|w| end.value(i) <= w);
-            Some(if keep_open { open } else { closed })
-        })
-        .collect();
-    Ok(filter_record_batch(batch, &mask)?)
-}
 
 /// A state file as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +84,7 @@ pub fn state_path(table_location: &str, attempt_prefix: &str) -> String {
 
 fn state_error(path: &str, error: impl std::fmt::Display) -> Error {
     Error::Io {
-        context: format!("window state {path}"),
+        context: format!("state file {path}"),
         source: std::io::Error::other(error.to_string()),
     }
 }
@@ -136,7 +109,7 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{AsArray, Int64Array, TimestampMillisecondArray};
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
     use super::*;
@@ -145,7 +118,7 @@ mod tests {
         let schema = Schema::new(vec![
             Field::new("n", DataType::Int64, true),
             Field::new(
-                WINDOW_END_COLUMN,
+                "window_end",
                 DataType::Timestamp(TimeUnit::Millisecond, None),
                 true,
             ),
@@ -163,26 +136,6 @@ mod tests {
             ],
         )
         .unwrap()
-    }
-
-    fn ns(batch: &RecordBatch) -> Vec<i64> {
-        batch
-            .column(0)
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .values()
-            .to_vec()
-    }
-
-    #[test]
-    fn windows_are_open_until_the_watermark_reaches_their_end() {
-        let b = batch();
-        assert_eq!(ns(&select_windows(&b, Some(20), true).unwrap()), vec![4]);
-        assert_eq!(
-            ns(&select_windows(&b, Some(20), false).unwrap()),
-            vec![1, 2]
-        );
-        assert_eq!(ns(&select_windows(&b, None, true).unwrap()), vec![1, 2, 4]);
-        assert!(ns(&select_windows(&b, None, false).unwrap()).is_empty());
     }
 
     #[tokio::test]

@@ -1,0 +1,231 @@
+//! Which rows a stateful job keeps between batches, and which records are late.
+//!
+//! - Windows: a record is on time while its window is open (the watermark has not passed
+//!   the window's end); the rows of open windows are the state.
+//! - Deduplication: a record is on time while its event time is not below the watermark;
+//!   the rows of keys still remembered (event time plus `within` not below the watermark)
+//!   are the state, read back marked seen so the query's view drops them.
+//!
+//! See docs/architecture.md, "Windows" and "Deduplication".
+
+use std::sync::Arc;
+
+use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema};
+use sluice_core::schema::{SEEN_COLUMN, WINDOW_END_COLUMN};
+use sluice_core::spec::KafkaSourceSpec;
+use sluice_core::{Error, Result};
+use sluice_kafka::decode::millis;
+
+/// A stateful job's rule for state and lateness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateRule {
+    /// Rows are state until the watermark reaches their window's end.
+    Windows,
+    /// Rows are state until the watermark passes their event time plus `within_ms`.
+    Dedup { event_time: String, within_ms: i64 },
+}
+
+impl StateRule {
+    /// The rule of a job's source, `None` for a stateless job.
+    pub fn of(kafka: &KafkaSourceSpec) -> Result<Option<StateRule>> {
+        if kafka.window.is_some() {
+            return Ok(Some(StateRule::Windows));
+        }
+        match (&kafka.dedup, &kafka.watermark) {
+            (Some(dedup), Some(watermark)) => Ok(Some(StateRule::Dedup {
+                event_time: watermark.column.clone(),
+                within_ms: dedup.within_ms()?,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// The on-time rows of a batch's new records (late ones and those without an event
+    /// time are dropped), ready for the query.
+    pub fn on_time(&self, batch: &RecordBatch, watermark_ms: Option<i64>) -> Result<RecordBatch> {
+        match self {
+            StateRule::Windows => select_windows(batch, watermark_ms, true),
+            StateRule::Dedup { event_time, .. } => {
+                let on_time =
+                    select_by_time(batch, event_time, |ms| watermark_ms.is_none_or(|w| ms >= w))?;
+                with_seen(&on_time, false)
+            }
+        }
+    }
+
+    /// The rows of `batch` (new or state) the next batch still needs.
+    pub fn still_needed(
+        &self,
+        batch: &RecordBatch,
+        watermark_ms: Option<i64>,
+    ) -> Result<RecordBatch> {
+        match self {
+            StateRule::Windows => select_windows(batch, watermark_ms, true),
+            StateRule::Dedup {
+                event_time,
+                within_ms,
+            } => select_by_time(batch, event_time, |ms| {
+                watermark_ms.is_none_or(|w| ms.saturating_add(*within_ms) >= w)
+            }),
+        }
+    }
+
+    /// A state file's rows as the query gets them.
+    pub fn read_back(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        match self {
+            StateRule::Windows => Ok(batch),
+            StateRule::Dedup { .. } => with_seen(&batch, true),
+        }
+    }
+}
+
+/// The rows of `batch` whose window ends after `watermark_ms` (`keep_open`), or at or
+/// before it (the complement). Rows without a window are dropped either way. Without a
+/// watermark every window is open.
+pub fn select_windows(
+    batch: &RecordBatch,
+    watermark_ms: Option<i64>,
+    keep_open: bool,
+) -> Result<RecordBatch> {
+    let end = batch
+        .column_by_name(WINDOW_END_COLUMN)
+        .ok_or_else(|| Error::InvalidRequest(format!("no {WINDOW_END_COLUMN} column")))?;
+    let end = millis(end)?;
+    let mask: BooleanArray = (0..end.len())
+        .map(|i| {
+            let open = end.is_valid(i) && watermark_ms.is_none_or(|w| end.value(i) > w);
+            let closed = end.is_valid(i) && watermark_ms.is_some_and(|w| end.value(i) <= w);
+            Some(if keep_open { open } else { closed })
+        })
+        .collect();
+    Ok(filter_record_batch(batch, &mask)?)
+}
+
+/// The rows of `batch` with an event time in `column` that `keep` accepts.
+fn select_by_time(
+    batch: &RecordBatch,
+    column: &str,
+    keep: impl Fn(i64) -> bool,
+) -> Result<RecordBatch> {
+    let times = batch
+        .column_by_name(column)
+        .ok_or_else(|| Error::InvalidRequest(format!("no event-time column {column}")))?;
+    let times = millis(times)?;
+    let mask: BooleanArray = (0..times.len())
+        .map(|i| Some(times.is_valid(i) && keep(times.value(i))))
+        .collect();
+    Ok(filter_record_batch(batch, &mask)?)
+}
+
+/// `batch` with [`SEEN_COLUMN`] set to `seen` on every row (added when absent).
+fn with_seen(batch: &RecordBatch, seen: bool) -> Result<RecordBatch> {
+    let mut fields: Vec<Arc<Field>> = vec![];
+    let mut columns = vec![];
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if field.name() != SEEN_COLUMN {
+            fields.push(field.clone());
+            columns.push(column.clone());
+        }
+    }
+    fields.push(Arc::new(Field::new(SEEN_COLUMN, DataType::Boolean, false)));
+    columns.push(Arc::new(BooleanArray::from(vec![seen; batch.num_rows()])));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, Int64Array, TimestampMillisecondArray};
+    use arrow::datatypes::{Int64Type, TimeUnit};
+
+    use super::*;
+
+    /// Rows `n` = 1..=4 with `column` = 10, 20, null, 30 (ms).
+    fn batch(column: &str) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new(
+                column,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            ),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(TimestampMillisecondArray::from(vec![
+                    Some(10),
+                    Some(20),
+                    None,
+                    Some(30),
+                ])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn ns(batch: &RecordBatch) -> Vec<i64> {
+        batch
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec()
+    }
+
+    fn seen(batch: &RecordBatch) -> Vec<bool> {
+        let seen = batch.column_by_name(SEEN_COLUMN).unwrap().as_boolean();
+        (0..seen.len()).map(|i| seen.value(i)).collect()
+    }
+
+    #[test]
+    fn windows_are_open_until_the_watermark_reaches_their_end() {
+        let b = batch(WINDOW_END_COLUMN);
+        assert_eq!(ns(&select_windows(&b, Some(20), true).unwrap()), vec![4]);
+        assert_eq!(
+            ns(&select_windows(&b, Some(20), false).unwrap()),
+            vec![1, 2]
+        );
+        assert_eq!(ns(&select_windows(&b, None, true).unwrap()), vec![1, 2, 4]);
+        assert!(ns(&select_windows(&b, None, false).unwrap()).is_empty());
+        let rule = StateRule::Windows;
+        assert_eq!(ns(&rule.on_time(&b, Some(20)).unwrap()), vec![4]);
+        assert_eq!(ns(&rule.still_needed(&b, Some(20)).unwrap()), vec![4]);
+    }
+
+    #[test]
+    fn dedup_drops_records_below_the_watermark_and_remembers_keys_for_within_longer() {
+        let rule = StateRule::Dedup {
+            event_time: "ts".into(),
+            within_ms: 15,
+        };
+        let b = batch("ts");
+        let on_time = rule.on_time(&b, Some(20)).unwrap();
+        assert_eq!(
+            ns(&on_time),
+            vec![2, 4],
+            "10 is late, null has no event time"
+        );
+        assert_eq!(seen(&on_time), vec![false, false]);
+        // Remembered while ts + 15 >= watermark: 10 until 25, 20 until 35, 30 until 45.
+        assert_eq!(ns(&rule.still_needed(&b, Some(25)).unwrap()), vec![1, 2, 4]);
+        assert_eq!(ns(&rule.still_needed(&b, Some(36)).unwrap()), vec![4]);
+        let state = rule.read_back(on_time).unwrap();
+        assert_eq!(seen(&state), vec![true, true]);
+        assert_eq!(
+            state.num_columns(),
+            3,
+            "the seen column is replaced, not added twice"
+        );
+        assert_eq!(
+            ns(&rule.on_time(&b, None).unwrap()),
+            vec![1, 2, 4],
+            "without a watermark nothing is late"
+        );
+    }
+}

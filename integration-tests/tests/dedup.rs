@@ -1,0 +1,203 @@
+//! Deduplication over a stream: an at-least-once producer's retries (the same record again,
+//! often several batches later) reach the table once, as
+//! `ROW_NUMBER() OVER (PARTITION BY key ORDER BY ts) = 1` over all the records gives;
+//! state is forgotten as the watermark passes; late records are counted, never written.
+//! The seed (fixed by default) is printed; set `SLUICE_DEDUP_SEED` to try another.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Float64Type;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sluice_core::spec::JobSpec;
+use sluice_integration_tests::differential::source_batches;
+use sluice_integration_tests::TestCluster;
+
+const PARTITIONS: i32 = 4;
+const ORDERS: i64 = 2_000;
+const T: i64 = 1_700_000_000_000;
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const SQL: &str = "SELECT order_id, amount FROM source";
+
+/// Order id -> amount in cents; an order twice fails.
+fn orders_of(batches: &[RecordBatch]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for batch in batches {
+        let ids = arrow::compute::cast(
+            batch.column_by_name("order_id").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let ids = ids.as_string::<i32>();
+        let amounts = batch
+            .column_by_name("amount")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        for i in 0..batch.num_rows() {
+            let cents = (amounts.value(i) * 100.0).round() as i64;
+            let previous = out.insert(ids.value(i).to_string(), cents);
+            assert!(previous.is_none(), "order {} twice", ids.value(i));
+        }
+    }
+    out
+}
+
+fn order(i: i64, ts: i64, amount: f64) -> String {
+    format!(
+        r#"{{"order_id":"o-{i}","customer_id":{i},"product_id":1,"amount":{amount},"country":"DE","ts":{ts}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_records() {
+    let seed: u64 = std::env::var("SLUICE_DEDUP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_126);
+    eprintln!("dedup seed {seed} (replay with SLUICE_DEDUP_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    // One order every 200 ms of event time, up to 10 s out of order; a third of them sent
+    // again (the same record) up to 60 orders later, some twice.
+    let mut sends: Vec<(i64, String)> = vec![];
+    for i in 0..ORDERS {
+        let ts = T + i * 200 - rng.gen_range(0..10_000);
+        let value = order(i, ts, rng.gen_range(1..50_000) as f64 / 100.0);
+        let copies = match rng.gen_range(0..6) {
+            0 => 3,
+            1 | 2 => 2,
+            _ => 1,
+        };
+        for copy in 0..copies {
+            let position = i + if copy == 0 { 0 } else { rng.gen_range(1..60) };
+            sends.push((position, value.clone()));
+        }
+    }
+    sends.sort_by_key(|(position, _)| *position);
+    let mut per_partition: Vec<Vec<&str>> = vec![vec![]; PARTITIONS as usize];
+    for (_, value) in &sends {
+        per_partition[rng.gen_range(0..PARTITIONS) as usize].push(value);
+    }
+    for (partition, values) in per_partition.iter().enumerate() {
+        cluster
+            .produce_raw("orders", partition as i32, values)
+            .unwrap();
+    }
+    let per_batch = rng.gen_range(150..400);
+    let spec = cluster.spec(
+        "dedup",
+        "orders",
+        SQL,
+        "{available_now: true}",
+        &format!(
+            "    watermark: {{column: ts, delay: 40s}}\n    dedup: {{key: [order_id]}}\n    max_offsets_per_trigger: {per_batch}"
+        ),
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    let status = cluster.wait_until_finished(&job).await;
+    let batches = status.last_committed_batch + 1;
+    assert!(batches >= 8, "{batches} batches of {per_batch} offsets");
+    let late = cluster
+        .driver_metric(r#"sluice_late_records_total{job="dedup"}"#)
+        .await
+        .unwrap();
+    assert_eq!(late, 0.0, "records are late by less than the delay");
+
+    let parsed = JobSpec::parse(&spec).unwrap();
+    let source = source_batches(&cluster, &parsed).unwrap();
+    let all_records: usize = source.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(all_records, sends.len());
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "source",
+        Arc::new(MemTable::try_new(source[0].schema(), vec![source]).unwrap()),
+    )
+    .unwrap();
+    let expected = ctx
+        .sql(
+            "SELECT order_id, amount FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) WHERE rn = 1",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let expected = orders_of(&expected);
+    assert_eq!(expected.len(), ORDERS as usize);
+    let streamed = orders_of(&cluster.table_rows(&spec).await.unwrap());
+    assert_eq!(streamed, expected, "seed {seed}");
+
+    // Keys are forgotten as the watermark passes them: the state holds about the last
+    // delay's worth of orders (40 s = 200 orders, with their retries), not all of them.
+    let state_rows = status
+        .recent_batches
+        .iter()
+        .map(|b| b.state_rows)
+        .max()
+        .unwrap();
+    assert!(state_rows > 0, "keys are remembered between batches");
+    assert!(
+        state_rows < all_records as u64 / 3,
+        "state of {state_rows} rows over {all_records} records"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_are_counted_and_a_remembered_key_never_written_twice() {
+    let cluster = TestCluster::start("orders", 1, 1).await.unwrap();
+    let spec = cluster.spec(
+        "late",
+        "orders",
+        SQL,
+        "{processing_time: 100ms}",
+        "    watermark: {column: ts, delay: 10s}\n    dedup: {key: [order_id], within: 1m}",
+    );
+    cluster.submit(&spec).await.unwrap();
+    // The first order moves event time to T + 60 s: the watermark becomes T + 50 s.
+    let first = order(1, T + 60_000, 1.0);
+    let early = order(2, T, 2.0);
+    cluster.produce_raw("orders", 0, &[&first]).unwrap();
+    let watermark = r#"sluice_watermark_seconds{job="late"}"#;
+    cluster
+        .wait_until(
+            WAIT,
+            "the first order and the watermark it moves",
+            || async {
+                cluster.row_count(&spec).await.unwrap_or(0) == 1
+                    && cluster.driver_metric(watermark).await.unwrap_or(0.0) * 1000.0
+                        >= (T + 50_000) as f64
+            },
+        )
+        .await
+        .unwrap();
+    // A retry of the first order (remembered for a minute past the watermark, and on
+    // time), a record from before the watermark (late) and a new on-time order.
+    let retry = order(1, T + 60_000, 1.0);
+    let new = order(3, T + 55_000, 3.0);
+    cluster
+        .produce_raw("orders", 0, &[&retry, &early, &new])
+        .unwrap();
+    cluster
+        .wait_until(WAIT, "the late record counted", || async {
+            cluster
+                .driver_metric(r#"sluice_late_records_total{job="late"}"#)
+                .await
+                .unwrap_or(0.0)
+                == 1.0
+        })
+        .await
+        .unwrap();
+    cluster
+        .wait_until(WAIT, "the new order written", || async {
+            cluster.row_count(&spec).await.unwrap_or(0) >= 2
+        })
+        .await
+        .unwrap();
+    let rows = orders_of(&cluster.table_rows(&spec).await.unwrap());
+    let ids: Vec<&str> = rows.keys().map(String::as_str).collect();
+    assert_eq!(ids, ["o-1", "o-3"]);
+}
