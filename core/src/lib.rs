@@ -11,6 +11,7 @@ pub mod schema;
 pub mod secrets;
 pub mod spec;
 pub mod telemetry;
+pub mod window_sql;
 
 pub use error::{Error, Result};
 pub use ids::{BatchId, ExecutorId, JobId, TaskId};

@@ -777,15 +777,57 @@ impl JobSpec {
 
     /// Parses a spec from YAML (JSON is valid YAML) and validates it.
     pub fn parse(text: &str) -> Result<JobSpec> {
-        let spec: JobSpec = serde_yaml_ng::from_str(text).map_err(|e| {
+        let mut spec: JobSpec = serde_yaml_ng::from_str(text).map_err(|e| {
             let field = e
                 .location()
                 .map(|l| format!("line {} column {}", l.line(), l.column()))
                 .unwrap_or_else(|| "spec".into());
             Error::spec(field, e.to_string())
         })?;
+        spec.resolve_sql_window()?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Turns a `tumble()`/`hop()` the SQL groups by into `source.kafka.window` and the
+    /// window's columns (see [`crate::window_sql`]); a parsed spec holds no window calls.
+    fn resolve_sql_window(&mut self) -> Result<()> {
+        let found = crate::window_sql::extract_window(&self.sql)
+            .map_err(|message| Error::spec("sql", message))?;
+        let Some((sql, window)) = found else {
+            return Ok(());
+        };
+        let kafka = &mut self.source.kafka;
+        if kafka.window.is_some() {
+            return Err(Error::spec(
+                "sql",
+                "groups by a window and source.kafka.window is set too; keep one",
+            ));
+        }
+        match &kafka.watermark {
+            Some(watermark) if watermark.column == window.column => {}
+            Some(watermark) => {
+                return Err(Error::spec(
+                    "sql",
+                    format!(
+                        "the window is over {:?} but the watermark over {:?}; windows are over the watermark's event-time column",
+                        window.column, watermark.column
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::spec(
+                    "sql",
+                    "windows need source.kafka.watermark (the event-time column and the allowed lateness)",
+                ))
+            }
+        }
+        kafka.window = Some(WindowSpec {
+            size: format!("{}ms", window.size_ms),
+            slide: (window.slide_ms != window.size_ms).then(|| format!("{}ms", window.slide_ms)),
+        });
+        self.sql = sql;
+        Ok(())
     }
 
     /// The spec as JSON, for executors and the checkpoint store.
@@ -1314,5 +1356,45 @@ sink:
         }
         let hidden = "schema: [{name: _sluice_seen, type: utf8}]";
         assert!(error_text(&with(schema, hidden)).contains("taken"));
+    }
+
+    #[test]
+    fn a_window_in_the_sql_becomes_the_source_window() {
+        let schema = "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]";
+        let with_ts = "schema: [{name: order_id, type: utf8}, {name: ts, type: timestamp_ms}]";
+        let sql = "sql: SELECT window_start, count(*) AS n FROM source GROUP BY hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes')";
+        let spec = |options: &str| {
+            let text = with(schema, &format!("{with_ts}\n    {options}"));
+            let line = text.lines().find(|l| l.starts_with("sql:")).unwrap();
+            text.replace(line, sql)
+        };
+        let parsed = JobSpec::parse(&spec("watermark: {column: ts, delay: 30s}")).unwrap();
+        let window = parsed.source.kafka.window.as_ref().unwrap();
+        assert_eq!(
+            (window.size_ms().unwrap(), window.slide_ms().unwrap()),
+            (300_000, 60_000)
+        );
+        assert!(
+            parsed.sql.ends_with("GROUP BY window_start, window_end"),
+            "{}",
+            parsed.sql
+        );
+        let again = JobSpec::parse(&parsed.to_json()).unwrap();
+        assert_eq!(again, parsed, "a parsed spec parses to itself");
+        for (options, why) in [
+            (
+                "watermark: {column: _timestamp, delay: 30s}",
+                "the watermark over",
+            ),
+            ("fail_on_data_loss: true", "need source.kafka.watermark"),
+            (
+                "watermark: {column: ts, delay: 30s}\n    window: {size: 1m}",
+                "keep one",
+            ),
+        ] {
+            let message = error_text(&spec(options));
+            assert!(message.contains(why), "{options}: {message}");
+            assert!(message.contains("sql"), "{message}");
+        }
     }
 }

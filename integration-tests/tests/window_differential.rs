@@ -51,7 +51,15 @@ fn windows_of(batches: &[RecordBatch]) -> Windows {
     out
 }
 
-async fn stream_equals_batch(name: &str, window: &str, size_ms: i64, expected_sql: &str) {
+/// Runs `job_sql` (windowed by `window`, a `source.kafka.window` map, or by a window call
+/// in the SQL when empty) and compares it with `expected_sql` over all records.
+async fn stream_equals_batch(
+    name: &str,
+    job_sql: &str,
+    window: &str,
+    size_ms: i64,
+    expected_sql: &str,
+) {
     let seed: u64 = std::env::var("SLUICE_WINDOW_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -75,13 +83,18 @@ async fn stream_equals_batch(name: &str, window: &str, size_ms: i64, expected_sq
             .unwrap();
     }
     let per_batch = rng.gen_range(150..400);
+    let window = if window.is_empty() {
+        String::new()
+    } else {
+        format!("\n    window: {window}")
+    };
     let spec = cluster.spec(
         name,
         "events",
-        "SELECT window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY window_start, window_end",
+        job_sql,
         "{available_now: true}",
         &format!(
-            "    watermark: {{column: ts, delay: 20s}}\n    window: {window}\n    max_offsets_per_trigger: {per_batch}"
+            "    watermark: {{column: ts, delay: 20s}}{window}\n    max_offsets_per_trigger: {per_batch}"
         ),
     );
     let job = cluster.submit(&spec).await.unwrap();
@@ -125,9 +138,12 @@ async fn stream_equals_batch(name: &str, window: &str, size_ms: i64, expected_sq
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tumbling_windows_over_a_stream_equal_date_bin_over_the_records() {
+    // The window written in SQL: tumble() becomes the source's window.
     stream_equals_batch(
         "tumbling",
-        "{size: 30s}",
+        "SELECT window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM source \
+         GROUP BY tumble(ts, INTERVAL '30 seconds')",
+        "",
         30_000,
         "SELECT date_bin(INTERVAL '30 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
          count(*) AS n, sum(amount) AS revenue FROM source GROUP BY 1",
@@ -147,5 +163,13 @@ async fn sliding_windows_over_a_stream_equal_date_bin_over_the_records() {
            UNION ALL SELECT {bin} - INTERVAL '40 seconds', amount FROM source) w \
          GROUP BY window_start"
     );
-    stream_equals_batch("sliding", "{size: 60s, slide: 20s}", 60_000, &sql).await;
+    stream_equals_batch(
+        "sliding",
+        "SELECT window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM source \
+         GROUP BY window_start, window_end",
+        "{size: 60s, slide: 20s}",
+        60_000,
+        &sql,
+    )
+    .await;
 }
