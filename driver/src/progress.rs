@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_core::http::{Histogram, DURATION_BUCKETS};
 use sluice_kafka::offsets::BatchPlan;
-use sluice_proto::v1::{BatchProgress, PartitionProgress, TaskSuccess};
+use sluice_proto::v1::{BatchProgress, PartitionProgress, TaskSuccess, TaskTimes};
 use tokio::sync::broadcast;
 
 use crate::planner::LatestOffsets;
@@ -77,9 +77,23 @@ pub fn batch_progress(
         late_records: results.iter().map(|r| r.late_records).sum(),
         state_rows: results.iter().map(|r| r.state_rows).sum(),
         state_bytes: results.iter().map(|r| r.state_bytes).sum(),
+        task_times: Some(summed_task_times(results)),
         job_state: String::new(),
         message: String::new(),
     }
+}
+
+/// The batch's task times, summed over its tasks.
+fn summed_task_times(results: &[TaskSuccess]) -> TaskTimes {
+    let mut sum = TaskTimes::default();
+    for times in results.iter().filter_map(|r| r.times.as_ref()) {
+        sum.read_ms += times.read_ms;
+        sum.decode_ms += times.decode_ms;
+        sum.state_ms += times.state_ms;
+        sum.execute_ms += times.execute_ms;
+        sum.write_ms += times.write_ms;
+    }
+    sum
 }
 
 /// Counters and duration histograms over every batch a job committed in this process.
@@ -211,5 +225,35 @@ impl ProgressLog {
 
     pub fn subscribe(&self) -> broadcast::Receiver<BatchProgress> {
         self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_times_are_summed_over_the_tasks_that_report_them() {
+        let task = |read_ms, decode_ms, write_ms| TaskSuccess {
+            times: Some(TaskTimes {
+                read_ms,
+                decode_ms,
+                state_ms: 1,
+                execute_ms: 2,
+                write_ms,
+            }),
+            ..TaskSuccess::default()
+        };
+        let results = [task(10, 4, 3), TaskSuccess::default(), task(20, 6, 5)];
+        assert_eq!(
+            summed_task_times(&results),
+            TaskTimes {
+                read_ms: 30,
+                decode_ms: 10,
+                state_ms: 2,
+                execute_ms: 4,
+                write_ms: 8,
+            }
+        );
     }
 }

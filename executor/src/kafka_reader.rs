@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_core::Result;
-use sluice_kafka::decode::{DeadLetter, RecordDecoder};
+use sluice_kafka::decode::{DeadLetter, DecodedBatch, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
 use sluice_kafka::read::{read_range, Connection, Position, RangeRead};
 
@@ -56,6 +56,16 @@ pub struct TaskInput {
     pub max_event_times: Vec<(String, i32, i64)>,
     /// Records older than the batch's watermark.
     pub late_records: u64,
+    /// Time spent decoding, summed over the ranges (decoded on their reader threads).
+    pub decode_time: Duration,
+}
+
+/// One range's records, decoded.
+struct DecodedRange {
+    records: u64,
+    offsets_lost: u64,
+    decoded: DecodedBatch,
+    decode_time: Duration,
 }
 
 /// Which column holds event time, and the watermark of the batch being read.
@@ -166,11 +176,24 @@ impl ConsumerPool {
         fail_on_data_loss: bool,
         event_time: Option<EventTime<'_>>,
     ) -> Result<TaskInput> {
-        let reads: Vec<Result<RangeRead>> = std::thread::scope(|scope| {
+        // Each range is read and decoded on its own thread, so one range decodes while
+        // another is still fetched, and a range's raw records are dropped once decoded.
+        let reads: Vec<Result<DecodedRange>> = std::thread::scope(|scope| {
             let readers: Vec<_> = ranges
                 .iter()
                 .map(|range| {
-                    scope.spawn(move || self.read_one(connection, range, fail_on_data_loss))
+                    scope.spawn(move || {
+                        let read = self.read_one(connection, range, fail_on_data_loss)?;
+                        let started = Instant::now();
+                        let decoded =
+                            decoder.decode(&range.topic, range.partition, &read.records)?;
+                        Ok(DecodedRange {
+                            records: read.records.len() as u64,
+                            offsets_lost: read.offsets_lost,
+                            decoded,
+                            decode_time: started.elapsed(),
+                        })
+                    })
                 })
                 .collect();
             readers
@@ -191,12 +214,14 @@ impl ConsumerPool {
             dead_letters: Vec::new(),
             max_event_times: Vec::new(),
             late_records: 0,
+            decode_time: Duration::ZERO,
         };
         for (range, read) in ranges.iter().zip(reads) {
             let read = read?;
-            input.input_rows += read.records.len() as u64;
+            input.input_rows += read.records;
             input.offsets_lost += read.offsets_lost;
-            let decoded = decoder.decode(&range.topic, range.partition, &read.records)?;
+            input.decode_time += read.decode_time;
+            let decoded = read.decoded;
             input.malformed_skipped += decoded.malformed_skipped;
             input.dead_letters.extend(decoded.dead_letters);
             if let Some(event_time) = event_time {

@@ -23,7 +23,7 @@ use sluice_kafka::read::Connection;
 use sluice_plan::{MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs};
 use sluice_proto::v1::{
     FailureKind, PartitionEventTime, StageOutput, StagePlan, TaskDefinition, TaskFailure,
-    TaskSuccess,
+    TaskSuccess, TaskTimes,
 };
 use tracing::{debug, Instrument};
 
@@ -310,6 +310,7 @@ pub async fn run_task(
             report = TaskInput::default();
         }
         let input_rows = report.input_rows;
+        let decode_time = report.decode_time;
         let dead_letters = std::mem::take(&mut report.dead_letters);
         let prefix = attempt_prefix(
             &task.job_id,
@@ -318,6 +319,7 @@ pub async fn run_task(
             task.task_id,
             task.attempt,
         );
+        let state_started = Instant::now();
         let (source, state) = match &job.state_rule {
             Some(rule) if task.report_input => {
                 let carried = carry_state(&job, rule, task, source, &prefix).await?;
@@ -327,6 +329,7 @@ pub async fn run_task(
             }
             _ => (source, None),
         };
+        let state_time = state_started.elapsed();
         let inputs = TaskInputs {
             job_id: task.job_id.clone(),
             batch_id: task.batch_id,
@@ -358,6 +361,7 @@ pub async fn run_task(
             .instrument(tracing::info_span!("execute"))
             .await?;
         let executed_ms = started.elapsed().as_millis();
+        let write_started = Instant::now();
         let windowed = job.state_rule == Some(StateRule::Windows);
         let outputs = if windowed && stage.output == Output::Sink {
             // Only windows the watermark has passed are final; the others are computed
@@ -404,6 +408,7 @@ pub async fn run_task(
                 vec![]
             }
         };
+        let write_time = write_started.elapsed();
         let dead_letter_files_json = match (&job.dead_letters, dead_letters.is_empty()) {
             (Some(table), false) => {
                 let letters = dead_letter_batch(&dead_letters)?;
@@ -449,6 +454,13 @@ pub async fn run_task(
             state_rows: state.as_ref().map_or(0, |s| s.rows),
             state_bytes: state.as_ref().map_or(0, |s| s.bytes),
             state_files: state.into_iter().map(|s| s.path).collect(),
+            times: Some(TaskTimes {
+                read_ms: read_ms as u64,
+                decode_ms: decode_time.as_millis() as u64,
+                state_ms: state_time.as_millis() as u64,
+                execute_ms: (executed_ms - planned_ms) as u64,
+                write_ms: write_time.as_millis() as u64,
+            }),
         })
     }
     .instrument(span)

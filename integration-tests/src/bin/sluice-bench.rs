@@ -1,10 +1,18 @@
 //! `sluice-bench`: Sluice against the raw broker, on one machine.
 //!
-//! Loads a topic with 200-byte JSON events, measures how fast a plain librdkafka consumer
-//! reads them (the ceiling), runs a filter/projection job and an aggregation job (shuffled
-//! between executors) over the same records to completion, measures what the shuffle adds
-//! to a 10,000-row batch, then runs a stream of small batches on a 100 ms trigger and
-//! reports per-batch overhead and end-to-end latency (produce time -> committed snapshot).
+//! Suites (`--suite`, all by default):
+//! - `throughput`: loads a topic with 200-byte JSON events, measures how fast a plain
+//!   librdkafka consumer reads them (the ceiling), runs a filter/projection job and an
+//!   aggregation job (shuffled between executors) to completion, the aggregation again
+//!   over twice the events for the marginal rate, with the CPU's idle share during each
+//!   job and where the tasks' time went (read, decode, state, execute, write);
+//! - `windows`: a stateless `GROUP BY`, a tumbling and a sliding window aggregation over
+//!   the same events with event times, as ratios to the stateless job, with the per-batch
+//!   cost of the window state;
+//! - `shuffle`: what the shuffle adds to a 10,000-row batch;
+//! - `stream`: small batches on a 100 ms trigger, per-batch overhead and end-to-end
+//!   latency (produce time -> committed snapshot), without and with Kafka read-ahead.
+//!
 //! Real processes: etcd, the mock Kafka cluster, the driver and executor binaries.
 //!
 //! `cargo build --release --bins && cargo run --release -p sluice-integration-tests --bin sluice-bench`
@@ -39,6 +47,18 @@ struct Args {
     /// Events per second during the stream (10,000/s makes ~1,000-row batches).
     #[arg(long, default_value_t = 10_000)]
     stream_rate: u64,
+    /// Which suites to run.
+    #[arg(long, value_enum, default_values_t = [Suite::Throughput, Suite::Windows, Suite::Shuffle, Suite::Stream])]
+    suite: Vec<Suite>,
+}
+
+/// A part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Suite {
+    Throughput,
+    Windows,
+    Shuffle,
+    Stream,
 }
 
 /// Produce time (ms since the epoch) by (partition, offset).
@@ -72,11 +92,26 @@ fn produce(
     count: u64,
     rate: Option<u64>,
 ) -> Result<()> {
+    produce_events(cluster, topic, partitions, first, count, rate, |_| {
+        sluice_core::now_ms()
+    })
+}
+
+/// Produces events `first..first + count`, event `seq` with event time `event_time(seq)`.
+fn produce_events(
+    cluster: &TestCluster,
+    topic: &str,
+    partitions: i32,
+    first: u64,
+    count: u64,
+    rate: Option<u64>,
+    event_time: impl Fn(u64) -> i64,
+) -> Result<()> {
     let producer = producer(&cluster.bootstrap_servers())?;
     let started = Instant::now();
     for i in 0..count {
         let seq = first + i;
-        let payload = event(seq, sluice_core::now_ms());
+        let payload = event(seq, event_time(seq));
         loop {
             let record = BaseRecord::<str, str>::to(topic)
                 .payload(&payload)
@@ -417,97 +452,268 @@ async fn stream(cluster: &TestCluster, args: &Args, topic: &str) -> Result<Strea
     })
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    println!("# Sluice benchmark\n\nMachine: {}\n", machine());
-    let mut cluster = TestCluster::start("load", args.partitions, args.executors).await?;
+/// The machine's CPU time so far (`/proc/stat`): (idle, including I/O wait; total).
+fn cpu_counters() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (idle, fields.iter().sum())
+}
 
+/// A job run to completion.
+struct JobRun {
+    batches: Vec<BatchProgress>,
+    secs: f64,
+    /// The share of CPU time the machine spent idle while the job ran.
+    idle: f64,
+}
+
+impl JobRun {
+    fn rows(&self) -> u64 {
+        self.batches.iter().map(|b| b.input_rows).sum()
+    }
+
+    fn rate(&self) -> f64 {
+        self.rows() as f64 / self.secs
+    }
+
+    /// Where the tasks' time went, as shares of their summed time.
+    fn task_split(&self) -> String {
+        let mut sums = [0u64; 5];
+        for times in self.batches.iter().filter_map(|b| b.task_times.as_ref()) {
+            sums[0] += times.read_ms.saturating_sub(times.decode_ms);
+            sums[1] += times.decode_ms;
+            sums[2] += times.state_ms;
+            sums[3] += times.execute_ms;
+            sums[4] += times.write_ms;
+        }
+        let total = sums.iter().sum::<u64>().max(1) as f64;
+        let names = ["read", "decode", "state", "execute", "write"];
+        names
+            .iter()
+            .zip(sums)
+            .map(|(name, ms)| format!("{name} {:.0}%", ms as f64 * 100.0 / total))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Submits `sql` over `topic` (`available_now`) and waits until it finished.
+async fn run_to_completion(
+    cluster: &TestCluster,
+    name: &str,
+    topic: &str,
+    sql: &str,
+    source_extra: &str,
+) -> Result<JobRun> {
+    let spec = spec(
+        cluster,
+        name,
+        topic,
+        sql,
+        "{available_now: true}",
+        source_extra,
+    );
+    let cpu_before = cpu_counters();
     let started = Instant::now();
-    produce(&cluster, "load", args.partitions, 0, args.events, None)?;
+    let job = cluster
+        .submit(&spec)
+        .await
+        .map_err(|s| anyhow::anyhow!("{name}: {}", s.message()))?;
+    let batches = watch(cluster, &job, |_| false).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_counters();
+    let idle = (cpu_after.0 - cpu_before.0) as f64 / (cpu_after.1 - cpu_before.1).max(1) as f64;
+    Ok(JobRun {
+        batches: batches.into_iter().map(|(b, _)| b).collect(),
+        secs,
+        idle,
+    })
+}
+
+/// Raw consumer, filter and aggregation jobs, the aggregation at two sizes.
+async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
+    let (small, large) = (args.events, args.events * 2);
+    cluster
+        .kafka
+        .create_topic("load-large", args.partitions * 2, 1)?;
+    let started = Instant::now();
+    produce(cluster, "load", args.partitions, 0, small, None)?;
+    produce(cluster, "load-large", args.partitions * 2, 0, large, None)?;
     eprintln!(
         "loaded {} events in {:.1}s",
-        args.events,
+        small + large,
         started.elapsed().as_secs_f64()
     );
-
     // The ceiling: the best of three plain consumer runs (the shared machine is noisy).
     let mut raw_rate: f64 = 0.0;
     for _ in 0..3 {
-        let (raw_secs, _) = consume_all(&cluster, "load", args.partitions, args.events, false)?;
-        raw_rate = raw_rate.max(args.events as f64 / raw_secs);
+        let (raw_secs, _) = consume_all(cluster, "load", args.partitions, small, false)?;
+        raw_rate = raw_rate.max(small as f64 / raw_secs);
     }
-
-    let sql = "SELECT order_id, customer_id, amount, country, _partition AS p, _offset AS o FROM source WHERE amount >= 100";
-    let filter = spec(
-        &cluster,
-        "bench-filter",
-        "load",
-        sql,
-        "{available_now: true}",
-        "    max_offsets_per_trigger: 400000",
-    );
-    let started = Instant::now();
-    let job = cluster
-        .submit(&filter)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    let batches = watch(&cluster, &job, |_| false).await?;
-    let filter_secs = started.elapsed().as_secs_f64();
-    let rows: u64 = batches.iter().map(|(b, _)| b.input_rows).sum();
-    if rows != args.events {
+    let batch = "    max_offsets_per_trigger: 400000";
+    let filter_sql = "SELECT order_id, customer_id, amount, country, _partition AS p, _offset AS o FROM source WHERE amount >= 100";
+    let filter = run_to_completion(cluster, "bench-filter", "load", filter_sql, batch).await?;
+    if filter.rows() != small {
         bail!(
-            "the filter job read {rows} records, expected {}",
-            args.events
+            "the filter job read {} records, expected {small}",
+            filter.rows()
         );
     }
-    let filter_rate = rows as f64 / filter_secs;
-
-    println!(
-        "## Throughput ({} events of {EVENT_BYTES} bytes, {} partitions, {} executors)\n",
-        args.events, args.partitions, args.executors
-    );
-    println!("| run | rows/s | ratio to raw |\n| --- | ---: | ---: |");
-    println!("| raw librdkafka consumer (ceiling, best of 3) | {raw_rate:.0} | 1.00 |");
-    println!(
-        "| Sluice filter/projection job, to completion ({} batches) | {filter_rate:.0} | {:.2} |",
-        batches.len(),
-        filter_rate / raw_rate
-    );
     let aggregate_sql = "SELECT country, product_id, count(*) AS orders, sum(amount) AS revenue FROM source GROUP BY country, product_id";
-    let aggregate = spec(
-        &cluster,
-        "bench-aggregate",
-        "load",
+    let aggregate =
+        run_to_completion(cluster, "bench-aggregate", "load", aggregate_sql, batch).await?;
+    let aggregate_large = run_to_completion(
+        cluster,
+        "bench-aggregate-large",
+        "load-large",
         aggregate_sql,
-        "{available_now: true}",
-        "    max_offsets_per_trigger: 400000",
-    );
-    let started = Instant::now();
-    let job = cluster
-        .submit(&aggregate)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    let aggregate_batches = watch(&cluster, &job, |_| false).await?;
-    let aggregate_secs = started.elapsed().as_secs_f64();
-    let aggregate_rate = args.events as f64 / aggregate_secs;
+        batch,
+    )
+    .await?;
+    if aggregate_large.rows() != large {
+        bail!(
+            "the large aggregation read {} records, expected {large}",
+            aggregate_large.rows()
+        );
+    }
+    let marginal = (large - small) as f64 / (aggregate_large.secs - aggregate.secs);
+
     println!(
-        "| Sluice aggregation job (GROUP BY, shuffled), to completion ({} batches) | {aggregate_rate:.0} | {:.2} |\n",
-        aggregate_batches.len(),
-        aggregate_rate / raw_rate
+        "## Throughput ({small} events of {EVENT_BYTES} bytes, {} partitions, {} executors)\n",
+        args.partitions, args.executors
     );
+    println!("| run | rows/s | ratio to raw | CPU idle |\n| --- | ---: | ---: | ---: |");
+    println!("| raw librdkafka consumer (ceiling, best of 3) | {raw_rate:.0} | 1.00 | |");
+    let row = |name: &str, run: &JobRun| {
+        println!(
+            "| {name}, to completion ({} batches, {:.1} s) | {:.0} | {:.2} | {:.0}% |",
+            run.batches.len(),
+            run.secs,
+            run.rate(),
+            run.rate() / raw_rate,
+            run.idle * 100.0
+        )
+    };
+    row("filter/projection job", &filter);
+    row("aggregation job (GROUP BY, shuffled)", &aggregate);
+    row(
+        &format!("aggregation job over {large} events"),
+        &aggregate_large,
+    );
+    println!(
+        "| **aggregation, marginal** ({small} → {large} events) | {marginal:.0} | **{:.2}** | |\n",
+        marginal / raw_rate
+    );
+    println!("Where the tasks' time went (summed over tasks):\n");
+    println!("- filter: {}", filter.task_split());
+    println!("- aggregation: {}", aggregate.task_split());
+    println!("- aggregation, large: {}\n", aggregate_large.task_split());
+    Ok(())
+}
 
-    shuffle_overhead(&cluster, args.executors).await?;
+/// Event time of window benchmark event `seq`: one event per millisecond.
+const WINDOW_EPOCH_MS: i64 = 1_700_000_000_000;
 
-    // Streams of small batches on a 100 ms trigger: executors without Kafka read-ahead
-    // (every read seeks: the baseline), then with it (the default).
+/// A stateless `GROUP BY` and tumbling and sliding windows over the same events.
+async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
+    let topic = "events";
+    cluster.kafka.create_topic(topic, args.partitions, 1)?;
+    produce_events(
+        cluster,
+        topic,
+        args.partitions,
+        0,
+        args.events,
+        None,
+        |seq| WINDOW_EPOCH_MS + seq as i64,
+    )?;
+    let batch = "    max_offsets_per_trigger: 100000";
+    let windowed = format!("    watermark: {{column: ts, delay: 10s}}\n{batch}");
+    let jobs = [
+        (
+            "stateless GROUP BY country",
+            "SELECT country, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY country",
+            batch.to_string(),
+        ),
+        (
+            "tumbling 1 min, by country",
+            "SELECT window_start, window_end, country, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY tumble(ts, INTERVAL '1 minute'), country",
+            windowed.clone(),
+        ),
+        (
+            "sliding 5 min every 1 min, by country",
+            "SELECT window_start, window_end, country, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes'), country",
+            windowed,
+        ),
+    ];
+    // Two alternating rounds; each job's faster run counts (the machine is noisy).
+    let mut best: Vec<Option<JobRun>> = jobs.iter().map(|_| None).collect();
+    for round in 0..2 {
+        for (i, (_, sql, extra)) in jobs.iter().enumerate() {
+            let run = run_to_completion(
+                cluster,
+                &format!("bench-window-{i}-{round}"),
+                topic,
+                sql,
+                extra,
+            )
+            .await?;
+            if best[i].as_ref().is_none_or(|b| run.rate() > b.rate()) {
+                best[i] = Some(run);
+            }
+        }
+    }
+    let best: Vec<JobRun> = best.into_iter().map(Option::unwrap).collect();
+    println!(
+        "## Windows ({} events, one per ms of event time, {} partitions, batches of 100,000 offsets)\n",
+        args.events, args.partitions
+    );
+    println!("| job | rows/s | ratio to stateless | state rows (max) | state MiB (max) | state ms per batch (median, p99) | CPU idle |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let base = best[0].rate();
+    for ((name, _, _), run) in jobs.iter().zip(&best) {
+        let mut state_ms: Vec<f64> = run
+            .batches
+            .iter()
+            .map(|b| b.task_times.as_ref().map_or(0, |t| t.state_ms) as f64)
+            .collect();
+        println!(
+            "| {name} | {:.0} | {:.2} | {} | {:.1} | {:.0}, {:.0} | {:.0}% |",
+            run.rate(),
+            run.rate() / base,
+            run.batches.iter().map(|b| b.state_rows).max().unwrap_or(0),
+            run.batches.iter().map(|b| b.state_bytes).max().unwrap_or(0) as f64 / 1048576.0,
+            percentile(&mut state_ms, 50.0),
+            percentile(&mut state_ms, 99.0),
+            run.idle * 100.0
+        );
+    }
+    println!();
+    for ((name, _, _), run) in jobs.iter().zip(&best) {
+        println!("- {name}: {}", run.task_split());
+    }
+    println!();
+    Ok(())
+}
+
+/// Streams of small batches on a 100 ms trigger: executors without Kafka read-ahead (every
+/// read seeks: the baseline), then with it (the default).
+async fn small_batches(cluster: &mut TestCluster, args: &Args) -> Result<()> {
     let mut runs = Vec::new();
     for (name, read_ahead) in [("without read-ahead", "false"), ("with read-ahead", "true")] {
         for i in 0..args.executors {
             cluster.restart_executor_with(i, &[("SLUICE_KAFKA_READ_AHEAD", read_ahead)])?;
         }
         let topic = format!("stream-{read_ahead}");
-        runs.push((name, stream(&cluster, &args, &topic).await?));
+        runs.push((name, stream(cluster, args, &topic).await?));
     }
     println!(
         "## 100 ms trigger ({} events/s for {} s, {} partitions, first {WARM_UP_BATCHES} batches left out)\n",
@@ -549,5 +755,21 @@ async fn main() -> Result<()> {
         ahead.phases[total].0 / base.phases[total].0.max(1.0),
         ahead.latency.1 / base.latency.1.max(1.0)
     );
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    println!("# Sluice benchmark\n\nMachine: {}\n", machine());
+    let mut cluster = TestCluster::start("load", args.partitions, args.executors).await?;
+    for suite in &args.suite {
+        match suite {
+            Suite::Throughput => throughput(&cluster, &args).await?,
+            Suite::Windows => windows(&cluster, &args).await?,
+            Suite::Shuffle => shuffle_overhead(&cluster, args.executors).await?,
+            Suite::Stream => small_batches(&mut cluster, &args).await?,
+        }
+    }
     Ok(())
 }
