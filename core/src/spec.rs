@@ -287,6 +287,27 @@ pub struct WatermarkSpec {
     pub column: String,
     /// Allowed lateness, e.g. `30s`.
     pub delay: String,
+    /// What windows and deduplication do with late records: drop them (counted), or also
+    /// write them to the dead-letter table.
+    #[serde(default, skip_serializing_if = "LateRecords::is_drop")]
+    pub late: LateRecords,
+}
+
+/// `source.kafka.watermark.late`: where the late records of a stateful job go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateRecords {
+    /// Dropped and counted (`late_records`).
+    #[default]
+    Drop,
+    /// Dropped, counted, and written to the dead-letter table with the reason.
+    DeadLetter,
+}
+
+impl LateRecords {
+    fn is_drop(&self) -> bool {
+        *self == LateRecords::Drop
+    }
 }
 
 impl WatermarkSpec {
@@ -368,6 +389,18 @@ impl KafkaSourceSpec {
     /// Whether batches hand state to the next (windows or deduplication).
     pub fn is_stateful(&self) -> bool {
         self.window.is_some() || self.dedup.is_some()
+    }
+
+    /// Whether late records go to the dead-letter table.
+    pub fn dead_letters_late_records(&self) -> bool {
+        self.watermark
+            .as_ref()
+            .is_some_and(|w| w.late == LateRecords::DeadLetter)
+    }
+
+    /// Whether the job writes a dead-letter table (malformed or late records).
+    pub fn writes_dead_letters(&self) -> bool {
+        self.on_malformed == OnMalformed::DeadLetter || self.dead_letters_late_records()
     }
 
     /// The size above which a record is malformed.
@@ -944,6 +977,12 @@ impl JobSpec {
         validate_kafka_properties(&kafka.properties)?;
         if let Some(watermark) = &kafka.watermark {
             watermark.validate(kafka)?;
+            if watermark.late == LateRecords::DeadLetter && !kafka.is_stateful() {
+                return Err(Error::spec(
+                    "source.kafka.watermark.late",
+                    "only windows and deduplication drop late records; without them late records are counted and kept",
+                ));
+            }
         }
         if let Some(window) = &kafka.window {
             window.slide_ms()?;
@@ -1354,6 +1393,15 @@ sink:
             assert!(message.contains(why), "{options}: {message}");
             assert!(message.contains("source.kafka.dedup"), "{message}");
         }
+        let late =
+            "watermark: {column: ts, delay: 30s, late: dead_letter}\n    dedup: {key: [order_id]}";
+        assert!(JobSpec::parse(&spec(late))
+            .unwrap()
+            .source
+            .kafka
+            .writes_dead_letters());
+        let stateless = spec("watermark: {column: ts, delay: 30s, late: dead_letter}");
+        assert!(error_text(&stateless).contains("only windows and deduplication drop late records"));
         let hidden = "schema: [{name: _sluice_seen, type: utf8}]";
         assert!(error_text(&with(schema, hidden)).contains("taken"));
     }

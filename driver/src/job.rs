@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::JobLog;
 use async_trait::async_trait;
-use sluice_core::spec::{JobSpec, OnMalformed, Trigger};
+use sluice_core::spec::{JobSpec, Trigger};
 use sluice_core::{BatchId, Error as CommonError, JobId};
 use sluice_iceberg::sink::total_records;
 use sluice_kafka::offsets::{BatchPlan, Checkpoint};
@@ -194,7 +194,7 @@ impl JobRunner {
         scheduler: Scheduler,
         job: Option<JobRef>,
     ) -> JobRunner {
-        let dead_letters = shared.spec.source.kafka.on_malformed == OnMalformed::DeadLetter;
+        let dead_letters = shared.spec.source.kafka.writes_dead_letters();
         let sink = SinkTables::new(&shared.spec.sink.iceberg, dead_letters);
         JobRunner {
             protocol: BatchProtocol::new(shared.job_id.clone(), log, sink)

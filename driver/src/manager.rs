@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::checkpoint::{CheckpointStore, JobLog, JobRecord};
-use sluice_core::spec::{JobSpec, OnMalformed};
+use sluice_core::spec::JobSpec;
 use sluice_core::JobId;
 use sluice_iceberg::catalog::open_catalog;
 use sluice_iceberg::sink::{dead_letter_ident, ensure_table, table_ident};
@@ -61,7 +61,7 @@ impl JobManager {
         let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
         let sink = &spec.sink.iceberg;
         let table = ensure_table(catalog.as_ref(), &table_ident(sink), &job.output_schema).await?;
-        if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
+        if spec.source.kafka.writes_dead_letters() {
             ensure_table(
                 catalog.as_ref(),
                 &dead_letter_ident(sink),

@@ -6,6 +6,7 @@ mod error;
 mod event_time;
 mod flight;
 mod kafka_reader;
+mod late_records;
 mod metrics;
 mod registration;
 mod service;

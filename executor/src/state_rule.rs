@@ -42,17 +42,34 @@ impl StateRule {
         }
     }
 
-    /// The on-time rows of a batch's new records (late ones and those without an event
-    /// time are dropped), ready for the query.
-    pub fn on_time(&self, batch: &RecordBatch, watermark_ms: Option<i64>) -> Result<RecordBatch> {
-        match self {
-            StateRule::Windows => select_windows(batch, watermark_ms, true),
-            StateRule::Dedup { event_time, .. } => {
-                let on_time =
-                    select_by_time(batch, event_time, |ms| watermark_ms.is_none_or(|w| ms >= w))?;
-                with_seen(&on_time, false)
+    /// A batch's new records split into the on-time rows, ready for the query, and the
+    /// late ones (including those without an event time), which the query never sees.
+    pub fn split_late(
+        &self,
+        batch: &RecordBatch,
+        watermark_ms: Option<i64>,
+    ) -> Result<(RecordBatch, RecordBatch)> {
+        let on_time = match self {
+            StateRule::Windows => {
+                let end = batch.column_by_name(WINDOW_END_COLUMN).ok_or_else(|| {
+                    Error::InvalidRequest(format!("no {WINDOW_END_COLUMN} column"))
+                })?;
+                time_mask(end, |end| watermark_ms.is_none_or(|w| end > w))?
             }
-        }
+            StateRule::Dedup { event_time, .. } => {
+                let times = batch.column_by_name(event_time).ok_or_else(|| {
+                    Error::InvalidRequest(format!("no event-time column {event_time}"))
+                })?;
+                time_mask(times, |ms| watermark_ms.is_none_or(|w| ms >= w))?
+            }
+        };
+        let late = filter_record_batch(batch, &arrow::compute::not(&on_time)?)?;
+        let on_time = filter_record_batch(batch, &on_time)?;
+        let on_time = match self {
+            StateRule::Windows => on_time,
+            StateRule::Dedup { .. } => with_seen(&on_time, false)?,
+        };
+        Ok((on_time, late))
     }
 
     /// The rows of `batch` (new or state) the next batch still needs.
@@ -103,6 +120,14 @@ pub fn select_windows(
     Ok(filter_record_batch(batch, &mask)?)
 }
 
+/// Which rows of a timestamp column hold a time `keep` accepts (nulls never do).
+fn time_mask(column: &arrow::array::ArrayRef, keep: impl Fn(i64) -> bool) -> Result<BooleanArray> {
+    let times = millis(column)?;
+    Ok((0..times.len())
+        .map(|i| Some(times.is_valid(i) && keep(times.value(i))))
+        .collect())
+}
+
 /// The rows of `batch` with an event time in `column` that `keep` accepts.
 fn select_by_time(
     batch: &RecordBatch,
@@ -112,11 +137,7 @@ fn select_by_time(
     let times = batch
         .column_by_name(column)
         .ok_or_else(|| Error::InvalidRequest(format!("no event-time column {column}")))?;
-    let times = millis(times)?;
-    let mask: BooleanArray = (0..times.len())
-        .map(|i| Some(times.is_valid(i) && keep(times.value(i))))
-        .collect();
-    Ok(filter_record_batch(batch, &mask)?)
+    Ok(filter_record_batch(batch, &time_mask(times, keep)?)?)
 }
 
 /// `batch` with [`SEEN_COLUMN`] set to `seen` on every row (added when absent).
@@ -194,7 +215,8 @@ mod tests {
         assert_eq!(ns(&select_windows(&b, None, true).unwrap()), vec![1, 2, 4]);
         assert!(ns(&select_windows(&b, None, false).unwrap()).is_empty());
         let rule = StateRule::Windows;
-        assert_eq!(ns(&rule.on_time(&b, Some(20)).unwrap()), vec![4]);
+        let (on_time, late) = rule.split_late(&b, Some(20)).unwrap();
+        assert_eq!((ns(&on_time), ns(&late)), (vec![4], vec![1, 2, 3]));
         assert_eq!(ns(&rule.still_needed(&b, Some(20)).unwrap()), vec![4]);
     }
 
@@ -205,12 +227,9 @@ mod tests {
             within_ms: 15,
         };
         let b = batch("ts");
-        let on_time = rule.on_time(&b, Some(20)).unwrap();
-        assert_eq!(
-            ns(&on_time),
-            vec![2, 4],
-            "10 is late, null has no event time"
-        );
+        let (on_time, late) = rule.split_late(&b, Some(20)).unwrap();
+        assert_eq!(ns(&on_time), vec![2, 4]);
+        assert_eq!(ns(&late), vec![1, 3], "10 is late, null has no event time");
         assert_eq!(seen(&on_time), vec![false, false]);
         // Remembered while ts + 15 >= watermark: 10 until 25, 20 until 35, 30 until 45.
         assert_eq!(ns(&rule.still_needed(&b, Some(25)).unwrap()), vec![1, 2, 4]);
@@ -223,9 +242,9 @@ mod tests {
             "the seen column is replaced, not added twice"
         );
         assert_eq!(
-            ns(&rule.on_time(&b, None).unwrap()),
+            ns(&rule.split_late(&b, None).unwrap().0),
             vec![1, 2, 4],
-            "without a watermark nothing is late"
+            "without a watermark only records without an event time are late"
         );
     }
 }

@@ -10,7 +10,6 @@ use arrow::datatypes::SchemaRef;
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 use sluice_core::spec::JobSpec;
-use sluice_core::spec::OnMalformed;
 use sluice_core::{failpoint, BatchId, Error, Result};
 use sluice_iceberg::catalog::open_catalog;
 use sluice_iceberg::data_files::attempt_prefix;
@@ -28,6 +27,7 @@ use sluice_proto::v1::{
 use tracing::{debug, Instrument};
 
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
+use crate::late_records;
 use crate::shuffle_store::ShuffleStore;
 use crate::state_files;
 use crate::state_rule::{self, StateRule};
@@ -96,6 +96,8 @@ pub struct PreparedJob {
     state_rule: Option<StateRule>,
     /// The rows source tasks hand the plan, and state files hold.
     scan_schema: arrow::datatypes::SchemaRef,
+    /// The columns decoded from record values, for late records' dead letters.
+    value_columns: Vec<String>,
 }
 
 impl PreparedJob {
@@ -140,9 +142,14 @@ impl PreparedJob {
         let decoder = RecordDecoder::new(&spec.source.kafka)?;
         let state_rule = StateRule::of(&spec.source.kafka)?;
         let scan_schema = sluice_core::schema::scan_schema(&spec.source.kafka)?;
+        let value_columns = sluice_core::schema::value_schema(&spec.source.kafka)?
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
-        let dead_letters = if spec.source.kafka.on_malformed == OnMalformed::DeadLetter {
+        let dead_letters = if spec.source.kafka.writes_dead_letters() {
             let options = WriteOptions::default();
             Some(TargetTable::load(catalog.as_ref(), &dead_letter_ident(sink), options).await?)
         } else {
@@ -159,6 +166,7 @@ impl PreparedJob {
             decoder,
             state_rule,
             scan_schema,
+            value_columns,
             stages,
             context,
             spec,
@@ -311,7 +319,7 @@ pub async fn run_task(
         }
         let input_rows = report.input_rows;
         let decode_time = report.decode_time;
-        let dead_letters = std::mem::take(&mut report.dead_letters);
+        let mut dead_letters = std::mem::take(&mut report.dead_letters);
         let prefix = attempt_prefix(
             &task.job_id,
             BatchId::new(task.batch_id),
@@ -323,8 +331,15 @@ pub async fn run_task(
         let (source, state) = match &job.state_rule {
             Some(rule) if task.report_input => {
                 let carried = carry_state(&job, rule, task, source, &prefix).await?;
-                // A stateful job drops its late records (see `StateRule::on_time`).
+                // A stateful job drops its late records (see `StateRule::split_late`).
                 report.late_records = carried.dropped;
+                if job.spec.source.kafka.dead_letters_late_records() {
+                    dead_letters.extend(late_records::late_dead_letters(
+                        &carried.late,
+                        &job.value_columns,
+                        task.watermark_ms,
+                    )?);
+                }
                 (carried.rows, carried.state)
             }
             _ => (source, None),
@@ -481,9 +496,11 @@ async fn carry_state(
     let mut rows = Vec::with_capacity(source.len() + task.state_files.len());
     let mut still_needed = Vec::with_capacity(rows.capacity());
     let mut dropped = 0;
+    let mut late = Vec::new();
     for batch in source {
-        let on_time = rule.on_time(&batch, task.watermark_ms)?;
-        dropped += (batch.num_rows() - on_time.num_rows()) as u64;
+        let (on_time, late_rows) = rule.split_late(&batch, task.watermark_ms)?;
+        dropped += late_rows.num_rows() as u64;
+        late.push(late_rows);
         still_needed.push(rule.still_needed(&on_time, task.watermark_ms)?);
         rows.push(on_time);
     }
@@ -498,6 +515,7 @@ async fn carry_state(
         rows,
         state: written,
         dropped,
+        late,
     })
 }
 
@@ -509,6 +527,8 @@ struct CarriedState {
     state: Option<state_files::StateFile>,
     /// Late records, dropped.
     dropped: u64,
+    /// Their rows.
+    late: Vec<RecordBatch>,
 }
 
 fn shuffle_error(error: crate::shuffle_store::ShuffleStoreError) -> Error {

@@ -147,14 +147,14 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_records_are_counted_and_a_remembered_key_never_written_twice() {
+async fn late_records_are_counted_dead_lettered_and_a_remembered_key_never_written_twice() {
     let cluster = TestCluster::start("orders", 1, 1).await.unwrap();
     let spec = cluster.spec(
         "late",
         "orders",
         SQL,
         "{processing_time: 100ms}",
-        "    watermark: {column: ts, delay: 10s}\n    dedup: {key: [order_id], within: 1m}",
+        "    watermark: {column: ts, delay: 10s, late: dead_letter}\n    dedup: {key: [order_id], within: 1m}",
     );
     cluster.submit(&spec).await.unwrap();
     // The first order moves event time to T + 60 s: the watermark becomes T + 50 s.
@@ -200,4 +200,29 @@ async fn late_records_are_counted_and_a_remembered_key_never_written_twice() {
     let rows = orders_of(&cluster.table_rows(&spec).await.unwrap());
     let ids: Vec<&str> = rows.keys().map(String::as_str).collect();
     assert_eq!(ids, ["o-1", "o-3"]);
+    // The late record is in the dead-letter table, its value as JSON, with the reason.
+    let letters = cluster.dead_letter_rows(&spec).await.unwrap();
+    let letters: Vec<(String, String)> = letters
+        .iter()
+        .flat_map(|batch| {
+            let column = |name: &str, to: &arrow::datatypes::DataType| {
+                arrow::compute::cast(batch.column_by_name(name).unwrap(), to).unwrap()
+            };
+            let values = column("value", &arrow::datatypes::DataType::Binary);
+            let values = values.as_binary::<i32>();
+            let errors = column("error", &arrow::datatypes::DataType::Utf8);
+            let errors = errors.as_string::<i32>();
+            (0..batch.num_rows())
+                .map(|i| {
+                    (
+                        String::from_utf8_lossy(values.value(i)).into_owned(),
+                        errors.value(i).to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].0.contains(r#""order_id":"o-2""#), "{letters:?}");
+    assert!(letters[0].1.starts_with("late"), "{letters:?}");
 }

@@ -344,6 +344,7 @@ async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
     spec.source.kafka.watermark = Some(sluice_core::spec::WatermarkSpec {
         column: "ts".into(),
         delay: "10s".into(),
+        late: Default::default(),
     });
     spec.source.kafka.dedup = Some(sluice_core::spec::DedupSpec {
         key: vec!["customer_id".into()],
