@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_core::Result;
-use sluice_kafka::decode::{DeadLetter, DecodedBatch, RecordDecoder};
+use sluice_kafka::decode::{DeadLetter, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
-use sluice_kafka::read::{read_range, Connection, Position, RangeRead};
+use sluice_kafka::read::{read_range_chunks, Connection, Position};
 
 use crate::event_time::event_time_stats;
 
@@ -60,11 +60,14 @@ pub struct TaskInput {
     pub decode_time: Duration,
 }
 
-/// One range's records, decoded.
+/// One range's records, decoded (a batch per chunk).
+#[derive(Default)]
 struct DecodedRange {
     records: u64,
     offsets_lost: u64,
-    decoded: DecodedBatch,
+    batches: Vec<RecordBatch>,
+    malformed_skipped: u64,
+    dead_letters: Vec<DeadLetter>,
     decode_time: Duration,
 }
 
@@ -140,22 +143,36 @@ impl ConsumerPool {
         }
     }
 
-    /// Reads one range with a pooled consumer; a consumer that failed mid-read is
-    /// dropped, not pooled. Blocking.
+    /// Reads and decodes one range with a pooled consumer, chunk by chunk straight from
+    /// librdkafka's buffers; a consumer that failed mid-read is dropped, not pooled.
+    /// Blocking.
     fn read_one(
         &self,
         connection: &Connection,
+        decoder: &RecordDecoder,
         range: &OffsetRange,
         fail_on_data_loss: bool,
-    ) -> Result<RangeRead> {
+    ) -> Result<DecodedRange> {
         let mut pooled = self.take(connection, range)?;
-        let read = read_range(
+        let mut decoded = DecodedRange::default();
+        let read = read_range_chunks(
             &pooled.consumer,
             &connection.bootstrap_servers,
             range,
             fail_on_data_loss,
             pooled.position.as_ref(),
+            |chunk| {
+                let started = Instant::now();
+                let chunk = decoder.decode(&range.topic, range.partition, chunk)?;
+                decoded.decode_time += started.elapsed();
+                decoded.malformed_skipped += chunk.malformed_skipped;
+                decoded.dead_letters.extend(chunk.dead_letters);
+                decoded.batches.push(chunk.batch);
+                Ok(())
+            },
         )?;
+        decoded.records = read.records;
+        decoded.offsets_lost = read.offsets_lost;
         pooled.position = read.position.clone();
         if !self.read_ahead {
             // Stop fetching; the next read seeks.
@@ -163,7 +180,7 @@ impl ConsumerPool {
             let _ = pooled.consumer.unassign();
         }
         self.give_back(connection, pooled);
-        Ok(read)
+        Ok(decoded)
     }
 
     /// Reads and decodes every range; several ranges are read at once, one pooled
@@ -176,24 +193,14 @@ impl ConsumerPool {
         fail_on_data_loss: bool,
         event_time: Option<EventTime<'_>>,
     ) -> Result<TaskInput> {
-        // Each range is read and decoded on its own thread, so one range decodes while
-        // another is still fetched, and a range's raw records are dropped once decoded.
+        // Each range is read and decoded on its own thread, chunk by chunk, so decoding
+        // overlaps fetching and no range's records are ever copied or held whole.
         let reads: Vec<Result<DecodedRange>> = std::thread::scope(|scope| {
             let readers: Vec<_> = ranges
                 .iter()
                 .map(|range| {
-                    scope.spawn(move || {
-                        let read = self.read_one(connection, range, fail_on_data_loss)?;
-                        let started = Instant::now();
-                        let decoded =
-                            decoder.decode(&range.topic, range.partition, &read.records)?;
-                        Ok(DecodedRange {
-                            records: read.records.len() as u64,
-                            offsets_lost: read.offsets_lost,
-                            decoded,
-                            decode_time: started.elapsed(),
-                        })
-                    })
+                    scope
+                        .spawn(move || self.read_one(connection, decoder, range, fail_on_data_loss))
                 })
                 .collect();
             readers
@@ -221,20 +228,22 @@ impl ConsumerPool {
             input.input_rows += read.records;
             input.offsets_lost += read.offsets_lost;
             input.decode_time += read.decode_time;
-            let decoded = read.decoded;
-            input.malformed_skipped += decoded.malformed_skipped;
-            input.dead_letters.extend(decoded.dead_letters);
+            input.malformed_skipped += read.malformed_skipped;
+            input.dead_letters.extend(read.dead_letters);
             if let Some(event_time) = event_time {
-                let stats =
-                    event_time_stats(&decoded.batch, event_time.column, event_time.watermark_ms);
-                input.late_records += stats.late;
-                if let Some(max) = stats.max_ms {
+                let mut max_ms = None;
+                for batch in &read.batches {
+                    let stats = event_time_stats(batch, event_time.column, event_time.watermark_ms);
+                    input.late_records += stats.late;
+                    max_ms = max_ms.max(stats.max_ms);
+                }
+                if let Some(max) = max_ms {
                     input
                         .max_event_times
                         .push((range.topic.clone(), range.partition, max));
                 }
             }
-            input.batches.push(decoded.batch);
+            input.batches.extend(read.batches);
         }
         Ok(input)
     }
@@ -242,6 +251,8 @@ impl ConsumerPool {
 
 #[cfg(test)]
 mod tests {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
     use sluice_testkit::{mock_topic, partition_range};
 
     use super::*;
@@ -259,14 +270,33 @@ mod tests {
     fn consumers_stay_on_their_partition_only_with_read_ahead() {
         let kafka = mock_topic("t", 20);
         let connection = Connection::plain(&kafka.bootstrap_servers());
+        let spec =
+            serde_json::from_str(r#"{"bootstrap_servers": "b", "topics": ["t"], "format": "raw"}"#);
+        let decoder = RecordDecoder::new(&spec.unwrap()).unwrap();
         for read_ahead in [true, false] {
             let pool = ConsumerPool::new(read_ahead);
             for (start, end) in [(0, 10), (10, 20)] {
                 let read = pool
-                    .read_one(&connection, &partition_range("t", start, end), true)
+                    .read_one(
+                        &connection,
+                        &decoder,
+                        &partition_range("t", start, end),
+                        true,
+                    )
                     .unwrap();
-                let offsets: Vec<i64> = read.records.iter().map(|r| r.offset).collect();
+                let offsets: Vec<i64> = read
+                    .batches
+                    .iter()
+                    .flat_map(|b| {
+                        b.column_by_name("_offset")
+                            .unwrap()
+                            .as_primitive::<Int64Type>()
+                            .values()
+                            .to_vec()
+                    })
+                    .collect();
                 assert_eq!(offsets, (start..end).collect::<Vec<_>>());
+                assert_eq!(read.records, (end - start) as u64);
                 let expected = if read_ahead { Some(end) } else { None };
                 assert_eq!(
                     positions(&pool, &connection),

@@ -25,6 +25,55 @@ pub struct RawRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// A Kafka record as the decoder reads it: an owned [`RawRecord`] or a message still in
+/// librdkafka's buffers (decoded without copying it).
+pub trait KafkaRecord {
+    fn offset(&self) -> i64;
+    fn timestamp_ms(&self) -> Option<i64>;
+    fn key(&self) -> Option<&[u8]>;
+    fn value(&self) -> Option<&[u8]>;
+
+    /// The record copied out, e.g. to keep it as a dead letter.
+    fn to_raw(&self) -> RawRecord {
+        RawRecord {
+            offset: self.offset(),
+            timestamp_ms: self.timestamp_ms(),
+            key: self.key().map(<[u8]>::to_vec),
+            value: self.value().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+impl KafkaRecord for RawRecord {
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp_ms
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+}
+
+impl KafkaRecord for rdkafka::message::BorrowedMessage<'_> {
+    fn offset(&self) -> i64 {
+        rdkafka::Message::offset(self)
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        rdkafka::Message::timestamp(self).to_millis()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        rdkafka::Message::key(self)
+    }
+    fn value(&self) -> Option<&[u8]> {
+        rdkafka::Message::payload(self)
+    }
+}
+
 /// Decoded rows of one partition's records.
 #[derive(Debug)]
 pub struct DecodedBatch {
@@ -84,8 +133,8 @@ impl RecordDecoder {
 
     /// Why a record cannot be taken before decoding it, if it cannot: too large, or (JSON)
     /// nested too deep for the decoder to be safe on it.
-    fn precheck(&self, record: &RawRecord) -> Option<String> {
-        let value = record.value.as_deref().unwrap_or_default();
+    fn precheck(&self, record: &impl KafkaRecord) -> Option<String> {
+        let value = record.value().unwrap_or_default();
         if value.len() > self.max_record_bytes {
             return Some(format!(
                 "record of {} bytes exceeds max_record_bytes ({})",
@@ -106,11 +155,11 @@ impl RecordDecoder {
 
     /// Decodes `records` of `topic`/`partition`; malformed records are handled as the
     /// spec's `on_malformed` says.
-    pub fn decode(
+    pub fn decode<R: KafkaRecord>(
         &self,
         topic: &str,
         partition: i32,
-        records: &[RawRecord],
+        records: &[R],
     ) -> Result<DecodedBatch> {
         let all_fit = records.iter().all(|r| self.precheck(r).is_none());
         let fast = match self.format {
@@ -121,7 +170,7 @@ impl RecordDecoder {
             (Some(batch), _) => (batch.columns().to_vec(), records.iter().collect(), vec![]),
             (None, RecordFormat::Raw) => {
                 let (kept, malformed) = self.split(records, |_| Ok(()));
-                let values: BinaryArray = kept.iter().map(|r| r.value.as_deref()).collect();
+                let values: BinaryArray = kept.iter().map(|r| r.value()).collect();
                 (vec![Arc::new(values) as ArrayRef], kept, malformed)
             }
             (None, RecordFormat::Json) => {
@@ -132,7 +181,7 @@ impl RecordDecoder {
                     Error::MalformedRecord {
                         topic: topic.to_string(),
                         partition,
-                        offset: kept.first().map_or(-1, |r| r.offset),
+                        offset: kept.first().map_or(-1, |r| r.offset()),
                         message,
                     }
                 })?;
@@ -146,7 +195,7 @@ impl RecordDecoder {
                     return Err(Error::MalformedRecord {
                         topic: topic.to_string(),
                         partition,
-                        offset: record.offset,
+                        offset: record.offset(),
                         message: error.clone(),
                     })
                 }
@@ -154,7 +203,7 @@ impl RecordDecoder {
                 OnMalformed::DeadLetter => dead_letters.push(DeadLetter {
                     topic: topic.to_string(),
                     partition,
-                    record: (*record).clone(),
+                    record: record.to_raw(),
                     error: error.clone(),
                 }),
             }
@@ -175,11 +224,11 @@ impl RecordDecoder {
 
     /// Splits records into those that pass the precheck and `check`, and the others
     /// with their reason.
-    fn split<'a>(
+    fn split<'a, R: KafkaRecord>(
         &self,
-        records: &'a [RawRecord],
-        check: impl Fn(&RawRecord) -> Result<(), String>,
-    ) -> (Vec<&'a RawRecord>, Vec<(&'a RawRecord, String)>) {
+        records: &'a [R],
+        check: impl Fn(&R) -> Result<(), String>,
+    ) -> (Vec<&'a R>, Vec<(&'a R, String)>) {
         let mut kept = Vec::with_capacity(records.len());
         let mut malformed = Vec::new();
         for record in records {
@@ -192,9 +241,9 @@ impl RecordDecoder {
     }
 
     /// Decodes all records in one arrow-json pass; any bad record fails the pass.
-    fn decode_json<'a>(
+    fn decode_json<'a, R: KafkaRecord + 'a>(
         &self,
-        records: impl ExactSizeIterator<Item = &'a RawRecord>,
+        records: impl ExactSizeIterator<Item = &'a R>,
     ) -> Result<RecordBatch, String> {
         let count = records.len();
         let mut decoder = arrow_json::ReaderBuilder::new(self.value_schema.clone())
@@ -202,7 +251,7 @@ impl RecordDecoder {
             .build_decoder()
             .map_err(decoder_error)?;
         for (i, record) in records.enumerate() {
-            let value = record.value.as_deref().ok_or("the record has no value")?;
+            let value = record.value().ok_or("the record has no value")?;
             let consumed = decoder.decode(value).map_err(decoder_error)?;
             if consumed != value.len() {
                 return Err("trailing data after the JSON value".into());
@@ -342,20 +391,18 @@ fn with_windows(
     Ok(out)
 }
 
-fn metadata_columns(topic: &str, partition: i32, records: &[&RawRecord]) -> Vec<ArrayRef> {
+fn metadata_columns<R: KafkaRecord>(topic: &str, partition: i32, records: &[&R]) -> Vec<ArrayRef> {
     let n = records.len();
     vec![
         Arc::new(StringArray::from(vec![topic; n])),
         Arc::new(Int32Array::from(vec![partition; n])),
         Arc::new(Int64Array::from_iter_values(
-            records.iter().map(|r| r.offset),
+            records.iter().map(|r| r.offset()),
         )),
         Arc::new(TimestampMillisecondArray::from_iter(
-            records.iter().map(|r| r.timestamp_ms),
+            records.iter().map(|r| r.timestamp_ms()),
         )),
-        Arc::new(BinaryArray::from_iter(
-            records.iter().map(|r| r.key.as_deref()),
-        )),
+        Arc::new(BinaryArray::from_iter(records.iter().map(|r| r.key()))),
     ]
 }
 
@@ -565,7 +612,7 @@ mod tests {
     #[test]
     fn no_records_make_an_empty_batch() {
         let decoder = RecordDecoder::new(&spec(RecordFormat::Json, OnMalformed::Fail)).unwrap();
-        let decoded = decoder.decode("t", 0, &[]).unwrap();
+        let decoded = decoder.decode::<RawRecord>("t", 0, &[]).unwrap();
         assert_eq!(decoded.batch.num_rows(), 0);
         assert_eq!(decoded.batch.schema(), decoder.schema());
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::decode::RawRecord;
@@ -23,6 +23,9 @@ pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const TRUNCATION_CHECK_AFTER: Duration = Duration::from_secs(2);
 /// How long a range read may go without receiving anything before it gives up.
 pub const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many records a chunked range read hands over at once (about a DataFusion batch):
+/// memory for a range's records stays bounded whatever the range's size.
+pub const CHUNK_RECORDS: usize = 8192;
 
 /// Where a job's Kafka is and how to reach it: bootstrap servers and the spec's client
 /// properties (secret references unresolved).
@@ -223,10 +226,20 @@ pub struct RangeRead {
     pub position: Option<Position>,
 }
 
-/// Reads exactly the records of `range` (offsets in `[start, end)`; gaps are fine).
-/// Offsets deleted by retention fail the read with [`Error::DataLoss`], or are skipped
-/// and counted when `fail_on_data_loss` is false. Blocking; `consumer` may be reused:
-/// `position` is where a previous read left it (see [`RangeRead::position`]).
+/// What a chunked range read did.
+#[derive(Debug, Default)]
+pub struct RangeSummary {
+    /// Records handed over.
+    pub records: u64,
+    /// Offsets Kafka no longer had (skipped with `fail_on_data_loss: false`).
+    pub offsets_lost: u64,
+    /// Where the consumer stands after the read; `None` when it consumed a record past
+    /// the range (which the next read must fetch again).
+    pub position: Option<Position>,
+}
+
+/// Reads exactly the records of `range` (offsets in `[start, end)`; gaps are fine) into
+/// memory. See [`read_range_chunks`].
 pub fn read_range(
     consumer: &BaseConsumer,
     bootstrap_servers: &str,
@@ -234,44 +247,119 @@ pub fn read_range(
     fail_on_data_loss: bool,
     position: Option<&Position>,
 ) -> Result<RangeRead> {
+    let mut records = Vec::new();
+    let summary = read_range_chunks(
+        consumer,
+        bootstrap_servers,
+        range,
+        fail_on_data_loss,
+        position,
+        |chunk| {
+            records.extend(chunk.iter().map(crate::decode::KafkaRecord::to_raw));
+            Ok(())
+        },
+    )?;
+    Ok(RangeRead {
+        records,
+        offsets_lost: summary.offsets_lost,
+        position: summary.position,
+    })
+}
+
+/// Reads exactly the records of `range` (offsets in `[start, end)`; gaps are fine),
+/// handing them to `on_chunk` in offset order, at most [`CHUNK_RECORDS`] at a time, still
+/// in librdkafka's buffers (nothing is copied). Offsets deleted by retention fail the read
+/// with [`Error::DataLoss`], or are skipped and counted when `fail_on_data_loss` is false.
+/// Blocking; `consumer` may be reused: `position` is where a previous read left it (see
+/// [`RangeSummary::position`]).
+pub fn read_range_chunks(
+    consumer: &BaseConsumer,
+    bootstrap_servers: &str,
+    range: &OffsetRange,
+    fail_on_data_loss: bool,
+    position: Option<&Position>,
+    mut on_chunk: impl FnMut(&[BorrowedMessage<'_>]) -> Result<()>,
+) -> Result<RangeSummary> {
     let positioned = position.is_some_and(|p| p.continues(range));
-    let read = |from: i64, positioned: bool| {
-        read_from(
-            consumer,
-            bootstrap_servers,
-            range,
-            from,
-            positioned,
-            fail_on_data_loss,
-        )
+    let mut handed_over = 0u64;
+    let mut counted = |chunk: &[BorrowedMessage<'_>]| {
+        handed_over += chunk.len() as u64;
+        on_chunk(chunk)
     };
-    match read(range.start, positioned) {
+    let first = read_from(
+        consumer,
+        bootstrap_servers,
+        range,
+        range.start,
+        positioned,
+        fail_on_data_loss,
+        &mut counted,
+    );
+    let summary = match first {
         Err(Error::DataLoss { start, end, .. }) if !fail_on_data_loss => {
             tracing::warn!(topic = %range.topic, partition = range.partition, start, end, "offsets deleted from Kafka before they were processed; skipping them");
-            let rest = read(end, false)?;
-            Ok(RangeRead {
-                offsets_lost: (end - start) as u64,
+            let rest = read_from(
+                consumer,
+                bootstrap_servers,
+                range,
+                end,
+                false,
+                fail_on_data_loss,
+                &mut counted,
+            )?;
+            ReadEnd {
+                offsets_lost: (end - start) as u64 + rest.offsets_lost,
                 ..rest
-            })
+            }
         }
-        other => other,
+        other => other?,
+    };
+    Ok(RangeSummary {
+        records: handed_over,
+        offsets_lost: summary.offsets_lost,
+        position: summary.position,
+    })
+}
+
+/// How one pass of a range read ended.
+struct ReadEnd {
+    offsets_lost: u64,
+    position: Option<Position>,
+}
+
+/// Chunks of messages waiting to be handed over.
+struct Chunker<'c, F> {
+    pending: Vec<BorrowedMessage<'c>>,
+    on_chunk: F,
+}
+
+impl<'c, F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>> Chunker<'c, F> {
+    fn push(&mut self, message: BorrowedMessage<'c>) -> Result<()> {
+        self.pending.push(message);
+        if self.pending.len() >= CHUNK_RECORDS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            (self.on_chunk)(&self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
     }
 }
 
-fn read_from(
+fn read_from<F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>>(
     consumer: &BaseConsumer,
     bootstrap_servers: &str,
     range: &OffsetRange,
     from: i64,
     positioned: bool,
     fail_on_data_loss: bool,
-) -> Result<RangeRead> {
-    let data_loss = |low: i64| Error::DataLoss {
-        topic: range.topic.clone(),
-        partition: range.partition,
-        start: from,
-        end: low.min(range.end),
-    };
+    on_chunk: F,
+) -> Result<ReadEnd> {
     let watermarks = || -> Result<(i64, i64)> {
         consumer
             .fetch_watermarks(&range.topic, range.partition, METADATA_TIMEOUT)
@@ -299,11 +387,10 @@ fn read_from(
             next,
         })
     };
-    let mut records = Vec::with_capacity((range.end - from).max(0) as usize);
     if from >= range.end {
-        return Ok(RangeRead {
+        return Ok(ReadEnd {
+            offsets_lost: 0,
             position: if positioned { at(from) } else { None },
-            ..RangeRead::default()
         });
     }
     if !positioned {
@@ -315,15 +402,23 @@ fn read_from(
             .assign(&assignment)
             .map_err(|e| kafka_error(bootstrap_servers, e))?;
     }
+    let mut chunks = Chunker {
+        pending: Vec::with_capacity(CHUNK_RECORDS.min((range.end - from) as usize)),
+        on_chunk,
+    };
+    // The offset after the last record taken.
+    let mut next = from;
     // Set once the read ends: where the consumer then stands.
     let mut position = None;
+    // The clock is read when the consumer runs dry, not per record.
     let mut last_progress = Instant::now();
+    let mut progressed = false;
     // Watermark lookups while stalled: one per TRUNCATION_CHECK_AFTER, not one per poll.
     let mut last_truncation_check = Instant::now();
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                last_progress = Instant::now();
+                progressed = true;
                 if message.topic() != range.topic || message.partition() != range.partition {
                     continue;
                 }
@@ -335,13 +430,9 @@ fn read_from(
                     // Consumed past the range: a later read must seek back to it.
                     break;
                 }
-                records.push(RawRecord {
-                    offset,
-                    timestamp_ms: message.timestamp().to_millis(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                });
-                if offset + 1 >= range.end {
+                next = offset + 1;
+                chunks.push(message)?;
+                if next >= range.end {
                     position = at(range.end);
                     break;
                 }
@@ -350,17 +441,28 @@ fn read_from(
             // next record simply has a higher offset).
             Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)))
             | Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                // What was read is handed over; the loss starts after it.
+                chunks.flush()?;
                 let (low, high) = watermarks()?;
-                if low > from {
-                    return Err(data_loss(low));
+                if low > next {
+                    return Err(Error::DataLoss {
+                        topic: range.topic.clone(),
+                        partition: range.partition,
+                        start: next,
+                        end: low.min(range.end),
+                    });
                 }
-                if high <= from {
-                    return Err(truncated(from));
+                if high <= next {
+                    return Err(truncated(next));
                 }
-                return Err(range_error(format!("offset {from} is out of range")));
+                return Err(range_error(format!("offset {next} is out of range")));
             }
             Some(Err(e)) => return Err(kafka_error(bootstrap_servers, e)),
             None => {
+                if progressed {
+                    last_progress = Instant::now();
+                    progressed = false;
+                }
                 // Nothing arrived: the rest of the range may be a gap. The position tells.
                 let consumed_to = consumer
                     .position()
@@ -379,14 +481,14 @@ fn read_from(
                 {
                     last_truncation_check = Instant::now();
                     let (_, high) = watermarks()?;
-                    let reached = consumed_to.max(from);
+                    let reached = consumed_to.max(next);
                     if high < range.end && reached >= high {
                         if fail_on_data_loss {
                             return Err(truncated(reached));
                         }
                         tracing::warn!(topic = %range.topic, partition = range.partition, start = reached, end = range.end, "the partition ends before the batch's range (truncated or re-created); skipping the missing offsets");
-                        return Ok(RangeRead {
-                            records,
+                        chunks.flush()?;
+                        return Ok(ReadEnd {
                             offsets_lost: (range.end - reached) as u64,
                             position: None,
                         });
@@ -401,8 +503,8 @@ fn read_from(
             }
         }
     }
-    Ok(RangeRead {
-        records,
+    chunks.flush()?;
+    Ok(ReadEnd {
         offsets_lost: 0,
         position,
     })
@@ -458,6 +560,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(offsets(&fourth), (8..30).collect::<Vec<_>>());
+    }
+
+    /// A large range comes in bounded chunks, in offset order, every record once.
+    #[test]
+    fn a_large_range_is_handed_over_in_bounded_chunks() {
+        let total = 2 * CHUNK_RECORDS as i64 + 100;
+        let kafka = mock_topic("t", total as u64);
+        let bootstrap = kafka.bootstrap_servers();
+        let consumer = consumer(&bootstrap).unwrap();
+        let mut chunks = vec![];
+        let mut offsets = vec![];
+        let summary = read_range_chunks(
+            &consumer,
+            &bootstrap,
+            &range(0, total),
+            true,
+            None,
+            |chunk| {
+                chunks.push(chunk.len());
+                offsets.extend(chunk.iter().map(|m| m.offset()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(chunks, vec![CHUNK_RECORDS, CHUNK_RECORDS, 100]);
+        assert_eq!(offsets, (0..total).collect::<Vec<_>>());
+        assert_eq!(summary.records, total as u64);
+        assert_eq!(summary.position.map(|p| p.next), Some(total));
     }
 
     /// A logged batch whose range reaches past the partition's end (the topic was
