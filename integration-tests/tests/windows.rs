@@ -183,6 +183,55 @@ async fn window_state_survives_a_driver_killed_between_commit_and_checkpoint() {
     );
 }
 
+/// An executor dies in the middle of a windowed batch, once after reading its records
+/// and once after writing its files (state included): the batch re-runs from the same
+/// state on another executor and every window is still written once with its full count.
+async fn window_state_survives_an_executor_killed_at(point: &str) {
+    let mut cluster = TestCluster::start("clicks", 2, 0).await.unwrap();
+    let armed = format!("{point}@2");
+    cluster
+        .start_executor(&[(sluice_core::failpoint::FAILPOINTS_ENV, &armed)])
+        .unwrap();
+    for partition in 0..2 {
+        produce(&cluster, partition, 1..=65);
+    }
+    let name = format!("windows-{}", point.replace('_', "-"));
+    let spec = cluster.spec(
+        &name,
+        "clicks",
+        "SELECT window_start, window_end, count(*) AS n FROM source GROUP BY window_start, window_end",
+        "{available_now: true}",
+        "    watermark: {column: ts, delay: 0s}\n    window: {size: 10s}\n    max_offsets_per_trigger: 40",
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cluster.executor_exited(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "executor 0 did not die at {point}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cluster.start_executor(&[]).unwrap();
+    cluster.wait_until_finished(&job).await;
+    assert_eq!(
+        windows(&cluster, &spec).await,
+        BTreeMap::from([(0, 18), (10, 20), (20, 20), (30, 20), (40, 20), (50, 20)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_survives_an_executor_killed_after_reading() {
+    window_state_survives_an_executor_killed_at(sluice_core::failpoint::EXECUTOR_RECORDS_READ)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_survives_an_executor_killed_after_writing_its_files() {
+    window_state_survives_an_executor_killed_at(sluice_core::failpoint::EXECUTOR_FILES_WRITTEN)
+        .await;
+}
+
 /// Sliding windows: 20-second windows every 10 seconds, each record in two of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sliding_windows_count_each_record_in_every_window_it_belongs_to() {
