@@ -48,7 +48,8 @@ enum Command {
     Table { job: String },
     /// Stop a job: its running batch commits, then it stops.
     Stop { job: String },
-    /// Produce synthetic JSON order events to a topic.
+    /// Produce synthetic JSON events to a topic: orders (the examples' schema), or with
+    /// --nexmark the Nexmark benchmark's persons, auctions and bids.
     Produce {
         #[arg(long, env = "SLUICE_KAFKA", default_value = "127.0.0.1:9092")]
         bootstrap_servers: String,
@@ -63,6 +64,10 @@ enum Command {
         /// Sequence number of the first event (order ids are o-<seq>).
         #[arg(long, default_value_t = 0)]
         start: u64,
+        /// Nexmark events (1 person, 3 auctions, 46 bids in 50) instead of orders; their
+        /// schema is in examples/nexmark-q1.yaml.
+        #[arg(long)]
+        nexmark: bool,
     },
     /// Run a driver and N executors as local processes until interrupted.
     Local {
@@ -218,9 +223,20 @@ async fn run(cli: Cli) -> Result<()> {
             count,
             rate,
             start,
+            nexmark,
         } => {
+            let events = if nexmark {
+                produce::Events::Nexmark
+            } else {
+                produce::Events::Orders
+            };
+            let range = sluice_kafka::synthetic::EventRange {
+                first: start,
+                count,
+                rate,
+            };
             tokio::task::spawn_blocking(move || {
-                produce::produce(&bootstrap_servers, &topic, count, rate, start, false)
+                produce::produce(&bootstrap_servers, &topic, events, range, false)
             })
             .await??;
         }

@@ -10,6 +10,16 @@
 /// the bracket that went too deep; `None` when it stays within the limit. Brackets inside
 /// strings do not count. The scan does not validate JSON: the decoder does that next.
 pub fn too_deep_at(value: &[u8], limit: u32) -> Option<usize> {
+    // Nesting never exceeds the number of opening brackets, which a branch-free count
+    // (vectorized by the compiler) finds far faster than the scan below: most records
+    // never need the scan.
+    let openers = value
+        .iter()
+        .map(|&b| usize::from(b == b'[' || b == b'{'))
+        .sum::<usize>();
+    if openers <= limit as usize {
+        return None;
+    }
     let mut depth = 0u32;
     let mut in_string = false;
     let mut escaped = false;
@@ -50,6 +60,13 @@ mod tests {
         assert_eq!(too_deep_at(br#"{"a":"\"[[[","b":[[]]}"#, 2), Some(18));
         assert_eq!(too_deep_at(b"", 0), None);
         assert_eq!(too_deep_at(b"[]", 0), Some(0));
+    }
+
+    #[test]
+    fn many_brackets_side_by_side_are_not_deep() {
+        let wide = format!("[{}]", vec!["[]"; 500].join(","));
+        assert_eq!(too_deep_at(wide.as_bytes(), 2), None);
+        assert_eq!(too_deep_at(wide.as_bytes(), 1), Some(1));
     }
 
     #[test]

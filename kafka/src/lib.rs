@@ -1,9 +1,11 @@
 //! Kafka for Sluice: offset ranges, batch plans and checkpoints (`offsets`), exact reads of
 //! an offset range (`read`), records to Arrow (`decode`, bounded by `json_guard`), and the
-//! synthetic order events of the demo, `sluice produce` and the tests (`synthetic`).
+//! synthetic order events of the demo, `sluice produce` and the tests (`synthetic`), and
+//! the Nexmark benchmark's events (`nexmark`).
 
 pub mod decode;
 pub mod json_guard;
+pub mod nexmark;
 pub mod offsets;
 pub mod read;
 pub mod synthetic;

@@ -1,4 +1,5 @@
-//! Synthetic order events for the demo, `sluice produce`, benchmarks and tests.
+//! Synthetic order events for the demo, `sluice produce`, benchmarks and tests, and the
+//! producer loop every generator (orders, [`crate::nexmark`]) shares.
 
 use std::time::{Duration, Instant};
 
@@ -91,26 +92,61 @@ pub fn produce_orders(
     first: u64,
     count: u64,
     rate: Option<f64>,
+    progress: impl FnMut(u64),
+) -> Result<()> {
+    let events = EventRange { first, count, rate };
+    produce_events(
+        producer,
+        topic,
+        partitions,
+        events,
+        progress,
+        |seq, now_ms| {
+            let order = Order::new(seq, now_ms);
+            (Some(order.customer_id.to_string()), order.to_json())
+        },
+    )
+}
+
+/// Which events to produce, and how fast.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRange {
+    pub first: u64,
+    pub count: u64,
+    /// Events per second; as fast as the broker takes them when absent.
+    pub rate: Option<f64>,
+}
+
+/// Produces `events` to `topic`, event `seq` (stamped with the current time) being the
+/// key and value `event(seq, now_ms)` returns, spread over `partitions` round-robin.
+/// Blocking; calls `progress` with the number sent so far about every 10,000 events.
+/// Returns when all are acked.
+pub fn produce_events(
+    producer: &BaseProducer,
+    topic: &str,
+    partitions: i32,
+    events: EventRange,
     mut progress: impl FnMut(u64),
+    event: impl Fn(u64, i64) -> (Option<String>, String),
 ) -> Result<()> {
     let started = Instant::now();
     let kafka_err = |message: String| Error::Kafka {
         bootstrap_servers: String::new(),
         message,
     };
-    for i in 0..count {
-        let seq = first + i;
+    for i in 0..events.count {
+        let seq = events.first + i;
         let now_ms = sluice_core::now_ms();
-        let order = Order::new(seq, now_ms);
-        let payload = order.to_json();
-        let key = order.customer_id.to_string();
+        let (key, payload) = event(seq, now_ms);
         let partition = (seq % partitions.max(1) as u64) as i32;
         loop {
-            let record = BaseRecord::to(topic)
+            let mut record = BaseRecord::to(topic)
                 .payload(&payload)
-                .key(&key)
                 .partition(partition)
                 .timestamp(now_ms);
+            if let Some(key) = &key {
+                record = record.key(key);
+            }
             match producer.send(record) {
                 Ok(()) => break,
                 Err((
@@ -124,7 +160,7 @@ pub fn produce_orders(
                 Err((e, _)) => return Err(kafka_err(format!("producing to {topic}: {e}"))),
             }
         }
-        if let Some(rate) = rate {
+        if let Some(rate) = events.rate {
             let due = Duration::from_secs_f64((i + 1) as f64 / rate);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 producer.poll(Duration::ZERO);
@@ -139,7 +175,7 @@ pub fn produce_orders(
     producer
         .flush(Duration::from_secs(60))
         .map_err(|e| kafka_err(format!("flushing to {topic}: {e}")))?;
-    progress(count);
+    progress(events.count);
     Ok(())
 }
 

@@ -9,6 +9,9 @@
 //! - `windows`: a stateless `GROUP BY`, a tumbling and a sliding window aggregation over
 //!   the same events with event times, as ratios to the stateless job, with the per-batch
 //!   cost of the window state;
+//! - `nexmark`: the Nexmark suite's stateless queries q0 (pass-through), q1 (currency
+//!   conversion) and q2 (selection) over its person/auction/bid stream, in events/s and
+//!   events/s per core;
 //! - `shuffle`: what the shuffle adds to a 10,000-row batch;
 //! - `stream`: small batches on a 100 ms trigger, per-batch overhead and end-to-end
 //!   latency (produce time -> committed snapshot), without and with Kafka read-ahead.
@@ -48,7 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     stream_rate: u64,
     /// Which suites to run.
-    #[arg(long, value_enum, default_values_t = [Suite::Throughput, Suite::Windows, Suite::Shuffle, Suite::Stream])]
+    #[arg(long, value_enum, default_values_t = [Suite::Throughput, Suite::Windows, Suite::Nexmark, Suite::Shuffle, Suite::Stream])]
     suite: Vec<Suite>,
 }
 
@@ -57,6 +60,7 @@ struct Args {
 enum Suite {
     Throughput,
     Windows,
+    Nexmark,
     Shuffle,
     Stream,
 }
@@ -562,12 +566,17 @@ async fn run_to_completion(
         "{available_now: true}",
         source_extra,
     );
+    run_spec_to_completion(cluster, &spec).await
+}
+
+/// Submits `spec` (an `available_now` job) and waits until it finished.
+async fn run_spec_to_completion(cluster: &TestCluster, spec: &str) -> Result<JobRun> {
     let cpu_before = cpu_counters();
     let started = Instant::now();
     let job = cluster
-        .submit(&spec)
+        .submit(spec)
         .await
-        .map_err(|s| anyhow::anyhow!("{name}: {}", s.message()))?;
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let batches = watch(cluster, &job, |_| false).await?;
     let secs = started.elapsed().as_secs_f64();
     let cpu_after = cpu_counters();
@@ -748,6 +757,70 @@ async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The records/s per core the Flink Nexmark suite reports for q0, q1 and q2.
+const FLINK_PER_CORE: [u64; 3] = [155_000, 158_000, 175_000];
+
+/// Nexmark q0, q1 and q2 over the suite's event stream, each to completion.
+async fn nexmark(cluster: &TestCluster, args: &Args) -> Result<()> {
+    use sluice_kafka::nexmark::{event_json, Q0, Q1, Q2, SCHEMA_YAML};
+    let topic = "nexmark";
+    cluster.kafka.create_topic(topic, args.partitions, 1)?;
+    let producer = producer(&cluster.bootstrap_servers())?;
+    let events = sluice_kafka::synthetic::EventRange {
+        first: 0,
+        count: args.events,
+        rate: None,
+    };
+    sluice_kafka::synthetic::produce_events(
+        &producer,
+        topic,
+        args.partitions,
+        events,
+        |_| {},
+        |seq, now_ms| (None, event_json(seq, now_ms)),
+    )?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let source = "    max_offsets_per_trigger: 400000";
+    println!(
+        "## Nexmark ({} events: persons, auctions, bids 1:3:46; {} partitions, {} executors, {cores} cores for everything)
+",
+        args.events, args.partitions, args.executors
+    );
+    println!(
+        "| query | events/s | events/s per core | Flink's reported per core | ratio | CPU idle |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (i, (name, sql)) in [("q0", Q0), ("q1", Q1), ("q2", Q2)].iter().enumerate() {
+        let spec = spec(
+            cluster,
+            &format!("bench-nexmark-{name}"),
+            topic,
+            sql,
+            "{available_now: true}",
+            source,
+        )
+        .replace(sluice_kafka::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML);
+        let run = run_spec_to_completion(cluster, &spec).await?;
+        if run.rows() != args.events {
+            bail!(
+                "{name} read {} events, expected {}",
+                run.rows(),
+                args.events
+            );
+        }
+        let per_core = run.rate() / cores;
+        println!(
+            "| {name} | {:.0} | {per_core:.0} | {} | {:.2} | {:.0}% |",
+            run.rate(),
+            FLINK_PER_CORE[i],
+            per_core / FLINK_PER_CORE[i] as f64,
+            run.idle * 100.0
+        );
+    }
+    println!();
+    Ok(())
+}
+
 /// Streams of small batches on a 100 ms trigger: executors without Kafka read-ahead (every
 /// read seeks: the baseline), then with it (the default).
 async fn small_batches(cluster: &mut TestCluster, args: &Args) -> Result<()> {
@@ -811,6 +884,7 @@ async fn main() -> Result<()> {
         match suite {
             Suite::Throughput => throughput(&cluster, &args).await?,
             Suite::Windows => windows(&cluster, &args).await?,
+            Suite::Nexmark => nexmark(&cluster, &args).await?,
             Suite::Shuffle => shuffle_overhead(&cluster, args.executors).await?,
             Suite::Stream => small_batches(&mut cluster, &args).await?,
         }
