@@ -175,7 +175,7 @@ struct BatchRun<'a> {
     term: i64,
     /// The watermark the batch runs under (jobs with a watermark).
     watermark_ms: Option<i64>,
-    /// Windowed jobs: the state the batch starts from, read by the first source task.
+    /// Stateful jobs: the state the batch starts from, shared out among the source tasks.
     state_files: Vec<String>,
     /// The offset ranges of each task of the stages reading the stream.
     ranges: Vec<Vec<OffsetRange>>,
@@ -215,6 +215,18 @@ impl BatchRun<'_> {
             }
             _ => vec![],
         }
+    }
+
+    /// The state files source task `task` carries: every source task takes its share
+    /// (round-robin), so reading and rewriting the state is spread like the records.
+    fn state_files_of(&self, stage: &StageInfo, task: u32) -> Vec<String> {
+        let tasks = self.task_count(stage).max(1) as usize;
+        self.state_files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % tasks == task as usize)
+            .map(|(_, path)| path.clone())
+            .collect()
     }
 
     fn definition(&self, stage: &StageInfo, task: u32, attempt: u32) -> TaskDefinition {
@@ -260,7 +272,7 @@ impl BatchRun<'_> {
             term: self.term,
             watermark_ms: self.watermark_ms,
             state_files: match stage.kind {
-                StageKind::Source if task == 0 => self.state_files.clone(),
+                StageKind::Source => self.state_files_of(stage, task),
                 _ => vec![],
             },
         }
