@@ -183,6 +183,9 @@ pub struct JobRunner {
     last_trigger: Instant,
     /// Whether the status's row total was read from the table.
     total_rows_loaded: bool,
+    /// `once` / `available_now` with windows: the records are all read and one more
+    /// batch writes what the final watermark closes (see `planner::flush_plan`).
+    finishing: bool,
 }
 
 impl JobRunner {
@@ -207,6 +210,7 @@ impl JobRunner {
             limit: None,
             last_trigger: Instant::now(),
             total_rows_loaded: false,
+            finishing: false,
         }
     }
 
@@ -225,10 +229,17 @@ impl JobRunner {
             }
             let started = Instant::now();
             let wait = match self.step().await {
+                Ok(Step::Committed) if self.finishing => {
+                    return (JobState::Finished, String::new())
+                }
                 Ok(Step::Committed) => {
                     retry_delay = FIRST_RETRY_DELAY;
                     self.shared.set(|s| s.message.clear());
                     match trigger {
+                        Trigger::Once if self.flushes_windows() => {
+                            self.finishing = true;
+                            Duration::ZERO
+                        }
                         Trigger::Once => return (JobState::Finished, String::new()),
                         Trigger::AvailableNow => Duration::ZERO,
                         Trigger::ProcessingTime(interval) => {
@@ -237,6 +248,10 @@ impl JobRunner {
                     }
                 }
                 Ok(Step::Idle) => match trigger {
+                    Trigger::AvailableNow if self.flushes_windows() && !self.finishing => {
+                        self.finishing = true;
+                        Duration::ZERO
+                    }
                     Trigger::Once | Trigger::AvailableNow => {
                         return (JobState::Finished, String::new())
                     }
@@ -319,6 +334,12 @@ impl JobRunner {
 
     /// One batch: recover the pending one or plan the next, then run it through the
     /// protocol.
+    /// Whether the job ends with a batch that writes the windows the final watermark
+    /// closes.
+    fn flushes_windows(&self) -> bool {
+        self.shared.spec.source.kafka.window.is_some()
+    }
+
     async fn step(&mut self) -> Result<Step> {
         let trigger_started = Instant::now();
         let job = self.job_ref().await?;
@@ -340,7 +361,13 @@ impl JobRunner {
             None => {
                 let capped = planner::cap(&latest, self.limit.as_ref());
                 let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
-                match planner::next_plan(&checkpoint, &capped, max, sluice_core::now_ms()) {
+                let now_ms = sluice_core::now_ms();
+                let plan = if self.finishing {
+                    planner::flush_plan(&checkpoint, now_ms)
+                } else {
+                    planner::next_plan(&checkpoint, &capped, max, now_ms)
+                };
+                match plan {
                     Some(plan) => (self.protocol.log_plan(plan).await?, false),
                     None => return Ok(Step::Idle),
                 }

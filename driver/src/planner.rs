@@ -90,9 +90,26 @@ pub fn next_plan(
     })
 }
 
+/// The batch that ends an `once` or `available_now` windowed job: no new records, run
+/// under the final watermark, so the windows it closes are written from the state. `None`
+/// without state or watermark.
+pub fn flush_plan(checkpoint: &Checkpoint, now_ms: i64) -> Option<BatchPlan> {
+    (checkpoint.watermark_ms.is_some() && !checkpoint.state_files.is_empty()).then(|| BatchPlan {
+        batch_id: checkpoint.batch_id.next(),
+        ranges: vec![],
+        planned_at_ms: now_ms,
+        watermark_ms: checkpoint.watermark_ms,
+        state_files: checkpoint.state_files.clone(),
+    })
+}
+
 /// A batch's tasks for the stages reading the stream: its ranges cut to at most
 /// `max_records_per_task` offsets, small ones packed together up to `min_records_per_task`.
 pub fn tasks(plan: &BatchPlan, parallelism: &ParallelismSpec) -> Vec<Vec<OffsetRange>> {
+    if plan.ranges.is_empty() {
+        // A flush batch: one task, without records, carries the state.
+        return vec![vec![]];
+    }
     let pieces = split_ranges(&plan.ranges, parallelism.max_records_per_task);
     pack_ranges(
         pieces,
@@ -140,6 +157,25 @@ mod tests {
         assert_eq!(plan.total_offsets(), 12);
         let newest = initial_checkpoint(&StartingOffsets::Latest, &latest());
         assert_eq!(next_plan(&newest, &latest(), None, 5), None);
+    }
+
+    #[test]
+    fn a_flush_batch_reads_nothing_and_one_task_carries_the_state() {
+        let mut checkpoint = initial_checkpoint(&StartingOffsets::Earliest, &latest());
+        assert_eq!(flush_plan(&checkpoint, 7), None, "no state, no flush");
+        checkpoint.state_files = vec!["s1.parquet".into(), "s2.parquet".into()];
+        assert_eq!(flush_plan(&checkpoint, 7), None, "no watermark, no flush");
+        checkpoint.watermark_ms = Some(5_000);
+        let plan = flush_plan(&checkpoint, 7).unwrap();
+        assert!(plan.ranges.is_empty());
+        assert_eq!(plan.batch_id, checkpoint.batch_id.next());
+        assert_eq!(
+            (plan.watermark_ms, plan.state_files.clone()),
+            (Some(5_000), checkpoint.state_files.clone())
+        );
+        let tasks = tasks(&plan, &ParallelismSpec::default());
+        assert_eq!(tasks, vec![Vec::<OffsetRange>::new()]);
+        assert_eq!(checkpoint.after(&plan).offsets, checkpoint.offsets);
     }
 
     #[test]

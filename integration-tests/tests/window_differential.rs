@@ -106,9 +106,20 @@ async fn stream_equals_batch(
         .await
         .unwrap();
     assert_eq!(late, 0.0, "records are late by less than the delay");
-    // The last batch ran under the watermark the batch before it left.
+    // The job ends with a batch without records that runs under the final watermark:
+    // every window that watermark closes is written.
     let recent = &status.recent_batches;
-    let closed_by = recent[recent.len() - 2].watermark_ms.unwrap();
+    let last = recent.last().unwrap();
+    assert_eq!(
+        last.input_rows, 0,
+        "the last batch only flushes closed windows"
+    );
+    let closed_by = last.watermark_ms.unwrap();
+    assert_eq!(
+        recent[recent.len() - 2].watermark_ms,
+        Some(closed_by),
+        "the flush ran under the final watermark"
+    );
 
     // The records once each, as decoded without windows (sliding windows repeat them).
     let mut parsed = JobSpec::parse(&spec).unwrap();

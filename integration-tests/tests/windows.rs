@@ -66,12 +66,15 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
         }
     };
 
+    // Each run ends with a batch without records under the final watermark, which writes
+    // the windows that watermark closes from the state.
     round(1..=25);
     let job = cluster.submit(&spec).await.unwrap();
     cluster.wait_until_finished(&job).await;
-    assert!(
-        windows(&cluster, &spec).await.is_empty(),
-        "no watermark yet: every window is open"
+    assert_eq!(
+        windows(&cluster, &spec).await,
+        BTreeMap::from([(0, 18), (10, 20)]),
+        "windows ending by the final watermark (25 s) are written"
     );
 
     round(26..=45);
@@ -79,8 +82,8 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
     cluster.wait_until_finished(&job).await;
     assert_eq!(
         windows(&cluster, &spec).await,
-        BTreeMap::from([(0, 18), (10, 20)]),
-        "windows ending by the watermark (25 s) are written, from the state"
+        BTreeMap::from([(0, 18), (10, 20), (20, 20), (30, 20)]),
+        "windows ending by the next watermark (45 s) are added, with records of both runs"
     );
 
     round(46..=65);
@@ -89,14 +92,16 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
     let status = cluster.wait_until_finished(&job).await;
     assert_eq!(
         windows(&cluster, &spec).await,
-        BTreeMap::from([(0, 18), (10, 20), (20, 20), (30, 20)]),
+        BTreeMap::from([(0, 18), (10, 20), (20, 20), (30, 20), (40, 20), (50, 20)]),
         "the late record (5 s) does not reopen its window"
     );
-    let last = status.recent_batches.last().unwrap();
-    assert_eq!(last.late_records, 1);
-    // State is bounded by the open windows: the batch ran under a 45 s watermark, so it
-    // keeps the rows of windows from 40 s on (40..=65 s, both partitions), nothing older.
-    assert_eq!(last.state_rows, 2 * 26);
+    let batches = &status.recent_batches;
+    assert_eq!(batches[batches.len() - 2].late_records, 1);
+    let last = batches.last().unwrap();
+    assert_eq!(last.input_rows, 0, "the flush reads no records");
+    // State is bounded by the open windows: the flush ran under a 65 s watermark, so it
+    // keeps the rows of the window from 60 s on (60..=65 s, both partitions), nothing older.
+    assert_eq!(last.state_rows, 2 * 6);
     assert!(last.state_bytes > 0);
     let state_bytes = cluster
         .driver_metric(r#"sluice_state_bytes{job="windows"}"#)
