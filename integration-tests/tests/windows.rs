@@ -131,6 +131,29 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
     );
 }
 
+/// A `once` job reads its one batch, then flushes what the final watermark closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_once_job_writes_the_windows_its_final_watermark_closes() {
+    let cluster = TestCluster::start("clicks", 2, 2).await.unwrap();
+    for partition in 0..2 {
+        produce(&cluster, partition, 1..=25);
+    }
+    let spec = cluster.spec(
+        "windows-once",
+        "clicks",
+        "SELECT window_start, window_end, count(*) AS n FROM source GROUP BY window_start, window_end",
+        "{once: true}",
+        "    watermark: {column: ts, delay: 0s}\n    window: {size: 10s}",
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    let status = cluster.wait_until_finished(&job).await;
+    assert_eq!(status.last_committed_batch, 1, "the batch and the flush");
+    assert_eq!(
+        windows(&cluster, &spec).await,
+        BTreeMap::from([(0, 18), (10, 20)])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_windowed_query_must_select_the_window_end_and_read_the_stream_once() {
     let cluster = TestCluster::start("clicks", 1, 1).await.unwrap();
