@@ -7,6 +7,7 @@ pub mod failpoint;
 pub mod http;
 pub mod ids;
 pub mod net;
+pub mod partition;
 pub mod schema;
 pub mod secrets;
 pub mod spec;

@@ -605,6 +605,20 @@ pub struct IcebergSinkSpec {
     /// Parquet writer settings of the data files.
     #[serde(default, skip_serializing_if = "ParquetSpec::is_default")]
     pub parquet: ParquetSpec,
+    /// How a table Sluice creates is partitioned, e.g. `[day(ts), bucket(16, id),
+    /// country]` (see [`crate::partition`]); an existing table keeps its own spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+}
+
+impl IcebergSinkSpec {
+    /// The parsed `partition_by` fields.
+    pub fn partition_fields(&self) -> Result<Vec<crate::partition::PartitionField>> {
+        self.partition_by
+            .iter()
+            .map(|text| crate::partition::PartitionField::parse(text))
+            .collect()
+    }
 }
 
 /// Data files roll over at this size unless the spec says otherwise.
@@ -818,6 +832,8 @@ impl JobSpec {
             Error::spec(field, e.to_string())
         })?;
         spec.resolve_sql_window()?;
+        let partition_by = &mut spec.sink.iceberg.partition_by;
+        *partition_by = crate::partition::rejoin(partition_by);
         spec.validate()?;
         Ok(spec)
     }
@@ -953,6 +969,7 @@ impl JobSpec {
                 "must be above zero (bytes)",
             ));
         }
+        sink.partition_fields()?;
         if sink.parquet.row_group_rows == Some(0) {
             return Err(Error::spec(
                 "sink.iceberg.parquet.row_group_rows",

@@ -60,12 +60,19 @@ impl JobManager {
         check_kafka(&spec).await?;
         let catalog = open_catalog(&spec.sink.iceberg.catalog).await?;
         let sink = &spec.sink.iceberg;
-        let table = ensure_table(catalog.as_ref(), &table_ident(sink), &job.output_schema).await?;
+        let table = ensure_table(
+            catalog.as_ref(),
+            &table_ident(sink),
+            &job.output_schema,
+            &sink.partition_fields()?,
+        )
+        .await?;
         if spec.source.kafka.writes_dead_letters() {
             ensure_table(
                 catalog.as_ref(),
                 &dead_letter_ident(sink),
                 &dead_letter_schema(),
+                &[],
             )
             .await?;
         }

@@ -4,6 +4,7 @@
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
+use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -12,6 +13,8 @@ use iceberg::writer::file_writer::location_generator::{
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -92,8 +95,9 @@ impl WriteOptions {
 }
 
 /// Writes `batches` as data files named `{file_prefix}-NNNNN.parquet` under the table's
-/// data location, a new file each time one reaches the target size. Returns no files for
-/// no rows.
+/// data location, a new file each time one reaches the target size; in a partitioned
+/// table, a file (or several) per partition value the rows touch, with the partition
+/// values in its metadata. Returns no files for no rows.
 pub async fn write_data_files(
     table: &Table,
     table_schema: &SchemaRef,
@@ -119,29 +123,61 @@ pub async fn write_data_files(
         locations,
         names,
     );
-    let mut writer = DataFileWriterBuilder::new(rolling)
-        .build(None)
-        .await
-        .map_err(Error::iceberg("opening a data file writer"))?;
-    // The writer can start a new file only between writes: write in chunks small enough
-    // for the target size to be kept.
+    let files = DataFileWriterBuilder::new(rolling);
+    let spec = metadata.default_partition_spec();
+    if spec.is_unpartitioned() {
+        let mut writer = files
+            .build(None)
+            .await
+            .map_err(Error::iceberg("opening a data file writer"))?;
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let batch = to_table_batch(batch, table_schema)?;
+            for chunk in chunks(&batch, options.target_file_size) {
+                writer
+                    .write(chunk)
+                    .await
+                    .map_err(Error::iceberg("writing a data file"))?;
+            }
+        }
+        return writer
+            .close()
+            .await
+            .map_err(Error::iceberg("closing a data file"));
+    }
+    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+        metadata.current_schema().clone(),
+        spec.clone(),
+    )
+    .map_err(Error::iceberg("partitioning rows"))?;
+    let mut writer = FanoutWriter::new(files);
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
         let batch = to_table_batch(batch, table_schema)?;
-        let rows = chunk_rows(&batch, options.target_file_size);
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let length = rows.min(batch.num_rows() - offset);
-            writer
-                .write(batch.slice(offset, length))
-                .await
-                .map_err(Error::iceberg("writing a data file"))?;
-            offset += length;
+        let parts = splitter
+            .split(&batch)
+            .map_err(Error::iceberg("partitioning rows"))?;
+        for (key, part) in parts {
+            for chunk in chunks(&part, options.target_file_size) {
+                writer
+                    .write(key.clone(), chunk)
+                    .await
+                    .map_err(Error::iceberg("writing a data file"))?;
+            }
         }
     }
     writer
         .close()
         .await
         .map_err(Error::iceberg("closing a data file"))
+}
+
+/// `batch` in slices the writer takes one at a time: it can start a new file only
+/// between writes, so slices are small enough for the target size to be kept.
+fn chunks(batch: &RecordBatch, target_file_size: usize) -> Vec<RecordBatch> {
+    let rows = chunk_rows(batch, target_file_size);
+    (0..batch.num_rows())
+        .step_by(rows)
+        .map(|offset| batch.slice(offset, rows.min(batch.num_rows() - offset)))
+        .collect()
 }
 
 /// Rows written at a time: at most [`MAX_CHUNK_ROWS`], fewer when a chunk of `batch`

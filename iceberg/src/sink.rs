@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema as ArrowSchema, SchemaRef, TimeUnit};
-use iceberg::spec::{DataFile, Schema};
+use iceberg::spec::{DataFile, Schema, Transform};
 use iceberg::table::Table;
 use iceberg::{Catalog, NamespaceIdent, TableCreation, TableIdent};
 
 use sluice_core::error::{Error, Result};
+use sluice_core::partition::{PartitionField, PartitionTransform};
 use sluice_core::spec::IcebergSinkSpec;
 
 pub use crate::commit::{BATCH_ID_PROPERTY, JOB_ID_PROPERTY};
@@ -65,11 +66,13 @@ pub fn iceberg_schema_for(output: &ArrowSchema) -> Result<Schema> {
     })
 }
 
-/// Creates the sink table from the query's output schema, or checks an existing one.
+/// Creates the sink table from the query's output schema, partitioned by `partition_by`,
+/// or checks an existing one (whose partitioning, if any, stays as it is).
 pub async fn ensure_table(
     catalog: &dyn Catalog,
     ident: &TableIdent,
     output: &ArrowSchema,
+    partition_by: &[PartitionField],
 ) -> Result<Table> {
     let ident = ident.clone();
     let wanted = iceberg_schema_for(output)?;
@@ -89,9 +92,11 @@ pub async fn ensure_table(
         .await
         .map_err(Error::iceberg(format!("checking table {ident}")))?;
     if !table_exists {
+        let partition_spec = partition_spec_for(&wanted, partition_by)?;
         let creation = TableCreation::builder()
             .name(ident.name().to_string())
             .schema(wanted)
+            .partition_spec(partition_spec)
             .build();
         return catalog
             .create_table(&namespace, creation)
@@ -111,9 +116,6 @@ fn check_compatible(ident: &TableIdent, table: &Table, wanted: &Schema) -> Resul
         table: ident.to_string(),
         message,
     };
-    if !table.metadata().default_partition_spec().is_unpartitioned() {
-        return Err(mismatch("partitioned tables are not supported yet".into()));
-    }
     let existing = table.metadata().current_schema();
     for field in wanted.as_struct().fields() {
         match existing.field_by_name(&field.name) {
@@ -141,6 +143,47 @@ fn check_compatible(ident: &TableIdent, table: &Table, wanted: &Schema) -> Resul
         }
     }
     Ok(())
+}
+
+/// The partition spec `partition_by` asks for over `schema`; a transform that does not
+/// fit its column (e.g. `day` of a string) fails naming both.
+fn partition_spec_for(
+    schema: &Schema,
+    partition_by: &[PartitionField],
+) -> Result<iceberg::spec::UnboundPartitionSpec> {
+    let invalid = |field: &PartitionField, message: String| Error::InvalidSpec {
+        field: "sink.iceberg.partition_by".into(),
+        message: format!("{field}: {message}"),
+    };
+    let mut builder = iceberg::spec::PartitionSpec::builder(schema.clone());
+    for field in partition_by {
+        if schema.field_by_name(&field.column).is_none() {
+            return Err(invalid(
+                field,
+                format!("the query produces no column {}", field.column),
+            ));
+        }
+        builder = builder
+            .add_partition_field(&field.column, field.name(), transform_of(field.transform))
+            .map_err(|e| invalid(field, e.message().to_string()))?;
+    }
+    let spec = builder.build().map_err(|e| Error::InvalidSpec {
+        field: "sink.iceberg.partition_by".into(),
+        message: e.message().to_string(),
+    })?;
+    Ok(spec.into_unbound())
+}
+
+fn transform_of(transform: PartitionTransform) -> Transform {
+    match transform {
+        PartitionTransform::Identity => Transform::Identity,
+        PartitionTransform::Year => Transform::Year,
+        PartitionTransform::Month => Transform::Month,
+        PartitionTransform::Day => Transform::Day,
+        PartitionTransform::Hour => Transform::Hour,
+        PartitionTransform::Bucket(n) => Transform::Bucket(n),
+        PartitionTransform::Truncate(w) => Transform::Truncate(w),
+    }
 }
 
 /// The table's schema as Arrow, with Iceberg field ids, for writing data files.
@@ -241,7 +284,7 @@ mod tests {
         let catalog = open_catalog(&spec).await.unwrap();
         let ident = TableIdent::from_strs(["ns", "t"]).unwrap();
         let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
-        let table = ensure_table(catalog.as_ref(), &ident, &schema)
+        let table = ensure_table(catalog.as_ref(), &ident, &schema, &[])
             .await
             .unwrap();
         (catalog, table)

@@ -748,6 +748,23 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
         read_table(&spec, &table_ident(&spec.sink.iceberg)).await
     }
 
+    /// A scan of the job's table filtered by `predicate`: how many of the table's data
+    /// files it reads, of how many, and the rows they hold (rows of a read file that do
+    /// not match are not filtered out, so pruning shows in the file count).
+    pub async fn pruned_scan(
+        &self,
+        spec: &str,
+        predicate: iceberg::expr::Predicate,
+    ) -> Result<(usize, usize, Vec<RecordBatch>)> {
+        let (_, table) = sink_table(spec).await?;
+        let all = table.scan().select_all().build()?.plan_files().await?;
+        let all: Vec<_> = all.try_collect().await?;
+        let scan = table.scan().select_all().with_filter(predicate).build()?;
+        let read: Vec<_> = scan.plan_files().await?.try_collect().await?;
+        let rows = scan.to_arrow().await?.try_collect().await?;
+        Ok((read.len(), all.len(), rows))
+    }
+
     /// Every row of the job's dead-letter table.
     pub async fn dead_letter_rows(&self, spec: &str) -> Result<Vec<RecordBatch>> {
         let spec = JobSpec::parse(spec)?;

@@ -147,7 +147,7 @@ async fn rest_catalog_refuses_a_commit_built_on_a_stale_table() {
     let catalog = sluice_iceberg::catalog::open_catalog(&spec).await.unwrap();
     let ident = TableIdent::new(NamespaceIdent::new("test".into()), "cas".into());
     let schema = Schema::new(vec![Field::new("n", DataType::Int64, true)]);
-    let stale = sluice_iceberg::sink::ensure_table(catalog.as_ref(), &ident, &schema)
+    let stale = sluice_iceberg::sink::ensure_table(catalog.as_ref(), &ident, &schema, &[])
         .await
         .unwrap();
 

@@ -113,11 +113,12 @@ impl Fixture {
             dead_letter_table: None,
             target_file_size: None,
             parquet: Default::default(),
+            partition_by: vec![],
         };
         let catalog = open_catalog(&sink.catalog).await.unwrap();
         let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);
         let ident = iceberg::TableIdent::from_strs(["shop", "orders"]).unwrap();
-        let created = ensure_table(catalog.as_ref(), &ident, &schema)
+        let created = ensure_table(catalog.as_ref(), &ident, &schema, &[])
             .await
             .unwrap();
         Fixture {
