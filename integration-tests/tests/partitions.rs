@@ -69,6 +69,44 @@ async fn a_partitioned_sink_writes_a_file_per_partition_value_and_scans_prune() 
     cluster.wait_until_finished(&job).await;
     rows_by_country_with_pruning(&cluster, &spec).await;
 
+    // pyiceberg (another implementation) reads the files' partition values and prunes
+    // the same way. It plans from metadata only (reading rows would need pyarrow).
+    let dir = cluster.dir.path().display();
+    let script = format!(
+        r#"
+from pyiceberg.catalog.sql import SqlCatalog
+catalog = SqlCatalog("{catalog}", uri="sqlite:///{dir}/catalog.db", warehouse="file://{dir}/warehouse")
+table = catalog.load_table("test.partitioned")
+de = list(table.scan(row_filter="country == 'DE'").plan_files())
+every = list(table.scan().plan_files())
+# Partition fields: ts_day, customer_id_bucket_4, country.
+print(len(de), len(every), sum(t.file.record_count for t in every), all(t.file.partition[2] == "DE" for t in de))
+"#,
+        catalog = sluice_core::spec::DEFAULT_CATALOG_NAME,
+    );
+    let output = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 (make test installs pyiceberg)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    let (read, files): (usize, usize) = (fields[0].parse().unwrap(), fields[1].parse().unwrap());
+    assert!(
+        read > 0 && read < files,
+        "pyiceberg plans {read} of {files} files"
+    );
+    assert_eq!(
+        fields[2],
+        EVENTS.to_string(),
+        "the files' record counts add up"
+    );
+    assert_eq!(fields[3], "True", "the planned files are DE's");
+
     // The table's spec is the one asked for.
     let parsed = JobSpec::parse(&spec).unwrap();
     let catalog = sluice_iceberg::catalog::open_catalog(&parsed.sink.iceberg.catalog)
