@@ -50,6 +50,12 @@ struct Args {
     /// Events per second during the stream (10,000/s makes ~1,000-row batches).
     #[arg(long, default_value_t = 10_000)]
     stream_rate: u64,
+    /// Offsets a task reads at most (default: the product's default).
+    #[arg(long, default_value_t = sluice_core::spec::DEFAULT_MAX_RECORDS_PER_TASK)]
+    max_task_records: u64,
+    /// Small ranges share a task up to this many offsets (default: the product's).
+    #[arg(long, default_value_t = sluice_core::spec::DEFAULT_MIN_RECORDS_PER_TASK)]
+    min_task_records: u64,
     /// Which suites to run.
     #[arg(long, value_enum, default_values_t = [Suite::Throughput, Suite::Windows, Suite::Nexmark, Suite::Shuffle, Suite::Stream])]
     suite: Vec<Suite>,
@@ -371,6 +377,12 @@ async fn shuffle_overhead(cluster: &TestCluster, executors: usize) -> Result<()>
     Ok(())
 }
 
+/// The `parallelism:` line of the bench's jobs, set once from the arguments.
+static PARALLELISM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The test cluster's spec for a job, with the bench's parallelism (the product's
+/// defaults unless `--max-task-records` / `--min-task-records` say otherwise) instead of
+/// the tests' small tasks.
 fn spec(
     cluster: &TestCluster,
     name: &str,
@@ -379,7 +391,13 @@ fn spec(
     trigger: &str,
     extra: &str,
 ) -> String {
-    cluster.spec(name, topic, sql, trigger, extra)
+    let spec = cluster.spec(name, topic, sql, trigger, extra);
+    let test_parallelism = spec
+        .lines()
+        .find(|l| l.starts_with("parallelism:"))
+        .expect("the test spec sets parallelism")
+        .to_string();
+    spec.replace(&test_parallelism, PARALLELISM.get().expect("set in main"))
 }
 
 /// Partitions of the 100 ms-trigger streams.
@@ -889,7 +907,15 @@ async fn small_batches(cluster: &mut TestCluster, args: &Args) -> Result<()> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    println!("# Sluice benchmark\n\nMachine: {}\n", machine());
+    let parallelism = format!(
+        "parallelism: {{max_records_per_task: {}, min_records_per_task: {}}}",
+        args.max_task_records, args.min_task_records
+    );
+    PARALLELISM.set(parallelism.clone()).expect("set once");
+    println!(
+        "# Sluice benchmark\n\nMachine: {}\n\nJobs run with `{parallelism}`.\n",
+        machine()
+    );
     let mut cluster = TestCluster::start("load", args.partitions, args.executors).await?;
     for suite in &args.suite {
         match suite {
