@@ -1,6 +1,7 @@
 //! The executor's counters and its HTTP side: `/healthz`, `/readyz` (registered with a
 //! driver) and `/metrics`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ pub struct ExecutorMetrics {
     /// Bytes of shuffle outputs spilled to disk since start.
     pub shuffle_spilled_bytes: AtomicU64,
     pub task_seconds: Mutex<Histogram>,
+    /// Stateful jobs: the state this executor's tasks wrote for the latest batch of each
+    /// job they ran, as job id -> (batch id, bytes).
+    pub state: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 impl Default for ExecutorMetrics {
@@ -36,11 +40,24 @@ impl Default for ExecutorMetrics {
             shuffle_memory_bytes: AtomicU64::new(0),
             shuffle_spilled_bytes: AtomicU64::new(0),
             task_seconds: Mutex::new(Histogram::new(DURATION_BUCKETS)),
+            state: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl ExecutorMetrics {
+    /// Records the state bytes a task of `job`'s batch `batch` wrote: a newer batch
+    /// replaces the figure, another task of the same batch adds to it.
+    pub fn record_state(&self, job: &str, batch: i64, bytes: u64) {
+        let mut state = self.state.lock().expect("state lock");
+        let entry = state.entry(job.to_string()).or_insert((batch, 0));
+        match batch.cmp(&entry.0) {
+            std::cmp::Ordering::Greater => *entry = (batch, bytes),
+            std::cmp::Ordering::Equal => entry.1 += bytes,
+            std::cmp::Ordering::Less => {}
+        }
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
         let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
@@ -69,6 +86,21 @@ impl ExecutorMetrics {
         let _ = writeln!(out, "# TYPE sluice_executor_records_read_total counter\nsluice_executor_records_read_total {}", load(&self.records_read));
         let _ = writeln!(out, "# TYPE sluice_executor_shuffle_memory_bytes gauge\nsluice_executor_shuffle_memory_bytes {}", load(&self.shuffle_memory_bytes));
         let _ = writeln!(out, "# TYPE sluice_executor_shuffle_spilled_bytes_total counter\nsluice_executor_shuffle_spilled_bytes_total {}", load(&self.shuffle_spilled_bytes));
+        let _ = writeln!(
+            out,
+            "# HELP sluice_executor_state_bytes State files this executor wrote for the latest batch of each stateful job it ran.\n# TYPE sluice_executor_state_bytes gauge"
+        );
+        let mut state: Vec<_> = self
+            .state
+            .lock()
+            .expect("state lock")
+            .iter()
+            .map(|(job, (_, bytes))| (job.clone(), *bytes))
+            .collect();
+        state.sort();
+        for (job, bytes) in state {
+            let _ = writeln!(out, "sluice_executor_state_bytes{{job=\"{job}\"}} {bytes}");
+        }
         let _ = writeln!(
             out,
             "# TYPE sluice_executor_task_duration_seconds histogram"

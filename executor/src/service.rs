@@ -112,6 +112,9 @@ impl Executor for ExecutorService {
                 metrics
                     .records_read
                     .fetch_add(success.input_rows, Ordering::Relaxed);
+                if !success.state_files.is_empty() {
+                    metrics.record_state(&task.job_id, task.batch_id, success.state_bytes);
+                }
                 task_result::Outcome::Success(success)
             }
             Ok(Err(error)) => {

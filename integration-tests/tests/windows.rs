@@ -108,6 +108,16 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
         .await
         .unwrap();
     assert_eq!(state_bytes, last.state_bytes as f64);
+    // The executor that ran the last batch's source task reports the state it wrote.
+    let per_executor = format!(r#"sluice_executor_state_bytes{{job="{job}"}}"#);
+    let reported: Vec<f64> = (0..2)
+        .filter_map(|i| cluster.executor_metric(i, &per_executor).ok())
+        .collect();
+    assert!(
+        reported.contains(&(last.state_bytes as f64)),
+        "{reported:?} against {}",
+        last.state_bytes
+    );
     let (_, page) = cluster.http_get(0, "/").unwrap();
     assert!(
         page.contains(&format!("window state {} bytes", last.state_bytes)),
