@@ -1,15 +1,16 @@
 //! The gRPC client side of the CLI: submit, list, status, watch, stop.
 
 use anyhow::{bail, Context, Result};
-use sluice_proto::v1::driver_client::DriverClient;
+use sluice_proto::auth::{BearerToken, DriverApiClient};
 use sluice_proto::v1::{
     BatchProgress, DescribeTableRequest, GetJobStatusRequest, JobStatus, ListJobsRequest,
     StopJobRequest, SubmitJobRequest, TableDescription, WatchJobRequest,
 };
 use tonic::transport::Channel;
 
-/// Connects to the first driver in `drivers` (comma-separated URLs) that answers.
-pub async fn connect(drivers: &str) -> Result<DriverClient<Channel>> {
+/// Connects to the first driver in `drivers` (comma-separated URLs) that answers; every
+/// call presents `token` (none for a driver without authentication).
+pub async fn connect(drivers: &str, token: &BearerToken) -> Result<DriverApiClient> {
     let mut last_error = None;
     for url in drivers.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let url = if url.contains("://") {
@@ -22,7 +23,10 @@ pub async fn connect(drivers: &str) -> Result<DriverClient<Channel>> {
             .connect_timeout(std::time::Duration::from_secs(3));
         match endpoint.connect().await {
             Ok(channel) => {
-                return Ok(DriverClient::new(channel).max_decoding_message_size(64 << 20))
+                return Ok(token
+                    .clone()
+                    .client(channel)
+                    .max_decoding_message_size(64 << 20))
             }
             Err(e) => last_error = Some(format!("{url}: {e}")),
         }
@@ -38,7 +42,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
-pub async fn submit(client: &mut DriverClient<Channel>, spec: String) -> Result<(String, String)> {
+pub async fn submit(client: &mut DriverApiClient, spec: String) -> Result<(String, String)> {
     let reply = client
         .submit_job(SubmitJobRequest { spec })
         .await
@@ -47,7 +51,7 @@ pub async fn submit(client: &mut DriverClient<Channel>, spec: String) -> Result<
     Ok((reply.job_id, reply.table_location))
 }
 
-pub async fn list(client: &mut DriverClient<Channel>) -> Result<Vec<JobStatus>> {
+pub async fn list(client: &mut DriverApiClient) -> Result<Vec<JobStatus>> {
     Ok(client
         .list_jobs(ListJobsRequest {})
         .await
@@ -56,7 +60,7 @@ pub async fn list(client: &mut DriverClient<Channel>) -> Result<Vec<JobStatus>> 
         .jobs)
 }
 
-pub async fn status(client: &mut DriverClient<Channel>, job_id: &str) -> Result<JobStatus> {
+pub async fn status(client: &mut DriverApiClient, job_id: &str) -> Result<JobStatus> {
     Ok(client
         .get_job_status(GetJobStatusRequest {
             job_id: job_id.to_string(),
@@ -67,7 +71,7 @@ pub async fn status(client: &mut DriverClient<Channel>, job_id: &str) -> Result<
 }
 
 pub async fn describe_table(
-    client: &mut DriverClient<Channel>,
+    client: &mut DriverApiClient,
     job_id: &str,
 ) -> Result<TableDescription> {
     Ok(client
@@ -79,7 +83,7 @@ pub async fn describe_table(
         .into_inner())
 }
 
-pub async fn stop(client: &mut DriverClient<Channel>, job_id: &str) -> Result<()> {
+pub async fn stop(client: &mut DriverApiClient, job_id: &str) -> Result<()> {
     client
         .stop_job(StopJobRequest {
             job_id: job_id.to_string(),
@@ -93,7 +97,7 @@ pub async fn stop(client: &mut DriverClient<Channel>, job_id: &str) -> Result<()
 /// pause notices are printed to stderr. Returns the final record (job state and message)
 /// when the job ended.
 pub async fn watch(
-    client: &mut DriverClient<Channel>,
+    client: &mut DriverApiClient,
     job_id: &str,
     mut on_batch: impl FnMut(&BatchProgress) -> bool,
 ) -> Result<Option<BatchProgress>> {

@@ -156,7 +156,7 @@ impl LocalCluster {
     async fn wait_for_driver(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(mut c) = client::connect(&self.driver_url).await {
+            if let Ok(mut c) = client::connect(&self.driver_url, &Default::default()).await {
                 if client::list(&mut c).await.is_ok() {
                     return Ok(());
                 }

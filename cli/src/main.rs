@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use sluice_proto::auth::BearerToken;
 
 use cluster::{ClusterOptions, LocalCluster};
 
@@ -26,6 +27,10 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     driver: String,
+    /// File whose first line is the bearer token the driver requires (its
+    /// --auth-token-file); not needed for a driver without authentication.
+    #[arg(long, global = true, env = "SLUICE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,16 +164,17 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let token = BearerToken::from_file(cli.token_file.as_deref()).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Submit { file } => {
             let spec = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let mut driver = client::connect(&cli.driver).await?;
+            let mut driver = client::connect(&cli.driver, &token).await?;
             let (job, location) = client::submit(&mut driver, spec).await?;
             println!("submitted job {job}\ntable location: {location}");
         }
         Command::List => {
-            let mut driver = client::connect(&cli.driver).await?;
+            let mut driver = client::connect(&cli.driver, &token).await?;
             let jobs = client::list(&mut driver).await?;
             if jobs.is_empty() {
                 println!("no jobs");
@@ -185,21 +191,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Table { job } => {
-            let mut driver = client::connect(&cli.driver).await?;
+            let mut driver = client::connect(&cli.driver, &token).await?;
             print!(
                 "{}",
                 format::table_block(&client::describe_table(&mut driver, &job).await?)
             );
         }
         Command::Status { job } => {
-            let mut driver = client::connect(&cli.driver).await?;
+            let mut driver = client::connect(&cli.driver, &token).await?;
             print!(
                 "{}",
                 format::status_block(&client::status(&mut driver, &job).await?)
             );
         }
         Command::Watch { job } => {
-            let mut driver = client::connect(&cli.driver).await?;
+            let mut driver = client::connect(&cli.driver, &token).await?;
             let end = client::watch(&mut driver, &job, |p| {
                 println!("{}", format::batch_line(p));
                 true
@@ -213,7 +219,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Stop { job } => {
-            let mut driver = client::connect(&cli.driver).await?;
+            let mut driver = client::connect(&cli.driver, &token).await?;
             client::stop(&mut driver, &job).await?;
             println!("job {job} stopped");
         }

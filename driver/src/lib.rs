@@ -47,6 +47,8 @@ pub struct DriverConfig {
     pub leader_lease: Duration,
     /// Deadline of one task attempt on an executor.
     pub task_timeout: Duration,
+    /// Bearer tokens a gRPC call must present; `None` accepts every call.
+    pub auth_tokens: Option<Vec<String>>,
 }
 
 impl Default for DriverConfig {
@@ -59,6 +61,7 @@ impl Default for DriverConfig {
             executor_timeout: DEFAULT_EXECUTOR_TIMEOUT,
             leader_lease: DEFAULT_LEADER_LEASE,
             task_timeout: DEFAULT_TASK_TIMEOUT,
+            auth_tokens: None,
         }
     }
 }

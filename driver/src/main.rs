@@ -38,6 +38,10 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
+    /// File of bearer tokens (one per line) every gRPC call must present, executors'
+    /// registrations included; without it the API is open (fine on loopback only).
+    #[arg(long, env = "SLUICE_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -45,6 +49,19 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     sluice_core::telemetry::init(args.log_json);
     sluice_core::failpoint::warn_if_ignored();
+    let auth_tokens = match &args.auth_token_file {
+        Some(path) => match sluice_proto::auth::read_tokens(path) {
+            Ok(tokens) => Some(tokens),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => {
+            tracing::warn!(bind = %args.bind, "no --auth-token-file: the gRPC API accepts every caller; keep it on loopback or a private network");
+            None
+        }
+    };
     let config = DriverConfig {
         bind: args.bind,
         http_bind: args.http_bind,
@@ -53,6 +70,7 @@ async fn main() -> std::process::ExitCode {
         executor_timeout: Duration::from_secs(args.executor_timeout_secs),
         leader_lease: Duration::from_secs(args.leader_lease_secs.max(1)),
         task_timeout: Duration::from_secs(args.task_timeout_secs.max(1)),
+        auth_tokens,
     };
     match sluice_driver::run(config, sluice_core::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

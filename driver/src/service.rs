@@ -11,6 +11,7 @@ use futures::Stream;
 use sluice_iceberg::catalog::open_catalog;
 use sluice_iceberg::overview::table_overview;
 use sluice_iceberg::sink::table_ident;
+use sluice_proto::auth::TokenCheck;
 use sluice_proto::v1::driver_server::{Driver, DriverServer};
 use sluice_proto::v1::{
     BatchProgress, DescribeTableRequest, GetJobStatusRequest, HeartbeatRequest, HeartbeatResponse,
@@ -317,8 +318,20 @@ async fn serve_term(
         manager: manager.clone(),
     };
     let (server_stop_tx, server_stop) = watch::channel(false);
+    // With tokens every call is checked before it reaches the service.
+    let (open, checked) = match &config.auth_tokens {
+        Some(tokens) => (
+            None,
+            Some(DriverServer::with_interceptor(
+                service,
+                TokenCheck::new(tokens.clone()),
+            )),
+        ),
+        None => (Some(DriverServer::new(service)), None),
+    };
     let server = tonic::transport::Server::builder()
-        .add_service(DriverServer::new(service))
+        .add_optional_service(open)
+        .add_optional_service(checked)
         .serve_with_incoming_shutdown(
             Box::pin(sluice_core::net::incoming(listener)),
             sluice_core::net::stopped(server_stop),

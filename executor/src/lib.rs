@@ -53,12 +53,16 @@ pub struct ExecutorConfig {
     /// Idle Kafka consumers stay on their partition and fetch ahead, so the partition's
     /// next range is read from memory (up to 16 MiB buffered per partition).
     pub kafka_read_ahead: bool,
+    /// The token presented to the driver (its `--auth-token-file`); none when the driver
+    /// runs without authentication.
+    pub driver_token: sluice_proto::auth::BearerToken,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
         ExecutorConfig {
             driver_url: "http://127.0.0.1:50051".into(),
+            driver_token: Default::default(),
             bind: "127.0.0.1:0".parse().expect("valid address"),
             flight_bind: "127.0.0.1:0".parse().expect("valid address"),
             shuffle_memory_bytes: DEFAULT_SHUFFLE_MEMORY_BYTES,

@@ -50,6 +50,10 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
+    /// File whose first line is the token to present to the driver (the driver's own
+    /// --auth-token-file works); needed when the driver requires tokens.
+    #[arg(long, env = "SLUICE_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -57,6 +61,14 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     sluice_core::telemetry::init(args.log_json);
     sluice_core::failpoint::warn_if_ignored();
+    let driver_token =
+        match sluice_proto::auth::BearerToken::from_file(args.auth_token_file.as_deref()) {
+            Ok(token) => token,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     let config = ExecutorConfig {
         driver_url: args.driver,
         bind: args.bind,
@@ -68,6 +80,7 @@ async fn main() -> std::process::ExitCode {
         task_slots: args.slots,
         executor_id: args.id,
         kafka_read_ahead: args.kafka_read_ahead,
+        driver_token,
     };
     match sluice_executor::run(config, sluice_core::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

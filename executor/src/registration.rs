@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_core::ExecutorId;
 
-use sluice_proto::v1::driver_client::DriverClient;
+use sluice_proto::auth::{BearerToken, DriverApiClient};
 use sluice_proto::v1::{HeartbeatRequest, RegisterExecutorRequest};
 use sluice_proto::PROTOCOL_VERSION;
 use tokio::sync::watch;
@@ -37,6 +37,7 @@ pub struct Identity {
 /// (protocol mismatch).
 pub async fn stay_registered(
     driver_urls: String,
+    token: BearerToken,
     identity: Identity,
     metrics: Arc<ExecutorMetrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -61,7 +62,7 @@ pub async fn stay_registered(
     let mut current = 0;
     let mut backoff = Duration::from_millis(100);
     let mut registered = false;
-    let mut client: Option<DriverClient<Channel>> = None;
+    let mut client: Option<DriverApiClient> = None;
     while !*shutdown.borrow() {
         let step = async {
             let c = match client.as_mut() {
@@ -74,7 +75,7 @@ pub async fn stay_registered(
                         .connect()
                         .await
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                    client.insert(DriverClient::new(channel))
+                    client.insert(token.clone().client(channel))
                 }
             };
             if !registered {

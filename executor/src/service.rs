@@ -215,6 +215,7 @@ pub async fn run(
     ));
     let registration = tokio::spawn(stay_registered(
         config.driver_url.clone(),
+        config.driver_token.clone(),
         identity,
         metrics,
         stop_rx.clone(),

@@ -1,4 +1,7 @@
-//! Sluice's gRPC protocol: generated tonic/prost code and nothing else.
+//! Sluice's gRPC protocol: generated tonic/prost code, and the bearer tokens that
+//! authenticate calls to the driver (`auth`).
+
+pub mod auth;
 
 /// Version of the driver/executor protocol; a mismatch is refused at registration.
 pub const PROTOCOL_VERSION: u32 = 4;
