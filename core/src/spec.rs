@@ -1066,9 +1066,22 @@ impl JobSpec {
 }
 
 /// Names become etcd keys, file names and table identifiers: keep them plain.
+/// Longest name, namespace or table: names become etcd keys, file names and metric
+/// labels.
+pub const MAX_IDENTIFIER_CHARS: usize = 128;
+
 fn validate_identifier(field: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(Error::spec(field, "must not be empty"));
+    }
+    if value.len() > MAX_IDENTIFIER_CHARS {
+        return Err(Error::spec(
+            field,
+            format!(
+                "is {} characters long; at most {MAX_IDENTIFIER_CHARS}",
+                value.len()
+            ),
+        ));
     }
     if let Some(bad) = value
         .chars()

@@ -13,6 +13,8 @@ pub enum Error {
     UnknownJob(JobId),
     #[error("job {0} is already running")]
     JobRunning(JobId),
+    #[error("the driver already runs {running} jobs, its limit (--max-jobs); stop one first")]
+    TooManyJobs { running: usize },
     #[error("table {table} is already written by job {job}; one job per table (stop {job} first, or choose another table)")]
     TableTaken { table: String, job: JobId },
     #[error("no executor is alive to run tasks")]
@@ -81,6 +83,7 @@ impl From<Error> for tonic::Status {
         match &error {
             Error::UnknownJob(_) => tonic::Status::not_found(message),
             Error::JobRunning(_) => tonic::Status::already_exists(message),
+            Error::TooManyJobs { .. } => tonic::Status::resource_exhausted(message),
             Error::TableTaken { .. } => tonic::Status::failed_precondition(message),
             Error::Common(
                 C::InvalidSpec { .. } | C::InvalidSql { .. } | C::SchemaMismatch { .. },

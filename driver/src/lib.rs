@@ -49,7 +49,12 @@ pub struct DriverConfig {
     pub task_timeout: Duration,
     /// Bearer tokens a gRPC call must present; `None` accepts every call.
     pub auth_tokens: Option<Vec<String>>,
+    /// Running jobs at most; further submissions are refused.
+    pub max_jobs: usize,
 }
+
+/// Running jobs a driver accepts unless told otherwise.
+pub const DEFAULT_MAX_JOBS: usize = 100;
 
 impl Default for DriverConfig {
     fn default() -> Self {
@@ -62,6 +67,7 @@ impl Default for DriverConfig {
             leader_lease: DEFAULT_LEADER_LEASE,
             task_timeout: DEFAULT_TASK_TIMEOUT,
             auth_tokens: None,
+            max_jobs: DEFAULT_MAX_JOBS,
         }
     }
 }

@@ -42,6 +42,9 @@ struct Args {
     /// registrations included; without it the API is open (fine on loopback only).
     #[arg(long, env = "SLUICE_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// Running jobs at most; further submissions get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SLUICE_MAX_JOBS", default_value_t = sluice_driver::DEFAULT_MAX_JOBS)]
+    max_jobs: usize,
 }
 
 #[tokio::main]
@@ -71,6 +74,7 @@ async fn main() -> std::process::ExitCode {
         leader_lease: Duration::from_secs(args.leader_lease_secs.max(1)),
         task_timeout: Duration::from_secs(args.task_timeout_secs.max(1)),
         auth_tokens,
+        max_jobs: args.max_jobs.max(1),
     };
     match sluice_driver::run(config, sluice_core::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -35,14 +35,21 @@ pub struct JobManager {
     store: Arc<dyn CheckpointStore>,
     scheduler: Scheduler,
     jobs: Mutex<HashMap<JobId, JobEntry>>,
+    /// Submissions beyond this many running jobs are refused.
+    max_jobs: usize,
 }
 
 impl JobManager {
-    pub fn new(store: Arc<dyn CheckpointStore>, scheduler: Scheduler) -> Arc<JobManager> {
+    pub fn new(
+        store: Arc<dyn CheckpointStore>,
+        scheduler: Scheduler,
+        max_jobs: usize,
+    ) -> Arc<JobManager> {
         Arc::new(JobManager {
             store,
             scheduler,
             jobs: Mutex::new(HashMap::new()),
+            max_jobs,
         })
     }
 
@@ -50,9 +57,19 @@ impl JobManager {
     /// Returns the job id and the table location.
     pub async fn submit(self: &Arc<Self>, text: &str) -> Result<(JobId, String)> {
         let spec = JobSpec::parse(text)?;
-        if let Some(entry) = self.jobs.lock().expect("jobs lock").get(spec.name.as_str()) {
-            if !entry.shared.state().is_final() {
-                return Err(Error::JobRunning(spec.job_id()));
+        {
+            let jobs = self.jobs.lock().expect("jobs lock");
+            if let Some(entry) = jobs.get(spec.name.as_str()) {
+                if !entry.shared.state().is_final() {
+                    return Err(Error::JobRunning(spec.job_id()));
+                }
+            }
+            let running = jobs
+                .values()
+                .filter(|e| !e.shared.state().is_final())
+                .count();
+            if running >= self.max_jobs {
+                return Err(Error::TooManyJobs { running });
             }
         }
         self.check_table_not_taken(&spec).await?;

@@ -304,7 +304,7 @@ async fn serve_term(
     let mut lost = leadership.as_ref().map_or(never, |l| l.lost.clone());
     let registry = Arc::new(Registry::new(config.executor_timeout));
     let scheduler = Scheduler::new(registry.clone(), config.task_timeout);
-    let manager = JobManager::new(store, scheduler.clone());
+    let manager = JobManager::new(store, scheduler.clone(), config.max_jobs);
     let (listener, local) = bind(config.bind).await?;
     info!(address = %local, store = if config.etcd_endpoints.is_empty() { "embedded" } else { "etcd" }, "driver listening");
     manager.resume_jobs().await?;

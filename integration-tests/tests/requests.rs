@@ -187,3 +187,47 @@ async fn a_second_job_on_a_table_another_job_writes_is_refused_naming_it() {
         .unwrap();
     cluster.submit(&second).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_beyond_the_job_limit_are_refused_until_a_job_stops() {
+    let cluster =
+        TestCluster::start_with_first_driver_env("orders", 1, 1, 1, &[("SLUICE_MAX_JOBS", "1")])
+            .await
+            .unwrap();
+    let sql = "SELECT order_id FROM source";
+    let first = cluster.spec("limit-a", "orders", sql, "{processing_time: 1s}", "");
+    cluster.submit(&first).await.unwrap();
+    let second = cluster.spec("limit-b", "orders", sql, "{processing_time: 1s}", "");
+    let status = cluster.submit(&second).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-jobs"),
+        "{}",
+        status.message()
+    );
+    // A name too long for a key, a file name or a metric label is refused at parse.
+    let long = second.replace("name: limit-b", &format!("name: {}", "n".repeat(10_000)));
+    let status = cluster.submit(&long).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("at most 128"),
+        "{}",
+        status.message()
+    );
+    cluster
+        .client()
+        .await
+        .unwrap()
+        .stop_job(StopJobRequest {
+            job_id: "limit-a".into(),
+        })
+        .await
+        .unwrap();
+    cluster
+        .wait_for("limit-a", std::time::Duration::from_secs(30), |s| {
+            s.state != "RUNNING"
+        })
+        .await
+        .unwrap();
+    cluster.submit(&second).await.unwrap();
+}
