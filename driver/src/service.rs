@@ -329,7 +329,17 @@ async fn serve_term(
         ),
         None => (Some(DriverServer::new(service)), None),
     };
+    // Server reflection, so grpcurl and other generic clients can discover the API (it
+    // describes the API only; the calls themselves are checked as above).
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| sluice_core::Error::Io {
+            context: "building gRPC reflection".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     let server = tonic::transport::Server::builder()
+        .add_service(reflection)
         .add_optional_service(open)
         .add_optional_service(checked)
         .serve_with_incoming_shutdown(

@@ -231,3 +231,36 @@ async fn submissions_beyond_the_job_limit_are_refused_until_a_job_stops() {
         .unwrap();
     cluster.submit(&second).await.unwrap();
 }
+
+/// gRPC server reflection lists the driver's service, so generic clients (grpcurl) can
+/// discover the API without the .proto file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_driver_describes_its_api_by_reflection() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let cluster = TestCluster::start("orders", 1, 0).await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(cluster.driver_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"sluice.v1.Driver".to_string()), "{names:?}");
+}

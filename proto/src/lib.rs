@@ -6,6 +6,9 @@ pub mod auth;
 /// Version of the driver/executor protocol; a mismatch is refused at registration.
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// The encoded descriptors of `sluice.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sluice_descriptor");
+
 /// Generated messages and services of `sluice.v1`.
 pub mod v1 {
     tonic::include_proto!("sluice.v1");
