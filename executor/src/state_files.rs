@@ -107,35 +107,10 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{Int64Array, TimestampMillisecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-
     use super::*;
 
     fn batch() -> RecordBatch {
-        let schema = Schema::new(vec![
-            Field::new("n", DataType::Int64, true),
-            Field::new(
-                "window_end",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                true,
-            ),
-        ]);
-        RecordBatch::try_new(
-            Arc::new(schema),
-            vec![
-                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
-                Arc::new(TimestampMillisecondArray::from(vec![
-                    Some(10),
-                    Some(20),
-                    None,
-                    Some(30),
-                ])),
-            ],
-        )
-        .unwrap()
+        crate::state_rule::tests::batch("window_end")
     }
 
     #[tokio::test]

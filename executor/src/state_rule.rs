@@ -50,17 +50,11 @@ impl StateRule {
         watermark_ms: Option<i64>,
     ) -> Result<(RecordBatch, RecordBatch)> {
         let on_time = match self {
-            StateRule::Windows => {
-                let end = batch.column_by_name(WINDOW_END_COLUMN).ok_or_else(|| {
-                    Error::InvalidRequest(format!("no {WINDOW_END_COLUMN} column"))
-                })?;
-                time_mask(end, |end| watermark_ms.is_none_or(|w| end > w))?
-            }
+            StateRule::Windows => window_mask(batch, watermark_ms, true)?,
             StateRule::Dedup { event_time, .. } => {
-                let times = batch.column_by_name(event_time).ok_or_else(|| {
-                    Error::InvalidRequest(format!("no event-time column {event_time}"))
-                })?;
-                time_mask(times, |ms| watermark_ms.is_none_or(|w| ms >= w))?
+                time_mask(time_column(batch, event_time)?, |ms| {
+                    watermark_ms.is_none_or(|w| ms >= w)
+                })?
             }
         };
         let late = filter_record_batch(batch, &arrow::compute::not(&on_time)?)?;
@@ -72,7 +66,9 @@ impl StateRule {
         Ok((on_time, late))
     }
 
-    /// The rows of `batch` (new or state) the next batch still needs.
+    /// The rows of `batch` (new or state) the next batch still needs: every on-time row
+    /// of a batch's new records (an open window; an event time not below the watermark),
+    /// and the state rows the watermark has not yet passed.
     pub fn still_needed(
         &self,
         batch: &RecordBatch,
@@ -106,18 +102,31 @@ pub fn select_windows(
     watermark_ms: Option<i64>,
     keep_open: bool,
 ) -> Result<RecordBatch> {
-    let end = batch
-        .column_by_name(WINDOW_END_COLUMN)
-        .ok_or_else(|| Error::InvalidRequest(format!("no {WINDOW_END_COLUMN} column")))?;
-    let end = millis(end)?;
-    let mask: BooleanArray = (0..end.len())
-        .map(|i| {
-            let open = end.is_valid(i) && watermark_ms.is_none_or(|w| end.value(i) > w);
-            let closed = end.is_valid(i) && watermark_ms.is_some_and(|w| end.value(i) <= w);
-            Some(if keep_open { open } else { closed })
-        })
-        .collect();
-    Ok(filter_record_batch(batch, &mask)?)
+    Ok(filter_record_batch(
+        batch,
+        &window_mask(batch, watermark_ms, keep_open)?,
+    )?)
+}
+
+/// Which rows of `batch` have a window still open (`keep_open`) or closed by
+/// `watermark_ms`; rows without a window are neither.
+fn window_mask(
+    batch: &RecordBatch,
+    watermark_ms: Option<i64>,
+    keep_open: bool,
+) -> Result<BooleanArray> {
+    let end = time_column(batch, WINDOW_END_COLUMN)?;
+    match keep_open {
+        true => time_mask(end, |end| watermark_ms.is_none_or(|w| end > w)),
+        false => time_mask(end, |end| watermark_ms.is_some_and(|w| end <= w)),
+    }
+}
+
+/// `batch`'s timestamp column `name`.
+fn time_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::InvalidRequest(format!("no time column {name}")))
 }
 
 /// Which rows of a timestamp column hold a time `keep` accepts (nulls never do).
@@ -134,10 +143,10 @@ fn select_by_time(
     column: &str,
     keep: impl Fn(i64) -> bool,
 ) -> Result<RecordBatch> {
-    let times = batch
-        .column_by_name(column)
-        .ok_or_else(|| Error::InvalidRequest(format!("no event-time column {column}")))?;
-    Ok(filter_record_batch(batch, &time_mask(times, keep)?)?)
+    Ok(filter_record_batch(
+        batch,
+        &time_mask(time_column(batch, column)?, keep)?,
+    )?)
 }
 
 /// `batch` with [`SEEN_COLUMN`] set to `seen` on every row (added when absent).
@@ -159,14 +168,14 @@ fn with_seen(batch: &RecordBatch, seen: bool) -> Result<RecordBatch> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use arrow::array::{AsArray, Int64Array, TimestampMillisecondArray};
     use arrow::datatypes::{Int64Type, TimeUnit};
 
     use super::*;
 
     /// Rows `n` = 1..=4 with `column` = 10, 20, null, 30 (ms).
-    fn batch(column: &str) -> RecordBatch {
+    pub(crate) fn batch(column: &str) -> RecordBatch {
         let schema = Schema::new(vec![
             Field::new("n", DataType::Int64, true),
             Field::new(

@@ -501,7 +501,8 @@ async fn carry_state(
         let (on_time, late_rows) = rule.split_late(&batch, task.watermark_ms)?;
         dropped += late_rows.num_rows() as u64;
         late.push(late_rows);
-        still_needed.push(rule.still_needed(&on_time, task.watermark_ms)?);
+        // On-time rows are all still needed (see `StateRule::still_needed`).
+        still_needed.push(on_time.clone());
         rows.push(on_time);
     }
     for batch in state_files::read_state(file_io, &task.state_files).await? {
