@@ -133,17 +133,10 @@ pub const SEEN_COLUMN: &str = "_sluice_seen";
 impl DedupSpec {
     /// How long after its event time a key is remembered beyond the watermark, in ms.
     pub fn within_ms(&self) -> Result<i64> {
-        let Some(within) = &self.within else {
-            return Ok(0);
-        };
-        humantime::parse_duration(within)
-            .map(|d| d.as_millis() as i64)
-            .map_err(|e| {
-                Error::spec(
-                    "source.kafka.dedup.within",
-                    format!("{within:?} is not a duration ({e}); e.g. 10m"),
-                )
-            })
+        match &self.within {
+            Some(within) => duration_ms("source.kafka.dedup.within", within, "10m"),
+            None => Ok(0),
+        }
     }
 
     /// Checks the key against the source and the options it needs.
@@ -239,14 +232,22 @@ fn validate_kafka_properties(properties: &BTreeMap<String, String>) -> Result<()
 
 /// A duration above zero in milliseconds; `field` names it in errors.
 fn positive_ms(field: &str, text: &str) -> Result<i64> {
-    match humantime::parse_duration(text) {
-        Ok(d) if d.as_millis() > 0 => Ok(d.as_millis() as i64),
-        Ok(_) => Err(Error::spec(field, "must be above zero")),
-        Err(e) => Err(Error::spec(
-            field,
-            format!("{text:?} is not a duration ({e}); e.g. 10s, 1m"),
-        )),
+    match duration_ms(field, text, "10s, 1m")? {
+        0 => Err(Error::spec(field, "must be above zero")),
+        ms => Ok(ms),
     }
+}
+
+/// A duration in milliseconds; `field` names it and `examples` show the syntax in errors.
+fn duration_ms(field: &str, text: &str, examples: &str) -> Result<i64> {
+    humantime::parse_duration(text)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|e| {
+            Error::spec(
+                field,
+                format!("{text:?} is not a duration ({e}); e.g. {examples}"),
+            )
+        })
 }
 
 /// The columns a windowed source gains: each record's window, as timestamps (ms).
@@ -313,14 +314,7 @@ impl LateRecords {
 impl WatermarkSpec {
     /// The allowed lateness in milliseconds.
     pub fn delay_ms(&self) -> Result<i64> {
-        humantime::parse_duration(&self.delay)
-            .map(|d| d.as_millis() as i64)
-            .map_err(|e| {
-                Error::spec(
-                    "source.kafka.watermark.delay",
-                    format!("{:?} is not a duration ({e}); e.g. 30s, 5m", self.delay),
-                )
-            })
+        duration_ms("source.kafka.watermark.delay", &self.delay, "30s, 5m")
     }
 
     /// Checks the column and the delay against the source.
