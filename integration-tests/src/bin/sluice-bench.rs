@@ -94,67 +94,53 @@ fn event(seq: u64, ts_ms: i64) -> String {
     )
 }
 
+/// Loads events `first..first + count` of about [`EVENT_BYTES`] stamped now.
 fn produce(
     cluster: &TestCluster,
     topic: &str,
     partitions: i32,
     first: u64,
     count: u64,
-    rate: Option<u64>,
 ) -> Result<()> {
-    produce_events(cluster, topic, partitions, first, count, rate, |_| {
+    produce_events(cluster, topic, partitions, first, count, |_| {
         sluice_core::now_ms()
     })
 }
 
-/// Produces events `first..first + count`, event `seq` with event time `event_time(seq)`.
+/// Loads events `first..first + count`, event `seq` with event time `event_time(seq)`.
 fn produce_events(
     cluster: &TestCluster,
     topic: &str,
     partitions: i32,
     first: u64,
     count: u64,
-    rate: Option<u64>,
     event_time: impl Fn(u64) -> i64,
 ) -> Result<()> {
     let producer = producer(&cluster.bootstrap_servers())?;
-    let started = Instant::now();
-    for i in 0..count {
-        let seq = first + i;
-        let payload = event(seq, event_time(seq));
-        loop {
-            let record = BaseRecord::<str, str>::to(topic)
-                .payload(&payload)
-                .partition((seq % partitions as u64) as i32)
-                .timestamp(sluice_core::now_ms());
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, _)) => {
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
-        if let Some(rate) = rate {
-            let due = Duration::from_secs_f64((i + 1) as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                producer.poll(Duration::ZERO);
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60))?;
+    let events = sluice_kafka::synthetic::EventRange {
+        first,
+        count,
+        rate: None,
+    };
+    sluice_kafka::synthetic::produce_events(
+        &producer,
+        topic,
+        partitions,
+        events,
+        |_| {},
+        |seq, _| (None, event(seq, event_time(seq))),
+    )?;
     Ok(())
 }
 
-/// Reads every record of `topic` with a plain consumer; returns the seconds it took and,
-/// when `keep_timestamps`, each record's produce time by (partition, offset).
-fn consume_all(
+/// Each of the `count` records' produce time by (partition, offset), read with a plain
+/// consumer.
+fn produce_times(
     cluster: &TestCluster,
     topic: &str,
     partitions: i32,
     count: u64,
-    keep_timestamps: bool,
-) -> Result<(f64, ProduceTimes)> {
+) -> Result<ProduceTimes> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())
         .set("group.id", "bench-raw")
@@ -165,23 +151,20 @@ fn consume_all(
         assignment.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
-    let started = Instant::now();
     let mut timestamps = HashMap::new();
     let mut read = 0;
     while read < count {
         match consumer.poll(Duration::from_secs(10)) {
             Some(Ok(m)) => {
                 read += 1;
-                if keep_timestamps {
-                    let produced = m.timestamp().to_millis().unwrap_or(0);
-                    timestamps.insert((m.partition(), m.offset()), produced);
-                }
+                let produced = m.timestamp().to_millis().unwrap_or(0);
+                timestamps.insert((m.partition(), m.offset()), produced);
             }
             Some(Err(e)) => bail!("raw consumer: {e}"),
             None => bail!("raw consumer stalled at {read} of {count} records"),
         }
     }
-    Ok((started.elapsed().as_secs_f64(), timestamps))
+    Ok(timestamps)
 }
 
 /// Reads every record of `topic` with one plain consumer per core (tuned as Sluice's
@@ -330,7 +313,7 @@ async fn shuffle_overhead(cluster: &TestCluster, executors: usize) -> Result<()>
     let partitions = 8;
     let batches = 20;
     cluster.kafka.create_topic("shuffle", partitions, 1)?;
-    produce(cluster, "shuffle", partitions, 0, batches * 10_000, None)?;
+    produce(cluster, "shuffle", partitions, 0, batches * 10_000)?;
     // Alternating rounds, so that a slow spell of the shared machine hits both jobs.
     let (mut single, mut single_exec, mut shuffled, mut shuffled_exec) =
         (vec![], vec![], vec![], vec![]);
@@ -480,8 +463,8 @@ async fn stream(cluster: &TestCluster, args: &Args, topic: &str) -> Result<Strea
             job_id: job.clone(),
         })
         .await?;
-    let (_, timestamps) = consume_all(cluster, topic, STREAM_PARTITIONS, total, true)
-        .context("reading produce times")?;
+    let timestamps =
+        produce_times(cluster, topic, STREAM_PARTITIONS, total).context("reading produce times")?;
 
     // Steady state: the first second of batches (the job starting: planning, executors
     // preparing it, connections) is left out of every figure, latency included.
@@ -613,8 +596,8 @@ async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
         .kafka
         .create_topic("load-large", args.partitions * 2, 1)?;
     let started = Instant::now();
-    produce(cluster, "load", args.partitions, 0, small, None)?;
-    produce(cluster, "load-large", args.partitions * 2, 0, large, None)?;
+    produce(cluster, "load", args.partitions, 0, small)?;
+    produce(cluster, "load-large", args.partitions * 2, 0, large)?;
     eprintln!(
         "loaded {} events in {:.1}s",
         small + large,
@@ -697,15 +680,9 @@ const WINDOW_EPOCH_MS: i64 = 1_700_000_000_000;
 async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
     let topic = "events";
     cluster.kafka.create_topic(topic, args.partitions, 1)?;
-    produce_events(
-        cluster,
-        topic,
-        args.partitions,
-        0,
-        args.events,
-        None,
-        |seq| WINDOW_EPOCH_MS + seq as i64,
-    )?;
+    produce_events(cluster, topic, args.partitions, 0, args.events, |seq| {
+        WINDOW_EPOCH_MS + seq as i64
+    })?;
     let batch = "    max_offsets_per_trigger: 100000";
     let windowed = format!("    watermark: {{column: ts, delay: 10s}}\n{batch}");
     let jobs = [
