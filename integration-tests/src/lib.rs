@@ -669,6 +669,19 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
             .into_inner())
     }
 
+    /// Stops `job` and waits until it no longer runs.
+    pub async fn stop_and_wait(&self, job: &str) -> Result<()> {
+        self.client()
+            .await?
+            .stop_job(sluice_proto::v1::StopJobRequest {
+                job_id: job.to_string(),
+            })
+            .await?;
+        self.wait_for(job, Duration::from_secs(30), |s| s.state != "RUNNING")
+            .await?;
+        Ok(())
+    }
+
     /// Polls the job's status until `done` holds; fails after `timeout`.
     pub async fn wait_for(
         &self,

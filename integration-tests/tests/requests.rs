@@ -170,21 +170,7 @@ async fn a_second_job_on_a_table_another_job_writes_is_refused_naming_it() {
         status.message()
     );
     // Once the writer is stopped, the table is free.
-    cluster
-        .client()
-        .await
-        .unwrap()
-        .stop_job(StopJobRequest {
-            job_id: "writer-a".into(),
-        })
-        .await
-        .unwrap();
-    cluster
-        .wait_for("writer-a", std::time::Duration::from_secs(30), |s| {
-            s.state != "RUNNING"
-        })
-        .await
-        .unwrap();
+    cluster.stop_and_wait("writer-a").await.unwrap();
     cluster.submit(&second).await.unwrap();
 }
 
@@ -214,21 +200,7 @@ async fn submissions_beyond_the_job_limit_are_refused_until_a_job_stops() {
         "{}",
         status.message()
     );
-    cluster
-        .client()
-        .await
-        .unwrap()
-        .stop_job(StopJobRequest {
-            job_id: "limit-a".into(),
-        })
-        .await
-        .unwrap();
-    cluster
-        .wait_for("limit-a", std::time::Duration::from_secs(30), |s| {
-            s.state != "RUNNING"
-        })
-        .await
-        .unwrap();
+    cluster.stop_and_wait("limit-a").await.unwrap();
     cluster.submit(&second).await.unwrap();
 }
 
