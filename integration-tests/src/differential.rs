@@ -91,6 +91,19 @@ pub fn source_batches(cluster: &TestCluster, spec: &JobSpec) -> Result<Vec<Recor
     Ok(batches)
 }
 
+/// What single-process DataFusion computes for `sql` over `source` alone.
+pub async fn query_source(sql: &str, source: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let ctx = SessionContext::new();
+    register_source(&ctx, source)?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+fn register_source(ctx: &SessionContext, source: Vec<RecordBatch>) -> Result<()> {
+    let schema = source[0].schema();
+    ctx.register_table("source", Arc::new(MemTable::try_new(schema, vec![source])?))?;
+    Ok(())
+}
+
 /// What single-process DataFusion computes for `sql` over the same tables.
 pub async fn expected_rows(
     sql: &str,
@@ -99,13 +112,7 @@ pub async fn expected_rows(
     regions: &std::path::Path,
 ) -> Result<Vec<String>> {
     let ctx = SessionContext::new();
-    ctx.register_table(
-        "source",
-        Arc::new(MemTable::try_new(
-            source[0].schema(),
-            vec![source.to_vec()],
-        )?),
-    )?;
+    register_source(&ctx, source.to_vec())?;
     ctx.register_table(
         "products",
         Arc::new(MemTable::try_new(

@@ -5,16 +5,13 @@
 //! The seed (fixed by default) is printed; set `SLUICE_DEDUP_SEED` to try another.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Float64Type;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_core::spec::JobSpec;
-use sluice_integration_tests::differential::source_batches;
+use sluice_integration_tests::differential::{query_source, source_batches};
 use sluice_integration_tests::TestCluster;
 
 const PARTITIONS: i32 = 4;
@@ -111,21 +108,12 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
     let source = source_batches(&cluster, &parsed).unwrap();
     let all_records: usize = source.iter().map(|b| b.num_rows()).sum();
     assert_eq!(all_records, sends.len());
-    let ctx = SessionContext::new();
-    ctx.register_table(
-        "source",
-        Arc::new(MemTable::try_new(source[0].schema(), vec![source]).unwrap()),
+    let expected = query_source(
+        "SELECT order_id, amount FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) WHERE rn = 1",
+        source,
     )
+    .await
     .unwrap();
-    let expected = ctx
-        .sql(
-            "SELECT order_id, amount FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) WHERE rn = 1",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
     let expected = orders_of(&expected);
     assert_eq!(expected.len(), ORDERS as usize);
     let streamed = orders_of(&cluster.table_rows(&spec).await.unwrap());

@@ -2,12 +2,8 @@
 //! in one topic): Sluice commits exactly the rows single-process DataFusion computes over
 //! the same records, and the example job is the suite's q1.
 
-use std::sync::Arc;
-
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 use sluice_core::spec::JobSpec;
-use sluice_integration_tests::differential::source_batches;
+use sluice_integration_tests::differential::{query_source, source_batches};
 use sluice_integration_tests::TestCluster;
 use sluice_kafka::nexmark::{event_json, Q0, Q1, Q2, SCHEMA_YAML};
 use sluice_testkit::normalized_rows;
@@ -49,14 +45,7 @@ async fn nexmark_q0_q1_q2_commit_what_datafusion_computes_over_the_stream() {
         assert!(status.last_committed_batch >= 2, "{name}: several batches");
 
         let records = source_batches(&cluster, &JobSpec::parse(&spec).unwrap()).unwrap();
-        let ctx = SessionContext::new();
-        ctx.register_table(
-            "source",
-            Arc::new(MemTable::try_new(records[0].schema(), vec![records]).unwrap()),
-        )
-        .unwrap();
-        let expected = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let expected = normalized_rows(&expected);
+        let expected = normalized_rows(&query_source(sql, records).await.unwrap());
         let committed = normalized_rows(&cluster.table_rows(&spec).await.unwrap());
         assert!(!expected.is_empty(), "{name}: rows to compare");
         assert_eq!(committed.len(), expected.len(), "{name}");

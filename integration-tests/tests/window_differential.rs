@@ -5,16 +5,13 @@
 //! `SLUICE_WINDOW_SEED` to try or replay another.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMillisecondType};
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_core::spec::JobSpec;
-use sluice_integration_tests::differential::source_batches;
+use sluice_integration_tests::differential::{query_source, source_batches};
 use sluice_integration_tests::TestCluster;
 
 const PARTITIONS: i32 = 4;
@@ -125,19 +122,7 @@ async fn stream_equals_batch(
     let mut parsed = JobSpec::parse(&spec).unwrap();
     parsed.source.kafka.window = None;
     let source = source_batches(&cluster, &parsed).unwrap();
-    let ctx = SessionContext::new();
-    ctx.register_table(
-        "source",
-        Arc::new(MemTable::try_new(source[0].schema(), vec![source]).unwrap()),
-    )
-    .unwrap();
-    let expected = ctx
-        .sql(expected_sql)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let expected = query_source(expected_sql, source).await.unwrap();
     let expected: Windows = windows_of(&expected)
         .into_iter()
         .filter(|(start, _)| *start + size_ms <= closed_by)
