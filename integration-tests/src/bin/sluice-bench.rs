@@ -27,7 +27,6 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_integration_tests::TestCluster;
 use sluice_kafka::synthetic::{producer, Order};
@@ -426,24 +425,19 @@ async fn stream(cluster: &TestCluster, args: &Args, topic: &str) -> Result<Strea
         let rate = args.stream_rate;
         let topic = topic.to_string();
         std::thread::spawn(move || -> Result<()> {
-            let producer = producer(&bootstrap)?;
-            let started = Instant::now();
-            for seq in 0..total {
-                let payload = event(seq, sluice_core::now_ms());
-                let record = BaseRecord::<str, str>::to(&topic)
-                    .payload(&payload)
-                    .partition((seq % STREAM_PARTITIONS as u64) as i32)
-                    .timestamp(sluice_core::now_ms());
-                if producer.send(record).is_err() {
-                    producer.poll(Duration::from_millis(5));
-                }
-                let due = Duration::from_secs_f64((seq + 1) as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    producer.poll(Duration::ZERO);
-                    std::thread::sleep(wait);
-                }
-            }
-            producer.flush(Duration::from_secs(30))?;
+            let events = sluice_kafka::synthetic::EventRange {
+                first: 0,
+                count: total,
+                rate: Some(rate as f64),
+            };
+            sluice_kafka::synthetic::produce_events(
+                &producer(&bootstrap)?,
+                &topic,
+                STREAM_PARTITIONS,
+                events,
+                |_| {},
+                |seq, now_ms| (None, event(seq, now_ms)),
+            )?;
             Ok(())
         })
     };
