@@ -583,6 +583,33 @@ async fn run_spec_to_completion(cluster: &TestCluster, spec: &str) -> Result<Job
     })
 }
 
+/// Runs `jobs` jobs to completion in two alternating rounds (`spec_of(job, round)`) and
+/// keeps each job's faster run: the machine is noisy. Every run must read
+/// `expected_rows` when given.
+async fn best_of_two_rounds(
+    cluster: &TestCluster,
+    jobs: usize,
+    expected_rows: Option<u64>,
+    spec_of: impl Fn(usize, usize) -> String,
+) -> Result<Vec<JobRun>> {
+    let mut best: Vec<Option<JobRun>> = (0..jobs).map(|_| None).collect();
+    for round in 0..2 {
+        for (i, best) in best.iter_mut().enumerate() {
+            let run = run_spec_to_completion(cluster, &spec_of(i, round)).await?;
+            if let Some(expected) = expected_rows.filter(|&e| e != run.rows()) {
+                bail!("job {i} read {} records, expected {expected}", run.rows());
+            }
+            if best.as_ref().is_none_or(|b| run.rate() > b.rate()) {
+                *best = Some(run);
+            }
+        }
+    }
+    Ok(best
+        .into_iter()
+        .map(|b| b.expect("every job ran"))
+        .collect())
+}
+
 /// Raw consumer, filter and aggregation jobs, the aggregation at two sizes.
 async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
     let (small, large) = (args.events, args.events * 2);
@@ -696,24 +723,18 @@ async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
             windowed,
         ),
     ];
-    // Two alternating rounds; each job's faster run counts (the machine is noisy).
-    let mut best: Vec<Option<JobRun>> = jobs.iter().map(|_| None).collect();
-    for round in 0..2 {
-        for (i, (_, sql, extra)) in jobs.iter().enumerate() {
-            let run = run_to_completion(
-                cluster,
-                &format!("bench-window-{i}-{round}"),
-                topic,
-                sql,
-                extra,
-            )
-            .await?;
-            if best[i].as_ref().is_none_or(|b| run.rate() > b.rate()) {
-                best[i] = Some(run);
-            }
-        }
-    }
-    let best: Vec<JobRun> = best.into_iter().map(Option::unwrap).collect();
+    let best = best_of_two_rounds(cluster, jobs.len(), None, |i, round| {
+        let (_, sql, extra) = &jobs[i];
+        spec(
+            cluster,
+            &format!("bench-window-{i}-{round}"),
+            topic,
+            sql,
+            "{available_now: true}",
+            extra,
+        )
+    })
+    .await?;
     println!(
         "## Windows ({} events, one per ms of event time, {} partitions, batches of 100,000 offsets)\n",
         args.events, args.partitions
@@ -771,43 +792,28 @@ async fn nexmark(cluster: &TestCluster, args: &Args) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
     let source = "    max_offsets_per_trigger: 400000";
     println!(
-        "## Nexmark ({} events: persons, auctions, bids 1:3:46; {} partitions, {} executors, {cores} cores for everything)
-",
+        "## Nexmark ({} events: persons, auctions, bids 1:3:46; {} partitions, {} executors, {cores} cores for everything)\n",
         args.events, args.partitions, args.executors
     );
     println!(
         "| query | events/s | events/s per core | Flink's reported per core | ratio | CPU idle |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    // Two alternating rounds; each query's faster run counts (the machine is noisy).
     let queries = [("q0", Q0), ("q1", Q1), ("q2", Q2)];
-    let mut best: Vec<Option<JobRun>> = queries.iter().map(|_| None).collect();
-    for round in 0..2 {
-        for (i, (name, sql)) in queries.iter().enumerate() {
-            let spec = spec(
-                cluster,
-                &format!("bench-nexmark-{name}-{round}"),
-                topic,
-                sql,
-                "{available_now: true}",
-                source,
-            )
-            .replace(sluice_kafka::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML);
-            let run = run_spec_to_completion(cluster, &spec).await?;
-            if run.rows() != args.events {
-                bail!(
-                    "{name} read {} events, expected {}",
-                    run.rows(),
-                    args.events
-                );
-            }
-            if best[i].as_ref().is_none_or(|b| run.rate() > b.rate()) {
-                best[i] = Some(run);
-            }
-        }
-    }
+    let best = best_of_two_rounds(cluster, queries.len(), Some(args.events), |i, round| {
+        let (name, sql) = queries[i];
+        spec(
+            cluster,
+            &format!("bench-nexmark-{name}-{round}"),
+            topic,
+            sql,
+            "{available_now: true}",
+            source,
+        )
+        .replace(sluice_kafka::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML)
+    })
+    .await?;
     for (i, ((name, _), run)) in queries.iter().zip(best).enumerate() {
-        let run = run.expect("every query ran");
         let per_core = run.rate() / cores;
         println!(
             "| {name} | {:.0} | {per_core:.0} | {} | {:.2} | {:.0}% |",
