@@ -45,25 +45,39 @@ pub fn window_fields() -> Vec<Field> {
     ]
 }
 
-/// The full `source` schema: decoded columns followed by Kafka metadata columns.
+/// The full `source` schema the SQL sees: decoded columns followed by Kafka metadata
+/// columns, and the window columns of a windowed source.
 pub fn source_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
+    let mut fields = stream_fields(kafka)?;
+    if kafka.session.is_some() {
+        fields.extend(window_fields());
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The columns of a decoded record: decoded columns, metadata columns, and the window
+/// columns the decoder adds for fixed windows (sessions get theirs from the query's view).
+pub fn stream_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
+    Ok(Arc::new(Schema::new(stream_fields(kafka)?)))
+}
+
+fn stream_fields(kafka: &KafkaSourceSpec) -> Result<Vec<Field>> {
     let values = value_schema(kafka)?;
     let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(metadata_fields());
     if kafka.window.is_some() {
         fields.extend(window_fields());
     }
-    Ok(Arc::new(Schema::new(fields)))
+    Ok(fields)
 }
 
-/// What source tasks hand the plan: the `source` schema, plus [`SEEN_COLUMN`] when the job
-/// deduplicates (its state rows travel with the batch's records, marked seen).
+/// What source tasks hand the plan: the decoded records' columns, plus [`SEEN_COLUMN`]
+/// when the job deduplicates (its state rows travel with the batch's records, marked
+/// seen).
 pub fn scan_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
-    let source = source_schema(kafka)?;
-    if kafka.dedup.is_none() {
-        return Ok(source);
+    let mut fields = stream_fields(kafka)?;
+    if kafka.dedup.is_some() {
+        fields.push(Field::new(SEEN_COLUMN, DataType::Boolean, false));
     }
-    let mut fields: Vec<Field> = source.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(SEEN_COLUMN, DataType::Boolean, false));
     Ok(Arc::new(Schema::new(fields)))
 }

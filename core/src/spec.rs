@@ -10,6 +10,7 @@ use arrow_schema::{DataType, Field, Fields, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::window_sql::SqlWindowKind;
 
 /// Default number of records a single task reads at most.
 pub const DEFAULT_MAX_RECORDS_PER_TASK: u64 = 500_000;
@@ -104,6 +105,12 @@ pub struct KafkaSourceSpec {
     /// watermark has passed its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowSpec>,
+    /// Session windows over the watermark's column, per key: a session ends once `gap`
+    /// passes without a record of its key. The `source` table gains `window_start` and
+    /// `window_end` (the last record's time plus the gap); a session's rows are written
+    /// once, when the watermark has passed its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionSpec>,
     /// Deduplication: the first record per key passes, later ones with the same key are
     /// dropped for as long as the key is remembered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,9 +168,7 @@ impl DedupSpec {
             ));
         }
         for column in &self.key {
-            let known = kafka.schema.iter().any(|f| f.name == *column)
-                || METADATA_COLUMNS.contains(&column.as_str());
-            if !known {
+            if !is_source_column(kafka, column) {
                 return Err(Error::spec(
                     "source.kafka.dedup.key",
                     format!("{column:?} is not a column of the source"),
@@ -185,6 +190,56 @@ pub struct WindowSpec {
     /// a 5-minute window every minute; it must divide `size`. Absent: tumbling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slide: Option<String>,
+}
+
+/// `source.kafka.session`: session windows of each `key`, closed by `gap` without records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// How long without a record of its key ends a session, e.g. `30s`.
+    pub gap: String,
+    /// The columns a session belongs to, e.g. `[user_id]`; empty: one session stream for
+    /// all records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key: Vec<String>,
+}
+
+impl SessionSpec {
+    /// The gap in milliseconds.
+    pub fn gap_ms(&self) -> Result<i64> {
+        positive_ms("source.kafka.session.gap", &self.gap)
+    }
+
+    /// Checks the gap, the key and the options sessions need.
+    fn validate(&self, kafka: &KafkaSourceSpec) -> Result<()> {
+        self.gap_ms()?;
+        if kafka.watermark.is_none() {
+            return Err(Error::spec(
+                "source.kafka.session",
+                "session windows need source.kafka.watermark (the event-time column and the allowed lateness)",
+            ));
+        }
+        if kafka.window.is_some() || kafka.dedup.is_some() {
+            return Err(Error::spec(
+                "source.kafka.session",
+                "cannot be combined with source.kafka.window or source.kafka.dedup yet",
+            ));
+        }
+        for column in &self.key {
+            if !is_source_column(kafka, column) {
+                return Err(Error::spec(
+                    "source.kafka.session.key",
+                    format!("{column:?} is not a column of the source"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `column` is a decoded or metadata column of the source.
+fn is_source_column(kafka: &KafkaSourceSpec, column: &str) -> bool {
+    kafka.schema.iter().any(|f| f.name == column) || METADATA_COLUMNS.contains(&column)
 }
 
 /// Client properties Sluice sets itself: exact range reads depend on them.
@@ -380,9 +435,15 @@ const METADATA_COLUMNS: [&str; 5] = [
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 << 20;
 
 impl KafkaSourceSpec {
-    /// Whether batches hand state to the next (windows or deduplication).
+    /// Whether batches hand state to the next (windows, sessions or deduplication).
     pub fn is_stateful(&self) -> bool {
-        self.window.is_some() || self.dedup.is_some()
+        self.is_windowed() || self.dedup.is_some()
+    }
+
+    /// Whether the `source` table has `window_start` and `window_end` (fixed or session
+    /// windows), whose rows are written once the watermark passes `window_end`.
+    pub fn is_windowed(&self) -> bool {
+        self.window.is_some() || self.session.is_some()
     }
 
     /// Whether late records go to the dead-letter table.
@@ -832,7 +893,8 @@ impl JobSpec {
         Ok(spec)
     }
 
-    /// Turns a `tumble()`/`hop()` the SQL groups by into `source.kafka.window` and the
+    /// Turns a `tumble()`/`hop()` the SQL groups by into `source.kafka.window` (a
+    /// `session()` into `source.kafka.session`) and the
     /// window's columns (see [`crate::window_sql`]); a parsed spec holds no window calls.
     fn resolve_sql_window(&mut self) -> Result<()> {
         let found = crate::window_sql::extract_window(&self.sql)
@@ -841,10 +903,10 @@ impl JobSpec {
             return Ok(());
         };
         let kafka = &mut self.source.kafka;
-        if kafka.window.is_some() {
+        if kafka.is_windowed() {
             return Err(Error::spec(
                 "sql",
-                "groups by a window and source.kafka.window is set too; keep one",
+                "groups by a window and source.kafka.window or source.kafka.session is set too; keep one",
             ));
         }
         match &kafka.watermark {
@@ -865,10 +927,20 @@ impl JobSpec {
                 ))
             }
         }
-        kafka.window = Some(WindowSpec {
-            size: format!("{}ms", window.size_ms),
-            slide: (window.slide_ms != window.size_ms).then(|| format!("{}ms", window.slide_ms)),
-        });
+        match window.kind {
+            SqlWindowKind::Fixed { size_ms, slide_ms } => {
+                kafka.window = Some(WindowSpec {
+                    size: format!("{size_ms}ms"),
+                    slide: (slide_ms != size_ms).then(|| format!("{slide_ms}ms")),
+                })
+            }
+            SqlWindowKind::Session { gap_ms, key } => {
+                kafka.session = Some(SessionSpec {
+                    gap: format!("{gap_ms}ms"),
+                    key,
+                })
+            }
+        }
         self.sql = sql;
         Ok(())
     }
@@ -1006,6 +1078,9 @@ impl JobSpec {
         }
         if let Some(dedup) = &kafka.dedup {
             dedup.validate(kafka)?;
+        }
+        if let Some(session) = &kafka.session {
+            session.validate(kafka)?;
         }
         if let Some(depth) = kafka.max_nesting_depth {
             if !(1..=MAX_NESTING_DEPTH_LIMIT).contains(&depth) {
@@ -1152,7 +1227,7 @@ pub fn source_fields(kafka: &KafkaSourceSpec) -> Result<Vec<Field>> {
         }
         if METADATA_COLUMNS.contains(&field.name.as_str())
             || field.name == SEEN_COLUMN
-            || (kafka.window.is_some()
+            || (kafka.is_windowed()
                 && [WINDOW_START_COLUMN, WINDOW_END_COLUMN].contains(&field.name.as_str()))
         {
             return Err(Error::spec(
@@ -1428,6 +1503,53 @@ sink:
         assert!(error_text(&stateless).contains("only windows and deduplication drop late records"));
         let hidden = "schema: [{name: _sluice_seen, type: utf8}]";
         assert!(error_text(&with(schema, hidden)).contains("taken"));
+    }
+
+    #[test]
+    fn a_session_in_the_sql_becomes_the_source_session_keyed_by_the_group_by_columns() {
+        let schema = "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]";
+        let with_ts = "schema: [{name: customer_id, type: int64}, {name: order_id, type: utf8}, {name: ts, type: timestamp_ms}]";
+        let spec = |options: &str, sql: &str| {
+            let text = with(schema, &format!("{with_ts}\n    {options}"));
+            let line = text.lines().find(|l| l.starts_with("sql:")).unwrap();
+            text.replace(line, sql)
+        };
+        let watermark = "watermark: {column: ts, delay: 30s}";
+        let sql = "sql: SELECT window_start, window_end, customer_id, count(*) AS n FROM source GROUP BY session(ts, INTERVAL '30 seconds'), customer_id";
+        let parsed = JobSpec::parse(&spec(watermark, sql)).unwrap();
+        let session = parsed.source.kafka.session.as_ref().unwrap();
+        assert_eq!(
+            (session.gap_ms().unwrap(), session.key.clone()),
+            (30_000, vec!["customer_id".to_string()])
+        );
+        assert!(parsed.source.kafka.is_windowed() && parsed.source.kafka.window.is_none());
+        assert_eq!(JobSpec::parse(&parsed.to_json()).unwrap(), parsed);
+        let plain_sql = "sql: SELECT count(*) FROM source GROUP BY window_start, window_end";
+        for (options, sql, why) in [
+            (
+                "fail_on_data_loss: true",
+                sql,
+                "need source.kafka.watermark",
+            ),
+            (
+                &format!("{watermark}\n    session: {{gap: 10s, key: [nobody]}}"),
+                plain_sql,
+                "\"nobody\" is not a column",
+            ),
+            (
+                &format!("{watermark}\n    session: {{gap: 10s}}\n    dedup: {{key: [order_id]}}"),
+                plain_sql,
+                "cannot be combined",
+            ),
+            (
+                &format!("{watermark}\n    session: {{gap: 0s}}"),
+                plain_sql,
+                "must be above zero",
+            ),
+        ] {
+            let message = error_text(&spec(options, sql));
+            assert!(message.contains(why), "{options}: {message}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Windows written in SQL: `GROUP BY tumble(ts, INTERVAL '1 minute')` or
-//! `hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes')` (slide, then size). At parse time
-//! each call is replaced by `window_start, window_end` and the window becomes the spec's
-//! `source.kafka.window`, so planning and execution see one kind of window.
+//! Windows written in SQL: `GROUP BY tumble(ts, INTERVAL '1 minute')`,
+//! `hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes')` (slide, then size) or
+//! `session(ts, INTERVAL '30 seconds')` (the gap; sessions of each combination of the other
+//! `GROUP BY` columns). At parse time each call is replaced by `window_start, window_end`
+//! and the window becomes the spec's `source.kafka.window` or `source.kafka.session`, so
+//! planning and execution never see the calls.
 
 use std::ops::ControlFlow;
 
@@ -19,14 +21,23 @@ use crate::spec::{WINDOW_END_COLUMN, WINDOW_START_COLUMN};
 pub struct SqlWindow {
     /// The event-time column the call names.
     pub column: String,
-    pub size_ms: i64,
-    /// Equal to `size_ms` for a tumbling window.
-    pub slide_ms: i64,
+    pub kind: SqlWindowKind,
+}
+
+/// Fixed windows (`tumble`, `hop`) or sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlWindowKind {
+    /// `slide_ms` equals `size_ms` for a tumbling window.
+    Fixed { size_ms: i64, slide_ms: i64 },
+    /// Sessions per value of `key` (the other `GROUP BY` columns), ended by `gap_ms`
+    /// without a record.
+    Session { gap_ms: i64, key: Vec<String> },
 }
 
 /// `sql` with its window calls replaced, and the window; `None` when it has none (or does
 /// not parse, which planning reports). Fails when the calls are used in a way Sluice
-/// cannot run: outside `GROUP BY`, two different windows, bad arguments, `session()`.
+/// cannot run: outside `GROUP BY`, two different windows, bad arguments, a session grouped
+/// with something other than plain columns.
 pub fn extract_window(sql: &str) -> Result<Option<(String, SqlWindow)>, String> {
     let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
         return Ok(None);
@@ -89,12 +100,17 @@ impl GroupByRewriter {
             return ControlFlow::Continue(());
         };
         let mut rewritten = Vec::with_capacity(exprs.len() + 1);
+        let others: Vec<Expr> = exprs
+            .iter()
+            .filter(|e| window_call(e).is_none())
+            .cloned()
+            .collect();
         for expr in exprs.drain(..) {
             let Some((name, args)) = window_call(&expr) else {
                 rewritten.push(expr);
                 continue;
             };
-            let window = match window_of(&name, &args) {
+            let window = match window_of(&name, &args, &others) {
                 Ok(window) => window,
                 Err(message) => return ControlFlow::Break(message),
             };
@@ -135,31 +151,44 @@ fn window_call(expr: &Expr) -> Option<(String, Vec<Expr>)> {
     Some((name, args))
 }
 
-fn window_of(name: &str, args: &[Expr]) -> Result<SqlWindow, String> {
+/// The window of a call; `others` are the other expressions of its `GROUP BY`.
+fn window_of(name: &str, args: &[Expr], others: &[Expr]) -> Result<SqlWindow, String> {
     let usage = match name {
         "tumble" => "tumble(ts, INTERVAL '1 minute')",
         "hop" => "hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes') (slide, then size)",
-        _ => return Err("session windows are not supported yet; use tumble() or hop()".into()),
+        _ => "session(ts, INTERVAL '30 seconds') (the gap that ends a session)",
     };
-    let expected = if name == "tumble" { 2 } else { 3 };
+    let expected = if name == "hop" { 3 } else { 2 };
     if args.len() != expected {
         return Err(format!("{name}() takes {expected} arguments: {usage}"));
     }
-    let column = match &args[0] {
-        Expr::Identifier(ident) => ident.value.clone(),
-        Expr::CompoundIdentifier(parts) => {
-            parts.last().map(|p| p.value.clone()).unwrap_or_default()
-        }
-        other => {
-            return Err(format!(
-                "{name}()'s first argument must be the event-time column, not {other}: {usage}"
-            ))
-        }
+    let Some(column) = column_name(&args[0]) else {
+        return Err(format!(
+            "{name}()'s first argument must be the event-time column, not {}: {usage}",
+            args[0]
+        ));
     };
     let durations = args[1..]
         .iter()
         .map(|arg| interval_ms(arg).map_err(|e| format!("{name}(): {e}: {usage}")))
         .collect::<Result<Vec<_>, _>>()?;
+    if name == "session" {
+        let key = others
+            .iter()
+            .map(|expr| {
+                column_name(expr).ok_or_else(|| {
+                    format!("a session window groups by plain columns only (they are the session's key), not {expr}")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(SqlWindow {
+            column,
+            kind: SqlWindowKind::Session {
+                gap_ms: durations[0],
+                key,
+            },
+        });
+    }
     let (slide_ms, size_ms) = match durations[..] {
         [size] => (size, size),
         [slide, size] => (slide, size),
@@ -172,9 +201,17 @@ fn window_of(name: &str, args: &[Expr]) -> Result<SqlWindow, String> {
     }
     Ok(SqlWindow {
         column,
-        size_ms,
-        slide_ms,
+        kind: SqlWindowKind::Fixed { size_ms, slide_ms },
     })
+}
+
+/// The column an expression names, if it is a plain (possibly qualified) column.
+fn column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(ident) => Some(ident.value.clone()),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
+        _ => None,
+    }
 }
 
 /// An `INTERVAL '…'` literal in milliseconds: `'1 minute'`, `'90 seconds'`, `'30' SECOND`,
@@ -234,9 +271,37 @@ mod tests {
     fn window(column: &str, size_ms: i64, slide_ms: i64) -> SqlWindow {
         SqlWindow {
             column: column.into(),
-            size_ms,
-            slide_ms,
+            kind: SqlWindowKind::Fixed { size_ms, slide_ms },
         }
+    }
+
+    #[test]
+    fn session_becomes_the_window_columns_keyed_by_the_other_group_by_columns() {
+        let (sql, found) = extract_window(
+            "SELECT window_start, window_end, user_id, count(*) AS n FROM source \
+             GROUP BY session(ts, INTERVAL '30 seconds'), user_id, source.country",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            found,
+            SqlWindow {
+                column: "ts".into(),
+                kind: SqlWindowKind::Session {
+                    gap_ms: 30_000,
+                    key: vec!["user_id".into(), "country".into()]
+                }
+            }
+        );
+        assert!(
+            sql.ends_with("GROUP BY window_start, window_end, user_id, source.country"),
+            "{sql}"
+        );
+        let message = extract_window(
+            "SELECT count(*) FROM source GROUP BY session(ts, INTERVAL '30 seconds'), lower(user_id)",
+        )
+        .unwrap_err();
+        assert!(message.contains("plain columns only"), "{message}");
     }
 
     #[test]
@@ -281,8 +346,8 @@ mod tests {
                 "only be a GROUP BY expression",
             ),
             (
-                "SELECT count(*) FROM source GROUP BY session(ts, INTERVAL '30 seconds')",
-                "session windows are not supported yet",
+                "SELECT count(*) FROM source GROUP BY session(ts)",
+                "takes 2 arguments",
             ),
             (
                 "SELECT count(*) FROM source GROUP BY tumble(ts)",

@@ -332,14 +332,14 @@ impl JobRunner {
         Ok(job)
     }
 
-    /// One batch: recover the pending one or plan the next, then run it through the
-    /// protocol.
     /// Whether the job ends with a batch that writes the windows the final watermark
     /// closes.
     fn flushes_windows(&self) -> bool {
-        self.shared.spec.source.kafka.window.is_some()
+        self.shared.spec.source.kafka.is_windowed()
     }
 
+    /// One batch: recover the pending one or plan the next, then run it through the
+    /// protocol.
     async fn step(&mut self) -> Result<Step> {
         let trigger_started = Instant::now();
         let job = self.job_ref().await?;

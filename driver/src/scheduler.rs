@@ -12,6 +12,7 @@ use futures::future::try_join_all;
 use sluice_core::failpoint;
 use sluice_core::spec::{JobSpec, WINDOW_END_COLUMN};
 use sluice_core::{BatchId, ExecutorId, TaskId};
+use sluice_iceberg::data_files::state_file_partition;
 use sluice_kafka::offsets::{BatchPlan, OffsetRange};
 use sluice_plan::{plan_job, JobPlan, StageKind, StageOutput};
 use sluice_proto::v1::{
@@ -85,15 +86,35 @@ pub struct JobRef {
     prepared_key: String,
     /// The first stage that reads the stream: its tasks count input rows.
     counting_stage: Option<u32>,
+    /// Stateful jobs: the stage whose tasks carry the state (the stream's stage, or for
+    /// session windows the stage after its shuffle).
+    state_stage: Option<u32>,
 }
 
 impl JobRef {
     /// Plans the job's SQL into stages (once per job and driver).
     pub async fn plan(job_id: &str, spec: &JobSpec) -> Result<JobRef> {
         let plan = plan_job(spec).await?;
-        if spec.source.kafka.is_stateful() {
-            check_stateful_plan(&plan, spec.source.kafka.window.is_some())?;
+        let kafka = &spec.source.kafka;
+        if kafka.is_stateful() {
+            check_stateful_plan(&plan, kafka.is_windowed())?;
         }
+        let state_stage = match (&kafka.session, kafka.is_stateful()) {
+            (Some(_), _) => Some(
+                plan.stage_after_stream()
+                    .ok_or_else(|| sluice_core::Error::InvalidSql {
+                        message: "a session job's plan must shuffle the stream by the session key"
+                            .into(),
+                    })?
+                    .id,
+            ),
+            (None, true) => plan
+                .stages
+                .iter()
+                .find(|s| s.kind == StageKind::Source)
+                .map(|s| s.id),
+            (None, false) => None,
+        };
         let encoded = plan.encoded_stages()?;
         debug!(job = %job_id, plan = %plan.display(), "stage plans");
         let spec_json = spec.to_json();
@@ -128,6 +149,7 @@ impl JobRef {
                 .iter()
                 .find(|s| s.kind == StageKind::Source)
                 .map(|s| s.id),
+            state_stage,
             spec_json: Arc::new(spec_json),
             stages: Arc::new(stages),
             output_schema: plan.output_schema,
@@ -175,7 +197,8 @@ struct BatchRun<'a> {
     term: i64,
     /// The watermark the batch runs under (jobs with a watermark).
     watermark_ms: Option<i64>,
-    /// Stateful jobs: the state the batch starts from, shared out among the source tasks.
+    /// Stateful jobs: the state the batch starts from, shared out among the tasks of the
+    /// job's state stage.
     state_files: Vec<String>,
     /// The offset ranges of each task of the stages reading the stream.
     ranges: Vec<Vec<OffsetRange>>,
@@ -217,14 +240,25 @@ impl BatchRun<'_> {
         }
     }
 
-    /// The state files source task `task` carries: every source task takes its share
-    /// (round-robin), so reading and rewriting the state is spread like the records.
+    /// The state files task `task` of the job's state stage carries. Source tasks take
+    /// a share each (round-robin), so reading and rewriting the state is spread like the
+    /// records; after a shuffle each task takes the files of the partitions it reduces.
     fn state_files_of(&self, stage: &StageInfo, task: u32) -> Vec<String> {
+        if self.job.state_stage != Some(stage.id) {
+            return vec![];
+        }
         let tasks = self.task_count(stage).max(1) as usize;
+        let partitions = self.partitions(stage, task);
         self.state_files
             .iter()
             .enumerate()
-            .filter(|(i, _)| i % tasks == task as usize)
+            .filter(|(i, path)| match stage.kind {
+                StageKind::Source => i % tasks == task as usize,
+                StageKind::Hash(_) => {
+                    state_file_partition(path).is_some_and(|p| partitions.contains(&p))
+                }
+                StageKind::Single => true,
+            })
             .map(|(_, path)| path.clone())
             .collect()
     }
@@ -271,10 +305,7 @@ impl BatchRun<'_> {
             report_input: self.job.counting_stage == Some(stage.id),
             term: self.term,
             watermark_ms: self.watermark_ms,
-            state_files: match stage.kind {
-                StageKind::Source => self.state_files_of(stage, task),
-                _ => vec![],
-            },
+            state_files: self.state_files_of(stage, task),
         }
     }
 }

@@ -10,6 +10,7 @@ mod late_records;
 mod metrics;
 mod registration;
 mod service;
+mod sessions;
 mod shuffle_store;
 mod state_files;
 mod state_rule;

@@ -73,11 +73,11 @@ pub async fn read_state(file_io: &FileIO, paths: &[String]) -> Result<Vec<Record
     Ok(batches)
 }
 
-/// Where a task attempt keeps its state: beside the table's data, named like its data
-/// files (job, batch, term, task, attempt).
-pub fn state_path(table_location: &str, attempt_prefix: &str) -> String {
+/// Where a state file named `name` is kept: beside the table's data, named like the data
+/// files of the attempt that wrote it (see `sluice_iceberg::data_files::state_file_name`).
+pub fn state_path(table_location: &str, name: &str) -> String {
     format!(
-        "{}/{STATE_DIR}/{attempt_prefix}.parquet",
+        "{}/{STATE_DIR}/{name}",
         table_location.trim_end_matches('/')
     )
 }
@@ -117,7 +117,7 @@ mod tests {
     async fn state_round_trips_through_parquet() {
         let dir = tempfile::tempdir().unwrap();
         let file_io = iceberg::io::FileIO::new_with_fs();
-        let path = state_path(&format!("file://{}", dir.path().display()), "j.b1");
+        let path = state_path(&format!("file://{}", dir.path().display()), "j.b1.parquet");
         let b = batch();
         let written = write_state(&file_io, &path, &b.schema(), std::slice::from_ref(&b))
             .await

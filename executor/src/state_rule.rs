@@ -5,6 +5,9 @@
 //! - Deduplication: a record is on time while its event time is not below the watermark;
 //!   the rows of keys still remembered (event time plus `within` not below the watermark)
 //!   are the state, read back marked seen so the query's view drops them.
+//! - Sessions: a record is on time while its event time is not below the watermark (so
+//!   no record can join a session already written); the rows of open sessions are the
+//!   state, picked after the shuffle ([`crate::sessions`]), not by source tasks.
 //!
 //! See docs/architecture.md, "Windows" and "Deduplication".
 
@@ -18,6 +21,8 @@ use sluice_core::spec::KafkaSourceSpec;
 use sluice_core::{Error, Result};
 use sluice_kafka::decode::millis;
 
+use crate::sessions::Sessions;
+
 /// A stateful job's rule for state and lateness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateRule {
@@ -25,6 +30,8 @@ pub enum StateRule {
     Windows,
     /// Rows are state until the watermark passes their event time plus `within_ms`.
     Dedup { event_time: String, within_ms: i64 },
+    /// Rows are state while their session is open, decided after the shuffle.
+    Sessions(Sessions),
 }
 
 impl StateRule {
@@ -32,6 +39,13 @@ impl StateRule {
     pub fn of(kafka: &KafkaSourceSpec) -> Result<Option<StateRule>> {
         if kafka.window.is_some() {
             return Ok(Some(StateRule::Windows));
+        }
+        if let (Some(session), Some(watermark)) = (&kafka.session, &kafka.watermark) {
+            return Ok(Some(StateRule::Sessions(Sessions {
+                event_time: watermark.column.clone(),
+                gap_ms: session.gap_ms()?,
+                key: session.key.clone(),
+            })));
         }
         match (&kafka.dedup, &kafka.watermark) {
             (Some(dedup), Some(watermark)) => Ok(Some(StateRule::Dedup {
@@ -51,7 +65,8 @@ impl StateRule {
     ) -> Result<(RecordBatch, RecordBatch)> {
         let on_time = match self {
             StateRule::Windows => window_mask(batch, watermark_ms, true)?,
-            StateRule::Dedup { event_time, .. } => {
+            StateRule::Dedup { event_time, .. }
+            | StateRule::Sessions(Sessions { event_time, .. }) => {
                 time_mask(time_column(batch, event_time)?, |ms| {
                     watermark_ms.is_none_or(|w| ms >= w)
                 })?
@@ -60,15 +75,21 @@ impl StateRule {
         let late = filter_record_batch(batch, &arrow::compute::not(&on_time)?)?;
         let on_time = filter_record_batch(batch, &on_time)?;
         let on_time = match self {
-            StateRule::Windows => on_time,
+            StateRule::Windows | StateRule::Sessions(_) => on_time,
             StateRule::Dedup { .. } => with_seen(&on_time, false)?,
         };
         Ok((on_time, late))
     }
 
+    /// Whether source tasks keep the state (windows, deduplication); sessions keep theirs
+    /// after the shuffle.
+    pub fn kept_by_source_tasks(&self) -> bool {
+        !matches!(self, StateRule::Sessions(_))
+    }
+
     /// The rows of `batch` (new or state) the next batch still needs: every on-time row
     /// of a batch's new records (an open window; an event time not below the watermark),
-    /// and the state rows the watermark has not yet passed.
+    /// and the state rows the watermark has not yet passed. Source tasks' state only.
     pub fn still_needed(
         &self,
         batch: &RecordBatch,
@@ -76,6 +97,9 @@ impl StateRule {
     ) -> Result<RecordBatch> {
         match self {
             StateRule::Windows => select_windows(batch, watermark_ms, true),
+            StateRule::Sessions(_) => Err(Error::InvalidRequest(
+                "session state is kept after the shuffle, not by source tasks".into(),
+            )),
             StateRule::Dedup {
                 event_time,
                 within_ms,
@@ -88,7 +112,7 @@ impl StateRule {
     /// A state file's rows as the query gets them.
     pub fn read_back(&self, batch: RecordBatch) -> Result<RecordBatch> {
         match self {
-            StateRule::Windows => Ok(batch),
+            StateRule::Windows | StateRule::Sessions(_) => Ok(batch),
             StateRule::Dedup { .. } => with_seen(&batch, true),
         }
     }

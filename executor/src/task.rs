@@ -12,7 +12,7 @@ use iceberg::{Catalog, TableIdent};
 use sluice_core::spec::JobSpec;
 use sluice_core::{failpoint, BatchId, Error, Result};
 use sluice_iceberg::catalog::open_catalog;
-use sluice_iceberg::data_files::attempt_prefix;
+use sluice_iceberg::data_files::{attempt_prefix, state_file_name, state_file_partition};
 use sluice_iceberg::sink::{
     data_files_to_json, dead_letter_ident, table_arrow_schema, table_ident,
 };
@@ -28,6 +28,7 @@ use tracing::{debug, Instrument};
 
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
 use crate::late_records;
+use crate::sessions::Sessions;
 use crate::shuffle_store::ShuffleStore;
 use crate::state_files;
 use crate::state_rule::{self, StateRule};
@@ -82,6 +83,33 @@ struct PreparedStage {
     output: Output,
 }
 
+/// The stage of a session job where a key's rows meet: its reader of the stream stage's
+/// output adds the state rows and collects what the next state is picked from.
+#[derive(Debug, Clone)]
+struct SessionStage {
+    stage_id: u32,
+    /// The stage reading the stream, whose output the state joins.
+    stream_stage: u32,
+    /// The rows the reader yields (and state files hold).
+    schema: SchemaRef,
+}
+
+impl SessionStage {
+    /// Finds the stage among the decoded stage plans.
+    fn find(plans: &[(u32, Arc<dyn datafusion::physical_plan::ExecutionPlan>)]) -> Option<Self> {
+        let (stream_stage, _) = plans
+            .iter()
+            .find(|(_, plan)| sluice_plan::reads_stream(plan))?;
+        plans.iter().find_map(|(id, plan)| {
+            sluice_plan::reader_schema(plan, *stream_stage).map(|schema| SessionStage {
+                stage_id: *id,
+                stream_stage: *stream_stage,
+                schema,
+            })
+        })
+    }
+}
+
 /// A job as an executor keeps it: spec, decoder, stage plans and tables, loaded once.
 pub struct PreparedJob {
     pub spec: JobSpec,
@@ -92,8 +120,10 @@ pub struct PreparedJob {
     sink: TargetTable,
     /// With `on_malformed: dead_letter`.
     dead_letters: Option<TargetTable>,
-    /// What a stateful job (windows, deduplication) keeps between batches.
+    /// What a stateful job (windows, sessions, deduplication) keeps between batches.
     state_rule: Option<StateRule>,
+    /// Session jobs: the stage that keeps the state, after the shuffle.
+    session_stage: Option<SessionStage>,
     /// The rows source tasks hand the plan, and state files hold.
     scan_schema: arrow::datatypes::SchemaRef,
     /// The columns decoded from record values, for late records' dead letters.
@@ -112,14 +142,16 @@ impl PreparedJob {
         }
         let context = sluice_plan::base_task_context(&spec);
         let mut stages = HashMap::new();
+        let mut decoded = Vec::with_capacity(stage_plans.len());
         for stage in stage_plans {
-            sluice_plan::decode_plan(&stage.plan, &context).map_err(|e| {
+            let plan = sluice_plan::decode_plan(&stage.plan, &context).map_err(|e| {
                 Error::InvalidRequest(format!(
                     "stage {} does not decode: {}",
                     stage.stage_id,
                     e.strip_backtrace()
                 ))
             })?;
+            decoded.push((stage.stage_id, plan));
             let output = match stage.output() {
                 StageOutput::Hash => Output::Hash,
                 StageOutput::Single => Output::Single,
@@ -141,6 +173,16 @@ impl PreparedJob {
         }
         let decoder = RecordDecoder::new(&spec.source.kafka)?;
         let state_rule = StateRule::of(&spec.source.kafka)?;
+        let session_stage = match &state_rule {
+            Some(StateRule::Sessions(_)) => {
+                Some(SessionStage::find(&decoded).ok_or_else(|| {
+                    Error::InvalidRequest(
+                        "a session job's plan has no stage after the stream's shuffle".into(),
+                    )
+                })?)
+            }
+            _ => None,
+        };
         let scan_schema = sluice_core::schema::scan_schema(&spec.source.kafka)?;
         let value_columns = sluice_core::schema::value_schema(&spec.source.kafka)?
             .fields()
@@ -165,6 +207,7 @@ impl PreparedJob {
             dead_letters,
             decoder,
             state_rule,
+            session_stage,
             scan_schema,
             value_columns,
             stages,
@@ -344,6 +387,14 @@ pub async fn run_task(
             }
             _ => (source, None),
         };
+        let session_stage = job
+            .session_stage
+            .as_ref()
+            .filter(|stage| stage.stage_id == task.stage_id);
+        let carried = match session_stage {
+            Some(stage) => Some(Arc::new(carried_sessions(&job, stage, task).await?)),
+            None => None,
+        };
         let state_time = state_started.elapsed();
         let inputs = TaskInputs {
             job_id: task.job_id.clone(),
@@ -366,6 +417,7 @@ pub async fn run_task(
                 })
                 .collect(),
             fetcher: env.fetcher.clone(),
+            carried: carried.clone(),
         };
         let context = sluice_plan::task_context(&job.context, inputs);
         let stage_plan =
@@ -376,8 +428,16 @@ pub async fn run_task(
             .instrument(tracing::info_span!("execute"))
             .await?;
         let executed_ms = started.elapsed().as_millis();
+        let mut state = state.into_iter().collect::<Vec<_>>();
+        let state_started = Instant::now();
+        if let (Some(carried), Some(Some(StateRule::Sessions(sessions)))) =
+            (&carried, session_stage.map(|_| &job.state_rule))
+        {
+            state = keep_open_sessions(&job, sessions, carried, task, &prefix).await?;
+        }
+        let state_time = state_time + state_started.elapsed();
         let write_started = Instant::now();
-        let windowed = job.state_rule == Some(StateRule::Windows);
+        let windowed = job.spec.source.kafka.is_windowed();
         let outputs = if windowed && stage.output == Output::Sink {
             // Only windows the watermark has passed are final; the others are computed
             // again next batch from the state.
@@ -466,8 +526,8 @@ pub async fn run_task(
                 })
                 .collect(),
             late_records: report.late_records,
-            state_rows: state.as_ref().map_or(0, |s| s.rows),
-            state_bytes: state.as_ref().map_or(0, |s| s.bytes),
+            state_rows: state.iter().map(|s| s.rows).sum(),
+            state_bytes: state.iter().map(|s| s.bytes).sum(),
             state_files: state.into_iter().map(|s| s.path).collect(),
             times: Some(TaskTimes {
                 read_ms: read_ms as u64,
@@ -505,12 +565,23 @@ async fn carry_state(
         still_needed.push(on_time.clone());
         rows.push(on_time);
     }
+    if !rule.kept_by_source_tasks() {
+        return Ok(CarriedState {
+            rows,
+            state: None,
+            dropped,
+            late,
+        });
+    }
     for batch in state_files::read_state(file_io, &task.state_files).await? {
         let batch = rule.read_back(state_files::conform(&batch, &job.scan_schema)?)?;
         still_needed.push(rule.still_needed(&batch, task.watermark_ms)?);
         rows.push(batch);
     }
-    let path = state_files::state_path(job.sink.table.metadata().location(), prefix);
+    let path = state_files::state_path(
+        job.sink.table.metadata().location(),
+        &state_file_name(prefix, None),
+    );
     let written = state_files::write_state(file_io, &path, &job.scan_schema, &still_needed).await?;
     Ok(CarriedState {
         rows,
@@ -518,6 +589,62 @@ async fn carry_state(
         dropped,
         late,
     })
+}
+
+/// A session stage task's state: the rows of open sessions the batch starts from, by the
+/// shuffle partition their file names (each file holds one partition's).
+async fn carried_sessions(
+    job: &PreparedJob,
+    stage: &SessionStage,
+    task: &TaskDefinition,
+) -> Result<sluice_plan::CarriedRows> {
+    let file_io = job.sink.table.file_io();
+    let mut state: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
+    for path in &task.state_files {
+        let partition = state_file_partition(path).ok_or_else(|| {
+            Error::InvalidRequest(format!("state file {path} names no shuffle partition"))
+        })?;
+        for batch in state_files::read_state(file_io, std::slice::from_ref(path)).await? {
+            state
+                .entry(partition)
+                .or_default()
+                .push(state_files::conform(&batch, &stage.schema)?);
+        }
+    }
+    Ok(sluice_plan::CarriedRows {
+        stage_id: stage.stream_stage,
+        state,
+        yielded: Default::default(),
+    })
+}
+
+/// Writes, for each shuffle partition the session stage task reduced, the rows of its
+/// sessions still open after the batch's watermark as one state file.
+async fn keep_open_sessions(
+    job: &PreparedJob,
+    sessions: &Sessions,
+    carried: &sluice_plan::CarriedRows,
+    task: &TaskDefinition,
+    prefix: &str,
+) -> Result<Vec<state_files::StateFile>> {
+    let schema = &job
+        .session_stage
+        .as_ref()
+        .expect("a session stage task's job has one")
+        .schema;
+    let file_io = job.sink.table.file_io();
+    let location = job.sink.table.metadata().location();
+    let mut written = vec![];
+    let mut yielded: Vec<_> = carried.take_yielded().into_iter().collect();
+    yielded.sort_unstable_by_key(|(partition, _)| *partition);
+    for (partition, rows) in yielded {
+        let open = sessions.open_rows(schema, &rows, task.watermark_ms)?;
+        let path = state_files::state_path(location, &state_file_name(prefix, Some(partition)));
+        if let Some(file) = state_files::write_state(file_io, &path, schema, &[open]).await? {
+            written.push(file);
+        }
+    }
+    Ok(written)
 }
 
 /// What a stateful source task hands the SQL and leaves for the next batch.

@@ -69,6 +69,23 @@ pub const DATA_DIR: &str = "data";
 /// The table's directory of windowed jobs' state files (never referenced by a snapshot).
 pub const STATE_DIR: &str = "sluice-state";
 
+/// The name of a state file: `{attempt_prefix}.parquet`, or `{attempt_prefix}.p{n}.parquet`
+/// for the state of shuffle partition `n` (kept after a shuffle, as session windows do).
+pub fn state_file_name(attempt_prefix: &str, partition: Option<u32>) -> String {
+    match partition {
+        Some(partition) => format!("{attempt_prefix}.p{partition}.parquet"),
+        None => format!("{attempt_prefix}.parquet"),
+    }
+}
+
+/// The shuffle partition whose state a state file holds, from its name (see
+/// [`state_file_name`]); `None` for state kept before any shuffle.
+pub fn state_file_partition(path: &str) -> Option<u32> {
+    let stem = file_name(path).strip_suffix(".parquet")?;
+    let (_, last) = stem.rsplit_once('.')?;
+    last.strip_prefix('p')?.parse().ok()
+}
+
 /// Deletes the batch's data files whose names are not in `keep`; returns how many.
 /// `properties` are the catalog's FileIO properties, for listing object storage.
 pub async fn delete_batch_files_except(
@@ -115,6 +132,21 @@ pub fn names_of(data_files_json: &[String]) -> HashSet<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_state_files_partition_is_read_back_from_its_name() {
+        let prefix = super::attempt_prefix("job", sluice_core::BatchId::new(3), 7, 1, 0);
+        let partitioned = format!(
+            "file:///w/t/sluice-state/{}",
+            super::state_file_name(&prefix, Some(12))
+        );
+        assert_eq!(super::state_file_partition(&partitioned), Some(12));
+        let whole = format!(
+            "file:///w/t/sluice-state/{}",
+            super::state_file_name(&prefix, None)
+        );
+        assert_eq!(super::state_file_partition(&whole), None);
+    }
+
     use super::*;
 
     #[test]

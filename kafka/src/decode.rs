@@ -13,7 +13,7 @@ use arrow::datatypes::SchemaRef;
 
 use crate::json_guard;
 use sluice_core::error::{Error, Result};
-use sluice_core::schema::{source_schema, value_schema};
+use sluice_core::schema::{stream_schema, value_schema};
 use sluice_core::spec::{KafkaSourceSpec, OnMalformed, RecordFormat};
 
 /// One Kafka record as read from a partition.
@@ -103,7 +103,8 @@ pub struct RecordDecoder {
     /// Windowed sources: the event-time column, the window length and slide (ms).
     window: Option<(String, i64, i64)>,
     value_schema: SchemaRef,
-    source_schema: SchemaRef,
+    /// Decoded batches' schema (`sluice_core::schema::stream_schema`).
+    stream_schema: SchemaRef,
 }
 
 impl RecordDecoder {
@@ -122,13 +123,13 @@ impl RecordDecoder {
                 _ => None,
             },
             value_schema: value_schema(kafka)?,
-            source_schema: source_schema(kafka)?,
+            stream_schema: stream_schema(kafka)?,
         })
     }
 
     /// The schema of decoded batches.
     pub fn schema(&self) -> SchemaRef {
-        self.source_schema.clone()
+        self.stream_schema.clone()
     }
 
     /// Why a record cannot be taken before decoding it, if it cannot: too large, or (JSON)
@@ -211,10 +212,10 @@ impl RecordDecoder {
         let mut columns = values;
         columns.extend(metadata_columns(topic, partition, &kept));
         if let Some((column, size_ms, slide_ms)) = &self.window {
-            let index = self.source_schema.index_of(column)?;
+            let index = self.stream_schema.index_of(column)?;
             columns = with_windows(columns, index, *size_ms, *slide_ms)?;
         }
-        let batch = RecordBatch::try_new(self.source_schema.clone(), columns)?;
+        let batch = RecordBatch::try_new(self.stream_schema.clone(), columns)?;
         Ok(DecodedBatch {
             batch,
             malformed_skipped: malformed.len() as u64,
@@ -443,6 +444,7 @@ mod tests {
             properties: Default::default(),
             watermark: None,
             window: None,
+            session: None,
             dedup: None,
         }
     }

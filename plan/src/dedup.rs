@@ -12,8 +12,8 @@ use sluice_core::schema::{
 };
 use sluice_core::spec::{DedupSpec, KafkaSourceSpec};
 
-/// The stream, with state rows, under the `source` view of a deduplicating job.
-pub const DEDUP_INPUT_TABLE: &str = "_sluice_stream";
+use crate::quote;
+use crate::STREAM_TABLE;
 
 /// The rank column the view filters on.
 const RANK_COLUMN: &str = "_sluice_rank";
@@ -50,12 +50,7 @@ pub fn first_row_per_key_sql(kafka: &KafkaSourceSpec, dedup: &DedupSpec) -> Resu
         "SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY {order}) AS {rank} FROM {input}) \
          WHERE {rank} = 1 AND NOT {seen}",
         rank = quote(RANK_COLUMN),
-        input = quote(DEDUP_INPUT_TABLE),
+        input = quote(STREAM_TABLE),
         seen = quote(SEEN_COLUMN),
     ))
-}
-
-/// A SQL identifier, quoted so any column name works.
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -5,6 +5,7 @@
 mod codec;
 mod dedup;
 mod nodes;
+mod session;
 mod split;
 mod tables;
 
@@ -17,10 +18,9 @@ use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{decode_plan, encode_plan, SluiceCodec};
-pub use dedup::DEDUP_INPUT_TABLE;
 pub use nodes::{
-    KafkaScanExec, MapOutputLocation, ReaderMode, ShuffleFetchError, ShuffleFetcher, ShuffleKey,
-    ShuffleReaderExec, TaskInputs,
+    reader_schema, reads_stream, CarriedRows, KafkaScanExec, MapOutputLocation, ReaderMode,
+    ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleReaderExec, TaskInputs,
 };
 pub use split::{Stage, StageKind, StageOutput};
 
@@ -30,6 +30,15 @@ use sluice_core::spec::JobSpec;
 
 /// The name of the micro-batch table in a job's SQL.
 pub use sluice_core::spec::SOURCE_TABLE;
+
+/// The stream as source tasks hand it over, under the `source` view of a deduplicating or
+/// session job.
+pub const STREAM_TABLE: &str = "_sluice_stream";
+
+/// A SQL identifier, quoted so any column name works.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
 
 /// A job's SQL planned for distributed execution.
 #[derive(Debug, Clone)]
@@ -41,6 +50,13 @@ pub struct JobPlan {
 }
 
 impl JobPlan {
+    /// The first stage reading the stream's rows after a shuffle: where a session job's
+    /// rows of one key meet, and its state is kept.
+    pub fn stage_after_stream(&self) -> Option<&Stage> {
+        let source = self.stages.iter().find(|s| s.kind == StageKind::Source)?;
+        self.stages.iter().find(|s| s.inputs.contains(&source.id))
+    }
+
     /// The stage plans serialized with datafusion-proto.
     pub fn encoded_stages(&self) -> Result<Vec<Vec<u8>>> {
         self.stages
@@ -98,12 +114,18 @@ pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
     let invalid = |e: datafusion::error::DataFusionError| Error::InvalidSql {
         message: e.strip_backtrace(),
     };
-    match &spec.source.kafka.dedup {
-        Some(dedup) => {
-            // The query sees the stream through a view that keeps each key's first row.
-            ctx.register_table(DEDUP_INPUT_TABLE, source)
+    let kafka = &spec.source.kafka;
+    // Deduplication and sessions: the query sees the stream through a view that keeps
+    // each key's first row, or gives each row its session.
+    let view = match (&kafka.dedup, &kafka.session) {
+        (Some(dedup), _) => Some(dedup::first_row_per_key_sql(kafka, dedup)?),
+        (None, Some(session)) => Some(session::sessions_sql(kafka, session)?),
+        (None, None) => None,
+    };
+    match view {
+        Some(view) => {
+            ctx.register_table(STREAM_TABLE, source)
                 .map_err(sluice_core::Error::query)?;
-            let view = dedup::first_row_per_key_sql(&spec.source.kafka, dedup)?;
             let view = ctx.sql(&view).await.map_err(invalid)?.into_view();
             ctx.register_table(SOURCE_TABLE, view)
                 .map_err(sluice_core::Error::query)?;

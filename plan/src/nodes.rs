@@ -85,6 +85,29 @@ pub struct TaskInputs {
     /// Map outputs of the stages this task reads, by stage id.
     pub shuffle: HashMap<u32, Vec<MapOutputLocation>>,
     pub fetcher: Arc<dyn ShuffleFetcher>,
+    /// A stage keeping state after a shuffle (session windows): the rows its reader adds
+    /// and collects.
+    pub carried: Option<Arc<CarriedRows>>,
+}
+
+/// State joining a shuffle: the reader of `stage_id`'s output adds each partition's state
+/// rows to what it fetches, and collects every row it yields, from which the task picks
+/// the state it leaves.
+#[derive(Debug, Default)]
+pub struct CarriedRows {
+    /// The input stage the state joins (the stage reading the stream).
+    pub stage_id: u32,
+    /// State rows by shuffle partition, in the reader's schema.
+    pub state: HashMap<u32, Vec<RecordBatch>>,
+    /// Every row the reader yielded, by shuffle partition.
+    pub yielded: std::sync::Mutex<HashMap<u32, Vec<RecordBatch>>>,
+}
+
+impl CarriedRows {
+    /// The rows the reader yielded, by shuffle partition (taken, once the plan ran).
+    pub fn take_yielded(&self) -> HashMap<u32, Vec<RecordBatch>> {
+        std::mem::take(&mut *self.yielded.lock().expect("carried rows lock"))
+    }
 }
 
 fn task_inputs(
@@ -202,6 +225,23 @@ impl ExecutionPlan for KafkaScanExec {
     }
 }
 
+/// The schema of the rows `plan` reads from stage `stage_id`'s output, if it reads them.
+pub fn reader_schema(plan: &Arc<dyn ExecutionPlan>, stage_id: u32) -> Option<SchemaRef> {
+    if let Some(reader) = plan.as_any().downcast_ref::<ShuffleReaderExec>() {
+        if reader.stage_id == stage_id {
+            return Some(reader.schema.clone());
+        }
+    }
+    plan.children()
+        .into_iter()
+        .find_map(|child| reader_schema(child, stage_id))
+}
+
+/// Whether `plan` reads the stream (holds the Kafka range scan).
+pub fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.as_any().is::<KafkaScanExec>() || plan.children().into_iter().any(reads_stream)
+}
+
 /// How a shuffle reader reads its input stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReaderMode {
@@ -307,6 +347,10 @@ impl ExecutionPlan for ShuffleReaderExec {
         };
         let locations = if owned { locations } else { vec![] };
         let stage_id = self.stage_id;
+        let carried = inputs
+            .carried
+            .clone()
+            .filter(|carried| owned && carried.stage_id == stage_id);
         let fetch = async move {
             let fetches = locations.iter().map(|location| {
                 let key = ShuffleKey {
@@ -322,7 +366,20 @@ impl ExecutionPlan for ShuffleReaderExec {
             let outputs = try_join_all(fetches)
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            Ok::<_, DataFusionError>(futures::stream::iter(outputs.into_iter().flatten().map(Ok)))
+            let mut batches: Vec<RecordBatch> = outputs.into_iter().flatten().collect();
+            if let Some(carried) = carried {
+                if let Some(state) = carried.state.get(&shuffle_partition) {
+                    batches.splice(0..0, state.iter().cloned());
+                }
+                carried
+                    .yielded
+                    .lock()
+                    .expect("carried rows lock")
+                    .entry(shuffle_partition)
+                    .or_default()
+                    .extend(batches.iter().cloned());
+            }
+            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
         };
         let stream = futures::stream::once(fetch)
             .map(|result| match result {

@@ -136,6 +136,7 @@ async fn run_distributed(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBa
                     })
                     .collect(),
                 fetcher: shuffle.clone(),
+                carried: None,
             };
             let context = task_context(&base, inputs);
             let decoded = decode_plan(&bytes, &context).unwrap();
@@ -416,4 +417,80 @@ async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
         }
     }
     assert_eq!(actual, first);
+}
+
+#[tokio::test]
+async fn sessions_are_runs_of_a_keys_rows_less_than_the_gap_apart() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const GAP_MS: i64 = 40;
+    let mut spec = spec(
+        "SELECT customer_id, window_start, window_end, count(*) AS n FROM source GROUP BY window_start, window_end, customer_id",
+        4,
+    );
+    spec.source.kafka.watermark = Some(sluice_core::spec::WatermarkSpec {
+        column: "ts".into(),
+        delay: "10s".into(),
+        late: Default::default(),
+    });
+    spec.source.kafka.session = Some(sluice_core::spec::SessionSpec {
+        gap: format!("{GAP_MS}ms"),
+        key: vec!["customer_id".into()],
+    });
+    let slices = source_slices(&spec);
+    // Expected: each customer's event times in order, cut where two are a gap apart.
+    let mut times: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for batch in &slices {
+        let customers = batch.column_by_name("customer_id").unwrap();
+        let ts = batch.column_by_name("ts").unwrap();
+        for row in 0..batch.num_rows() {
+            times
+                .entry(customers.as_primitive::<Int64Type>().value(row))
+                .or_default()
+                .push(ts.as_primitive::<TimestampMillisecondType>().value(row));
+        }
+    }
+    let customers = times.len();
+    let mut expected = BTreeSet::new();
+    for (customer, mut ts) in times {
+        ts.sort_unstable();
+        let (mut start, mut count) = (ts[0], 0);
+        for (i, t) in ts.iter().enumerate() {
+            if i > 0 && *t >= ts[i - 1] + GAP_MS {
+                expected.insert((customer, start, ts[i - 1] + GAP_MS, count));
+                (start, count) = (*t, 0);
+            }
+            count += 1;
+        }
+        expected.insert((customer, start, ts[ts.len() - 1] + GAP_MS, count));
+    }
+    assert!(
+        expected.len() > customers && expected.iter().any(|s| s.3 > 1),
+        "the data makes customers with several sessions and sessions of several rows"
+    );
+
+    let plan = plan_job(&spec).await.unwrap();
+    let after_stream = plan.stage_after_stream().expect("a shuffle after the scan");
+    assert_eq!(after_stream.kind, StageKind::Hash(4), "{}", plan.display());
+    let mut actual = BTreeSet::new();
+    for batch in run_distributed(&spec, &slices).await {
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let (customers, starts, ends, counts) = (
+            column("customer_id"),
+            column("window_start"),
+            column("window_end"),
+            column("n"),
+        );
+        for row in 0..batch.num_rows() {
+            actual.insert((
+                customers.as_primitive::<Int64Type>().value(row),
+                starts.as_primitive::<TimestampMillisecondType>().value(row),
+                ends.as_primitive::<TimestampMillisecondType>().value(row),
+                counts.as_primitive::<Int64Type>().value(row),
+            ));
+        }
+    }
+    assert_eq!(actual, expected);
 }

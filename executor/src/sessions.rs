@@ -1,0 +1,184 @@
+//! Which rows of a session job are state: the rows of sessions the watermark has not yet
+//! closed. A session is a run of one key's rows, in event-time order, each less than the
+//! gap after the previous; it closes when the watermark reaches its last event time plus
+//! the gap (its `window_end`, as `plan/src/session.rs` computes it in SQL). Picked after the
+//! shuffle, where all rows of a key meet. See docs/architecture.md, "Session windows".
+
+use std::cmp::Ordering;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, Rows, SortField};
+use sluice_core::{Error, Result};
+use sluice_kafka::decode::millis;
+
+/// How a session job's rows form sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sessions {
+    pub event_time: String,
+    pub gap_ms: i64,
+    pub key: Vec<String>,
+}
+
+impl Sessions {
+    /// The rows of `batches` whose session is still open under `watermark_ms` (all of
+    /// them without a watermark); rows without an event time belong to no session.
+    pub fn open_rows(
+        &self,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        watermark_ms: Option<i64>,
+    ) -> Result<RecordBatch> {
+        let batch = concat_batches(schema, batches)?;
+        let Some(watermark) = watermark_ms else {
+            return Ok(batch);
+        };
+        let column = |name: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| {
+                Error::InvalidRequest(format!("the session stage's rows lack column {name}"))
+            })
+        };
+        let times = millis(&column(&self.event_time)?)?;
+        let keys = self
+            .key
+            .iter()
+            .map(|name| column(name))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let keys = KeyRows::of(&keys)?;
+        let mut order: Vec<usize> = (0..batch.num_rows())
+            .filter(|&i| times.is_valid(i))
+            .collect();
+        order.sort_unstable_by(|&a, &b| {
+            keys.cmp(a, b)
+                .then_with(|| times.value(a).cmp(&times.value(b)))
+        });
+        let mut keep = vec![false; batch.num_rows()];
+        let mut first = 0;
+        for i in 1..=order.len() {
+            let last = order[i - 1];
+            let ends_here = i == order.len()
+                || keys.cmp(last, order[i]) != Ordering::Equal
+                || times.value(order[i]) >= times.value(last).saturating_add(self.gap_ms);
+            if !ends_here {
+                continue;
+            }
+            let end = times.value(last).saturating_add(self.gap_ms);
+            if end > watermark {
+                for &row in &order[first..i] {
+                    keep[row] = true;
+                }
+            }
+            first = i;
+        }
+        Ok(filter_record_batch(&batch, &BooleanArray::from(keep))?)
+    }
+}
+
+/// The session key of each row, comparable (no key: every row has the same).
+struct KeyRows(Option<Rows>);
+
+impl KeyRows {
+    fn of(columns: &[ArrayRef]) -> Result<KeyRows> {
+        if columns.is_empty() {
+            return Ok(KeyRows(None));
+        }
+        let converter = RowConverter::new(
+            columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(KeyRows(Some(converter.convert_columns(columns)?)))
+    }
+
+    fn cmp(&self, a: usize, b: usize) -> Ordering {
+        match &self.0 {
+            Some(rows) => rows.row(a).cmp(&rows.row(b)),
+            None => Ordering::Equal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{AsArray, Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+
+    use super::*;
+
+    /// Rows `n` of users a and b at event times (ms).
+    fn rows(rows: &[(i64, &str, Option<i64>)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("user", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(TimestampMillisecondArray::from_iter(
+                    rows.iter().map(|r| r.2),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn kept(sessions: &Sessions, batches: &[RecordBatch], watermark: Option<i64>) -> Vec<i64> {
+        let open = sessions
+            .open_rows(&batches[0].schema(), batches, watermark)
+            .unwrap();
+        let mut ns = open.column(0).as_primitive::<Int64Type>().values().to_vec();
+        ns.sort_unstable();
+        ns
+    }
+
+    #[test]
+    fn a_session_is_state_until_the_watermark_reaches_its_last_time_plus_the_gap() {
+        let sessions = Sessions {
+            event_time: "ts".into(),
+            gap_ms: 10,
+            key: vec!["user".into()],
+        };
+        // a: 0, 5, 14 (one session, ends 24), then 30 (ends 40); b: 12 (ends 22).
+        // Split over two batches and out of order.
+        let batches = [
+            rows(&[(1, "a", Some(14)), (2, "b", Some(12)), (3, "a", Some(0))]),
+            rows(&[(4, "a", Some(30)), (5, "a", Some(5)), (6, "a", None)]),
+        ];
+        assert_eq!(kept(&sessions, &batches, Some(21)), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            kept(&sessions, &batches, Some(22)),
+            vec![1, 3, 4, 5],
+            "b's session ends at 22"
+        );
+        assert_eq!(
+            kept(&sessions, &batches, Some(24)),
+            vec![4],
+            "a's first session (0, 5, 14) is closed; 14 alone would look open"
+        );
+        assert!(kept(&sessions, &batches, Some(40)).is_empty());
+        assert_eq!(kept(&sessions, &batches, None).len(), 6);
+    }
+
+    #[test]
+    fn without_a_key_all_rows_form_the_sessions() {
+        let sessions = Sessions {
+            event_time: "ts".into(),
+            gap_ms: 10,
+            key: vec![],
+        };
+        let batches = [rows(&[
+            (1, "a", Some(0)),
+            (2, "b", Some(8)),
+            (3, "a", Some(30)),
+        ])];
+        assert_eq!(kept(&sessions, &batches, Some(17)), vec![1, 2, 3]);
+        assert_eq!(kept(&sessions, &batches, Some(18)), vec![3]);
+    }
+}
