@@ -99,15 +99,17 @@ impl JobRef {
         if kafka.is_stateful() {
             check_stateful_plan(&plan, kafka.is_windowed())?;
         }
-        let state_stage = match (&kafka.session, kafka.is_stateful()) {
-            (Some(_), _) => Some(
-                plan.stage_after_stream()
-                    .ok_or_else(|| sluice_core::Error::InvalidSql {
-                        message: "a session job's plan must shuffle the stream by the session key"
-                            .into(),
-                    })?
-                    .id,
-            ),
+        // State is kept after the shuffle where the plan allows (sessions always), else
+        // by the stream stage's tasks.
+        let state_stage = match (plan.shuffle_state_stage(spec), kafka.is_stateful()) {
+            (Some(stage), _) => Some(stage.stage_id),
+            (None, _) if kafka.session.is_some() => {
+                return Err(sluice_core::Error::InvalidSql {
+                    message: "a session job's plan must shuffle the stream by the session key"
+                        .into(),
+                }
+                .into())
+            }
             (None, true) => plan
                 .stages
                 .iter()

@@ -81,15 +81,9 @@ impl StateRule {
         Ok((on_time, late))
     }
 
-    /// Whether source tasks keep the state (windows, deduplication); sessions keep theirs
-    /// after the shuffle.
-    pub fn kept_by_source_tasks(&self) -> bool {
-        !matches!(self, StateRule::Sessions(_))
-    }
-
     /// The rows of `batch` (new or state) the next batch still needs: every on-time row
     /// of a batch's new records (an open window; an event time not below the watermark),
-    /// and the state rows the watermark has not yet passed. Source tasks' state only.
+    /// and the state rows the watermark has not yet passed. State kept by source tasks only.
     pub fn still_needed(
         &self,
         batch: &RecordBatch,

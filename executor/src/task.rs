@@ -19,7 +19,10 @@ use sluice_iceberg::sink::{
 use sluice_kafka::decode::{dead_letter_batch, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
 use sluice_kafka::read::Connection;
-use sluice_plan::{MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs};
+use sluice_plan::{
+    MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleStateKind,
+    ShuffleStateStage, TaskInputs,
+};
 use sluice_proto::v1::{
     FailureKind, PartitionEventTime, StageOutput, StagePlan, TaskDefinition, TaskFailure,
     TaskSuccess, TaskTimes,
@@ -28,7 +31,6 @@ use tracing::{debug, Instrument};
 
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
 use crate::late_records;
-use crate::sessions::Sessions;
 use crate::shuffle_store::ShuffleStore;
 use crate::state_files;
 use crate::state_rule::{self, StateRule};
@@ -83,33 +85,6 @@ struct PreparedStage {
     output: Output,
 }
 
-/// The stage of a session job where a key's rows meet: its reader of the stream stage's
-/// output adds the state rows and collects what the next state is picked from.
-#[derive(Debug, Clone)]
-struct SessionStage {
-    stage_id: u32,
-    /// The stage reading the stream, whose output the state joins.
-    stream_stage: u32,
-    /// The rows the reader yields (and state files hold).
-    schema: SchemaRef,
-}
-
-impl SessionStage {
-    /// Finds the stage among the decoded stage plans.
-    fn find(plans: &[(u32, Arc<dyn datafusion::physical_plan::ExecutionPlan>)]) -> Option<Self> {
-        let (stream_stage, _) = plans
-            .iter()
-            .find(|(_, plan)| sluice_plan::reads_stream(plan))?;
-        plans.iter().find_map(|(id, plan)| {
-            sluice_plan::reader_schema(plan, *stream_stage).map(|schema| SessionStage {
-                stage_id: *id,
-                stream_stage: *stream_stage,
-                schema,
-            })
-        })
-    }
-}
-
 /// A job as an executor keeps it: spec, decoder, stage plans and tables, loaded once.
 pub struct PreparedJob {
     pub spec: JobSpec,
@@ -122,8 +97,9 @@ pub struct PreparedJob {
     dead_letters: Option<TargetTable>,
     /// What a stateful job (windows, sessions, deduplication) keeps between batches.
     state_rule: Option<StateRule>,
-    /// Session jobs: the stage that keeps the state, after the shuffle.
-    session_stage: Option<SessionStage>,
+    /// Jobs keeping their state after the shuffle (sessions, most windowed aggregations):
+    /// the stage that keeps it. Otherwise source tasks keep a stateful job's state.
+    shuffle_state: Option<ShuffleStateStage>,
     /// The rows source tasks hand the plan, and state files hold.
     scan_schema: arrow::datatypes::SchemaRef,
     /// The columns decoded from record values, for late records' dead letters.
@@ -173,16 +149,12 @@ impl PreparedJob {
         }
         let decoder = RecordDecoder::new(&spec.source.kafka)?;
         let state_rule = StateRule::of(&spec.source.kafka)?;
-        let session_stage = match &state_rule {
-            Some(StateRule::Sessions(_)) => {
-                Some(SessionStage::find(&decoded).ok_or_else(|| {
-                    Error::InvalidRequest(
-                        "a session job's plan has no stage after the stream's shuffle".into(),
-                    )
-                })?)
-            }
-            _ => None,
-        };
+        let shuffle_state = ShuffleStateStage::find(&spec.source.kafka, &decoded);
+        if matches!(state_rule, Some(StateRule::Sessions(_))) && shuffle_state.is_none() {
+            return Err(Error::InvalidRequest(
+                "a session job's plan has no stage after the stream's shuffle".into(),
+            ));
+        }
         let scan_schema = sluice_core::schema::scan_schema(&spec.source.kafka)?;
         let value_columns = sluice_core::schema::value_schema(&spec.source.kafka)?
             .fields()
@@ -207,7 +179,7 @@ impl PreparedJob {
             dead_letters,
             decoder,
             state_rule,
-            session_stage,
+            shuffle_state,
             scan_schema,
             value_columns,
             stages,
@@ -387,12 +359,12 @@ pub async fn run_task(
             }
             _ => (source, None),
         };
-        let session_stage = job
-            .session_stage
+        let state_stage = job
+            .shuffle_state
             .as_ref()
             .filter(|stage| stage.stage_id == task.stage_id);
-        let carried = match session_stage {
-            Some(stage) => Some(Arc::new(carried_sessions(&job, stage, task).await?)),
+        let carried = match state_stage {
+            Some(stage) => Some(Arc::new(carried_state(&job, stage, task).await?)),
             None => None,
         };
         let state_time = state_started.elapsed();
@@ -430,10 +402,8 @@ pub async fn run_task(
         let executed_ms = started.elapsed().as_millis();
         let mut state = state.into_iter().collect::<Vec<_>>();
         let state_started = Instant::now();
-        if let (Some(carried), Some(Some(StateRule::Sessions(sessions)))) =
-            (&carried, session_stage.map(|_| &job.state_rule))
-        {
-            state = keep_open_sessions(&job, sessions, carried, task, &prefix).await?;
+        if let (Some(carried), Some(stage)) = (&carried, state_stage) {
+            state = keep_shuffle_state(&job, stage, carried, task, &prefix).await?;
         }
         let state_time = state_time + state_started.elapsed();
         let write_started = Instant::now();
@@ -565,7 +535,7 @@ async fn carry_state(
         still_needed.push(on_time.clone());
         rows.push(on_time);
     }
-    if !rule.kept_by_source_tasks() {
+    if job.shuffle_state.is_some() {
         return Ok(CarriedState {
             rows,
             state: None,
@@ -591,11 +561,11 @@ async fn carry_state(
     })
 }
 
-/// A session stage task's state: the rows of open sessions the batch starts from, by the
-/// shuffle partition their file names (each file holds one partition's).
-async fn carried_sessions(
+/// A state stage task's state: what the batch starts from in the shuffle partitions the
+/// task reduces (each state file holds one partition's, named in the file name).
+async fn carried_state(
     job: &PreparedJob,
-    stage: &SessionStage,
+    stage: &ShuffleStateStage,
     task: &TaskDefinition,
 ) -> Result<sluice_plan::CarriedRows> {
     let file_io = job.sink.table.file_io();
@@ -618,29 +588,40 @@ async fn carried_sessions(
     })
 }
 
-/// Writes, for each shuffle partition the session stage task reduced, the rows of its
-/// sessions still open after the batch's watermark as one state file.
-async fn keep_open_sessions(
+/// Writes, for each shuffle partition the state stage task reduced, the state still
+/// needed after the batch's watermark as one state file: the rows of open sessions, or
+/// the merged partial aggregates of open windows.
+async fn keep_shuffle_state(
     job: &PreparedJob,
-    sessions: &Sessions,
+    stage: &ShuffleStateStage,
     carried: &sluice_plan::CarriedRows,
     task: &TaskDefinition,
     prefix: &str,
 ) -> Result<Vec<state_files::StateFile>> {
-    let schema = &job
-        .session_stage
-        .as_ref()
-        .expect("a session stage task's job has one")
-        .schema;
     let file_io = job.sink.table.file_io();
     let location = job.sink.table.metadata().location();
     let mut written = vec![];
     let mut yielded: Vec<_> = carried.take_yielded().into_iter().collect();
     yielded.sort_unstable_by_key(|(partition, _)| *partition);
     for (partition, rows) in yielded {
-        let open = sessions.open_rows(schema, &rows, task.watermark_ms)?;
+        let kept = match (&stage.kind, &job.state_rule) {
+            (ShuffleStateKind::SessionRows, Some(StateRule::Sessions(sessions))) => {
+                vec![sessions.open_rows(&stage.schema, &rows, task.watermark_ms)?]
+            }
+            (ShuffleStateKind::WindowPartials(_), _) => stage
+                .merge(rows, job.context.clone())
+                .await?
+                .iter()
+                .map(|b| state_rule::select_windows(b, task.watermark_ms, true))
+                .collect::<Result<_>>()?,
+            (kind, rule) => {
+                return Err(Error::InvalidRequest(format!(
+                    "state kept after the shuffle as {kind:?} does not fit the job's rule {rule:?}"
+                )))
+            }
+        };
         let path = state_files::state_path(location, &state_file_name(prefix, Some(partition)));
-        if let Some(file) = state_files::write_state(file_io, &path, schema, &[open]).await? {
+        if let Some(file) = state_files::write_state(file_io, &path, &stage.schema, &kept).await? {
             written.push(file);
         }
     }

@@ -169,3 +169,22 @@ async fn sliding_windows_over_a_stream_equal_date_bin_over_the_records() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_after_another_shuffle_keep_their_rows_in_source_tasks() {
+    // A window function shuffles the rows before the aggregation, so no final aggregate
+    // reads the stream's shuffle: the state is the open windows' rows, kept by source
+    // tasks, and the result is the same.
+    stream_equals_batch(
+        "tumbling-rows",
+        "SELECT window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM ( \
+           SELECT window_start, window_end, amount, \
+             row_number() OVER (PARTITION BY customer_id ORDER BY ts) AS nth FROM source) r \
+         WHERE nth >= 1 GROUP BY window_start, window_end",
+        "{size: 30s}",
+        30_000,
+        "SELECT date_bin(INTERVAL '30 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
+         count(*) AS n, sum(amount) AS revenue FROM source GROUP BY 1",
+    )
+    .await;
+}

@@ -6,6 +6,7 @@ mod codec;
 mod dedup;
 mod nodes;
 mod session;
+mod shuffle_state;
 mod split;
 mod tables;
 
@@ -22,6 +23,7 @@ pub use nodes::{
     reader_schema, reads_stream, CarriedRows, KafkaScanExec, MapOutputLocation, ReaderMode,
     ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleReaderExec, TaskInputs,
 };
+pub use shuffle_state::{ShuffleStateKind, ShuffleStateStage};
 pub use split::{Stage, StageKind, StageOutput};
 
 use sluice_core::error::{Error, Result};
@@ -55,6 +57,12 @@ impl JobPlan {
     pub fn stage_after_stream(&self) -> Option<&Stage> {
         let source = self.stages.iter().find(|s| s.kind == StageKind::Source)?;
         self.stages.iter().find(|s| s.inputs.contains(&source.id))
+    }
+
+    /// The stage keeping a stateful job's state after the shuffle, if it does.
+    pub fn shuffle_state_stage(&self, spec: &JobSpec) -> Option<ShuffleStateStage> {
+        let plans: Vec<_> = self.stages.iter().map(|s| (s.id, s.plan.clone())).collect();
+        ShuffleStateStage::find(&spec.source.kafka, &plans)
     }
 
     /// The stage plans serialized with datafusion-proto.

@@ -99,6 +99,15 @@ fn source_slices(spec: &JobSpec) -> Vec<RecordBatch> {
 
 /// Runs `plan` stage by stage, every task in its own decoded copy of the stage plan.
 async fn run_distributed(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBatch> {
+    run_distributed_with_state(spec, slices, None).await
+}
+
+/// [`run_distributed`], the tasks of the shuffle-state stage carrying `carried`.
+async fn run_distributed_with_state(
+    spec: &JobSpec,
+    slices: &[RecordBatch],
+    carried: Option<(u32, Arc<CarriedRows>)>,
+) -> Vec<RecordBatch> {
     let plan = plan_job(spec).await.unwrap();
     let base = base_task_context(spec);
     let shuffle = Arc::new(MemoryShuffle::default());
@@ -136,7 +145,10 @@ async fn run_distributed(spec: &JobSpec, slices: &[RecordBatch]) -> Vec<RecordBa
                     })
                     .collect(),
                 fetcher: shuffle.clone(),
-                carried: None,
+                carried: carried
+                    .as_ref()
+                    .filter(|(state_stage, _)| *state_stage == stage.id)
+                    .map(|(_, rows)| rows.clone()),
             };
             let context = task_context(&base, inputs);
             let decoded = decode_plan(&bytes, &context).unwrap();
@@ -493,4 +505,64 @@ async fn sessions_are_runs_of_a_keys_rows_less_than_the_gap_apart() {
         }
     }
     assert_eq!(actual, expected);
+}
+
+#[tokio::test]
+async fn window_partials_kept_after_the_shuffle_carry_every_aggregate_across_batches() {
+    let sql = "SELECT window_start, window_end, country, count(*) AS n, sum(amount) AS revenue, \
+               min(amount) AS lo, max(amount) AS hi, avg(amount) AS mean, \
+               count(DISTINCT customer_id) AS customers \
+               FROM source GROUP BY window_start, window_end, country";
+    let mut spec = spec(sql, 4);
+    spec.source.kafka.watermark = Some(sluice_core::spec::WatermarkSpec {
+        column: "ts".into(),
+        delay: "10s".into(),
+        late: Default::default(),
+    });
+    spec.source.kafka.window = Some(sluice_core::spec::WindowSpec {
+        size: "100ms".into(),
+        slide: None,
+    });
+    let slices = source_slices(&spec);
+    let expected = normalized_rows(&run_single_process(&spec, &slices).await);
+
+    let plan = plan_job(&spec).await.unwrap();
+    let state = plan
+        .shuffle_state_stage(&spec)
+        .expect("partials kept after the shuffle");
+    assert!(
+        matches!(state.kind, ShuffleStateKind::WindowPartials(_)),
+        "{}",
+        plan.display()
+    );
+    // Batch 1 reads the first slice; its state stage's tasks collect what their readers
+    // yielded, merged into one partial row per group.
+    let first = Arc::new(CarriedRows {
+        stage_id: state.stream_stage,
+        ..Default::default()
+    });
+    run_distributed_with_state(&spec, &slices[..1], Some((state.stage_id, first.clone()))).await;
+    let mut carried = HashMap::new();
+    for (partition, rows) in first.take_yielded() {
+        let merged = state
+            .merge(rows.clone(), base_task_context(&spec))
+            .await
+            .unwrap();
+        let merged_rows: usize = merged.iter().map(|b| b.num_rows()).sum();
+        let yielded_rows: usize = rows.iter().map(|b| b.num_rows()).sum();
+        assert!(merged_rows <= yielded_rows);
+        assert!(merged.iter().all(|b| b.schema() == state.schema));
+        carried.insert(partition, merged);
+    }
+    assert!(!carried.is_empty());
+    // Batch 2 reads the other slices and starts from that state: the same rows as one
+    // batch over everything.
+    let second = Arc::new(CarriedRows {
+        stage_id: state.stream_stage,
+        state: carried,
+        ..Default::default()
+    });
+    let rows =
+        run_distributed_with_state(&spec, &slices[1..], Some((state.stage_id, second))).await;
+    assert_eq!(normalized_rows(&rows), expected);
 }

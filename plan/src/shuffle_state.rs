@@ -1,0 +1,144 @@
+//! State kept after the shuffle: where a stateful job's rows of one key meet, the reader
+//! of the stream stage's output adds the state to what it fetches ([`CarriedRows`]), and
+//! the task picks the next state from what the reader yielded.
+//!
+//! - Session windows keep the raw rows of open sessions (a session depends on its key's
+//!   other rows).
+//! - Fixed windows aggregated right after the shuffle (`GROUP BY window_start, window_end,
+//!   …`, the usual plan: partial aggregate, shuffle, final aggregate) keep one
+//!   partial-aggregate row per open window and group: the partial rows the reader yielded
+//!   (the state's and the batch's) merged by the aggregate in `PartialReduce` mode. The
+//!   state then follows the open groups, not the records. Other windowed plans keep raw
+//!   rows in their source tasks.
+//!
+//! See docs/architecture.md, "State after the shuffle".
+//!
+//! [`CarriedRows`]: crate::CarriedRows
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::ExecutionPlan;
+use sluice_core::error::Result;
+use sluice_core::spec::{KafkaSourceSpec, WINDOW_END_COLUMN};
+
+use crate::nodes::{reader_schema, reads_stream, ShuffleReaderExec};
+
+/// What the state stage keeps.
+#[derive(Debug, Clone)]
+pub enum ShuffleStateKind {
+    /// Session windows: the rows of open sessions.
+    SessionRows,
+    /// Fixed windows: partial-aggregate rows of open windows, merged by this final
+    /// aggregate's expressions.
+    WindowPartials(Arc<AggregateExec>),
+}
+
+/// The stage of a stateful job that keeps its state after the shuffle.
+#[derive(Debug, Clone)]
+pub struct ShuffleStateStage {
+    pub stage_id: u32,
+    /// The stage reading the stream, whose output the state joins.
+    pub stream_stage: u32,
+    /// The rows the reader yields (and state files hold).
+    pub schema: SchemaRef,
+    pub kind: ShuffleStateKind,
+}
+
+impl ShuffleStateStage {
+    /// The state stage among a job's stage plans (id, plan), if its state is kept after the
+    /// shuffle: always for session windows, for fixed windows when a final aggregate
+    /// grouping by `window_end` reads the stream stage's output directly.
+    pub fn find(
+        kafka: &KafkaSourceSpec,
+        stages: &[(u32, Arc<dyn ExecutionPlan>)],
+    ) -> Option<ShuffleStateStage> {
+        let (stream_stage, _) = stages.iter().find(|(_, plan)| reads_stream(plan))?;
+        let stream_stage = *stream_stage;
+        let (stage_id, plan, schema) = stages.iter().find_map(|(id, plan)| {
+            reader_schema(plan, stream_stage).map(|schema| (*id, plan, schema))
+        })?;
+        let kind = if kafka.session.is_some() {
+            ShuffleStateKind::SessionRows
+        } else if kafka.window.is_some() {
+            ShuffleStateKind::WindowPartials(window_aggregate(plan, stream_stage)?)
+        } else {
+            return None;
+        };
+        Some(ShuffleStateStage {
+            stage_id,
+            stream_stage,
+            schema,
+            kind,
+        })
+    }
+
+    /// Window partials: `batches` (partial-aggregate rows in [`Self::schema`]) merged into
+    /// one row per group. Session rows are returned as they are.
+    pub async fn merge(
+        &self,
+        batches: Vec<RecordBatch>,
+        context: Arc<TaskContext>,
+    ) -> Result<Vec<RecordBatch>> {
+        let ShuffleStateKind::WindowPartials(aggregate) = &self.kind else {
+            return Ok(batches);
+        };
+        let input = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), None)
+            .map_err(sluice_core::Error::query)?;
+        let merge = AggregateExec::try_new(
+            AggregateMode::PartialReduce,
+            aggregate.group_expr().clone(),
+            aggregate.aggr_expr().to_vec(),
+            aggregate.filter_expr().to_vec(),
+            input,
+            aggregate.input_schema(),
+        )
+        .map_err(sluice_core::Error::query)?;
+        let merged = datafusion::physical_plan::collect(Arc::new(merge), context)
+            .await
+            .map_err(sluice_core::Error::query)?;
+        // The merge names and types its columns as the reader does; keep the reader's
+        // schema so state files always have one.
+        merged
+            .into_iter()
+            .map(|b| {
+                RecordBatch::try_new(self.schema.clone(), b.columns().to_vec()).map_err(Into::into)
+            })
+            .collect()
+    }
+}
+
+/// The final aggregate reading the stream stage's output directly and grouping by
+/// `window_end` (one grouping set), if the stage has one.
+fn window_aggregate(
+    plan: &Arc<dyn ExecutionPlan>,
+    stream_stage: u32,
+) -> Option<Arc<AggregateExec>> {
+    if let Some(aggregate) = plan.as_any().downcast_ref::<AggregateExec>() {
+        let final_mode = matches!(
+            aggregate.mode(),
+            AggregateMode::Final | AggregateMode::FinalPartitioned
+        );
+        let groups_by_window = aggregate.group_expr().is_single()
+            && aggregate
+                .group_expr()
+                .expr()
+                .iter()
+                .any(|(_, name)| name == WINDOW_END_COLUMN);
+        let reads_stream_output = aggregate
+            .input()
+            .as_any()
+            .downcast_ref::<ShuffleReaderExec>()
+            .is_some_and(|reader| reader.stage_id() == stream_stage);
+        if final_mode && groups_by_window && reads_stream_output {
+            return Some(Arc::new(aggregate.clone()));
+        }
+    }
+    plan.children()
+        .into_iter()
+        .find_map(|child| window_aggregate(child, stream_stage))
+}
