@@ -52,13 +52,6 @@ pub struct JobPlan {
 }
 
 impl JobPlan {
-    /// The first stage reading the stream's rows after a shuffle: where a session job's
-    /// rows of one key meet, and its state is kept.
-    pub fn stage_after_stream(&self) -> Option<&Stage> {
-        let source = self.stages.iter().find(|s| s.kind == StageKind::Source)?;
-        self.stages.iter().find(|s| s.inputs.contains(&source.id))
-    }
-
     /// The stage keeping a stateful job's state after the shuffle, if it does.
     pub fn shuffle_state_stage(&self, spec: &JobSpec) -> Option<ShuffleStateStage> {
         let plans: Vec<_> = self.stages.iter().map(|s| (s.id, s.plan.clone())).collect();

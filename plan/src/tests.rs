@@ -484,8 +484,14 @@ async fn sessions_are_runs_of_a_keys_rows_less_than_the_gap_apart() {
     );
 
     let plan = plan_job(&spec).await.unwrap();
-    let after_stream = plan.stage_after_stream().expect("a shuffle after the scan");
-    assert_eq!(after_stream.kind, StageKind::Hash(4), "{}", plan.display());
+    let state = plan.shuffle_state_stage(&spec).expect("a shuffle after the scan");
+    assert!(matches!(state.kind, ShuffleStateKind::SessionRows));
+    assert_eq!(
+        plan.stages[state.stage_id as usize].kind,
+        StageKind::Hash(4),
+        "{}",
+        plan.display()
+    );
     let mut actual = BTreeSet::new();
     for batch in run_distributed(&spec, &slices).await {
         let column = |name: &str| batch.column_by_name(name).unwrap().clone();
