@@ -6,5 +6,6 @@ pub mod catalog;
 pub mod commit;
 pub mod data_files;
 pub mod overview;
+pub mod rewrite;
 pub mod sink;
 pub mod storage;

@@ -248,7 +248,7 @@ pub fn total_records(table: &Table) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
     use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
 
@@ -258,7 +258,7 @@ mod tests {
     use sluice_core::spec::CatalogSpec;
     use sluice_core::BatchId;
 
-    fn data_file(table: &Table, name: &str) -> DataFile {
+    pub(crate) fn data_file(table: &Table, name: &str) -> DataFile {
         DataFileBuilder::default()
             .content(DataContentType::Data)
             .file_path(format!(
@@ -273,7 +273,7 @@ mod tests {
     }
 
     /// A SQL catalog in `dir` with an empty table `ns.t`.
-    async fn new_table(dir: &tempfile::TempDir) -> (crate::catalog::CatalogRef, Table) {
+    pub(crate) async fn new_table(dir: &tempfile::TempDir) -> (crate::catalog::CatalogRef, Table) {
         let spec = CatalogSpec {
             catalog_type: "sql".into(),
             uri: format!("sqlite://{}/catalog.db", dir.path().display()),
@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(total_records(&empty), 10);
     }
 
-    fn committed(outcome: Result<CasOutcome>) -> Table {
+    pub(crate) fn committed(outcome: Result<CasOutcome>) -> Table {
         match outcome.unwrap() {
             CasOutcome::Committed(table) => *table,
             CasOutcome::Conflict => panic!("unexpected commit conflict"),

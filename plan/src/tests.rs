@@ -484,7 +484,9 @@ async fn sessions_are_runs_of_a_keys_rows_less_than_the_gap_apart() {
     );
 
     let plan = plan_job(&spec).await.unwrap();
-    let state = plan.shuffle_state_stage(&spec).expect("a shuffle after the scan");
+    let state = plan
+        .shuffle_state_stage(&spec)
+        .expect("a shuffle after the scan");
     assert!(matches!(state.kind, ShuffleStateKind::SessionRows));
     assert_eq!(
         plan.stages[state.stage_id as usize].kind,
