@@ -31,6 +31,15 @@ pub const CHECKPOINT_WRITTEN: &str = "checkpoint_written";
 pub const EXECUTOR_RECORDS_READ: &str = "executor_records_read";
 /// Executor: the task's data files are written; the driver has not been told.
 pub const EXECUTOR_FILES_WRITTEN: &str = "executor_files_written";
+/// Executor: a compaction task's files are written; the driver has not been told. (The
+/// "batch" of a compaction point is the compaction's id.)
+pub const EXECUTOR_REWRITE_WRITTEN: &str = "executor_rewrite_written";
+/// Driver: the compaction is logged; no rewrite task has run.
+pub const COMPACTION_LOGGED: &str = "compaction_logged";
+/// Driver: every rewrite task wrote its files; the replace snapshot is not committed.
+pub const COMPACTION_FILES_WRITTEN: &str = "compaction_files_written";
+/// Driver: the replace snapshot is committed; the compaction is not recorded as done.
+pub const COMPACTION_COMMITTED: &str = "compaction_committed";
 
 #[cfg(feature = "failpoints")]
 /// What an armed point does.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arrow_schema::{DataType, Field, Fields, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+use crate::compaction::CompactionSpec;
 use crate::error::{Error, Result};
 use crate::window_sql::SqlWindowKind;
 
@@ -664,6 +665,10 @@ pub struct IcebergSinkSpec {
     /// country]` (see [`crate::partition`]); an existing table keeps its own spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partition_by: Vec<String>,
+    /// Compaction while streaming: small files rewritten into large ones between batches
+    /// (on by default; see [`crate::compaction`]).
+    #[serde(default, skip_serializing_if = "CompactionSpec::is_default")]
+    pub compaction: CompactionSpec,
 }
 
 impl IcebergSinkSpec {
@@ -1029,6 +1034,7 @@ impl JobSpec {
         validate_identifier("sink.iceberg.namespace", &sink.namespace)?;
         validate_identifier("sink.iceberg.table", &sink.table)?;
         sink.parquet.codec()?;
+        sink.compaction.validate()?;
         if sink.target_file_size == Some(0) {
             return Err(Error::spec(
                 "sink.iceberg.target_file_size",

@@ -37,6 +37,15 @@ pub enum Error {
         ranges: String,
         last: String,
     },
+    #[error(
+        "compaction {compaction}: rewrite task {task} failed after {attempts} attempts: {message}"
+    )]
+    RewriteFailed {
+        compaction: i64,
+        task: u32,
+        attempts: u32,
+        message: String,
+    },
     #[error("batch {batch} could not be committed to {table}: the table changed under each of {attempts} attempts")]
     CommitConflicts {
         table: String,

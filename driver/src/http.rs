@@ -86,6 +86,14 @@ fn metrics(term: Option<&Term>) -> String {
             "sluice_late_records_total",
             "Records older than the watermark their batch ran under.",
         ),
+        (
+            "sluice_compacted_files_total",
+            "Small data files compaction replaced.",
+        ),
+        (
+            "sluice_compacted_bytes_total",
+            "Bytes of the data files compaction replaced.",
+        ),
     ];
     let all: Vec<_> = jobs.iter().map(|j| (j, j.progress.metrics())).collect();
     for (i, (name, help)) in counters.iter().enumerate() {
@@ -98,6 +106,8 @@ fn metrics(term: Option<&Term>) -> String {
                 m.malformed,
                 m.offsets_lost,
                 m.late_records,
+                m.files_compacted,
+                m.bytes_compacted,
             ][i];
             let _ = writeln!(out, "{name}{{job=\"{}\"}} {value}", job.job_id);
         }

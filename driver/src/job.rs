@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::batch::{BatchProtocol, ExecuteBatch, Executed, SinkTables};
+use crate::compaction::{Compacted, Compactor, RunRewrites};
 use crate::error::{Error, Result};
 use crate::planner::{self, LatestOffsets};
 use crate::progress::{batch_progress, BatchTimings, ProgressLog};
@@ -186,6 +187,8 @@ pub struct JobRunner {
     /// `once` / `available_now` with windows: the records are all read and one more
     /// batch writes what the final watermark closes (see `planner::flush_plan`).
     finishing: bool,
+    /// Rewrites small files between batches (`sink.iceberg.compaction`).
+    compactor: Compactor,
 }
 
 impl JobRunner {
@@ -198,8 +201,15 @@ impl JobRunner {
         job: Option<JobRef>,
     ) -> JobRunner {
         let dead_letters = shared.spec.source.kafka.writes_dead_letters();
-        let sink = SinkTables::new(&shared.spec.sink.iceberg, dead_letters);
+        let sink_spec = &shared.spec.sink.iceberg;
+        let sink = SinkTables::new(sink_spec, dead_letters);
+        let compactor = Compactor::new(
+            shared.job_id.clone(),
+            sink_spec.compaction.clone(),
+            sink_spec.target_file_size(),
+        );
         JobRunner {
+            compactor,
             protocol: BatchProtocol::new(shared.job_id.clone(), log, sink)
                 .with_watermark_delay(watermark_delay_ms(&shared.spec))
                 .with_state(shared.spec.source.kafka.is_stateful()),
@@ -405,6 +415,12 @@ impl JobRunner {
             );
             progress.executor_crashes = outcome.crashes;
             progress.watermark_ms = outcome.checkpoint.watermark_ms;
+            if let Some(compacted) = self.compact(&job).await? {
+                progress.files_compacted = compacted.files_removed;
+                progress.compacted_files_written = compacted.files_written;
+                progress.bytes_compacted = compacted.bytes_removed;
+                progress.compaction_ms = compacted.duration.as_millis() as u64;
+            }
             info!(
                 rows = progress.input_rows,
                 output_rows = progress.output_rows,
@@ -427,6 +443,50 @@ impl JobRunner {
         }
         .instrument(span)
         .await
+    }
+}
+
+impl JobRunner {
+    /// Compacts the sink table after a batch when it is due. Only a lost leadership is an
+    /// error: a failed compaction is logged and tried again after a later batch.
+    async fn compact(&mut self, job: &JobRef) -> Result<Option<Compacted>> {
+        let rewrites = SchedulerRewrites {
+            scheduler: &self.scheduler,
+            job,
+        };
+        let compacted = self
+            .compactor
+            .run(&self.protocol.log, &mut self.protocol.sink, &rewrites)
+            .await;
+        match compacted {
+            Ok(compacted) => Ok(compacted),
+            Err(Error::Common(fenced @ CommonError::Fenced { .. })) => Err(fenced.into()),
+            Err(error) => {
+                warn!(job = %self.shared.job_id, %error, "compaction failed; trying again after a later batch");
+                self.protocol.sink.forget(false);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Runs compaction's rewrite tasks on the cluster through the scheduler.
+struct SchedulerRewrites<'a> {
+    scheduler: &'a Scheduler,
+    job: &'a JobRef,
+}
+
+#[async_trait]
+impl RunRewrites for SchedulerRewrites<'_> {
+    async fn run_rewrites(
+        &self,
+        compaction: i64,
+        term: i64,
+        groups: Vec<Vec<String>>,
+    ) -> Result<Vec<Vec<String>>> {
+        self.scheduler
+            .run_rewrites(self.job, compaction, term, groups)
+            .await
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod batch;
 pub mod checkpoint;
+mod compaction;
 mod crash;
 mod error;
 mod http;

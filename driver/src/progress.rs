@@ -80,6 +80,10 @@ pub fn batch_progress(
         task_times: Some(summed_task_times(results)),
         job_state: String::new(),
         message: String::new(),
+        files_compacted: 0,
+        compacted_files_written: 0,
+        bytes_compacted: 0,
+        compaction_ms: 0,
     }
 }
 
@@ -110,6 +114,9 @@ pub struct BatchMetrics {
     pub watermark_ms: Option<i64>,
     /// Windowed jobs: the state the latest batch left, in bytes.
     pub state_bytes: Option<u64>,
+    /// Data files compaction replaced, and their bytes.
+    pub files_compacted: u64,
+    pub bytes_compacted: u64,
     /// Per phase: plan, execute, commit, checkpoint, total.
     pub durations: [Histogram; 5],
 }
@@ -128,6 +135,8 @@ impl Default for BatchMetrics {
             late_records: 0,
             watermark_ms: None,
             state_bytes: None,
+            files_compacted: 0,
+            bytes_compacted: 0,
             durations: std::array::from_fn(|_| Histogram::new(DURATION_BUCKETS)),
         }
     }
@@ -141,6 +150,8 @@ impl BatchMetrics {
         self.malformed += p.malformed_skipped;
         self.offsets_lost += p.offsets_lost;
         self.late_records += p.late_records;
+        self.files_compacted += p.files_compacted as u64;
+        self.bytes_compacted += p.bytes_compacted;
         if p.watermark_ms.is_some() {
             self.watermark_ms = p.watermark_ms;
             self.state_bytes = Some(p.state_bytes);

@@ -17,7 +17,7 @@ use sluice_kafka::offsets::{BatchPlan, OffsetRange};
 use sluice_plan::{plan_job, JobPlan, StageKind, StageOutput};
 use sluice_proto::v1::{
     self, task_result, FailureKind, MapOutput, PrepareJobRequest, ReleaseShuffleRequest,
-    ShuffleInput, StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
+    RewriteFiles, ShuffleInput, StagePlan, TaskDefinition, TaskFailure, TaskSuccess,
 };
 use tracing::{debug, error, info, warn};
 
@@ -308,6 +308,7 @@ impl BatchRun<'_> {
             term: self.term,
             watermark_ms: self.watermark_ms,
             state_files: self.state_files_of(stage, task),
+            rewrite: None,
         }
     }
 }
@@ -381,6 +382,86 @@ impl Scheduler {
                 .collect(),
             retried,
             crashes: run.crashes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Runs compaction `compaction`'s rewrite tasks, one per group of data files (as
+    /// Iceberg JSON), each on some executor, retried elsewhere on failure; returns the
+    /// files each task wrote.
+    pub async fn run_rewrites(
+        &self,
+        job: &JobRef,
+        compaction: i64,
+        term: i64,
+        groups: Vec<Vec<String>>,
+    ) -> Result<Vec<Vec<String>>> {
+        let tasks = groups
+            .into_iter()
+            .enumerate()
+            .map(|(task, files)| self.run_rewrite(job, compaction, term, task as u32, files));
+        try_join_all(tasks).await
+    }
+
+    async fn run_rewrite(
+        &self,
+        job: &JobRef,
+        compaction: i64,
+        term: i64,
+        task: u32,
+        files_json: Vec<String>,
+    ) -> Result<Vec<String>> {
+        let mut last_executor: Option<ExecutorId> = None;
+        let mut backoff = FIRST_BACKOFF;
+        let mut message = String::new();
+        for attempt in 1..=MAX_TASK_ATTEMPTS {
+            let executor = self
+                .wait_for_executor(last_executor.as_deref(), None)
+                .await?;
+            last_executor = Some(executor.id.clone());
+            let definition = TaskDefinition {
+                job_id: job.job_id.clone(),
+                task_id: task,
+                attempt,
+                term,
+                rewrite: Some(RewriteFiles {
+                    compaction_id: compaction,
+                    files_json: files_json.clone(),
+                }),
+                ..Default::default()
+            };
+            match self.launch(&executor, job, definition).await {
+                Ok(task_result::Outcome::Success(success)) => return Ok(success.data_files_json),
+                Ok(task_result::Outcome::Failure(failure)) => {
+                    if failure.kind() == FailureKind::UnknownJob {
+                        executor
+                            .prepared
+                            .lock()
+                            .expect("prepared lock")
+                            .remove(&job.prepared_key);
+                    }
+                    warn!(executor = %executor.id, compaction, task, attempt, message = %failure.message, "rewrite task failed");
+                    message = failure.message;
+                    if !failure.retryable {
+                        break;
+                    }
+                }
+                Err(status) => {
+                    warn!(executor = %executor.id, compaction, task, attempt, error = %status.message(), "executor call failed; retrying the rewrite elsewhere");
+                    if executor_gone(&status) {
+                        self.registry.remove(&executor.id, status.message());
+                    }
+                    message = status.message().to_string();
+                }
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        Err(Error::RewriteFailed {
+            compaction,
+            task,
+            attempts: MAX_TASK_ATTEMPTS,
+            message,
         })
     }
 

@@ -9,6 +9,7 @@ mod kafka_reader;
 mod late_records;
 mod metrics;
 mod registration;
+mod rewrite;
 mod service;
 mod sessions;
 mod shuffle_store;

@@ -37,9 +37,9 @@ use crate::state_rule::{self, StateRule};
 use crate::writer::{write_data_files, WriteOptions};
 
 /// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
-struct TargetTable {
-    table: Table,
-    schema: SchemaRef,
+pub(crate) struct TargetTable {
+    pub(crate) table: Table,
+    pub(crate) schema: SchemaRef,
     options: WriteOptions,
 }
 
@@ -61,7 +61,11 @@ impl TargetTable {
     }
 
     /// Writes `batches` as data files and returns their metadata as JSON.
-    async fn write(&self, batches: &[RecordBatch], prefix: String) -> Result<Vec<String>> {
+    pub(crate) async fn write(
+        &self,
+        batches: &[RecordBatch],
+        prefix: String,
+    ) -> Result<Vec<String>> {
         let files =
             write_data_files(&self.table, &self.schema, batches, prefix, &self.options).await?;
         data_files_to_json(&self.table, files)
@@ -92,7 +96,7 @@ pub struct PreparedJob {
     stages: HashMap<u32, PreparedStage>,
     /// The session stage plans are decoded and run in.
     context: Arc<datafusion::execution::TaskContext>,
-    sink: TargetTable,
+    pub(crate) sink: TargetTable,
     /// With `on_malformed: dead_letter`.
     dead_letters: Option<TargetTable>,
     /// What a stateful job (windows, sessions, deduplication) keeps between batches.
@@ -273,6 +277,9 @@ pub async fn run_task(
 ) -> Result<TaskSuccess> {
     let span = tracing::info_span!("task", job = %task.job_id, batch = task.batch_id, stage = task.stage_id, task = task.task_id, attempt = task.attempt);
     async move {
+        if let Some(rewrite) = &task.rewrite {
+            return crate::rewrite::rewrite_files(&job, task, rewrite).await;
+        }
         let started = Instant::now();
         let Some(stage) = job.stages.get(&task.stage_id) else {
             return Err(Error::InvalidRequest(format!(

@@ -26,6 +26,27 @@ pub fn attempt_prefix(job_id: &str, batch: BatchId, term: i64, task: u32, attemp
     )
 }
 
+/// The name prefix of the files written by one attempt of a compaction task under leader
+/// term `term`.
+pub fn compaction_attempt_prefix(
+    job_id: &str,
+    compaction: i64,
+    term: i64,
+    task: u32,
+    attempt: u32,
+) -> String {
+    format!(
+        "{}e{term}.t{task}.a{attempt}.{}",
+        compaction_prefix(job_id, compaction),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The name prefix shared by every file of a compaction (`c` where a batch has `b`).
+pub fn compaction_prefix(job_id: &str, compaction: i64) -> String {
+    format!("{job_id}.c{compaction}.")
+}
+
 /// The name prefix shared by every file of a batch.
 pub fn batch_prefix(job_id: &str, batch: BatchId) -> String {
     format!("{job_id}.b{batch}.")
@@ -96,13 +117,29 @@ pub async fn delete_batch_files_except(
     batch: BatchId,
     keep: &HashSet<String>,
 ) -> Result<usize> {
-    let data_dir = format!(
+    let prefix = batch_prefix(job_id, batch);
+    let deleted = delete_prefixed_files_except(table, properties, subdir, &prefix, keep).await?;
+    if deleted > 0 {
+        info!(job = %job_id, %batch, deleted, "deleted data files of failed or abandoned attempts");
+    }
+    Ok(deleted)
+}
+
+/// Deletes the files in the table's `subdir` whose names start with `prefix` and are not
+/// in `keep`; returns how many.
+pub async fn delete_prefixed_files_except(
+    table: &Table,
+    properties: &BTreeMap<String, String>,
+    subdir: &str,
+    prefix: &str,
+    keep: &HashSet<String>,
+) -> Result<usize> {
+    let dir = format!(
         "{}/{subdir}",
         table.metadata().location().trim_end_matches('/')
     );
-    let prefix = batch_prefix(job_id, batch);
     let mut deleted = 0;
-    for path in list_with_prefix(&data_dir, &prefix, properties).await? {
+    for path in list_with_prefix(&dir, prefix, properties).await? {
         if keep.contains(file_name(&path)) {
             continue;
         }
@@ -112,9 +149,6 @@ pub async fn delete_batch_files_except(
             .await
             .map_err(Error::iceberg(format!("deleting {path}")))?;
         deleted += 1;
-    }
-    if deleted > 0 {
-        info!(job = %job_id, %batch, deleted, "deleted data files of failed or abandoned attempts");
     }
     Ok(deleted)
 }

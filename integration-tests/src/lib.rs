@@ -781,6 +781,11 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
         Ok((read.len(), all.len(), rows))
     }
 
+    /// The job's sink table as its catalog has it now.
+    pub async fn sink_table(&self, spec: &str) -> Result<iceberg::table::Table> {
+        Ok(sink_table(spec).await?.1)
+    }
+
     /// Every row of the job's dead-letter table.
     pub async fn dead_letter_rows(&self, spec: &str) -> Result<Vec<RecordBatch>> {
         let spec = JobSpec::parse(spec)?;
@@ -837,10 +842,22 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
         committed_names(&sink_table(spec).await?.1).await
     }
 
-    /// Files in the table's data directory that no committed snapshot references.
+    /// Files in the table's data directory that no snapshot of the table holds (files
+    /// compaction replaced stay while an older snapshot holds them).
     pub async fn uncommitted_files(&self, spec: &str) -> Result<Vec<String>> {
         let (spec, table) = sink_table(spec).await?;
-        let committed = committed_names(&table).await?;
+        let mut committed = vec![];
+        for snapshot in table.metadata().snapshots() {
+            let files =
+                sluice_iceberg::rewrite::snapshot_files(&table, snapshot.snapshot_id()).await?;
+            committed.extend(
+                files
+                    .iter()
+                    .map(|f| file_name(f.data_file.file_path()).to_string()),
+            );
+        }
+        committed.sort();
+        committed.dedup();
         let data_dir = format!("{}/data", table.metadata().location());
         let properties = &spec.sink.iceberg.catalog.properties;
         let stray = list_with_prefix(&data_dir, "", properties)

@@ -1,15 +1,17 @@
 //! The job's Iceberg tables as the protocol sees them: the catalog (opened on first use,
 //! again after errors) and the sink table as last loaded or committed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::checkpoint::JobLog;
+use iceberg::spec::Operation;
 use iceberg::table::Table;
 use iceberg::TableIdent;
 use sluice_core::spec::{CatalogSpec, IcebergSinkSpec};
 use sluice_core::Error as CommonError;
 use sluice_iceberg::catalog::{open_catalog, CatalogRef};
 use sluice_iceberg::commit::{expire_snapshots_on, CasOutcome};
+use sluice_iceberg::rewrite::removed_by;
 use sluice_iceberg::sink::{dead_letter_ident, needs_expiry, table_ident, SNAPSHOTS_RETAINED};
 use tracing::{info, warn};
 
@@ -106,9 +108,12 @@ impl SinkTables {
             Ok::<_, crate::Error>(expire_snapshots_on(catalog, &table, SNAPSHOTS_RETAINED).await?)
         };
         match expired.await {
-            Ok(CasOutcome::Committed(table)) => {
-                info!(table = %self.main, kept = table.metadata().snapshots().len(), "expired old snapshots of the sink table");
-                self.cached = Some(*table);
+            Ok(CasOutcome::Committed(expired)) => {
+                info!(table = %self.main, kept = expired.metadata().snapshots().len(), "expired old snapshots of the sink table");
+                if let Err(error) = delete_replaced_files(&table, &expired).await {
+                    warn!(table = %self.main, %error, "could not delete files that compaction replaced; they stay on storage");
+                }
+                self.cached = Some(*expired);
             }
             Ok(CasOutcome::Conflict) => self.cached = None,
             Err(error) => {
@@ -117,4 +122,37 @@ impl SinkTables {
             }
         }
     }
+}
+
+/// Deletes the data files that compaction replaced and that no snapshot holds any more:
+/// those a replace snapshot removed once expiry took its parent (in the table's one line
+/// of history, every remaining snapshot is then that replace or newer; a tag or branch
+/// another tool set on an older snapshot is not looked for).
+async fn delete_replaced_files(before: &Table, after: &Table) -> Result<()> {
+    let remaining: HashSet<i64> = after
+        .metadata()
+        .snapshots()
+        .map(|s| s.snapshot_id())
+        .collect();
+    let mut deleted = 0;
+    for snapshot in before.metadata().snapshots() {
+        let parent_expired_now = snapshot.parent_snapshot_id().is_some_and(|p| {
+            before.metadata().snapshot_by_id(p).is_some() && !remaining.contains(&p)
+        });
+        if snapshot.summary().operation != Operation::Replace || !parent_expired_now {
+            continue;
+        }
+        for path in removed_by(before, snapshot.snapshot_id()).await? {
+            before
+                .file_io()
+                .delete(&path)
+                .await
+                .map_err(CommonError::iceberg(format!("deleting {path}")))?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        info!(table = %after.identifier(), deleted, "deleted data files replaced by compaction that no snapshot holds");
+    }
+    Ok(())
 }

@@ -114,6 +114,7 @@ impl Fixture {
             target_file_size: None,
             parquet: Default::default(),
             partition_by: vec![],
+            compaction: Default::default(),
         };
         let catalog = open_catalog(&sink.catalog).await.unwrap();
         let schema = ArrowSchema::new(vec![Field::new("a", DataType::Int64, true)]);

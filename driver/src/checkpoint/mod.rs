@@ -59,6 +59,18 @@ pub struct JobRecord {
     pub message: String,
 }
 
+/// A compaction of the job's sink table, logged before its rewrite tasks run: while not
+/// `done`, its outcome is unknown (the replace snapshot may or may not be in the table,
+/// its files may exist), and the next compaction settles it first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CompactionRecord {
+    /// Increases with each compaction of the job; names its files and its snapshot.
+    pub id: i64,
+    /// The leadership term that started it.
+    pub term: i64,
+    pub done: bool,
+}
+
 /// How many batches of offset and commit log are kept behind the checkpoint.
 pub const RETAINED_BATCHES: i64 = 100;
 
@@ -155,6 +167,18 @@ impl JobLog {
             }
         }
         Ok(())
+    }
+
+    /// The job's latest compaction, if it ever compacted.
+    pub async fn compaction(&self) -> Result<Option<CompactionRecord>> {
+        self.get_json(&self.key("compaction")).await
+    }
+
+    /// Records the job's latest compaction (before its rewrite runs, and once done).
+    pub async fn put_compaction(&self, record: &CompactionRecord) -> Result<()> {
+        self.store
+            .put_all(vec![(self.key("compaction"), encode(record))])
+            .await
     }
 
     /// The leadership term of this driver (see [`CheckpointStore::term`]).
