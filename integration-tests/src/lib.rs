@@ -600,6 +600,20 @@ impl TestCluster {
         self.spec_in_catalog(name, topic, sql, trigger, source_extra, &catalog)
     }
 
+    /// `spec` with compaction off, for tests that look at which batch wrote each file.
+    pub fn without_compaction(spec: &str) -> String {
+        let table = spec
+            .lines()
+            .find(|l| l.starts_with("    table: "))
+            .expect("a spec names its table")
+            .to_string();
+        spec.replacen(
+            &format!("{table}\n"),
+            &format!("{table}\n    compaction: {{enabled: false}}\n"),
+            1,
+        )
+    }
+
     /// Like [`TestCluster::spec`] with the sink in `catalog` (a YAML flow map).
     pub fn spec_in_catalog(
         &self,
@@ -842,22 +856,29 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
         committed_names(&sink_table(spec).await?.1).await
     }
 
-    /// Files in the table's data directory that no snapshot of the table holds (files
-    /// compaction replaced stay while an older snapshot holds them).
-    pub async fn uncommitted_files(&self, spec: &str) -> Result<Vec<String>> {
-        let (spec, table) = sink_table(spec).await?;
-        let mut committed = vec![];
+    /// Names of the data files some snapshot of the table holds (the current one's, and
+    /// files compaction replaced while an older snapshot holds them), sorted.
+    pub async fn held_file_names(&self, spec: &str) -> Result<Vec<String>> {
+        let (_, table) = sink_table(spec).await?;
+        let mut held = vec![];
         for snapshot in table.metadata().snapshots() {
             let files =
                 sluice_iceberg::rewrite::snapshot_files(&table, snapshot.snapshot_id()).await?;
-            committed.extend(
+            held.extend(
                 files
                     .iter()
                     .map(|f| file_name(f.data_file.file_path()).to_string()),
             );
         }
-        committed.sort();
-        committed.dedup();
+        held.sort();
+        held.dedup();
+        Ok(held)
+    }
+
+    /// Files in the table's data directory that no snapshot of the table holds.
+    pub async fn uncommitted_files(&self, spec_text: &str) -> Result<Vec<String>> {
+        let committed = self.held_file_names(spec_text).await?;
+        let (spec, table) = sink_table(spec_text).await?;
         let data_dir = format!("{}/data", table.metadata().location());
         let properties = &spec.sink.iceberg.catalog.properties;
         let stray = list_with_prefix(&data_dir, "", properties)

@@ -100,8 +100,9 @@ async fn object_storage_warehouse_commits_once_and_cleans_failed_attempts() {
         cluster.executor_exited(0),
         "executor 0 must have died after writing files"
     );
-    // The bucket itself, listed by the store: exactly the committed files remain.
-    let committed = cluster.committed_file_names(&spec).await.unwrap();
+    // The bucket itself, listed by the store: exactly the files the table's snapshots
+    // hold remain (committed files, and files compaction replaced while held).
+    let committed = cluster.held_file_names(&spec).await.unwrap();
     let mut objects: Vec<String> = s3
         .keys("warehouse/test/in_bucket/data/")
         .unwrap()
@@ -111,7 +112,7 @@ async fn object_storage_warehouse_commits_once_and_cleans_failed_attempts() {
     objects.sort();
     assert_eq!(
         objects, committed,
-        "the bucket holds exactly the committed files"
+        "the bucket holds exactly the files the table's snapshots hold"
     );
     assert!(
         cluster

@@ -39,7 +39,7 @@ mod recover;
 mod sink;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::time::{Duration, Instant};
 

@@ -24,13 +24,13 @@ use tokio::sync::Mutex;
 use super::*;
 use crate::error::Error;
 
-const JOB: &str = "orders";
+pub(crate) const JOB: &str = "orders";
 
 /// A checkpoint store in memory whose leadership a test can revoke.
 #[derive(Debug, Default)]
-struct MemoryStore {
+pub(crate) struct MemoryStore {
     entries: Mutex<BTreeMap<String, String>>,
-    deposed: AtomicBool,
+    pub(crate) deposed: AtomicBool,
 }
 
 impl MemoryStore {
@@ -88,17 +88,17 @@ impl CheckpointStore for MemoryStore {
 }
 
 /// A catalog on a temporary SQLite file with the job's sink table.
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    store: Arc<MemoryStore>,
-    catalog: CatalogRef,
-    sink: IcebergSinkSpec,
+    pub(crate) store: Arc<MemoryStore>,
+    pub(crate) catalog: CatalogRef,
+    pub(crate) sink: IcebergSinkSpec,
     /// The sink table as first created (a stale copy once anything committed).
-    created: Table,
+    pub(crate) created: Table,
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
+    pub(crate) async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let sink = IcebergSinkSpec {
             catalog: CatalogSpec {
@@ -131,7 +131,7 @@ impl Fixture {
         }
     }
 
-    fn log(&self) -> JobLog {
+    pub(crate) fn log(&self) -> JobLog {
         JobLog::new(self.store.clone(), JOB)
     }
 
@@ -139,21 +139,21 @@ impl Fixture {
         BatchProtocol::new(JOB.into(), self.log(), SinkTables::new(&self.sink, false))
     }
 
-    async fn table(&self) -> Table {
+    pub(crate) async fn table(&self) -> Table {
         self.catalog
             .load_table(self.created.identifier())
             .await
             .unwrap()
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         let location = self.created.metadata().location();
         PathBuf::from(location.strip_prefix("file://").unwrap()).join("data")
     }
 
     /// Writes an (empty) data file of batch `batch` under leader term `term` and returns
     /// its metadata as an executor would.
-    fn write_file(&self, batch: i64, term: i64) -> (String, String) {
+    pub(crate) fn write_file(&self, batch: i64, term: i64) -> (String, String) {
         let name = format!(
             "{}-00000.parquet",
             attempt_prefix(JOB, BatchId::new(batch), term, 0, 1)
@@ -177,12 +177,12 @@ impl Fixture {
         (name, json)
     }
 
-    fn exists(&self, name: &str) -> bool {
+    pub(crate) fn exists(&self, name: &str) -> bool {
         self.data_dir().join(name).exists()
     }
 
     /// Commits batch `batch` directly, as another driver's attempt would.
-    async fn commit_elsewhere(&self, batch: i64, files: Vec<String>) -> Table {
+    pub(crate) async fn commit_elsewhere(&self, batch: i64, files: Vec<String>) -> Table {
         let base = self.table().await;
         let files = sluice_iceberg::sink::data_files_from_json(&base, &files).unwrap();
         match append_batch_on(
