@@ -2,6 +2,7 @@
 //! validation, the source schema it implies, ids, the shared error, failpoints, telemetry
 //! and the small HTTP and TCP helpers. Nothing here talks to Kafka, Iceberg or etcd.
 
+pub mod avro;
 pub mod compaction;
 pub mod error;
 pub mod failpoint;

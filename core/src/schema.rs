@@ -31,7 +31,7 @@ pub fn metadata_fields() -> Vec<Field> {
 pub fn value_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
     let fields = match kafka.format {
         RecordFormat::Raw => vec![Field::new(RAW_VALUE_COLUMN, DataType::Binary, true)],
-        RecordFormat::Json => source_fields(kafka)?,
+        RecordFormat::Json | RecordFormat::Avro => source_fields(kafka)?,
     };
     Ok(Arc::new(Schema::new(fields)))
 }

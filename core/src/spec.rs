@@ -9,6 +9,7 @@ use std::time::Duration;
 use arrow_schema::{DataType, Field, Fields, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+use crate::avro::AvroSpec;
 use crate::compaction::CompactionSpec;
 use crate::error::{Error, Result};
 use crate::window_sql::SqlWindowKind;
@@ -78,6 +79,9 @@ pub struct KafkaSourceSpec {
     pub max_offsets_per_trigger: Option<u64>,
     #[serde(default)]
     pub format: RecordFormat,
+    /// `format: avro`: where the schemas come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avro: Option<AvroSpec>,
     #[serde(default)]
     pub schema: Vec<FieldSpec>,
     #[serde(default)]
@@ -548,6 +552,9 @@ pub enum RecordFormat {
     Json,
     /// The value's bytes as a binary column `value`.
     Raw,
+    /// Avro, read with `source.kafka.avro` (a schema registry and/or a reader schema)
+    /// into the columns of the spec's schema, matched by name.
+    Avro,
 }
 
 /// What to do with a record that does not decode.
@@ -1009,11 +1016,24 @@ impl JobSpec {
                 }
             }
         }
+        match (kafka.format, &kafka.avro) {
+            (RecordFormat::Avro, Some(avro)) => avro.validate()?,
+            (RecordFormat::Avro, None) => {
+                return Err(Error::spec(
+                    "source.kafka.avro",
+                    "format avro needs avro: {schema_registry: {url: …}} and/or {schema: …}",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(Error::spec("source.kafka.avro", "is for format avro only"))
+            }
+            _ => {}
+        }
         match kafka.format {
-            RecordFormat::Json if kafka.schema.is_empty() => {
+            RecordFormat::Json | RecordFormat::Avro if kafka.schema.is_empty() => {
                 return Err(Error::spec(
                     "source.kafka.schema",
-                    "format json needs a schema: a list of {name, type}",
+                    "formats json and avro need a schema: a list of {name, type}",
                 ))
             }
             RecordFormat::Raw if !kafka.schema.is_empty() => {

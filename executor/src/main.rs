@@ -60,6 +60,7 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     sluice_core::telemetry::init(args.log_json);
+    sluice_kafka::avro::limit_allocations();
     sluice_core::failpoint::warn_if_ignored();
     let driver_token =
         match sluice_proto::auth::BearerToken::from_file(args.auth_token_file.as_deref()) {

@@ -11,7 +11,8 @@ use opendal::Operator;
 use sluice_core::error::{Error, Result};
 
 /// Full paths of the files in directory `dir` (a `file://` or `s3://` URL, or an absolute
-/// path) whose names start with `prefix`. `properties` are the catalog's FileIO
+/// path) or any directory below it (a partitioned table's `data/country=DE/…`) whose
+/// names start with `prefix`. `properties` are the catalog's FileIO
 /// properties (`s3.endpoint`, credentials, …). A missing directory holds no files.
 pub async fn list_with_prefix(
     dir: &str,
@@ -34,38 +35,49 @@ pub async fn list_with_prefix(
     }
     let (bucket, key_dir) = rest.split_once('/').unwrap_or((rest, ""));
     let operator = s3_operator(bucket, properties).map_err(|e| listing_error(dir, e))?;
-    let key_prefix = if key_dir.is_empty() {
-        prefix.to_string()
+    let key_dir = if key_dir.is_empty() {
+        String::new()
     } else {
-        format!("{key_dir}/{prefix}")
+        format!("{key_dir}/")
     };
     let entries = operator
-        .list(&key_prefix)
+        .list_with(&key_dir)
+        .recursive(true)
         .await
         .map_err(|e| listing_error(dir, e))?;
     Ok(entries
         .into_iter()
-        .filter(|entry| entry.metadata().is_file())
+        .filter(|entry| entry.metadata().is_file() && entry.name().starts_with(prefix))
         .map(|entry| format!("{scheme}://{bucket}/{}", entry.path()))
         .collect())
 }
 
 fn list_local(dir: &str, prefix: &str) -> Result<Vec<String>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => {
-            return Err(Error::Io {
-                context: format!("listing {dir}"),
-                source,
-            })
+    let mut found = vec![];
+    let mut dirs = vec![std::path::PathBuf::from(dir)];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("listing {}", dir.display()),
+                    source,
+                })
+            }
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if entry.file_name().to_string_lossy().starts_with(prefix) {
+                found.push(format!("file://{}", entry.path().display()));
+            }
         }
-    };
-    Ok(entries
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
-        .map(|entry| format!("file://{}", entry.path().display()))
-        .collect())
+    }
+    Ok(found)
 }
 
 /// An operator on `bucket` configured from Iceberg's S3 FileIO properties, as the data
@@ -126,8 +138,14 @@ mod tests {
     #[tokio::test]
     async fn local_listing_finds_files_by_prefix_and_tolerates_a_missing_directory() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["j.b1.t0.parquet", "j.b1.t1.parquet", "j.b10.t0.parquet"] {
-            std::fs::write(dir.path().join(name), b"x").unwrap();
+        for name in [
+            "j.b1.t0.parquet",
+            "country=DE/j.b1.t1.parquet",
+            "j.b10.t0.parquet",
+        ] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
         }
         let url = format!("file://{}", dir.path().display());
         let mut found = list_with_prefix(&url, "j.b1.", &BTreeMap::new())
@@ -137,9 +155,10 @@ mod tests {
         assert_eq!(
             found,
             vec![
+                format!("{url}/country=DE/j.b1.t1.parquet"),
                 format!("{url}/j.b1.t0.parquet"),
-                format!("{url}/j.b1.t1.parquet")
-            ]
+            ],
+            "files in partition directories too"
         );
         let missing = format!("{url}/nothing-here");
         assert!(list_with_prefix(&missing, "j", &BTreeMap::new())

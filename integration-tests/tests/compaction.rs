@@ -7,7 +7,8 @@
 use std::collections::HashSet;
 
 use futures::TryStreamExt;
-use iceberg::spec::Operation;
+use iceberg::expr::Reference;
+use iceberg::spec::{Datum, Operation};
 use iceberg::table::Table;
 use sluice_integration_tests::check::{self, FILTER_SQL};
 use sluice_integration_tests::TestCluster;
@@ -15,20 +16,22 @@ use sluice_integration_tests::TestCluster;
 const PARTITIONS: i32 = 4;
 const EVENTS: u64 = 1_600;
 
-/// A spec over `orders` compacting at `min_files`, 40 offsets a batch.
-fn spec(cluster: &TestCluster, name: &str, trigger: &str) -> String {
-    cluster
-        .spec(
-            name,
-            "orders",
-            FILTER_SQL,
-            trigger,
-            "    max_offsets_per_trigger: 40",
-        )
-        .replace(
-            &format!("    table: {name}\n"),
-            &format!("    table: {name}\n    compaction: {{min_files: 4}}\n"),
-        )
+/// A spec over `orders` compacting every 4 files of a size, 40 offsets a batch, with
+/// `table_extra` YAML lines for the sink table.
+fn spec(cluster: &TestCluster, name: &str, trigger: &str, table_extra: &str) -> String {
+    let table = format!("    table: {}\n", name.replace('-', "_"));
+    let spec = cluster.spec(
+        name,
+        "orders",
+        FILTER_SQL,
+        trigger,
+        "    max_offsets_per_trigger: 40",
+    );
+    assert!(spec.contains(&table));
+    spec.replace(
+        &table,
+        &format!("{table}    compaction: {{min_files: 4}}\n{table_extra}"),
+    )
 }
 
 /// The order ids snapshot `snapshot_id` of `table` reads, sorted.
@@ -94,7 +97,14 @@ async fn a_table_fed_every_100_ms_stays_compact_and_reads_the_same_rows() {
     cluster
         .produce_orders("orders", PARTITIONS, 0, EVENTS)
         .unwrap();
-    let spec = spec(&cluster, "compacted", "{processing_time: 100ms}");
+    // Partitioned by Kafka partition: each batch writes a file per partition, and each
+    // partition is compacted on its own.
+    let spec = spec(
+        &cluster,
+        "compacted",
+        "{processing_time: 100ms}",
+        "    partition_by: [kafka_partition]\n",
+    );
     let job = cluster.submit(&spec).await.unwrap();
     let batches = (EVENTS / 40) as i64;
     let status = cluster
@@ -113,10 +123,22 @@ async fn a_table_fed_every_100_ms_stays_compact_and_reads_the_same_rows() {
     );
     let table = cluster.sink_table(&spec).await.unwrap();
     let (files, manifests) = files_and_manifests(&table).await;
-    // Without compaction: a file or more and a manifest per batch.
+    // Without compaction: a file per partition and a manifest per batch (160 and 40).
     assert!(
-        files <= 12 && manifests <= 6,
+        files <= 4 * 6 && manifests <= 6,
         "{files} live data files and {manifests} manifests after {batches} batches"
+    );
+    // Rewritten files keep their partition: a filtered scan still prunes.
+    let predicate = Reference::new("kafka_partition").equal_to(Datum::int(2));
+    let (read, all, pruned) = cluster.pruned_scan(&spec, predicate).await.unwrap();
+    assert!(read < all, "the scan reads {read} of {all} files");
+    assert!(check::rows(&pruned).iter().all(|row| row.0 == 2));
+    assert_eq!(
+        check::rows(&pruned).len(),
+        check::expected_rows(EVENTS, PARTITIONS)
+            .iter()
+            .filter(|row| row.0 == 2)
+            .count()
     );
     let replaces = assert_replaces_change_no_rows(&table).await;
     eprintln!(
@@ -197,7 +219,13 @@ async fn compaction_killed_at(point: &str, on_executor: bool) {
         .produce_orders("orders", PARTITIONS, 0, EVENTS / 2)
         .unwrap();
     let name = format!("killed-{}", point.replace('_', "-"));
-    let spec = spec(&cluster, &name, "{available_now: true}");
+    // Partitioned: the files to clean up are in partition directories.
+    let spec = spec(
+        &cluster,
+        &name,
+        "{available_now: true}",
+        "    partition_by: [kafka_partition]\n",
+    );
     let job = cluster.submit(&spec).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     if on_executor {

@@ -33,6 +33,12 @@ pub trait KafkaRecord {
     fn key(&self) -> Option<&[u8]>;
     fn value(&self) -> Option<&[u8]>;
 
+    /// Why the value cannot be read at all (an Avro value that does not decode), before
+    /// the JSON decoder sees it.
+    fn unreadable(&self) -> Option<&str> {
+        None
+    }
+
     /// The record copied out, e.g. to keep it as a dead letter.
     fn to_raw(&self) -> RawRecord {
         RawRecord {
@@ -41,6 +47,34 @@ pub trait KafkaRecord {
             key: self.key().map(<[u8]>::to_vec),
             value: self.value().map(<[u8]>::to_vec),
         }
+    }
+}
+
+/// A record whose Avro value was read as a JSON object (or could not be read); its
+/// dead letter is the record as it came.
+struct AvroAsJson<'a, R> {
+    record: &'a R,
+    json: Result<Vec<u8>, String>,
+}
+
+impl<R: KafkaRecord> KafkaRecord for AvroAsJson<'_, R> {
+    fn offset(&self) -> i64 {
+        self.record.offset()
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.record.timestamp_ms()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.record.key()
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.json.as_deref().ok()
+    }
+    fn unreadable(&self) -> Option<&str> {
+        self.json.as_ref().err().map(String::as_str)
+    }
+    fn to_raw(&self) -> RawRecord {
+        self.record.to_raw()
     }
 }
 
@@ -103,6 +137,8 @@ pub struct RecordDecoder {
     /// Windowed sources: the event-time column, the window length and slide (ms).
     window: Option<(String, i64, i64)>,
     value_schema: SchemaRef,
+    /// `format: avro`: how values are read (as JSON for the JSON decoder).
+    avro: Option<Arc<crate::avro::AvroReader>>,
     /// Decoded batches' schema (`sluice_core::schema::stream_schema`).
     stream_schema: SchemaRef,
 }
@@ -123,6 +159,15 @@ impl RecordDecoder {
                 _ => None,
             },
             value_schema: value_schema(kafka)?,
+            avro: match (kafka.format, &kafka.avro) {
+                (RecordFormat::Avro, Some(avro)) => {
+                    Some(Arc::new(crate::avro::AvroReader::new(avro)?))
+                }
+                (RecordFormat::Avro, None) => {
+                    return Err(Error::spec("source.kafka.avro", "format avro needs avro"))
+                }
+                _ => None,
+            },
             stream_schema: stream_schema(kafka)?,
         })
     }
@@ -135,8 +180,12 @@ impl RecordDecoder {
     /// Why a record cannot be taken before decoding it, if it cannot: too large, or (JSON)
     /// nested too deep for the decoder to be safe on it.
     fn precheck(&self, record: &impl KafkaRecord) -> Option<String> {
+        if let Some(reason) = record.unreadable() {
+            return Some(reason.to_string());
+        }
         let value = record.value().unwrap_or_default();
-        if value.len() > self.max_record_bytes {
+        // Avro values were measured before they became JSON.
+        if self.format != RecordFormat::Avro && value.len() > self.max_record_bytes {
             return Some(format!(
                 "record of {} bytes exceeds max_record_bytes ({})",
                 value.len(),
@@ -162,9 +211,40 @@ impl RecordDecoder {
         partition: i32,
         records: &[R],
     ) -> Result<DecodedBatch> {
+        if let Some(avro) = &self.avro {
+            // Avro values read as JSON objects, then decoded as JSON records are.
+            let converted: Vec<AvroAsJson<'_, R>> = records
+                .iter()
+                .map(|record| AvroAsJson {
+                    json: match record.value() {
+                        Some(value) if value.len() > self.max_record_bytes => Err(format!(
+                            "record of {} bytes exceeds max_record_bytes ({})",
+                            value.len(),
+                            self.max_record_bytes
+                        )),
+                        Some(value) => avro.to_json(value),
+                        None => Err("the record has no value".into()),
+                    },
+                    record,
+                })
+                .collect();
+            return self.decode_converted(topic, partition, &converted);
+        }
+        self.decode_converted(topic, partition, records)
+    }
+
+    /// [`RecordDecoder::decode`] of records whose values are JSON (or raw) by now.
+    fn decode_converted<R: KafkaRecord>(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &[R],
+    ) -> Result<DecodedBatch> {
         let all_fit = records.iter().all(|r| self.precheck(r).is_none());
         let fast = match self.format {
-            RecordFormat::Json if all_fit => self.decode_json(records.iter()).ok(),
+            RecordFormat::Json | RecordFormat::Avro if all_fit => {
+                self.decode_json(records.iter()).ok()
+            }
             _ => None,
         };
         let (values, kept, malformed) = match (fast, self.format) {
@@ -174,7 +254,7 @@ impl RecordDecoder {
                 let values: BinaryArray = kept.iter().map(|r| r.value()).collect();
                 (vec![Arc::new(values) as ArrayRef], kept, malformed)
             }
-            (None, RecordFormat::Json) => {
+            (None, RecordFormat::Json | RecordFormat::Avro) => {
                 let (kept, malformed) = self.split(records, |record| {
                     self.decode_json(std::iter::once(record)).map(|_| ())
                 });
@@ -428,6 +508,7 @@ mod tests {
             starting_offsets: StartingOffsets::Earliest,
             max_offsets_per_trigger: None,
             format,
+            avro: None,
             schema: if format == RecordFormat::Json {
                 vec![
                     field("id", "int64"),

@@ -5,9 +5,9 @@
 use proptest::prelude::*;
 use sluice_core::spec::{KafkaSourceSpec, OnMalformed, RecordFormat};
 use sluice_kafka::decode::{RawRecord, RecordDecoder};
-use sluice_kafka::synthetic::{Order, ORDER_SCHEMA_YAML};
+use sluice_kafka::synthetic::{Order, ORDER_AVRO_SCHEMA, ORDER_SCHEMA_YAML};
 
-const FORMATS: [RecordFormat; 2] = [RecordFormat::Json, RecordFormat::Raw];
+const FORMATS: [RecordFormat; 3] = [RecordFormat::Json, RecordFormat::Raw, RecordFormat::Avro];
 const MODES: [OnMalformed; 3] = [
     OnMalformed::Fail,
     OnMalformed::Skip,
@@ -16,15 +16,21 @@ const MODES: [OnMalformed; 3] = [
 
 fn decoder(format: RecordFormat, on_malformed: OnMalformed) -> RecordDecoder {
     let schema = match format {
-        RecordFormat::Json => ORDER_SCHEMA_YAML,
-        _ => "[]",
+        RecordFormat::Json | RecordFormat::Avro => ORDER_SCHEMA_YAML,
+        RecordFormat::Raw => "[]",
     };
     let format_name = serde_json::to_value(format).unwrap();
     let yaml = format!(
         "{{bootstrap_servers: b, topics: [t], format: {}, schema: {schema}}}",
         format_name.as_str().unwrap()
     );
-    let spec: KafkaSourceSpec = serde_yaml_ng::from_str(&yaml).unwrap();
+    let mut spec: KafkaSourceSpec = serde_yaml_ng::from_str(&yaml).unwrap();
+    if format == RecordFormat::Avro {
+        spec.avro = Some(sluice_core::avro::AvroSpec {
+            schema_registry: None,
+            schema: Some(ORDER_AVRO_SCHEMA.into()),
+        });
+    }
     RecordDecoder::new(&KafkaSourceSpec {
         on_malformed,
         ..spec
@@ -32,13 +38,19 @@ fn decoder(format: RecordFormat, on_malformed: OnMalformed) -> RecordDecoder {
     .unwrap()
 }
 
-/// A valid order, `value`, and another valid order, at offsets 0, 1 and 2.
-fn between_orders(value: Option<Vec<u8>>) -> Vec<RawRecord> {
-    let order = |offset: i64| RawRecord {
-        offset,
-        timestamp_ms: Some(0),
-        key: None,
-        value: Some(Order::new(offset as u64, 0).to_json().into_bytes()),
+/// A valid order (in `format`), `value`, and another valid order, at offsets 0, 1 and 2.
+fn between_orders(format: RecordFormat, value: Option<Vec<u8>>) -> Vec<RawRecord> {
+    let order = |offset: i64| {
+        let order = Order::new(offset as u64, 0);
+        RawRecord {
+            offset,
+            timestamp_ms: Some(0),
+            key: None,
+            value: Some(match format {
+                RecordFormat::Avro => order.to_avro(),
+                _ => order.to_json().into_bytes(),
+            }),
+        }
     };
     vec![
         order(0),
@@ -52,11 +64,13 @@ fn between_orders(value: Option<Vec<u8>>) -> Vec<RawRecord> {
     ]
 }
 
-/// Decodes the records in every format and mode; checks that nothing panicked (proptest
-/// reports a panic as a failure; an abort ends the test binary) and that the valid
-/// records survive whenever the batch is not failed.
-fn decodes_without_loss(records: &[RawRecord]) -> Result<(), TestCaseError> {
+/// Decodes `value` between two valid records in every format and mode; checks that
+/// nothing panicked (proptest reports a panic as a failure; an abort ends the test binary)
+/// and that the valid records survive whenever the batch is not failed.
+fn decodes_without_loss(value: Option<Vec<u8>>) -> Result<(), TestCaseError> {
     for format in FORMATS {
+        let records = between_orders(format, value.clone());
+        let records = &records;
         for mode in MODES {
             match decoder(format, mode).decode("t", 0, records) {
                 Ok(decoded) => {
@@ -138,12 +152,12 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes(value in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        decodes_without_loss(&between_orders(Some(value)))?;
+        decodes_without_loss(Some(value))?;
     }
 
     #[test]
     fn json_like_text(value in "[\\[\\]{}\":,0-9a-z \\\\.eE+-]{0,512}") {
-        decodes_without_loss(&between_orders(Some(value.into_bytes())))?;
+        decodes_without_loss(Some(value.into_bytes()))?;
     }
 }
 
@@ -152,18 +166,18 @@ proptest! {
 
     #[test]
     fn deep_json(kinds in proptest::collection::vec(any::<bool>(), 0..150_000), leaf in "(1|\"s\"|null|\\[\\]|\\{\\})") {
-        decodes_without_loss(&between_orders(Some(nested(&kinds, &leaf))))?;
+        decodes_without_loss(Some(nested(&kinds, &leaf)))?;
     }
 
     #[test]
     fn wide_json(width in 0usize..5_000, seed in any::<u64>()) {
-        decodes_without_loss(&between_orders(Some(wide(width, seed))))?;
+        decodes_without_loss(Some(wide(width, seed)))?;
     }
 
     #[test]
     fn tombstones_and_deep_keys(depth in 0usize..100_000) {
-        decodes_without_loss(&between_orders(None))?;
+        decodes_without_loss(None)?;
         let deep_in_field = format!("{{\"order_id\": {}}}", String::from_utf8(nested(&vec![true; depth], "1")).unwrap());
-        decodes_without_loss(&between_orders(Some(deep_in_field.into_bytes())))?;
+        decodes_without_loss(Some(deep_in_field.into_bytes()))?;
     }
 }

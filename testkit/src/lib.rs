@@ -1,5 +1,8 @@
 //! Test fixtures shared by unit and integration tests: a real etcd on free loopback ports,
-//! mock Kafka topics, hostile record values, a small Parquet file. A dev-dependency only.
+//! mock Kafka topics, hostile record values, a small Parquet file, a schema registry. A
+//! dev-dependency only.
+
+pub mod schema_registry;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

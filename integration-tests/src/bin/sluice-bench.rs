@@ -204,10 +204,16 @@ print(best[0] * 1000, best[1] * 1000, best[2] * 1000, rows)
 "#,
         catalog = sluice_core::spec::DEFAULT_CATALOG_NAME,
     );
-    let output = std::process::Command::new("python3")
+    let output = match std::process::Command::new("python3")
         .args(["-c", &script])
         .output()
-        .ok()?;
+    {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("cannot run python3 to read {table}: {e}");
+            return None;
+        }
+    };
     if !output.status.success() {
         eprintln!(
             "reading {table} with pyiceberg and DuckDB failed (pip install duckdb pyiceberg[sql-sqlite]): {}",
@@ -217,6 +223,10 @@ print(best[0] * 1000, best[1] * 1000, best[2] * 1000, rows)
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let fields: Vec<&str> = stdout.split_whitespace().collect();
+    if fields.len() != 4 {
+        eprintln!("reading {table}: unexpected output {stdout:?}");
+        return None;
+    }
     Some((
         fields.first()?.parse().ok()?,
         fields.get(1)?.parse().ok()?,
