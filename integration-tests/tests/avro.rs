@@ -15,7 +15,7 @@ const RECORDS: usize = 200;
 
 /// Order `i` in the wire format: even ones with schema 1 (V1), odd ones with schema 2.
 fn framed(i: usize) -> Vec<u8> {
-    let (id, text) = if i % 2 == 0 { (1u32, V1) } else { (2, V2) };
+    let (id, text) = if i.is_multiple_of(2) { (1u32, V1) } else { (2, V2) };
     let schema = Schema::parse_str(text).unwrap();
     let mut record = Record::new(&schema).unwrap();
     record.put("order_id", format!("o-{i}"));
@@ -82,7 +82,7 @@ async fn avro_records_of_two_schema_versions_land_in_the_reader_schema() {
         .map(|i| {
             (
                 format!("o-{i}"),
-                if i % 2 == 0 { "XX" } else { "DE" }.to_string(),
+                if i.is_multiple_of(2) { "XX" } else { "DE" }.to_string(),
             )
         })
         .collect();
