@@ -15,7 +15,11 @@ const RECORDS: usize = 200;
 
 /// Order `i` in the wire format: even ones with schema 1 (V1), odd ones with schema 2.
 fn framed(i: usize) -> Vec<u8> {
-    let (id, text) = if i.is_multiple_of(2) { (1u32, V1) } else { (2, V2) };
+    let (id, text) = if i.is_multiple_of(2) {
+        (1u32, V1)
+    } else {
+        (2, V2)
+    };
     let schema = Schema::parse_str(text).unwrap();
     let mut record = Record::new(&schema).unwrap();
     record.put("order_id", format!("o-{i}"));
@@ -66,6 +70,19 @@ async fn avro_records_of_two_schema_versions_land_in_the_reader_schema() {
         )
         .replace(&json_source, &avro_source);
     assert!(spec.contains("format: avro"), "{spec}");
+    // A reader schema that is not Avro is refused at submit, naming the field.
+    let broken = spec.replace(
+        V2,
+        r#"{"type": "record", "name": "Order", "fields": [{"name": "x", "type": "nope"}]}"#,
+    );
+    let refused = cluster.submit(&broken).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("source.kafka.avro.schema"),
+        "{}",
+        refused.message()
+    );
+
     let job = cluster.submit(&spec).await.unwrap();
     cluster.wait_until_finished(&job).await;
 

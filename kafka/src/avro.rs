@@ -29,6 +29,24 @@ pub fn limit_allocations() {
     apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
 }
 
+/// Fails when the spec's reader schema is not a valid Avro schema (checked at submit;
+/// secrets are resolved only where records are read).
+pub fn check_reader_schema(spec: &AvroSpec) -> Result<()> {
+    if let Some(text) = &spec.schema {
+        parse_reader_schema(text)?;
+    }
+    Ok(())
+}
+
+fn parse_reader_schema(text: &str) -> Result<Schema> {
+    Schema::parse_str(text).map_err(|e| {
+        Error::spec(
+            "source.kafka.avro.schema",
+            format!("is not a valid Avro schema: {e}"),
+        )
+    })
+}
+
 /// Reads Avro values as a job's spec says.
 #[derive(Debug)]
 pub struct AvroReader {
@@ -41,12 +59,7 @@ impl AvroReader {
     pub fn new(spec: &AvroSpec) -> Result<AvroReader> {
         limit_allocations();
         let reader_schema = match &spec.schema {
-            Some(text) => Some(Schema::parse_str(text).map_err(|e| {
-                Error::spec(
-                    "source.kafka.avro.schema",
-                    format!("is not a valid Avro schema: {e}"),
-                )
-            })?),
+            Some(text) => Some(parse_reader_schema(text)?),
             None => None,
         };
         let registry = match &spec.schema_registry {
@@ -266,6 +279,20 @@ mod tests {
             .to_json(&trailing)
             .unwrap_err()
             .contains("after the Avro value"));
+    }
+
+    #[test]
+    fn a_reader_schema_that_is_not_avro_is_refused() {
+        let spec = AvroSpec {
+            schema_registry: None,
+            schema: Some(
+                r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "nope"}]}"#
+                    .into(),
+            ),
+        };
+        let message = check_reader_schema(&spec).unwrap_err().to_string();
+        assert!(message.contains("source.kafka.avro.schema"), "{message}");
+        assert!(AvroReader::new(&spec).is_err());
     }
 
     #[test]
