@@ -71,7 +71,13 @@ pub struct SourceSpec {
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceSpec {
     pub bootstrap_servers: String,
+    /// Topics read by name (may be empty with a `topic_pattern`).
+    #[serde(default)]
     pub topics: Vec<String>,
+    /// Topics read by a regular expression their whole name must match, e.g.
+    /// `orders\..*`; topics created later that match are read from their beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_pattern: Option<String>,
     #[serde(default)]
     pub starting_offsets: StartingOffsets,
     /// Upper bound on records per batch over all partitions.
@@ -439,7 +445,57 @@ const METADATA_COLUMNS: [&str; 5] = [
 /// Records above this size are malformed unless the spec says otherwise.
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 << 20;
 
+/// The topics a source reads: named ones and those matching its pattern.
+#[derive(Debug, Clone)]
+pub struct TopicMatcher {
+    named: Vec<String>,
+    pattern: Option<regex::Regex>,
+}
+
+impl TopicMatcher {
+    /// Whether the source reads `topic`: named, or matched by the pattern and not one of
+    /// Kafka's internal topics (`__…`).
+    pub fn matches(&self, topic: &str) -> bool {
+        self.named.iter().any(|t| t == topic)
+            || (!topic.starts_with("__")
+                && self.pattern.as_ref().is_some_and(|p| p.is_match(topic)))
+    }
+
+    /// Whether a pattern picks topics beyond the named ones.
+    pub fn has_pattern(&self) -> bool {
+        self.pattern.is_some()
+    }
+
+    /// The named topics.
+    pub fn named(&self) -> &[String] {
+        &self.named
+    }
+}
+
 impl KafkaSourceSpec {
+    /// The source's topics as a matcher; fails on a pattern that is not a regular
+    /// expression. A pattern must match a topic's whole name.
+    pub fn topic_matcher(&self) -> Result<TopicMatcher> {
+        let pattern = match &self.topic_pattern {
+            Some(pattern) => Some(regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                Error::spec(
+                    "source.kafka.topic_pattern",
+                    format!("is not a regular expression: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(TopicMatcher {
+            named: self.topics.clone(),
+            pattern,
+        })
+    }
+
+    /// Whether the source reads `topic` (by name or pattern).
+    pub fn reads_topic(&self, topic: &str) -> Result<bool> {
+        Ok(self.topic_matcher()?.matches(topic))
+    }
+
     /// Whether batches hand state to the next (windows, sessions or deduplication).
     pub fn is_stateful(&self) -> bool {
         self.is_windowed() || self.dedup.is_some()
@@ -978,12 +1034,13 @@ impl JobSpec {
                 "must not be empty",
             ));
         }
-        if kafka.topics.is_empty() {
+        if kafka.topics.is_empty() && kafka.topic_pattern.is_none() {
             return Err(Error::spec(
                 "source.kafka.topics",
-                "name at least one topic",
+                "name at least one topic (or set source.kafka.topic_pattern)",
             ));
         }
+        kafka.topic_matcher()?;
         for (i, topic) in kafka.topics.iter().enumerate() {
             if topic.trim().is_empty() {
                 return Err(Error::spec(
@@ -1000,10 +1057,10 @@ impl JobSpec {
         }
         if let StartingOffsets::PerPartition(map) = &kafka.starting_offsets {
             for (topic, partitions) in map {
-                if !kafka.topics.contains(topic) {
+                if !kafka.reads_topic(topic)? {
                     return Err(Error::spec(
                         format!("source.kafka.starting_offsets.{topic}"),
-                        "topic is not in source.kafka.topics",
+                        "topic is not in source.kafka.topics and does not match its topic_pattern",
                     ));
                 }
                 for (partition, offset) in partitions {
@@ -1529,6 +1586,32 @@ sink:
         assert!(error_text(&stateless).contains("only windows and deduplication drop late records"));
         let hidden = "schema: [{name: _sluice_seen, type: utf8}]";
         assert!(error_text(&with(schema, hidden)).contains("taken"));
+    }
+
+    #[test]
+    fn a_topic_pattern_matches_whole_names_and_never_internal_topics() {
+        let parse = |yaml: &str| -> KafkaSourceSpec { serde_yaml_ng::from_str(yaml).unwrap() };
+        let kafka = parse(r"{bootstrap_servers: b, topic_pattern: 'orders\..*'}");
+        let matcher = kafka.topic_matcher().unwrap();
+        assert!(matcher.matches("orders.eu") && matcher.matches("orders.us"));
+        assert!(
+            !matcher.matches("old.orders.eu"),
+            "the whole name must match"
+        );
+        assert!(!matcher.matches("orders"));
+        let everything = parse(r"{bootstrap_servers: b, topics: [__keep], topic_pattern: '.*'}");
+        let matcher = everything.topic_matcher().unwrap();
+        assert!(matcher.matches("anything") && !matcher.matches("__consumer_offsets"));
+        assert!(
+            matcher.matches("__keep"),
+            "a named topic is read whatever its name"
+        );
+        let bad = parse("{bootstrap_servers: b, topic_pattern: 'orders.('}");
+        assert!(bad
+            .topic_matcher()
+            .unwrap_err()
+            .to_string()
+            .contains("not a regular expression"));
     }
 
     #[test]

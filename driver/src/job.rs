@@ -312,13 +312,16 @@ impl JobRunner {
                 reader
             }
         };
-        let topics = kafka.topics.clone();
-        let latest = tokio::task::spawn_blocking(move || reader.watermarks(&topics))
-            .await
-            .map_err(|e| Error::Timeout {
-                what: format!("Kafka offset lookup ({e})"),
-                seconds: 0,
-            })??;
+        let matcher = kafka.topic_matcher()?;
+        let latest = tokio::task::spawn_blocking(move || {
+            let topics = reader.topics(&matcher)?;
+            reader.watermarks(&topics)
+        })
+        .await
+        .map_err(|e| Error::Timeout {
+            what: format!("Kafka offset lookup ({e})"),
+            seconds: 0,
+        })??;
         Ok(latest)
     }
 

@@ -305,11 +305,14 @@ fn sink_key(spec: &JobSpec) -> (String, String, String) {
     (uri, sink.namespace.clone(), sink.table.clone())
 }
 
-/// Checks that Kafka answers and every topic exists.
+/// Checks that Kafka answers and every named topic exists (a pattern may match no topic
+/// yet).
 async fn check_kafka(spec: &JobSpec) -> Result<()> {
     let kafka = spec.source.kafka.clone();
     let lookup = tokio::task::spawn_blocking(move || {
-        OffsetReader::connect(&Connection::of(&kafka))?.partitions(&kafka.topics)
+        let reader = OffsetReader::connect(&Connection::of(&kafka))?;
+        reader.topics(&kafka.topic_matcher()?)?;
+        reader.partitions(&kafka.topics)
     });
     match tokio::time::timeout(SUBMIT_KAFKA_TIMEOUT, lookup).await {
         Ok(Ok(result)) => result.map(|_| ()).map_err(Error::from),

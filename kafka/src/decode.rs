@@ -505,6 +505,7 @@ mod tests {
         KafkaSourceSpec {
             bootstrap_servers: "b".into(),
             topics: vec!["t".into()],
+            topic_pattern: None,
             starting_offsets: StartingOffsets::Earliest,
             max_offsets_per_trigger: None,
             format,

@@ -178,6 +178,28 @@ impl OffsetReader {
         Ok(counts)
     }
 
+    /// The source's topics as they are now: the named ones, and every topic the pattern
+    /// matches (sorted).
+    pub fn topics(&self, matcher: &sluice_core::spec::TopicMatcher) -> Result<Vec<String>> {
+        let mut topics: Vec<String> = matcher.named().to_vec();
+        if matcher.has_pattern() {
+            let metadata = self
+                .consumer
+                .fetch_metadata(None, METADATA_TIMEOUT)
+                .map_err(|e| kafka_error(&self.bootstrap_servers, format!("topic list: {e}")))?;
+            topics.extend(
+                metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .filter(|name| matcher.matches(name)),
+            );
+        }
+        topics.sort();
+        topics.dedup();
+        Ok(topics)
+    }
+
     /// Low and high watermarks of every partition of `topics`.
     pub fn watermarks(&self, topics: &[String]) -> Result<BTreeMap<(String, i32), Watermarks>> {
         let mut marks = BTreeMap::new();
