@@ -189,15 +189,16 @@ import time
 import duckdb
 from pyiceberg.catalog.sql import SqlCatalog
 catalog = SqlCatalog("{catalog}", uri="sqlite:///{dir}/catalog.db", warehouse="file://{dir}/warehouse")
+con = duckdb.connect()
 best = [1e9, 1e9, 1e9]
 for _ in range(3):
     started = time.perf_counter()
     table = catalog.load_table("test.{table}")
     files = [t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()]
     planned = time.perf_counter()
-    rows = duckdb.sql(f"SELECT count(*) FROM read_parquet({{files}})").fetchone()[0]
+    rows = con.execute(f"SELECT count(*) FROM read_parquet({{files}})").fetchone()[0]
     counted = time.perf_counter()
-    duckdb.sql(f"SELECT count(*), sum(amount) FROM read_parquet({{files}}) WHERE product_id = 7").fetchone()
+    con.execute(f"SELECT count(*), sum(amount) FROM read_parquet({{files}}) WHERE product_id = 7").fetchone()
     filtered = time.perf_counter()
     best = [min(best[0], planned - started), min(best[1], counted - planned), min(best[2], filtered - counted)]
 print(best[0] * 1000, best[1] * 1000, best[2] * 1000, rows)
@@ -243,8 +244,8 @@ async fn tables(cluster: &TestCluster, args: &Args) -> Result<()> {
     cluster.kafka.create_topic(topic, STREAM_PARTITIONS, 1)?;
     let sql = "SELECT order_id, product_id, amount, _partition AS p, _offset AS o FROM source";
     let jobs = [
-        ("compaction off", "tables-off", "{enabled: false}"),
-        ("compaction on", "tables-on", "{}"),
+        ("compaction off", "tables_off", false),
+        ("compaction on", "tables_on", true),
     ];
     let mut ids = vec![];
     let mut specs = vec![];
@@ -256,11 +257,11 @@ async fn tables(cluster: &TestCluster, args: &Args) -> Result<()> {
             sql,
             "{processing_time: 100ms}",
             "    starting_offsets: earliest",
-        )
-        .replace(
-            &format!("    table: {name}\n"),
-            &format!("    table: {name}\n    compaction: {compaction}\n"),
         );
+        let spec = match compaction {
+            true => spec,
+            false => TestCluster::without_compaction(&spec),
+        };
         ids.push(
             cluster
                 .submit(&spec)
