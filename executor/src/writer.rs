@@ -221,4 +221,84 @@ mod tests {
         assert_eq!(out.column(0).as_primitive::<Int64Type>().values(), &[1, 2]);
         assert_eq!(out.column(1).as_string::<i32>().value(1), "b");
     }
+
+    /// Each row's partition value under `year(ts)`, `month(ts)` and `hour(ts)` (a table
+    /// each: Iceberg refuses two time transforms of one column), read from the data files
+    /// written.
+    #[tokio::test]
+    async fn time_transforms_put_each_row_in_its_year_month_and_hour() {
+        use arrow::array::{Int64Array, TimestampMillisecondArray};
+        use arrow::datatypes::TimeUnit;
+        use iceberg::spec::{Literal, PrimitiveLiteral};
+        use sluice_core::partition::PartitionField;
+
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = sluice_iceberg::catalog::open_catalog(&sluice_core::spec::CatalogSpec {
+            catalog_type: "sql".into(),
+            uri: format!("sqlite://{}/catalog.db", dir.path().display()),
+            warehouse: format!("file://{}/warehouse", dir.path().display()),
+            name: None,
+            properties: Default::default(),
+        })
+        .await
+        .unwrap();
+        let query = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]));
+        // 2023-12-31 23:30, 2024-01-01 00:10 and 00:50, 2024-02-01 05:00 (UTC).
+        let ts = [
+            1_704_065_400_000i64,
+            1_704_067_800_000,
+            1_704_070_200_000,
+            1_706_763_600_000,
+        ];
+        let batch = RecordBatch::try_new(
+            query.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![0, 1, 2, 3])),
+                Arc::new(TimestampMillisecondArray::from(ts.to_vec())),
+            ],
+        )
+        .unwrap();
+        let hour = |ms: i64| (ms / 3_600_000) as i32;
+        // Years since 1970, months since 1970-01, hours since the epoch: (value, rows).
+        for (transform, expected) in [
+            ("year", vec![(53, 1), (54, 3)]),
+            (
+                "month",
+                vec![(53 * 12 + 11, 1), (54 * 12, 2), (54 * 12 + 1, 1)],
+            ),
+            (
+                "hour",
+                vec![(hour(ts[0]), 1), (hour(ts[1]), 2), (hour(ts[3]), 1)],
+            ),
+        ] {
+            let field = PartitionField::parse(&format!("{transform}(ts)")).unwrap();
+            let ident = iceberg::TableIdent::from_strs(["ns", transform]).unwrap();
+            let table =
+                sluice_iceberg::sink::ensure_table(catalog.as_ref(), &ident, &query, &[field])
+                    .await
+                    .unwrap();
+            let table_schema = sluice_iceberg::sink::table_arrow_schema(&table).unwrap();
+            let files = write_data_files(
+                &table,
+                &table_schema,
+                std::slice::from_ref(&batch),
+                "t".into(),
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+            let mut partitions: Vec<(i32, u64)> = files
+                .iter()
+                .map(|f| match &f.partition().fields()[0] {
+                    Some(Literal::Primitive(PrimitiveLiteral::Int(v))) => (*v, f.record_count()),
+                    other => panic!("{transform}: not an int partition value: {other:?}"),
+                })
+                .collect();
+            partitions.sort();
+            assert_eq!(partitions, expected, "{transform}(ts)");
+        }
+    }
 }
