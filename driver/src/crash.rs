@@ -50,14 +50,19 @@ fn connection_refused(status: &tonic::Status) -> bool {
 
 /// Whether the executor at `address` answers a no-op call within the probe's timeout on
 /// a fresh connection. A dying process may still have its port open for a moment (the
-/// kernel accepts connections for it) but cannot answer.
+/// kernel accepts connections for it) but cannot answer. Any answer counts, a refusal
+/// for want of a token included: the probe carries none.
 async fn answers(address: &str) -> bool {
     let probe = async {
         let mut client = ExecutorClient::connect(address.to_string()).await.ok()?;
-        client
+        match client
             .release_shuffle(ReleaseShuffleRequest::default())
             .await
-            .ok()
+        {
+            Ok(_) => Some(()),
+            Err(status) if status.code() == tonic::Code::Unauthenticated => Some(()),
+            Err(_) => None,
+        }
     };
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, probe).await,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_core::ExecutorId;
-use sluice_proto::v1::executor_client::ExecutorClient;
+use sluice_proto::auth::{BearerToken, ExecutorApiClient};
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
@@ -18,7 +18,7 @@ pub struct ExecutorHandle {
     /// Where it serves shuffle outputs (Arrow Flight).
     pub flight_address: String,
     pub slots: u32,
-    pub client: ExecutorClient<Channel>,
+    pub client: ExecutorApiClient,
     /// Tasks this driver has in flight on the executor.
     pub in_flight: AtomicU32,
     /// Jobs whose spec and stage plans the executor has, as `job@fingerprint`.
@@ -37,13 +37,16 @@ impl ExecutorHandle {
 pub struct Registry {
     executors: Mutex<HashMap<String, Arc<ExecutorHandle>>>,
     timeout: Duration,
+    /// Presented on every call to an executor (the cluster token; none without auth).
+    token: BearerToken,
 }
 
 impl Registry {
-    pub fn new(timeout: Duration) -> Registry {
+    pub fn new(timeout: Duration, token: BearerToken) -> Registry {
         Registry {
             executors: Mutex::new(HashMap::new()),
             timeout,
+            token,
         }
     }
 
@@ -58,7 +61,10 @@ impl Registry {
         let endpoint = Channel::from_shared(address.clone())
             .map_err(|e| format!("invalid executor address {address:?}: {e}"))?
             .connect_timeout(Duration::from_secs(3));
-        let client = ExecutorClient::new(endpoint.connect_lazy())
+        let client = self
+            .token
+            .clone()
+            .executor_client(endpoint.connect_lazy())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let handle = Arc::new(ExecutorHandle {
@@ -156,7 +162,7 @@ mod tests {
     use super::*;
 
     fn registry() -> Registry {
-        let registry = Registry::new(Duration::from_secs(60));
+        let registry = Registry::new(Duration::from_secs(60), BearerToken::default());
         for id in ["a", "b"] {
             let address = format!("http://127.0.0.1:1/{id}");
             registry

@@ -302,7 +302,10 @@ async fn serve_term(
 ) -> Result<TermEnd> {
     let (_never_lost, never) = watch::channel(false);
     let mut lost = leadership.as_ref().map_or(never, |l| l.lost.clone());
-    let registry = Arc::new(Registry::new(config.executor_timeout));
+    // The driver calls executors with the cluster token (the first of its own).
+    let executor_token =
+        sluice_proto::auth::BearerToken::first_of(config.auth_tokens.as_deref().unwrap_or(&[]));
+    let registry = Arc::new(Registry::new(config.executor_timeout, executor_token));
     let scheduler = Scheduler::new(registry.clone(), config.task_timeout);
     let manager = JobManager::new(store, scheduler.clone(), config.max_jobs);
     let (listener, local) = bind(config.bind).await?;

@@ -139,9 +139,21 @@ impl FlightService for FlightShuffleService {
 #[derive(Debug, Default)]
 pub struct FlightFetcher {
     channels: Mutex<HashMap<String, Channel>>,
+    /// `Bearer <token>` presented to other executors (the cluster token), if any.
+    authorization: Option<String>,
 }
 
 impl FlightFetcher {
+    /// A fetcher presenting the first of `tokens` to other executors.
+    pub fn new(tokens: Option<&Vec<String>>) -> FlightFetcher {
+        FlightFetcher {
+            channels: Mutex::new(HashMap::new()),
+            authorization: tokens
+                .and_then(|t| t.first())
+                .map(|token| format!("Bearer {token}")),
+        }
+    }
+
     fn channel(&self, address: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().expect("channels lock");
         if let Some(channel) = channels.get(address) {
@@ -162,6 +174,11 @@ impl FlightFetcher {
     ) -> Result<Vec<RecordBatch>, String> {
         let ticket = serde_json::to_vec(key).map_err(|e| e.to_string())?;
         let mut client = FlightClient::new(self.channel(address)?);
+        if let Some(authorization) = &self.authorization {
+            client
+                .add_header("authorization", authorization)
+                .map_err(describe)?;
+        }
         let stream = client.do_get(Ticket::new(ticket)).await.map_err(describe)?;
         stream.try_collect().await.map_err(describe)
     }

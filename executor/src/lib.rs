@@ -58,6 +58,9 @@ pub struct ExecutorConfig {
     /// The token presented to the driver (its `--auth-token-file`); none when the driver
     /// runs without authentication.
     pub driver_token: sluice_proto::auth::BearerToken,
+    /// The tokens the executor's task API and Flight server accept (the same file), and
+    /// the first of them presented to other executors; none: both are open.
+    pub accepted_tokens: Option<Vec<String>>,
 }
 
 impl Default for ExecutorConfig {
@@ -65,6 +68,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             driver_url: "http://127.0.0.1:50051".into(),
             driver_token: Default::default(),
+            accepted_tokens: None,
             bind: "127.0.0.1:0".parse().expect("valid address"),
             flight_bind: "127.0.0.1:0".parse().expect("valid address"),
             shuffle_memory_bytes: DEFAULT_SHUFFLE_MEMORY_BYTES,

@@ -50,8 +50,10 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
-    /// File whose first line is the token to present to the driver (the driver's own
-    /// --auth-token-file works); needed when the driver requires tokens.
+    /// The cluster's token file (the driver's own --auth-token-file works): its first
+    /// token is presented to the driver and to other executors, and the executor's task
+    /// API and Flight server then accept only calls presenting one of its tokens. Needed
+    /// when the driver requires tokens.
     #[arg(long, env = "SLUICE_AUTH_TOKEN_FILE")]
     auth_token_file: Option<std::path::PathBuf>,
 }
@@ -62,14 +64,20 @@ async fn main() -> std::process::ExitCode {
     sluice_core::telemetry::init(args.log_json);
     sluice_kafka::avro::limit_allocations();
     sluice_core::failpoint::warn_if_ignored();
+    let accepted_tokens = match args
+        .auth_token_file
+        .as_deref()
+        .map(sluice_proto::auth::read_tokens)
+    {
+        Some(Ok(tokens)) => Some(tokens),
+        Some(Err(message)) => {
+            eprintln!("error: {message}");
+            return std::process::ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let driver_token =
-        match sluice_proto::auth::BearerToken::from_file(args.auth_token_file.as_deref()) {
-            Ok(token) => token,
-            Err(message) => {
-                eprintln!("error: {message}");
-                return std::process::ExitCode::FAILURE;
-            }
-        };
+        sluice_proto::auth::BearerToken::first_of(accepted_tokens.as_deref().unwrap_or(&[]));
     let config = ExecutorConfig {
         driver_url: args.driver,
         bind: args.bind,
@@ -82,6 +90,7 @@ async fn main() -> std::process::ExitCode {
         executor_id: args.id,
         kafka_read_ahead: args.kafka_read_ahead,
         driver_token,
+        accepted_tokens,
     };
     match sluice_executor::run(config, sluice_core::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

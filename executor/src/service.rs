@@ -24,6 +24,8 @@ use crate::registration::{stay_registered, Identity};
 use crate::shuffle_store::ShuffleStore;
 use crate::task::{failure, run_task, task_ranges, PreparedJob, TaskEnv};
 use crate::ExecutorConfig;
+use sluice_proto::auth::TokenCheck;
+use tonic::service::interceptor::InterceptedService;
 
 struct ExecutorService {
     jobs: RwLock<HashMap<String, Arc<PreparedJob>>>,
@@ -200,7 +202,7 @@ pub async fn run(
         env: Arc::new(TaskEnv {
             pool: Arc::new(ConsumerPool::new(config.kafka_read_ahead)),
             store: store.clone(),
-            fetcher: Arc::new(FlightFetcher::default()),
+            fetcher: Arc::new(FlightFetcher::new(config.accepted_tokens.as_ref())),
         }),
         slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
         metrics: metrics.clone(),
@@ -220,21 +222,28 @@ pub async fn run(
         metrics,
         stop_rx.clone(),
     ));
+    // With tokens, the task API and the shuffle outputs serve only callers presenting
+    // one: the driver, and other executors fetching map outputs.
+    let check = TokenCheck::optional(config.accepted_tokens.clone());
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(
+            .add_service(InterceptedService::new(
                 arrow_flight::flight_service_server::FlightServiceServer::new(
                     FlightShuffleService::new(store),
                 )
                 .max_encoding_message_size(256 << 20),
-            )
+                check.clone(),
+            ))
             .serve_with_incoming_shutdown(
                 Box::pin(sluice_core::net::incoming(flight_listener)),
                 sluice_core::net::stopped(stop_rx.clone()),
             ),
     );
     let server = tonic::transport::Server::builder()
-        .add_service(ExecutorServer::new(service).max_decoding_message_size(64 << 20))
+        .add_service(InterceptedService::new(
+            ExecutorServer::new(service).max_decoding_message_size(64 << 20),
+            check,
+        ))
         .serve_with_incoming_shutdown(
             Box::pin(sluice_core::net::incoming(listener)),
             sluice_core::net::stopped(stop_rx.clone()),

@@ -1,12 +1,16 @@
-//! Token authentication on the driver's API: with `--auth-token-file` a call without a
-//! token or with a wrong one is refused with UNAUTHENTICATED and changes nothing; the
-//! right token (the CLI's `--token-file`) works, and executors register with it.
+//! Token authentication on the driver's and executors' APIs: with `--auth-token-file` a
+//! call without a token or with a wrong one is refused with UNAUTHENTICATED and changes
+//! nothing; the right token (the CLI's `--token-file`) works, executors register with it,
+//! and the driver's task calls and executors' shuffle fetches present it.
 
 use std::time::Duration;
 
 use sluice_integration_tests::{binary, TestCluster};
 use sluice_proto::auth::BearerToken;
-use sluice_proto::v1::{GetJobStatusRequest, ListJobsRequest, SubmitJobRequest};
+use sluice_proto::v1::executor_client::ExecutorClient;
+use sluice_proto::v1::{
+    GetJobStatusRequest, ListJobsRequest, ReleaseShuffleRequest, SubmitJobRequest, TaskDefinition,
+};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -24,12 +28,22 @@ async fn the_driver_serves_only_callers_with_a_valid_token() {
     let mut cluster = TestCluster::start_with_first_driver_env("orders", 2, 0, 1, &env)
         .await
         .unwrap();
+    let executor_bind = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let flight_bind = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    cluster
+        .start_executor(&[
+            (TOKEN_ENV, tokens_path),
+            ("SLUICE_EXECUTOR_BIND", &executor_bind),
+            ("SLUICE_EXECUTOR_FLIGHT_BIND", &flight_bind),
+        ])
+        .unwrap();
     cluster.start_executor(&env).unwrap();
     cluster.produce_orders("orders", 2, 0, 200).unwrap();
+    // A GROUP BY: its rows cross a shuffle, fetched over Flight with the token.
     let spec = cluster.spec(
         "authed",
         "orders",
-        "SELECT order_id FROM source",
+        "SELECT order_id, count(*) AS n FROM source GROUP BY order_id",
         "{available_now: true}",
         "",
     );
@@ -88,6 +102,37 @@ async fn the_driver_serves_only_callers_with_a_valid_token() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cluster.row_count(&spec).await.unwrap(), 200);
+
+    // The executors' own APIs: nothing without the token, served with it.
+    let executor_channel = Channel::from_shared(format!("http://{executor_bind}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut open = ExecutorClient::new(executor_channel.clone());
+    let refused = open.run_task(TaskDefinition::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused}");
+    let mut authed = BearerToken::from_file(Some(&tokens))
+        .unwrap()
+        .executor_client(executor_channel);
+    let served = authed
+        .release_shuffle(ReleaseShuffleRequest::default())
+        .await;
+    assert!(served.is_ok(), "{served:?}");
+    let flight_channel = Channel::from_shared(format!("http://{flight_bind}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight = arrow_flight::FlightClient::new(flight_channel);
+    let refused = flight
+        .do_get(arrow_flight::Ticket::new(b"{}".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("bearer token is required"),
+        "{refused}"
+    );
 
     // The CLI: refused without --token-file, served with it.
     let cli = |token: Option<&str>| {

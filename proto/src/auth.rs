@@ -1,7 +1,8 @@
-//! Bearer-token authentication on the driver's gRPC API: clients (the CLI, executors)
-//! send `authorization: Bearer <token>` on every call; the driver accepts a call only
-//! with one of its tokens. Tokens live in files (one per line; a Kubernetes Secret
-//! mounted as a file works), never in flags or specs.
+//! Bearer-token authentication on Sluice's gRPC APIs: clients (the CLI, executors, the
+//! driver calling executors, executors fetching each other's shuffle outputs) send
+//! `authorization: Bearer <token>` on every call; a server accepts a call only with one
+//! of its tokens. Tokens live in files (one per line; a Kubernetes Secret mounted as a
+//! file works), never in flags or specs.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,9 +14,13 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::v1::driver_client::DriverClient;
+use crate::v1::executor_client::ExecutorClient;
 
 /// A driver client that sends its token, if it has one, on every call.
 pub type DriverApiClient = DriverClient<InterceptedService<Channel, BearerToken>>;
+
+/// An executor client (the driver's) that sends its token, if it has one, on every call.
+pub type ExecutorApiClient = ExecutorClient<InterceptedService<Channel, BearerToken>>;
 
 /// Reads the tokens in `path`: one per line, blank lines and `#` comments ignored.
 pub fn read_tokens(path: &Path) -> Result<Vec<String>, String> {
@@ -62,9 +67,24 @@ impl BearerToken {
         )))
     }
 
+    /// The first of `tokens` (a server's accepted tokens, which it also presents to the
+    /// servers it calls); none for none.
+    pub fn first_of(tokens: &[String]) -> BearerToken {
+        BearerToken(tokens.first().map(|token| {
+            format!("Bearer {token}")
+                .parse()
+                .expect("tokens are checked to be ASCII when read")
+        }))
+    }
+
     /// A client of `channel` sending this token.
     pub fn client(self, channel: Channel) -> DriverApiClient {
         DriverClient::with_interceptor(channel, self)
+    }
+
+    /// An executor client of `channel` sending this token.
+    pub fn executor_client(self, channel: Channel) -> ExecutorApiClient {
+        ExecutorClient::with_interceptor(channel, self)
     }
 }
 
@@ -80,25 +100,33 @@ impl tonic::service::Interceptor for BearerToken {
 }
 
 /// Server side: lets a call through only with one of the accepted tokens, else answers
-/// `UNAUTHENTICATED` before the service sees it.
+/// `UNAUTHENTICATED` before the service sees it; an open check lets every call through.
 #[derive(Debug, Clone)]
-pub struct TokenCheck(Arc<HashSet<String>>);
+pub struct TokenCheck(Option<Arc<HashSet<String>>>);
 
 impl TokenCheck {
     pub fn new(tokens: Vec<String>) -> TokenCheck {
-        TokenCheck(Arc::new(tokens.into_iter().collect()))
+        TokenCheck(Some(Arc::new(tokens.into_iter().collect())))
+    }
+
+    /// Checks `tokens` when there are some; lets every call through otherwise.
+    pub fn optional(tokens: Option<Vec<String>>) -> TokenCheck {
+        TokenCheck(tokens.map(|tokens| Arc::new(tokens.into_iter().collect())))
     }
 }
 
 impl tonic::service::Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(accepted) = &self.0 else {
+            return Ok(request);
+        };
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match presented {
-            Some(token) if self.0.contains(token) => Ok(request),
+            Some(token) if accepted.contains(token) => Ok(request),
             Some(_) => Err(Status::unauthenticated("the bearer token is not valid")),
             None => Err(Status::unauthenticated(
                 "a bearer token is required (sluice --token-file, or SLUICE_TOKEN_FILE)",
