@@ -13,6 +13,8 @@ use crate::avro::AvroSpec;
 use crate::compaction::CompactionSpec;
 use crate::error::{Error, Result};
 use crate::window_sql::SqlWindowKind;
+/// The columns a windowed source gains (see [`crate::window_sql`]).
+pub use crate::window_sql::{WINDOW_END_COLUMN, WINDOW_START_COLUMN};
 
 /// Default number of records a single task reads at most.
 pub const DEFAULT_MAX_RECORDS_PER_TASK: u64 = 500_000;
@@ -315,10 +317,6 @@ fn duration_ms(field: &str, text: &str, examples: &str) -> Result<i64> {
             )
         })
 }
-
-/// The columns a windowed source gains: each record's window, as timestamps (ms).
-pub const WINDOW_START_COLUMN: &str = "window_start";
-pub const WINDOW_END_COLUMN: &str = "window_end";
 
 impl WindowSpec {
     /// The window length in milliseconds.

@@ -14,7 +14,9 @@ use sqlparser::ast::{
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
-use crate::spec::{WINDOW_END_COLUMN, WINDOW_START_COLUMN};
+/// The columns a windowed source gains: each record's window, as timestamps (ms).
+pub const WINDOW_START_COLUMN: &str = "window_start";
+pub const WINDOW_END_COLUMN: &str = "window_end";
 
 /// A window a query groups by.
 #[derive(Debug, Clone, PartialEq, Eq)]

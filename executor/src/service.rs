@@ -21,6 +21,7 @@ use crate::flight::{FlightFetcher, FlightShuffleService};
 use crate::kafka_reader::ConsumerPool;
 use crate::metrics::{self, ExecutorMetrics};
 use crate::registration::{stay_registered, Identity};
+use crate::rewrite::rewrite_files;
 use crate::shuffle_store::ShuffleStore;
 use crate::task::{failure, run_task, task_ranges, PreparedJob, TaskEnv};
 use crate::ExecutorConfig;
@@ -93,9 +94,15 @@ impl Executor for ExecutorService {
         // Its own tokio task, so that a panic anywhere in it fails this task only.
         let env = self.env.clone();
         let definition = task.clone();
-        let outcome = tokio::spawn(async move { run_task(job, &env, &definition, ranges).await })
-            .await
-            .map_err(|e| panic_message(e.into_panic()));
+        let outcome = tokio::spawn(async move {
+            match &definition.rewrite {
+                // A compaction task instead of a stage's.
+                Some(rewrite) => rewrite_files(&job, &definition, rewrite).await,
+                None => run_task(job, &env, &definition, ranges).await,
+            }
+        })
+        .await
+        .map_err(|e| panic_message(e.into_panic()));
         metrics.running.fetch_sub(1, Ordering::Relaxed);
         metrics
             .shuffle_memory_bytes

@@ -277,9 +277,6 @@ pub async fn run_task(
 ) -> Result<TaskSuccess> {
     let span = tracing::info_span!("task", job = %task.job_id, batch = task.batch_id, stage = task.stage_id, task = task.task_id, attempt = task.attempt);
     async move {
-        if let Some(rewrite) = &task.rewrite {
-            return crate::rewrite::rewrite_files(&job, task, rewrite).await;
-        }
         let started = Instant::now();
         let Some(stage) = job.stages.get(&task.stage_id) else {
             return Err(Error::InvalidRequest(format!(
