@@ -64,17 +64,7 @@ impl CompactionSpec {
     /// The budget in milliseconds.
     pub fn budget_ms(&self) -> Result<i64> {
         let text = self.budget.as_deref().unwrap_or(DEFAULT_BUDGET);
-        match humantime::parse_duration(text) {
-            Ok(d) if !d.is_zero() => Ok(d.as_millis() as i64),
-            Ok(_) => Err(Error::spec(
-                "sink.iceberg.compaction.budget",
-                "must be above zero",
-            )),
-            Err(e) => Err(Error::spec(
-                "sink.iceberg.compaction.budget",
-                format!("{text:?} is not a duration ({e}); e.g. 10s"),
-            )),
-        }
+        crate::spec::positive_ms("sink.iceberg.compaction.budget", text)
     }
 
     /// Checks the settings.

@@ -299,7 +299,7 @@ fn validate_kafka_properties(properties: &BTreeMap<String, String>) -> Result<()
 }
 
 /// A duration above zero in milliseconds; `field` names it in errors.
-fn positive_ms(field: &str, text: &str) -> Result<i64> {
+pub(crate) fn positive_ms(field: &str, text: &str) -> Result<i64> {
     match duration_ms(field, text, "10s, 1m")? {
         0 => Err(Error::spec(field, "must be above zero")),
         ms => Ok(ms),

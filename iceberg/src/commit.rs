@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iceberg::spec::DataFile;
+use iceberg::spec::{DataFile, SnapshotRef};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{
@@ -45,9 +45,7 @@ pub fn snapshot_property(table: &Table, snapshot_id: i64, key: &str) -> Option<S
 /// current snapshot (a snapshot rolled back out of the main branch does not count).
 /// Stops early at an older batch of the same job: batches are committed in order.
 pub fn find_batch_in_ancestry(table: &Table, job_id: &str, batch: BatchId) -> Option<i64> {
-    let metadata = table.metadata();
-    let mut next = metadata.current_snapshot().cloned();
-    while let Some(snapshot) = next {
+    for snapshot in ancestry(table) {
         let props = &snapshot.summary().additional_properties;
         if props.get(JOB_ID_PROPERTY).map(String::as_str) == Some(job_id) {
             match props
@@ -59,11 +57,19 @@ pub fn find_batch_in_ancestry(table: &Table, job_id: &str, batch: BatchId) -> Op
                 _ => {}
             }
         }
-        next = snapshot
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id).cloned());
     }
     None
+}
+
+/// The table's current snapshot and its ancestors, newest first, as far as the table
+/// still has them.
+pub fn ancestry(table: &Table) -> impl Iterator<Item = SnapshotRef> + '_ {
+    let metadata = table.metadata();
+    std::iter::successors(metadata.current_snapshot().cloned(), move |snapshot| {
+        snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id).cloned())
+    })
 }
 
 /// How a conditional commit ended.

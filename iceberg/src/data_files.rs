@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use iceberg::spec::{Manifest, ManifestFile};
 use iceberg::table::Table;
 use tracing::info;
 
@@ -57,32 +58,48 @@ pub fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// Names of the data files that snapshot `snapshot_id` added.
-pub async fn snapshot_file_names(table: &Table, snapshot_id: i64) -> Result<HashSet<String>> {
-    let mut names = HashSet::new();
+/// The manifests of snapshot `snapshot_id` that `wanted` picks, each loaded (none for an
+/// unknown snapshot).
+pub async fn snapshot_manifests(
+    table: &Table,
+    snapshot_id: i64,
+    wanted: impl Fn(&ManifestFile) -> bool,
+) -> Result<Vec<(ManifestFile, Manifest)>> {
     let Some(snapshot) = table.metadata().snapshot_by_id(snapshot_id) else {
-        return Ok(names);
+        return Ok(vec![]);
     };
     let list = table
         .manifest_list_reader(snapshot)
         .load()
         .await
         .map_err(Error::iceberg(format!(
-            "reading the manifest list of snapshot {snapshot_id}"
+            "reading the manifest list of snapshot {snapshot_id} of {}",
+            table.identifier()
         )))?;
-    for manifest_file in list.entries() {
-        if manifest_file.added_snapshot_id != snapshot_id {
-            continue;
-        }
-        let manifest = manifest_file
-            .load_manifest(table.file_io())
-            .await
-            .map_err(Error::iceberg("reading a manifest"))?;
-        for entry in manifest.entries() {
-            names.insert(file_name(entry.data_file().file_path()).to_string());
-        }
+    let mut manifests = vec![];
+    for manifest_file in list.entries().iter().filter(|m| wanted(m)) {
+        let manifest =
+            manifest_file
+                .load_manifest(table.file_io())
+                .await
+                .map_err(Error::iceberg(format!(
+                    "reading a manifest of {}",
+                    table.identifier()
+                )))?;
+        manifests.push((manifest_file.clone(), manifest));
     }
-    Ok(names)
+    Ok(manifests)
+}
+
+/// Names of the data files that snapshot `snapshot_id` added.
+pub async fn snapshot_file_names(table: &Table, snapshot_id: i64) -> Result<HashSet<String>> {
+    let added = snapshot_manifests(table, snapshot_id, |m| m.added_snapshot_id == snapshot_id);
+    Ok(added
+        .await?
+        .iter()
+        .flat_map(|(_, manifest)| manifest.entries())
+        .map(|entry| file_name(entry.data_file().file_path()).to_string())
+        .collect())
 }
 
 /// The table's directory of data files.

@@ -21,7 +21,8 @@ use iceberg::table::Table;
 use iceberg::{Catalog, ErrorKind, TableCommit, TableRequirement, TableUpdate};
 use sluice_core::error::{Error, Result};
 
-use crate::commit::{CasOutcome, JOB_ID_PROPERTY};
+use crate::commit::{ancestry, CasOutcome, JOB_ID_PROPERTY};
+use crate::data_files::snapshot_manifests;
 
 /// Snapshot summary property naming the compaction a replace snapshot holds.
 pub const COMPACTION_ID_PROPERTY: &str = "sluice.compaction-id";
@@ -29,53 +30,27 @@ pub const COMPACTION_ID_PROPERTY: &str = "sluice.compaction-id";
 /// The snapshot holding compaction `compaction` of job `job_id` among the ancestors of the
 /// table's current snapshot.
 pub fn find_compaction_in_ancestry(table: &Table, job_id: &str, compaction: i64) -> Option<i64> {
-    let metadata = table.metadata();
     let wanted = compaction.to_string();
-    let mut next = metadata.current_snapshot().cloned();
-    while let Some(snapshot) = next {
-        let props = &snapshot.summary().additional_properties;
-        if props.get(JOB_ID_PROPERTY).map(String::as_str) == Some(job_id)
-            && props.get(COMPACTION_ID_PROPERTY) == Some(&wanted)
-        {
-            return Some(snapshot.snapshot_id());
-        }
-        next = snapshot
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id).cloned());
-    }
-    None
+    ancestry(table)
+        .find(|snapshot| {
+            let props = &snapshot.summary().additional_properties;
+            props.get(JOB_ID_PROPERTY).map(String::as_str) == Some(job_id)
+                && props.get(COMPACTION_ID_PROPERTY) == Some(&wanted)
+        })
+        .map(|snapshot| snapshot.snapshot_id())
 }
 
 /// Paths of the files replace snapshot `snapshot_id` removed (its manifests' deleted
 /// entries), to be deleted once no retained snapshot holds them.
 pub async fn removed_by(table: &Table, snapshot_id: i64) -> Result<Vec<String>> {
-    let Some(snapshot) = table.metadata().snapshot_by_id(snapshot_id) else {
-        return Ok(vec![]);
-    };
-    let failed = |what: &str| Error::iceberg(format!("{what} of {}", table.identifier()));
-    let list = table
-        .manifest_list_reader(snapshot)
-        .load()
-        .await
-        .map_err(failed("reading the manifest list"))?;
-    let mut removed = vec![];
-    for manifest in list.entries() {
-        if manifest.added_snapshot_id != snapshot_id {
-            continue;
-        }
-        let loaded = manifest
-            .load_manifest(table.file_io())
-            .await
-            .map_err(failed("reading a manifest"))?;
-        removed.extend(
-            loaded
-                .entries()
-                .iter()
-                .filter(|e| e.status() == ManifestStatus::Deleted)
-                .map(|e| e.data_file().file_path().to_string()),
-        );
-    }
-    Ok(removed)
+    let own = snapshot_manifests(table, snapshot_id, |m| m.added_snapshot_id == snapshot_id);
+    Ok(own
+        .await?
+        .iter()
+        .flat_map(|(_, manifest)| manifest.entries())
+        .filter(|e| e.status() == ManifestStatus::Deleted)
+        .map(|e| e.data_file().file_path().to_string())
+        .collect())
 }
 
 /// A data file live in the table's current snapshot, as its manifest entry records it.
@@ -100,24 +75,11 @@ pub async fn live_files(table: &Table) -> Result<Vec<LiveFile>> {
 
 /// The data files snapshot `snapshot_id` of `table` holds (none for an unknown snapshot).
 pub async fn snapshot_files(table: &Table, snapshot_id: i64) -> Result<Vec<LiveFile>> {
-    let Some(snapshot) = table.metadata().snapshot_by_id(snapshot_id) else {
-        return Ok(vec![]);
-    };
-    let failed = |what: &str| Error::iceberg(format!("{what} of {}", table.identifier()));
-    let list = table
-        .manifest_list_reader(snapshot)
-        .load()
-        .await
-        .map_err(failed("reading the manifest list"))?;
+    let data = snapshot_manifests(table, snapshot_id, |m| {
+        m.content == ManifestContentType::Data
+    });
     let mut live = vec![];
-    for manifest in list.entries() {
-        if manifest.content != ManifestContentType::Data {
-            continue;
-        }
-        let loaded = manifest
-            .load_manifest(table.file_io())
-            .await
-            .map_err(failed("reading a manifest"))?;
+    for (manifest, loaded) in data.await? {
         for entry in loaded.entries() {
             if entry.status() == ManifestStatus::Deleted
                 || entry.data_file().content_type() != DataContentType::Data

@@ -326,6 +326,31 @@ impl TestCluster {
     }
 
     /// Whether executor `i` has exited.
+    /// Waits until executor `i` exited (e.g. at an armed failpoint); fails after `timeout`
+    /// naming `what` it should have died at.
+    pub async fn wait_executor_exit(&mut self, i: usize, timeout: Duration, what: &str) {
+        let deadline = Instant::now() + timeout;
+        while !self.executor_exited(i) {
+            assert!(Instant::now() < deadline, "executor {i} did not die {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs a Python script (pyiceberg and the like, which `make test` installs) and
+    /// returns what it printed; fails with its error output.
+    pub fn python(script: &str) -> String {
+        let output = Command::new("python3")
+            .args(["-c", script])
+            .output()
+            .expect("python3 (make test installs pyiceberg)");
+        assert!(
+            output.status.success(),
+            "python: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     pub fn executor_exited(&mut self, i: usize) -> bool {
         self.executors[i].try_wait().ok().flatten().is_some()
     }
@@ -809,16 +834,8 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
     /// The table's snapshots' `sluice.batch-id` values, in commit order.
     pub async fn committed_batches(&self, spec: &str) -> Result<Vec<String>> {
         let (_, table) = sink_table(spec).await?;
-        // Commit order: from the current snapshot back through its parents.
-        let metadata = table.metadata();
-        let mut snapshots = Vec::new();
-        let mut next = metadata.current_snapshot().cloned();
-        while let Some(snapshot) = next {
-            next = snapshot
-                .parent_snapshot_id()
-                .and_then(|id| metadata.snapshot_by_id(id).cloned());
-            snapshots.push(snapshot);
-        }
+        // Commit order: from the current snapshot back through its parents, reversed.
+        let mut snapshots: Vec<_> = sluice_iceberg::commit::ancestry(&table).collect();
         snapshots.reverse();
         Ok(snapshots
             .iter()

@@ -180,16 +180,7 @@ print(records(), len(list(table.scan().plan_files())), replaces)
 "#,
         catalog = sluice_core::spec::DEFAULT_CATALOG_NAME,
     );
-    let output = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 (make test installs pyiceberg)");
-    assert!(
-        output.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = TestCluster::python(&script);
     let fields: Vec<usize> = stdout
         .split_whitespace()
         .map(|f| f.parse().unwrap())
@@ -227,15 +218,14 @@ async fn compaction_killed_at(point: &str, on_executor: bool) {
         "    partition_by: [kafka_partition]\n",
     );
     let job = cluster.submit(&spec).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     if on_executor {
-        while !cluster.executor_exited(0) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "executor 0 did not die at {point}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        cluster
+            .wait_executor_exit(
+                0,
+                std::time::Duration::from_secs(90),
+                &format!("at {point}"),
+            )
+            .await;
     } else {
         cluster
             .wait_driver_exit(std::time::Duration::from_secs(90))

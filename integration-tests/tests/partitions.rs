@@ -84,16 +84,7 @@ print(len(de), len(every), sum(t.file.record_count for t in every), all(t.file.p
 "#,
         catalog = sluice_core::spec::DEFAULT_CATALOG_NAME,
     );
-    let output = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 (make test installs pyiceberg)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = TestCluster::python(&script);
     let fields: Vec<&str> = stdout.split_whitespace().collect();
     let (read, files): (usize, usize) = (fields[0].parse().unwrap(), fields[1].parse().unwrap());
     assert!(

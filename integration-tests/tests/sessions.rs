@@ -227,14 +227,9 @@ async fn session_state_survives_an_executor_killed_after_writing_it() {
     produce_bursts(&cluster, "visits", &mut StdRng::seed_from_u64(7), 300_000);
     let spec = session_spec(&cluster, "sessions-executor-killed", 40);
     let job = cluster.submit(&spec).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !cluster.executor_exited(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "executor 0 did not die"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    cluster
+        .wait_executor_exit(0, std::time::Duration::from_secs(60), "after writing state")
+        .await;
     cluster.start_executor(&[]).unwrap();
     let status = cluster.wait_until_finished(&job).await;
     assert_sessions_written(&cluster, &spec, &status).await;

@@ -243,14 +243,13 @@ async fn window_state_survives_an_executor_killed_at(point: &str) {
         "    watermark: {column: ts, delay: 0s}\n    window: {size: 10s}\n    max_offsets_per_trigger: 40",
     );
     let job = cluster.submit(&spec).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !cluster.executor_exited(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "executor 0 did not die at {point}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    cluster
+        .wait_executor_exit(
+            0,
+            std::time::Duration::from_secs(60),
+            &format!("at {point}"),
+        )
+        .await;
     cluster.start_executor(&[]).unwrap();
     cluster.wait_until_finished(&job).await;
     assert_eq!(

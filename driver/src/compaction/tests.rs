@@ -12,13 +12,26 @@ use super::*;
 use crate::batch::tests::{Fixture, JOB};
 use crate::error::Error;
 
-/// Rewrite tasks that write one file of `rows` rows named like compaction `id`'s, after
-/// `delay`, optionally taking the driver's leadership away first.
+/// Rows of the file a fake rewrite writes: the four 10-row files of [`four_small_files`].
+const REWRITTEN_ROWS: u64 = 40;
+
+/// Rewrite tasks that write one file of [`REWRITTEN_ROWS`] named like compaction `id`'s,
+/// after `delay`, optionally taking the driver's leadership away first.
 struct FakeRewrites<'a> {
     fx: &'a Fixture,
-    rows: u64,
     delay: Duration,
     depose: bool,
+}
+
+impl FakeRewrites<'_> {
+    /// Prompt rewrites by a driver that stays the leader.
+    fn new(fx: &Fixture) -> FakeRewrites<'_> {
+        FakeRewrites {
+            fx,
+            delay: Duration::ZERO,
+            depose: false,
+        }
+    }
 }
 
 #[async_trait]
@@ -45,7 +58,7 @@ impl RunRewrites for FakeRewrites<'_> {
                 self.fx.created.metadata().location()
             ))
             .file_format(DataFileFormat::Parquet)
-            .record_count(self.rows)
+            .record_count(REWRITTEN_ROWS)
             .file_size_in_bytes(400)
             .build()
             .unwrap();
@@ -86,12 +99,7 @@ fn compaction_files(fx: &Fixture) -> Vec<String> {
 async fn small_files_are_replaced_by_their_rewrite_in_one_replace_snapshot() {
     let fx = four_small_files().await;
     let mut sink = SinkTables::new(&fx.sink, false);
-    let rewrites = FakeRewrites {
-        fx: &fx,
-        rows: 40,
-        delay: Duration::ZERO,
-        depose: false,
-    };
+    let rewrites = FakeRewrites::new(&fx);
     let done = compactor("10s")
         .run(&fx.log(), &mut sink, &rewrites)
         .await
@@ -135,10 +143,8 @@ async fn a_compaction_over_its_budget_is_abandoned_and_its_files_deleted() {
     let before = fx.table().await.metadata().current_snapshot_id();
     let mut sink = SinkTables::new(&fx.sink, false);
     let slow = FakeRewrites {
-        fx: &fx,
-        rows: 40,
         delay: Duration::from_secs(5),
-        depose: false,
+        ..FakeRewrites::new(&fx)
     };
     let started = std::time::Instant::now();
     let abandoned = compactor("200ms")
@@ -177,12 +183,7 @@ async fn an_unfinished_compaction_is_settled_before_the_next() {
     );
     std::fs::write(fx.data_dir().join(&orphan), b"").unwrap();
     let mut sink = SinkTables::new(&fx.sink, false);
-    let rewrites = FakeRewrites {
-        fx: &fx,
-        rows: 40,
-        delay: Duration::ZERO,
-        depose: false,
-    };
+    let rewrites = FakeRewrites::new(&fx);
     let done = compactor("10s")
         .run(&log, &mut sink, &rewrites)
         .await
@@ -204,10 +205,8 @@ async fn a_driver_whose_fence_is_gone_commits_no_replace() {
     let before = fx.table().await.metadata().current_snapshot_id();
     let mut sink = SinkTables::new(&fx.sink, false);
     let rewrites = FakeRewrites {
-        fx: &fx,
-        rows: 40,
-        delay: Duration::ZERO,
         depose: true,
+        ..FakeRewrites::new(&fx)
     };
     let outcome = compactor("10s").run(&fx.log(), &mut sink, &rewrites).await;
     assert!(
