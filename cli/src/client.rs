@@ -2,39 +2,88 @@
 
 use anyhow::{bail, Context, Result};
 use sluice_proto::auth::{BearerToken, DriverApiClient};
+use sluice_proto::tls::Tls;
 use sluice_proto::v1::{
     BatchProgress, DescribeTableRequest, GetJobStatusRequest, JobStatus, ListJobsRequest,
     StopJobRequest, SubmitJobRequest, TableDescription, WatchJobRequest,
 };
-use tonic::transport::Channel;
 
-/// Connects to the first driver in `drivers` (comma-separated URLs) that answers; every
-/// call presents `token` (none for a driver without authentication).
-pub async fn connect(drivers: &str, token: &BearerToken) -> Result<DriverApiClient> {
-    let mut last_error = None;
-    for url in drivers.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let url = if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("http://{url}")
-        };
-        let endpoint = Channel::from_shared(url.clone())
-            .with_context(|| format!("invalid driver address {url}"))?
-            .connect_timeout(std::time::Duration::from_secs(3));
-        match endpoint.connect().await {
-            Ok(channel) => {
-                return Ok(token
-                    .clone()
-                    .client(channel)
-                    .max_decoding_message_size(64 << 20))
-            }
-            Err(e) => last_error = Some(format!("{url}: {e}")),
+/// How the CLI reaches the driver: its addresses, the token it presents and the TLS it
+/// verifies the driver with.
+pub struct DriverAccess {
+    /// Comma-separated URLs; an address without a scheme is `https://` when a CA is given.
+    pub drivers: String,
+    pub token: BearerToken,
+    pub tls: Tls,
+    /// Whether a CA was given (addresses without a scheme then use TLS).
+    pub tls_default: bool,
+}
+
+impl DriverAccess {
+    /// A local cluster's driver: plaintext, without a token.
+    pub fn local(url: &str) -> DriverAccess {
+        DriverAccess {
+            drivers: url.to_string(),
+            token: BearerToken::default(),
+            tls: Tls::none(),
+            tls_default: false,
         }
     }
-    bail!(
-        "no driver reachable at {drivers} ({}); start one with `sluice local` or pass --driver",
-        last_error.unwrap_or_else(|| "no address given".into())
-    )
+
+    /// Connects to the first driver that answers; every call presents the token (none for
+    /// a driver without authentication).
+    pub async fn connect(&self) -> Result<DriverApiClient> {
+        let mut last_error = None;
+        let scheme = if self.tls_default { "https" } else { "http" };
+        for url in self
+            .drivers
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            let url = if url.contains("://") {
+                url.to_string()
+            } else {
+                format!("{scheme}://{url}")
+            };
+            let endpoint = self
+                .tls
+                .endpoint(&url)
+                .with_context(|| format!("driver address {url}"))?
+                .connect_timeout(std::time::Duration::from_secs(3));
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    return Ok(self
+                        .token
+                        .clone()
+                        .client(channel)
+                        .max_decoding_message_size(64 << 20))
+                }
+                Err(e) => last_error = Some(format!("{url}: {}", with_causes(&e))),
+            }
+        }
+        bail!(
+            "no driver reachable at {} ({}); start one with `sluice local` or pass --driver",
+            self.drivers,
+            last_error.unwrap_or_else(|| "no address given".into())
+        )
+    }
+}
+
+/// An error with its chain of causes, e.g. `transport error: invalid peer certificate:
+/// Expired`, so a refused TLS handshake says why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// Turns a gRPC status into an error that reads well on a terminal.

@@ -156,7 +156,10 @@ impl LocalCluster {
     async fn wait_for_driver(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(mut c) = client::connect(&self.driver_url, &Default::default()).await {
+            if let Ok(mut c) = client::DriverAccess::local(&self.driver_url)
+                .connect()
+                .await
+            {
                 if client::list(&mut c).await.is_ok() {
                     return Ok(());
                 }

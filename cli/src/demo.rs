@@ -121,7 +121,9 @@ async fn run_demo(cluster: &LocalCluster, batches: u64) -> Result<(String, JobSt
         &cluster.data_dir,
         "{processing_time: 1s}",
     );
-    let mut driver = client::connect(&cluster.driver_url, &Default::default()).await?;
+    let mut driver = client::DriverAccess::local(&cluster.driver_url)
+        .connect()
+        .await?;
     let (job_id, location) = client::submit(&mut driver, spec_text.clone()).await?;
     println!("submitted job {job_id}; table at {location}");
     let mut seen = 0;

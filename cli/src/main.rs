@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_proto::auth::BearerToken;
+use sluice_proto::tls::Tls;
 
 use cluster::{ClusterOptions, LocalCluster};
 
@@ -31,6 +32,26 @@ struct Cli {
     /// --auth-token-file); not needed for a driver without authentication.
     #[arg(long, global = true, env = "SLUICE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// PEM CA certificate that signs the driver's TLS certificate: the driver is then
+    /// reached over TLS (`https://`) and verified; addresses without a scheme use TLS.
+    #[arg(long, global = true, env = "SLUICE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for a driver that requires mutual TLS; needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -165,16 +186,28 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let token = BearerToken::from_file(cli.token_file.as_deref()).map_err(anyhow::Error::msg)?;
+    let tls = Tls::from_files(
+        cli.client_cert.as_deref(),
+        cli.client_key.as_deref(),
+        cli.ca_cert.as_deref(),
+        false,
+    )?;
+    let access = client::DriverAccess {
+        drivers: cli.driver.clone(),
+        token,
+        tls_default: cli.ca_cert.is_some(),
+        tls,
+    };
     match cli.command {
         Command::Submit { file } => {
             let spec = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let mut driver = client::connect(&cli.driver, &token).await?;
+            let mut driver = access.connect().await?;
             let (job, location) = client::submit(&mut driver, spec).await?;
             println!("submitted job {job}\ntable location: {location}");
         }
         Command::List => {
-            let mut driver = client::connect(&cli.driver, &token).await?;
+            let mut driver = access.connect().await?;
             let jobs = client::list(&mut driver).await?;
             if jobs.is_empty() {
                 println!("no jobs");
@@ -191,21 +224,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Table { job } => {
-            let mut driver = client::connect(&cli.driver, &token).await?;
+            let mut driver = access.connect().await?;
             print!(
                 "{}",
                 format::table_block(&client::describe_table(&mut driver, &job).await?)
             );
         }
         Command::Status { job } => {
-            let mut driver = client::connect(&cli.driver, &token).await?;
+            let mut driver = access.connect().await?;
             print!(
                 "{}",
                 format::status_block(&client::status(&mut driver, &job).await?)
             );
         }
         Command::Watch { job } => {
-            let mut driver = client::connect(&cli.driver, &token).await?;
+            let mut driver = access.connect().await?;
             let end = client::watch(&mut driver, &job, |p| {
                 println!("{}", format::batch_line(p));
                 true
@@ -219,7 +252,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Stop { job } => {
-            let mut driver = client::connect(&cli.driver, &token).await?;
+            let mut driver = access.connect().await?;
             client::stop(&mut driver, &job).await?;
             println!("job {job} stopped");
         }

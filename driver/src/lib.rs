@@ -52,6 +52,8 @@ pub struct DriverConfig {
     pub auth_tokens: Option<Vec<String>>,
     /// Running jobs at most; further submissions are refused.
     pub max_jobs: usize,
+    /// TLS of the gRPC API and of the calls to executors; none by default.
+    pub tls: sluice_proto::tls::Tls,
 }
 
 /// Running jobs a driver accepts unless told otherwise.
@@ -69,6 +71,7 @@ impl Default for DriverConfig {
             task_timeout: DEFAULT_TASK_TIMEOUT,
             auth_tokens: None,
             max_jobs: DEFAULT_MAX_JOBS,
+            tls: sluice_proto::tls::Tls::none(),
         }
     }
 }

@@ -45,6 +45,8 @@ struct Args {
     /// Running jobs at most; further submissions get RESOURCE_EXHAUSTED.
     #[arg(long, env = "SLUICE_MAX_JOBS", default_value_t = sluice_driver::DEFAULT_MAX_JOBS)]
     max_jobs: usize,
+    #[command(flatten)]
+    tls: sluice_proto::tls::TlsArgs,
 }
 
 #[tokio::main]
@@ -65,6 +67,16 @@ async fn main() -> std::process::ExitCode {
             None
         }
     };
+    let tls = match sluice_proto::tls::Tls::load(&args.tls) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if !tls.serves_tls() {
+        tracing::warn!(bind = %args.bind, "no --tls-cert: the gRPC API is plaintext; keep it on loopback or a private network");
+    }
     let config = DriverConfig {
         bind: args.bind,
         http_bind: args.http_bind,
@@ -75,6 +87,7 @@ async fn main() -> std::process::ExitCode {
         task_timeout: Duration::from_secs(args.task_timeout_secs.max(1)),
         auth_tokens,
         max_jobs: args.max_jobs.max(1),
+        tls,
     };
     match sluice_driver::run(config, sluice_core::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

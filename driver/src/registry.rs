@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::ExecutorId;
 use sluice_proto::auth::{BearerToken, ExecutorApiClient};
-use tonic::transport::Channel;
+use sluice_proto::tls::Tls;
 use tracing::{info, warn};
 
 /// One registered executor.
@@ -39,14 +39,17 @@ pub struct Registry {
     timeout: Duration,
     /// Presented on every call to an executor (the cluster token; none without auth).
     token: BearerToken,
+    /// Verifies executors serving `https://` (and presents the driver's certificate).
+    tls: Tls,
 }
 
 impl Registry {
-    pub fn new(timeout: Duration, token: BearerToken) -> Registry {
+    pub fn new(timeout: Duration, token: BearerToken, tls: Tls) -> Registry {
         Registry {
             executors: Mutex::new(HashMap::new()),
             timeout,
             token,
+            tls,
         }
     }
 
@@ -58,8 +61,10 @@ impl Registry {
         flight_address: String,
         slots: u32,
     ) -> Result<(), String> {
-        let endpoint = Channel::from_shared(address.clone())
-            .map_err(|e| format!("invalid executor address {address:?}: {e}"))?
+        let endpoint = self
+            .tls
+            .endpoint(&address)
+            .map_err(|e| format!("executor address: {e}"))?
             .connect_timeout(Duration::from_secs(3));
         let client = self
             .token
@@ -162,7 +167,7 @@ mod tests {
     use super::*;
 
     fn registry() -> Registry {
-        let registry = Registry::new(Duration::from_secs(60), BearerToken::default());
+        let registry = Registry::new(Duration::from_secs(60), BearerToken::default(), Tls::none());
         for id in ["a", "b"] {
             let address = format!("http://127.0.0.1:1/{id}");
             registry

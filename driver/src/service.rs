@@ -305,7 +305,11 @@ async fn serve_term(
     // The driver calls executors with the cluster token (the first of its own).
     let executor_token =
         sluice_proto::auth::BearerToken::first_of(config.auth_tokens.as_deref().unwrap_or(&[]));
-    let registry = Arc::new(Registry::new(config.executor_timeout, executor_token));
+    let registry = Arc::new(Registry::new(
+        config.executor_timeout,
+        executor_token,
+        config.tls.clone(),
+    ));
     let scheduler = Scheduler::new(registry.clone(), config.task_timeout);
     let manager = JobManager::new(store, scheduler.clone(), config.max_jobs);
     let (listener, local) = bind(config.bind).await?;
@@ -341,7 +345,11 @@ async fn serve_term(
             context: "building gRPC reflection".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.server_config() {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .add_service(reflection)
         .add_optional_service(open)
         .add_optional_service(checked)

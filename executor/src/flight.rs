@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use sluice_plan::{ShuffleFetchError, ShuffleFetcher, ShuffleKey};
-use tonic::transport::{Channel, Endpoint};
+use sluice_proto::tls::Tls;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::shuffle_store::{ShuffleStore, ShuffleStoreError};
@@ -141,12 +142,16 @@ pub struct FlightFetcher {
     channels: Mutex<HashMap<String, Channel>>,
     /// `Bearer <token>` presented to other executors (the cluster token), if any.
     authorization: Option<String>,
+    /// Verifies executors serving `https://` (and presents this one's certificate).
+    tls: Tls,
 }
 
 impl FlightFetcher {
-    /// A fetcher presenting the first of `tokens` to other executors.
-    pub fn new(tokens: Option<&Vec<String>>) -> FlightFetcher {
+    /// A fetcher presenting the first of `tokens` to other executors, over `tls` where
+    /// they serve it.
+    pub fn new(tokens: Option<&Vec<String>>, tls: Tls) -> FlightFetcher {
         FlightFetcher {
+            tls,
             channels: Mutex::new(HashMap::new()),
             authorization: tokens
                 .and_then(|t| t.first())
@@ -159,8 +164,10 @@ impl FlightFetcher {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(address.to_string())
-            .map_err(|e| format!("bad address: {e}"))?
+        let channel = self
+            .tls
+            .endpoint(address)
+            .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
         channels.insert(address.to_string(), channel.clone());

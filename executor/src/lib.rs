@@ -61,6 +61,9 @@ pub struct ExecutorConfig {
     /// The tokens the executor's task API and Flight server accept (the same file), and
     /// the first of them presented to other executors; none: both are open.
     pub accepted_tokens: Option<Vec<String>>,
+    /// TLS of the task API, the Flight server and the calls to the driver and to other
+    /// executors; none by default.
+    pub tls: sluice_proto::tls::Tls,
 }
 
 impl Default for ExecutorConfig {
@@ -69,6 +72,7 @@ impl Default for ExecutorConfig {
             driver_url: "http://127.0.0.1:50051".into(),
             driver_token: Default::default(),
             accepted_tokens: None,
+            tls: sluice_proto::tls::Tls::none(),
             bind: "127.0.0.1:0".parse().expect("valid address"),
             flight_bind: "127.0.0.1:0".parse().expect("valid address"),
             shuffle_memory_bytes: DEFAULT_SHUFFLE_MEMORY_BYTES,

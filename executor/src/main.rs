@@ -56,6 +56,8 @@ struct Args {
     /// when the driver requires tokens.
     #[arg(long, env = "SLUICE_AUTH_TOKEN_FILE")]
     auth_token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: sluice_proto::tls::TlsArgs,
 }
 
 #[tokio::main]
@@ -76,6 +78,13 @@ async fn main() -> std::process::ExitCode {
         }
         None => None,
     };
+    let tls = match sluice_proto::tls::Tls::load(&args.tls) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let driver_token =
         sluice_proto::auth::BearerToken::first_of(accepted_tokens.as_deref().unwrap_or(&[]));
     let config = ExecutorConfig {
@@ -91,6 +100,7 @@ async fn main() -> std::process::ExitCode {
         kafka_read_ahead: args.kafka_read_ahead,
         driver_token,
         accepted_tokens,
+        tls,
     };
     match sluice_executor::run(config, sluice_core::telemetry::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,10 +8,10 @@ use std::time::Duration;
 use sluice_core::ExecutorId;
 
 use sluice_proto::auth::{BearerToken, DriverApiClient};
+use sluice_proto::tls::Tls;
 use sluice_proto::v1::{HeartbeatRequest, RegisterExecutorRequest};
 use sluice_proto::PROTOCOL_VERSION;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -38,6 +38,7 @@ pub struct Identity {
 pub async fn stay_registered(
     driver_urls: String,
     token: BearerToken,
+    tls: Tls,
     identity: Identity,
     metrics: Arc<ExecutorMetrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -47,7 +48,7 @@ pub async fn stay_registered(
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .map(|url| {
-            Channel::from_shared(url.to_string()).map_err(|e| Error::DriverUrl {
+            tls.endpoint(url).map_err(|e| Error::DriverUrl {
                 url: url.to_string(),
                 message: e.to_string(),
             })

@@ -198,8 +198,8 @@ pub async fn run(
                 .clone()
                 .unwrap_or_else(|| format!("executor-{}", uuid::Uuid::new_v4().simple())),
         ),
-        address: format!("http://{host}:{}", local.port()),
-        flight_address: format!("http://{host}:{}", flight_local.port()),
+        address: format!("{}://{host}:{}", config.tls.scheme(), local.port()),
+        flight_address: format!("{}://{host}:{}", config.tls.scheme(), flight_local.port()),
         task_slots: config.task_slots.max(1),
     };
     info!(executor = %identity.executor_id, address = %identity.address, flight = %identity.flight_address, slots = identity.task_slots, "executor listening");
@@ -209,7 +209,10 @@ pub async fn run(
         env: Arc::new(TaskEnv {
             pool: Arc::new(ConsumerPool::new(config.kafka_read_ahead)),
             store: store.clone(),
-            fetcher: Arc::new(FlightFetcher::new(config.accepted_tokens.as_ref())),
+            fetcher: Arc::new(FlightFetcher::new(
+                config.accepted_tokens.as_ref(),
+                config.tls.clone(),
+            )),
         }),
         slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
         metrics: metrics.clone(),
@@ -225,6 +228,7 @@ pub async fn run(
     let registration = tokio::spawn(stay_registered(
         config.driver_url.clone(),
         config.driver_token.clone(),
+        config.tls.clone(),
         identity,
         metrics,
         stop_rx.clone(),
@@ -232,8 +236,15 @@ pub async fn run(
     // With tokens, the task API and the shuffle outputs serve only callers presenting
     // one: the driver, and other executors fetching map outputs.
     let check = TokenCheck::optional(config.accepted_tokens.clone());
+    let server_builder = || -> Result<tonic::transport::Server> {
+        let builder = tonic::transport::Server::builder();
+        Ok(match config.tls.server_config() {
+            Some(tls) => builder.tls_config(tls)?,
+            None => builder,
+        })
+    };
     tokio::spawn(
-        tonic::transport::Server::builder()
+        server_builder()?
             .add_service(InterceptedService::new(
                 arrow_flight::flight_service_server::FlightServiceServer::new(
                     FlightShuffleService::new(store),
@@ -246,7 +257,7 @@ pub async fn run(
                 sluice_core::net::stopped(stop_rx.clone()),
             ),
     );
-    let server = tonic::transport::Server::builder()
+    let server = server_builder()?
         .add_service(InterceptedService::new(
             ExecutorServer::new(service).max_decoding_message_size(64 << 20),
             check,

@@ -64,6 +64,8 @@ pub struct TestCluster {
     starts: HashMap<String, u32>,
     /// Extra environment of the next driver start (e.g. armed failpoints).
     pub driver_env: Vec<(String, String)>,
+    /// With TLS on the drivers: how the tests (and executors, by URL) reach them.
+    tls: Option<sluice_proto::tls::Tls>,
 }
 
 impl TestCluster {
@@ -92,6 +94,29 @@ impl TestCluster {
         drivers: usize,
         env: &[(&str, &str)],
     ) -> Result<TestCluster> {
+        Self::start_configured(topic, partitions, executors, drivers, env, None).await
+    }
+
+    /// A cluster whose driver serves TLS (its certificate in `env`); the tests reach it
+    /// with `client_tls` and executors are given its `https://` URL (their own TLS files
+    /// go in [`TestCluster::start_executor`]'s environment). No executors start here.
+    pub async fn start_with_tls(
+        topic: &str,
+        partitions: i32,
+        env: &[(&str, &str)],
+        client_tls: sluice_proto::tls::Tls,
+    ) -> Result<TestCluster> {
+        Self::start_configured(topic, partitions, 0, 1, env, Some(client_tls)).await
+    }
+
+    async fn start_configured(
+        topic: &str,
+        partitions: i32,
+        executors: usize,
+        drivers: usize,
+        env: &[(&str, &str)],
+        tls: Option<sluice_proto::tls::Tls>,
+    ) -> Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("sluice-it-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("logs"))?;
         let etcd = EtcdServer::start().map_err(anyhow::Error::msg)?;
@@ -108,6 +133,7 @@ impl TestCluster {
             executor_http_ports: Vec::new(),
             starts: HashMap::new(),
             driver_env: Vec::new(),
+            tls,
         };
         cluster.driver_env = env
             .iter()
@@ -136,9 +162,31 @@ impl TestCluster {
     pub fn driver_url(&self) -> String {
         self.driver_ports
             .iter()
-            .map(|port| format!("http://127.0.0.1:{port}"))
+            .map(|port| format!("{}://127.0.0.1:{port}", self.scheme()))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// A driver client on `port` whose connect and calls give up after a few seconds.
+    async fn connect(&self, port: u16) -> Result<DriverClient<Channel>> {
+        let url = format!("{}://127.0.0.1:{port}", self.scheme());
+        let channel = match &self.tls {
+            Some(tls) => tls.endpoint(&url)?,
+            None => Channel::from_shared(url)?,
+        }
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(60))
+        .connect()
+        .await?;
+        Ok(DriverClient::new(channel))
     }
 
     fn log(&mut self, name: &str) -> Result<std::fs::File> {
@@ -452,16 +500,6 @@ impl TestCluster {
     }
 }
 
-/// A driver client on `port` whose connect and calls give up after a few seconds.
-async fn connect(port: u16) -> Result<DriverClient<Channel>> {
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(60))
-        .connect()
-        .await?;
-    Ok(DriverClient::new(channel))
-}
-
 /// Whether the driver serves: a paused or standby driver does not answer within 3 s. A
 /// driver that wants a token answers too, with `UNAUTHENTICATED`.
 async fn answers(client: &mut DriverClient<Channel>) -> Result<()> {
@@ -505,7 +543,7 @@ impl TestCluster {
         let mut last = None;
         for port in &self.driver_ports {
             let answered = async {
-                let mut client = connect(*port).await?;
+                let mut client = self.connect(*port).await?;
                 answers(&mut client).await?;
                 Ok::<_, anyhow::Error>(client)
             };
@@ -520,7 +558,7 @@ impl TestCluster {
     /// The index of the driver that serves (the leader).
     pub async fn leader(&self) -> Option<usize> {
         for (i, port) in self.driver_ports.iter().enumerate() {
-            if let Ok(mut client) = connect(*port).await {
+            if let Ok(mut client) = self.connect(*port).await {
                 if answers(&mut client).await.is_ok() {
                     return Some(i);
                 }
@@ -689,7 +727,7 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
 
     /// The job's status as driver `i` reports it.
     pub async fn status_at(&self, i: usize, job: &str) -> Result<JobStatus> {
-        let mut client = connect(self.driver_ports[i]).await?;
+        let mut client = self.connect(self.driver_ports[i]).await?;
         Ok(client
             .get_job_status(GetJobStatusRequest {
                 job_id: job.to_string(),

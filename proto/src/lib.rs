@@ -1,7 +1,8 @@
 //! Sluice's gRPC protocol: generated tonic/prost code, and the bearer tokens that
-//! authenticate calls to the driver (`auth`).
+//! authenticate calls (`auth`), and TLS on every connection (`tls`).
 
 pub mod auth;
+pub mod tls;
 
 /// Version of the driver/executor protocol; a mismatch is refused at registration.
 pub const PROTOCOL_VERSION: u32 = 4;

@@ -1,8 +1,9 @@
 //! Test fixtures shared by unit and integration tests: a real etcd on free loopback ports,
-//! mock Kafka topics, hostile record values, a small Parquet file, a schema registry. A
+//! mock Kafka topics, hostile record values, a small Parquet file, a schema registry, TLS certificates. A
 //! dev-dependency only.
 
 pub mod schema_registry;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

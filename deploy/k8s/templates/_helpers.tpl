@@ -31,7 +31,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "sluice.driverAddresses" -}}
-{{- printf "http://%s-driver:%d" .Release.Name (int .Values.driver.grpcPort) -}}
+{{- printf "%s://%s-driver:%d" (ternary "https" "http" (not (empty .Values.tls.secret))) .Release.Name (int .Values.driver.grpcPort) -}}
 {{- end -}}
 
 {{- define "sluice.volumeName" -}}
@@ -43,4 +43,22 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
+{{- end -}}
+
+{{/* TLS environment of the driver and the executors (the Secret mounted at /etc/sluice/tls). */}}
+{{- define "sluice.tlsEnv" -}}
+{{- if .Values.tls.secret }}
+- name: SLUICE_TLS_CERT
+  value: /etc/sluice/tls/tls.crt
+- name: SLUICE_TLS_KEY
+  value: /etc/sluice/tls/tls.key
+- name: SLUICE_TLS_CA
+  value: /etc/sluice/tls/ca.crt
+- name: SLUICE_TLS_SERVER_NAME
+  value: {{ .Values.tls.serverName | quote }}
+{{- if .Values.tls.mutual }}
+- name: SLUICE_TLS_REQUIRE_CLIENT_CERT
+  value: "true"
+{{- end }}
+{{- end }}
 {{- end -}}
