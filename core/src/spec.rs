@@ -536,10 +536,32 @@ pub enum StartingOffsets {
     Latest,
     /// Per topic, per partition: the first offset to read. Unlisted partitions start at earliest.
     PerPartition(BTreeMap<String, BTreeMap<i32, i64>>),
+    /// Every partition from its first record with a timestamp at or after this instant
+    /// (ms since the epoch), as Kafka's offset-for-time lookup finds it; a partition with
+    /// no such record starts at its end.
+    Timestamp(i64),
 }
 
 const STARTING_OFFSETS_HELP: &str =
-    "source.kafka.starting_offsets: expected earliest, latest or a map of topic -> partition -> offset";
+    "source.kafka.starting_offsets: expected earliest, latest, {timestamp: <ms since the epoch or RFC 3339 time>} or a map of topic -> partition -> offset";
+
+/// `{timestamp: …}`: milliseconds since the epoch, or an RFC 3339 time such as
+/// `2026-11-01T00:00:00Z`.
+fn starting_timestamp(value: &serde_yaml_ng::Value) -> Result<i64, String> {
+    if let Some(ms) = value.as_i64() {
+        return Ok(ms);
+    }
+    let text = value
+        .as_str()
+        .ok_or_else(|| format!("{STARTING_OFFSETS_HELP}; bad timestamp {value:?}"))?;
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{STARTING_OFFSETS_HELP}; bad timestamp {text:?}: {e}"))?;
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{STARTING_OFFSETS_HELP}; timestamp {text:?} is before 1970"))?;
+    i64::try_from(since_epoch.as_millis())
+        .map_err(|_| format!("{STARTING_OFFSETS_HELP}; timestamp {text:?} is too large"))
+}
 
 impl StartingOffsets {
     fn from_value(value: &serde_yaml_ng::Value) -> Result<StartingOffsets, String> {
@@ -547,6 +569,12 @@ impl StartingOffsets {
         match value {
             Value::String(s) if s == "earliest" => Ok(StartingOffsets::Earliest),
             Value::String(s) if s == "latest" => Ok(StartingOffsets::Latest),
+            // A topic named `timestamp` maps to partitions; the option to a scalar.
+            Value::Mapping(map)
+                if map.len() == 1 && map.get("timestamp").is_some_and(|v| !v.is_mapping()) =>
+            {
+                starting_timestamp(&map["timestamp"]).map(StartingOffsets::Timestamp)
+            }
             Value::Mapping(topics) => {
                 let mut map = BTreeMap::new();
                 for (topic, partitions) in topics {
@@ -593,6 +621,9 @@ impl Serialize for StartingOffsets {
             StartingOffsets::Earliest => serializer.serialize_str("earliest"),
             StartingOffsets::Latest => serializer.serialize_str("latest"),
             StartingOffsets::PerPartition(map) => map.serialize(serializer),
+            StartingOffsets::Timestamp(ms) => {
+                BTreeMap::from([("timestamp", ms)]).serialize(serializer)
+            }
         }
     }
 }
@@ -1053,6 +1084,14 @@ impl JobSpec {
                 "must be above zero",
             ));
         }
+        if let StartingOffsets::Timestamp(ms) = kafka.starting_offsets {
+            if ms < 0 {
+                return Err(Error::spec(
+                    "source.kafka.starting_offsets.timestamp",
+                    "must not be before 1970",
+                ));
+            }
+        }
         if let StartingOffsets::PerPartition(map) = &kafka.starting_offsets {
             for (topic, partitions) in map {
                 if !kafka.reads_topic(topic)? {
@@ -1397,6 +1436,47 @@ sink:
         };
         assert_eq!(map["orders"][&3], 7);
         assert_eq!(JobSpec::parse(&spec.to_json()).unwrap(), spec);
+    }
+
+    #[test]
+    fn starting_offsets_by_time_take_milliseconds_or_rfc3339() {
+        let starting = |value: &str| {
+            let text = with(
+                "starting_offsets: earliest",
+                &format!("starting_offsets: {value}"),
+            );
+            JobSpec::parse(&text).map(|spec| spec.source.kafka.starting_offsets)
+        };
+        assert_eq!(
+            starting("{timestamp: 1764547200000}").unwrap(),
+            StartingOffsets::Timestamp(1_764_547_200_000)
+        );
+        assert_eq!(
+            starting("{timestamp: '2025-12-01T00:00:00Z'}").unwrap(),
+            StartingOffsets::Timestamp(1_764_547_200_000)
+        );
+        let spec = JobSpec::parse(&with(
+            "starting_offsets: earliest",
+            "starting_offsets: {timestamp: 1764547200000}",
+        ))
+        .unwrap();
+        assert_eq!(JobSpec::parse(&spec.to_json()).unwrap(), spec);
+        // A topic called `timestamp` is still a per-partition map.
+        let topic = JobSpec::parse(&with("topics: [orders]", "topics: [timestamp]").replace(
+            "starting_offsets: earliest",
+            "starting_offsets: {timestamp: {0: 4}}",
+        ))
+        .unwrap();
+        assert!(matches!(
+            topic.source.kafka.starting_offsets,
+            StartingOffsets::PerPartition(_)
+        ));
+        let error = starting("{timestamp: 'yesterday'}")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bad timestamp \"yesterday\""), "{error}");
+        let error = starting("{timestamp: -5}").unwrap_err().to_string();
+        assert!(error.contains("starting_offsets.timestamp"), "{error}");
     }
 
     #[test]

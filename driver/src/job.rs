@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::JobLog;
 use async_trait::async_trait;
-use sluice_core::spec::{JobSpec, Trigger};
+use sluice_core::spec::{JobSpec, StartingOffsets, Trigger};
 use sluice_core::{BatchId, Error as CommonError, JobId};
 use sluice_iceberg::sink::total_records;
 use sluice_kafka::offsets::{BatchPlan, Checkpoint};
@@ -302,16 +302,20 @@ impl JobRunner {
         }
     }
 
+    /// The job's Kafka offset reader, connected on first use and kept.
+    fn offset_reader(&mut self) -> Result<Arc<OffsetReader>> {
+        if let Some(reader) = &self.offsets {
+            return Ok(reader.clone());
+        }
+        let connection = Connection::of(&self.shared.spec.source.kafka);
+        let reader = Arc::new(OffsetReader::connect(&connection)?);
+        self.offsets = Some(reader.clone());
+        Ok(reader)
+    }
+
     async fn latest_offsets(&mut self) -> Result<LatestOffsets> {
+        let reader = self.offset_reader()?;
         let kafka = &self.shared.spec.source.kafka;
-        let reader = match &self.offsets {
-            Some(reader) => reader.clone(),
-            None => {
-                let reader = Arc::new(OffsetReader::connect(&Connection::of(kafka))?);
-                self.offsets = Some(reader.clone());
-                reader
-            }
-        };
         let matcher = kafka.topic_matcher()?;
         let latest = tokio::task::spawn_blocking(move || {
             let topics = reader.topics(&matcher)?;
@@ -325,12 +329,25 @@ impl JobRunner {
         Ok(latest)
     }
 
-    async fn checkpoint(&self, latest: &LatestOffsets) -> Result<Checkpoint> {
+    async fn checkpoint(&mut self, latest: &LatestOffsets) -> Result<Checkpoint> {
         if let Some(checkpoint) = self.protocol.log.checkpoint().await? {
             return Ok(checkpoint);
         }
-        let initial =
-            planner::initial_checkpoint(&self.shared.spec.source.kafka.starting_offsets, latest);
+        let starting = self.shared.spec.source.kafka.starting_offsets.clone();
+        let at_time = match starting {
+            StartingOffsets::Timestamp(ms) => {
+                let reader = self.offset_reader()?;
+                let partitions: Vec<(String, i32)> = latest.keys().cloned().collect();
+                tokio::task::spawn_blocking(move || reader.offsets_at_time(partitions, ms))
+                    .await
+                    .map_err(|e| Error::Timeout {
+                        what: format!("Kafka offset-for-time lookup ({e})"),
+                        seconds: 0,
+                    })??
+            }
+            _ => planner::OffsetsAtTime::new(),
+        };
+        let initial = planner::initial_checkpoint(&starting, latest, &at_time);
         self.protocol.log.put_initial_checkpoint(&initial).await?;
         Ok(initial)
     }

@@ -13,18 +13,33 @@ use crate::error::Error;
 /// Partition watermarks as Kafka reports them.
 pub type LatestOffsets = BTreeMap<(String, i32), Watermarks>;
 
-/// The checkpoint a job starts from: where `starting_offsets` says, per partition.
-pub fn initial_checkpoint(starting: &StartingOffsets, latest: &LatestOffsets) -> Checkpoint {
+/// Per partition, the first offset at or after a starting time (`None`: no record that
+/// new), as Kafka's offset-for-time lookup answered.
+pub type OffsetsAtTime = BTreeMap<(String, i32), Option<i64>>;
+
+/// The checkpoint a job starts from: where `starting_offsets` says, per partition. A start
+/// by time takes the offsets `at_time` found, within what the partition still holds; a
+/// partition with no record that new starts at its end.
+pub fn initial_checkpoint(
+    starting: &StartingOffsets,
+    latest: &LatestOffsets,
+    at_time: &OffsetsAtTime,
+) -> Checkpoint {
     let mut offsets = PartitionOffsets::new();
     for ((topic, partition), marks) in latest {
         let start = match starting {
+            StartingOffsets::Earliest => marks.low,
             StartingOffsets::Latest => marks.high,
             StartingOffsets::PerPartition(map) => map
                 .get(topic)
                 .and_then(|p| p.get(partition))
                 .copied()
                 .unwrap_or(marks.low),
-            _ => marks.low,
+            StartingOffsets::Timestamp(_) => at_time
+                .get(&(topic.clone(), *partition))
+                .copied()
+                .flatten()
+                .map_or(marks.high, |offset| offset.clamp(marks.low, marks.high)),
         };
         offsets
             .entry(topic.clone())
@@ -132,36 +147,55 @@ mod tests {
     }
 
     #[test]
+    fn a_start_by_time_takes_the_found_offsets_within_the_partition() {
+        let found: OffsetsAtTime = [
+            (("t".to_string(), 0), Some(1)),
+            (("t".to_string(), 1), None),
+        ]
+        .into();
+        let start = initial_checkpoint(&StartingOffsets::Timestamp(5), &latest(), &found);
+        // Partition 0's record at offset 1 was deleted since: its earliest is 2. Partition
+        // 1 has no record that new: it starts at its end.
+        assert_eq!((start.get("t", 0), start.get("t", 1)), (Some(2), Some(4)));
+        let found: OffsetsAtTime = [(("t".to_string(), 0), Some(7))].into();
+        let start = initial_checkpoint(&StartingOffsets::Timestamp(5), &latest(), &found);
+        assert_eq!((start.get("t", 0), start.get("t", 1)), (Some(7), Some(4)));
+    }
+
+    #[test]
     fn starting_offsets_resolve_per_partition() {
-        let earliest = initial_checkpoint(&StartingOffsets::Earliest, &latest());
+        let earliest =
+            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
         assert_eq!(
             (earliest.get("t", 0), earliest.get("t", 1)),
             (Some(2), Some(0))
         );
         assert_eq!(earliest.batch_id, BatchId::new(-1));
-        let newest = initial_checkpoint(&StartingOffsets::Latest, &latest());
+        let newest = initial_checkpoint(&StartingOffsets::Latest, &latest(), &OffsetsAtTime::new());
         assert_eq!(
             (newest.get("t", 0), newest.get("t", 1)),
             (Some(10), Some(4))
         );
         let given = StartingOffsets::PerPartition([("t".to_string(), [(0, 7)].into())].into());
-        let given = initial_checkpoint(&given, &latest());
+        let given = initial_checkpoint(&given, &latest(), &OffsetsAtTime::new());
         assert_eq!((given.get("t", 0), given.get("t", 1)), (Some(7), Some(0)));
     }
 
     #[test]
     fn the_first_plan_is_batch_zero_and_latest_start_waits_for_new_data() {
-        let start = initial_checkpoint(&StartingOffsets::Earliest, &latest());
+        let start =
+            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
         let plan = next_plan(&start, &latest(), None, 5).unwrap();
         assert_eq!(plan.batch_id, BatchId::new(0));
         assert_eq!(plan.total_offsets(), 12);
-        let newest = initial_checkpoint(&StartingOffsets::Latest, &latest());
+        let newest = initial_checkpoint(&StartingOffsets::Latest, &latest(), &OffsetsAtTime::new());
         assert_eq!(next_plan(&newest, &latest(), None, 5), None);
     }
 
     #[test]
     fn a_flush_batch_reads_nothing_and_one_task_carries_the_state() {
-        let mut checkpoint = initial_checkpoint(&StartingOffsets::Earliest, &latest());
+        let mut checkpoint =
+            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
         assert_eq!(flush_plan(&checkpoint, 7), None, "no state, no flush");
         checkpoint.state_files = vec!["s1.parquet".into(), "s2.parquet".into()];
         assert_eq!(flush_plan(&checkpoint, 7), None, "no watermark, no flush");
@@ -192,7 +226,8 @@ mod tests {
 
     #[test]
     fn tasks_split_big_ranges() {
-        let start = initial_checkpoint(&StartingOffsets::Earliest, &latest());
+        let start =
+            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
         let plan = next_plan(&start, &latest(), None, 5).unwrap();
         let unpacked = ParallelismSpec {
             max_records_per_task: 3,

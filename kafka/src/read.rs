@@ -200,6 +200,49 @@ impl OffsetReader {
         Ok(topics)
     }
 
+    /// Per partition, the offset of its first record with a timestamp at or after `ms`
+    /// (Kafka's offset-for-time lookup); `None` where no record is that new.
+    pub fn offsets_at_time(
+        &self,
+        partitions: impl IntoIterator<Item = (String, i32)>,
+        ms: i64,
+    ) -> Result<BTreeMap<(String, i32), Option<i64>>> {
+        let mut request = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            request
+                .add_partition_offset(&topic, partition, Offset::Offset(ms))
+                .map_err(|e| kafka_error(&self.bootstrap_servers, e))?;
+        }
+        let found = self
+            .consumer
+            .offsets_for_times(request, METADATA_TIMEOUT)
+            .map_err(|e| {
+                kafka_error(
+                    &self.bootstrap_servers,
+                    format!("offsets for time {ms}: {e}"),
+                )
+            })?;
+        let mut offsets = BTreeMap::new();
+        for element in found.elements() {
+            if let Err(e) = element.error() {
+                return Err(kafka_error(
+                    &self.bootstrap_servers,
+                    format!(
+                        "offset for time {ms} of {}/{}: {e}",
+                        element.topic(),
+                        element.partition()
+                    ),
+                ));
+            }
+            let offset = match element.offset() {
+                Offset::Offset(offset) if offset >= 0 => Some(offset),
+                _ => None,
+            };
+            offsets.insert((element.topic().to_string(), element.partition()), offset);
+        }
+        Ok(offsets)
+    }
+
     /// Low and high watermarks of every partition of `topics`.
     pub fn watermarks(&self, topics: &[String]) -> Result<BTreeMap<(String, i32), Watermarks>> {
         let mut marks = BTreeMap::new();
