@@ -14,11 +14,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use sluice_core::Result;
 use sluice_kafka::decode::{DeadLetter, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
-use sluice_kafka::read::{read_range_chunks, Connection, Position};
+use sluice_kafka::read::{read_range_chunks, Connection, KafkaConsumer, Position};
 
 use crate::event_time::event_time_stats;
 
@@ -36,7 +36,7 @@ pub struct ConsumerPool {
 }
 
 struct PooledConsumer {
-    consumer: BaseConsumer,
+    consumer: KafkaConsumer,
     /// Where the consumer stands; `None` when unknown (it must seek).
     position: Option<Position>,
     idle_since: Instant,

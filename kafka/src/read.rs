@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::decode::RawRecord;
@@ -26,6 +27,54 @@ pub const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many records a chunked range read hands over at once (about a DataFusion batch):
 /// memory for a range's records stays bounded whatever the range's size.
 pub const CHUNK_RECORDS: usize = 8192;
+
+/// How long an error the client logged stays the explanation of a failed request.
+const CLIENT_ERROR_RELEVANCE: Duration = Duration::from_secs(60);
+
+/// A consumer that remembers the last error librdkafka logged for it.
+pub type KafkaConsumer = BaseConsumer<ClientErrors>;
+
+/// Client context that passes librdkafka's log lines on to tracing and keeps the last
+/// error among them (a refused SASL login, a failed TLS handshake, an unreachable
+/// broker): a request that then fails says why, instead of only "broker transport
+/// failure".
+#[derive(Default)]
+pub struct ClientErrors {
+    last: std::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl ClientErrors {
+    /// The last error logged within the last minute.
+    pub fn recent(&self) -> Option<String> {
+        let last = self.last.lock().expect("client errors lock");
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < CLIENT_ERROR_RELEVANCE)
+            .map(|(_, message)| message.clone())
+    }
+}
+
+impl ClientContext for ClientErrors {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::warn!(facility, "kafka client: {message}");
+                *self.last.lock().expect("client errors lock") =
+                    Some((Instant::now(), message.to_string()));
+            }
+            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
+                tracing::info!(facility, "kafka client: {message}")
+            }
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
+                tracing::debug!(facility, "kafka client: {message}")
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ClientErrors {}
 
 /// Where a job's Kafka is and how to reach it: bootstrap servers and the spec's client
 /// properties (secret references unresolved).
@@ -55,7 +104,7 @@ impl Connection {
     /// A consumer for assign/seek reads with the connection's properties, secrets
     /// resolved now. A property librdkafka does not know or accept, or a secret that
     /// cannot be resolved, is an invalid spec naming it.
-    pub fn consumer(&self) -> Result<BaseConsumer> {
+    pub fn consumer(&self) -> Result<KafkaConsumer> {
         let mut config = ClientConfig::new();
         for (name, value) in &self.properties {
             let value = secrets::resolve(value).map_err(|message| Error::InvalidSpec {
@@ -75,13 +124,13 @@ impl Connection {
 }
 
 /// A consumer configured for assign/seek reads: no group commits, no offset reset.
-pub fn consumer(bootstrap_servers: &str) -> Result<BaseConsumer> {
+pub fn consumer(bootstrap_servers: &str) -> Result<KafkaConsumer> {
     consumer_from(ClientConfig::new(), bootstrap_servers)
 }
 
 /// `config` (the spec's properties) completed with what exact range reads need, which
 /// wins, and with tuning defaults the spec may override.
-fn consumer_from(mut config: ClientConfig, bootstrap_servers: &str) -> Result<BaseConsumer> {
+fn consumer_from(mut config: ClientConfig, bootstrap_servers: &str) -> Result<KafkaConsumer> {
     let defaults = [
         ("fetch.wait.max.ms", "10"),
         // Small fetch requests must not wait for a delayed ACK.
@@ -108,7 +157,7 @@ fn consumer_from(mut config: ClientConfig, bootstrap_servers: &str) -> Result<Ba
         .set("isolation.level", "read_committed")
         // A range below the earliest offset is data loss; never silently jump.
         .set("auto.offset.reset", "error")
-        .create()
+        .create_with_context(ClientErrors::default())
         .map_err(|e| kafka_error(bootstrap_servers, e))
 }
 
@@ -119,13 +168,40 @@ fn kafka_error(bootstrap_servers: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// A failed request of `consumer`, with the error its client last logged, if recent.
+fn client_error(
+    consumer: &KafkaConsumer,
+    bootstrap_servers: &str,
+    e: impl std::fmt::Display,
+) -> Error {
+    match consumer.context().recent() {
+        Some(cause) => kafka_error(
+            bootstrap_servers,
+            format!("{e}; the client reported: {cause}"),
+        ),
+        None => kafka_error(bootstrap_servers, e),
+    }
+}
+
 /// Reads partition watermarks of a job's topics; blocking, keep it off async threads.
 pub struct OffsetReader {
-    consumer: BaseConsumer,
+    consumer: KafkaConsumer,
     bootstrap_servers: String,
 }
 
 impl OffsetReader {
+    /// A failed request, with what the client logged about it. The client's log lines
+    /// wait in its queue until it is served; this reader's consumer is never assigned,
+    /// so serving the queue consumes no record.
+    fn failed(&self, e: impl std::fmt::Display) -> Error {
+        for _ in 0..100 {
+            if self.consumer.poll(Duration::ZERO).is_none() {
+                break;
+            }
+        }
+        client_error(&self.consumer, &self.bootstrap_servers, e)
+    }
+
     /// A reader over plaintext Kafka at `bootstrap_servers`.
     pub fn new(bootstrap_servers: &str) -> Result<OffsetReader> {
         OffsetReader::connect(&Connection::plain(bootstrap_servers))
@@ -146,12 +222,7 @@ impl OffsetReader {
             let metadata = self
                 .consumer
                 .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-                .map_err(|e| {
-                    kafka_error(
-                        &self.bootstrap_servers,
-                        format!("metadata of topic {topic}: {e}"),
-                    )
-                })?;
+                .map_err(|e| self.failed(format!("metadata of topic {topic}: {e}")))?;
             let found = metadata.topics().iter().find(|t| t.name() == topic);
             match found {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
@@ -162,17 +233,9 @@ impl OffsetReader {
                         .error()
                         .map(|e| format!("{:?}", RDKafkaErrorCode::from(e)))
                         .unwrap_or_else(|| "no partitions".into());
-                    return Err(kafka_error(
-                        &self.bootstrap_servers,
-                        format!("topic {topic} is not available: {cause}"),
-                    ));
+                    return Err(self.failed(format!("topic {topic} is not available: {cause}")));
                 }
-                None => {
-                    return Err(kafka_error(
-                        &self.bootstrap_servers,
-                        format!("topic {topic} does not exist"),
-                    ))
-                }
+                None => return Err(self.failed(format!("topic {topic} does not exist"))),
             }
         }
         Ok(counts)
@@ -186,7 +249,7 @@ impl OffsetReader {
             let metadata = self
                 .consumer
                 .fetch_metadata(None, METADATA_TIMEOUT)
-                .map_err(|e| kafka_error(&self.bootstrap_servers, format!("topic list: {e}")))?;
+                .map_err(|e| self.failed(format!("topic list: {e}")))?;
             topics.extend(
                 metadata
                     .topics()
@@ -211,28 +274,20 @@ impl OffsetReader {
         for (topic, partition) in partitions {
             request
                 .add_partition_offset(&topic, partition, Offset::Offset(ms))
-                .map_err(|e| kafka_error(&self.bootstrap_servers, e))?;
+                .map_err(|e| self.failed(e))?;
         }
         let found = self
             .consumer
             .offsets_for_times(request, METADATA_TIMEOUT)
-            .map_err(|e| {
-                kafka_error(
-                    &self.bootstrap_servers,
-                    format!("offsets for time {ms}: {e}"),
-                )
-            })?;
+            .map_err(|e| self.failed(format!("offsets for time {ms}: {e}")))?;
         let mut offsets = BTreeMap::new();
         for element in found.elements() {
             if let Err(e) = element.error() {
-                return Err(kafka_error(
-                    &self.bootstrap_servers,
-                    format!(
-                        "offset for time {ms} of {}/{}: {e}",
-                        element.topic(),
-                        element.partition()
-                    ),
-                ));
+                return Err(self.failed(format!(
+                    "offset for time {ms} of {}/{}: {e}",
+                    element.topic(),
+                    element.partition()
+                )));
             }
             let offset = match element.offset() {
                 Offset::Offset(offset) if offset >= 0 => Some(offset),
@@ -251,12 +306,7 @@ impl OffsetReader {
                 let (low, high) = self
                     .consumer
                     .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
-                    .map_err(|e| {
-                        kafka_error(
-                            &self.bootstrap_servers,
-                            format!("watermarks of {topic}/{partition}: {e}"),
-                        )
-                    })?;
+                    .map_err(|e| self.failed(format!("watermarks of {topic}/{partition}: {e}")))?;
                 marks.insert((topic.clone(), partition), Watermarks { low, high });
             }
         }
@@ -306,7 +356,7 @@ pub struct RangeSummary {
 /// Reads exactly the records of `range` (offsets in `[start, end)`; gaps are fine) into
 /// memory. See [`read_range_chunks`].
 pub fn read_range(
-    consumer: &BaseConsumer,
+    consumer: &KafkaConsumer,
     bootstrap_servers: &str,
     range: &OffsetRange,
     fail_on_data_loss: bool,
@@ -338,7 +388,7 @@ pub fn read_range(
 /// Blocking; `consumer` may be reused: `position` is where a previous read left it (see
 /// [`RangeSummary::position`]).
 pub fn read_range_chunks(
-    consumer: &BaseConsumer,
+    consumer: &KafkaConsumer,
     bootstrap_servers: &str,
     range: &OffsetRange,
     fail_on_data_loss: bool,
@@ -417,7 +467,7 @@ impl<'c, F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>> Chunker<'c, F> {
 }
 
 fn read_from<F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>>(
-    consumer: &BaseConsumer,
+    consumer: &KafkaConsumer,
     bootstrap_servers: &str,
     range: &OffsetRange,
     from: i64,
@@ -428,7 +478,7 @@ fn read_from<F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>>(
     let watermarks = || -> Result<(i64, i64)> {
         consumer
             .fetch_watermarks(&range.topic, range.partition, METADATA_TIMEOUT)
-            .map_err(|e| kafka_error(bootstrap_servers, e))
+            .map_err(|e| client_error(consumer, bootstrap_servers, e))
     };
     // The partition ends before the range does and nothing more can come: it was
     // truncated, or deleted and re-created, under a logged batch.
@@ -462,10 +512,10 @@ fn read_from<F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>>(
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&range.topic, range.partition, Offset::Offset(from))
-            .map_err(|e| kafka_error(bootstrap_servers, e))?;
+            .map_err(|e| client_error(consumer, bootstrap_servers, e))?;
         consumer
             .assign(&assignment)
-            .map_err(|e| kafka_error(bootstrap_servers, e))?;
+            .map_err(|e| client_error(consumer, bootstrap_servers, e))?;
     }
     let mut chunks = Chunker {
         pending: Vec::with_capacity(CHUNK_RECORDS.min((range.end - from) as usize)),
@@ -522,7 +572,7 @@ fn read_from<F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>>(
                 }
                 return Err(range_error(format!("offset {next} is out of range")));
             }
-            Some(Err(e)) => return Err(kafka_error(bootstrap_servers, e)),
+            Some(Err(e)) => return Err(client_error(consumer, bootstrap_servers, e)),
             None => {
                 if progressed {
                     last_progress = Instant::now();

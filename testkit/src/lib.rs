@@ -1,7 +1,8 @@
 //! Test fixtures shared by unit and integration tests: a real etcd on free loopback ports,
-//! mock Kafka topics, hostile record values, a small Parquet file, a schema registry, TLS certificates. A
+//! mock Kafka topics, hostile record values, a small Parquet file, a schema registry, TLS certificates, a Kafka broker behind TLS and SASL. A
 //! dev-dependency only.
 
+pub mod kafka_gate;
 pub mod schema_registry;
 pub mod tls;
 

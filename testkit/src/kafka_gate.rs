@@ -1,0 +1,364 @@
+//! A mock Kafka cluster that only lets in clients speaking the security it demands: TLS
+//! (optionally with client certificates) and SASL/PLAIN with one username and password.
+//!
+//! librdkafka's mock broker speaks plaintext only, so a gate stands in front of it: a
+//! proxy that terminates TLS, answers the SASL handshake and authentication itself
+//! (advertising them in the broker's ApiVersions answer), closes any connection that does
+//! anything else before authenticating, and then passes bytes through. Once
+//! [`GatedKafka::close_plaintext`] is called the broker advertises the gate's address, so
+//! every client that follows the cluster's metadata, wherever it bootstrapped, reaches
+//! the broker only through the gate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, Producer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Kafka API keys the gate handles.
+const API_VERSIONS: i16 = 18;
+const SASL_HANDSHAKE: i16 = 17;
+const SASL_AUTHENTICATE: i16 = 36;
+/// Kafka error codes the gate answers with.
+const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+const SASL_AUTHENTICATION_FAILED: i16 = 58;
+
+/// What the gate demands of a client.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    /// TLS with this certificate and key (PEM files).
+    pub tls: Option<GateTls>,
+    /// SASL/PLAIN with this username and password.
+    pub sasl_plain: Option<(String, String)>,
+}
+
+/// The gate's TLS: its certificate and key, and the CA client certificates must be signed
+/// by (none: no client certificate asked for).
+#[derive(Debug, Clone)]
+pub struct GateTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// A one-broker mock cluster behind a [`Gate`].
+pub struct GatedKafka {
+    /// Owns the mock cluster (created with `test.mock.num.brokers`).
+    producer: BaseProducer,
+    gate_address: SocketAddr,
+    /// Dropped with the fixture: the gate stops.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl GatedKafka {
+    /// A mock broker with `topic` of `partitions`, and a gate in front of it. Until
+    /// [`GatedKafka::close_plaintext`], clients may still use [`GatedKafka::plain_bootstrap`]
+    /// (to produce test data).
+    pub fn start(topic: &str, partitions: i32, gate: Gate) -> GatedKafka {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .set("log_level", "3")
+            .create()
+            .expect("mock cluster");
+        let broker: SocketAddr = {
+            let mock = producer.client().mock_cluster().expect("mock cluster");
+            mock.create_topic(topic, partitions, 1).expect("topic");
+            mock.bootstrap_servers()
+                .split(',')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .expect("mock broker address")
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("gate port");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let gate_address = listener.local_addr().expect("gate address");
+        let gate = Arc::new(GateState::new(gate));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        // Its own thread and runtime: the fixture works in sync and async tests alike.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("gate runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("gate listener");
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((client, _)) = accepted else { break };
+                            let gate = gate.clone();
+                            tokio::spawn(async move {
+                                // A refused or broken connection is for the client to report.
+                                let _ = gate.serve(client, broker).await;
+                            });
+                        }
+                        _ = &mut stopped => break,
+                    }
+                }
+            });
+        });
+        GatedKafka {
+            producer,
+            gate_address,
+            _stop: stop,
+        }
+    }
+
+    /// The broker's own plaintext address (before [`GatedKafka::close_plaintext`]).
+    pub fn plain_bootstrap(&self) -> String {
+        self.producer
+            .client()
+            .mock_cluster()
+            .expect("mock cluster")
+            .bootstrap_servers()
+    }
+
+    /// The gate's address: the bootstrap servers of a job.
+    pub fn bootstrap(&self) -> String {
+        self.gate_address.to_string()
+    }
+
+    /// From now on the broker advertises the gate's address: clients following the
+    /// cluster's metadata reach the broker only through the gate.
+    pub fn close_plaintext(&self) {
+        let host = std::ffi::CString::new(self.gate_address.ip().to_string()).expect("host");
+        // SAFETY: the mock cluster lives as long as `self.producer`, which owns it; the
+        // call copies `host`.
+        unsafe {
+            let mock = rdkafka::bindings::rd_kafka_handle_mock_cluster(
+                self.producer.client().native_ptr(),
+            );
+            assert!(!mock.is_null(), "the producer owns a mock cluster");
+            rdkafka::bindings::rd_kafka_mock_broker_set_host_port(
+                mock,
+                1,
+                host.as_ptr(),
+                i32::from(self.gate_address.port()),
+            );
+        }
+    }
+}
+
+/// The gate's configuration, loaded.
+struct GateState {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    sasl_plain: Option<(String, String)>,
+}
+
+/// A client connection, with or without TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl GateState {
+    fn new(gate: Gate) -> GateState {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = gate.tls.map(|tls| {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+                .expect("gate certificate")
+                .collect::<Result<_, _>>()
+                .expect("gate certificate");
+            let key = PrivateKeyDer::from_pem_file(&tls.key).expect("gate key");
+            let builder = rustls::ServerConfig::builder();
+            let config = match &tls.client_ca {
+                Some(ca) => {
+                    let mut roots = rustls::RootCertStore::empty();
+                    for cert in CertificateDer::pem_file_iter(ca).expect("client CA") {
+                        roots.add(cert.expect("client CA")).expect("client CA");
+                    }
+                    let verifier = rustls::server::WebPkiClientVerifier::builder(roots.into())
+                        .build()
+                        .expect("client verifier");
+                    builder.with_client_cert_verifier(verifier)
+                }
+                None => builder.with_no_client_auth(),
+            }
+            .with_single_cert(chain, key)
+            .expect("gate TLS configuration");
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        GateState {
+            tls,
+            sasl_plain: gate.sasl_plain,
+        }
+    }
+
+    async fn serve(&self, client: TcpStream, broker: SocketAddr) -> std::io::Result<()> {
+        client.set_nodelay(true)?;
+        let mut client: Box<dyn Stream> = match &self.tls {
+            Some(acceptor) => Box::new(acceptor.accept(client).await?),
+            None => Box::new(client),
+        };
+        let mut broker = TcpStream::connect(broker).await?;
+        broker.set_nodelay(true)?;
+        if let Some((username, password)) = &self.sasl_plain {
+            authenticate(&mut client, &mut broker, username, password).await?;
+        }
+        tokio::io::copy_bidirectional(&mut client, &mut broker).await?;
+        Ok(())
+    }
+}
+
+fn refused(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, why.to_string())
+}
+
+/// Runs the SASL/PLAIN exchange; any other request before it succeeds closes the
+/// connection, as a broker requiring SASL does.
+async fn authenticate(
+    client: &mut Box<dyn Stream>,
+    broker: &mut TcpStream,
+    username: &str,
+    password: &str,
+) -> std::io::Result<()> {
+    loop {
+        let request = read_frame(client).await?;
+        let header = RequestHeader::parse(&request).ok_or_else(|| refused("short request"))?;
+        match header.api_key {
+            API_VERSIONS => {
+                write_frame(broker, &request).await?;
+                let response = read_frame(broker).await?;
+                let response = if header.api_version <= 2 {
+                    advertise_sasl(response, header.api_version)
+                } else {
+                    // The mock broker answers newer versions with UNSUPPORTED_VERSION and
+                    // the client asks again with an older one.
+                    response
+                };
+                write_frame(client, &response).await?;
+            }
+            SASL_HANDSHAKE => {
+                let mechanism = read_string(&request[header.body..]).unwrap_or_default();
+                let mut response = header.correlation_id.to_be_bytes().to_vec();
+                let error = if mechanism == "PLAIN" {
+                    0
+                } else {
+                    UNSUPPORTED_SASL_MECHANISM
+                };
+                response.extend(error.to_be_bytes());
+                response.extend(1i32.to_be_bytes());
+                push_string(&mut response, "PLAIN");
+                write_frame(client, &response).await?;
+                if error != 0 {
+                    return Err(refused("unsupported SASL mechanism"));
+                }
+            }
+            SASL_AUTHENTICATE => {
+                let body = &request[header.body..];
+                let token = read_bytes(body).unwrap_or_default();
+                // PLAIN: authorization id, NUL, username, NUL, password.
+                let mut parts = token.split(|b| *b == 0).skip(1);
+                let accepted = parts.next() == Some(username.as_bytes())
+                    && parts.next() == Some(password.as_bytes());
+                let mut response = header.correlation_id.to_be_bytes().to_vec();
+                if accepted {
+                    response.extend(0i16.to_be_bytes());
+                    response.extend((-1i16).to_be_bytes());
+                } else {
+                    response.extend(SASL_AUTHENTICATION_FAILED.to_be_bytes());
+                    push_string(&mut response, "Authentication failed: invalid credentials");
+                }
+                response.extend(0i32.to_be_bytes());
+                if header.api_version >= 1 {
+                    response.extend(0i64.to_be_bytes());
+                }
+                write_frame(client, &response).await?;
+                return if accepted {
+                    Ok(())
+                } else {
+                    Err(refused("wrong SASL credentials"))
+                };
+            }
+            _ => return Err(refused("a request before SASL authentication")),
+        }
+    }
+}
+
+/// The fixed start of a request: api key, version, correlation id, client id.
+struct RequestHeader {
+    api_key: i16,
+    api_version: i16,
+    correlation_id: i32,
+    /// Where the body starts (request header v1, as these requests use).
+    body: usize,
+}
+
+impl RequestHeader {
+    fn parse(request: &[u8]) -> Option<RequestHeader> {
+        let api_key = i16::from_be_bytes(request.get(0..2)?.try_into().ok()?);
+        let api_version = i16::from_be_bytes(request.get(2..4)?.try_into().ok()?);
+        let correlation_id = i32::from_be_bytes(request.get(4..8)?.try_into().ok()?);
+        let client_id_len = i16::from_be_bytes(request.get(8..10)?.try_into().ok()?);
+        Some(RequestHeader {
+            api_key,
+            api_version,
+            correlation_id,
+            body: 10 + client_id_len.max(0) as usize,
+        })
+    }
+}
+
+/// Adds SaslHandshake and SaslAuthenticate (versions 0 to 1) to an ApiVersions answer of
+/// version 0 to 2: correlation id, error code, an i32 count, 6-byte entries, then (from
+/// version 1) the throttle time.
+fn advertise_sasl(response: Vec<u8>, version: i16) -> Vec<u8> {
+    if response.len() < 10 || response[4..6] != [0, 0] {
+        return response;
+    }
+    let count = i32::from_be_bytes(response[6..10].try_into().expect("4 bytes"));
+    let entries_end = 10 + 6 * count.max(0) as usize;
+    if response.len() < entries_end + if version >= 1 { 4 } else { 0 } {
+        return response;
+    }
+    let mut patched = response[..6].to_vec();
+    patched.extend((count + 2).to_be_bytes());
+    patched.extend(&response[10..entries_end]);
+    for key in [SASL_HANDSHAKE, SASL_AUTHENTICATE] {
+        patched.extend(key.to_be_bytes());
+        patched.extend(0i16.to_be_bytes());
+        patched.extend(1i16.to_be_bytes());
+    }
+    patched.extend(&response[entries_end..]);
+    patched
+}
+
+fn read_string(body: &[u8]) -> Option<String> {
+    let len = i16::from_be_bytes(body.get(0..2)?.try_into().ok()?);
+    let bytes = body.get(2..2 + len.max(0) as usize)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn read_bytes(body: &[u8]) -> Option<Vec<u8>> {
+    let len = i32::from_be_bytes(body.get(0..4)?.try_into().ok()?);
+    Some(body.get(4..4 + len.max(0) as usize)?.to_vec())
+}
+
+fn push_string(out: &mut Vec<u8>, text: &str) {
+    out.extend((text.len() as i16).to_be_bytes());
+    out.extend(text.as_bytes());
+}
+
+async fn read_frame(stream: &mut (impl AsyncRead + Unpin + ?Sized)) -> std::io::Result<Vec<u8>> {
+    let len = stream.read_i32().await?;
+    if !(0..=64 << 20).contains(&len) {
+        return Err(refused("frame size out of range"));
+    }
+    let mut frame = vec![0; len as usize];
+    stream.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+async fn write_frame(
+    stream: &mut (impl AsyncWrite + Unpin + ?Sized),
+    frame: &[u8],
+) -> std::io::Result<()> {
+    stream.write_i32(frame.len() as i32).await?;
+    stream.write_all(frame).await?;
+    stream.flush().await
+}
