@@ -48,6 +48,10 @@ fn check_protocol(version: u32) -> Result<(), Status> {
     }
 }
 
+/// The largest job spec accepted; real specs are a few KiB (tonic refuses any request over
+/// 4 MiB before it is decoded).
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
     if value.trim().is_empty() {
         Err(Status::invalid_argument(format!("{field} is missing")))
@@ -98,6 +102,12 @@ impl Driver for DriverService {
     ) -> Result<Response<SubmitJobResponse>, Status> {
         let spec = request.into_inner().spec;
         required(&spec, "spec")?;
+        if spec.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the spec is {} bytes; at most {MAX_SPEC_BYTES} are accepted",
+                spec.len()
+            )));
+        }
         let (job_id, table_location) = self.manager.submit(&spec).await?;
         Ok(Response::new(SubmitJobResponse {
             job_id: job_id.into(),

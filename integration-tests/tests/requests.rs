@@ -200,6 +200,14 @@ async fn submissions_beyond_the_job_limit_are_refused_until_a_job_stops() {
         "{}",
         status.message()
     );
+    // So is a spec over the size cap, and a request over gRPC's.
+    let padded = format!("{second}\n# {}\n", "x".repeat(300 * 1024));
+    let status = cluster.submit(&padded).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("at most 262144"), "{status:?}");
+    let huge = format!("{second}\n# {}\n", "x".repeat(5 << 20));
+    let status = cluster.submit(&huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     cluster.stop_and_wait("limit-a").await.unwrap();
     cluster.submit(&second).await.unwrap();
 }
