@@ -149,6 +149,7 @@ async fn local(options: ClusterOptions) -> Result<()> {
     );
     println!("  data:    {}", cluster.data_dir.display());
     println!("  logs:    {}/logs", cluster.data_dir.display());
+    println!("  access:  loopback only, without TLS or tokens (a local cluster)");
     println!(
         "Submit with `sluice --driver {} submit job.yaml`; Ctrl-C stops.",
         cluster.driver_url
