@@ -6,9 +6,9 @@
 //!   aggregation job (shuffled between executors) to completion, the aggregation again
 //!   over twice the events for the marginal rate, with the CPU's idle share during each
 //!   job and where the tasks' time went (read, decode, state, execute, write);
-//! - `windows`: a stateless `GROUP BY`, a tumbling and a sliding window aggregation over
-//!   the same events with event times, as ratios to the stateless job, with the per-batch
-//!   cost of the window state;
+//! - `windows`: a stateless `GROUP BY`, a tumbling and a sliding window aggregation and a
+//!   deduplicated `GROUP BY` over the same events with event times, as ratios to the
+//!   stateless job, with the per-batch cost of the state;
 //! - `nexmark`: the Nexmark suite's stateless queries q0 (pass-through), q1 (currency
 //!   conversion) and q2 (selection) over its person/auction/bid stream, in events/s and
 //!   events/s per core;
@@ -897,7 +897,8 @@ async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
 /// Event time of window benchmark event `seq`: one event per millisecond.
 const WINDOW_EPOCH_MS: i64 = 1_700_000_000_000;
 
-/// A stateless `GROUP BY` and tumbling and sliding windows over the same events.
+/// A stateless `GROUP BY`, tumbling and sliding windows and deduplication over the same
+/// events.
 async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
     let topic = "events";
     cluster.kafka.create_topic(topic, args.partitions, 1)?;
@@ -906,6 +907,7 @@ async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
     })?;
     let batch = "    max_offsets_per_trigger: 100000";
     let windowed = format!("    watermark: {{column: ts, delay: 10s}}\n{batch}");
+    let deduplicated = format!("{windowed}\n    dedup: {{key: [order_id], within: 1m}}");
     let jobs = [
         (
             "stateless GROUP BY country",
@@ -921,6 +923,11 @@ async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
             "sliding 5 min every 1 min, by country",
             "SELECT window_start, window_end, country, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes'), country",
             windowed,
+        ),
+        (
+            "dedup by order_id within 1 min, GROUP BY country",
+            "SELECT country, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY country",
+            deduplicated,
         ),
     ];
     let best = best_of_two_rounds(cluster, jobs.len(), None, |i, round| {
