@@ -242,24 +242,32 @@ impl BatchRun<'_> {
         }
     }
 
-    /// The state files task `task` of the job's state stage carries. Source tasks take
-    /// a share each (round-robin), so reading and rewriting the state is spread like the
-    /// records; after a shuffle each task takes the files of the partitions it reduces.
+    /// The state files task `task` of `stage` carries. Source tasks of a job whose state
+    /// they keep take a share each (round-robin), so reading and rewriting the state is
+    /// spread like the records; after a shuffle each task of the state stage takes the
+    /// files of the partitions it reduces. State files without a partition that a source
+    /// stage wrote before the job's state moved after the shuffle (an upgrade) go to the
+    /// source tasks, whose rows then reach the state stage with the batch's.
     fn state_files_of(&self, stage: &StageInfo, task: u32) -> Vec<String> {
-        if self.job.state_stage != Some(stage.id) {
-            return vec![];
-        }
+        let keeps_state = self.job.state_stage == Some(stage.id);
         let tasks = self.task_count(stage).max(1) as usize;
         let partitions = self.partitions(stage, task);
         self.state_files
             .iter()
             .enumerate()
-            .filter(|(i, path)| match stage.kind {
-                StageKind::Source => i % tasks == task as usize,
-                StageKind::Hash(_) => {
-                    state_file_partition(path).is_some_and(|p| partitions.contains(&p))
+            .filter(|(i, path)| {
+                let partition = state_file_partition(path);
+                match stage.kind {
+                    StageKind::Source if keeps_state => i % tasks == task as usize,
+                    StageKind::Source => {
+                        partition.is_none()
+                            && self.job.state_stage.is_some()
+                            && i % tasks == task as usize
+                    }
+                    _ if !keeps_state => false,
+                    StageKind::Hash(_) => partition.is_some_and(|p| partitions.contains(&p)),
+                    StageKind::Single => partition.is_some(),
                 }
-                StageKind::Single => true,
             })
             .map(|(_, path)| path.clone())
             .collect()
@@ -769,4 +777,92 @@ fn executor_gone(status: &tonic::Status) -> bool {
             | Code::DeadlineExceeded
             | Code::Internal
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(id: u32, kind: StageKind, output: StageOutput) -> StageInfo {
+        StageInfo {
+            id,
+            kind,
+            output,
+            inputs: if id == 0 { vec![] } else { vec![id - 1] },
+        }
+    }
+
+    /// A batch of a job whose stream stage (0, two tasks) shuffles into four partitions
+    /// reduced by stage 1 (two tasks), starting from `state_files`.
+    fn run_of(job: &JobRef, state_files: &[&str]) -> Vec<Vec<String>> {
+        let run = BatchRun {
+            job,
+            batch: BatchId::new(7),
+            term: 1,
+            watermark_ms: None,
+            state_files: state_files.iter().map(|f| f.to_string()).collect(),
+            ranges: vec![vec![], vec![]],
+            outputs: Mutex::new(HashMap::new()),
+            results: Mutex::new(BTreeMap::new()),
+            recoveries: Mutex::new(HashMap::new()),
+            retried: AtomicBool::new(false),
+            crashes: AtomicU32::new(0),
+            reduce_tasks: 2,
+        };
+        job.stages
+            .iter()
+            .flat_map(|stage| {
+                (0..run.task_count(stage)).map(|task| run.state_files_of(stage, task))
+            })
+            .collect()
+    }
+
+    fn job(state_stage: u32) -> JobRef {
+        JobRef {
+            job_id: "j".into(),
+            spec_json: Arc::new(String::new()),
+            stages: Arc::new(vec![
+                stage(0, StageKind::Source, StageOutput::Hash(4)),
+                stage(1, StageKind::Hash(4), StageOutput::Sink),
+            ]),
+            output_schema: Arc::new(arrow::datatypes::Schema::empty()),
+            stage_plans: Arc::new(vec![]),
+            prepared_key: "j@0".into(),
+            counting_stage: Some(0),
+            state_stage: Some(state_stage),
+        }
+    }
+
+    #[test]
+    fn state_files_go_to_the_tasks_of_their_partitions_and_old_ones_to_the_source() {
+        let files = [
+            "s/j.b6.old.parquet",
+            "s/j.b6.new.p0.parquet",
+            "s/j.b6.new.p1.parquet",
+            "s/j.b6.new.p2.parquet",
+            "s/j.b6.new.p3.parquet",
+        ];
+        // State after the shuffle: each reduce task its partitions' files; a file a
+        // source stage wrote before (no partition) goes to a source task, once.
+        let dealt = run_of(&job(1), &files);
+        assert_eq!(
+            dealt,
+            [
+                vec!["s/j.b6.old.parquet".to_string()],
+                vec![],
+                vec![
+                    "s/j.b6.new.p0.parquet".to_string(),
+                    "s/j.b6.new.p2.parquet".to_string()
+                ],
+                vec![
+                    "s/j.b6.new.p1.parquet".to_string(),
+                    "s/j.b6.new.p3.parquet".to_string()
+                ],
+            ]
+        );
+        // State in the source tasks: they share every file; the reducers get none.
+        let dealt = run_of(&job(0), &files);
+        assert_eq!(dealt[0].len() + dealt[1].len(), files.len());
+        assert!(dealt[2].is_empty() && dealt[3].is_empty());
+    }
 }

@@ -4,7 +4,9 @@
 //!   the window's end); the rows of open windows are the state.
 //! - Deduplication: a record is on time while its event time is not below the watermark;
 //!   the rows of keys still remembered (event time plus `within` not below the watermark)
-//!   are the state, read back marked seen so the query's view drops them.
+//!   are the state, read back marked seen so the query's view drops them; kept after the
+//!   shuffle, by the stage where the deduplicating window function meets a key's rows,
+//!   when the plan has one (see `sluice_plan::shuffle_state`).
 //! - Sessions: a record is on time while its event time is not below the watermark (so
 //!   no record can join a session already written); the rows of open sessions are the
 //!   state, picked after the shuffle ([`crate::sessions`]), not by source tasks.
@@ -83,7 +85,8 @@ impl StateRule {
 
     /// The rows of `batch` (new or state) the next batch still needs: every on-time row
     /// of a batch's new records (an open window; an event time not below the watermark),
-    /// and the state rows the watermark has not yet passed. State kept by source tasks only.
+    /// and the state rows the watermark has not yet passed. State kept by source tasks, and
+    /// deduplication's after the shuffle (see [`StateRule::remembered`]).
     pub fn still_needed(
         &self,
         batch: &RecordBatch,
@@ -100,6 +103,21 @@ impl StateRule {
             } => select_by_time(batch, event_time, |ms| {
                 watermark_ms.is_none_or(|w| ms.saturating_add(*within_ms) >= w)
             }),
+        }
+    }
+
+    /// Deduplication after the shuffle: the rows of `batch` (the batch's and the state's)
+    /// whose keys stay remembered, marked seen for the next batch. Only for `Dedup`.
+    pub fn remembered(
+        &self,
+        batch: &RecordBatch,
+        watermark_ms: Option<i64>,
+    ) -> Result<RecordBatch> {
+        match self {
+            StateRule::Dedup { .. } => with_seen(&self.still_needed(batch, watermark_ms)?, true),
+            other => Err(Error::InvalidRequest(format!(
+                "only deduplication remembers rows, not {other:?}"
+            ))),
         }
     }
 

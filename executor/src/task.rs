@@ -539,18 +539,24 @@ async fn carry_state(
         still_needed.push(on_time.clone());
         rows.push(on_time);
     }
-    if job.shuffle_state.is_some() {
+    // With the state after the shuffle, a source task gets state files only from before
+    // the state moved there (an upgrade): their rows join the batch's and the state stage
+    // keeps what it needs of them.
+    let kept_here = job.shuffle_state.is_none();
+    for batch in state_files::read_state(file_io, &task.state_files).await? {
+        let batch = rule.read_back(state_files::conform(&batch, &job.scan_schema)?)?;
+        if kept_here {
+            still_needed.push(rule.still_needed(&batch, task.watermark_ms)?);
+        }
+        rows.push(batch);
+    }
+    if !kept_here {
         return Ok(CarriedState {
             rows,
             state: None,
             dropped,
             late,
         });
-    }
-    for batch in state_files::read_state(file_io, &task.state_files).await? {
-        let batch = rule.read_back(state_files::conform(&batch, &job.scan_schema)?)?;
-        still_needed.push(rule.still_needed(&batch, task.watermark_ms)?);
-        rows.push(batch);
     }
     let path = state_files::state_path(
         job.sink.table.metadata().location(),
@@ -593,8 +599,8 @@ async fn carried_state(
 }
 
 /// Writes, for each shuffle partition the state stage task reduced, the state still
-/// needed after the batch's watermark as one state file: the rows of open sessions, or
-/// the merged partial aggregates of open windows.
+/// needed after the batch's watermark as one state file: the rows of open sessions, the
+/// merged partial aggregates of open windows, or the rows of keys still remembered.
 async fn keep_shuffle_state(
     job: &PreparedJob,
     stage: &ShuffleStateStage,
@@ -612,6 +618,12 @@ async fn keep_shuffle_state(
             (ShuffleStateKind::SessionRows, Some(StateRule::Sessions(sessions))) => {
                 vec![sessions.open_rows(&stage.schema, &rows, task.watermark_ms)?]
             }
+            (ShuffleStateKind::DedupRows, Some(rule @ StateRule::Dedup { .. })) => rows
+                .iter()
+                .map(|b| {
+                    state_files::conform(&rule.remembered(b, task.watermark_ms)?, &stage.schema)
+                })
+                .collect::<Result<_>>()?,
             (ShuffleStateKind::WindowPartials(_), _) => stage
                 .merge(rows, job.context.clone())
                 .await?

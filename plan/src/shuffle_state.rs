@@ -10,6 +10,9 @@
 //!   (the state's and the batch's) merged by the aggregate in `PartialReduce` mode. The
 //!   state then follows the open groups, not the records. Other windowed plans keep raw
 //!   rows in their source tasks.
+//! - Deduplication keeps the remembered rows of its keys where the deduplicating window
+//!   function (`row_number() OVER (PARTITION BY key …)`) shuffled them: each shuffle
+//!   partition's keys in their own state file, only the columns the query reads.
 //!
 //! See docs/architecture.md, "State after the shuffle".
 //!
@@ -22,6 +25,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
 use sluice_core::error::Result;
 use sluice_core::spec::{KafkaSourceSpec, WINDOW_END_COLUMN};
@@ -36,6 +40,8 @@ pub enum ShuffleStateKind {
     /// Fixed windows: partial-aggregate rows of open windows, merged by this final
     /// aggregate's expressions.
     WindowPartials(Arc<AggregateExec>),
+    /// Deduplication: the rows of keys still remembered.
+    DedupRows,
 }
 
 /// The stage of a stateful job that keeps its state after the shuffle.
@@ -52,7 +58,8 @@ pub struct ShuffleStateStage {
 impl ShuffleStateStage {
     /// The state stage among a job's stage plans (id, plan), if its state is kept after the
     /// shuffle: always for session windows, for fixed windows when a final aggregate
-    /// grouping by `window_end` reads the stream stage's output directly.
+    /// grouping by `window_end` reads the stream stage's output directly, for
+    /// deduplication when the deduplicating window function reads it.
     pub fn find(
         kafka: &KafkaSourceSpec,
         stages: &[(u32, Arc<dyn ExecutionPlan>)],
@@ -66,6 +73,8 @@ impl ShuffleStateStage {
             ShuffleStateKind::SessionRows
         } else if kafka.window.is_some() {
             ShuffleStateKind::WindowPartials(window_aggregate(plan, stream_stage)?)
+        } else if kafka.dedup.is_some() && has_window_function(plan) {
+            ShuffleStateKind::DedupRows
         } else {
             return None;
         };
@@ -110,6 +119,15 @@ impl ShuffleStateStage {
             })
             .collect()
     }
+}
+
+/// Whether a window function runs in `plan` (the deduplicating view's, in the stage
+/// reading the stream stage's output).
+fn has_window_function(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let any = plan.as_any();
+    any.is::<BoundedWindowAggExec>()
+        || any.is::<WindowAggExec>()
+        || plan.children().into_iter().any(has_window_function)
 }
 
 /// The final aggregate reading the stream stage's output directly and grouping by

@@ -402,6 +402,28 @@ async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
             .is_err(),
         "the query never sees the hidden column"
     );
+    // The remembered rows stay where the key's rows meet: the stage after the shuffle by
+    // key, with what the window function needs to rank them.
+    let state = plan
+        .shuffle_state_stage(&spec)
+        .expect("the key's rows meet after a shuffle");
+    assert!(
+        matches!(state.kind, ShuffleStateKind::DedupRows),
+        "{}",
+        plan.display()
+    );
+    assert_eq!(
+        plan.stages[state.stage_id as usize].kind,
+        StageKind::Hash(4),
+        "{}",
+        plan.display()
+    );
+    for column in [sluice_core::schema::SEEN_COLUMN, "ts", "customer_id"] {
+        assert!(
+            state.schema.index_of(column).is_ok(),
+            "{column} in the state"
+        );
+    }
     let rows = run_distributed(&spec, &slices).await;
     let mut actual: BTreeMap<i64, (i64, i32, i64)> = BTreeMap::new();
     for batch in &rows {
