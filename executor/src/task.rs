@@ -591,10 +591,15 @@ async fn carried_state(
                 .push(state_files::conform(&batch, &stage.schema)?);
         }
     }
+    let dedup_key = match &stage.kind {
+        ShuffleStateKind::DedupRows { key } => Some(key.clone()),
+        _ => None,
+    };
     Ok(sluice_plan::CarriedRows {
         stage_id: stage.stream_stage,
         state,
         yielded: Default::default(),
+        dedup_key,
     })
 }
 
@@ -618,7 +623,7 @@ async fn keep_shuffle_state(
             (ShuffleStateKind::SessionRows, Some(StateRule::Sessions(sessions))) => {
                 vec![sessions.open_rows(&stage.schema, &rows, task.watermark_ms)?]
             }
-            (ShuffleStateKind::DedupRows, Some(rule @ StateRule::Dedup { .. })) => rows
+            (ShuffleStateKind::DedupRows { .. }, Some(rule @ StateRule::Dedup { .. })) => rows
                 .iter()
                 .map(|b| {
                     state_files::conform(&rule.remembered(b, task.watermark_ms)?, &stage.schema)

@@ -6,6 +6,11 @@
 //! the same key meet in one task after a shuffle. See docs/architecture.md,
 //! "Deduplication".
 
+use std::collections::HashSet;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::row::{RowConverter, SortField};
 use sluice_core::error::{Error, Result};
 use sluice_core::schema::{
     source_schema, OFFSET_COLUMN, PARTITION_COLUMN, SEEN_COLUMN, TOPIC_COLUMN,
@@ -53,4 +58,65 @@ pub fn first_row_per_key_sql(kafka: &KafkaSourceSpec, dedup: &DedupSpec) -> Resu
         input = quote(STREAM_TABLE),
         seen = quote(SEEN_COLUMN),
     ))
+}
+
+/// The keys of a shuffle partition's remembered rows, to drop the new rows of keys seen
+/// before where they are fetched, instead of ranking them together with the state.
+pub(crate) struct KnownKeys {
+    columns: Vec<String>,
+    converter: RowConverter,
+    keys: HashSet<Box<[u8]>>,
+}
+
+impl KnownKeys {
+    /// The keys (`columns`) of `state`'s rows.
+    pub(crate) fn of(columns: &[String], state: &[RecordBatch]) -> Result<Option<KnownKeys>> {
+        let Some(first) = state.first() else {
+            return Ok(None);
+        };
+        let fields = columns
+            .iter()
+            .map(|name| {
+                let field = first.schema().field_with_name(name)?.clone();
+                Ok(SortField::new(field.data_type().clone()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut known = KnownKeys {
+            columns: columns.to_vec(),
+            converter: RowConverter::new(fields)?,
+            keys: HashSet::new(),
+        };
+        for batch in state {
+            let rows = known
+                .converter
+                .convert_columns(&known.key_columns(batch)?)?;
+            known
+                .keys
+                .extend(rows.iter().map(|row| Box::from(row.as_ref())));
+        }
+        Ok(Some(known))
+    }
+
+    fn key_columns(&self, batch: &RecordBatch) -> Result<Vec<arrow::array::ArrayRef>> {
+        self.columns
+            .iter()
+            .map(|name| {
+                batch.column_by_name(name).cloned().ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "the deduplication key {name} is not in the shuffled rows"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The rows of `batch` whose key is not known.
+    pub(crate) fn unknown(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let rows = self.converter.convert_columns(&self.key_columns(batch)?)?;
+        let keep: BooleanArray = rows
+            .iter()
+            .map(|row| Some(!self.keys.contains(row.as_ref())))
+            .collect();
+        Ok(filter_record_batch(batch, &keep)?)
+    }
 }

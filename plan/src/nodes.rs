@@ -24,6 +24,8 @@ use futures::future::try_join_all;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::dedup::KnownKeys;
+
 /// Names one partition of one map task's output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ShuffleKey {
@@ -101,6 +103,10 @@ pub struct CarriedRows {
     pub state: HashMap<u32, Vec<RecordBatch>>,
     /// Every row the reader yielded, by shuffle partition.
     pub yielded: std::sync::Mutex<HashMap<u32, Vec<RecordBatch>>>,
+    /// Deduplication: the key columns. The reader then drops fetched rows whose key a
+    /// state row holds instead of adding the state rows, and collects the state rows
+    /// with what it yields.
+    pub dedup_key: Option<Vec<String>>,
 }
 
 impl CarriedRows {
@@ -368,16 +374,37 @@ impl ExecutionPlan for ShuffleReaderExec {
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let mut batches: Vec<RecordBatch> = outputs.into_iter().flatten().collect();
             if let Some(carried) = carried {
-                if let Some(state) = carried.state.get(&shuffle_partition) {
-                    batches.splice(0..0, state.iter().cloned());
+                let state = carried
+                    .state
+                    .get(&shuffle_partition)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let mut collected = Vec::with_capacity(state.len() + batches.len());
+                match &carried.dedup_key {
+                    None => {
+                        batches.splice(0..0, state.iter().cloned());
+                    }
+                    Some(key) => {
+                        let external =
+                            |e: sluice_core::Error| DataFusionError::External(Box::new(e));
+                        if let Some(known) = KnownKeys::of(key, state).map_err(external)? {
+                            batches = batches
+                                .iter()
+                                .map(|b| known.unknown(b))
+                                .collect::<sluice_core::Result<_>>()
+                                .map_err(external)?;
+                        }
+                        collected.extend(state.iter().cloned());
+                    }
                 }
+                collected.extend(batches.iter().cloned());
                 carried
                     .yielded
                     .lock()
                     .expect("carried rows lock")
                     .entry(shuffle_partition)
                     .or_default()
-                    .extend(batches.iter().cloned());
+                    .extend(collected);
             }
             Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
         };

@@ -12,7 +12,9 @@
 //!   rows in their source tasks.
 //! - Deduplication keeps the remembered rows of its keys where the deduplicating window
 //!   function (`row_number() OVER (PARTITION BY key …)`) shuffled them: each shuffle
-//!   partition's keys in their own state file, only the columns the query reads.
+//!   partition's keys in their own state file, only the columns the query reads. The
+//!   reader drops the fetched rows of remembered keys by a hash lookup, so the window
+//!   function ranks only the batch's new keys' rows.
 //!
 //! See docs/architecture.md, "State after the shuffle".
 //!
@@ -40,8 +42,9 @@ pub enum ShuffleStateKind {
     /// Fixed windows: partial-aggregate rows of open windows, merged by this final
     /// aggregate's expressions.
     WindowPartials(Arc<AggregateExec>),
-    /// Deduplication: the rows of keys still remembered.
-    DedupRows,
+    /// Deduplication: the rows of keys still remembered; the reader drops fetched rows of
+    /// these key columns' known values.
+    DedupRows { key: Vec<String> },
 }
 
 /// The stage of a stateful job that keeps its state after the shuffle.
@@ -73,8 +76,10 @@ impl ShuffleStateStage {
             ShuffleStateKind::SessionRows
         } else if kafka.window.is_some() {
             ShuffleStateKind::WindowPartials(window_aggregate(plan, stream_stage)?)
-        } else if kafka.dedup.is_some() && has_window_function(plan) {
-            ShuffleStateKind::DedupRows
+        } else if let (Some(dedup), true) = (&kafka.dedup, has_window_function(plan)) {
+            ShuffleStateKind::DedupRows {
+                key: dedup.key.clone(),
+            }
         } else {
             return None;
         };

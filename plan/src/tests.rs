@@ -322,38 +322,42 @@ async fn small_static_tables_are_broadcast_and_large_ones_shuffled() {
 
 /// `slices` with the hidden seen column: the first slice as state from earlier batches,
 /// the others as the batch's new records.
+/// `slices` with the hidden seen column: the first slice seen (the state), the others new.
 fn with_seen_column(slices: &[RecordBatch]) -> Vec<RecordBatch> {
-    use arrow::array::BooleanArray;
-    use arrow::datatypes::{DataType, Field, Schema};
     slices
         .iter()
         .enumerate()
-        .map(|(i, batch)| {
-            let mut fields: Vec<Field> = batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new(
-                sluice_core::schema::SEEN_COLUMN,
-                DataType::Boolean,
-                false,
-            ));
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(BooleanArray::from(vec![i == 0; batch.num_rows()])));
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
-        })
+        .map(|(i, batch)| mark_seen(batch, i == 0))
         .collect()
 }
 
-#[tokio::test]
-async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
-    use arrow::array::{AsArray, Int64Array};
-    use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
-    use std::collections::BTreeMap;
+/// `batch` with the hidden seen column set to `seen` (replaced when present).
+fn mark_seen(batch: &RecordBatch, seen: bool) -> RecordBatch {
+    use arrow::array::BooleanArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let keep: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| batch.schema().field(i).name() != sluice_core::schema::SEEN_COLUMN)
+        .collect();
+    let batch = batch.project(&keep).unwrap();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(
+        sluice_core::schema::SEEN_COLUMN,
+        DataType::Boolean,
+        false,
+    ));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(BooleanArray::from(vec![seen; batch.num_rows()])));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
 
-    let mut spec = spec("SELECT * FROM source", 4);
+/// A job deduplicating `source` by customer, with a watermark on `ts`.
+fn dedup_spec(sql: &str) -> JobSpec {
+    let mut spec = spec(sql, 4);
     spec.source.kafka.watermark = Some(sluice_core::spec::WatermarkSpec {
         column: "ts".into(),
         delay: "10s".into(),
@@ -363,37 +367,129 @@ async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
         key: vec!["customer_id".into()],
         within: None,
     });
-    let slices = with_seen_column(&source_slices(&spec));
-    // Expected: per customer not in the state slice, the new row with the least
-    // (ts, partition, offset).
-    let mut seen = std::collections::HashSet::new();
-    let mut first: BTreeMap<i64, (i64, i32, i64)> = BTreeMap::new();
-    for (i, batch) in slices.iter().enumerate() {
+    spec
+}
+
+/// Per customer, the (ts, partition, offset) of the rows of `batches`: each customer at
+/// most once.
+fn first_rows(batches: &[RecordBatch]) -> std::collections::BTreeMap<i64, (i64, i32, i64)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
+    let mut rows = std::collections::BTreeMap::new();
+    for batch in batches {
         let column = |name: &str| batch.column_by_name(name).unwrap().clone();
-        let products = column("customer_id");
-        let ts = column("ts");
-        let partitions = column("_partition");
-        let offsets = column("_offset");
+        let (customers, ts, partitions, offsets) = (
+            column("customer_id"),
+            column("ts"),
+            column("_partition"),
+            column("_offset"),
+        );
         for row in 0..batch.num_rows() {
-            let product = products.as_primitive::<Int64Type>().value(row);
-            if i == 0 {
-                seen.insert(product);
-                continue;
-            }
+            let customer = customers.as_primitive::<Int64Type>().value(row);
             let order = (
                 ts.as_primitive::<TimestampMillisecondType>().value(row),
                 partitions.as_primitive::<Int32Type>().value(row),
                 offsets.as_primitive::<Int64Type>().value(row),
             );
-            let best = first.entry(product).or_insert(order);
+            assert!(
+                rows.insert(customer, order).is_none(),
+                "customer {customer} twice"
+            );
+        }
+    }
+    rows
+}
+
+/// Per customer, its least (ts, partition, offset) among the rows of `batches`.
+fn least_rows(batches: &[RecordBatch]) -> std::collections::BTreeMap<i64, (i64, i32, i64)> {
+    let mut least = std::collections::BTreeMap::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let (customer, order) = first_rows(&[batch.slice(row, 1)]).pop_first().unwrap();
+            let best = least.entry(customer).or_insert(order);
             *best = (*best).min(order);
         }
     }
-    let new_rows: usize = slices[1..].iter().map(|b| b.num_rows()).sum();
-    let before = first.len();
-    first.retain(|customer, _| !seen.contains(customer));
+    least
+}
+
+#[tokio::test]
+async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
+    let spec = dedup_spec("SELECT * FROM source");
+    let slices = source_slices(&spec);
+    let plan = plan_job(&spec).await.unwrap();
+    let state = plan.shuffle_state_stage(&spec).unwrap();
+    let ShuffleStateKind::DedupRows { key } = &state.kind else {
+        panic!("dedup state after the shuffle: {}", plan.display());
+    };
+    // Batch 1: the first slice. What its readers yielded is the state, marked seen.
+    let first = Arc::new(CarriedRows {
+        stage_id: state.stream_stage,
+        dedup_key: Some(key.clone()),
+        ..Default::default()
+    });
+    let batch: Vec<RecordBatch> = slices[..1].iter().map(|b| mark_seen(b, false)).collect();
+    let mut written =
+        run_distributed_with_state(&spec, &batch, Some((state.stage_id, first.clone()))).await;
+    let carried: HashMap<u32, Vec<RecordBatch>> = first
+        .take_yielded()
+        .into_iter()
+        .map(|(partition, rows)| {
+            let seen = rows.iter().map(|b| mark_seen(b, true)).collect();
+            (partition, seen)
+        })
+        .collect();
+    let state_rows: usize = carried.values().flatten().map(|b| b.num_rows()).sum();
+    // Batch 2: the other slices, starting from that state; the rows of its keys are
+    // dropped where they are fetched.
+    let second = Arc::new(CarriedRows {
+        stage_id: state.stream_stage,
+        state: carried,
+        dedup_key: Some(key.clone()),
+        ..Default::default()
+    });
+    let batch: Vec<RecordBatch> = slices[1..].iter().map(|b| mark_seen(b, false)).collect();
+    let later =
+        run_distributed_with_state(&spec, &batch, Some((state.stage_id, second.clone()))).await;
+    assert!(!first_rows(&written).is_empty() && !first_rows(&later).is_empty());
+    written.extend(later);
+    // Each customer once over both batches: batch 1's customers with their least row of
+    // the first slice, the others with their least row of the later slices.
+    let mut expected = least_rows(&slices[..1]);
+    for (customer, order) in least_rows(&slices[1..]) {
+        expected.entry(customer).or_insert(order);
+    }
+    assert_eq!(first_rows(&written), expected);
+    // The second batch's readers collected the state and only the new keys' rows.
+    let yielded: usize = second
+        .take_yielded()
+        .values()
+        .flatten()
+        .map(|b| b.num_rows())
+        .sum();
+    let new_rows: usize = batch.iter().map(|b| b.num_rows()).sum();
+    assert!(
+        yielded < state_rows + new_rows,
+        "the rows of remembered keys are dropped"
+    );
+}
+
+#[tokio::test]
+async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
+    let spec = dedup_spec("SELECT * FROM source");
+    let raw = source_slices(&spec);
+    // State read by source tasks (a job's state from before it moved after the shuffle):
+    // the first slice, marked seen, streams in with the new rows.
+    let slices = with_seen_column(&raw);
+    // Expected: per customer not in the state slice, the new row with the least
+    // (ts, partition, offset).
+    let seen = least_rows(&raw[..1]);
+    let mut expected = least_rows(&raw[1..]);
+    let new_rows: usize = raw[1..].iter().map(|b| b.num_rows()).sum();
+    let before = expected.len();
+    expected.retain(|customer, _| !seen.contains_key(customer));
     assert!(before < new_rows, "duplicates among the new rows");
-    assert!(first.len() < before, "new rows of keys seen before");
+    assert!(expected.len() < before, "new rows of keys seen before");
 
     let plan = plan_job(&spec).await.unwrap();
     assert!(
@@ -408,7 +504,7 @@ async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
         .shuffle_state_stage(&spec)
         .expect("the key's rows meet after a shuffle");
     assert!(
-        matches!(state.kind, ShuffleStateKind::DedupRows),
+        matches!(state.kind, ShuffleStateKind::DedupRows { .. }),
         "{}",
         plan.display()
     );
@@ -424,33 +520,7 @@ async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
             "{column} in the state"
         );
     }
-    let rows = run_distributed(&spec, &slices).await;
-    let mut actual: BTreeMap<i64, (i64, i32, i64)> = BTreeMap::new();
-    for batch in &rows {
-        let products: &Int64Array = batch.column_by_name("customer_id").unwrap().as_primitive();
-        for row in 0..batch.num_rows() {
-            let order = (
-                batch
-                    .column_by_name("ts")
-                    .unwrap()
-                    .as_primitive::<TimestampMillisecondType>()
-                    .value(row),
-                batch
-                    .column_by_name("_partition")
-                    .unwrap()
-                    .as_primitive::<Int32Type>()
-                    .value(row),
-                batch
-                    .column_by_name("_offset")
-                    .unwrap()
-                    .as_primitive::<Int64Type>()
-                    .value(row),
-            );
-            let previous = actual.insert(products.value(row), order);
-            assert!(previous.is_none(), "customer {} twice", products.value(row));
-        }
-    }
-    assert_eq!(actual, first);
+    assert_eq!(first_rows(&run_distributed(&spec, &slices).await), expected);
 }
 
 #[tokio::test]
