@@ -86,7 +86,7 @@ impl StateRule {
     /// The rows of `batch` (new or state) the next batch still needs: every on-time row
     /// of a batch's new records (an open window; an event time not below the watermark),
     /// and the state rows the watermark has not yet passed. State kept by source tasks, and
-    /// deduplication's after the shuffle (see [`StateRule::remembered`]).
+    /// deduplication's after the shuffle.
     pub fn still_needed(
         &self,
         batch: &RecordBatch,
@@ -103,21 +103,6 @@ impl StateRule {
             } => select_by_time(batch, event_time, |ms| {
                 watermark_ms.is_none_or(|w| ms.saturating_add(*within_ms) >= w)
             }),
-        }
-    }
-
-    /// Deduplication after the shuffle: the rows of `batch` (the batch's and the state's)
-    /// whose keys stay remembered, marked seen for the next batch. Only for `Dedup`.
-    pub fn remembered(
-        &self,
-        batch: &RecordBatch,
-        watermark_ms: Option<i64>,
-    ) -> Result<RecordBatch> {
-        match self {
-            StateRule::Dedup { .. } => with_seen(&self.still_needed(batch, watermark_ms)?, true),
-            other => Err(Error::InvalidRequest(format!(
-                "only deduplication remembers rows, not {other:?}"
-            ))),
         }
     }
 

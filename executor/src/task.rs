@@ -580,6 +580,7 @@ async fn carried_state(
 ) -> Result<sluice_plan::CarriedRows> {
     let file_io = job.sink.table.file_io();
     let mut state: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
+    let state_schema = stage.state_schema();
     for path in &task.state_files {
         let partition = state_file_partition(path).ok_or_else(|| {
             Error::InvalidRequest(format!("state file {path} names no shuffle partition"))
@@ -588,11 +589,11 @@ async fn carried_state(
             state
                 .entry(partition)
                 .or_default()
-                .push(state_files::conform(&batch, &stage.schema)?);
+                .push(state_files::conform(&batch, &state_schema)?);
         }
     }
     let dedup_key = match &stage.kind {
-        ShuffleStateKind::DedupRows { key } => Some(key.clone()),
+        ShuffleStateKind::DedupRows { key, .. } => Some(key.clone()),
         _ => None,
     };
     Ok(sluice_plan::CarriedRows {
@@ -616,6 +617,7 @@ async fn keep_shuffle_state(
     let file_io = job.sink.table.file_io();
     let location = job.sink.table.metadata().location();
     let mut written = vec![];
+    let state_schema = stage.state_schema();
     let mut yielded: Vec<_> = carried.take_yielded().into_iter().collect();
     yielded.sort_unstable_by_key(|(partition, _)| *partition);
     for (partition, rows) in yielded {
@@ -626,7 +628,7 @@ async fn keep_shuffle_state(
             (ShuffleStateKind::DedupRows { .. }, Some(rule @ StateRule::Dedup { .. })) => rows
                 .iter()
                 .map(|b| {
-                    state_files::conform(&rule.remembered(b, task.watermark_ms)?, &stage.schema)
+                    state_files::conform(&rule.still_needed(b, task.watermark_ms)?, &state_schema)
                 })
                 .collect::<Result<_>>()?,
             (ShuffleStateKind::WindowPartials(_), _) => stage
@@ -642,7 +644,7 @@ async fn keep_shuffle_state(
             }
         };
         let path = state_files::state_path(location, &state_file_name(prefix, Some(partition)));
-        if let Some(file) = state_files::write_state(file_io, &path, &stage.schema, &kept).await? {
+        if let Some(file) = state_files::write_state(file_io, &path, &state_schema, &kept).await? {
             written.push(file);
         }
     }

@@ -42,9 +42,12 @@ pub enum ShuffleStateKind {
     /// Fixed windows: partial-aggregate rows of open windows, merged by this final
     /// aggregate's expressions.
     WindowPartials(Arc<AggregateExec>),
-    /// Deduplication: the rows of keys still remembered; the reader drops fetched rows of
-    /// these key columns' known values.
-    DedupRows { key: Vec<String> },
+    /// Deduplication: the keys still remembered, with the event time that decides how
+    /// long; the reader drops fetched rows of these key columns' known values.
+    DedupRows {
+        key: Vec<String>,
+        event_time: String,
+    },
 }
 
 /// The stage of a stateful job that keeps its state after the shuffle.
@@ -76,9 +79,12 @@ impl ShuffleStateStage {
             ShuffleStateKind::SessionRows
         } else if kafka.window.is_some() {
             ShuffleStateKind::WindowPartials(window_aggregate(plan, stream_stage)?)
-        } else if let (Some(dedup), true) = (&kafka.dedup, has_window_function(plan)) {
+        } else if let (Some(dedup), Some(watermark), true) =
+            (&kafka.dedup, &kafka.watermark, has_window_function(plan))
+        {
             ShuffleStateKind::DedupRows {
                 key: dedup.key.clone(),
+                event_time: watermark.column.clone(),
             }
         } else {
             return None;
@@ -89,6 +95,22 @@ impl ShuffleStateStage {
             schema,
             kind,
         })
+    }
+
+    /// The columns of the state files: the reader's, or for deduplication only the key
+    /// and the event time (a remembered row only says its key was seen, and until when).
+    pub fn state_schema(&self) -> SchemaRef {
+        let ShuffleStateKind::DedupRows { key, event_time } = &self.kind else {
+            return self.schema.clone();
+        };
+        let fields: Vec<_> = self
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| key.contains(f.name()) || f.name() == event_time)
+            .cloned()
+            .collect();
+        Arc::new(arrow::datatypes::Schema::new(fields))
     }
 
     /// Window partials: `batches` (partial-aggregate rows in [`Self::schema`]) merged into

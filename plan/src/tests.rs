@@ -419,9 +419,18 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     let slices = source_slices(&spec);
     let plan = plan_job(&spec).await.unwrap();
     let state = plan.shuffle_state_stage(&spec).unwrap();
-    let ShuffleStateKind::DedupRows { key } = &state.kind else {
+    let ShuffleStateKind::DedupRows { key, .. } = &state.kind else {
         panic!("dedup state after the shuffle: {}", plan.display());
     };
+    // State files hold the key and the event time only.
+    let state_schema = state.state_schema();
+    let state_columns: Vec<&str> = state_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(state_columns.len(), 2, "{state_columns:?}");
+    assert!(state_columns.contains(&"customer_id") && state_columns.contains(&"ts"));
     // Batch 1: the first slice. What its readers yielded is the state, marked seen.
     let first = Arc::new(CarriedRows {
         stage_id: state.stream_stage,
@@ -435,8 +444,16 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
         .take_yielded()
         .into_iter()
         .map(|(partition, rows)| {
-            let seen = rows.iter().map(|b| mark_seen(b, true)).collect();
-            (partition, seen)
+            let narrowed = rows
+                .iter()
+                .map(|b| {
+                    let columns = state_columns
+                        .iter()
+                        .map(|c| b.schema().index_of(c).unwrap());
+                    b.project(&columns.collect::<Vec<_>>()).unwrap()
+                })
+                .collect();
+            (partition, narrowed)
         })
         .collect();
     let state_rows: usize = carried.values().flatten().map(|b| b.num_rows()).sum();
