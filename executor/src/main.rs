@@ -60,6 +60,11 @@ struct Args {
     tls: sluice_proto::tls::TlsArgs,
 }
 
+/// mimalloc instead of glibc's allocator: the profile of a run showed glibc's `malloc`,
+/// `free` and their consolidation at about 14% of all CPU (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
