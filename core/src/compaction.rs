@@ -64,7 +64,7 @@ impl CompactionSpec {
     /// The budget in milliseconds.
     pub fn budget_ms(&self) -> Result<i64> {
         let text = self.budget.as_deref().unwrap_or(DEFAULT_BUDGET);
-        crate::spec::positive_ms("sink.iceberg.compaction.budget", text)
+        crate::durations::positive_ms("sink.iceberg.compaction.budget", text)
     }
 
     /// Checks the settings.

@@ -4,6 +4,7 @@
 
 pub mod avro;
 pub mod compaction;
+mod durations;
 pub mod error;
 pub mod failpoint;
 pub mod http;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::avro::AvroSpec;
 use crate::compaction::CompactionSpec;
+use crate::durations::{duration_ms, positive_ms};
 use crate::error::{Error, Result};
 use crate::window_sql::SqlWindowKind;
 /// The columns a windowed source gains (see [`crate::window_sql`]).
@@ -296,26 +297,6 @@ fn validate_kafka_properties(properties: &BTreeMap<String, String>) -> Result<()
         crate::secrets::check(value).map_err(|message| Error::spec(field, message))?;
     }
     Ok(())
-}
-
-/// A duration above zero in milliseconds; `field` names it in errors.
-pub(crate) fn positive_ms(field: &str, text: &str) -> Result<i64> {
-    match duration_ms(field, text, "10s, 1m")? {
-        0 => Err(Error::spec(field, "must be above zero")),
-        ms => Ok(ms),
-    }
-}
-
-/// A duration in milliseconds; `field` names it and `examples` show the syntax in errors.
-fn duration_ms(field: &str, text: &str, examples: &str) -> Result<i64> {
-    humantime::parse_duration(text)
-        .map(|d| d.as_millis() as i64)
-        .map_err(|e| {
-            Error::spec(
-                field,
-                format!("{text:?} is not a duration ({e}); e.g. {examples}"),
-            )
-        })
 }
 
 impl WindowSpec {
