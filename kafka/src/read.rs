@@ -41,6 +41,9 @@ pub type KafkaConsumer = BaseConsumer<ClientErrors>;
 #[derive(Default)]
 pub struct ClientErrors {
     last: std::sync::Mutex<Option<(Instant, String)>>,
+    /// The broker refused the client (authentication or TLS failed): retrying the same
+    /// request will not help.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl ClientErrors {
@@ -50,6 +53,11 @@ impl ClientErrors {
         last.as_ref()
             .filter(|(at, _)| at.elapsed() < CLIENT_ERROR_RELEVANCE)
             .map(|(_, message)| message.clone())
+    }
+
+    /// Whether the broker refused this client's credentials or TLS.
+    pub fn refused(&self) -> bool {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -70,6 +78,25 @@ impl ClientContext for ClientErrors {
             RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
                 tracing::debug!(facility, "kafka client: {message}")
             }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!("kafka client: {error}: {reason}");
+        let refused_code = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::SSL
+            )
+        );
+        // A TLS alert from the broker (e.g. a client certificate it requires) arrives as a
+        // transport failure; OpenSSL's text in the reason tells it from a network fault.
+        let tls_alert = reason.contains("SSL routines");
+        if refused_code || tls_alert {
+            self.refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -190,15 +217,45 @@ pub struct OffsetReader {
 }
 
 impl OffsetReader {
-    /// A failed request, with what the client logged about it. The client's log lines
-    /// wait in its queue until it is served; this reader's consumer is never assigned,
-    /// so serving the queue consumes no record.
-    fn failed(&self, e: impl std::fmt::Display) -> Error {
+    /// Runs a metadata request (`request` given its timeout) in short steps for up to
+    /// [`METADATA_TIMEOUT`], serving the client's events between them: a broker that
+    /// refuses the client's credentials or TLS fails it at once instead of after the
+    /// whole timeout. `what` names the request in the error.
+    fn within_timeout<T>(
+        &self,
+        what: impl Fn() -> String,
+        request: impl Fn(Duration) -> std::result::Result<T, KafkaError>,
+    ) -> Result<T> {
+        const STEP: Duration = Duration::from_millis(500);
+        let deadline = Instant::now() + METADATA_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match request(left.min(STEP)) {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    self.serve_events();
+                    if left <= STEP || self.consumer.context().refused() {
+                        return Err(self.failed(format!("{}: {e}", what())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves the client's queued events (log lines, errors). This reader's consumer is
+    /// never assigned, so serving the queue consumes no record.
+    fn serve_events(&self) {
         for _ in 0..100 {
             if self.consumer.poll(Duration::ZERO).is_none() {
                 break;
             }
         }
+    }
+
+    /// A failed request, with what the client logged about it (its log lines wait in
+    /// its queue until served).
+    fn failed(&self, e: impl std::fmt::Display) -> Error {
+        self.serve_events();
         client_error(&self.consumer, &self.bootstrap_servers, e)
     }
 
@@ -219,10 +276,10 @@ impl OffsetReader {
     pub fn partitions(&self, topics: &[String]) -> Result<BTreeMap<String, i32>> {
         let mut counts = BTreeMap::new();
         for topic in topics {
-            let metadata = self
-                .consumer
-                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-                .map_err(|e| self.failed(format!("metadata of topic {topic}: {e}")))?;
+            let metadata = self.within_timeout(
+                || format!("metadata of topic {topic}"),
+                |timeout| self.consumer.fetch_metadata(Some(topic), timeout),
+            )?;
             let found = metadata.topics().iter().find(|t| t.name() == topic);
             match found {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
@@ -246,10 +303,10 @@ impl OffsetReader {
     pub fn topics(&self, matcher: &sluice_core::spec::TopicMatcher) -> Result<Vec<String>> {
         let mut topics: Vec<String> = matcher.named().to_vec();
         if matcher.has_pattern() {
-            let metadata = self
-                .consumer
-                .fetch_metadata(None, METADATA_TIMEOUT)
-                .map_err(|e| self.failed(format!("topic list: {e}")))?;
+            let metadata = self.within_timeout(
+                || "topic list".to_string(),
+                |timeout| self.consumer.fetch_metadata(None, timeout),
+            )?;
             topics.extend(
                 metadata
                     .topics()
@@ -303,10 +360,10 @@ impl OffsetReader {
         let mut marks = BTreeMap::new();
         for (topic, count) in self.partitions(topics)? {
             for partition in 0..count {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
-                    .map_err(|e| self.failed(format!("watermarks of {topic}/{partition}: {e}")))?;
+                let (low, high) = self.within_timeout(
+                    || format!("watermarks of {topic}/{partition}"),
+                    |timeout| self.consumer.fetch_watermarks(&topic, partition, timeout),
+                )?;
                 marks.insert((topic.clone(), partition), Watermarks { low, high });
             }
         }
