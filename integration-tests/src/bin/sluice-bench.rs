@@ -5,7 +5,8 @@
 //!   librdkafka consumer reads them (the ceiling), runs a filter/projection job and an
 //!   aggregation job (shuffled between executors) to completion, the aggregation again
 //!   over twice the events for the marginal rate, with the CPU's idle share during each
-//!   job and where the tasks' time went (read, decode, state, execute, write);
+//!   job, where the tasks' time went (read, decode, state, execute, write), and the large
+//!   run's batches one by one (do early batches run slower?);
 //! - `windows`: a stateless `GROUP BY`, a tumbling and a sliding window aggregation and a
 //!   deduplicated `GROUP BY` over the same events with event times, as ratios to the
 //!   stateless job, with the per-batch cost of the state;
@@ -891,6 +892,23 @@ async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
     println!("- filter: {}", filter.task_split());
     println!("- aggregation: {}", aggregate.task_split());
     println!("- aggregation, large: {}\n", aggregate_large.task_split());
+    println!("Batches of the large aggregation, in order (rows/s over the batch's duration; plan, execute (wall) and commit for the batch; read and decode summed over its tasks; ms):\n");
+    println!("| batch | rows | rows/s | plan | execute | commit | tasks' read | tasks' decode |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for batch in &aggregate_large.batches {
+        let times = batch.task_times.clone().unwrap_or_default();
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            batch.batch_id,
+            batch.input_rows,
+            batch.input_rows as f64 * 1000.0 / batch.duration_ms.max(1) as f64,
+            batch.plan_ms,
+            batch.execute_ms,
+            batch.commit_ms,
+            times.read_ms,
+            times.decode_ms
+        );
+    }
+    println!();
     Ok(())
 }
 
