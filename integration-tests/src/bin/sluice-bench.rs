@@ -895,7 +895,7 @@ async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
     println!("Batches of the large aggregation, in order (rows/s over the batch's duration; plan, execute (wall) and commit for the batch; read and decode summed over its tasks; ms):\n");
     println!("| batch | rows | rows/s | plan | execute | commit | tasks' read | tasks' decode |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for batch in &aggregate_large.batches {
-        let times = batch.task_times.clone().unwrap_or_default();
+        let times = batch.task_times.unwrap_or_default();
         println!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             batch.batch_id,
