@@ -123,7 +123,7 @@ fn metrics(term: Option<&Term>) -> String {
             );
         }
     }
-    let _ = writeln!(out, "# HELP sluice_state_bytes Window state the latest batch left (jobs with a watermark).\n# TYPE sluice_state_bytes gauge");
+    let _ = writeln!(out, "# HELP sluice_state_bytes State (windows, sessions, deduplication) the latest batch left.\n# TYPE sluice_state_bytes gauge");
     for (job, m) in &all {
         if let Some(bytes) = m.state_bytes {
             let _ = writeln!(out, "sluice_state_bytes{{job=\"{}\"}} {bytes}", job.job_id);
@@ -196,7 +196,7 @@ fn status_page(term: Option<&Term>) -> String {
         if let Some(ms) = metrics.watermark_ms {
             let _ = write!(
                 page,
-                "<p>watermark {ms} ms · late records {} · window state {} bytes</p>",
+                "<p>watermark {ms} ms · late records {} · state {} bytes</p>",
                 metrics.late_records,
                 metrics.state_bytes.unwrap_or(0)
             );

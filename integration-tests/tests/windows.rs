@@ -121,7 +121,7 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
     );
     let (_, page) = cluster.http_get(0, "/").unwrap();
     assert!(
-        page.contains(&format!("window state {} bytes", last.state_bytes)),
+        page.contains(&format!("state {} bytes", last.state_bytes)),
         "the status page shows the state: {page}"
     );
 
