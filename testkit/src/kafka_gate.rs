@@ -1,5 +1,6 @@
 //! A mock Kafka cluster that only lets in clients speaking the security it demands: TLS
-//! (optionally with client certificates) and SASL/PLAIN with one username and password.
+//! (optionally with client certificates) and SASL (PLAIN or SCRAM-SHA-256) with one
+//! username and password.
 //!
 //! librdkafka's mock broker speaks plaintext only, so a gate stands in front of it: a
 //! proxy that terminates TLS, answers the SASL handshake and authentication itself
@@ -33,8 +34,33 @@ const SASL_AUTHENTICATION_FAILED: i16 = 58;
 pub struct Gate {
     /// TLS with this certificate and key (PEM files).
     pub tls: Option<GateTls>,
-    /// SASL/PLAIN with this username and password.
-    pub sasl_plain: Option<(String, String)>,
+    /// SASL with this mechanism, username and password.
+    pub sasl: Option<Sasl>,
+}
+
+/// The SASL login the gate demands.
+#[derive(Debug, Clone)]
+pub struct Sasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: String,
+}
+
+/// The SASL mechanisms the gate speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+}
+
+impl SaslMechanism {
+    /// The mechanism's name in Kafka's SASL handshake (`sasl.mechanism`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+        }
+    }
 }
 
 /// The gate's TLS: its certificate and key, and the CA client certificates must be signed
@@ -149,7 +175,7 @@ impl GatedKafka {
 /// The gate's configuration, loaded.
 struct GateState {
     tls: Option<tokio_rustls::TlsAcceptor>,
-    sasl_plain: Option<(String, String)>,
+    sasl: Option<Sasl>,
 }
 
 /// A client connection, with or without TLS.
@@ -185,7 +211,7 @@ impl GateState {
         });
         GateState {
             tls,
-            sasl_plain: gate.sasl_plain,
+            sasl: gate.sasl,
         }
     }
 
@@ -197,8 +223,8 @@ impl GateState {
         };
         let mut broker = TcpStream::connect(broker).await?;
         broker.set_nodelay(true)?;
-        if let Some((username, password)) = &self.sasl_plain {
-            authenticate(&mut client, &mut broker, username, password).await?;
+        if let Some(sasl) = &self.sasl {
+            authenticate(&mut client, &mut broker, sasl).await?;
         }
         tokio::io::copy_bidirectional(&mut client, &mut broker).await?;
         Ok(())
@@ -209,14 +235,14 @@ fn refused(why: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::PermissionDenied, why.to_string())
 }
 
-/// Runs the SASL/PLAIN exchange; any other request before it succeeds closes the
-/// connection, as a broker requiring SASL does.
+/// Runs the SASL exchange; any other request before it succeeds closes the connection,
+/// as a broker requiring SASL does.
 async fn authenticate(
     client: &mut Box<dyn Stream>,
     broker: &mut TcpStream,
-    username: &str,
-    password: &str,
+    sasl: &Sasl,
 ) -> std::io::Result<()> {
+    let mut scram: Option<Scram> = None;
     loop {
         let request = read_frame(client).await?;
         let header = RequestHeader::parse(&request).ok_or_else(|| refused("short request"))?;
@@ -236,47 +262,159 @@ async fn authenticate(
             SASL_HANDSHAKE => {
                 let mechanism = read_string(&request[header.body..]).unwrap_or_default();
                 let mut response = header.correlation_id.to_be_bytes().to_vec();
-                let error = if mechanism == "PLAIN" {
+                let error = if mechanism == sasl.mechanism.name() {
                     0
                 } else {
                     UNSUPPORTED_SASL_MECHANISM
                 };
                 response.extend(error.to_be_bytes());
                 response.extend(1i32.to_be_bytes());
-                push_string(&mut response, "PLAIN");
+                push_string(&mut response, sasl.mechanism.name());
                 write_frame(client, &response).await?;
                 if error != 0 {
                     return Err(refused("unsupported SASL mechanism"));
                 }
             }
             SASL_AUTHENTICATE => {
-                let body = &request[header.body..];
-                let token = read_bytes(body).unwrap_or_default();
-                // PLAIN: authorization id, NUL, username, NUL, password.
-                let mut parts = token.split(|b| *b == 0).skip(1);
-                let accepted = parts.next() == Some(username.as_bytes())
-                    && parts.next() == Some(password.as_bytes());
-                let mut response = header.correlation_id.to_be_bytes().to_vec();
-                if accepted {
-                    response.extend(0i16.to_be_bytes());
-                    response.extend((-1i16).to_be_bytes());
-                } else {
-                    response.extend(SASL_AUTHENTICATION_FAILED.to_be_bytes());
-                    push_string(&mut response, "Authentication failed: invalid credentials");
+                let token = read_bytes(&request[header.body..]).unwrap_or_default();
+                let step = match sasl.mechanism {
+                    SaslMechanism::Plain => plain_step(&token, sasl),
+                    SaslMechanism::ScramSha256 => match scram.take() {
+                        None => Scram::first(&token, sasl).map(|(state, reply)| {
+                            scram = Some(state);
+                            Step::Continue(reply)
+                        }),
+                        Some(state) => state.last(&token),
+                    },
                 }
-                response.extend(0i32.to_be_bytes());
+                .unwrap_or(Step::Refused);
+                let mut response = header.correlation_id.to_be_bytes().to_vec();
+                let reply = match &step {
+                    Step::Refused => {
+                        response.extend(SASL_AUTHENTICATION_FAILED.to_be_bytes());
+                        push_string(&mut response, "Authentication failed: invalid credentials");
+                        vec![]
+                    }
+                    Step::Continue(reply) | Step::Done(reply) => {
+                        response.extend(0i16.to_be_bytes());
+                        response.extend((-1i16).to_be_bytes());
+                        reply.clone()
+                    }
+                };
+                response.extend((reply.len() as i32).to_be_bytes());
+                response.extend(reply);
                 if header.api_version >= 1 {
                     response.extend(0i64.to_be_bytes());
                 }
                 write_frame(client, &response).await?;
-                return if accepted {
-                    Ok(())
-                } else {
-                    Err(refused("wrong SASL credentials"))
-                };
+                match step {
+                    Step::Continue(_) => {}
+                    Step::Done(_) => return Ok(()),
+                    Step::Refused => return Err(refused("wrong SASL credentials")),
+                }
             }
             _ => return Err(refused("a request before SASL authentication")),
         }
+    }
+}
+
+/// Where a SASL exchange stands after a client message, with the gate's reply.
+enum Step {
+    Continue(Vec<u8>),
+    Done(Vec<u8>),
+    Refused,
+}
+
+/// PLAIN: authorization id, NUL, username, NUL, password.
+fn plain_step(token: &[u8], sasl: &Sasl) -> Option<Step> {
+    let mut parts = token.split(|b| *b == 0).skip(1);
+    let accepted = parts.next() == Some(sasl.username.as_bytes())
+        && parts.next() == Some(sasl.password.as_bytes());
+    Some(if accepted {
+        Step::Done(vec![])
+    } else {
+        Step::Refused
+    })
+}
+
+/// SCRAM-SHA-256 (RFC 5802, 7677) after the client's first message.
+struct Scram {
+    auth_start: String,
+    nonce: String,
+    salted: [u8; 32],
+}
+
+const SCRAM_ITERATIONS: u32 = 4096;
+
+impl Scram {
+    /// The client's first message (`n,,n=user,r=nonce`): the server's challenge.
+    fn first(token: &[u8], sasl: &Sasl) -> Option<(Scram, Vec<u8>)> {
+        use base64::Engine;
+        let text = std::str::from_utf8(token).ok()?;
+        let bare = text.strip_prefix("n,,")?;
+        let mut user = None;
+        let mut client_nonce = None;
+        for part in bare.split(',') {
+            if let Some(u) = part.strip_prefix("n=") {
+                user = Some(u);
+            } else if let Some(r) = part.strip_prefix("r=") {
+                client_nonce = Some(r);
+            }
+        }
+        if user? != sasl.username {
+            return None;
+        }
+        let nonce = format!("{}gate{}", client_nonce?, std::process::id());
+        let salt = b"sluice-test-salt";
+        let mut salted = [0u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(SCRAM_ITERATIONS).expect("iterations"),
+            salt,
+            sasl.password.as_bytes(),
+            &mut salted,
+        );
+        let server_first = format!(
+            "r={nonce},s={},i={SCRAM_ITERATIONS}",
+            base64::engine::general_purpose::STANDARD.encode(salt)
+        );
+        let state = Scram {
+            auth_start: format!("{bare},{server_first}"),
+            nonce,
+            salted,
+        };
+        Some((state, server_first.into_bytes()))
+    }
+
+    /// The client's final message (`c=…,r=nonce,p=proof`): accepted when the proof is the
+    /// password's, answered with the server's signature.
+    fn last(self, token: &[u8]) -> Option<Step> {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let text = std::str::from_utf8(token).ok()?;
+        let (without_proof, proof) = text.rsplit_once(",p=")?;
+        if !without_proof.contains(&format!("r={}", self.nonce)) {
+            return Some(Step::Refused);
+        }
+        let proof = engine.decode(proof).ok()?;
+        let hmac = |key: &[u8], data: &[u8]| {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+            ring::hmac::sign(&key, data).as_ref().to_vec()
+        };
+        let client_key = hmac(&self.salted, b"Client Key");
+        let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
+        let auth_message = format!("{},{without_proof}", self.auth_start);
+        let signature = hmac(stored_key.as_ref(), auth_message.as_bytes());
+        let presented: Vec<u8> = proof.iter().zip(&signature).map(|(p, s)| p ^ s).collect();
+        let presented_stored = ring::digest::digest(&ring::digest::SHA256, &presented);
+        if proof.len() != signature.len() || presented_stored.as_ref() != stored_key.as_ref() {
+            return Some(Step::Refused);
+        }
+        let server_key = hmac(&self.salted, b"Server Key");
+        let server_signature = hmac(&server_key, auth_message.as_bytes());
+        Some(Step::Done(
+            format!("v={}", engine.encode(server_signature)).into_bytes(),
+        ))
     }
 }
 
