@@ -15,8 +15,6 @@ pub struct DriverAccess {
     pub drivers: String,
     pub token: BearerToken,
     pub tls: Tls,
-    /// Whether a CA was given (addresses without a scheme then use TLS).
-    pub tls_default: bool,
 }
 
 impl DriverAccess {
@@ -26,7 +24,6 @@ impl DriverAccess {
             drivers: url.to_string(),
             token: BearerToken::default(),
             tls: Tls::none(),
-            tls_default: false,
         }
     }
 
@@ -34,7 +31,11 @@ impl DriverAccess {
     /// a driver without authentication).
     pub async fn connect(&self) -> Result<DriverApiClient> {
         let mut last_error = None;
-        let scheme = if self.tls_default { "https" } else { "http" };
+        let scheme = if self.tls.verifies_servers() {
+            "https"
+        } else {
+            "http"
+        };
         for url in self
             .drivers
             .split(',')

@@ -196,7 +196,6 @@ async fn run(cli: Cli) -> Result<()> {
     let access = client::DriverAccess {
         drivers: cli.driver.clone(),
         token,
-        tls_default: cli.ca_cert.is_some(),
         tls,
     };
     match cli.command {

@@ -420,10 +420,18 @@ impl TestCluster {
             .with_context(|| format!("no metric {series} in {body}"))
     }
 
+    /// The job's offset log and checkpoint in etcd.
+    pub async fn job_log(&self, job: &str) -> Result<sluice_driver::checkpoint::JobLog> {
+        let store = sluice_driver::checkpoint::EtcdStore::connect(&[self.etcd.endpoint()]).await?;
+        Ok(sluice_driver::checkpoint::JobLog::new(
+            std::sync::Arc::new(store),
+            job,
+        ))
+    }
+
     /// The job's offset log and checkpoint in etcd: (last logged batch, checkpointed batch).
     pub async fn logged_and_checkpointed(&self, job: &str) -> Result<(i64, i64)> {
-        let store = sluice_driver::checkpoint::EtcdStore::connect(&[self.etcd.endpoint()]).await?;
-        let log = sluice_driver::checkpoint::JobLog::new(std::sync::Arc::new(store), job);
+        let log = self.job_log(job).await?;
         let logged = log.last_plan().await?.map_or(-1, |p| p.batch_id.get());
         let checkpointed = log.checkpoint().await?.map_or(-1, |c| c.batch_id.get());
         Ok((logged, checkpointed))

@@ -99,10 +99,7 @@ async fn a_start_by_time_after_every_record_reads_only_newer_records() {
         "    starting_offsets: {timestamp: '2100-01-01T00:00:00Z'}",
     );
     let job = cluster.submit(&spec).await.unwrap();
-    let store = sluice_driver::checkpoint::EtcdStore::connect(&[cluster.etcd.endpoint()])
-        .await
-        .unwrap();
-    let log = sluice_driver::checkpoint::JobLog::new(std::sync::Arc::new(store), &job);
+    let log = cluster.job_log(&job).await.unwrap();
     let started = || async { log.checkpoint().await.unwrap().is_some() };
     cluster
         .wait_until(Duration::from_secs(30), "the initial checkpoint", started)

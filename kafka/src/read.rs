@@ -290,9 +290,17 @@ impl OffsetReader {
                         .error()
                         .map(|e| format!("{:?}", RDKafkaErrorCode::from(e)))
                         .unwrap_or_else(|| "no partitions".into());
-                    return Err(self.failed(format!("topic {topic} is not available: {cause}")));
+                    return Err(kafka_error(
+                        &self.bootstrap_servers,
+                        format!("topic {topic} is not available: {cause}"),
+                    ));
                 }
-                None => return Err(self.failed(format!("topic {topic} does not exist"))),
+                None => {
+                    return Err(kafka_error(
+                        &self.bootstrap_servers,
+                        format!("topic {topic} does not exist"),
+                    ))
+                }
             }
         }
         Ok(counts)
@@ -331,12 +339,12 @@ impl OffsetReader {
         for (topic, partition) in partitions {
             request
                 .add_partition_offset(&topic, partition, Offset::Offset(ms))
-                .map_err(|e| self.failed(e))?;
+                .map_err(|e| kafka_error(&self.bootstrap_servers, e))?;
         }
-        let found = self
-            .consumer
-            .offsets_for_times(request, METADATA_TIMEOUT)
-            .map_err(|e| self.failed(format!("offsets for time {ms}: {e}")))?;
+        let found = self.within_timeout(
+            || format!("offsets for time {ms}"),
+            |timeout| self.consumer.offsets_for_times(request.clone(), timeout),
+        )?;
         let mut offsets = BTreeMap::new();
         for element in found.elements() {
             if let Err(e) = element.error() {
@@ -569,10 +577,10 @@ fn read_from<F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>>(
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&range.topic, range.partition, Offset::Offset(from))
-            .map_err(|e| client_error(consumer, bootstrap_servers, e))?;
+            .map_err(|e| kafka_error(bootstrap_servers, e))?;
         consumer
             .assign(&assignment)
-            .map_err(|e| client_error(consumer, bootstrap_servers, e))?;
+            .map_err(|e| kafka_error(bootstrap_servers, e))?;
     }
     let mut chunks = Chunker {
         pending: Vec::with_capacity(CHUNK_RECORDS.min((range.end - from) as usize)),

@@ -135,6 +135,11 @@ impl Tls {
         })
     }
 
+    /// Whether a CA was given to verify the servers this process calls.
+    pub fn verifies_servers(&self) -> bool {
+        self.ca.is_some()
+    }
+
     /// Whether this process's servers speak TLS.
     pub fn serves_tls(&self) -> bool {
         self.identity.is_some()
