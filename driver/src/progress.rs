@@ -77,6 +77,8 @@ pub fn batch_progress(
         late_records: results.iter().map(|r| r.late_records).sum(),
         state_rows: results.iter().map(|r| r.state_rows).sum(),
         state_bytes: results.iter().map(|r| r.state_bytes).sum(),
+        state_bytes_written: results.iter().map(|r| r.state_bytes_written).sum(),
+        state_bytes_read: results.iter().map(|r| r.state_bytes_read).sum(),
         task_times: Some(summed_task_times(results)),
         job_state: String::new(),
         message: String::new(),

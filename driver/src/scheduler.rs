@@ -44,14 +44,22 @@ pub struct Scheduler {
     retries: Arc<AtomicU64>,
     /// Task attempts that crashed their executor or panicked, since start.
     crashes: Arc<AtomicU64>,
-    /// The executor that last read each partition, by job: the partition's next range goes
-    /// there while it has a free slot, where a consumer already stands at the range's
-    /// start and has fetched ahead.
-    partition_homes: Arc<Mutex<HashMap<PartitionKey, String>>>,
+    /// Where tasks went last, so the next batch's task of the same kind goes there again
+    /// while it has a free slot: a partition's next range to the executor whose consumer
+    /// already stands at the range's start and has fetched ahead, a state stage task to
+    /// the executor holding its partitions' state in memory.
+    homes: Arc<Mutex<HashMap<HomeKey, String>>>,
 }
 
-/// A partition of a job's source: job, topic, partition.
-type PartitionKey = (String, String, i32);
+/// What a task's home is kept by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum HomeKey {
+    /// A partition of a job's source: job, topic, partition.
+    SourcePartition(String, String, i32),
+    /// A task of a job's state stage (the same task reduces the same shuffle partitions
+    /// every batch): job, task.
+    StateTask(String, u32),
+}
 
 /// The successful results of a batch's tasks.
 #[derive(Debug)]
@@ -328,7 +336,7 @@ impl Scheduler {
             task_timeout,
             retries: Arc::new(AtomicU64::new(0)),
             crashes: Arc::new(AtomicU64::new(0)),
-            partition_homes: Arc::new(Mutex::new(HashMap::new())),
+            homes: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -525,7 +533,8 @@ impl Scheduler {
             StageKind::Source => &run.ranges[task_id as usize],
             _ => &[],
         };
-        let home = self.partition_home(&run.job.job_id, ranges);
+        let home_keys = self.home_keys(run, stage, task_id, ranges);
+        let home = self.home(&home_keys);
         while attempt < MAX_TASK_ATTEMPTS {
             attempt += 1;
             let prefer = if attempt == 1 { home.as_deref() } else { None };
@@ -538,7 +547,7 @@ impl Scheduler {
             match self.launch(&executor, run.job, definition).await {
                 Ok(task_result::Outcome::Success(success)) => {
                     failpoint::hit(failpoint::TASK_FINISHED, batch).await;
-                    self.set_partition_home(&run.job.job_id, ranges, &executor.id);
+                    self.set_home(home_keys, &executor.id);
                     if attempt > 1 {
                         run.retried.store(true, Ordering::Relaxed);
                     }
@@ -650,21 +659,34 @@ impl Scheduler {
         self.crashes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The executor that last read the first of `ranges`' partitions for the job.
-    fn partition_home(&self, job_id: &str, ranges: &[OffsetRange]) -> Option<String> {
-        let first = ranges.first()?;
-        let key = (job_id.to_string(), first.topic.clone(), first.partition);
-        self.partition_homes
-            .lock()
-            .expect("partition homes lock")
-            .get(&key)
-            .cloned()
+    /// What a task's home is kept by: its ranges' partitions (the first one decides), or,
+    /// for a task of the job's state stage, the task.
+    fn home_keys(
+        &self,
+        run: &BatchRun<'_>,
+        stage: &StageInfo,
+        task_id: u32,
+        ranges: &[OffsetRange],
+    ) -> Vec<HomeKey> {
+        let job_id = &run.job.job_id;
+        if run.job.state_stage == Some(stage.id) && stage.kind != StageKind::Source {
+            return vec![HomeKey::StateTask(job_id.to_string(), task_id)];
+        }
+        ranges
+            .iter()
+            .map(|r| HomeKey::SourcePartition(job_id.to_string(), r.topic.clone(), r.partition))
+            .collect()
     }
 
-    fn set_partition_home(&self, job_id: &str, ranges: &[OffsetRange], executor: &str) {
-        let mut homes = self.partition_homes.lock().expect("partition homes lock");
-        for range in ranges {
-            let key = (job_id.to_string(), range.topic.clone(), range.partition);
+    /// The executor that last ran the task of the first of `keys`.
+    fn home(&self, keys: &[HomeKey]) -> Option<String> {
+        let homes = self.homes.lock().expect("homes lock");
+        homes.get(keys.first()?).cloned()
+    }
+
+    fn set_home(&self, keys: Vec<HomeKey>, executor: &str) {
+        let mut homes = self.homes.lock().expect("homes lock");
+        for key in keys {
             homes.insert(key, executor.to_string());
         }
     }

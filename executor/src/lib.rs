@@ -13,13 +13,17 @@ mod rewrite;
 mod service;
 mod sessions;
 mod shuffle_store;
+mod state_cache;
+mod state_deltas;
 mod state_files;
 mod state_rule;
+mod state_stage;
 mod task;
 mod writer;
 
 pub use error::{Error, Result};
 pub use service::run;
+pub use state_cache::DEFAULT_STATE_CACHE_BYTES;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,6 +68,8 @@ pub struct ExecutorConfig {
     /// TLS of the task API, the Flight server and the calls to the driver and to other
     /// executors; none by default.
     pub tls: sluice_proto::tls::Tls,
+    /// Bytes of decoded state files kept in memory for the next batch that reads them.
+    pub state_cache_bytes: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -82,6 +88,7 @@ impl Default for ExecutorConfig {
             task_slots: DEFAULT_TASK_SLOTS,
             executor_id: None,
             kafka_read_ahead: true,
+            state_cache_bytes: DEFAULT_STATE_CACHE_BYTES,
         }
     }
 }

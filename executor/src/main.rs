@@ -1,7 +1,9 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use sluice_executor::{ExecutorConfig, DEFAULT_SHUFFLE_MEMORY_BYTES, DEFAULT_TASK_SLOTS};
+use sluice_executor::{
+    ExecutorConfig, DEFAULT_SHUFFLE_MEMORY_BYTES, DEFAULT_STATE_CACHE_BYTES, DEFAULT_TASK_SLOTS,
+};
 
 /// Sluice executor: runs micro-batch tasks for a Sluice driver.
 #[derive(Debug, Parser)]
@@ -47,6 +49,11 @@ struct Args {
     /// that memory and the broker's fetches when an executor reads very many partitions.
     #[arg(long, env = "SLUICE_KAFKA_READ_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
     kafka_read_ahead: bool,
+    /// Bytes of decoded state files (windows, sessions, deduplication) kept in memory, so
+    /// the next batch of the same shuffle partitions reads its state from memory instead
+    /// of storage. 0 reads state from storage every batch.
+    #[arg(long, env = "SLUICE_STATE_CACHE_BYTES", default_value_t = DEFAULT_STATE_CACHE_BYTES)]
+    state_cache_bytes: u64,
     /// Log as JSON lines.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -103,6 +110,7 @@ async fn main() -> std::process::ExitCode {
         task_slots: args.slots,
         executor_id: args.id,
         kafka_read_ahead: args.kafka_read_ahead,
+        state_cache_bytes: args.state_cache_bytes,
         driver_token,
         accepted_tokens,
         tls,

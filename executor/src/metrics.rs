@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use sluice_core::http::{Handler, Histogram, HttpResponse, DURATION_BUCKETS};
 
+use crate::state_cache::{StateCache, DEFAULT_STATE_CACHE_BYTES};
+
 /// What an executor has done since it started.
 #[derive(Debug)]
 pub struct ExecutorMetrics {
@@ -26,6 +28,8 @@ pub struct ExecutorMetrics {
     /// Stateful jobs: the state this executor's tasks wrote for the latest batch of each
     /// job they ran, as job id -> (batch id, bytes).
     pub state: Mutex<HashMap<String, (i64, u64)>>,
+    /// Decoded state files kept for the next batch (shared with the tasks).
+    pub state_cache: Arc<StateCache>,
 }
 
 impl Default for ExecutorMetrics {
@@ -41,6 +45,7 @@ impl Default for ExecutorMetrics {
             shuffle_spilled_bytes: AtomicU64::new(0),
             task_seconds: Mutex::new(Histogram::new(DURATION_BUCKETS)),
             state: Mutex::new(HashMap::new()),
+            state_cache: Arc::new(StateCache::new(DEFAULT_STATE_CACHE_BYTES)),
         }
     }
 }
@@ -88,7 +93,7 @@ impl ExecutorMetrics {
         let _ = writeln!(out, "# TYPE sluice_executor_shuffle_spilled_bytes_total counter\nsluice_executor_shuffle_spilled_bytes_total {}", load(&self.shuffle_spilled_bytes));
         let _ = writeln!(
             out,
-            "# HELP sluice_executor_state_bytes State files this executor wrote for the latest batch of each stateful job it ran.\n# TYPE sluice_executor_state_bytes gauge"
+            "# HELP sluice_executor_state_bytes State files of this executor's tasks for the latest batch of each stateful job it ran (written or carried over).\n# TYPE sluice_executor_state_bytes gauge"
         );
         let mut state: Vec<_> = self
             .state
@@ -101,6 +106,9 @@ impl ExecutorMetrics {
         for (job, bytes) in state {
             let _ = writeln!(out, "sluice_executor_state_bytes{{job=\"{job}\"}} {bytes}");
         }
+        let (hits, misses) = self.state_cache.hits_and_misses();
+        let _ = writeln!(out, "# HELP sluice_executor_state_cache_bytes Decoded state files kept in memory for the next batch.\n# TYPE sluice_executor_state_cache_bytes gauge\nsluice_executor_state_cache_bytes {}", self.state_cache.bytes());
+        let _ = writeln!(out, "# HELP sluice_executor_state_cache_reads_total State files read from memory (hit) or storage (miss).\n# TYPE sluice_executor_state_cache_reads_total counter\nsluice_executor_state_cache_reads_total{{outcome=\"hit\"}} {hits}\nsluice_executor_state_cache_reads_total{{outcome=\"miss\"}} {misses}");
         let _ = writeln!(
             out,
             "# TYPE sluice_executor_task_duration_seconds histogram"

@@ -23,6 +23,7 @@ use crate::metrics::{self, ExecutorMetrics};
 use crate::registration::{stay_registered, Identity};
 use crate::rewrite::rewrite_files;
 use crate::shuffle_store::ShuffleStore;
+use crate::state_cache::StateCache;
 use crate::task::{failure, run_task, task_ranges, PreparedJob, TaskEnv};
 use crate::ExecutorConfig;
 use sluice_proto::auth::TokenCheck;
@@ -203,7 +204,10 @@ pub async fn run(
         task_slots: config.task_slots.max(1),
     };
     info!(executor = %identity.executor_id, address = %identity.address, flight = %identity.flight_address, slots = identity.task_slots, "executor listening");
-    let metrics = Arc::new(ExecutorMetrics::default());
+    let metrics = Arc::new(ExecutorMetrics {
+        state_cache: Arc::new(StateCache::new(config.state_cache_bytes)),
+        ..Default::default()
+    });
     let service = ExecutorService {
         jobs: RwLock::new(HashMap::new()),
         env: Arc::new(TaskEnv {
@@ -213,6 +217,7 @@ pub async fn run(
                 config.accepted_tokens.as_ref(),
                 config.tls.clone(),
             )),
+            state_cache: metrics.state_cache.clone(),
         }),
         slots: Arc::new(Semaphore::new(identity.task_slots as usize)),
         metrics: metrics.clone(),

@@ -10,11 +10,11 @@ use iceberg::io::FileIO;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use sluice_core::{Error, Result};
-use sluice_iceberg::data_files::STATE_DIR;
+use sluice_iceberg::data_files::{state_file_name, state_file_stats, StateFileStats, STATE_DIR};
 
 use crate::writer::to_table_batch;
 
-/// A state file as written.
+/// A state file of a batch's state: written by the batch or carried over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateFile {
     pub path: String,
@@ -22,10 +22,35 @@ pub struct StateFile {
     pub bytes: u64,
 }
 
-/// Writes `batches` as one Parquet file at `path`; nothing when they hold no rows.
+impl StateFile {
+    /// A file carried over unread, described by its name (nothing known when named
+    /// without stats).
+    pub fn carried(path: &str) -> StateFile {
+        let stats = state_file_stats(path);
+        StateFile {
+            path: path.to_string(),
+            rows: stats.map_or(0, |s| s.rows),
+            bytes: stats.map_or(0, |s| s.bytes),
+        }
+    }
+}
+
+/// Where and for what a state file is written.
+pub struct StateFileTarget<'a> {
+    /// The sink table's location.
+    pub location: &'a str,
+    /// The writing attempt's name prefix.
+    pub prefix: &'a str,
+    /// The shuffle partition whose state it holds, for state kept after the shuffle.
+    pub partition: Option<u32>,
+}
+
+/// Writes `batches` as one Parquet file named for `target` with its stats (`lifetime`:
+/// see `StateRule::lifetime`); nothing when they hold no rows.
 pub async fn write_state(
     file_io: &FileIO,
-    path: &str,
+    target: StateFileTarget<'_>,
+    lifetime: (i64, i64),
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<Option<StateFile>> {
@@ -33,29 +58,42 @@ pub async fn write_state(
         return Ok(None);
     }
     let mut bytes = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut bytes, schema.clone(), None).map_err(|e| state_error(path, e))?;
+    let context = || format!("{}.p{:?}", target.prefix, target.partition);
+    let mut writer = ArrowWriter::try_new(&mut bytes, schema.clone(), None)
+        .map_err(|e| state_error(&context(), e))?;
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        writer.write(batch).map_err(|e| state_error(path, e))?;
+        writer
+            .write(batch)
+            .map_err(|e| state_error(&context(), e))?;
     }
-    writer.close().map_err(|e| state_error(path, e))?;
-    let written = StateFile {
-        path: path.to_string(),
+    writer.close().map_err(|e| state_error(&context(), e))?;
+    let stats = StateFileStats {
         rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
         bytes: bytes.len() as u64,
+        from: lifetime.0,
+        until: lifetime.1,
     };
+    let path = state_path(
+        target.location,
+        &state_file_name(target.prefix, target.partition, Some(stats)),
+    );
     file_io
-        .new_output(path)
+        .new_output(&path)
         .map_err(Error::iceberg(format!("opening state file {path}")))?
         .write(Bytes::from(bytes))
         .await
         .map_err(Error::iceberg(format!("writing state file {path}")))?;
-    Ok(Some(written))
+    Ok(Some(StateFile {
+        path,
+        rows: stats.rows,
+        bytes: stats.bytes,
+    }))
 }
 
-/// Reads the state files a batch starts from.
-pub async fn read_state(file_io: &FileIO, paths: &[String]) -> Result<Vec<RecordBatch>> {
+/// Reads the state files a batch starts from; returns their rows and the bytes read.
+pub async fn read_state(file_io: &FileIO, paths: &[String]) -> Result<(Vec<RecordBatch>, u64)> {
     let mut batches = Vec::new();
+    let mut read = 0;
     for path in paths {
         let bytes = file_io
             .new_input(path)
@@ -63,6 +101,7 @@ pub async fn read_state(file_io: &FileIO, paths: &[String]) -> Result<Vec<Record
             .read()
             .await
             .map_err(Error::iceberg(format!("reading state file {path}")))?;
+        read += bytes.len() as u64;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
             .map_err(|e| state_error(path, e))?;
@@ -70,7 +109,7 @@ pub async fn read_state(file_io: &FileIO, paths: &[String]) -> Result<Vec<Record
             batches.push(batch?);
         }
     }
-    Ok(batches)
+    Ok((batches, read))
 }
 
 /// Where a state file named `name` is kept: beside the table's data, named like the data
@@ -114,21 +153,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn state_round_trips_through_parquet() {
+    async fn state_round_trips_through_parquet_named_with_its_stats() {
         let dir = tempfile::tempdir().unwrap();
         let file_io = iceberg::io::FileIO::new_with_fs();
-        let path = state_path(&format!("file://{}", dir.path().display()), "j.b1.parquet");
+        let location = format!("file://{}", dir.path().display());
+        let target = || StateFileTarget {
+            location: &location,
+            prefix: "j.b1.e1.t0.a1.ff",
+            partition: Some(3),
+        };
         let b = batch();
-        let written = write_state(&file_io, &path, &b.schema(), std::slice::from_ref(&b))
+        let written = write_state(
+            &file_io,
+            target(),
+            (10, 30),
+            &b.schema(),
+            std::slice::from_ref(&b),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(written
+            .path
+            .starts_with(&state_path(&location, "j.b1.e1.t0.a1.ff.p3.s4_")));
+        assert_eq!(written.rows, 4);
+        assert!(written.bytes > 0);
+        assert_eq!(StateFile::carried(&written.path), written, "the name tells");
+        let (read, bytes_read) = read_state(&file_io, std::slice::from_ref(&written.path))
             .await
             .unwrap();
-        let written = written.unwrap();
-        assert_eq!((written.path.as_str(), written.rows), (path.as_str(), 4));
-        assert!(written.bytes > 0);
-        let read = read_state(&file_io, &[path]).await.unwrap();
+        assert_eq!(bytes_read, written.bytes);
         assert_eq!(conform(&read[0], &b.schema()).unwrap(), b);
         assert_eq!(
-            write_state(&file_io, "unused", &b.schema(), &[])
+            write_state(&file_io, target(), (0, 0), &b.schema(), &[])
                 .await
                 .unwrap(),
             None

@@ -106,6 +106,30 @@ impl StateRule {
         }
     }
 
+    /// The watermarks at which the first and the last of `batches`' rows stop being state
+    /// (see `sluice_iceberg::data_files::StateFileStats`): a window's end, a remembered
+    /// key's event time plus `within` and one. Session rows are read by every batch, so
+    /// theirs span all watermarks.
+    pub fn lifetime(&self, batches: &[RecordBatch]) -> Result<(i64, i64)> {
+        let (column, after) = match self {
+            StateRule::Windows => (WINDOW_END_COLUMN, 0),
+            StateRule::Dedup {
+                event_time,
+                within_ms,
+            } => (event_time.as_str(), within_ms.saturating_add(1)),
+            StateRule::Sessions(_) => return Ok((i64::MIN, i64::MAX)),
+        };
+        let mut span: Option<(i64, i64)> = None;
+        for batch in batches {
+            let times = millis(time_column(batch, column)?)?;
+            for time in times.iter().flatten() {
+                let at = time.saturating_add(after);
+                span = Some(span.map_or((at, at), |(from, until)| (from.min(at), until.max(at))));
+            }
+        }
+        Ok(span.unwrap_or((i64::MAX, i64::MAX)))
+    }
+
     /// A state file's rows as the query gets them.
     pub fn read_back(&self, batch: RecordBatch) -> Result<RecordBatch> {
         match self {
@@ -276,5 +300,31 @@ pub(crate) mod tests {
             vec![1, 2, 4],
             "without a watermark only records without an event time are late"
         );
+    }
+
+    #[test]
+    fn a_state_files_lifetime_spans_the_watermarks_at_which_its_rows_stop_being_state() {
+        let windows = batch(WINDOW_END_COLUMN);
+        let rule = StateRule::Windows;
+        assert_eq!(
+            rule.lifetime(std::slice::from_ref(&windows)).unwrap(),
+            (10, 30)
+        );
+        // A window ending at 10 is state while the watermark is below 10.
+        assert_eq!(ns(&rule.still_needed(&windows, Some(9)).unwrap())[0], 1);
+        assert!(!ns(&rule.still_needed(&windows, Some(10)).unwrap()).contains(&1));
+        let dedup = StateRule::Dedup {
+            event_time: "ts".into(),
+            within_ms: 15,
+        };
+        let keys = batch("ts");
+        assert_eq!(
+            dedup.lifetime(std::slice::from_ref(&keys)).unwrap(),
+            (26, 46)
+        );
+        // A key seen at 10 is remembered while the watermark is at most 25.
+        assert!(ns(&dedup.still_needed(&keys, Some(25)).unwrap()).contains(&1));
+        assert!(!ns(&dedup.still_needed(&keys, Some(26)).unwrap()).contains(&1));
+        assert_eq!(rule.lifetime(&[]).unwrap(), (i64::MAX, i64::MAX));
     }
 }

@@ -12,7 +12,7 @@ use iceberg::{Catalog, TableIdent};
 use sluice_core::spec::JobSpec;
 use sluice_core::{failpoint, BatchId, Error, Result};
 use sluice_iceberg::catalog::open_catalog;
-use sluice_iceberg::data_files::{attempt_prefix, state_file_name, state_file_partition};
+use sluice_iceberg::data_files::attempt_prefix;
 use sluice_iceberg::sink::{
     data_files_to_json, dead_letter_ident, table_arrow_schema, table_ident,
 };
@@ -20,8 +20,7 @@ use sluice_kafka::decode::{dead_letter_batch, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
 use sluice_kafka::read::Connection;
 use sluice_plan::{
-    MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleStateKind,
-    ShuffleStateStage, TaskInputs,
+    MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleStateStage, TaskInputs,
 };
 use sluice_proto::v1::{
     FailureKind, PartitionEventTime, StageOutput, StagePlan, TaskDefinition, TaskFailure,
@@ -32,8 +31,10 @@ use tracing::{debug, Instrument};
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
 use crate::late_records;
 use crate::shuffle_store::ShuffleStore;
-use crate::state_files;
+use crate::state_cache::StateCache;
+use crate::state_files::{self, StateFileTarget};
 use crate::state_rule::{self, StateRule};
+use crate::state_stage;
 use crate::writer::{write_data_files, WriteOptions};
 
 /// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
@@ -95,12 +96,12 @@ pub struct PreparedJob {
     decoder: RecordDecoder,
     stages: HashMap<u32, PreparedStage>,
     /// The session stage plans are decoded and run in.
-    context: Arc<datafusion::execution::TaskContext>,
+    pub(crate) context: Arc<datafusion::execution::TaskContext>,
     pub(crate) sink: TargetTable,
     /// With `on_malformed: dead_letter`.
     dead_letters: Option<TargetTable>,
     /// What a stateful job (windows, sessions, deduplication) keeps between batches.
-    state_rule: Option<StateRule>,
+    pub(crate) state_rule: Option<StateRule>,
     /// Jobs keeping their state after the shuffle (sessions, most windowed aggregations):
     /// the stage that keeps it. Otherwise source tasks keep a stateful job's state.
     shuffle_state: Option<ShuffleStateStage>,
@@ -244,6 +245,8 @@ pub struct TaskEnv {
     pub pool: Arc<ConsumerPool>,
     pub store: Arc<ShuffleStore>,
     pub fetcher: Arc<dyn ShuffleFetcher>,
+    /// Decoded state files, reused by the next batch that reads them here.
+    pub state_cache: Arc<StateCache>,
 }
 
 /// The wire kind of an error.
@@ -347,7 +350,7 @@ pub async fn run_task(
             task.attempt,
         );
         let state_started = Instant::now();
-        let (source, state) = match &job.state_rule {
+        let (source, state, source_state_read) = match &job.state_rule {
             Some(rule) if task.report_input => {
                 let carried = carry_state(&job, rule, task, source, &prefix).await?;
                 // A stateful job drops its late records (see `StateRule::split_late`).
@@ -359,18 +362,19 @@ pub async fn run_task(
                         task.watermark_ms,
                     )?);
                 }
-                (carried.rows, carried.state)
+                (carried.rows, carried.state, carried.bytes_read)
             }
-            _ => (source, None),
+            _ => (source, None, 0),
         };
         let state_stage = job
             .shuffle_state
             .as_ref()
             .filter(|stage| stage.stage_id == task.stage_id);
-        let carried = match state_stage {
-            Some(stage) => Some(Arc::new(carried_state(&job, stage, task).await?)),
+        let stage_state = match state_stage {
+            Some(stage) => Some(state_stage::load(&job, &env.state_cache, stage, task).await?),
             None => None,
         };
+        let state_bytes_read = source_state_read + stage_state.as_ref().map_or(0, |s| s.bytes_read);
         let state_time = state_started.elapsed();
         let inputs = TaskInputs {
             job_id: task.job_id.clone(),
@@ -393,7 +397,7 @@ pub async fn run_task(
                 })
                 .collect(),
             fetcher: env.fetcher.clone(),
-            carried: carried.clone(),
+            carried: stage_state.as_ref().map(|s| s.rows.clone()),
         };
         let context = sluice_plan::task_context(&job.context, inputs);
         let stage_plan =
@@ -404,10 +408,14 @@ pub async fn run_task(
             .instrument(tracing::info_span!("execute"))
             .await?;
         let executed_ms = started.elapsed().as_millis();
+        let mut state_bytes_written = state.as_ref().map_or(0, |s| s.bytes);
         let mut state = state.into_iter().collect::<Vec<_>>();
         let state_started = Instant::now();
-        if let (Some(carried), Some(stage)) = (&carried, state_stage) {
-            state = keep_shuffle_state(&job, stage, carried, task, &prefix).await?;
+        if let (Some(loaded), Some(stage)) = (&stage_state, state_stage) {
+            let kept =
+                state_stage::keep(&job, &env.state_cache, stage, loaded, task, &prefix).await?;
+            state_bytes_written = kept.bytes_written;
+            state = kept.files;
         }
         let state_time = state_time + state_started.elapsed();
         let write_started = Instant::now();
@@ -503,6 +511,8 @@ pub async fn run_task(
             state_rows: state.iter().map(|s| s.rows).sum(),
             state_bytes: state.iter().map(|s| s.bytes).sum(),
             state_files: state.into_iter().map(|s| s.path).collect(),
+            state_bytes_written,
+            state_bytes_read,
             times: Some(TaskTimes {
                 read_ms: read_ms as u64,
                 decode_ms: decode_time.as_millis() as u64,
@@ -543,7 +553,8 @@ async fn carry_state(
     // the state moved there (an upgrade): their rows join the batch's and the state stage
     // keeps what it needs of them.
     let kept_here = job.shuffle_state.is_none();
-    for batch in state_files::read_state(file_io, &task.state_files).await? {
+    let (state, bytes_read) = state_files::read_state(file_io, &task.state_files).await?;
+    for batch in state {
         let batch = rule.read_back(state_files::conform(&batch, &job.scan_schema)?)?;
         if kept_here {
             still_needed.push(rule.still_needed(&batch, task.watermark_ms)?);
@@ -554,101 +565,27 @@ async fn carry_state(
         return Ok(CarriedState {
             rows,
             state: None,
+            bytes_read,
             dropped,
             late,
         });
     }
-    let path = state_files::state_path(
-        job.sink.table.metadata().location(),
-        &state_file_name(prefix, None),
-    );
-    let written = state_files::write_state(file_io, &path, &job.scan_schema, &still_needed).await?;
+    let target = StateFileTarget {
+        location: job.sink.table.metadata().location(),
+        prefix,
+        partition: None,
+    };
+    let lifetime = rule.lifetime(&still_needed)?;
+    let written =
+        state_files::write_state(file_io, target, lifetime, &job.scan_schema, &still_needed)
+            .await?;
     Ok(CarriedState {
         rows,
         state: written,
+        bytes_read,
         dropped,
         late,
     })
-}
-
-/// A state stage task's state: what the batch starts from in the shuffle partitions the
-/// task reduces (each state file holds one partition's, named in the file name).
-async fn carried_state(
-    job: &PreparedJob,
-    stage: &ShuffleStateStage,
-    task: &TaskDefinition,
-) -> Result<sluice_plan::CarriedRows> {
-    let file_io = job.sink.table.file_io();
-    let mut state: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
-    let state_schema = stage.state_schema();
-    for path in &task.state_files {
-        let partition = state_file_partition(path).ok_or_else(|| {
-            Error::InvalidRequest(format!("state file {path} names no shuffle partition"))
-        })?;
-        for batch in state_files::read_state(file_io, std::slice::from_ref(path)).await? {
-            state
-                .entry(partition)
-                .or_default()
-                .push(state_files::conform(&batch, &state_schema)?);
-        }
-    }
-    let dedup_key = match &stage.kind {
-        ShuffleStateKind::DedupRows { key, .. } => Some(key.clone()),
-        _ => None,
-    };
-    Ok(sluice_plan::CarriedRows {
-        stage_id: stage.stream_stage,
-        state,
-        yielded: Default::default(),
-        dedup_key,
-    })
-}
-
-/// Writes, for each shuffle partition the state stage task reduced, the state still
-/// needed after the batch's watermark as one state file: the rows of open sessions, the
-/// merged partial aggregates of open windows, or the rows of keys still remembered.
-async fn keep_shuffle_state(
-    job: &PreparedJob,
-    stage: &ShuffleStateStage,
-    carried: &sluice_plan::CarriedRows,
-    task: &TaskDefinition,
-    prefix: &str,
-) -> Result<Vec<state_files::StateFile>> {
-    let file_io = job.sink.table.file_io();
-    let location = job.sink.table.metadata().location();
-    let mut written = vec![];
-    let state_schema = stage.state_schema();
-    let mut yielded: Vec<_> = carried.take_yielded().into_iter().collect();
-    yielded.sort_unstable_by_key(|(partition, _)| *partition);
-    for (partition, rows) in yielded {
-        let kept = match (&stage.kind, &job.state_rule) {
-            (ShuffleStateKind::SessionRows, Some(StateRule::Sessions(sessions))) => {
-                vec![sessions.open_rows(&stage.schema, &rows, task.watermark_ms)?]
-            }
-            (ShuffleStateKind::DedupRows { .. }, Some(rule @ StateRule::Dedup { .. })) => rows
-                .iter()
-                .map(|b| {
-                    state_files::conform(&rule.still_needed(b, task.watermark_ms)?, &state_schema)
-                })
-                .collect::<Result<_>>()?,
-            (ShuffleStateKind::WindowPartials(_), _) => stage
-                .merge(rows, job.context.clone())
-                .await?
-                .iter()
-                .map(|b| state_rule::select_windows(b, task.watermark_ms, true))
-                .collect::<Result<_>>()?,
-            (kind, rule) => {
-                return Err(Error::InvalidRequest(format!(
-                    "state kept after the shuffle as {kind:?} does not fit the job's rule {rule:?}"
-                )))
-            }
-        };
-        let path = state_files::state_path(location, &state_file_name(prefix, Some(partition)));
-        if let Some(file) = state_files::write_state(file_io, &path, &state_schema, &kept).await? {
-            written.push(file);
-        }
-    }
-    Ok(written)
 }
 
 /// What a stateful source task hands the SQL and leaves for the next batch.
@@ -657,6 +594,8 @@ struct CarriedState {
     rows: Vec<RecordBatch>,
     /// The state file written (none when no window is open).
     state: Option<state_files::StateFile>,
+    /// Bytes of state files read.
+    bytes_read: u64,
     /// Late records, dropped.
     dropped: u64,
     /// Their rows.

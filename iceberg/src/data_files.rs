@@ -107,21 +107,65 @@ pub const DATA_DIR: &str = "data";
 /// The table's directory of windowed jobs' state files (never referenced by a snapshot).
 pub const STATE_DIR: &str = "sluice-state";
 
-/// The name of a state file: `{attempt_prefix}.parquet`, or `{attempt_prefix}.p{n}.parquet`
-/// for the state of shuffle partition `n` (kept after a shuffle, as session windows do).
-pub fn state_file_name(attempt_prefix: &str, partition: Option<u32>) -> String {
-    match partition {
-        Some(partition) => format!("{attempt_prefix}.p{partition}.parquet"),
-        None => format!("{attempt_prefix}.parquet"),
+/// What a state file's name says about its rows, so that a batch can carry the file over
+/// without reading it: how many rows and bytes it holds, and the watermarks at which its
+/// first and its last row stop being state (`from` ≤ `until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateFileStats {
+    pub rows: u64,
+    pub bytes: u64,
+    pub from: i64,
+    pub until: i64,
+}
+
+/// The name of a state file: `{attempt_prefix}[.p{n}][.s{rows}_{bytes}_{from}_{until}].parquet`,
+/// with `.p{n}` for the state of shuffle partition `n` (state kept after a shuffle) and the
+/// `.s…` segment carrying its [`StateFileStats`].
+pub fn state_file_name(
+    attempt_prefix: &str,
+    partition: Option<u32>,
+    stats: Option<StateFileStats>,
+) -> String {
+    let mut name = attempt_prefix.to_string();
+    if let Some(partition) = partition {
+        name.push_str(&format!(".p{partition}"));
     }
+    if let Some(s) = stats {
+        name.push_str(&format!(".s{}_{}_{}_{}", s.rows, s.bytes, s.from, s.until));
+    }
+    name.push_str(".parquet");
+    name
+}
+
+/// The segments a state file's name adds to its attempt prefix (see [`state_file_name`]),
+/// last first. An attempt prefix ends in a hexadecimal UUID, so it never looks like one.
+fn state_name_segments(path: &str) -> impl Iterator<Item = &str> {
+    file_name(path)
+        .strip_suffix(".parquet")
+        .unwrap_or_default()
+        .rsplit('.')
+        .take(2)
 }
 
 /// The shuffle partition whose state a state file holds, from its name (see
 /// [`state_file_name`]); `None` for state kept before any shuffle.
 pub fn state_file_partition(path: &str) -> Option<u32> {
-    let stem = file_name(path).strip_suffix(".parquet")?;
-    let (_, last) = stem.rsplit_once('.')?;
-    last.strip_prefix('p')?.parse().ok()
+    state_name_segments(path).find_map(|segment| segment.strip_prefix('p')?.parse().ok())
+}
+
+/// What a state file's name says about its rows (see [`state_file_name`]); `None` for
+/// files named without (written before names carried it).
+pub fn state_file_stats(path: &str) -> Option<StateFileStats> {
+    state_name_segments(path).find_map(|segment| {
+        let mut numbers = segment.strip_prefix('s')?.split('_');
+        let stats = StateFileStats {
+            rows: numbers.next()?.parse().ok()?,
+            bytes: numbers.next()?.parse().ok()?,
+            from: numbers.next()?.parse().ok()?,
+            until: numbers.next()?.parse().ok()?,
+        };
+        numbers.next().is_none().then_some(stats)
+    })
 }
 
 /// Deletes the batch's data files whose names are not in `keep`; returns how many.
@@ -184,18 +228,27 @@ pub fn names_of(data_files_json: &[String]) -> HashSet<String> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_state_files_partition_is_read_back_from_its_name() {
+    fn a_state_files_partition_and_stats_are_read_back_from_its_name() {
         let prefix = super::attempt_prefix("job", sluice_core::BatchId::new(3), 7, 1, 0);
-        let partitioned = format!(
-            "file:///w/t/sluice-state/{}",
-            super::state_file_name(&prefix, Some(12))
-        );
-        assert_eq!(super::state_file_partition(&partitioned), Some(12));
-        let whole = format!(
-            "file:///w/t/sluice-state/{}",
-            super::state_file_name(&prefix, None)
-        );
-        assert_eq!(super::state_file_partition(&whole), None);
+        let at = |name: String| format!("file:///w/t/sluice-state/{name}");
+        let stats = super::StateFileStats {
+            rows: 12,
+            bytes: 3_456,
+            from: -5,
+            until: 1_700_000_000_000,
+        };
+        for partition in [Some(12), None] {
+            let plain = at(super::state_file_name(&prefix, partition, None));
+            assert_eq!(super::state_file_partition(&plain), partition);
+            assert_eq!(super::state_file_stats(&plain), None);
+            let with_stats = at(super::state_file_name(&prefix, partition, Some(stats)));
+            assert_eq!(super::state_file_partition(&with_stats), partition);
+            assert_eq!(super::state_file_stats(&with_stats), Some(stats));
+        }
+        // Job names may hold letters p and s; only the segments after the prefix count.
+        let prefix = super::attempt_prefix("p7", sluice_core::BatchId::new(3), 7, 1, 0);
+        let name = at(super::state_file_name(&prefix, None, None));
+        assert_eq!(super::state_file_partition(&name), None);
     }
 
     use super::*;

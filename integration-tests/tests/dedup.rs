@@ -59,7 +59,8 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
     let mut rng = StdRng::seed_from_u64(seed);
     let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
     // One order every 200 ms of event time, up to 10 s out of order; a third of them sent
-    // again (the same record) up to 60 orders later, some twice.
+    // again (the same record) up to 100 orders (20 s) later, some twice, so a retry often
+    // comes batches after its first copy.
     let mut sends: Vec<(i64, String)> = vec![];
     for i in 0..ORDERS {
         let ts = T + i * 200 - rng.gen_range(0..10_000);
@@ -70,7 +71,7 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
             _ => 1,
         };
         for copy in 0..copies {
-            let position = i + if copy == 0 { 0 } else { rng.gen_range(1..60) };
+            let position = i + if copy == 0 { 0 } else { rng.gen_range(1..100) };
             sends.push((position, value.clone()));
         }
     }
@@ -84,7 +85,7 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
             .produce_raw("orders", partition as i32, values)
             .unwrap();
     }
-    let per_batch = rng.gen_range(150..400);
+    let per_batch = rng.gen_range(60..150);
     let spec = cluster.spec(
         "dedup",
         "orders",
@@ -128,6 +129,15 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
         .max()
         .unwrap();
     assert!(state_rows > 0, "keys are remembered between batches");
+    // Each state task runs where its partitions ran last batch, which still holds their
+    // state files in memory: little state is read from storage.
+    let batches = &status.recent_batches;
+    let read: u64 = batches.iter().map(|b| b.state_bytes_read).sum();
+    let state: u64 = batches.iter().map(|b| b.state_bytes).sum();
+    assert!(
+        read * 4 < state,
+        "{read} of {state} state bytes read from storage"
+    );
     assert!(
         state_rows < all_records as u64 / 3,
         "state of {state_rows} rows over {all_records} records"

@@ -125,20 +125,21 @@ async fn each_window_is_written_once_with_its_count_over_every_batch() {
         "the status page shows the state: {page}"
     );
 
-    // Only the state the last batch left remains.
+    // Only the state the last batch left remains (files it wrote or carried over).
     let state_dir = cluster
         .dir
         .path()
         .join("warehouse/test/windows/sluice-state");
-    let left: Vec<String> = std::fs::read_dir(&state_dir)
+    let left: Vec<std::fs::Metadata> = std::fs::read_dir(&state_dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|e| e.unwrap().metadata().unwrap())
         .collect();
     assert!(!left.is_empty());
-    assert!(
-        left.iter()
-            .all(|name| name.contains(&format!(".b{}.", last.batch_id))),
-        "{left:?}"
+    assert_eq!(
+        left.iter().map(|m| m.len()).sum::<u64>(),
+        last.state_bytes,
+        "{} state files left",
+        left.len()
     );
 }
 
@@ -290,5 +291,102 @@ async fn sliding_windows_count_each_record_in_every_window_it_belongs_to() {
     assert_eq!(
         windows(&cluster, &spec).await,
         BTreeMap::from([(-10, 18), (0, 38), (10, 40), (20, 40), (30, 40), (40, 40)])
+    );
+}
+
+/// Checkpoint cost follows the change, not the state: once many groups are open, a batch
+/// that touches a few of them writes a small file of its changes and carries the files
+/// holding the others over unread; the window is still written whole when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_writes_the_state_it_changed_and_carries_the_rest_over() {
+    const HOUR: i64 = 3_600_000;
+    const CUSTOMERS: i64 = 2_000;
+    let hour = T - T % HOUR;
+    let cluster = TestCluster::start("clicks", 2, 2).await.unwrap();
+    let spec = cluster.spec(
+        "grouped",
+        "clicks",
+        "SELECT window_start, window_end, customer_id, count(*) AS n FROM source \
+         GROUP BY window_start, window_end, customer_id",
+        "{available_now: true}",
+        "    watermark: {column: ts, delay: 0s}\n    window: {size: 1h}",
+    );
+    let send = |customers: std::ops::Range<i64>, at: i64| {
+        for partition in 0..2 {
+            let values: Vec<String> = customers
+                .clone()
+                .filter(|c| c % 2 == partition as i64)
+                .map(|c| {
+                    format!(
+                        r#"{{"order_id":"o{c}-{at}","customer_id":{c},"product_id":1,"amount":1.0,"country":"DE","ts":{}}}"#,
+                        hour + at
+                    )
+                })
+                .collect();
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            cluster.produce_raw("clicks", partition, &values).unwrap();
+        }
+    };
+    let run = || async {
+        let job = cluster.submit(&spec).await.unwrap();
+        let status = cluster.wait_until_finished(&job).await;
+        // The last batch with records (the flush after it reads none).
+        status
+            .recent_batches
+            .iter()
+            .rev()
+            .find(|b| b.input_rows > 0)
+            .cloned()
+            .unwrap()
+    };
+
+    // Every customer opens a group in the hour's window.
+    send(0..CUSTOMERS, 1_000);
+    let first = run().await;
+    assert!(first.state_rows >= CUSTOMERS as u64, "{first:?}");
+    assert_eq!(first.state_bytes_written, first.state_bytes);
+
+    // Later batches touch four of them.
+    for round in 1..=3 {
+        send(0..4, 60_000 * round);
+        let batch = run().await;
+        assert!(batch.state_bytes >= first.state_bytes, "{batch:?}");
+        assert!(
+            batch.state_bytes_written * 4 < batch.state_bytes,
+            "round {round}: wrote {} of {} state bytes",
+            batch.state_bytes_written,
+            batch.state_bytes
+        );
+        assert_eq!(batch.state_bytes_read, 0, "no window closed: nothing read");
+    }
+
+    // The watermark passes the hour (a record on each partition): every group is written
+    // once, with every record.
+    send(0..2, 2 * HOUR);
+    run().await;
+    let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
+    for batch in cluster.table_rows(&spec).await.unwrap() {
+        let customers = arrow::compute::cast(
+            batch.column_by_name("customer_id").unwrap(),
+            &DataType::Int64,
+        )
+        .unwrap();
+        let customers = customers.as_primitive::<Int64Type>();
+        let n = batch
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            assert!(
+                counts.insert(customers.value(i), n.value(i)).is_none(),
+                "customer {} written twice",
+                customers.value(i)
+            );
+        }
+    }
+    assert_eq!(counts.len(), CUSTOMERS as usize);
+    assert!(
+        counts.iter().all(|(c, n)| *n == if *c < 4 { 4 } else { 1 }),
+        "{counts:?}"
     );
 }

@@ -93,24 +93,24 @@ pub struct TaskInputs {
 }
 
 /// State joining a shuffle: the reader of `stage_id`'s output adds each partition's state
-/// rows to what it fetches, and collects every row it yields, from which the task picks
-/// the state it leaves.
+/// rows to what it fetches (or, deduplicating, drops fetched rows of known keys), and
+/// collects the fetched rows it yields, from which the task picks the state it adds.
 #[derive(Debug, Default)]
 pub struct CarriedRows {
     /// The input stage the state joins (the stage reading the stream).
     pub stage_id: u32,
     /// State rows by shuffle partition, in the reader's schema.
     pub state: HashMap<u32, Vec<RecordBatch>>,
-    /// Every row the reader yielded, by shuffle partition.
+    /// The fetched rows the reader yielded (not the state's), by shuffle partition.
     pub yielded: std::sync::Mutex<HashMap<u32, Vec<RecordBatch>>>,
     /// Deduplication: the key columns. The reader then drops fetched rows whose key a
-    /// state row holds instead of adding the state rows, and collects the state rows
-    /// with what it yields.
+    /// state row holds instead of adding the state rows.
     pub dedup_key: Option<Vec<String>>,
 }
 
 impl CarriedRows {
-    /// The rows the reader yielded, by shuffle partition (taken, once the plan ran).
+    /// The fetched rows the reader yielded, by shuffle partition (taken, once the plan
+    /// ran).
     pub fn take_yielded(&self) -> HashMap<u32, Vec<RecordBatch>> {
         std::mem::take(&mut *self.yielded.lock().expect("carried rows lock"))
     }
@@ -379,32 +379,26 @@ impl ExecutionPlan for ShuffleReaderExec {
                     .get(&shuffle_partition)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                let mut collected = Vec::with_capacity(state.len() + batches.len());
-                match &carried.dedup_key {
-                    None => {
-                        batches.splice(0..0, state.iter().cloned());
-                    }
-                    Some(key) => {
-                        let external =
-                            |e: sluice_core::Error| DataFusionError::External(Box::new(e));
-                        if let Some(known) = KnownKeys::of(key, state).map_err(external)? {
-                            batches = batches
-                                .iter()
-                                .map(|b| known.unknown(b))
-                                .collect::<sluice_core::Result<_>>()
-                                .map_err(external)?;
-                        }
-                        collected.extend(state.iter().cloned());
+                if let Some(key) = &carried.dedup_key {
+                    let external = |e: sluice_core::Error| DataFusionError::External(Box::new(e));
+                    if let Some(known) = KnownKeys::of(key, state).map_err(external)? {
+                        batches = batches
+                            .iter()
+                            .map(|b| known.unknown(b))
+                            .collect::<sluice_core::Result<_>>()
+                            .map_err(external)?;
                     }
                 }
-                collected.extend(batches.iter().cloned());
                 carried
                     .yielded
                     .lock()
                     .expect("carried rows lock")
                     .entry(shuffle_partition)
                     .or_default()
-                    .extend(collected);
+                    .extend(batches.iter().cloned());
+                if carried.dedup_key.is_none() {
+                    batches.splice(0..0, state.iter().cloned());
+                }
             }
             Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
         };
