@@ -964,8 +964,8 @@ async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
         "## Windows ({} events, one per ms of event time, {} partitions, batches of 100,000 offsets)\n",
         args.events, args.partitions
     );
-    println!("| job | rows/s | ratio to stateless | state rows (max) | state MiB (max) | state ms per batch (median, p99) | CPU idle |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| job | rows/s | ratio to stateless | state rows (max) | state MiB (max) | state ms per batch (median, p99) | state KiB written per batch (median, p99) | state read from storage | CPU idle |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let base = best[0].rate();
     for ((name, _, _), run) in jobs.iter().zip(&best) {
         let mut state_ms: Vec<f64> = run
@@ -973,14 +973,24 @@ async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
             .iter()
             .map(|b| b.task_times.as_ref().map_or(0, |t| t.state_ms) as f64)
             .collect();
+        let mut written_kib: Vec<f64> = run
+            .batches
+            .iter()
+            .map(|b| b.state_bytes_written as f64 / 1024.0)
+            .collect();
+        let read: u64 = run.batches.iter().map(|b| b.state_bytes_read).sum();
+        let kept: u64 = run.batches.iter().map(|b| b.state_bytes).sum();
         println!(
-            "| {name} | {:.0} | {:.2} | {} | {:.1} | {:.0}, {:.0} | {:.0}% |",
+            "| {name} | {:.0} | {:.2} | {} | {:.1} | {:.0}, {:.0} | {:.0}, {:.0} | {:.0}% | {:.0}% |",
             run.rate(),
             run.rate() / base,
             run.batches.iter().map(|b| b.state_rows).max().unwrap_or(0),
             run.batches.iter().map(|b| b.state_bytes).max().unwrap_or(0) as f64 / 1048576.0,
             percentile(&mut state_ms, 50.0),
             percentile(&mut state_ms, 99.0),
+            percentile(&mut written_kib, 50.0),
+            percentile(&mut written_kib, 99.0),
+            if kept == 0 { 0.0 } else { read as f64 * 100.0 / kept as f64 },
             run.idle * 100.0
         );
     }
