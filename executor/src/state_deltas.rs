@@ -12,16 +12,21 @@
 //!   it saw first.
 //! - Session rows: read and written whole (a session depends on all its key's rows).
 //!
-//! A partition's files are merged into one (read whole, written once) when they are
-//! more than [`MAX_FILES`] or the smaller ones together reach the size of the largest,
-//! so the files stay few and each row is rewritten a bounded number of times
-//! (size-tiered, as log-structured stores do). See docs/architecture.md, "State after
-//! the shuffle".
+//! A partition's files are merged when they are more than [`MAX_FILES`] or the smaller
+//! ones together reach the size of the largest, so the files stay few and each row is
+//! rewritten a bounded number of times (size-tiered, as log-structured stores do). A merge
+//! takes the smallest files up to [`MAX_MERGE_BYTES`] and never a file that large, so a
+//! batch holds at most that much state in memory to rewrite it; larger files leave when
+//! the watermark ends their rows (remembered keys forgotten, windows closed). See
+//! docs/architecture.md, "State after the shuffle".
 
 use sluice_iceberg::data_files::{state_file_stats, StateFileStats};
 
-/// A partition's state files beyond which they are merged into one.
+/// A partition's state files beyond which they are merged.
 pub const MAX_FILES: usize = 16;
+
+/// The most bytes of state files one merge takes; files this large are not merged again.
+pub const MAX_MERGE_BYTES: u64 = 32 << 20;
 
 /// How a state stage keeps its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +44,11 @@ pub enum DeltaRule {
 pub struct PartitionFiles {
     /// Files whose rows the batch reads.
     pub read: Vec<String>,
+    /// Files whose rows still needed the batch rewrites into its own file (a subset of
+    /// `read`); the next batch no longer lists them.
+    pub merged: Vec<String>,
     /// Files the next batch gets as they are.
     pub carried: Vec<String>,
-    /// Whether the batch writes every row still needed (from the files read and its own)
-    /// instead of only its changes.
-    pub merge: bool,
 }
 
 /// What a batch under `watermark_ms` does with a partition's state `files`.
@@ -52,60 +57,85 @@ pub fn partition_files(
     files: &[String],
     watermark_ms: Option<i64>,
 ) -> PartitionFiles {
-    let stats: Vec<Option<StateFileStats>> = files.iter().map(|f| state_file_stats(f)).collect();
     let reached = |at: i64| watermark_ms.is_some_and(|w| w >= at);
     let live: Vec<(&String, Option<StateFileStats>)> = files
         .iter()
-        .zip(stats)
+        .map(|f| (f, state_file_stats(f)))
         .filter(|(_, stats)| {
             // Remembered keys all forgotten: nothing in the file is state any more.
             rule != DeltaRule::RememberedKeys || !stats.is_some_and(|s| reached(s.until))
         })
         .collect();
-    let merge = rule == DeltaRule::Whole || needs_merge(&live);
-    let all = || live.iter().map(|(f, _)| f.to_string()).collect::<Vec<_>>();
-    match (rule, merge) {
-        (_, true) => PartitionFiles {
-            read: all(),
+    let names = |files: &[&(&String, Option<StateFileStats>)]| -> Vec<String> {
+        files.iter().map(|(f, _)| f.to_string()).collect()
+    };
+    let all: Vec<_> = live.iter().collect();
+    if rule == DeltaRule::Whole {
+        return PartitionFiles {
+            read: names(&all),
+            merged: names(&all),
             carried: vec![],
-            merge: true,
+        };
+    }
+    let merged = to_merge(&live);
+    let rewritten: Vec<_> = live
+        .iter()
+        .filter(|(f, stats)| {
+            merged.contains(f)
+                // A window file is read once the watermark closes one of its windows, and
+                // its open windows rewritten.
+                || (rule == DeltaRule::WindowPartials && stats.is_some_and(|s| reached(s.from)))
+        })
+        .collect();
+    let carried: Vec<_> = live
+        .iter()
+        .filter(|(f, _)| !rewritten.iter().any(|(r, _)| r == f))
+        .collect();
+    PartitionFiles {
+        // Every remembered key counts, so deduplication reads every live file.
+        read: if rule == DeltaRule::RememberedKeys {
+            names(&all)
+        } else {
+            names(&rewritten)
         },
-        (DeltaRule::RememberedKeys, false) => PartitionFiles {
-            read: all(),
-            carried: all(),
-            merge: false,
-        },
-        (_, false) => {
-            // Window partials: a file is read once the watermark closes one of its windows.
-            let (read, carried): (Vec<_>, Vec<_>) = live
-                .iter()
-                .partition(|(_, stats)| stats.is_some_and(|s| reached(s.from)));
-            PartitionFiles {
-                read: read.into_iter().map(|(f, _)| f.to_string()).collect(),
-                carried: carried.into_iter().map(|(f, _)| f.to_string()).collect(),
-                merge: false,
-            }
-        }
+        merged: names(&rewritten),
+        carried: names(&carried),
     }
 }
 
-/// Whether a partition's files should be merged into one: too many, one named without
-/// stats (written before state files were kept as deltas), or the smaller ones together
-/// as large as the largest.
-fn needs_merge(files: &[(&String, Option<StateFileStats>)]) -> bool {
-    if files.len() > MAX_FILES {
-        return true;
-    }
-    let Some(sizes) = files
+/// The files to merge: every file named without stats (written before state files were
+/// kept as deltas), and, when the files are more than [`MAX_FILES`] or the smaller ones
+/// together reach the largest, the smallest ones up to [`MAX_MERGE_BYTES`].
+fn to_merge<'a>(files: &[(&'a String, Option<StateFileStats>)]) -> Vec<&'a String> {
+    let mut merged: Vec<&String> = files
         .iter()
-        .map(|(_, stats)| stats.map(|s| s.bytes))
-        .collect::<Option<Vec<u64>>>()
-    else {
-        return true;
-    };
-    let largest = sizes.iter().copied().max().unwrap_or(0);
-    let total: u64 = sizes.iter().sum();
-    files.len() > 1 && total - largest >= largest
+        .filter(|(_, stats)| stats.is_none())
+        .map(|(f, _)| *f)
+        .collect();
+    let mut candidates: Vec<(&String, u64)> = files
+        .iter()
+        .filter_map(|(f, stats)| Some((*f, stats.as_ref()?.bytes)))
+        .filter(|(_, bytes)| *bytes < MAX_MERGE_BYTES)
+        .collect();
+    candidates.sort_by_key(|(_, bytes)| *bytes);
+    let total: u64 = candidates.iter().map(|(_, bytes)| bytes).sum();
+    let largest = candidates.last().map_or(0, |(_, bytes)| *bytes);
+    let tiered = candidates.len() > 1 && total - largest >= largest;
+    if files.len() > MAX_FILES || tiered {
+        let mut taken = 0;
+        let chosen: Vec<&String> = candidates
+            .iter()
+            .take_while(|(_, bytes)| {
+                taken += bytes;
+                taken <= MAX_MERGE_BYTES
+            })
+            .map(|(f, _)| *f)
+            .collect();
+        if chosen.len() > 1 {
+            merged.extend(chosen);
+        }
+    }
+    merged
 }
 
 #[cfg(test)]
@@ -136,9 +166,10 @@ mod tests {
         );
         assert_eq!(at(Some(59)).read, Vec::<String>::new());
         let closing = at(Some(60));
-        assert_eq!((closing.read, closing.carried), (vec![base], vec![delta]));
-        assert_eq!(at(Some(130)).read.len(), 2);
-        assert!(!at(Some(130)).merge);
+        assert_eq!(closing.read, vec![base.clone()]);
+        assert_eq!(closing.merged, vec![base], "its open windows are rewritten");
+        assert_eq!(closing.carried, vec![delta]);
+        assert_eq!(at(Some(130)).merged.len(), 2);
     }
 
     #[test]
@@ -148,14 +179,15 @@ mod tests {
         let files = [old.clone(), newer.clone()];
         let kept = partition_files(DeltaRule::RememberedKeys, &files, Some(19));
         assert_eq!(kept.read, files, "every remembered key counts");
-        assert_eq!((kept.carried, kept.merge), (files.to_vec(), false));
+        assert_eq!(kept.carried, files.to_vec());
+        assert!(kept.merged.is_empty());
         let dropped = partition_files(DeltaRule::RememberedKeys, &files, Some(20));
         assert_eq!(dropped.read, vec![newer.clone()]);
         assert_eq!(dropped.carried, vec![newer]);
         let equal = [file(1, 100, 10, 20), file(2, 100, 15, 40)];
         let merged = partition_files(DeltaRule::RememberedKeys, &equal, Some(0));
-        assert_eq!((merged.read.len(), merged.carried.len()), (2, 0));
-        assert!(merged.merge);
+        assert_eq!((merged.read.len(), merged.merged.len()), (2, 2));
+        assert!(merged.carried.is_empty());
     }
 
     #[test]
@@ -165,18 +197,39 @@ mod tests {
         files.extend((1..=MAX_FILES as u32 - 1).map(small));
         let at = |files: &[String]| partition_files(DeltaRule::WindowPartials, files, None);
         assert!(
-            !at(&files).merge,
+            at(&files).merged.is_empty(),
             "{} files, small ones far below",
             files.len()
         );
         files.push(small(99));
-        assert!(at(&files).merge, "more than {MAX_FILES} files");
-        assert!(at(&[file(0, 100, 1, 1), file(1, 60, 1, 1), file(2, 40, 1, 1)]).merge);
-        assert!(!at(&[file(0, 100, 1, 1), file(1, 60, 1, 1), file(2, 39, 1, 1)]).merge);
+        let merged = at(&files).merged;
+        assert_eq!(merged.len(), files.len(), "more than {MAX_FILES} files");
+        let tiers = |last| at(&[file(0, 100, 1, 1), file(1, 60, 1, 1), file(2, last, 1, 1)]);
+        assert_eq!(tiers(40).merged.len(), 3);
+        assert!(tiers(39).merged.is_empty());
         let unnamed = state_file_name("j.b1.e1.t0.a1.ff", Some(0), None);
-        let merged = at(std::slice::from_ref(&unnamed));
-        assert!(merged.merge && merged.read == vec![unnamed] && merged.carried.is_empty());
+        let rewritten = at(std::slice::from_ref(&unnamed));
+        assert_eq!(
+            (rewritten.read, rewritten.merged),
+            (vec![unnamed.clone()], vec![unnamed])
+        );
         let whole = partition_files(DeltaRule::Whole, &[file(0, 1, 1, 1)], None);
-        assert!(whole.merge && whole.read.len() == 1);
+        assert!(whole.merged.len() == 1 && whole.carried.is_empty());
+    }
+
+    #[test]
+    fn a_merge_takes_the_smallest_files_up_to_its_bound_and_never_a_large_one() {
+        let large = file(0, MAX_MERGE_BYTES, 1, 1);
+        let half = MAX_MERGE_BYTES / 2;
+        let files = [
+            large.clone(),
+            file(1, half, 1, 1),
+            file(2, half, 1, 1),
+            file(3, 1, 1, 1),
+        ];
+        let chosen = partition_files(DeltaRule::RememberedKeys, &files, None);
+        assert_eq!(chosen.merged, vec![files[1].clone(), files[3].clone()]);
+        assert!(chosen.carried.contains(&large) && chosen.carried.contains(&files[2]));
+        assert_eq!(chosen.read.len(), 4);
     }
 }

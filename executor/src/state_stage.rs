@@ -4,14 +4,17 @@
 //! it carries over (`crate::state_deltas`). See docs/architecture.md, "State after the
 //! shuffle".
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use futures::future::BoxFuture;
+use iceberg::io::FileIO;
 use sluice_core::{Error, Result};
 use sluice_iceberg::data_files::state_file_partition;
-use sluice_plan::{CarriedRows, ShuffleStateKind, ShuffleStateStage};
+use sluice_plan::{CarriedRows, DedupLookup, RememberedKeys, ShuffleStateKind, ShuffleStateStage};
 use sluice_proto::v1::TaskDefinition;
 
 use crate::state_cache::StateCache;
@@ -22,12 +25,20 @@ use crate::task::PreparedJob;
 
 /// The state a state stage task starts from.
 pub(crate) struct StageState {
-    /// The rows of the files read, by partition, handed to the plan.
+    /// The rows of the files read, by partition, handed to the plan (deduplication's are
+    /// looked up file by file instead, through `reader`).
     pub(crate) rows: Arc<CarriedRows>,
     /// What the task does with each partition's files.
     files: BTreeMap<u32, PartitionFiles>,
-    /// Bytes read from storage (not from the cache).
-    pub(crate) bytes_read: u64,
+    /// Reads the files, counting what came from storage.
+    reader: Arc<StateReader>,
+}
+
+impl StageState {
+    /// Bytes of state files read from storage so far (not from the cache).
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.reader.bytes_read.load(Ordering::Relaxed)
+    }
 }
 
 /// The state a state stage task leaves.
@@ -46,10 +57,86 @@ fn delta_rule(kind: &ShuffleStateKind) -> DeltaRule {
     }
 }
 
-/// Reads what the task needs of its partitions' state files (see [`partition_files`]).
+/// Reads state files in the state's schema, from the executor's cache when it holds
+/// them, else from storage (and keeps them in the cache).
+#[derive(Debug)]
+struct StateReader {
+    file_io: FileIO,
+    cache: Arc<StateCache>,
+    schema: SchemaRef,
+    /// What the job keeps, and the batch's watermark: remembered keys forgotten since a
+    /// file was written are left out.
+    rule: Option<StateRule>,
+    watermark_ms: Option<i64>,
+    bytes_read: AtomicU64,
+}
+
+impl StateReader {
+    /// The rows of the state file at `path` that are still state.
+    async fn rows(&self, path: &str) -> Result<Arc<Vec<RecordBatch>>> {
+        let rows = match self.cache.get(path) {
+            Some(rows) => rows,
+            None => {
+                let (batches, read) =
+                    state_files::read_state(&self.file_io, &[path.to_string()]).await?;
+                self.bytes_read.fetch_add(read, Ordering::Relaxed);
+                let rows = batches
+                    .iter()
+                    .map(|b| state_files::conform(b, &self.schema))
+                    .collect::<Result<Vec<_>>>()?;
+                self.cache.insert(path, rows)
+            }
+        };
+        match &self.rule {
+            Some(rule @ StateRule::Dedup { .. }) => Ok(Arc::new(
+                rows.iter()
+                    .map(|b| rule.still_needed(b, self.watermark_ms))
+                    .collect::<Result<Vec<_>>>()?,
+            )),
+            _ => Ok(rows),
+        }
+    }
+}
+
+/// Deduplication's remembered keys: a partition's live state files, read one at a time
+/// when the reader looks keys up.
+#[derive(Debug)]
+struct RememberedInFiles {
+    reader: Arc<StateReader>,
+    files: BTreeMap<u32, Vec<String>>,
+}
+
+impl RememberedKeys for RememberedInFiles {
+    fn files(&self, partition: u32) -> usize {
+        self.files.get(&partition).map_or(0, Vec::len)
+    }
+
+    fn load(
+        &self,
+        partition: u32,
+        index: usize,
+    ) -> BoxFuture<'_, sluice_core::Result<Arc<Vec<RecordBatch>>>> {
+        Box::pin(async move {
+            let path = self
+                .files
+                .get(&partition)
+                .and_then(|files| files.get(index))
+                .ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "partition {partition} has no state file {index}"
+                    ))
+                })?;
+            self.reader.rows(path).await
+        })
+    }
+}
+
+/// Chooses what the task reads of its partitions' state files (see [`partition_files`])
+/// and reads the rows its plan needs up front: windows' and sessions' (deduplication's
+/// are looked up file by file while the plan runs).
 pub(crate) async fn load(
     job: &PreparedJob,
-    cache: &StateCache,
+    cache: &Arc<StateCache>,
     stage: &ShuffleStateStage,
     task: &TaskDefinition,
 ) -> Result<StageState> {
@@ -63,73 +150,66 @@ pub(crate) async fn load(
             .or_default()
             .push(path.clone());
     }
-    let state_schema = stage.state_schema();
+    let reader = Arc::new(StateReader {
+        file_io: job.sink.table.file_io().clone(),
+        cache: cache.clone(),
+        schema: stage.state_schema(),
+        rule: job.state_rule.clone(),
+        watermark_ms: task.watermark_ms,
+        bytes_read: AtomicU64::new(0),
+    });
     let rule = delta_rule(&stage.kind);
-    let mut state: std::collections::HashMap<u32, Vec<RecordBatch>> = Default::default();
-    let mut files = BTreeMap::new();
-    let mut bytes_read = 0;
-    for (partition, paths) in by_partition {
-        let chosen = partition_files(rule, &paths, task.watermark_ms);
-        for path in &chosen.read {
-            let (rows, read) = load_file(job, cache, path, &state_schema).await?;
-            bytes_read += read;
-            let rows = match &job.state_rule {
-                // Keys the watermark has forgotten since the file was written no longer
-                // count.
-                Some(rule @ StateRule::Dedup { .. }) => rows
+    let files: BTreeMap<u32, PartitionFiles> = by_partition
+        .into_iter()
+        .map(|(partition, paths)| {
+            let chosen = partition_files(rule, &paths, task.watermark_ms);
+            (partition, chosen)
+        })
+        .collect();
+    let mut state: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
+    let dedup = match &stage.kind {
+        ShuffleStateKind::DedupRows { key, .. } => Some(DedupLookup {
+            key: key.clone(),
+            remembered: Arc::new(RememberedInFiles {
+                reader: reader.clone(),
+                files: files
                     .iter()
-                    .map(|b| rule.still_needed(b, task.watermark_ms))
-                    .collect::<Result<Vec<_>>>()?,
-                _ => rows.to_vec(),
-            };
-            state.entry(partition).or_default().extend(rows);
+                    .map(|(partition, chosen)| (*partition, chosen.read.clone()))
+                    .collect(),
+            }),
+        }),
+        _ => {
+            for (partition, chosen) in &files {
+                for path in &chosen.read {
+                    let rows = reader.rows(path).await?;
+                    state
+                        .entry(*partition)
+                        .or_default()
+                        .extend(rows.iter().cloned());
+                }
+            }
+            None
         }
-        files.insert(partition, chosen);
-    }
-    let dedup_key = match &stage.kind {
-        ShuffleStateKind::DedupRows { key, .. } => Some(key.clone()),
-        _ => None,
     };
     Ok(StageState {
         rows: Arc::new(CarriedRows {
             stage_id: stage.stream_stage,
             state,
             yielded: Default::default(),
-            dedup_key,
+            dedup,
         }),
         files,
-        bytes_read,
+        reader,
     })
 }
 
-/// A state file's rows in the state's schema, from the cache or storage; with the bytes
-/// read from storage.
-async fn load_file(
-    job: &PreparedJob,
-    cache: &StateCache,
-    path: &str,
-    schema: &SchemaRef,
-) -> Result<(Arc<Vec<RecordBatch>>, u64)> {
-    if let Some(rows) = cache.get(path) {
-        return Ok((rows, 0));
-    }
-    let file_io = job.sink.table.file_io();
-    let (batches, read) = state_files::read_state(file_io, &[path.to_string()]).await?;
-    let rows = batches
-        .iter()
-        .map(|b| state_files::conform(b, schema))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((cache.insert(path, rows), read))
-}
-
-/// Writes, for each partition the task reduced, the state it adds after the batch's
-/// watermark, and lists it with the files carried over: for windows, the merged partial
-/// aggregates of open windows from the files read and the batch; for sessions, the rows
-/// of open sessions; for deduplication, the keys the batch saw first (with those of the
-/// files read when they are merged).
+/// Writes, for each partition the task reduced, one file of what the batch adds to its
+/// state under the batch's watermark, and lists it with the files carried over: for
+/// windows, the merged partial aggregates of open windows from the files read and the
+/// batch; for sessions, the rows of open sessions; for deduplication, the keys the batch
+/// saw first, with the keys of the files it merges.
 pub(crate) async fn keep(
     job: &PreparedJob,
-    cache: &StateCache,
     stage: &ShuffleStateStage,
     loaded: &StageState,
     task: &TaskDefinition,
@@ -154,7 +234,7 @@ pub(crate) async fn keep(
             .cloned()
             .unwrap_or_default();
         let new = yielded.remove(&partition).unwrap_or_default();
-        let (kept, rule) = match (&stage.kind, &job.state_rule) {
+        let (kept, rule): (Vec<RecordBatch>, _) = match (&stage.kind, &job.state_rule) {
             (ShuffleStateKind::SessionRows, Some(rule @ StateRule::Sessions(sessions))) => {
                 let all = [state, new].concat();
                 (
@@ -163,15 +243,14 @@ pub(crate) async fn keep(
                 )
             }
             (ShuffleStateKind::DedupRows { .. }, Some(rule @ StateRule::Dedup { .. })) => {
-                let rows = if chosen.merge {
-                    [state, new].concat()
-                } else {
-                    new
-                };
-                let kept = rows
-                    .iter()
-                    .map(|b| state_files::conform(&rule.still_needed(b, watermark)?, &state_schema))
-                    .collect::<Result<_>>()?;
+                let mut kept = vec![];
+                for path in &chosen.merged {
+                    kept.extend(loaded.reader.rows(path).await?.iter().cloned());
+                }
+                for batch in &new {
+                    let batch = rule.still_needed(batch, watermark)?;
+                    kept.push(state_files::conform(&batch, &state_schema)?);
+                }
                 (kept, rule)
             }
             (ShuffleStateKind::WindowPartials(_), Some(rule @ StateRule::Windows)) => {
@@ -199,7 +278,7 @@ pub(crate) async fn keep(
             state_files::write_state(file_io, target, lifetime, &state_schema, &kept).await?
         {
             kept_state.bytes_written += file.bytes;
-            cache.insert(&file.path, kept);
+            loaded.reader.cache.insert(&file.path, kept);
             kept_state.files.push(file);
         }
         kept_state

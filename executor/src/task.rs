@@ -374,7 +374,6 @@ pub async fn run_task(
             Some(stage) => Some(state_stage::load(&job, &env.state_cache, stage, task).await?),
             None => None,
         };
-        let state_bytes_read = source_state_read + stage_state.as_ref().map_or(0, |s| s.bytes_read);
         let state_time = state_started.elapsed();
         let inputs = TaskInputs {
             job_id: task.job_id.clone(),
@@ -412,12 +411,13 @@ pub async fn run_task(
         let mut state = state.into_iter().collect::<Vec<_>>();
         let state_started = Instant::now();
         if let (Some(loaded), Some(stage)) = (&stage_state, state_stage) {
-            let kept =
-                state_stage::keep(&job, &env.state_cache, stage, loaded, task, &prefix).await?;
+            let kept = state_stage::keep(&job, stage, loaded, task, &prefix).await?;
             state_bytes_written = kept.bytes_written;
             state = kept.files;
         }
         let state_time = state_time + state_started.elapsed();
+        let state_bytes_read =
+            source_state_read + stage_state.as_ref().map_or(0, |s| s.bytes_read());
         let write_started = Instant::now();
         let windowed = job.spec.source.kafka.is_windowed();
         let outputs = if windowed && stage.output == Output::Sink {

@@ -51,13 +51,43 @@ fn order(i: i64, ts: i64, amount: f64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_records() {
+    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    let batches = stream_equals_row_number(&cluster).await;
+    // Each state task runs where its partitions ran last batch, which still holds their
+    // state files in memory: little state is read from storage.
+    let read: u64 = batches.iter().map(|b| b.state_bytes_read).sum();
+    let state: u64 = batches.iter().map(|b| b.state_bytes).sum();
+    assert!(
+        read * 4 < state,
+        "{read} of {state} state bytes read from storage"
+    );
+}
+
+/// Executors that keep no state in memory look remembered keys up in the state files,
+/// one file at a time, with the same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_keys_are_looked_up_in_storage_when_not_in_memory() {
+    let mut cluster = TestCluster::start("orders", PARTITIONS, 0).await.unwrap();
+    for _ in 0..2 {
+        cluster
+            .start_executor(&[("SLUICE_STATE_CACHE_BYTES", "0")])
+            .unwrap();
+    }
+    let batches = stream_equals_row_number(&cluster).await;
+    let read: u64 = batches.iter().map(|b| b.state_bytes_read).sum();
+    assert!(read > 0, "state is read from storage");
+}
+
+/// Runs a deduplicating job over retried orders cut into batches at random boundaries
+/// and checks the table against `ROW_NUMBER() … = 1` over all records; returns the
+/// job's batches.
+async fn stream_equals_row_number(cluster: &TestCluster) -> Vec<sluice_proto::v1::BatchProgress> {
     let seed: u64 = std::env::var("SLUICE_DEDUP_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_261_126);
     eprintln!("dedup seed {seed} (replay with SLUICE_DEDUP_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
     // One order every 200 ms of event time, up to 10 s out of order; a third of them sent
     // again (the same record) up to 100 orders (20 s) later, some twice, so a retry often
     // comes batches after its first copy.
@@ -106,7 +136,7 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
     assert_eq!(late, 0.0, "records are late by less than the delay");
 
     let parsed = JobSpec::parse(&spec).unwrap();
-    let source = source_batches(&cluster, &parsed).unwrap();
+    let source = source_batches(cluster, &parsed).unwrap();
     let all_records: usize = source.iter().map(|b| b.num_rows()).sum();
     assert_eq!(all_records, sends.len());
     let expected = query_source(
@@ -129,19 +159,11 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
         .max()
         .unwrap();
     assert!(state_rows > 0, "keys are remembered between batches");
-    // Each state task runs where its partitions ran last batch, which still holds their
-    // state files in memory: little state is read from storage.
-    let batches = &status.recent_batches;
-    let read: u64 = batches.iter().map(|b| b.state_bytes_read).sum();
-    let state: u64 = batches.iter().map(|b| b.state_bytes).sum();
-    assert!(
-        read * 4 < state,
-        "{read} of {state} state bytes read from storage"
-    );
     assert!(
         state_rows < all_records as u64 / 3,
         "state of {state_rows} rows over {all_records} records"
     );
+    status.recent_batches
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 //! the same key meet in one task after a shuffle. See docs/architecture.md,
 //! "Deduplication".
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -60,8 +61,72 @@ pub fn first_row_per_key_sql(kafka: &KafkaSourceSpec, dedup: &DedupSpec) -> Resu
     ))
 }
 
-/// The keys of a shuffle partition's remembered rows, to drop the new rows of keys seen
-/// before where they are fetched, instead of ranking them together with the state.
+/// Where a deduplicating reader finds the keys a shuffle partition remembers: a list of
+/// state files, loaded one at a time, so that looking keys up holds one file's rows in
+/// memory at a time however large the state grows.
+pub trait RememberedKeys: std::fmt::Debug + Send + Sync {
+    /// How many files of remembered rows `partition` has.
+    fn files(&self, partition: u32) -> usize;
+
+    /// The remembered rows of `partition`'s file `index` (those the watermark has not
+    /// forgotten), in a schema holding the key columns.
+    fn load(
+        &self,
+        partition: u32,
+        index: usize,
+    ) -> futures::future::BoxFuture<'_, Result<Arc<Vec<RecordBatch>>>>;
+}
+
+/// Remembered rows held in memory, one "file" per partition.
+#[derive(Debug, Default)]
+pub struct RowsInMemory(pub HashMap<u32, Vec<RecordBatch>>);
+
+impl RememberedKeys for RowsInMemory {
+    fn files(&self, partition: u32) -> usize {
+        usize::from(self.0.contains_key(&partition))
+    }
+
+    fn load(
+        &self,
+        partition: u32,
+        _index: usize,
+    ) -> futures::future::BoxFuture<'_, Result<Arc<Vec<RecordBatch>>>> {
+        let rows = self.0.get(&partition).cloned().unwrap_or_default();
+        Box::pin(async move { Ok(Arc::new(rows)) })
+    }
+}
+
+/// Deduplication's lookup as the reader of the stream stage's output does it: the key
+/// columns and where the remembered keys are.
+#[derive(Debug, Clone)]
+pub struct DedupLookup {
+    pub key: Vec<String>,
+    pub remembered: Arc<dyn RememberedKeys>,
+}
+
+impl DedupLookup {
+    /// The rows of `batches` whose key `partition` does not remember, looked up one state
+    /// file at a time.
+    pub async fn unknown(
+        &self,
+        partition: u32,
+        mut batches: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        for index in 0..self.remembered.files(partition) {
+            let rows = self.remembered.load(partition, index).await?;
+            if let Some(known) = KnownKeys::of(&self.key, &rows)? {
+                batches = batches
+                    .iter()
+                    .map(|b| known.unknown(b))
+                    .collect::<Result<_>>()?;
+            }
+        }
+        Ok(batches)
+    }
+}
+
+/// The keys of a set of remembered rows, to drop the new rows of keys seen before where
+/// they are fetched, instead of ranking them together with the state.
 pub(crate) struct KnownKeys {
     columns: Vec<String>,
     converter: RowConverter,

@@ -19,6 +19,7 @@ use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{decode_plan, encode_plan, SluiceCodec};
+pub use dedup::{DedupLookup, RememberedKeys, RowsInMemory};
 pub use nodes::{
     reader_schema, reads_stream, CarriedRows, KafkaScanExec, MapOutputLocation, ReaderMode,
     ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleReaderExec, TaskInputs,

@@ -24,7 +24,7 @@ use futures::future::try_join_all;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::dedup::KnownKeys;
+use crate::dedup::DedupLookup;
 
 /// Names one partition of one map task's output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -103,9 +103,9 @@ pub struct CarriedRows {
     pub state: HashMap<u32, Vec<RecordBatch>>,
     /// The fetched rows the reader yielded (not the state's), by shuffle partition.
     pub yielded: std::sync::Mutex<HashMap<u32, Vec<RecordBatch>>>,
-    /// Deduplication: the key columns. The reader then drops fetched rows whose key a
-    /// state row holds instead of adding the state rows.
-    pub dedup_key: Option<Vec<String>>,
+    /// Deduplication: the key columns and the remembered keys. The reader then drops
+    /// fetched rows whose key is remembered instead of adding state rows.
+    pub dedup: Option<DedupLookup>,
 }
 
 impl CarriedRows {
@@ -379,15 +379,11 @@ impl ExecutionPlan for ShuffleReaderExec {
                     .get(&shuffle_partition)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                if let Some(key) = &carried.dedup_key {
-                    let external = |e: sluice_core::Error| DataFusionError::External(Box::new(e));
-                    if let Some(known) = KnownKeys::of(key, state).map_err(external)? {
-                        batches = batches
-                            .iter()
-                            .map(|b| known.unknown(b))
-                            .collect::<sluice_core::Result<_>>()
-                            .map_err(external)?;
-                    }
+                if let Some(dedup) = &carried.dedup {
+                    batches = dedup
+                        .unknown(shuffle_partition, batches)
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 }
                 carried
                     .yielded
@@ -396,7 +392,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                     .entry(shuffle_partition)
                     .or_default()
                     .extend(batches.iter().cloned());
-                if carried.dedup_key.is_none() {
+                if carried.dedup.is_none() {
                     batches.splice(0..0, state.iter().cloned());
                 }
             }

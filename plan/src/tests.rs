@@ -434,7 +434,10 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     // Batch 1: the first slice. What its readers yielded is the state, marked seen.
     let first = Arc::new(CarriedRows {
         stage_id: state.stream_stage,
-        dedup_key: Some(key.clone()),
+        dedup: Some(DedupLookup {
+            key: key.clone(),
+            remembered: Arc::new(RowsInMemory::default()),
+        }),
         ..Default::default()
     });
     let batch: Vec<RecordBatch> = slices[..1].iter().map(|b| mark_seen(b, false)).collect();
@@ -461,8 +464,10 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     // dropped where they are fetched.
     let second = Arc::new(CarriedRows {
         stage_id: state.stream_stage,
-        state: carried,
-        dedup_key: Some(key.clone()),
+        dedup: Some(DedupLookup {
+            key: key.clone(),
+            remembered: Arc::new(RowsInMemory(carried)),
+        }),
         ..Default::default()
     });
     let batch: Vec<RecordBatch> = slices[1..].iter().map(|b| mark_seen(b, false)).collect();
