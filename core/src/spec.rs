@@ -169,10 +169,10 @@ impl DedupSpec {
                 "deduplication needs source.kafka.watermark (keys are forgotten as the watermark passes them)",
             ));
         }
-        if kafka.window.is_some() {
+        if kafka.window.as_ref().is_some_and(|w| w.slide.is_some()) {
             return Err(Error::spec(
                 "source.kafka.dedup",
-                "cannot be combined with source.kafka.window yet",
+                "cannot be combined with sliding windows yet (a record is in several of them before the deduplication sees it); use tumbling windows",
             ));
         }
         if self.key.is_empty() {
@@ -1599,7 +1599,7 @@ sink:
     }
 
     #[test]
-    fn dedup_names_source_columns_and_needs_a_watermark_without_windows() {
+    fn dedup_names_source_columns_and_needs_a_watermark_without_sliding_windows() {
         let schema = "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]";
         let with_ts = "schema: [{name: order_id, type: utf8}, {name: ts, type: timestamp_ms}]";
         let watermark = "watermark: {column: ts, delay: 30s}";
@@ -1611,6 +1611,12 @@ sink:
         let dedup = parsed.source.kafka.dedup.as_ref().unwrap();
         assert_eq!(dedup.within_ms().unwrap(), 600_000);
         assert!(parsed.source.kafka.is_stateful());
+        let tumbling =
+            format!("{watermark}\n    window: {{size: 1m}}\n    dedup: {{key: [order_id]}}");
+        assert!(
+            JobSpec::parse(&spec(&tumbling)).is_ok(),
+            "deduplicated tumbling windows"
+        );
         for (options, why) in [
             ("dedup: {key: [order_id]}", "needs source.kafka.watermark"),
             (
@@ -1626,8 +1632,8 @@ sink:
                 "not a duration",
             ),
             (
-                &format!("{watermark}\n    window: {{size: 1m}}\n    dedup: {{key: [order_id]}}"),
-                "combined with source.kafka.window",
+                &format!("{watermark}\n    window: {{size: 5m, slide: 1m}}\n    dedup: {{key: [order_id]}}"),
+                "sliding windows",
             ),
         ] {
             let message = error_text(&spec(options));

@@ -12,7 +12,7 @@ use futures::future::try_join_all;
 use sluice_core::failpoint;
 use sluice_core::spec::{JobSpec, WINDOW_END_COLUMN};
 use sluice_core::{BatchId, ExecutorId, TaskId};
-use sluice_iceberg::data_files::state_file_partition;
+use sluice_iceberg::data_files::{state_file_partition, state_file_stage};
 use sluice_kafka::offsets::{BatchPlan, OffsetRange};
 use sluice_plan::{plan_job, JobPlan, StageKind, StageOutput};
 use sluice_proto::v1::{
@@ -57,8 +57,8 @@ enum HomeKey {
     /// A partition of a job's source: job, topic, partition.
     SourcePartition(String, String, i32),
     /// A task of a job's state stage (the same task reduces the same shuffle partitions
-    /// every batch): job, task.
-    StateTask(String, u32),
+    /// every batch): job, stage, task.
+    StateTask(String, u32, u32),
 }
 
 /// The successful results of a batch's tasks.
@@ -94,9 +94,10 @@ pub struct JobRef {
     prepared_key: String,
     /// The first stage that reads the stream: its tasks count input rows.
     counting_stage: Option<u32>,
-    /// Stateful jobs: the stage whose tasks carry the state (the stream's stage, or for
-    /// session windows the stage after its shuffle).
-    state_stage: Option<u32>,
+    /// Stateful jobs: the stages whose tasks carry the state: those keeping it after a
+    /// shuffle (sessions, deduplication, windows; windows over deduplicated records have
+    /// two), else the stream's stage.
+    state_stages: Vec<u32>,
 }
 
 impl JobRef {
@@ -109,21 +110,35 @@ impl JobRef {
         }
         // State is kept after the shuffle where the plan allows (sessions always), else
         // by the stream stage's tasks.
-        let state_stage = match (plan.shuffle_state_stage(spec), kafka.is_stateful()) {
-            (Some(stage), _) => Some(stage.stage_id),
-            (None, _) if kafka.session.is_some() => {
-                return Err(sluice_core::Error::InvalidSql {
-                    message: "a session job's plan must shuffle the stream by the session key"
-                        .into(),
-                }
-                .into())
+        let after_shuffle: Vec<u32> = plan
+            .shuffle_state_stages(spec)
+            .iter()
+            .map(|s| s.stage_id)
+            .collect();
+        let refuse = |message: &str| {
+            Err(sluice_core::Error::InvalidSql {
+                message: message.into(),
             }
-            (None, true) => plan
+            .into())
+        };
+        if kafka.session.is_some() && after_shuffle.is_empty() {
+            return refuse("a session job's plan must shuffle the stream by the session key");
+        }
+        if kafka.dedup.is_some() && kafka.window.is_some() && after_shuffle.len() < 2 {
+            return refuse(
+                "windows over deduplicated records must be aggregated right after the deduplication, e.g. SELECT window_start, window_end, country, count(*) FROM source GROUP BY window_start, window_end, country",
+            );
+        }
+        let state_stages = match (after_shuffle.is_empty(), kafka.is_stateful()) {
+            (false, _) => after_shuffle,
+            (true, true) => plan
                 .stages
                 .iter()
-                .find(|s| s.kind == StageKind::Source)
-                .map(|s| s.id),
-            (None, false) => None,
+                .filter(|s| s.kind == StageKind::Source)
+                .map(|s| s.id)
+                .take(1)
+                .collect(),
+            (true, false) => vec![],
         };
         let encoded = plan.encoded_stages()?;
         debug!(job = %job_id, plan = %plan.display(), "stage plans");
@@ -159,7 +174,7 @@ impl JobRef {
                 .iter()
                 .find(|s| s.kind == StageKind::Source)
                 .map(|s| s.id),
-            state_stage,
+            state_stages,
             spec_json: Arc::new(spec_json),
             stages: Arc::new(stages),
             output_schema: plan.output_schema,
@@ -252,14 +267,18 @@ impl BatchRun<'_> {
 
     /// The state files task `task` of `stage` carries. Source tasks of a job whose state
     /// they keep take a share each (round-robin), so reading and rewriting the state is
-    /// spread like the records; after a shuffle each task of the state stage takes the
-    /// files of the partitions it reduces. State files without a partition that a source
-    /// stage wrote before the job's state moved after the shuffle (an upgrade) go to the
-    /// source tasks, whose rows then reach the state stage with the batch's.
+    /// spread like the records; after a shuffle each task of a state stage takes that
+    /// stage's files of the partitions it reduces (files naming no stage belong to the
+    /// first state stage: they were written before a job could have two). State files
+    /// without a partition that a source stage wrote before the job's state moved after
+    /// the shuffle (an upgrade) go to the source tasks, whose rows then reach the state
+    /// stage with the batch's.
     fn state_files_of(&self, stage: &StageInfo, task: u32) -> Vec<String> {
-        let keeps_state = self.job.state_stage == Some(stage.id);
+        let keeps_state = self.job.state_stages.contains(&stage.id);
         let tasks = self.task_count(stage).max(1) as usize;
         let partitions = self.partitions(stage, task);
+        let stage_of =
+            |path: &str| state_file_stage(path).or(self.job.state_stages.first().copied());
         self.state_files
             .iter()
             .enumerate()
@@ -269,10 +288,10 @@ impl BatchRun<'_> {
                     StageKind::Source if keeps_state => i % tasks == task as usize,
                     StageKind::Source => {
                         partition.is_none()
-                            && self.job.state_stage.is_some()
+                            && !self.job.state_stages.is_empty()
                             && i % tasks == task as usize
                     }
-                    _ if !keeps_state => false,
+                    _ if !keeps_state || stage_of(path) != Some(stage.id) => false,
                     StageKind::Hash(_) => partition.is_some_and(|p| partitions.contains(&p)),
                     StageKind::Single => partition.is_some(),
                 }
@@ -669,8 +688,8 @@ impl Scheduler {
         ranges: &[OffsetRange],
     ) -> Vec<HomeKey> {
         let job_id = &run.job.job_id;
-        if run.job.state_stage == Some(stage.id) && stage.kind != StageKind::Source {
-            return vec![HomeKey::StateTask(job_id.to_string(), task_id)];
+        if run.job.state_stages.contains(&stage.id) && stage.kind != StageKind::Source {
+            return vec![HomeKey::StateTask(job_id.to_string(), stage.id, task_id)];
         }
         ranges
             .iter()
@@ -839,7 +858,7 @@ mod tests {
             .collect()
     }
 
-    fn job(state_stage: u32) -> JobRef {
+    fn job(state_stages: &[u32]) -> JobRef {
         JobRef {
             job_id: "j".into(),
             spec_json: Arc::new(String::new()),
@@ -851,7 +870,7 @@ mod tests {
             stage_plans: Arc::new(vec![]),
             prepared_key: "j@0".into(),
             counting_stage: Some(0),
-            state_stage: Some(state_stage),
+            state_stages: state_stages.to_vec(),
         }
     }
 
@@ -866,7 +885,7 @@ mod tests {
         ];
         // State after the shuffle: each reduce task its partitions' files; a file a
         // source stage wrote before (no partition) goes to a source task, once.
-        let dealt = run_of(&job(1), &files);
+        let dealt = run_of(&job(&[1]), &files);
         assert_eq!(
             dealt,
             [
@@ -883,8 +902,32 @@ mod tests {
             ]
         );
         // State in the source tasks: they share every file; the reducers get none.
-        let dealt = run_of(&job(0), &files);
+        let dealt = run_of(&job(&[0]), &files);
         assert_eq!(dealt[0].len() + dealt[1].len(), files.len());
         assert!(dealt[2].is_empty() && dealt[3].is_empty());
+    }
+
+    #[test]
+    fn each_state_stage_gets_its_own_files_and_unnamed_ones_go_to_the_first() {
+        // Deduplication kept by stage 1, windows over its output by stage 2.
+        let mut two = job(&[1, 2]);
+        two.stages = Arc::new(vec![
+            stage(0, StageKind::Source, StageOutput::Hash(4)),
+            stage(1, StageKind::Hash(4), StageOutput::Hash(4)),
+            stage(2, StageKind::Hash(4), StageOutput::Sink),
+        ]);
+        let files = [
+            "s/j.b6.new.g1.p0.parquet",
+            "s/j.b6.new.g2.p0.parquet",
+            "s/j.b6.new.g2.p1.s1_2_3_4.parquet",
+            "s/j.b6.old.p1.parquet",
+        ];
+        let dealt = run_of(&two, &files);
+        let owned = |i: usize| dealt[i].iter().map(String::as_str).collect::<Vec<_>>();
+        assert!(owned(0).is_empty() && owned(1).is_empty(), "{dealt:?}");
+        assert_eq!(owned(2), vec!["s/j.b6.new.g1.p0.parquet"]);
+        assert_eq!(owned(3), vec!["s/j.b6.old.p1.parquet"]);
+        assert_eq!(owned(4), vec!["s/j.b6.new.g2.p0.parquet"]);
+        assert_eq!(owned(5), vec!["s/j.b6.new.g2.p1.s1_2_3_4.parquet"]);
     }
 }

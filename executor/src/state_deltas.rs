@@ -150,7 +150,7 @@ mod tests {
             from,
             until,
         };
-        state_file_name(&format!("j.b{n}.e1.t0.a1.ff"), Some(0), Some(stats))
+        state_file_name(&format!("j.b{n}.e1.t0.a1.ff"), Some((1, 0)), Some(stats))
     }
 
     #[test]
@@ -207,7 +207,7 @@ mod tests {
         let tiers = |last| at(&[file(0, 100, 1, 1), file(1, 60, 1, 1), file(2, last, 1, 1)]);
         assert_eq!(tiers(40).merged.len(), 3);
         assert!(tiers(39).merged.is_empty());
-        let unnamed = state_file_name("j.b1.e1.t0.a1.ff", Some(0), None);
+        let unnamed = state_file_name("j.b1.e1.t0.a1.ff", Some((1, 0)), None);
         let rewritten = at(std::slice::from_ref(&unnamed));
         assert_eq!(
             (rewritten.read, rewritten.merged),

@@ -41,8 +41,9 @@ pub struct StateFileTarget<'a> {
     pub location: &'a str,
     /// The writing attempt's name prefix.
     pub prefix: &'a str,
-    /// The shuffle partition whose state it holds, for state kept after the shuffle.
-    pub partition: Option<u32>,
+    /// The stage keeping it and the shuffle partition whose state it holds, for state
+    /// kept after a shuffle.
+    pub shard: Option<(u32, u32)>,
 }
 
 /// Writes `batches` as one Parquet file named for `target` with its stats (`lifetime`:
@@ -58,7 +59,7 @@ pub async fn write_state(
         return Ok(None);
     }
     let mut bytes = Vec::new();
-    let context = || format!("{}.p{:?}", target.prefix, target.partition);
+    let context = || format!("{} {:?}", target.prefix, target.shard);
     let mut writer = ArrowWriter::try_new(&mut bytes, schema.clone(), None)
         .map_err(|e| state_error(&context(), e))?;
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
@@ -75,7 +76,7 @@ pub async fn write_state(
     };
     let path = state_path(
         target.location,
-        &state_file_name(target.prefix, target.partition, Some(stats)),
+        &state_file_name(target.prefix, target.shard, Some(stats)),
     );
     file_io
         .new_output(&path)
@@ -160,7 +161,7 @@ mod tests {
         let target = || StateFileTarget {
             location: &location,
             prefix: "j.b1.e1.t0.a1.ff",
-            partition: Some(3),
+            shard: Some((1, 3)),
         };
         let b = batch();
         let written = write_state(
@@ -175,7 +176,7 @@ mod tests {
         .unwrap();
         assert!(written
             .path
-            .starts_with(&state_path(&location, "j.b1.e1.t0.a1.ff.p3.s4_")));
+            .starts_with(&state_path(&location, "j.b1.e1.t0.a1.ff.g1.p3.s4_")));
         assert_eq!(written.rows, 4);
         assert!(written.bytes > 0);
         assert_eq!(StateFile::carried(&written.path), written, "the name tells");

@@ -37,9 +37,12 @@ pub enum StateRule {
 }
 
 impl StateRule {
-    /// The rule of a job's source, `None` for a stateless job.
+    /// The rule of a job's source, `None` for a stateless job. Windows over deduplicated
+    /// records take deduplication's rule: records below the watermark are late (their key
+    /// may be forgotten), which includes every record whose window was written, and the
+    /// deduplicating view needs the rows marked unseen.
     pub fn of(kafka: &KafkaSourceSpec) -> Result<Option<StateRule>> {
-        if kafka.window.is_some() {
+        if kafka.window.is_some() && kafka.dedup.is_none() {
             return Ok(Some(StateRule::Windows));
         }
         if let (Some(session), Some(watermark)) = (&kafka.session, &kafka.watermark) {

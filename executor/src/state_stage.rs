@@ -49,6 +49,15 @@ pub(crate) struct KeptState {
     pub(crate) bytes_written: u64,
 }
 
+/// The rule of what `stage` keeps: the job's, except that windows aggregated after
+/// deduplication keep theirs (the job's rule is then deduplication's).
+fn stage_rule(stage: &ShuffleStateStage, job: &PreparedJob) -> Option<StateRule> {
+    match stage.kind {
+        ShuffleStateKind::WindowPartials(_) => Some(StateRule::Windows),
+        _ => job.state_rule.clone(),
+    }
+}
+
 fn delta_rule(kind: &ShuffleStateKind) -> DeltaRule {
     match kind {
         ShuffleStateKind::WindowPartials(_) => DeltaRule::WindowPartials,
@@ -154,7 +163,7 @@ pub(crate) async fn load(
         file_io: job.sink.table.file_io().clone(),
         cache: cache.clone(),
         schema: stage.state_schema(),
-        rule: job.state_rule.clone(),
+        rule: stage_rule(stage, job),
         watermark_ms: task.watermark_ms,
         bytes_read: AtomicU64::new(0),
     });
@@ -193,7 +202,7 @@ pub(crate) async fn load(
     };
     Ok(StageState {
         rows: Arc::new(CarriedRows {
-            stage_id: stage.stream_stage,
+            stage_id: stage.input_stage,
             state,
             yielded: Default::default(),
             dedup,
@@ -219,6 +228,7 @@ pub(crate) async fn keep(
     let location = job.sink.table.metadata().location();
     let state_schema = stage.state_schema();
     let watermark = task.watermark_ms;
+    let rule_of_stage = stage_rule(stage, job);
     let mut yielded = loaded.rows.take_yielded();
     let partitions: BTreeSet<u32> = loaded.files.keys().chain(yielded.keys()).copied().collect();
     let mut kept_state = KeptState {
@@ -234,7 +244,7 @@ pub(crate) async fn keep(
             .cloned()
             .unwrap_or_default();
         let new = yielded.remove(&partition).unwrap_or_default();
-        let (kept, rule): (Vec<RecordBatch>, _) = match (&stage.kind, &job.state_rule) {
+        let (kept, rule): (Vec<RecordBatch>, _) = match (&stage.kind, &rule_of_stage) {
             (ShuffleStateKind::SessionRows, Some(rule @ StateRule::Sessions(sessions))) => {
                 let all = [state, new].concat();
                 (
@@ -271,7 +281,7 @@ pub(crate) async fn keep(
         let target = StateFileTarget {
             location,
             prefix,
-            partition: Some(partition),
+            shard: Some((stage.stage_id, partition)),
         };
         let lifetime = rule.lifetime(&kept)?;
         if let Some(file) =

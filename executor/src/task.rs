@@ -102,9 +102,10 @@ pub struct PreparedJob {
     dead_letters: Option<TargetTable>,
     /// What a stateful job (windows, sessions, deduplication) keeps between batches.
     pub(crate) state_rule: Option<StateRule>,
-    /// Jobs keeping their state after the shuffle (sessions, most windowed aggregations):
-    /// the stage that keeps it. Otherwise source tasks keep a stateful job's state.
-    shuffle_state: Option<ShuffleStateStage>,
+    /// Jobs keeping their state after a shuffle (sessions, deduplication, most windowed
+    /// aggregations): the stages that keep it. Otherwise (empty) source tasks keep a
+    /// stateful job's state.
+    shuffle_state: Vec<ShuffleStateStage>,
     /// The rows source tasks hand the plan, and state files hold.
     scan_schema: arrow::datatypes::SchemaRef,
     /// The columns decoded from record values, for late records' dead letters.
@@ -154,8 +155,8 @@ impl PreparedJob {
         }
         let decoder = RecordDecoder::new(&spec.source.kafka)?;
         let state_rule = StateRule::of(&spec.source.kafka)?;
-        let shuffle_state = ShuffleStateStage::find(&spec.source.kafka, &decoded);
-        if matches!(state_rule, Some(StateRule::Sessions(_))) && shuffle_state.is_none() {
+        let shuffle_state = ShuffleStateStage::find_all(&spec.source.kafka, &decoded);
+        if matches!(state_rule, Some(StateRule::Sessions(_))) && shuffle_state.is_empty() {
             return Err(Error::InvalidRequest(
                 "a session job's plan has no stage after the stream's shuffle".into(),
             ));
@@ -368,8 +369,8 @@ pub async fn run_task(
         };
         let state_stage = job
             .shuffle_state
-            .as_ref()
-            .filter(|stage| stage.stage_id == task.stage_id);
+            .iter()
+            .find(|stage| stage.stage_id == task.stage_id);
         let stage_state = match state_stage {
             Some(stage) => Some(state_stage::load(&job, &env.state_cache, stage, task).await?),
             None => None,
@@ -552,7 +553,7 @@ async fn carry_state(
     // With the state after the shuffle, a source task gets state files only from before
     // the state moved there (an upgrade): their rows join the batch's and the state stage
     // keeps what it needs of them.
-    let kept_here = job.shuffle_state.is_none();
+    let kept_here = job.shuffle_state.is_empty();
     let (state, bytes_read) = state_files::read_state(file_io, &task.state_files).await?;
     for batch in state {
         let batch = rule.read_back(state_files::conform(&batch, &job.scan_schema)?)?;
@@ -573,7 +574,7 @@ async fn carry_state(
     let target = StateFileTarget {
         location: job.sink.table.metadata().location(),
         prefix,
-        partition: None,
+        shard: None,
     };
     let lifetime = rule.lifetime(&still_needed)?;
     let written =

@@ -118,17 +118,19 @@ pub struct StateFileStats {
     pub until: i64,
 }
 
-/// The name of a state file: `{attempt_prefix}[.p{n}][.s{rows}_{bytes}_{from}_{until}].parquet`,
-/// with `.p{n}` for the state of shuffle partition `n` (state kept after a shuffle) and the
-/// `.s…` segment carrying its [`StateFileStats`].
+/// The name of a state file:
+/// `{attempt_prefix}[.g{stage}.p{n}][.s{rows}_{bytes}_{from}_{until}].parquet`, with
+/// `.g{stage}.p{n}` for the state that stage `stage` keeps for shuffle partition `n` (state
+/// kept after a shuffle; files written before a job could have two such stages name only
+/// the partition) and the `.s…` segment carrying its [`StateFileStats`].
 pub fn state_file_name(
     attempt_prefix: &str,
-    partition: Option<u32>,
+    shard: Option<(u32, u32)>,
     stats: Option<StateFileStats>,
 ) -> String {
     let mut name = attempt_prefix.to_string();
-    if let Some(partition) = partition {
-        name.push_str(&format!(".p{partition}"));
+    if let Some((stage, partition)) = shard {
+        name.push_str(&format!(".g{stage}.p{partition}"));
     }
     if let Some(s) = stats {
         name.push_str(&format!(".s{}_{}_{}_{}", s.rows, s.bytes, s.from, s.until));
@@ -144,13 +146,19 @@ fn state_name_segments(path: &str) -> impl Iterator<Item = &str> {
         .strip_suffix(".parquet")
         .unwrap_or_default()
         .rsplit('.')
-        .take(2)
+        .take(3)
 }
 
 /// The shuffle partition whose state a state file holds, from its name (see
 /// [`state_file_name`]); `None` for state kept before any shuffle.
 pub fn state_file_partition(path: &str) -> Option<u32> {
     state_name_segments(path).find_map(|segment| segment.strip_prefix('p')?.parse().ok())
+}
+
+/// The stage that keeps a state file's state, from its name (see [`state_file_name`]);
+/// `None` for state kept before any shuffle and files named before jobs had several.
+pub fn state_file_stage(path: &str) -> Option<u32> {
+    state_name_segments(path).find_map(|segment| segment.strip_prefix('g')?.parse().ok())
 }
 
 /// What a state file's name says about its rows (see [`state_file_name`]); `None` for
@@ -237,18 +245,25 @@ mod tests {
             from: -5,
             until: 1_700_000_000_000,
         };
-        for partition in [Some(12), None] {
-            let plain = at(super::state_file_name(&prefix, partition, None));
-            assert_eq!(super::state_file_partition(&plain), partition);
+        for shard in [Some((2, 12)), None] {
+            let plain = at(super::state_file_name(&prefix, shard, None));
+            assert_eq!(super::state_file_partition(&plain), shard.map(|s| s.1));
+            assert_eq!(super::state_file_stage(&plain), shard.map(|s| s.0));
             assert_eq!(super::state_file_stats(&plain), None);
-            let with_stats = at(super::state_file_name(&prefix, partition, Some(stats)));
-            assert_eq!(super::state_file_partition(&with_stats), partition);
+            let with_stats = at(super::state_file_name(&prefix, shard, Some(stats)));
+            assert_eq!(super::state_file_partition(&with_stats), shard.map(|s| s.1));
+            assert_eq!(super::state_file_stage(&with_stats), shard.map(|s| s.0));
             assert_eq!(super::state_file_stats(&with_stats), Some(stats));
         }
+        // Named before jobs had several state stages: the partition alone.
+        let older = at(format!("{prefix}.p4.parquet"));
+        assert_eq!(super::state_file_partition(&older), Some(4));
+        assert_eq!(super::state_file_stage(&older), None);
         // Job names may hold letters p and s; only the segments after the prefix count.
         let prefix = super::attempt_prefix("p7", sluice_core::BatchId::new(3), 7, 1, 0);
         let name = at(super::state_file_name(&prefix, None, None));
         assert_eq!(super::state_file_partition(&name), None);
+        assert_eq!(super::state_file_stage(&name), None);
     }
 
     use super::*;

@@ -1,10 +1,12 @@
 //! The differential suite: queries run through Sluice and, over the same Kafka records,
 //! by single-process DataFusion; the committed rows must equal DataFusion's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow::array::RecordBatch;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMillisecondType};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use sluice_core::spec::JobSpec;
@@ -127,4 +129,34 @@ pub async fn expected_rows(
     )
     .await?;
     Ok(normalized_rows(&ctx.sql(sql).await?.collect().await?))
+}
+
+/// Window start (ms) -> (count, revenue in cents).
+pub type Windows = BTreeMap<i64, (i64, i64)>;
+
+/// Reads `window_start`, `n` and `revenue` rows into [`Windows`]; a window twice fails.
+pub fn windows_of(batches: &[RecordBatch]) -> Windows {
+    let mut out = Windows::new();
+    for batch in batches {
+        let starts = arrow::compute::cast(
+            batch.column_by_name("window_start").unwrap(),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )
+        .unwrap();
+        let starts = starts.as_primitive::<TimestampMillisecondType>();
+        let counts =
+            arrow::compute::cast(batch.column_by_name("n").unwrap(), &DataType::Int64).unwrap();
+        let counts = counts.as_primitive::<Int64Type>();
+        let revenue = batch
+            .column_by_name("revenue")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        for i in 0..batch.num_rows() {
+            assert!(starts.is_valid(i), "a window without a start");
+            let cents = (revenue.value(i) * 100.0).round() as i64;
+            let previous = out.insert(starts.value(i), (counts.value(i), cents));
+            assert!(previous.is_none(), "window {} twice", starts.value(i));
+        }
+    }
+    out
 }

@@ -11,7 +11,7 @@ use arrow::datatypes::Float64Type;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_core::spec::JobSpec;
-use sluice_integration_tests::differential::{query_source, source_batches};
+use sluice_integration_tests::differential::{query_source, source_batches, windows_of, Windows};
 use sluice_integration_tests::TestCluster;
 
 const PARTITIONS: i32 = 4;
@@ -78,16 +78,19 @@ async fn remembered_keys_are_looked_up_in_storage_when_not_in_memory() {
     assert!(read > 0, "state is read from storage");
 }
 
-/// Runs a deduplicating job over retried orders cut into batches at random boundaries
-/// and checks the table against `ROW_NUMBER() … = 1` over all records; returns the
-/// job's batches.
-async fn stream_equals_row_number(cluster: &TestCluster) -> Vec<sluice_proto::v1::BatchProgress> {
+/// The test's random source, seeded from `SLUICE_DEDUP_SEED` or a fixed seed (printed).
+fn seeded() -> (u64, StdRng) {
     let seed: u64 = std::env::var("SLUICE_DEDUP_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_261_126);
     eprintln!("dedup seed {seed} (replay with SLUICE_DEDUP_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    (seed, StdRng::seed_from_u64(seed))
+}
+
+/// Produces [`ORDERS`] orders to the `orders` topic with an at-least-once producer's
+/// retries; returns how many records were sent.
+fn produce_retried_orders(cluster: &TestCluster, rng: &mut StdRng) -> usize {
     // One order every 200 ms of event time, up to 10 s out of order; a third of them sent
     // again (the same record) up to 100 orders (20 s) later, some twice, so a retry often
     // comes batches after its first copy.
@@ -115,6 +118,68 @@ async fn stream_equals_row_number(cluster: &TestCluster) -> Vec<sluice_proto::v1
             .produce_raw("orders", partition as i32, values)
             .unwrap();
     }
+    sends.len()
+}
+
+/// Tumbling windows over deduplicated records: each closed window once, counting each
+/// order once, as `date_bin` over `ROW_NUMBER() … = 1` of all the records gives. The
+/// deduplication and the windows keep their state in two stages, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_over_deduplicated_records_count_each_order_once() {
+    let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
+    let (seed, mut rng) = seeded();
+    produce_retried_orders(&cluster, &mut rng);
+    let per_batch = rng.gen_range(60..150);
+    let spec = cluster.spec(
+        "dedup_windows",
+        "orders",
+        "SELECT window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM source \
+         GROUP BY tumble(ts, INTERVAL '10 seconds')",
+        "{available_now: true}",
+        &format!(
+            "    watermark: {{column: ts, delay: 40s}}\n    dedup: {{key: [order_id]}}\n    max_offsets_per_trigger: {per_batch}"
+        ),
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    let status = cluster.wait_until_finished(&job).await;
+    assert!(
+        status.last_committed_batch >= 8,
+        "{per_batch} offsets per batch"
+    );
+    let late = cluster
+        .driver_metric(r#"sluice_late_records_total{job="dedup_windows"}"#)
+        .await
+        .unwrap();
+    assert_eq!(late, 0.0, "records are late by less than the delay");
+    let closed_by = status.recent_batches.last().unwrap().watermark_ms.unwrap();
+
+    let mut parsed = JobSpec::parse(&spec).unwrap();
+    parsed.source.kafka.window = None;
+    let source = source_batches(&cluster, &parsed).unwrap();
+    let expected = query_source(
+        "SELECT date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
+         count(*) AS n, sum(amount) AS revenue \
+         FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) \
+         WHERE rn = 1 GROUP BY 1",
+        source,
+    )
+    .await
+    .unwrap();
+    let expected: Windows = windows_of(&expected)
+        .into_iter()
+        .filter(|(start, _)| *start + 10_000 <= closed_by)
+        .collect();
+    assert!(expected.len() >= 10, "{} windows closed", expected.len());
+    let streamed = windows_of(&cluster.table_rows(&spec).await.unwrap());
+    assert_eq!(streamed, expected, "seed {seed}");
+}
+
+/// Runs a deduplicating job over retried orders cut into batches at random boundaries
+/// and checks the table against `ROW_NUMBER() … = 1` over all records; returns the
+/// job's batches.
+async fn stream_equals_row_number(cluster: &TestCluster) -> Vec<sluice_proto::v1::BatchProgress> {
+    let (seed, mut rng) = seeded();
+    let sent = produce_retried_orders(cluster, &mut rng);
     let per_batch = rng.gen_range(60..150);
     let spec = cluster.spec(
         "dedup",
@@ -138,7 +203,7 @@ async fn stream_equals_row_number(cluster: &TestCluster) -> Vec<sluice_proto::v1
     let parsed = JobSpec::parse(&spec).unwrap();
     let source = source_batches(cluster, &parsed).unwrap();
     let all_records: usize = source.iter().map(|b| b.num_rows()).sum();
-    assert_eq!(all_records, sends.len());
+    assert_eq!(all_records, sent);
     let expected = query_source(
         "SELECT order_id, amount FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) WHERE rn = 1",
         source,

@@ -4,49 +4,15 @@
 //! window once. The seed (fixed by default, so a run can be repeated) is printed; set
 //! `SLUICE_WINDOW_SEED` to try or replay another.
 
-use std::collections::BTreeMap;
-
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMillisecondType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_core::spec::JobSpec;
-use sluice_integration_tests::differential::{query_source, source_batches};
+use sluice_integration_tests::differential::{query_source, source_batches, windows_of, Windows};
 use sluice_integration_tests::TestCluster;
 
 const PARTITIONS: i32 = 4;
 const RECORDS: i64 = 3_000;
 const T: i64 = 1_700_000_000_000;
-
-/// Window start (ms) -> (count, revenue in cents).
-type Windows = BTreeMap<i64, (i64, i64)>;
-
-/// Reads `window_start`, `n` and `revenue` rows into [`Windows`]; a window twice fails.
-fn windows_of(batches: &[RecordBatch]) -> Windows {
-    let mut out = Windows::new();
-    for batch in batches {
-        let starts = arrow::compute::cast(
-            batch.column_by_name("window_start").unwrap(),
-            &DataType::Timestamp(TimeUnit::Millisecond, None),
-        )
-        .unwrap();
-        let starts = starts.as_primitive::<TimestampMillisecondType>();
-        let counts =
-            arrow::compute::cast(batch.column_by_name("n").unwrap(), &DataType::Int64).unwrap();
-        let counts = counts.as_primitive::<Int64Type>();
-        let revenue = batch
-            .column_by_name("revenue")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        for i in 0..batch.num_rows() {
-            assert!(starts.is_valid(i));
-            let cents = (revenue.value(i) * 100.0).round() as i64;
-            let previous = out.insert(starts.value(i), (counts.value(i), cents));
-            assert!(previous.is_none(), "window {} twice", starts.value(i));
-        }
-    }
-    out
-}
 
 /// Runs `job_sql` (windowed by `window`, a `source.kafka.window` map, or by a window call
 /// in the SQL when empty) and compares it with `expected_sql` over all records.

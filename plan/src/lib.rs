@@ -53,10 +53,11 @@ pub struct JobPlan {
 }
 
 impl JobPlan {
-    /// The stage keeping a stateful job's state after the shuffle, if it does.
-    pub fn shuffle_state_stage(&self, spec: &JobSpec) -> Option<ShuffleStateStage> {
+    /// The stages keeping a stateful job's state after a shuffle (none when its source
+    /// tasks keep it).
+    pub fn shuffle_state_stages(&self, spec: &JobSpec) -> Vec<ShuffleStateStage> {
         let plans: Vec<_> = self.stages.iter().map(|s| (s.id, s.plan.clone())).collect();
-        ShuffleStateStage::find(&spec.source.kafka, &plans)
+        ShuffleStateStage::find_all(&spec.source.kafka, &plans)
     }
 
     /// The stage plans serialized with datafusion-proto.

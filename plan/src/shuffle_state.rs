@@ -9,7 +9,8 @@
 //!   partial-aggregate row per open window and group: the partial rows the reader yielded
 //!   (the state's and the batch's) merged by the aggregate in `PartialReduce` mode. The
 //!   state then follows the open groups, not the records. Other windowed plans keep raw
-//!   rows in their source tasks.
+//!   rows in their source tasks. Windows over deduplicated records are aggregated after
+//!   the deduplicating stage, so such a job has two state stages.
 //! - Deduplication keeps the remembered rows of its keys where the deduplicating window
 //!   function (`row_number() OVER (PARTITION BY key …)`) shuffled them: each shuffle
 //!   partition's keys in their own state file, only the columns the query reads. The
@@ -50,51 +51,84 @@ pub enum ShuffleStateKind {
     },
 }
 
-/// The stage of a stateful job that keeps its state after the shuffle.
+/// A stage of a stateful job that keeps state after a shuffle.
 #[derive(Debug, Clone)]
 pub struct ShuffleStateStage {
     pub stage_id: u32,
-    /// The stage reading the stream, whose output the state joins.
-    pub stream_stage: u32,
+    /// The stage whose output the state joins: the stage reading the stream, or, for
+    /// windows aggregated after deduplication, the deduplicating stage.
+    pub input_stage: u32,
     /// The rows the reader yields (and state files hold).
     pub schema: SchemaRef,
     pub kind: ShuffleStateKind,
 }
 
 impl ShuffleStateStage {
-    /// The state stage among a job's stage plans (id, plan), if its state is kept after the
-    /// shuffle: always for session windows, for fixed windows when a final aggregate
-    /// grouping by `window_end` reads the stream stage's output directly, for
-    /// deduplication when the deduplicating window function reads it.
-    pub fn find(
+    /// The stages among a job's stage plans (id, plan) that keep its state after a
+    /// shuffle, in plan order: for session windows the stage reading the stream stage's
+    /// output; for deduplication the stage where the deduplicating window function reads
+    /// it; for fixed windows the stage whose final aggregate groups by `window_end`
+    /// reading the stream stage's output directly, or the deduplicating stage's output.
+    /// Empty when the plan keeps its state in source tasks.
+    pub fn find_all(
         kafka: &KafkaSourceSpec,
         stages: &[(u32, Arc<dyn ExecutionPlan>)],
-    ) -> Option<ShuffleStateStage> {
-        let (stream_stage, _) = stages.iter().find(|(_, plan)| reads_stream(plan))?;
-        let stream_stage = *stream_stage;
-        let (stage_id, plan, schema) = stages.iter().find_map(|(id, plan)| {
-            reader_schema(plan, stream_stage).map(|schema| (*id, plan, schema))
-        })?;
-        let kind = if kafka.session.is_some() {
-            ShuffleStateKind::SessionRows
-        } else if kafka.window.is_some() {
-            ShuffleStateKind::WindowPartials(window_aggregate(plan, stream_stage)?)
-        } else if let (Some(dedup), Some(watermark), true) =
-            (&kafka.dedup, &kafka.watermark, has_window_function(plan))
-        {
-            ShuffleStateKind::DedupRows {
-                key: dedup.key.clone(),
-                event_time: watermark.column.clone(),
-            }
-        } else {
-            return None;
+    ) -> Vec<ShuffleStateStage> {
+        let Some(stream_stage) = stages
+            .iter()
+            .find(|(_, plan)| reads_stream(plan))
+            .map(|(id, _)| *id)
+        else {
+            return vec![];
         };
-        Some(ShuffleStateStage {
-            stage_id,
-            stream_stage,
-            schema,
-            kind,
-        })
+        let reading = |input: u32| {
+            stages
+                .iter()
+                .find_map(|(id, plan)| reader_schema(plan, input).map(|schema| (*id, plan, schema)))
+        };
+        let mut found = vec![];
+        if kafka.session.is_some() {
+            if let Some((stage_id, _, schema)) = reading(stream_stage) {
+                found.push(ShuffleStateStage {
+                    stage_id,
+                    input_stage: stream_stage,
+                    schema,
+                    kind: ShuffleStateKind::SessionRows,
+                });
+            }
+            return found;
+        }
+        let mut window_input = stream_stage;
+        if let (Some(dedup), Some(watermark)) = (&kafka.dedup, &kafka.watermark) {
+            match reading(stream_stage) {
+                Some((stage_id, plan, schema)) if has_window_function(plan) => {
+                    found.push(ShuffleStateStage {
+                        stage_id,
+                        input_stage: stream_stage,
+                        schema,
+                        kind: ShuffleStateKind::DedupRows {
+                            key: dedup.key.clone(),
+                            event_time: watermark.column.clone(),
+                        },
+                    });
+                    window_input = stage_id;
+                }
+                _ => return found,
+            }
+        }
+        if kafka.window.is_some() {
+            if let Some((stage_id, plan, schema)) = reading(window_input) {
+                if let Some(aggregate) = window_aggregate(plan, window_input) {
+                    found.push(ShuffleStateStage {
+                        stage_id,
+                        input_stage: window_input,
+                        schema,
+                        kind: ShuffleStateKind::WindowPartials(aggregate),
+                    });
+                }
+            }
+        }
+        found
     }
 
     /// The columns of the state files: the reader's, or for deduplication only the key
@@ -157,12 +191,9 @@ fn has_window_function(plan: &Arc<dyn ExecutionPlan>) -> bool {
         || plan.children().into_iter().any(has_window_function)
 }
 
-/// The final aggregate reading the stream stage's output directly and grouping by
+/// The final aggregate reading `input_stage`'s output directly and grouping by
 /// `window_end` (one grouping set), if the stage has one.
-fn window_aggregate(
-    plan: &Arc<dyn ExecutionPlan>,
-    stream_stage: u32,
-) -> Option<Arc<AggregateExec>> {
+fn window_aggregate(plan: &Arc<dyn ExecutionPlan>, input_stage: u32) -> Option<Arc<AggregateExec>> {
     if let Some(aggregate) = plan.as_any().downcast_ref::<AggregateExec>() {
         let final_mode = matches!(
             aggregate.mode(),
@@ -178,12 +209,12 @@ fn window_aggregate(
             .input()
             .as_any()
             .downcast_ref::<ShuffleReaderExec>()
-            .is_some_and(|reader| reader.stage_id() == stream_stage);
+            .is_some_and(|reader| reader.stage_id() == input_stage);
         if final_mode && groups_by_window && reads_stream_output {
             return Some(Arc::new(aggregate.clone()));
         }
     }
     plan.children()
         .into_iter()
-        .find_map(|child| window_aggregate(child, stream_stage))
+        .find_map(|child| window_aggregate(child, input_stage))
 }

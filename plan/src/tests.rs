@@ -418,7 +418,7 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     let spec = dedup_spec("SELECT * FROM source");
     let slices = source_slices(&spec);
     let plan = plan_job(&spec).await.unwrap();
-    let state = plan.shuffle_state_stage(&spec).unwrap();
+    let state = plan.shuffle_state_stages(&spec).pop().unwrap();
     let ShuffleStateKind::DedupRows { key, .. } = &state.kind else {
         panic!("dedup state after the shuffle: {}", plan.display());
     };
@@ -433,7 +433,7 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     assert!(state_columns.contains(&"customer_id") && state_columns.contains(&"ts"));
     // Batch 1: the first slice. What its readers yielded is the state, marked seen.
     let first = Arc::new(CarriedRows {
-        stage_id: state.stream_stage,
+        stage_id: state.input_stage,
         dedup: Some(DedupLookup {
             key: key.clone(),
             remembered: Arc::new(RowsInMemory::default()),
@@ -463,7 +463,7 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     // Batch 2: the other slices, starting from that state; the rows of its keys are
     // dropped where they are fetched.
     let second = Arc::new(CarriedRows {
-        stage_id: state.stream_stage,
+        stage_id: state.input_stage,
         dedup: Some(DedupLookup {
             key: key.clone(),
             remembered: Arc::new(RowsInMemory(carried)),
@@ -523,7 +523,8 @@ async fn dedup_keeps_the_earliest_new_row_of_each_key_not_seen_before() {
     // The remembered rows stay where the key's rows meet: the stage after the shuffle by
     // key, with what the window function needs to rank them.
     let state = plan
-        .shuffle_state_stage(&spec)
+        .shuffle_state_stages(&spec)
+        .pop()
         .expect("the key's rows meet after a shuffle");
     assert!(
         matches!(state.kind, ShuffleStateKind::DedupRows { .. }),
@@ -599,7 +600,8 @@ async fn sessions_are_runs_of_a_keys_rows_less_than_the_gap_apart() {
 
     let plan = plan_job(&spec).await.unwrap();
     let state = plan
-        .shuffle_state_stage(&spec)
+        .shuffle_state_stages(&spec)
+        .pop()
         .expect("a shuffle after the scan");
     assert!(matches!(state.kind, ShuffleStateKind::SessionRows));
     assert_eq!(
@@ -650,7 +652,8 @@ async fn window_partials_kept_after_the_shuffle_carry_every_aggregate_across_bat
 
     let plan = plan_job(&spec).await.unwrap();
     let state = plan
-        .shuffle_state_stage(&spec)
+        .shuffle_state_stages(&spec)
+        .pop()
         .expect("partials kept after the shuffle");
     assert!(
         matches!(state.kind, ShuffleStateKind::WindowPartials(_)),
@@ -660,7 +663,7 @@ async fn window_partials_kept_after_the_shuffle_carry_every_aggregate_across_bat
     // Batch 1 reads the first slice; its state stage's tasks collect what their readers
     // yielded, merged into one partial row per group.
     let first = Arc::new(CarriedRows {
-        stage_id: state.stream_stage,
+        stage_id: state.input_stage,
         ..Default::default()
     });
     run_distributed_with_state(&spec, &slices[..1], Some((state.stage_id, first.clone()))).await;
@@ -680,11 +683,42 @@ async fn window_partials_kept_after_the_shuffle_carry_every_aggregate_across_bat
     // Batch 2 reads the other slices and starts from that state: the same rows as one
     // batch over everything.
     let second = Arc::new(CarriedRows {
-        stage_id: state.stream_stage,
+        stage_id: state.input_stage,
         state: carried,
         ..Default::default()
     });
     let rows =
         run_distributed_with_state(&spec, &slices[1..], Some((state.stage_id, second))).await;
     assert_eq!(normalized_rows(&rows), expected);
+}
+
+#[tokio::test]
+async fn windows_over_deduplicated_records_keep_state_in_two_stages_one_after_the_other() {
+    let mut spec = dedup_spec(
+        "SELECT window_start, window_end, country, count(*) AS n FROM source \
+         GROUP BY window_start, window_end, country",
+    );
+    spec.source.kafka.window = Some(sluice_core::spec::WindowSpec {
+        size: "1m".into(),
+        slide: None,
+    });
+    let plan = plan_job(&spec).await.unwrap();
+    let stages = plan.shuffle_state_stages(&spec);
+    let kinds: Vec<&ShuffleStateKind> = stages.iter().map(|s| &s.kind).collect();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [
+                ShuffleStateKind::DedupRows { .. },
+                ShuffleStateKind::WindowPartials(_)
+            ]
+        ),
+        "{kinds:?}\n{}",
+        plan.display()
+    );
+    assert_eq!(
+        stages[1].input_stage, stages[0].stage_id,
+        "the windows' partials join the deduplicating stage's output"
+    );
+    assert!(plan.stages[stages[0].input_stage as usize].kind == StageKind::Source);
 }
