@@ -184,12 +184,14 @@ async fn a_windowed_query_must_select_the_window_end_and_read_the_stream_once() 
     );
 }
 
-/// The driver dies after a windowed batch's Iceberg commit, before its checkpoint: the
-/// restarted driver finds the batch in the table and takes the batch's state (and event
-/// times) from its snapshot, so no window is lost, counted twice or written twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn window_state_survives_a_driver_killed_between_commit_and_checkpoint() {
-    let armed = format!("{}@2", sluice_core::failpoint::SNAPSHOT_COMMITTED);
+/// The driver dies in a windowed batch at `point` (`failpoint::FILES_WRITTEN`: its tasks
+/// wrote their files and state, nothing is committed; `SNAPSHOT_COMMITTED`: the Iceberg
+/// commit is done, the checkpoint is not). With `whole_cluster` every executor is killed
+/// as well, and everything restarts. The restarted driver re-runs the batch from the
+/// state it started from, or finds it in the table and takes the batch's state (and event
+/// times) from its snapshot: no window is lost, counted twice or written twice.
+async fn window_state_survives_a_driver_killed_at(point: &str, whole_cluster: bool) {
+    let armed = format!("{point}@2");
     let mut cluster = TestCluster::start_with_first_driver_env(
         "clicks",
         2,
@@ -214,6 +216,11 @@ async fn window_state_survives_a_driver_killed_between_commit_and_checkpoint() {
         .wait_driver_exit(std::time::Duration::from_secs(60))
         .await
         .unwrap();
+    if whole_cluster {
+        for i in 0..2 {
+            cluster.restart_executor(i).unwrap();
+        }
+    }
     cluster.start_driver().unwrap();
     cluster.wait_for_driver().await.unwrap();
     cluster.wait_until_finished(&job).await;
@@ -221,6 +228,22 @@ async fn window_state_survives_a_driver_killed_between_commit_and_checkpoint() {
         windows(&cluster, &spec).await,
         BTreeMap::from([(0, 18), (10, 20), (20, 20), (30, 20), (40, 20), (50, 20)])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_survives_a_driver_killed_between_commit_and_checkpoint() {
+    window_state_survives_a_driver_killed_at(sluice_core::failpoint::SNAPSHOT_COMMITTED, false)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_survives_a_driver_killed_after_the_state_was_written_before_the_commit() {
+    window_state_survives_a_driver_killed_at(sluice_core::failpoint::FILES_WRITTEN, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_state_survives_the_whole_cluster_restarting_mid_batch() {
+    window_state_survives_a_driver_killed_at(sluice_core::failpoint::FILES_WRITTEN, true).await;
 }
 
 /// An executor dies in the middle of a windowed batch, once after reading its records
