@@ -40,6 +40,7 @@ sql: |
   FROM source
   WHERE country <> 'JP'
   GROUP BY product_id
+aggregation: per_batch   # one row per product per batch
 sink:
   iceberg:
     catalog: {{type: sql, uri: "sqlite://{dir}/catalog.db", warehouse: "file://{dir}/warehouse"}}

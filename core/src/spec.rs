@@ -33,12 +33,36 @@ pub struct JobSpec {
     #[serde(default)]
     pub trigger: TriggerSpec,
     pub sql: String,
+    /// What the query's aggregates (`GROUP BY`, `DISTINCT`, `count(*)` …) cover.
+    #[serde(default, skip_serializing_if = "Aggregation::is_default")]
+    pub aggregation: Aggregation,
     pub sink: SinkSpec,
     #[serde(default)]
     pub parallelism: ParallelismSpec,
     /// Static tables the SQL may join with the stream, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<DimensionTableSpec>,
+}
+
+/// What a query's aggregates cover (`aggregation:` in a spec).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Event-time windows or sessions: each group's row is written once, final over all
+    /// its records from every batch. A query aggregating the stream without a window or
+    /// session is refused at submit: its result could never be final.
+    #[default]
+    Windowed,
+    /// Each batch on its own: one row per group per batch (summaries of each batch, or a
+    /// `once` job reading everything in one batch).
+    PerBatch,
+}
+
+impl Aggregation {
+    /// Whether this is the default, [`Aggregation::Windowed`].
+    pub fn is_default(&self) -> bool {
+        *self == Aggregation::Windowed
+    }
 }
 
 /// A static table (e.g. a dimension) visible to the job's SQL under `name`.

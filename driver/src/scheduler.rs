@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use sluice_core::failpoint;
-use sluice_core::spec::{JobSpec, WINDOW_END_COLUMN};
+use sluice_core::spec::{Aggregation, JobSpec, WINDOW_END_COLUMN};
 use sluice_core::{BatchId, ExecutorId, TaskId};
 use sluice_iceberg::data_files::{state_file_partition, state_file_stage};
 use sluice_kafka::offsets::{BatchPlan, OffsetRange};
@@ -105,6 +105,7 @@ impl JobRef {
     pub async fn plan(job_id: &str, spec: &JobSpec) -> Result<JobRef> {
         let plan = plan_job(spec).await?;
         let kafka = &spec.source.kafka;
+        check_aggregation(&plan, spec)?;
         if kafka.is_stateful() {
             check_stateful_plan(&plan, kafka.is_windowed())?;
         }
@@ -186,6 +187,23 @@ impl JobRef {
     pub fn shuffles(&self) -> bool {
         self.stages.len() > 1
     }
+}
+
+/// Refuses a query that aggregates the stream without a window or session, unless the
+/// spec asks for one result per batch (`aggregation: per_batch`): over a stream that
+/// never ends such a result could never be final, and summed per batch it would silently
+/// differ from the same SQL over the same records as one batch.
+fn check_aggregation(plan: &JobPlan, spec: &JobSpec) -> Result<()> {
+    if spec.source.kafka.is_windowed() || spec.aggregation == Aggregation::PerBatch {
+        return Ok(());
+    }
+    if !plan.aggregates() {
+        return Ok(());
+    }
+    Err(sluice_core::Error::InvalidSql {
+        message: "the query aggregates the stream (GROUP BY, DISTINCT or an aggregate function) without a window, so its result could never be final. Group by an event-time window to get each group once over all its records, e.g. GROUP BY tumble(ts, INTERVAL '1 minute'), country (with source.kafka.watermark), or set `aggregation: per_batch` for one row per group per batch".into(),
+    }
+    .into())
 }
 
 /// Refuses what stateful jobs cannot do yet: a windowed query without `window_end` (its

@@ -671,6 +671,12 @@ impl TestCluster {
         self.spec_in_catalog(name, topic, sql, trigger, source_extra, &catalog)
     }
 
+    /// `spec` with `aggregation: per_batch`: its query's aggregates cover each batch on
+    /// its own (no window).
+    pub fn per_batch(spec: &str) -> String {
+        format!("{spec}aggregation: per_batch\n")
+    }
+
     /// `spec` with compaction off, for tests that look at which batch wrote each file.
     pub fn without_compaction(spec: &str) -> String {
         let table = spec

@@ -40,13 +40,13 @@ async fn the_driver_serves_only_callers_with_a_valid_token() {
     cluster.start_executor(&env).unwrap();
     cluster.produce_orders("orders", 2, 0, 200).unwrap();
     // A GROUP BY: its rows cross a shuffle, fetched over Flight with the token.
-    let spec = cluster.spec(
+    let spec = TestCluster::per_batch(&cluster.spec(
         "authed",
         "orders",
         "SELECT order_id, count(*) AS n FROM source GROUP BY order_id",
         "{available_now: true}",
         "",
-    );
+    ));
 
     // Without a token, and with a wrong one: refused, and nothing is created.
     let refused = cluster.submit(&spec).await.unwrap_err();

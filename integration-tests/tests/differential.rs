@@ -61,13 +61,19 @@ async fn queries_match_single_process_datafusion(executors: usize) {
     for wave in QUERIES.chunks(WAVE) {
         let mut jobs = vec![];
         for (name, sql) in wave {
-            let spec = cluster
-                .spec(name, "orders", sql, "{available_now: true}", "")
-                .replace(
-                    "parallelism: {max_records_per_task: 20000, min_records_per_task: 1}",
-                    PARALLELISM,
-                )
-                + &tables;
+            // One batch reads every record, so each batch's aggregates are the whole
+            // input's.
+            let spec = TestCluster::per_batch(&cluster.spec(
+                name,
+                "orders",
+                sql,
+                "{available_now: true}",
+                "",
+            ))
+            .replace(
+                "parallelism: {max_records_per_task: 20000, min_records_per_task: 1}",
+                PARALLELISM,
+            ) + &tables;
             let job = cluster
                 .submit(&spec)
                 .await

@@ -154,6 +154,52 @@ async fn invalid_requests_are_refused_with_a_clear_status() {
     assert!(!cluster.executor_exited(0));
 }
 
+/// An aggregate over the stream without a window could never be final: refused at
+/// submit saying what to write instead, unless the spec asks for one result per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_without_a_window_is_refused_unless_asked_per_batch() {
+    let cluster = TestCluster::start("orders", 1, 0).await.unwrap();
+    for sql in [
+        "SELECT country, count(*) AS n FROM source GROUP BY country",
+        "SELECT DISTINCT country FROM source",
+        "SELECT order_id FROM source WHERE amount > (SELECT avg(amount) FROM source)",
+    ] {
+        let spec = cluster.spec("totals", "orders", sql, "{processing_time: 1s}", "");
+        let status = cluster.submit(&spec).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{sql}");
+        for hint in [
+            "without a window",
+            "GROUP BY tumble(ts",
+            "aggregation: per_batch",
+        ] {
+            assert!(
+                status.message().contains(hint),
+                "{sql}: {}",
+                status.message()
+            );
+        }
+    }
+    let spec = TestCluster::per_batch(&cluster.spec(
+        "totals",
+        "orders",
+        "SELECT country, count(*) AS n FROM source GROUP BY country",
+        "{processing_time: 1s}",
+        "",
+    ));
+    let job = cluster.submit(&spec).await.unwrap();
+    cluster.stop_and_wait(&job).await.unwrap();
+    // Without aggregates, nothing to ask.
+    let plain = cluster.spec(
+        "rows",
+        "orders",
+        "SELECT * FROM source",
+        "{processing_time: 1s}",
+        "",
+    );
+    let job = cluster.submit(&plain).await.unwrap();
+    cluster.stop_and_wait(&job).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_job_on_a_table_another_job_writes_is_refused_naming_it() {
     let cluster = TestCluster::start("orders", 1, 1).await.unwrap();

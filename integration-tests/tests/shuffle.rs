@@ -59,13 +59,13 @@ async fn executor_killed_during_the_shuffle_reruns_its_map_tasks_and_commits_onc
     )];
     cluster.start_driver().unwrap();
     cluster.wait_for_driver().await.unwrap();
-    let spec = cluster.spec(
+    let spec = TestCluster::per_batch(&cluster.spec(
         "shuffle-kill",
         "orders",
         COUNT_SQL,
         "{available_now: true}",
         BATCH,
-    );
+    ));
     let job = cluster.submit(&spec).await.unwrap();
     cluster
         .wait_for_log(
@@ -114,13 +114,13 @@ async fn map_outputs_over_the_memory_bound_spill_to_disk_and_are_released() {
     cluster
         .produce_orders("orders", PARTITIONS, 0, EVENTS)
         .unwrap();
-    let spec = cluster.spec(
+    let spec = TestCluster::per_batch(&cluster.spec(
         "shuffle-spill",
         "orders",
         COUNT_SQL,
         "{available_now: true}",
         BATCH,
-    );
+    ));
     let job = cluster.submit(&spec).await.unwrap();
     cluster.wait_until_finished(&job).await;
     let table = cluster.table_rows(&spec).await.unwrap();

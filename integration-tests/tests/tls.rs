@@ -96,13 +96,13 @@ async fn a_cluster_serves_mutual_tls_and_refuses_who_it_cannot_verify() {
 
     // A GROUP BY: its rows cross the shuffle, fetched over Flight with mutual TLS, after
     // the executors registered with the driver and took their tasks over TLS.
-    let spec = cluster.spec(
+    let spec = TestCluster::per_batch(&cluster.spec(
         "secured",
         "orders",
         "SELECT order_id, count(*) AS n FROM source GROUP BY order_id",
         "{available_now: true}",
         "",
-    );
+    ));
     let job = cluster.submit(&spec).await.unwrap();
     cluster.wait_until_finished(&job).await;
     assert_eq!(

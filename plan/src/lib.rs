@@ -60,6 +60,17 @@ impl JobPlan {
         ShuffleStateStage::find_all(&spec.source.kafka, &plans)
     }
 
+    /// Whether the query aggregates (a `GROUP BY`, `DISTINCT` or aggregate function: an
+    /// `AggregateExec` in some stage).
+    pub fn aggregates(&self) -> bool {
+        fn any_aggregate(plan: &Arc<dyn ExecutionPlan>) -> bool {
+            plan.as_any()
+                .is::<datafusion::physical_plan::aggregates::AggregateExec>()
+                || plan.children().into_iter().any(any_aggregate)
+        }
+        self.stages.iter().any(|s| any_aggregate(&s.plan))
+    }
+
     /// The stage plans serialized with datafusion-proto.
     pub fn encoded_stages(&self) -> Result<Vec<Vec<u8>>> {
         self.stages

@@ -574,7 +574,8 @@ fn spec(
     trigger: &str,
     extra: &str,
 ) -> String {
-    let spec = cluster.spec(name, topic, sql, trigger, extra);
+    // The stateless aggregations measured here are per batch.
+    let spec = TestCluster::per_batch(&cluster.spec(name, topic, sql, trigger, extra));
     let test_parallelism = spec
         .lines()
         .find(|l| l.starts_with("parallelism:"))
