@@ -12,10 +12,12 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf::{self, PhysicalPlanNode};
 use prost::Message;
 
+use super::first_row::{FirstRowPerKeyExec, OrderColumn};
 use super::nodes::{KafkaScanExec, ReaderMode, ShuffleReaderExec};
 
 const KAFKA_SCAN: u32 = 1;
 const SHUFFLE_READER: u32 = 2;
+const FIRST_ROW_PER_KEY: u32 = 3;
 
 /// The payload of one of Sluice's operators in a serialized plan.
 #[derive(Clone, PartialEq, Message)]
@@ -30,9 +32,19 @@ struct SluiceNode {
     stage_id: u32,
     #[prost(bool, tag = "5")]
     merged: bool,
+    /// First row per key: the key columns, and the order's columns with their direction.
+    #[prost(string, repeated, tag = "6")]
+    key: Vec<String>,
+    #[prost(string, repeated, tag = "7")]
+    order: Vec<String>,
+    #[prost(bool, repeated, tag = "8")]
+    descending: Vec<bool>,
+    #[prost(bool, repeated, tag = "9")]
+    nulls_first: Vec<bool>,
 }
 
-/// Encodes and decodes [`KafkaScanExec`] and [`ShuffleReaderExec`].
+/// Encodes and decodes [`KafkaScanExec`], [`ShuffleReaderExec`] and
+/// [`FirstRowPerKeyExec`].
 #[derive(Debug, Default)]
 pub struct SluiceCodec;
 
@@ -40,7 +52,7 @@ impl PhysicalExtensionCodec for SluiceCodec {
     fn try_decode(
         &self,
         buf: &[u8],
-        _inputs: &[Arc<dyn ExecutionPlan>],
+        inputs: &[Arc<dyn ExecutionPlan>],
         _ctx: &TaskContext,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let node = SluiceNode::decode(buf).map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -66,6 +78,28 @@ impl PhysicalExtensionCodec for SluiceCodec {
                     node.partitions as usize,
                 )))
             }
+            FIRST_ROW_PER_KEY => {
+                let [input] = inputs else {
+                    return exec_err!("FirstRowPerKeyExec has one input");
+                };
+                let order = node
+                    .order
+                    .iter()
+                    .zip(&node.descending)
+                    .zip(&node.nulls_first)
+                    .map(|((name, descending), nulls_first)| OrderColumn {
+                        name: name.clone(),
+                        descending: *descending,
+                        nulls_first: *nulls_first,
+                    })
+                    .collect();
+                Ok(Arc::new(FirstRowPerKeyExec::try_new(
+                    input.clone(),
+                    node.key.clone(),
+                    order,
+                    schema,
+                )?))
+            }
             other => exec_err!("unknown Sluice operator {other}"),
         }
     }
@@ -77,8 +111,7 @@ impl PhysicalExtensionCodec for SluiceCodec {
                 operator: KAFKA_SCAN,
                 schema,
                 partitions: scan.partitions() as u32,
-                stage_id: 0,
-                merged: false,
+                ..Default::default()
             }
         } else if let Some(reader) = node.as_any().downcast_ref::<ShuffleReaderExec>() {
             SluiceNode {
@@ -87,6 +120,17 @@ impl PhysicalExtensionCodec for SluiceCodec {
                 partitions: reader.partitions() as u32,
                 stage_id: reader.stage_id(),
                 merged: reader.mode() == ReaderMode::Merged,
+                ..Default::default()
+            }
+        } else if let Some(first) = node.as_any().downcast_ref::<FirstRowPerKeyExec>() {
+            SluiceNode {
+                operator: FIRST_ROW_PER_KEY,
+                schema,
+                key: first.key().to_vec(),
+                order: first.order().iter().map(|o| o.name.clone()).collect(),
+                descending: first.order().iter().map(|o| o.descending).collect(),
+                nulls_first: first.order().iter().map(|o| o.nulls_first).collect(),
+                ..Default::default()
             }
         } else {
             return DefaultPhysicalExtensionCodec {}.try_encode(node, buf);

@@ -4,6 +4,7 @@
 
 mod codec;
 mod dedup;
+mod first_row;
 mod nodes;
 mod session;
 mod shuffle_state;
@@ -20,6 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{decode_plan, encode_plan, SluiceCodec};
 pub use dedup::{DedupLookup, RememberedKeys, RowsInMemory};
+pub use first_row::{FirstRowPerKeyExec, OrderColumn};
 pub use nodes::{
     reader_schema, reads_stream, CarriedRows, KafkaScanExec, MapOutputLocation, ReaderMode,
     ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleReaderExec, TaskInputs,
@@ -159,7 +161,11 @@ pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
         .await
         .map_err(invalid)?;
     let output_schema = Arc::new(frame.schema().as_arrow().clone());
-    let physical = frame.create_physical_plan().await.map_err(invalid)?;
+    let mut physical = frame.create_physical_plan().await.map_err(invalid)?;
+    if let Some(dedup) = &kafka.dedup {
+        physical =
+            first_row::hash_first_rows(physical, &dedup.key).map_err(sluice_core::Error::query)?;
+    }
     let stages = split::split(physical)?;
     Ok(JobPlan {
         stages,

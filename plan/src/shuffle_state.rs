@@ -182,12 +182,13 @@ impl ShuffleStateStage {
     }
 }
 
-/// Whether a window function runs in `plan` (the deduplicating view's, in the stage
-/// reading the stream stage's output).
+/// Whether the deduplicating view's ranking runs in `plan` (in the stage reading the
+/// stream stage's output): its window function, or the operator replacing it.
 fn has_window_function(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let any = plan.as_any();
     any.is::<BoundedWindowAggExec>()
         || any.is::<WindowAggExec>()
+        || any.is::<crate::first_row::FirstRowPerKeyExec>()
         || plan.children().into_iter().any(has_window_function)
 }
 

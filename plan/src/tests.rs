@@ -422,6 +422,12 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     let ShuffleStateKind::DedupRows { key, .. } = &state.kind else {
         panic!("dedup state after the shuffle: {}", plan.display());
     };
+    // The first row per key is picked by hashing, not by sorting for a window function.
+    let display = plan.display();
+    assert!(
+        display.contains("FirstRowPerKeyExec") && !display.contains("WindowAggExec"),
+        "{display}"
+    );
     // State files hold the key and the event time only.
     let state_schema = state.state_schema();
     let state_columns: Vec<&str> = state_schema
