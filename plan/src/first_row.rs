@@ -30,6 +30,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
 };
 use futures::TryStreamExt;
+use sluice_core::schema::SEEN_COLUMN;
 
 /// A column of the order that picks a key's first row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,7 +251,10 @@ pub fn hash_first_rows(
         let (Some(partition_by), Some(order)) = (partition_by, order) else {
             return Ok(Transformed::no(node));
         };
-        if !expr.name().starts_with("row_number") || partition_by != key {
+        // The view's ranking alone orders by the hidden seen column first (a query over
+        // `source` cannot name it), so a window of the query itself is never replaced.
+        let views_ranking = order.first().is_some_and(|o| o.name == SEEN_COLUMN);
+        if !expr.name().starts_with("row_number") || partition_by != key || !views_ranking {
             return Ok(Transformed::no(node));
         }
         let input = match window.input().as_any().downcast_ref::<SortExec>() {

@@ -728,3 +728,19 @@ async fn windows_over_deduplicated_records_keep_state_in_two_stages_one_after_th
     );
     assert!(plan.stages[stages[0].input_stage as usize].kind == StageKind::Source);
 }
+
+#[tokio::test]
+async fn only_the_deduplicating_views_ranking_is_replaced_by_hashing() {
+    // The query ranks by the same key itself: its window function stays.
+    let spec = dedup_spec(
+        "SELECT customer_id, row_number() OVER (PARTITION BY customer_id ORDER BY ts) AS r \
+         FROM source",
+    );
+    let display = plan_job(&spec).await.unwrap().display();
+    assert_eq!(
+        display.matches("FirstRowPerKeyExec").count(),
+        1,
+        "{display}"
+    );
+    assert!(display.contains("WindowAggExec"), "{display}");
+}
