@@ -49,9 +49,10 @@ pub fn batch_line(p: &BatchProgress) -> String {
     }
     if p.state_rows > 0 {
         line.push_str(&format!(
-            "  state {} rows ({} KiB)",
+            "  state {} rows ({} KiB, wrote {} KiB)",
             thousands(p.state_rows),
-            thousands(p.state_bytes / 1024)
+            thousands(p.state_bytes / 1024),
+            thousands(p.state_bytes_written / 1024)
         ));
     }
     if p.late_records > 0 {

@@ -129,6 +129,22 @@ fn metrics(term: Option<&Term>) -> String {
             let _ = writeln!(out, "sluice_state_bytes{{job=\"{}\"}} {bytes}", job.job_id);
         }
     }
+    let _ = writeln!(out, "# HELP sluice_state_written_bytes_total State files written (each batch's changes and merges).\n# TYPE sluice_state_written_bytes_total counter");
+    for (job, m) in all.iter().filter(|(_, m)| m.state_bytes.is_some()) {
+        let _ = writeln!(
+            out,
+            "sluice_state_written_bytes_total{{job=\"{}\"}} {}",
+            job.job_id, m.state_bytes_written
+        );
+    }
+    let _ = writeln!(out, "# HELP sluice_state_read_bytes_total State files read from storage (not from executors' memory).\n# TYPE sluice_state_read_bytes_total counter");
+    for (job, m) in all.iter().filter(|(_, m)| m.state_bytes.is_some()) {
+        let _ = writeln!(
+            out,
+            "sluice_state_read_bytes_total{{job=\"{}\"}} {}",
+            job.job_id, m.state_bytes_read
+        );
+    }
     let _ = writeln!(out, "# HELP sluice_batch_duration_seconds Batch duration by phase.\n# TYPE sluice_batch_duration_seconds histogram");
     for (job, m) in &all {
         for (phase, histogram) in PHASES.iter().zip(&m.durations) {

@@ -116,6 +116,9 @@ pub struct BatchMetrics {
     pub watermark_ms: Option<i64>,
     /// Windowed jobs: the state the latest batch left, in bytes.
     pub state_bytes: Option<u64>,
+    /// Stateful jobs: state bytes written (changes and merges) and read from storage.
+    pub state_bytes_written: u64,
+    pub state_bytes_read: u64,
     /// Data files compaction replaced, and their bytes.
     pub files_compacted: u64,
     pub bytes_compacted: u64,
@@ -137,6 +140,8 @@ impl Default for BatchMetrics {
             late_records: 0,
             watermark_ms: None,
             state_bytes: None,
+            state_bytes_written: 0,
+            state_bytes_read: 0,
             files_compacted: 0,
             bytes_compacted: 0,
             durations: std::array::from_fn(|_| Histogram::new(DURATION_BUCKETS)),
@@ -154,6 +159,8 @@ impl BatchMetrics {
         self.late_records += p.late_records;
         self.files_compacted += p.files_compacted as u64;
         self.bytes_compacted += p.bytes_compacted;
+        self.state_bytes_written += p.state_bytes_written;
+        self.state_bytes_read += p.state_bytes_read;
         if p.watermark_ms.is_some() {
             self.watermark_ms = p.watermark_ms;
             self.state_bytes = Some(p.state_bytes);

@@ -61,6 +61,22 @@ async fn retried_records_over_a_stream_are_written_once_as_row_number_over_the_r
         read * 4 < state,
         "{read} of {state} state bytes read from storage"
     );
+    // The driver's /metrics counts what every batch wrote and read (the status holds
+    // the last ten): over the whole job too, state came from memory, not storage.
+    let total = |series: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let name = format!(r#"sluice_state_{series}_bytes_total{{job="dedup"}}"#);
+            cluster.driver_metric(&name).await.unwrap() as u64
+        }
+    };
+    let (written_total, read_total) = (total("written").await, total("read").await);
+    let written: u64 = batches.iter().map(|b| b.state_bytes_written).sum();
+    assert!(written_total >= written && read_total >= read);
+    assert!(
+        read_total * 4 < written_total,
+        "{read_total} bytes read, {written_total} written"
+    );
 }
 
 /// Executors that keep no state in memory look remembered keys up in the state files,
