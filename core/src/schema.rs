@@ -49,14 +49,15 @@ pub fn window_fields() -> Vec<Field> {
 /// columns, and the window columns of a windowed source.
 pub fn source_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
     let mut fields = stream_fields(kafka)?;
-    if kafka.session.is_some() {
+    if kafka.session.is_some() || (kafka.window.is_some() && !kafka.windows_at_decode()) {
         fields.extend(window_fields());
     }
     Ok(Arc::new(Schema::new(fields)))
 }
 
 /// The columns of a decoded record: decoded columns, metadata columns, and the window
-/// columns the decoder adds for fixed windows (sessions get theirs from the query's view).
+/// columns the decoder adds for fixed windows (sessions, and windows over deduplicated
+/// records, get theirs from the query's view).
 pub fn stream_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
     Ok(Arc::new(Schema::new(stream_fields(kafka)?)))
 }
@@ -65,7 +66,7 @@ fn stream_fields(kafka: &KafkaSourceSpec) -> Result<Vec<Field>> {
     let values = value_schema(kafka)?;
     let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(metadata_fields());
-    if kafka.window.is_some() {
+    if kafka.windows_at_decode() {
         fields.extend(window_fields());
     }
     Ok(fields)

@@ -193,12 +193,6 @@ impl DedupSpec {
                 "deduplication needs source.kafka.watermark (keys are forgotten as the watermark passes them)",
             ));
         }
-        if kafka.window.as_ref().is_some_and(|w| w.slide.is_some()) {
-            return Err(Error::spec(
-                "source.kafka.dedup",
-                "cannot be combined with sliding windows yet (a record is in several of them before the deduplication sees it); use tumbling windows",
-            ));
-        }
         if self.key.is_empty() {
             return Err(Error::spec(
                 "source.kafka.dedup.key",
@@ -508,6 +502,14 @@ impl KafkaSourceSpec {
     /// windows), whose rows are written once the watermark passes `window_end`.
     pub fn is_windowed(&self) -> bool {
         self.window.is_some() || self.session.is_some()
+    }
+
+    /// Whether decoding gives each record its fixed windows (`window_start`,
+    /// `window_end`, a row per sliding window). A deduplicated stream gets them after the
+    /// deduplication instead, in the query's view, so a record enters each of its windows
+    /// once and only as its key's first record.
+    pub fn windows_at_decode(&self) -> bool {
+        self.window.is_some() && self.dedup.is_none()
     }
 
     /// Whether late records go to the dead-letter table.
@@ -1623,7 +1625,7 @@ sink:
     }
 
     #[test]
-    fn dedup_names_source_columns_and_needs_a_watermark_without_sliding_windows() {
+    fn dedup_names_source_columns_and_needs_a_watermark() {
         let schema = "schema: [{name: order_id, type: utf8}, {name: amount, type: float64}]";
         let with_ts = "schema: [{name: order_id, type: utf8}, {name: ts, type: timestamp_ms}]";
         let watermark = "watermark: {column: ts, delay: 30s}";
@@ -1654,10 +1656,6 @@ sink:
             (
                 &format!("{watermark}\n    dedup: {{key: [order_id], within: later}}"),
                 "not a duration",
-            ),
-            (
-                &format!("{watermark}\n    window: {{size: 5m, slide: 1m}}\n    dedup: {{key: [order_id]}}"),
-                "sliding windows",
             ),
         ] {
             let message = error_text(&spec(options));

@@ -141,7 +141,39 @@ fn produce_retried_orders(cluster: &TestCluster, rng: &mut StdRng) -> usize {
 /// order once, as `date_bin` over `ROW_NUMBER() … = 1` of all the records gives. The
 /// deduplication and the windows keep their state in two stages, one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn windows_over_deduplicated_records_count_each_order_once() {
+async fn tumbling_windows_over_deduplicated_records_count_each_order_once() {
+    deduplicated_windows(
+        "GROUP BY tumble(ts, INTERVAL '10 seconds')",
+        10_000,
+        "SELECT date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
+         count(*) AS n, sum(amount) AS revenue FROM first GROUP BY 1",
+    )
+    .await;
+}
+
+/// Sliding windows over deduplicated records: an order counts once in each of the
+/// windows its first record falls in (the windows are given after the deduplication).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_windows_over_deduplicated_records_count_each_order_once_per_window() {
+    let bin = "date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01T00:00:00')";
+    deduplicated_windows(
+        "GROUP BY hop(ts, INTERVAL '10 seconds', INTERVAL '30 seconds')",
+        30_000,
+        &format!(
+            "SELECT window_start, count(*) AS n, sum(amount) AS revenue FROM ( \
+               SELECT {bin} AS window_start, amount FROM first \
+               UNION ALL SELECT {bin} - INTERVAL '10 seconds', amount FROM first \
+               UNION ALL SELECT {bin} - INTERVAL '20 seconds', amount FROM first) w \
+             GROUP BY window_start"
+        ),
+    )
+    .await;
+}
+
+/// Runs `SELECT window_start, window_end, count(*), sum(amount) FROM source {group_by}`
+/// over deduplicated retried orders and compares the closed windows (of `size_ms`) with
+/// `expected_sql` over `first`, the first record of each order among all the records.
+async fn deduplicated_windows(group_by: &str, size_ms: i64, expected_sql: &str) {
     let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
     let (seed, mut rng) = seeded();
     produce_retried_orders(&cluster, &mut rng);
@@ -149,8 +181,9 @@ async fn windows_over_deduplicated_records_count_each_order_once() {
     let spec = cluster.spec(
         "dedup_windows",
         "orders",
-        "SELECT window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM source \
-         GROUP BY tumble(ts, INTERVAL '10 seconds')",
+        &format!(
+            "SELECT window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM source {group_by}"
+        ),
         "{available_now: true}",
         &format!(
             "    watermark: {{column: ts, delay: 40s}}\n    dedup: {{key: [order_id]}}\n    max_offsets_per_trigger: {per_batch}"
@@ -173,17 +206,17 @@ async fn windows_over_deduplicated_records_count_each_order_once() {
     parsed.source.kafka.window = None;
     let source = source_batches(&cluster, &parsed).unwrap();
     let expected = query_source(
-        "SELECT date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS window_start, \
-         count(*) AS n, sum(amount) AS revenue \
-         FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) \
-         WHERE rn = 1 GROUP BY 1",
+        &format!(
+            "WITH first AS (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) WHERE rn = 1) \
+             {expected_sql}"
+        ),
         source,
     )
     .await
     .unwrap();
     let expected: Windows = windows_of(&expected)
         .into_iter()
-        .filter(|(start, _)| *start + 10_000 <= closed_by)
+        .filter(|(start, _)| *start + size_ms <= closed_by)
         .collect();
     assert!(expected.len() >= 10, "{} windows closed", expected.len());
     let streamed = windows_of(&cluster.table_rows(&spec).await.unwrap());

@@ -151,7 +151,7 @@ impl RecordDecoder {
             max_record_bytes: kafka.max_record_bytes() as usize,
             max_nesting_depth: kafka.max_nesting_depth(),
             window: match (&kafka.window, &kafka.watermark) {
-                (Some(window), Some(watermark)) => Some((
+                (Some(window), Some(watermark)) if kafka.windows_at_decode() => Some((
                     watermark.column.clone(),
                     window.size_ms()?,
                     window.slide_ms()?,

@@ -14,9 +14,11 @@ use arrow::compute::filter_record_batch;
 use arrow::row::{RowConverter, SortField};
 use sluice_core::error::{Error, Result};
 use sluice_core::schema::{
-    source_schema, OFFSET_COLUMN, PARTITION_COLUMN, SEEN_COLUMN, TOPIC_COLUMN,
+    stream_schema, OFFSET_COLUMN, PARTITION_COLUMN, SEEN_COLUMN, TOPIC_COLUMN,
 };
-use sluice_core::spec::{DedupSpec, KafkaSourceSpec};
+use sluice_core::spec::{
+    DedupSpec, KafkaSourceSpec, WindowSpec, WINDOW_END_COLUMN, WINDOW_START_COLUMN,
+};
 
 use crate::quote;
 use crate::STREAM_TABLE;
@@ -25,14 +27,14 @@ use crate::STREAM_TABLE;
 const RANK_COLUMN: &str = "_sluice_rank";
 
 /// The view's SQL: every `source` column of the first row per key among rows not seen
-/// before.
+/// before, and for a windowed job each such row once per window it falls in.
 pub fn first_row_per_key_sql(kafka: &KafkaSourceSpec, dedup: &DedupSpec) -> Result<String> {
     let event_time = kafka
         .watermark
         .as_ref()
         .map(|w| w.column.as_str())
         .ok_or_else(|| Error::spec("source.kafka.dedup", "needs source.kafka.watermark"))?;
-    let columns = source_schema(kafka)?
+    let columns = stream_schema(kafka)?
         .fields()
         .iter()
         .map(|f| quote(f.name()))
@@ -52,12 +54,47 @@ pub fn first_row_per_key_sql(kafka: &KafkaSourceSpec, dedup: &DedupSpec) -> Resu
         quote(OFFSET_COLUMN),
     ]
     .join(", ");
-    Ok(format!(
+    let first_rows = format!(
         "SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY {order}) AS {rank} FROM {input}) \
          WHERE {rank} = 1 AND NOT {seen}",
         rank = quote(RANK_COLUMN),
         input = quote(STREAM_TABLE),
         seen = quote(SEEN_COLUMN),
+    );
+    match &kafka.window {
+        Some(window) => with_windows_sql(&first_rows, &columns, event_time, window),
+        None => Ok(first_rows),
+    }
+}
+
+/// The window column the view unnests, before it becomes `window_start`.
+const WINDOW_COLUMN: &str = "_sluice_window";
+
+/// `rows` (a query selecting `columns`) with each row repeated once per fixed window its
+/// event time falls in (one when tumbling, `size / slide` when sliding), with the window's
+/// `window_start` and `window_end`: what decoding gives a stream that is not deduplicated.
+fn with_windows_sql(
+    rows: &str,
+    columns: &str,
+    event_time: &str,
+    window: &WindowSpec,
+) -> Result<String> {
+    let (size, slide) = (window.size_ms()?, window.slide_ms()?);
+    let slide_interval = format!("INTERVAL '{slide} milliseconds'");
+    let last_start = format!(
+        "date_bin({slide_interval}, {}, TIMESTAMP '1970-01-01T00:00:00')",
+        quote(event_time)
+    );
+    let millis = |expr: String| format!("arrow_cast({expr}, 'Timestamp(Millisecond, None)')");
+    Ok(format!(
+        "SELECT {columns}, {start} AS {window_start}, {end} AS {window_end} FROM \
+         (SELECT {columns}, unnest(generate_series({last_start} - INTERVAL '{earlier} milliseconds', {last_start}, {slide_interval})) AS {w} FROM ({rows}))",
+        start = millis(quote(WINDOW_COLUMN)),
+        end = millis(format!("{} + INTERVAL '{size} milliseconds'", quote(WINDOW_COLUMN))),
+        earlier = size - slide,
+        w = quote(WINDOW_COLUMN),
+        window_start = quote(WINDOW_START_COLUMN),
+        window_end = quote(WINDOW_END_COLUMN),
     ))
 }
 
