@@ -8,6 +8,7 @@ mod flight;
 mod kafka_reader;
 mod late_records;
 mod metrics;
+mod prepared;
 mod registration;
 mod rewrite;
 mod service;

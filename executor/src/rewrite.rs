@@ -13,7 +13,7 @@ use sluice_iceberg::sink::data_files_from_json;
 use sluice_proto::v1::{RewriteFiles, TaskDefinition, TaskSuccess, TaskTimes};
 use tracing::info;
 
-use crate::task::PreparedJob;
+use crate::prepared::PreparedJob;
 use crate::writer::to_table_batch;
 
 /// Runs a compaction task of `job`: the files of `rewrite`, read and written again.

@@ -17,11 +17,11 @@ use sluice_iceberg::data_files::state_file_partition;
 use sluice_plan::{CarriedRows, DedupLookup, RememberedKeys, ShuffleStateKind, ShuffleStateStage};
 use sluice_proto::v1::TaskDefinition;
 
+use crate::prepared::PreparedJob;
 use crate::state_cache::StateCache;
 use crate::state_deltas::{partition_files, DeltaRule, PartitionFiles};
 use crate::state_files::{self, StateFile, StateFileTarget};
 use crate::state_rule::{self, StateRule};
-use crate::task::PreparedJob;
 
 /// The state a state stage task starts from.
 pub(crate) struct StageState {

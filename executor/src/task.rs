@@ -1,199 +1,29 @@
 //! Running one task: read its offset ranges (stages that read the stream), run a fresh
 //! copy of its stage plan, then keep the output for the shuffle or write data files.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
-use iceberg::table::Table;
-use iceberg::{Catalog, TableIdent};
-use sluice_core::spec::JobSpec;
 use sluice_core::{failpoint, BatchId, Error, Result};
-use sluice_iceberg::catalog::open_catalog;
 use sluice_iceberg::data_files::attempt_prefix;
-use sluice_iceberg::sink::{
-    data_files_to_json, dead_letter_ident, table_arrow_schema, table_ident,
-};
-use sluice_kafka::decode::{dead_letter_batch, RecordDecoder};
+use sluice_kafka::decode::dead_letter_batch;
 use sluice_kafka::offsets::OffsetRange;
 use sluice_kafka::read::Connection;
-use sluice_plan::{
-    MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleStateStage, TaskInputs,
-};
+use sluice_plan::{MapOutputLocation, ShuffleFetchError, ShuffleFetcher, ShuffleKey, TaskInputs};
 use sluice_proto::v1::{
-    FailureKind, PartitionEventTime, StageOutput, StagePlan, TaskDefinition, TaskFailure,
-    TaskSuccess, TaskTimes,
+    FailureKind, PartitionEventTime, TaskDefinition, TaskFailure, TaskSuccess, TaskTimes,
 };
 use tracing::{debug, Instrument};
 
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
 use crate::late_records;
+use crate::prepared::{Output, PreparedJob};
 use crate::shuffle_store::ShuffleStore;
 use crate::state_cache::StateCache;
 use crate::state_files::{self, StateFileTarget};
 use crate::state_rule::{self, StateRule};
 use crate::state_stage;
-use crate::writer::{write_data_files, WriteOptions};
-
-/// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
-pub(crate) struct TargetTable {
-    pub(crate) table: Table,
-    pub(crate) schema: SchemaRef,
-    options: WriteOptions,
-}
-
-impl TargetTable {
-    async fn load(
-        catalog: &dyn Catalog,
-        ident: &TableIdent,
-        options: WriteOptions,
-    ) -> Result<TargetTable> {
-        let table = catalog
-            .load_table(ident)
-            .await
-            .map_err(Error::iceberg(format!("loading table {ident}")))?;
-        Ok(TargetTable {
-            schema: table_arrow_schema(&table)?,
-            table,
-            options,
-        })
-    }
-
-    /// Writes `batches` as data files and returns their metadata as JSON.
-    pub(crate) async fn write(
-        &self,
-        batches: &[RecordBatch],
-        prefix: String,
-    ) -> Result<Vec<String>> {
-        let files =
-            write_data_files(&self.table, &self.schema, batches, prefix, &self.options).await?;
-        data_files_to_json(&self.table, files)
-    }
-}
-
-/// What a stage's tasks do with their output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
-    /// Every output partition is a shuffle partition.
-    Hash,
-    /// All output is one shuffle partition.
-    Single,
-    /// Data files of the sink table.
-    Sink,
-}
-
-/// One stage of a job, as the driver planned and serialized it.
-struct PreparedStage {
-    plan: Vec<u8>,
-    output: Output,
-}
-
-/// A job as an executor keeps it: spec, decoder, stage plans and tables, loaded once.
-pub struct PreparedJob {
-    pub spec: JobSpec,
-    decoder: RecordDecoder,
-    stages: HashMap<u32, PreparedStage>,
-    /// The session stage plans are decoded and run in.
-    pub(crate) context: Arc<datafusion::execution::TaskContext>,
-    pub(crate) sink: TargetTable,
-    /// With `on_malformed: dead_letter`.
-    dead_letters: Option<TargetTable>,
-    /// What a stateful job (windows, sessions, deduplication) keeps between batches.
-    pub(crate) state_rule: Option<StateRule>,
-    /// Jobs keeping their state after a shuffle (sessions, deduplication, most windowed
-    /// aggregations): the stages that keep it. Otherwise (empty) source tasks keep a
-    /// stateful job's state.
-    shuffle_state: Vec<ShuffleStateStage>,
-    /// The rows source tasks hand the plan, and state files hold.
-    scan_schema: arrow::datatypes::SchemaRef,
-    /// The columns decoded from record values, for late records' dead letters.
-    value_columns: Vec<String>,
-}
-
-impl PreparedJob {
-    /// Parses the spec, keeps the stage plans and loads the sink table (created by the
-    /// driver at submit).
-    pub async fn prepare(spec_json: &str, stage_plans: Vec<StagePlan>) -> Result<PreparedJob> {
-        let spec = JobSpec::parse(spec_json)?;
-        if stage_plans.is_empty() {
-            return Err(Error::InvalidRequest(
-                "the job comes without stage plans".into(),
-            ));
-        }
-        let context = sluice_plan::base_task_context(&spec);
-        let mut stages = HashMap::new();
-        let mut decoded = Vec::with_capacity(stage_plans.len());
-        for stage in stage_plans {
-            let plan = sluice_plan::decode_plan(&stage.plan, &context).map_err(|e| {
-                Error::InvalidRequest(format!(
-                    "stage {} does not decode: {}",
-                    stage.stage_id,
-                    e.strip_backtrace()
-                ))
-            })?;
-            decoded.push((stage.stage_id, plan));
-            let output = match stage.output() {
-                StageOutput::Hash => Output::Hash,
-                StageOutput::Single => Output::Single,
-                StageOutput::Sink => Output::Sink,
-                StageOutput::Unspecified => {
-                    return Err(Error::InvalidRequest(format!(
-                        "stage {} has no output kind (a driver of another version?)",
-                        stage.stage_id
-                    )))
-                }
-            };
-            stages.insert(
-                stage.stage_id,
-                PreparedStage {
-                    plan: stage.plan,
-                    output,
-                },
-            );
-        }
-        let decoder = RecordDecoder::new(&spec.source.kafka)?;
-        let state_rule = StateRule::of(&spec.source.kafka)?;
-        let shuffle_state = ShuffleStateStage::find_all(&spec.source.kafka, &decoded);
-        if matches!(state_rule, Some(StateRule::Sessions(_))) && shuffle_state.is_empty() {
-            return Err(Error::InvalidRequest(
-                "a session job's plan has no stage after the stream's shuffle".into(),
-            ));
-        }
-        let scan_schema = sluice_core::schema::scan_schema(&spec.source.kafka)?;
-        let value_columns = sluice_core::schema::value_schema(&spec.source.kafka)?
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let sink = &spec.sink.iceberg;
-        let catalog = open_catalog(&sink.catalog).await?;
-        let dead_letters = if spec.source.kafka.writes_dead_letters() {
-            let options = WriteOptions::default();
-            Some(TargetTable::load(catalog.as_ref(), &dead_letter_ident(sink), options).await?)
-        } else {
-            None
-        };
-        Ok(PreparedJob {
-            sink: TargetTable::load(
-                catalog.as_ref(),
-                &table_ident(sink),
-                WriteOptions::of(sink)?,
-            )
-            .await?,
-            dead_letters,
-            decoder,
-            state_rule,
-            shuffle_state,
-            scan_schema,
-            value_columns,
-            stages,
-            context,
-            spec,
-        })
-    }
-}
 
 /// Parses a task's ranges; a malformed request is reported, never unwrapped.
 pub fn task_ranges(task: &TaskDefinition) -> Result<Vec<OffsetRange>, String> {
