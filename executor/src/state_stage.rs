@@ -14,7 +14,9 @@ use futures::future::BoxFuture;
 use iceberg::io::FileIO;
 use sluice_core::{Error, Result};
 use sluice_iceberg::data_files::state_file_partition;
-use sluice_plan::{CarriedRows, DedupLookup, RememberedKeys, ShuffleStateKind, ShuffleStateStage};
+use sluice_plan::{
+    CarriedRows, CarriedState, DedupLookup, RememberedKeys, ShuffleStateKind, ShuffleStateStage,
+};
 use sluice_proto::v1::TaskDefinition;
 
 use crate::prepared::PreparedJob;
@@ -175,9 +177,8 @@ pub(crate) async fn load(
             (partition, chosen)
         })
         .collect();
-    let mut state: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
-    let dedup = match &stage.kind {
-        ShuffleStateKind::DedupRows { key, .. } => Some(DedupLookup {
+    let state = match &stage.kind {
+        ShuffleStateKind::DedupRows { key, .. } => CarriedState::Lookup(DedupLookup {
             key: key.clone(),
             remembered: Arc::new(RememberedInFiles {
                 reader: reader.clone(),
@@ -188,16 +189,16 @@ pub(crate) async fn load(
             }),
         }),
         _ => {
+            let mut rows: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
             for (partition, chosen) in &files {
                 for path in &chosen.read {
-                    let rows = reader.rows(path).await?;
-                    state
-                        .entry(*partition)
+                    let read = reader.rows(path).await?;
+                    rows.entry(*partition)
                         .or_default()
-                        .extend(rows.iter().cloned());
+                        .extend(read.iter().cloned());
                 }
             }
-            None
+            CarriedState::Rows(rows)
         }
     };
     Ok(StageState {
@@ -205,7 +206,6 @@ pub(crate) async fn load(
             stage_id: stage.input_stage,
             state,
             yielded: Default::default(),
-            dedup,
         }),
         files,
         reader,
@@ -237,12 +237,7 @@ pub(crate) async fn keep(
     };
     for partition in partitions {
         let chosen = loaded.files.get(&partition).cloned().unwrap_or_default();
-        let state = loaded
-            .rows
-            .state
-            .get(&partition)
-            .cloned()
-            .unwrap_or_default();
+        let state = loaded.rows.state.rows(partition).to_vec();
         let new = yielded.remove(&partition).unwrap_or_default();
         let (kept, rule): (Vec<RecordBatch>, _) = match (&stage.kind, &rule_of_stage) {
             (ShuffleStateKind::SessionRows, Some(rule @ StateRule::Sessions(sessions))) => {

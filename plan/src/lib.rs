@@ -23,8 +23,8 @@ pub use codec::{decode_plan, encode_plan, SluiceCodec};
 pub use dedup::{DedupLookup, RememberedKeys, RowsInMemory};
 pub use first_row::{FirstRowPerKeyExec, OrderColumn};
 pub use nodes::{
-    reader_schema, reads_stream, CarriedRows, KafkaScanExec, MapOutputLocation, ReaderMode,
-    ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleReaderExec, TaskInputs,
+    reader_schema, reads_stream, CarriedRows, CarriedState, KafkaScanExec, MapOutputLocation,
+    ReaderMode, ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleReaderExec, TaskInputs,
 };
 pub use shuffle_state::{ShuffleStateKind, ShuffleStateStage};
 pub use split::{Stage, StageKind, StageOutput};

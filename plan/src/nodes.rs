@@ -99,13 +99,35 @@ pub struct TaskInputs {
 pub struct CarriedRows {
     /// The input stage the state joins (the stage reading the stream).
     pub stage_id: u32,
-    /// State rows by shuffle partition, in the reader's schema.
-    pub state: HashMap<u32, Vec<RecordBatch>>,
+    pub state: CarriedState,
     /// The fetched rows the reader yielded (not the state's), by shuffle partition.
     pub yielded: std::sync::Mutex<HashMap<u32, Vec<RecordBatch>>>,
-    /// Deduplication: the key columns and the remembered keys. The reader then drops
-    /// fetched rows whose key is remembered instead of adding state rows.
-    pub dedup: Option<DedupLookup>,
+}
+
+/// What the reader does with the state.
+#[derive(Debug)]
+pub enum CarriedState {
+    /// Adds these rows (by shuffle partition, in the reader's schema) to what it fetches:
+    /// windows' partial aggregates, sessions' rows.
+    Rows(HashMap<u32, Vec<RecordBatch>>),
+    /// Deduplication: drops fetched rows whose key is remembered.
+    Lookup(DedupLookup),
+}
+
+impl Default for CarriedState {
+    fn default() -> Self {
+        CarriedState::Rows(HashMap::new())
+    }
+}
+
+impl CarriedState {
+    /// The state rows of `partition` the reader adds (none for a lookup).
+    pub fn rows(&self, partition: u32) -> &[RecordBatch] {
+        match self {
+            CarriedState::Rows(rows) => rows.get(&partition).map(Vec::as_slice).unwrap_or_default(),
+            CarriedState::Lookup(_) => &[],
+        }
+    }
 }
 
 impl CarriedRows {
@@ -374,12 +396,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let mut batches: Vec<RecordBatch> = outputs.into_iter().flatten().collect();
             if let Some(carried) = carried {
-                let state = carried
-                    .state
-                    .get(&shuffle_partition)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                if let Some(dedup) = &carried.dedup {
+                if let CarriedState::Lookup(dedup) = &carried.state {
                     batches = dedup
                         .unknown(shuffle_partition, batches)
                         .await
@@ -392,9 +409,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                     .entry(shuffle_partition)
                     .or_default()
                     .extend(batches.iter().cloned());
-                if carried.dedup.is_none() {
-                    batches.splice(0..0, state.iter().cloned());
-                }
+                batches.splice(0..0, carried.state.rows(shuffle_partition).iter().cloned());
             }
             Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
         };

@@ -440,7 +440,7 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     // Batch 1: the first slice. What its readers yielded is the state, marked seen.
     let first = Arc::new(CarriedRows {
         stage_id: state.input_stage,
-        dedup: Some(DedupLookup {
+        state: CarriedState::Lookup(DedupLookup {
             key: key.clone(),
             remembered: Arc::new(RowsInMemory::default()),
         }),
@@ -470,7 +470,7 @@ async fn dedup_state_after_the_shuffle_drops_remembered_keys_by_lookup() {
     // dropped where they are fetched.
     let second = Arc::new(CarriedRows {
         stage_id: state.input_stage,
-        dedup: Some(DedupLookup {
+        state: CarriedState::Lookup(DedupLookup {
             key: key.clone(),
             remembered: Arc::new(RowsInMemory(carried)),
         }),
@@ -690,7 +690,7 @@ async fn window_partials_kept_after_the_shuffle_carry_every_aggregate_across_bat
     // batch over everything.
     let second = Arc::new(CarriedRows {
         stage_id: state.input_stage,
-        state: carried,
+        state: CarriedState::Rows(carried),
         ..Default::default()
     });
     let rows =
