@@ -7,10 +7,12 @@ use std::sync::{Arc, RwLock};
 use sluice_core::http::{escape_html, Handler, HttpResponse};
 
 use crate::manager::JobManager;
-use crate::progress::PHASES;
+use crate::progress::{BatchMetrics, PHASES};
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
 
+/// A per-job counter on `/metrics`: name, help, and its value in a job's metrics.
+type JobCounter = (&'static str, &'static str, fn(&BatchMetrics) -> u64);
 /// What the leader serves; absent while standing by.
 #[derive(Clone)]
 pub struct Term {
@@ -129,21 +131,23 @@ fn metrics(term: Option<&Term>) -> String {
             let _ = writeln!(out, "sluice_state_bytes{{job=\"{}\"}} {bytes}", job.job_id);
         }
     }
-    let _ = writeln!(out, "# HELP sluice_state_written_bytes_total State files written (each batch's changes and merges).\n# TYPE sluice_state_written_bytes_total counter");
-    for (job, m) in all.iter().filter(|(_, m)| m.state_bytes.is_some()) {
-        let _ = writeln!(
-            out,
-            "sluice_state_written_bytes_total{{job=\"{}\"}} {}",
-            job.job_id, m.state_bytes_written
-        );
-    }
-    let _ = writeln!(out, "# HELP sluice_state_read_bytes_total State files read from storage (not from executors' memory).\n# TYPE sluice_state_read_bytes_total counter");
-    for (job, m) in all.iter().filter(|(_, m)| m.state_bytes.is_some()) {
-        let _ = writeln!(
-            out,
-            "sluice_state_read_bytes_total{{job=\"{}\"}} {}",
-            job.job_id, m.state_bytes_read
-        );
+    let state_counters: [JobCounter; 2] = [
+        (
+            "sluice_state_written_bytes_total",
+            "State files written (each batch's changes and merges).",
+            |m| m.state_bytes_written,
+        ),
+        (
+            "sluice_state_read_bytes_total",
+            "State files read from storage (not from executors' memory).",
+            |m| m.state_bytes_read,
+        ),
+    ];
+    for (name, help, value) in state_counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (job, m) in all.iter().filter(|(_, m)| m.state_bytes.is_some()) {
+            let _ = writeln!(out, "{name}{{job=\"{}\"}} {}", job.job_id, value(m));
+        }
     }
     let _ = writeln!(out, "# HELP sluice_batch_duration_seconds Batch duration by phase.\n# TYPE sluice_batch_duration_seconds histogram");
     for (job, m) in &all {

@@ -130,15 +130,14 @@ impl JobRef {
                 "windows over deduplicated records must be aggregated right after the deduplication, e.g. SELECT window_start, window_end, country, count(*) FROM source GROUP BY window_start, window_end, country",
             );
         }
+        let counting_stage = plan
+            .stages
+            .iter()
+            .find(|s| s.kind == StageKind::Source)
+            .map(|s| s.id);
         let state_stages = match (after_shuffle.is_empty(), kafka.is_stateful()) {
             (false, _) => after_shuffle,
-            (true, true) => plan
-                .stages
-                .iter()
-                .filter(|s| s.kind == StageKind::Source)
-                .map(|s| s.id)
-                .take(1)
-                .collect(),
+            (true, true) => counting_stage.into_iter().collect(),
             (true, false) => vec![],
         };
         let encoded = plan.encoded_stages()?;
@@ -171,10 +170,7 @@ impl JobRef {
         Ok(JobRef {
             job_id: job_id.to_string(),
             prepared_key: format!("{job_id}@{:016x}", hasher.finish()),
-            counting_stage: stages
-                .iter()
-                .find(|s| s.kind == StageKind::Source)
-                .map(|s| s.id),
+            counting_stage,
             state_stages,
             spec_json: Arc::new(spec_json),
             stages: Arc::new(stages),

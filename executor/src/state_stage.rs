@@ -4,9 +4,9 @@
 //! it carries over (`crate::state_deltas`). See docs/architecture.md, "State after the
 //! shuffle".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -80,12 +80,17 @@ struct StateReader {
     rule: Option<StateRule>,
     watermark_ms: Option<i64>,
     bytes_read: AtomicU64,
+    /// Files the task reads twice (dedup files it merges: looked up while the plan runs,
+    /// then rewritten), kept between the two reads whatever the cache keeps.
+    hold: HashSet<String>,
+    held: Mutex<HashMap<String, Arc<Vec<RecordBatch>>>>,
 }
 
 impl StateReader {
     /// The rows of the state file at `path` that are still state.
     async fn rows(&self, path: &str) -> Result<Arc<Vec<RecordBatch>>> {
-        let rows = match self.cache.get(path) {
+        let held = self.held.lock().expect("held lock").get(path).cloned();
+        let rows = match held.or_else(|| self.cache.get(path)) {
             Some(rows) => rows,
             None => {
                 let (batches, read) =
@@ -98,6 +103,10 @@ impl StateReader {
                 self.cache.insert(path, rows)
             }
         };
+        if self.hold.contains(path) {
+            let mut held = self.held.lock().expect("held lock");
+            held.insert(path.to_string(), rows.clone());
+        }
         match &self.rule {
             Some(rule @ StateRule::Dedup { .. }) => Ok(Arc::new(
                 rows.iter()
@@ -161,14 +170,6 @@ pub(crate) async fn load(
             .or_default()
             .push(path.clone());
     }
-    let reader = Arc::new(StateReader {
-        file_io: job.sink.table.file_io().clone(),
-        cache: cache.clone(),
-        schema: stage.state_schema(),
-        rule: stage_rule(stage, job),
-        watermark_ms: task.watermark_ms,
-        bytes_read: AtomicU64::new(0),
-    });
     let rule = delta_rule(&stage.kind);
     let files: BTreeMap<u32, PartitionFiles> = by_partition
         .into_iter()
@@ -177,6 +178,23 @@ pub(crate) async fn load(
             (partition, chosen)
         })
         .collect();
+    let hold = match rule {
+        DeltaRule::RememberedKeys => files
+            .values()
+            .flat_map(|chosen| chosen.merged.iter().cloned())
+            .collect(),
+        _ => HashSet::new(),
+    };
+    let reader = Arc::new(StateReader {
+        file_io: job.sink.table.file_io().clone(),
+        cache: cache.clone(),
+        schema: stage.state_schema(),
+        rule: stage_rule(stage, job),
+        watermark_ms: task.watermark_ms,
+        bytes_read: AtomicU64::new(0),
+        hold,
+        held: Mutex::default(),
+    });
     let state = match &stage.kind {
         ShuffleStateKind::DedupRows { key, .. } => CarriedState::Lookup(DedupLookup {
             key: key.clone(),

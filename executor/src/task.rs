@@ -366,7 +366,7 @@ async fn carry_state(
     task: &TaskDefinition,
     source: Vec<RecordBatch>,
     prefix: &str,
-) -> Result<CarriedState> {
+) -> Result<SourceState> {
     let file_io = job.sink.table.file_io();
     let mut rows = Vec::with_capacity(source.len() + task.state_files.len());
     let mut still_needed = Vec::with_capacity(rows.capacity());
@@ -393,7 +393,7 @@ async fn carry_state(
         rows.push(batch);
     }
     if !kept_here {
-        return Ok(CarriedState {
+        return Ok(SourceState {
             rows,
             state: None,
             bytes_read,
@@ -410,7 +410,7 @@ async fn carry_state(
     let written =
         state_files::write_state(file_io, target, lifetime, &job.scan_schema, &still_needed)
             .await?;
-    Ok(CarriedState {
+    Ok(SourceState {
         rows,
         state: written,
         bytes_read,
@@ -420,7 +420,7 @@ async fn carry_state(
 }
 
 /// What a stateful source task hands the SQL and leaves for the next batch.
-struct CarriedState {
+struct SourceState {
     /// The batch's on-time records and the state it started from.
     rows: Vec<RecordBatch>,
     /// The state file written (none when no window is open).

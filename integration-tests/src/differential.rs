@@ -13,6 +13,7 @@ use sluice_core::spec::JobSpec;
 use sluice_kafka::decode::RecordDecoder;
 use sluice_kafka::offsets::OffsetRange;
 use sluice_kafka::read::{consumer, read_range, OffsetReader};
+use sluice_proto::v1::JobStatus;
 use sluice_testkit::normalized_rows;
 
 use crate::TestCluster;
@@ -159,4 +160,53 @@ pub fn windows_of(batches: &[RecordBatch]) -> Windows {
         }
     }
     out
+}
+
+/// Checks a windowed `available_now` job over `spec` that ended with `status` against
+/// single-process DataFusion: none of its records was late, its last batch read no
+/// records and only flushed what the final watermark closes, and the table holds each
+/// window (of `size_ms`) that watermark closed once, exactly as `expected_sql` computes
+/// it over all the job's records (decoded once each, without windows); at least ten.
+pub async fn assert_closed_windows(
+    cluster: &TestCluster,
+    spec: &str,
+    status: &JobStatus,
+    size_ms: i64,
+    expected_sql: &str,
+    seed: u64,
+) {
+    let mut parsed = JobSpec::parse(spec).unwrap();
+    let late = cluster
+        .driver_metric(&format!(
+            r#"sluice_late_records_total{{job="{}"}}"#,
+            parsed.name
+        ))
+        .await
+        .unwrap();
+    assert_eq!(late, 0.0, "records are late by less than the delay");
+    // The job ends with a batch without records that runs under the final watermark:
+    // every window that watermark closes is written.
+    let recent = &status.recent_batches;
+    let last = recent.last().unwrap();
+    assert_eq!(
+        last.input_rows, 0,
+        "the last batch only flushes closed windows"
+    );
+    let closed_by = last.watermark_ms.unwrap();
+    assert_eq!(
+        recent[recent.len() - 2].watermark_ms,
+        Some(closed_by),
+        "the flush ran under the final watermark"
+    );
+    // The records once each, as decoded without windows (sliding windows repeat them).
+    parsed.source.kafka.window = None;
+    let source = source_batches(cluster, &parsed).unwrap();
+    let expected = query_source(expected_sql, source).await.unwrap();
+    let expected: Windows = windows_of(&expected)
+        .into_iter()
+        .filter(|(start, _)| *start + size_ms <= closed_by)
+        .collect();
+    let streamed = windows_of(&cluster.table_rows(spec).await.unwrap());
+    assert!(expected.len() >= 10, "{} windows closed", expected.len());
+    assert_eq!(streamed, expected, "seed {seed}");
 }

@@ -11,7 +11,7 @@ use arrow::datatypes::Float64Type;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_core::spec::JobSpec;
-use sluice_integration_tests::differential::{query_source, source_batches, windows_of, Windows};
+use sluice_integration_tests::differential::{assert_closed_windows, query_source, source_batches};
 use sluice_integration_tests::TestCluster;
 
 const PARTITIONS: i32 = 4;
@@ -195,32 +195,11 @@ async fn deduplicated_windows(group_by: &str, size_ms: i64, expected_sql: &str) 
         status.last_committed_batch >= 8,
         "{per_batch} offsets per batch"
     );
-    let late = cluster
-        .driver_metric(r#"sluice_late_records_total{job="dedup_windows"}"#)
-        .await
-        .unwrap();
-    assert_eq!(late, 0.0, "records are late by less than the delay");
-    let closed_by = status.recent_batches.last().unwrap().watermark_ms.unwrap();
-
-    let mut parsed = JobSpec::parse(&spec).unwrap();
-    parsed.source.kafka.window = None;
-    let source = source_batches(&cluster, &parsed).unwrap();
-    let expected = query_source(
-        &format!(
-            "WITH first AS (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) WHERE rn = 1) \
-             {expected_sql}"
-        ),
-        source,
-    )
-    .await
-    .unwrap();
-    let expected: Windows = windows_of(&expected)
-        .into_iter()
-        .filter(|(start, _)| *start + size_ms <= closed_by)
-        .collect();
-    assert!(expected.len() >= 10, "{} windows closed", expected.len());
-    let streamed = windows_of(&cluster.table_rows(&spec).await.unwrap());
-    assert_eq!(streamed, expected, "seed {seed}");
+    let first_rows = format!(
+        "WITH first AS (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY ts) AS rn FROM source) WHERE rn = 1) \
+         {expected_sql}"
+    );
+    assert_closed_windows(&cluster, &spec, &status, size_ms, &first_rows, seed).await;
 }
 
 /// Runs a deduplicating job over retried orders cut into batches at random boundaries

@@ -6,8 +6,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_core::spec::JobSpec;
-use sluice_integration_tests::differential::{query_source, source_batches, windows_of, Windows};
+use sluice_integration_tests::differential::assert_closed_windows;
 use sluice_integration_tests::TestCluster;
 
 const PARTITIONS: i32 = 4;
@@ -64,38 +63,7 @@ async fn stream_equals_batch(
     let status = cluster.wait_until_finished(&job).await;
     let batches = status.last_committed_batch + 1;
     assert!(batches >= 8, "{batches} batches of {per_batch} offsets");
-    let late = cluster
-        .driver_metric(&format!(r#"sluice_late_records_total{{job="{name}"}}"#))
-        .await
-        .unwrap();
-    assert_eq!(late, 0.0, "records are late by less than the delay");
-    // The job ends with a batch without records that runs under the final watermark:
-    // every window that watermark closes is written.
-    let recent = &status.recent_batches;
-    let last = recent.last().unwrap();
-    assert_eq!(
-        last.input_rows, 0,
-        "the last batch only flushes closed windows"
-    );
-    let closed_by = last.watermark_ms.unwrap();
-    assert_eq!(
-        recent[recent.len() - 2].watermark_ms,
-        Some(closed_by),
-        "the flush ran under the final watermark"
-    );
-
-    // The records once each, as decoded without windows (sliding windows repeat them).
-    let mut parsed = JobSpec::parse(&spec).unwrap();
-    parsed.source.kafka.window = None;
-    let source = source_batches(&cluster, &parsed).unwrap();
-    let expected = query_source(expected_sql, source).await.unwrap();
-    let expected: Windows = windows_of(&expected)
-        .into_iter()
-        .filter(|(start, _)| *start + size_ms <= closed_by)
-        .collect();
-    let streamed = windows_of(&cluster.table_rows(&spec).await.unwrap());
-    assert!(expected.len() >= 10, "{} windows closed", expected.len());
-    assert_eq!(streamed, expected, "seed {seed}");
+    assert_closed_windows(&cluster, &spec, &status, size_ms, expected_sql, seed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

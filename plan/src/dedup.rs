@@ -143,13 +143,16 @@ pub struct DedupLookup {
 
 impl DedupLookup {
     /// The rows of `batches` whose key `partition` does not remember, looked up one state
-    /// file at a time.
+    /// file at a time; no file is loaded once no row is left to look up.
     pub async fn unknown(
         &self,
         partition: u32,
         mut batches: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>> {
         for index in 0..self.remembered.files(partition) {
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                break;
+            }
             let rows = self.remembered.load(partition, index).await?;
             if let Some(known) = KnownKeys::of(&self.key, &rows)? {
                 batches = batches
