@@ -22,18 +22,19 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// The rows of `batches` whose session is still open under `watermark_ms` (all of
-    /// them without a watermark); rows without an event time belong to no session.
+    /// The rows of `candidates` whose session is still open under `watermark_ms` (every
+    /// session without a watermark), sessions taken over `candidates` and `context` (other
+    /// rows of their keys, which are not returned); rows without an event time belong to
+    /// no session.
     pub fn open_rows(
         &self,
         schema: &SchemaRef,
-        batches: &[RecordBatch],
+        candidates: &[RecordBatch],
+        context: &[RecordBatch],
         watermark_ms: Option<i64>,
-    ) -> Result<RecordBatch> {
-        let batch = concat_batches(schema, batches)?;
-        let Some(watermark) = watermark_ms else {
-            return Ok(batch);
-        };
+    ) -> Result<OpenSessions> {
+        let candidate_rows: usize = candidates.iter().map(RecordBatch::num_rows).sum();
+        let batch = concat_batches(schema, candidates.iter().chain(context))?;
         let column = |name: &str| {
             batch.column_by_name(name).cloned().ok_or_else(|| {
                 Error::InvalidRequest(format!("the session stage's rows lack column {name}"))
@@ -53,7 +54,8 @@ impl Sessions {
             keys.cmp(a, b)
                 .then_with(|| times.value(a).cmp(&times.value(b)))
         });
-        let mut keep = vec![false; batch.num_rows()];
+        let mut keep = vec![false; candidate_rows];
+        let mut ends: Option<(i64, i64)> = None;
         let mut first = 0;
         for i in 1..=order.len() {
             let last = order[i - 1];
@@ -64,15 +66,29 @@ impl Sessions {
                 continue;
             }
             let end = times.value(last).saturating_add(self.gap_ms);
-            if end > watermark {
-                for &row in &order[first..i] {
+            if watermark_ms.is_none_or(|w| end > w) {
+                for &row in order[first..i].iter().filter(|&&row| row < candidate_rows) {
                     keep[row] = true;
+                    ends = Some(ends.map_or((end, end), |(lo, hi)| (lo.min(end), hi.max(end))));
                 }
             }
             first = i;
         }
-        Ok(filter_record_batch(&batch, &BooleanArray::from(keep))?)
+        let candidates = batch.slice(0, candidate_rows);
+        Ok(OpenSessions {
+            rows: filter_record_batch(&candidates, &BooleanArray::from(keep))?,
+            ends: ends.unwrap_or((i64::MAX, i64::MAX)),
+        })
     }
+}
+
+/// The rows of open sessions, and the earliest and latest end of their sessions: the
+/// watermarks at which the first and the last of them may stop being state (later, when
+/// more rows extend a session).
+#[derive(Debug)]
+pub struct OpenSessions {
+    pub rows: RecordBatch,
+    pub ends: (i64, i64),
 }
 
 /// The session key of each row, comparable (no key: every row has the same).
@@ -131,9 +147,14 @@ mod tests {
 
     fn kept(sessions: &Sessions, batches: &[RecordBatch], watermark: Option<i64>) -> Vec<i64> {
         let open = sessions
-            .open_rows(&batches[0].schema(), batches, watermark)
+            .open_rows(&batches[0].schema(), batches, &[], watermark)
             .unwrap();
-        let mut ns = open.column(0).as_primitive::<Int64Type>().values().to_vec();
+        let mut ns = open
+            .rows
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
         ns.sort_unstable();
         ns
     }
@@ -163,7 +184,43 @@ mod tests {
             "a's first session (0, 5, 14) is closed; 14 alone would look open"
         );
         assert!(kept(&sessions, &batches, Some(40)).is_empty());
-        assert_eq!(kept(&sessions, &batches, None).len(), 6);
+        assert_eq!(
+            kept(&sessions, &batches, None).len(),
+            5,
+            "a row without an event time is in no session"
+        );
+    }
+
+    #[test]
+    fn rows_of_the_same_keys_elsewhere_decide_a_session_but_are_not_returned() {
+        let sessions = Sessions {
+            event_time: "ts".into(),
+            gap_ms: 10,
+            key: vec!["user".into()],
+        };
+        // a at 0 alone would close at 10; a at 8 elsewhere extends it to 18.
+        let candidates = [rows(&[(1, "a", Some(0)), (2, "b", Some(3))])];
+        let context = [rows(&[(3, "a", Some(8))])];
+        let schema = candidates[0].schema();
+        let open = sessions
+            .open_rows(&schema, &candidates, &context, Some(13))
+            .unwrap();
+        let ns = open
+            .rows
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(ns, vec![1], "b's session ends at 13, a's at 18");
+        assert_eq!(open.ends, (18, 18));
+        let none = sessions
+            .open_rows(&schema, &candidates, &context, Some(18))
+            .unwrap();
+        assert_eq!((none.rows.num_rows(), none.ends), (0, (i64::MAX, i64::MAX)));
+        let all = sessions
+            .open_rows(&schema, &candidates, &context, None)
+            .unwrap();
+        assert_eq!(all.ends, (13, 18));
     }
 
     #[test]

@@ -10,7 +10,13 @@
 //! - Deduplication: every file is read (each remembered key counts), files whose rows
 //!   the watermark has all forgotten are dropped unread, and the batch writes the keys
 //!   it saw first.
-//! - Session rows: read and written whole (a session depends on all its key's rows).
+//! - Session rows: only files holding a row whose session may close under the batch's
+//!   watermark are read and rewritten (their rows of open sessions); from the others the
+//!   reader looks up the rows of every key the batch sees, so each session is computed
+//!   over all its rows. A file names the earliest end of its rows' sessions when written;
+//!   a session that more rows extended since is found open and its rows rewritten with
+//!   the later end, so a row is rewritten about once per gap plus delay of event time for
+//!   as long as its session lasts.
 //!
 //! A partition's files are merged when they are more than [`MAX_FILES`] or the smaller
 //! ones together reach the size of the largest, so the files stay few and each row is
@@ -35,19 +41,20 @@ pub enum DeltaRule {
     WindowPartials,
     /// Deduplication's remembered keys: rows stop being state when forgotten.
     RememberedKeys,
-    /// Session rows: the whole state is read and written by every batch.
-    Whole,
+    /// Session rows: rows stop being state when their session closes.
+    SessionRows,
 }
 
 /// What a batch does with one partition's state files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionFiles {
-    /// Files whose rows the batch reads.
+    /// Files whose rows the batch reads whole.
     pub read: Vec<String>,
     /// Files whose rows still needed the batch rewrites into its own file (a subset of
     /// `read`); the next batch no longer lists them.
     pub merged: Vec<String>,
-    /// Files the next batch gets as they are.
+    /// Files the next batch gets as they are (for sessions, where the rows of the batch's
+    /// keys are looked up).
     pub carried: Vec<String>,
 }
 
@@ -70,21 +77,14 @@ pub fn partition_files(
         files.iter().map(|(f, _)| f.to_string()).collect()
     };
     let all: Vec<_> = live.iter().collect();
-    if rule == DeltaRule::Whole {
-        return PartitionFiles {
-            read: names(&all),
-            merged: names(&all),
-            carried: vec![],
-        };
-    }
     let merged = to_merge(&live);
     let rewritten: Vec<_> = live
         .iter()
         .filter(|(f, stats)| {
             merged.contains(f)
-                // A window file is read once the watermark closes one of its windows, and
-                // its open windows rewritten.
-                || (rule == DeltaRule::WindowPartials && stats.is_some_and(|s| reached(s.from)))
+                // A window or session file is read once the watermark may close one of its
+                // windows, and its open ones rewritten.
+                || (rule != DeltaRule::RememberedKeys && stats.is_some_and(|s| reached(s.from)))
         })
         .collect();
     let carried: Vec<_> = live
@@ -173,6 +173,22 @@ mod tests {
     }
 
     #[test]
+    fn session_files_are_read_once_the_watermark_may_close_one_of_their_sessions() {
+        let older = file(1, 1_000, 50, 200);
+        let newer = file(2, 10, 90, 90);
+        let files = [older.clone(), newer.clone()];
+        let at = |w| partition_files(DeltaRule::SessionRows, &files, w);
+        assert_eq!(at(Some(49)).carried, files, "looked up by key, not read");
+        assert!(at(Some(49)).read.is_empty());
+        let closing = at(Some(50));
+        assert_eq!(
+            (closing.read, closing.merged),
+            (vec![older.clone()], vec![older])
+        );
+        assert_eq!(closing.carried, vec![newer]);
+    }
+
+    #[test]
     fn remembered_keys_are_all_read_and_forgotten_files_dropped() {
         let old = file(1, 100, 10, 20);
         let newer = file(2, 10, 15, 40);
@@ -213,8 +229,6 @@ mod tests {
             (rewritten.read, rewritten.merged),
             (vec![unnamed.clone()], vec![unnamed])
         );
-        let whole = partition_files(DeltaRule::Whole, &[file(0, 1, 1, 1)], None);
-        assert!(whole.merged.len() == 1 && whole.carried.is_empty());
     }
 
     #[test]

@@ -111,8 +111,8 @@ impl StateRule {
 
     /// The watermarks at which the first and the last of `batches`' rows stop being state
     /// (see `sluice_iceberg::data_files::StateFileStats`): a window's end, a remembered
-    /// key's event time plus `within` and one. Session rows are read by every batch, so
-    /// theirs span all watermarks.
+    /// key's event time plus `within` and one. Sessions' follow from their sessions
+    /// ([`Sessions::open_rows`]), not from a row alone; this spans all watermarks.
     pub fn lifetime(&self, batches: &[RecordBatch]) -> Result<(i64, i64)> {
         let (column, after) = match self {
             StateRule::Windows => (WINDOW_END_COLUMN, 0),

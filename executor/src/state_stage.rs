@@ -15,7 +15,8 @@ use iceberg::io::FileIO;
 use sluice_core::{Error, Result};
 use sluice_iceberg::data_files::state_file_partition;
 use sluice_plan::{
-    CarriedRows, CarriedState, DedupLookup, RememberedKeys, ShuffleStateKind, ShuffleStateStage,
+    CarriedRows, CarriedState, DedupLookup, KeyedFiles, SessionLookup, ShuffleStateKind,
+    ShuffleStateStage,
 };
 use sluice_proto::v1::TaskDefinition;
 
@@ -27,8 +28,8 @@ use crate::state_rule::{self, StateRule};
 
 /// The state a state stage task starts from.
 pub(crate) struct StageState {
-    /// The rows of the files read, by partition, handed to the plan (deduplication's are
-    /// looked up file by file instead, through `reader`).
+    /// The rows of the files read, by partition, handed to the plan, and the files the
+    /// reader looks keys up in (deduplication's remembered keys, sessions' other rows).
     pub(crate) rows: Arc<CarriedRows>,
     /// What the task does with each partition's files.
     files: BTreeMap<u32, PartitionFiles>,
@@ -64,7 +65,7 @@ fn delta_rule(kind: &ShuffleStateKind) -> DeltaRule {
     match kind {
         ShuffleStateKind::WindowPartials(_) => DeltaRule::WindowPartials,
         ShuffleStateKind::DedupRows { .. } => DeltaRule::RememberedKeys,
-        ShuffleStateKind::SessionRows => DeltaRule::Whole,
+        ShuffleStateKind::SessionRows => DeltaRule::SessionRows,
     }
 }
 
@@ -118,15 +119,31 @@ impl StateReader {
     }
 }
 
-/// Deduplication's remembered keys: a partition's live state files, read one at a time
-/// when the reader looks keys up.
+/// State files the reader looks keys up in, by partition, read one at a time:
+/// deduplication's live files, sessions' carried ones.
 #[derive(Debug)]
-struct RememberedInFiles {
+struct LookupFiles {
     reader: Arc<StateReader>,
     files: BTreeMap<u32, Vec<String>>,
 }
 
-impl RememberedKeys for RememberedInFiles {
+impl LookupFiles {
+    fn of(
+        reader: &Arc<StateReader>,
+        files: &BTreeMap<u32, PartitionFiles>,
+        pick: impl Fn(&PartitionFiles) -> &Vec<String>,
+    ) -> Arc<LookupFiles> {
+        Arc::new(LookupFiles {
+            reader: reader.clone(),
+            files: files
+                .iter()
+                .map(|(partition, chosen)| (*partition, pick(chosen).clone()))
+                .collect(),
+        })
+    }
+}
+
+impl KeyedFiles for LookupFiles {
     fn files(&self, partition: u32) -> usize {
         self.files.get(&partition).map_or(0, Vec::len)
     }
@@ -152,8 +169,9 @@ impl RememberedKeys for RememberedInFiles {
 }
 
 /// Chooses what the task reads of its partitions' state files (see [`partition_files`])
-/// and reads the rows its plan needs up front: windows' and sessions' (deduplication's
-/// are looked up file by file while the plan runs).
+/// and reads the rows its plan needs whole up front: windows' and the sessions' of the
+/// files it rewrites (deduplication's keys and sessions' other rows are looked up file
+/// by file while the plan runs).
 pub(crate) async fn load(
     job: &PreparedJob,
     cache: &Arc<StateCache>,
@@ -195,29 +213,31 @@ pub(crate) async fn load(
         hold,
         held: Mutex::default(),
     });
-    let state = match &stage.kind {
-        ShuffleStateKind::DedupRows { key, .. } => CarriedState::Lookup(DedupLookup {
-            key: key.clone(),
-            remembered: Arc::new(RememberedInFiles {
-                reader: reader.clone(),
-                files: files
-                    .iter()
-                    .map(|(partition, chosen)| (*partition, chosen.read.clone()))
-                    .collect(),
-            }),
-        }),
-        _ => {
-            let mut rows: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
-            for (partition, chosen) in &files {
-                for path in &chosen.read {
-                    let read = reader.rows(path).await?;
-                    rows.entry(*partition)
-                        .or_default()
-                        .extend(read.iter().cloned());
-                }
+    let mut rows: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
+    if rule != DeltaRule::RememberedKeys {
+        for (partition, chosen) in &files {
+            for path in &chosen.read {
+                let read = reader.rows(path).await?;
+                rows.entry(*partition)
+                    .or_default()
+                    .extend(read.iter().cloned());
             }
-            CarriedState::Rows(rows)
         }
+    }
+    let state = match (&stage.kind, &job.state_rule) {
+        (ShuffleStateKind::DedupRows { key, .. }, _) => CarriedState::Lookup(DedupLookup {
+            key: key.clone(),
+            remembered: LookupFiles::of(&reader, &files, |chosen| &chosen.read),
+        }),
+        (ShuffleStateKind::SessionRows, Some(StateRule::Sessions(sessions))) => {
+            CarriedState::Sessions(SessionLookup {
+                key: sessions.key.clone(),
+                rewritten: rows,
+                others: LookupFiles::of(&reader, &files, |chosen| &chosen.carried),
+                looked_up: Mutex::default(),
+            })
+        }
+        _ => CarriedState::Rows(rows),
     };
     Ok(StageState {
         rows: Arc::new(CarriedRows {
@@ -257,13 +277,21 @@ pub(crate) async fn keep(
         let chosen = loaded.files.get(&partition).cloned().unwrap_or_default();
         let state = loaded.rows.state.rows(partition).to_vec();
         let new = yielded.remove(&partition).unwrap_or_default();
-        let (kept, rule): (Vec<RecordBatch>, _) = match (&stage.kind, &rule_of_stage) {
-            (ShuffleStateKind::SessionRows, Some(rule @ StateRule::Sessions(sessions))) => {
-                let all = [state, new].concat();
-                (
-                    vec![sessions.open_rows(&stage.schema, &all, watermark)?],
-                    rule,
-                )
+        let (kept, lifetime): (Vec<RecordBatch>, _) = match (&stage.kind, &rule_of_stage) {
+            (ShuffleStateKind::SessionRows, Some(StateRule::Sessions(sessions))) => {
+                let CarriedState::Sessions(lookup) = &loaded.rows.state else {
+                    return Err(Error::InvalidRequest(
+                        "a session stage's state was not looked up by key".into(),
+                    ));
+                };
+                let context = lookup.take_looked_up(partition);
+                let open = sessions.open_rows(
+                    &stage.schema,
+                    &[state, new].concat(),
+                    &context,
+                    watermark,
+                )?;
+                (vec![open.rows], open.ends)
             }
             (ShuffleStateKind::DedupRows { .. }, Some(rule @ StateRule::Dedup { .. })) => {
                 let mut kept = vec![];
@@ -274,7 +302,8 @@ pub(crate) async fn keep(
                     let batch = rule.still_needed(batch, watermark)?;
                     kept.push(state_files::conform(&batch, &state_schema)?);
                 }
-                (kept, rule)
+                let lifetime = rule.lifetime(&kept)?;
+                (kept, lifetime)
             }
             (ShuffleStateKind::WindowPartials(_), Some(rule @ StateRule::Windows)) => {
                 let kept = stage
@@ -282,8 +311,9 @@ pub(crate) async fn keep(
                     .await?
                     .iter()
                     .map(|b| state_rule::select_windows(b, watermark, true))
-                    .collect::<Result<_>>()?;
-                (kept, rule)
+                    .collect::<Result<Vec<_>>>()?;
+                let lifetime = rule.lifetime(&kept)?;
+                (kept, lifetime)
             }
             (kind, rule) => {
                 return Err(Error::InvalidRequest(format!(
@@ -296,7 +326,6 @@ pub(crate) async fn keep(
             prefix,
             shard: Some((stage.stage_id, partition)),
         };
-        let lifetime = rule.lifetime(&kept)?;
         if let Some(file) =
             state_files::write_state(file_io, target, lifetime, &state_schema, &kept).await?
         {

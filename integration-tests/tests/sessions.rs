@@ -262,3 +262,102 @@ async fn session_state_survives_a_driver_killed_between_commit_and_checkpoint() 
     let status = cluster.wait_until_finished(&job).await;
     assert_sessions_written(&cluster, &spec, &status).await;
 }
+
+/// Checkpoint cost follows the change, not the state: once many sessions are open, a
+/// batch that extends a few of them writes a small file of its new rows and leaves the
+/// files holding the others as they are (it looks the rows of its keys up in them); every
+/// session is still written once, with all its records, when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_batch_writes_the_rows_it_added_and_leaves_the_rest() {
+    const HOUR: i64 = 3_600_000;
+    const OPEN: i64 = 2_000;
+    let cluster = TestCluster::start("clicks", 2, 2).await.unwrap();
+    let spec = cluster.spec(
+        "open-sessions",
+        "clicks",
+        "SELECT customer_id, window_start, window_end, count(*) AS n FROM source \
+         GROUP BY session(ts, INTERVAL '1 hour'), customer_id",
+        "{available_now: true}",
+        "    watermark: {column: ts, delay: 0s}",
+    );
+    let send = |customers: std::ops::Range<i64>, at: i64| {
+        for partition in 0..2 {
+            let values: Vec<String> = customers
+                .clone()
+                .filter(|c| c % 2 == partition as i64)
+                .map(|c| {
+                    format!(
+                        r#"{{"order_id":"o{c}-{at}","customer_id":{c},"product_id":1,"amount":1.0,"country":"DE","ts":{}}}"#,
+                        T + at
+                    )
+                })
+                .collect();
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            cluster.produce_raw("clicks", partition, &values).unwrap();
+        }
+    };
+    let run = || async {
+        let job = cluster.submit(&spec).await.unwrap();
+        let status = cluster.wait_until_finished(&job).await;
+        status
+            .recent_batches
+            .iter()
+            .rev()
+            .find(|b| b.input_rows > 0)
+            .cloned()
+            .unwrap()
+    };
+
+    // Every customer opens a session.
+    send(0..OPEN, 0);
+    let first = run().await;
+    assert!(first.state_rows >= OPEN as u64, "{first:?}");
+    assert_eq!(first.state_bytes_written, first.state_bytes);
+
+    // Later batches extend four of them.
+    for round in 1..=3 {
+        send(0..4, 60_000 * round);
+        let batch = run().await;
+        assert!(batch.state_bytes >= first.state_bytes, "{batch:?}");
+        assert!(
+            batch.state_bytes_written * 4 < batch.state_bytes,
+            "round {round}: wrote {} of {} state bytes",
+            batch.state_bytes_written,
+            batch.state_bytes
+        );
+    }
+
+    // The watermark passes the end the first file names for its rows (a record on each
+    // partition, in sessions of their own): the sessions of one record close and are
+    // written; the four extended since are found open and kept.
+    let written = || async {
+        let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
+        for batch in cluster.table_rows(&spec).await.unwrap() {
+            for (customer, n) in int64s(&batch, "customer_id")
+                .into_iter()
+                .zip(int64s(&batch, "n"))
+            {
+                assert!(
+                    counts.insert(customer, n).is_none(),
+                    "customer {customer} written twice"
+                );
+            }
+        }
+        counts
+    };
+    send(OPEN..OPEN + 2, HOUR + 30_000);
+    run().await;
+    let counts = written().await;
+    assert_eq!(counts.len(), OPEN as usize - 4);
+    assert!(counts.iter().all(|(c, n)| *c >= 4 && *n == 1), "{counts:?}");
+
+    // The watermark passes every session's end: each is written once, with every record.
+    send(OPEN + 2..OPEN + 4, 3 * HOUR);
+    run().await;
+    let counts = written().await;
+    assert_eq!(counts.len(), OPEN as usize + 2);
+    assert!(
+        counts.iter().all(|(c, n)| *n == if *c < 4 { 4 } else { 1 }),
+        "{counts:?}"
+    );
+}

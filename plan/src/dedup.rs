@@ -6,12 +6,9 @@
 //! the same key meet in one task after a shuffle. See docs/architecture.md,
 //! "Deduplication".
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
-use arrow::row::{RowConverter, SortField};
+use arrow::array::RecordBatch;
 use sluice_core::error::{Error, Result};
 use sluice_core::schema::{
     stream_schema, OFFSET_COLUMN, PARTITION_COLUMN, SEEN_COLUMN, TOPIC_COLUMN,
@@ -20,6 +17,7 @@ use sluice_core::spec::{
     DedupSpec, KafkaSourceSpec, WindowSpec, WINDOW_END_COLUMN, WINDOW_START_COLUMN,
 };
 
+use crate::keyed_files::{KeyedFiles, KnownKeys};
 use crate::quote;
 use crate::STREAM_TABLE;
 
@@ -98,47 +96,12 @@ fn with_windows_sql(
     ))
 }
 
-/// Where a deduplicating reader finds the keys a shuffle partition remembers: a list of
-/// state files, loaded one at a time, so that looking keys up holds one file's rows in
-/// memory at a time however large the state grows.
-pub trait RememberedKeys: std::fmt::Debug + Send + Sync {
-    /// How many files of remembered rows `partition` has.
-    fn files(&self, partition: u32) -> usize;
-
-    /// The remembered rows of `partition`'s file `index` (those the watermark has not
-    /// forgotten), in a schema holding the key columns.
-    fn load(
-        &self,
-        partition: u32,
-        index: usize,
-    ) -> futures::future::BoxFuture<'_, Result<Arc<Vec<RecordBatch>>>>;
-}
-
-/// Remembered rows held in memory, one "file" per partition.
-#[derive(Debug, Default)]
-pub struct RowsInMemory(pub HashMap<u32, Vec<RecordBatch>>);
-
-impl RememberedKeys for RowsInMemory {
-    fn files(&self, partition: u32) -> usize {
-        usize::from(self.0.contains_key(&partition))
-    }
-
-    fn load(
-        &self,
-        partition: u32,
-        _index: usize,
-    ) -> futures::future::BoxFuture<'_, Result<Arc<Vec<RecordBatch>>>> {
-        let rows = self.0.get(&partition).cloned().unwrap_or_default();
-        Box::pin(async move { Ok(Arc::new(rows)) })
-    }
-}
-
 /// Deduplication's lookup as the reader of the stream stage's output does it: the key
 /// columns and where the remembered keys are.
 #[derive(Debug, Clone)]
 pub struct DedupLookup {
     pub key: Vec<String>,
-    pub remembered: Arc<dyn RememberedKeys>,
+    pub remembered: Arc<dyn KeyedFiles>,
 }
 
 impl DedupLookup {
@@ -162,66 +125,5 @@ impl DedupLookup {
             }
         }
         Ok(batches)
-    }
-}
-
-/// The keys of a set of remembered rows, to drop the new rows of keys seen before where
-/// they are fetched, instead of ranking them together with the state.
-pub(crate) struct KnownKeys {
-    columns: Vec<String>,
-    converter: RowConverter,
-    keys: HashSet<Box<[u8]>>,
-}
-
-impl KnownKeys {
-    /// The keys (`columns`) of `state`'s rows.
-    pub(crate) fn of(columns: &[String], state: &[RecordBatch]) -> Result<Option<KnownKeys>> {
-        let Some(first) = state.first() else {
-            return Ok(None);
-        };
-        let fields = columns
-            .iter()
-            .map(|name| {
-                let field = first.schema().field_with_name(name)?.clone();
-                Ok(SortField::new(field.data_type().clone()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut known = KnownKeys {
-            columns: columns.to_vec(),
-            converter: RowConverter::new(fields)?,
-            keys: HashSet::new(),
-        };
-        for batch in state {
-            let rows = known
-                .converter
-                .convert_columns(&known.key_columns(batch)?)?;
-            known
-                .keys
-                .extend(rows.iter().map(|row| Box::from(row.as_ref())));
-        }
-        Ok(Some(known))
-    }
-
-    fn key_columns(&self, batch: &RecordBatch) -> Result<Vec<arrow::array::ArrayRef>> {
-        self.columns
-            .iter()
-            .map(|name| {
-                batch.column_by_name(name).cloned().ok_or_else(|| {
-                    Error::InvalidRequest(format!(
-                        "the deduplication key {name} is not in the shuffled rows"
-                    ))
-                })
-            })
-            .collect()
-    }
-
-    /// The rows of `batch` whose key is not known.
-    pub(crate) fn unknown(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let rows = self.converter.convert_columns(&self.key_columns(batch)?)?;
-        let keep: BooleanArray = rows
-            .iter()
-            .map(|row| Some(!self.keys.contains(row.as_ref())))
-            .collect();
-        Ok(filter_record_batch(batch, &keep)?)
     }
 }

@@ -5,6 +5,7 @@
 mod codec;
 mod dedup;
 mod first_row;
+mod keyed_files;
 mod nodes;
 mod session;
 mod shuffle_state;
@@ -20,12 +21,14 @@ use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{decode_plan, encode_plan, SluiceCodec};
-pub use dedup::{DedupLookup, RememberedKeys, RowsInMemory};
+pub use dedup::DedupLookup;
 pub use first_row::{FirstRowPerKeyExec, OrderColumn};
+pub use keyed_files::{KeyedFiles, RowsInMemory};
 pub use nodes::{
     reader_schema, reads_stream, CarriedRows, CarriedState, KafkaScanExec, MapOutputLocation,
     ReaderMode, ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleReaderExec, TaskInputs,
 };
+pub use session::SessionLookup;
 pub use shuffle_state::{ShuffleStateKind, ShuffleStateStage};
 pub use split::{Stage, StageKind, StageOutput};
 

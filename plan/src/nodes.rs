@@ -25,6 +25,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::dedup::DedupLookup;
+use crate::session::SessionLookup;
 
 /// Names one partition of one map task's output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,10 +109,13 @@ pub struct CarriedRows {
 #[derive(Debug)]
 pub enum CarriedState {
     /// Adds these rows (by shuffle partition, in the reader's schema) to what it fetches:
-    /// windows' partial aggregates, sessions' rows.
+    /// windows' partial aggregates.
     Rows(HashMap<u32, Vec<RecordBatch>>),
     /// Deduplication: drops fetched rows whose key is remembered.
     Lookup(DedupLookup),
+    /// Session windows: adds the rewritten files' rows and every other state row of the
+    /// keys it yields.
+    Sessions(SessionLookup),
 }
 
 impl Default for CarriedState {
@@ -121,12 +125,15 @@ impl Default for CarriedState {
 }
 
 impl CarriedState {
-    /// The state rows of `partition` the reader adds (none for a lookup).
+    /// The state rows of `partition` the reader adds whole (none for deduplication; the
+    /// rewritten files' for sessions, not those looked up).
     pub fn rows(&self, partition: u32) -> &[RecordBatch] {
-        match self {
-            CarriedState::Rows(rows) => rows.get(&partition).map(Vec::as_slice).unwrap_or_default(),
-            CarriedState::Lookup(_) => &[],
-        }
+        let rows = match self {
+            CarriedState::Rows(rows) => rows,
+            CarriedState::Sessions(sessions) => &sessions.rewritten,
+            CarriedState::Lookup(_) => return &[],
+        };
+        rows.get(&partition).map(Vec::as_slice).unwrap_or_default()
     }
 }
 
@@ -409,7 +416,16 @@ impl ExecutionPlan for ShuffleReaderExec {
                     .entry(shuffle_partition)
                     .or_default()
                     .extend(batches.iter().cloned());
-                batches.splice(0..0, carried.state.rows(shuffle_partition).iter().cloned());
+                let mut state = carried.state.rows(shuffle_partition).to_vec();
+                if let CarriedState::Sessions(sessions) = &carried.state {
+                    let fed = [state.as_slice(), batches.as_slice()].concat();
+                    let same_keys = sessions
+                        .same_keys(shuffle_partition, &fed)
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    state.extend(same_keys);
+                }
+                batches.splice(0..0, state);
             }
             Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
         };

@@ -3,7 +3,8 @@
 //! the task picks the next state from what the reader yielded.
 //!
 //! - Session windows keep the raw rows of open sessions (a session depends on its key's
-//!   other rows).
+//!   other rows): the reader adds the rows of the files the task rewrites and looks up in
+//!   the others the rows of the keys it sees ([`crate::SessionLookup`]).
 //! - Fixed windows aggregated right after the shuffle (`GROUP BY window_start, window_end,
 //!   …`, the usual plan: partial aggregate, shuffle, final aggregate) keep one
 //!   partial-aggregate row per open window and group: the partial rows the reader yielded

@@ -7,9 +7,9 @@
 //!   over twice the events for the marginal rate, with the CPU's idle share during each
 //!   job, where the tasks' time went (read, decode, state, execute, write), and the large
 //!   run's batches one by one (do early batches run slower?);
-//! - `windows`: a stateless `GROUP BY`, a tumbling and a sliding window aggregation and a
-//!   deduplicated `GROUP BY` over the same events with event times, as ratios to the
-//!   stateless job, with the per-batch cost of the state;
+//! - `windows`: a stateless `GROUP BY`, a tumbling and a sliding window aggregation, a
+//!   deduplicated `GROUP BY` and long sessions over the same events with event times, as
+//!   ratios to the stateless job, with the per-batch cost of the state;
 //! - `nexmark`: the Nexmark suite's stateless queries q0 (pass-through), q1 (currency
 //!   conversion) and q2 (selection) over its person/auction/bid stream, in events/s and
 //!   events/s per core;
@@ -916,8 +916,8 @@ async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
 /// Event time of window benchmark event `seq`: one event per millisecond.
 const WINDOW_EPOCH_MS: i64 = 1_700_000_000_000;
 
-/// A stateless `GROUP BY`, tumbling and sliding windows and deduplication over the same
-/// events.
+/// A stateless `GROUP BY`, tumbling and sliding windows, deduplication and sessions over
+/// the same events.
 async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
     let topic = "events";
     cluster.kafka.create_topic(topic, args.partitions, 1)?;
@@ -941,12 +941,17 @@ async fn windows(cluster: &TestCluster, args: &Args) -> Result<()> {
         (
             "sliding 5 min every 1 min, by country",
             "SELECT window_start, window_end, country, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes'), country",
-            windowed,
+            windowed.clone(),
         ),
         (
             "dedup by order_id within 1 min, GROUP BY country",
             "SELECT country, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY country",
             deduplicated,
+        ),
+        (
+            "sessions of 30 min gap, by customer (none closes)",
+            "SELECT customer_id, window_start, window_end, count(*) AS n, sum(amount) AS revenue FROM source GROUP BY session(ts, INTERVAL '30 minutes'), customer_id",
+            windowed.clone(),
         ),
     ];
     let best = best_of_two_rounds(cluster, jobs.len(), None, |i, round| {
