@@ -938,6 +938,13 @@ pub struct ParallelismSpec {
     /// (never more than `max_records_per_task`): fewer tasks and data files per small batch.
     #[serde(default = "default_min_records_per_task")]
     pub min_records_per_task: u64,
+    /// A large batch's ranges are packed into at most this many tasks per task slot of
+    /// the cluster's executors, of about equal offsets (more only where
+    /// `max_records_per_task` needs them): every task costs a round trip, a plan, shuffle
+    /// outputs and a data file, so one wave of tasks that keeps every slot busy is the
+    /// cheapest way through a batch.
+    #[serde(default = "default_tasks_per_slot")]
+    pub tasks_per_slot: u32,
     /// A joined static table smaller than this is sent whole to every task instead of
     /// being shuffled.
     #[serde(default = "default_broadcast_threshold_bytes")]
@@ -950,6 +957,7 @@ impl Default for ParallelismSpec {
             shuffle_partitions: DEFAULT_SHUFFLE_PARTITIONS,
             max_records_per_task: DEFAULT_MAX_RECORDS_PER_TASK,
             min_records_per_task: DEFAULT_MIN_RECORDS_PER_TASK,
+            tasks_per_slot: DEFAULT_TASKS_PER_SLOT,
             broadcast_threshold_bytes: DEFAULT_BROADCAST_THRESHOLD_BYTES,
         }
     }
@@ -970,6 +978,13 @@ pub const DEFAULT_MIN_RECORDS_PER_TASK: u64 = 5_000;
 
 fn default_min_records_per_task() -> u64 {
     DEFAULT_MIN_RECORDS_PER_TASK
+}
+
+/// Default tasks per task slot a batch's ranges are packed into.
+pub const DEFAULT_TASKS_PER_SLOT: u32 = 1;
+
+fn default_tasks_per_slot() -> u32 {
+    DEFAULT_TASKS_PER_SLOT
 }
 fn default_max_records_per_task() -> u64 {
     DEFAULT_MAX_RECORDS_PER_TASK
@@ -1216,6 +1231,12 @@ impl JobSpec {
                     format!("must be between 1 and {MAX_NESTING_DEPTH_LIMIT}"),
                 ));
             }
+        }
+        if self.parallelism.tasks_per_slot == 0 {
+            return Err(Error::spec(
+                "parallelism.tasks_per_slot",
+                "must be above zero",
+            ));
         }
         if self.parallelism.max_records_per_task == 0 {
             return Err(Error::spec(

@@ -520,7 +520,7 @@ struct SchedulerExecution<'a> {
 #[async_trait]
 impl ExecuteBatch for SchedulerExecution<'_> {
     async fn execute(&mut self, plan: &BatchPlan, term: i64) -> Result<Executed> {
-        let tasks = planner::tasks(plan, &self.spec.parallelism);
+        let tasks = planner::tasks(plan, &self.spec.parallelism, self.scheduler.task_slots());
         let results = self
             .scheduler
             .run_batch(self.job, plan, term, tasks)

@@ -119,17 +119,21 @@ pub fn flush_plan(checkpoint: &Checkpoint, now_ms: i64) -> Option<BatchPlan> {
 }
 
 /// A batch's tasks for the stages reading the stream: its ranges cut to at most
-/// `max_records_per_task` offsets, small ones packed together up to `min_records_per_task`.
-pub fn tasks(plan: &BatchPlan, parallelism: &ParallelismSpec) -> Vec<Vec<OffsetRange>> {
+/// `max_records_per_task` offsets and packed into tasks of about equal offsets, at least
+/// `min_records_per_task` each and at most `tasks_per_slot` per task slot of the cluster
+/// (`slots`), so that a large batch runs as one wave over every slot.
+pub fn tasks(plan: &BatchPlan, parallelism: &ParallelismSpec, slots: u32) -> Vec<Vec<OffsetRange>> {
     if plan.ranges.is_empty() {
         // A flush batch: one task, without records, carries the state.
         return vec![vec![]];
     }
     let pieces = split_ranges(&plan.ranges, parallelism.max_records_per_task);
+    let max_tasks = slots.max(1) as usize * parallelism.tasks_per_slot.max(1) as usize;
     pack_ranges(
         pieces,
         parallelism.min_records_per_task,
         parallelism.max_records_per_task,
+        max_tasks,
     )
 }
 
@@ -207,7 +211,7 @@ mod tests {
             (plan.watermark_ms, plan.state_files.clone()),
             (Some(5_000), checkpoint.state_files.clone())
         );
-        let tasks = tasks(&plan, &ParallelismSpec::default());
+        let tasks = tasks(&plan, &ParallelismSpec::default(), 4);
         assert_eq!(tasks, vec![Vec::<OffsetRange>::new()]);
         assert_eq!(checkpoint.after(&plan).offsets, checkpoint.offsets);
     }
@@ -234,7 +238,7 @@ mod tests {
             min_records_per_task: 1,
             ..ParallelismSpec::default()
         };
-        let tasks_of = |parallelism: &ParallelismSpec| tasks(&plan, parallelism);
+        let tasks_of = |parallelism: &ParallelismSpec| tasks(&plan, parallelism, 64);
         let split = tasks_of(&unpacked);
         assert_eq!(split.len(), 5);
         assert!(split.iter().all(|t| t.len() == 1));
@@ -254,5 +258,19 @@ mod tests {
             .collect();
         assert_eq!(sizes, vec![6, 6]);
         assert_eq!(packed[1].len(), 2, "the small ranges share a task");
+        // Pieces 6, 2 and 4: one task per slot where the minimum allows more, more only
+        // where the maximum needs them.
+        let per_slot = |slots, tasks_per_slot| {
+            let spec = ParallelismSpec {
+                max_records_per_task: 6,
+                tasks_per_slot,
+                ..unpacked.clone()
+            };
+            tasks(&plan, &spec, slots).len()
+        };
+        assert_eq!(per_slot(64, 1), 3);
+        assert_eq!(per_slot(2, 1), 2);
+        assert_eq!(per_slot(1, 1), 2, "12 offsets of at most 6 per task need 2");
+        assert_eq!(per_slot(1, 3), 3);
     }
 }

@@ -363,6 +363,16 @@ impl BatchRun<'_> {
 }
 
 impl Scheduler {
+    /// The task slots of every executor alive (at least one).
+    pub fn task_slots(&self) -> u32 {
+        self.registry
+            .alive()
+            .iter()
+            .map(|executor| executor.slots)
+            .sum::<u32>()
+            .max(1)
+    }
+
     pub fn new(registry: Arc<Registry>, task_timeout: Duration) -> Scheduler {
         Scheduler {
             registry,
@@ -406,13 +416,7 @@ impl Scheduler {
             recoveries: Mutex::new(HashMap::new()),
             retried: AtomicBool::new(false),
             crashes: AtomicU32::new(0),
-            reduce_tasks: self
-                .registry
-                .alive()
-                .iter()
-                .map(|executor| executor.slots)
-                .sum::<u32>()
-                .max(1),
+            reduce_tasks: self.task_slots(),
         };
         for stage in job.stages.iter() {
             let tasks = (0..run.task_count(stage)).map(|task| self.run_task(&run, stage.id, task));

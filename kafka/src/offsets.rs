@@ -217,29 +217,40 @@ pub fn split_ranges(ranges: &[OffsetRange], max_per_task: u64) -> Vec<OffsetRang
     pieces
 }
 
-/// Groups `pieces` (each at most `max_per_task` offsets) into tasks: consecutive pieces
-/// join one task until it holds at least `min_per_task` offsets, never exceeding
-/// `max_per_task`. Every piece lands in exactly one task, in order.
+/// Groups `pieces` (each at most `max_per_task` offsets) into tasks of consecutive pieces
+/// with about equal offsets: as many tasks as hold `min_per_task` offsets each (at least
+/// one), at most `max_tasks`, and more only where a task would exceed `max_per_task`. A
+/// piece joins the task its middle offset falls in when the offsets are cut into equal
+/// shares. Every piece lands in exactly one task, in order.
 pub fn pack_ranges(
     pieces: Vec<OffsetRange>,
     min_per_task: u64,
     max_per_task: u64,
+    max_tasks: usize,
 ) -> Vec<Vec<OffsetRange>> {
     let len = |r: &OffsetRange| (r.end - r.start).max(0) as u64;
-    let mut tasks = Vec::new();
-    let mut current: Vec<OffsetRange> = Vec::new();
+    let max_per_task = max_per_task.max(1);
+    let total: u64 = pieces.iter().map(len).sum();
+    let shares = (total / min_per_task.max(1))
+        .clamp(1, max_tasks.max(1) as u64)
+        .max(total.div_ceil(max_per_task))
+        .max(1);
+    let mut tasks: Vec<Vec<OffsetRange>> = Vec::new();
+    let mut share_of_task = None;
     let mut size = 0;
+    let mut before = 0;
     for piece in pieces {
-        let full = size >= min_per_task || size + len(&piece) > max_per_task.max(1);
-        if !current.is_empty() && full {
-            tasks.push(std::mem::take(&mut current));
+        let piece_len = len(&piece);
+        let middle = 2 * before as u128 + piece_len as u128;
+        let share = (middle * shares as u128 / (2 * total.max(1) as u128)).min(shares as u128 - 1);
+        if share_of_task != Some(share) || size + piece_len > max_per_task {
+            tasks.push(Vec::new());
             size = 0;
         }
-        size += len(&piece);
-        current.push(piece);
-    }
-    if !current.is_empty() {
-        tasks.push(current);
+        share_of_task = Some(share);
+        size += piece_len;
+        before += piece_len;
+        tasks.last_mut().expect("a task was pushed").push(piece);
     }
     tasks
 }
@@ -265,18 +276,41 @@ mod tests {
             range(2, 0, 300),
             range(3, 0, 300),
         ];
+        let any = usize::MAX;
         // 1,200 offsets, at least 1,000 per task: one task.
-        let one = pack_ranges(pieces.clone(), 1_000, 5_000);
+        let one = pack_ranges(pieces.clone(), 1_000, 5_000, any);
         assert_eq!(one, vec![pieces.clone()]);
         // At least 500 per task: two tasks of two ranges.
-        let two = pack_ranges(pieces.clone(), 500, 5_000);
+        let two = pack_ranges(pieces.clone(), 500, 5_000, any);
         assert_eq!(two, vec![pieces[..2].to_vec(), pieces[2..].to_vec()]);
         // A task never exceeds the maximum, even below the minimum.
-        let capped = pack_ranges(pieces.clone(), 1_000, 700);
+        let capped = pack_ranges(pieces.clone(), 1_000, 700, any);
         assert_eq!(capped, vec![pieces[..2].to_vec(), pieces[2..].to_vec()]);
         // A minimum of one keeps every range its own task.
-        assert_eq!(pack_ranges(pieces.clone(), 1, 5_000).len(), 4);
-        assert!(pack_ranges(vec![], 1_000, 5_000).is_empty());
+        assert_eq!(pack_ranges(pieces.clone(), 1, 5_000, any).len(), 4);
+        assert!(pack_ranges(vec![], 1_000, 5_000, any).is_empty());
+        // The task count caps how many tasks, unless the maximum needs more.
+        assert_eq!(pack_ranges(pieces.clone(), 1, 5_000, 2), two);
+        assert_eq!(pack_ranges(pieces.clone(), 1, 300, 2).len(), 4);
+    }
+
+    #[test]
+    fn a_large_batch_is_packed_into_tasks_of_about_equal_offsets() {
+        // 400,000 offsets over 48 partitions (8,333 or 8,334 each) into 4 tasks.
+        let pieces: Vec<OffsetRange> = (0..48)
+            .map(|p| range(p, 0, if p < 16 { 8_334 } else { 8_333 }))
+            .collect();
+        let tasks = pack_ranges(pieces.clone(), 5_000, 500_000, 4);
+        let sizes: Vec<usize> = tasks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![12, 12, 12, 12]);
+        assert_eq!(tasks.concat(), pieces, "every range once, in order");
+        // Ten ranges of 10,000 into four tasks: 20,000 to 30,000 offsets each.
+        let pieces: Vec<OffsetRange> = (0..10).map(|p| range(p, 0, 10_000)).collect();
+        let offsets: Vec<i64> = pack_ranges(pieces, 5_000, 500_000, 4)
+            .iter()
+            .map(|task| task.iter().map(|r| r.end - r.start).sum())
+            .collect();
+        assert_eq!(offsets, vec![20_000, 30_000, 20_000, 30_000]);
     }
 
     fn marks(entries: &[(&str, i32, i64, i64)]) -> BTreeMap<(String, i32), Watermarks> {
