@@ -363,19 +363,62 @@ impl OffsetReader {
         Ok(offsets)
     }
 
-    /// Low and high watermarks of every partition of `topics`.
+    /// Low and high watermarks of every partition of `topics`: two offset lookups for all
+    /// partitions at once (the earliest and the latest offsets), not two per partition, so
+    /// planning a batch costs the same few round trips however many partitions it reads.
+    /// A partition the batched lookup leaves without an offset is asked on its own.
     pub fn watermarks(&self, topics: &[String]) -> Result<BTreeMap<(String, i32), Watermarks>> {
+        let partitions: Vec<(String, i32)> = self
+            .partitions(topics)?
+            .into_iter()
+            .flat_map(|(topic, count)| (0..count).map(move |p| (topic.clone(), p)))
+            .collect();
+        let lows = self.list_offsets(&partitions, Offset::Beginning)?;
+        let highs = self.list_offsets(&partitions, Offset::End)?;
         let mut marks = BTreeMap::new();
-        for (topic, count) in self.partitions(topics)? {
-            for partition in 0..count {
-                let (low, high) = self.within_timeout(
-                    || format!("watermarks of {topic}/{partition}"),
-                    |timeout| self.consumer.fetch_watermarks(&topic, partition, timeout),
-                )?;
-                marks.insert((topic.clone(), partition), Watermarks { low, high });
-            }
+        for (topic, partition) in partitions {
+            let key = (topic, partition);
+            let (low, high) = match (lows.get(&key), highs.get(&key)) {
+                (Some(low), Some(high)) => (*low, *high),
+                _ => self.within_timeout(
+                    || format!("watermarks of {}/{}", key.0, key.1),
+                    |timeout| self.consumer.fetch_watermarks(&key.0, key.1, timeout),
+                )?,
+            };
+            marks.insert(key, Watermarks { low, high });
         }
         Ok(marks)
+    }
+
+    /// The earliest (`Offset::Beginning`) or latest (`Offset::End`, the last stable
+    /// offset under `read_committed`) offset of each of `partitions`, in one Kafka offset
+    /// lookup per leader; partitions the answer gives no offset for are left out.
+    fn list_offsets(
+        &self,
+        partitions: &[(String, i32)],
+        which: Offset,
+    ) -> Result<BTreeMap<(String, i32), i64>> {
+        let mut request = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            request
+                .add_partition_offset(topic, *partition, which)
+                .map_err(|e| kafka_error(&self.bootstrap_servers, e))?;
+        }
+        let found = self.within_timeout(
+            || format!("{which:?} offsets"),
+            |timeout| self.consumer.offsets_for_times(request.clone(), timeout),
+        )?;
+        Ok(found
+            .elements()
+            .iter()
+            .filter(|element| element.error().is_ok())
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) if offset >= 0 => {
+                    Some(((element.topic().to_string(), element.partition()), offset))
+                }
+                _ => None,
+            })
+            .collect())
     }
 }
 
@@ -768,6 +811,32 @@ mod tests {
         assert_eq!(offsets, (0..total).collect::<Vec<_>>());
         assert_eq!(summary.records, total as u64);
         assert_eq!(summary.position.map(|p| p.next), Some(total));
+    }
+
+    /// Planning reads every partition's watermarks in two lookups; they are the ones a
+    /// lookup per partition gives, empty partitions and topics included.
+    #[test]
+    fn watermarks_of_many_partitions_are_looked_up_at_once() {
+        let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
+        kafka.create_topic("busy", 3, 1).unwrap();
+        kafka.create_topic("empty", 2, 1).unwrap();
+        let bootstrap = kafka.bootstrap_servers();
+        let producer = crate::synthetic::producer(&bootstrap).unwrap();
+        crate::synthetic::produce_orders(&producer, "busy", 3, 0, 7, None, |_| {}).unwrap();
+        let reader = OffsetReader::new(&bootstrap).unwrap();
+        let marks = reader
+            .watermarks(&["busy".to_string(), "empty".to_string()])
+            .unwrap();
+        assert_eq!(marks.len(), 5);
+        let one_by_one = consumer(&bootstrap).unwrap();
+        for ((topic, partition), found) in &marks {
+            let (low, high) = one_by_one
+                .fetch_watermarks(topic, *partition, METADATA_TIMEOUT)
+                .unwrap();
+            assert_eq!((found.low, found.high), (low, high), "{topic}/{partition}");
+        }
+        let records: i64 = marks.values().map(|m| m.high - m.low).sum();
+        assert_eq!(records, 7);
     }
 
     /// A logged batch whose range reaches past the partition's end (the topic was
