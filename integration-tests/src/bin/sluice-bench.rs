@@ -61,6 +61,11 @@ struct Args {
     /// Small ranges share a task up to this many offsets (default: the product's).
     #[arg(long, default_value_t = sluice_core::spec::DEFAULT_MIN_RECORDS_PER_TASK)]
     min_task_records: u64,
+    /// Records each executor consumer fetches ahead at most, in KiB
+    /// (`queued.max.messages.kbytes` in the jobs' Kafka properties; the default when
+    /// absent).
+    #[arg(long)]
+    fetch_ahead_kbytes: Option<u64>,
     /// Batches each job of the `tables` suite commits on its 100 ms trigger.
     #[arg(long, default_value_t = 2_000)]
     table_batches: u64,
@@ -581,8 +586,21 @@ fn spec(
         .find(|l| l.starts_with("parallelism:"))
         .expect("the test spec sets parallelism")
         .to_string();
-    spec.replace(&test_parallelism, PARALLELISM.get().expect("set in main"))
+    let spec = spec.replace(&test_parallelism, PARALLELISM.get().expect("set in main"));
+    match FETCH_AHEAD_KBYTES.get().copied().flatten() {
+        Some(kbytes) => spec.replacen(
+            "\n    format: ",
+            &format!(
+                "\n    properties: {{queued.max.messages.kbytes: \"{kbytes}\"}}\n    format: "
+            ),
+            1,
+        ),
+        None => spec,
+    }
 }
+
+/// `--fetch-ahead-kbytes`, for every job's spec.
+static FETCH_AHEAD_KBYTES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
 
 /// Partitions of the 100 ms-trigger streams.
 const STREAM_PARTITIONS: i32 = 4;
@@ -1130,6 +1148,9 @@ async fn main() -> Result<()> {
         args.max_task_records, args.min_task_records
     );
     PARALLELISM.set(parallelism.clone()).expect("set once");
+    FETCH_AHEAD_KBYTES
+        .set(args.fetch_ahead_kbytes)
+        .expect("set once");
     println!(
         "# Sluice benchmark\n\nMachine: {}\n\nJobs run with `{parallelism}`.\n",
         machine()
