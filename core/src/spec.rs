@@ -1508,6 +1508,21 @@ sink:
     }
 
     #[test]
+    fn tasks_per_slot_defaults_to_one_and_must_be_above_zero() {
+        assert_eq!(
+            JobSpec::parse(EXAMPLE).unwrap().parallelism.tasks_per_slot,
+            1
+        );
+        let three = format!("{EXAMPLE}\nparallelism: {{tasks_per_slot: 3}}\n");
+        assert_eq!(
+            JobSpec::parse(&three).unwrap().parallelism.tasks_per_slot,
+            3
+        );
+        let zero = format!("{EXAMPLE}\nparallelism: {{tasks_per_slot: 0}}\n");
+        assert_eq!(error_field(&zero), "parallelism.tasks_per_slot");
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         assert_eq!(
             error_field(&with("name: orders-filtered", "name: 'a b'")),
