@@ -335,16 +335,9 @@ impl OffsetReader {
         partitions: impl IntoIterator<Item = (String, i32)>,
         ms: i64,
     ) -> Result<BTreeMap<(String, i32), Option<i64>>> {
-        let mut request = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            request
-                .add_partition_offset(&topic, partition, Offset::Offset(ms))
-                .map_err(|e| kafka_error(&self.bootstrap_servers, e))?;
-        }
-        let found = self.within_timeout(
-            || format!("offsets for time {ms}"),
-            |timeout| self.consumer.offsets_for_times(request.clone(), timeout),
-        )?;
+        let found = self.lookup_offsets(partitions, Offset::Offset(ms), || {
+            format!("offsets for time {ms}")
+        })?;
         let mut offsets = BTreeMap::new();
         for element in found.elements() {
             if let Err(e) = element.error() {
@@ -354,11 +347,10 @@ impl OffsetReader {
                     element.partition()
                 )));
             }
-            let offset = match element.offset() {
-                Offset::Offset(offset) if offset >= 0 => Some(offset),
-                _ => None,
-            };
-            offsets.insert((element.topic().to_string(), element.partition()), offset);
+            offsets.insert(
+                (element.topic().to_string(), element.partition()),
+                found_offset(element.offset()),
+            );
         }
         Ok(offsets)
     }
@@ -398,27 +390,45 @@ impl OffsetReader {
         partitions: &[(String, i32)],
         which: Offset,
     ) -> Result<BTreeMap<(String, i32), i64>> {
-        let mut request = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            request
-                .add_partition_offset(topic, *partition, which)
-                .map_err(|e| kafka_error(&self.bootstrap_servers, e))?;
-        }
-        let found = self.within_timeout(
-            || format!("{which:?} offsets"),
-            |timeout| self.consumer.offsets_for_times(request.clone(), timeout),
-        )?;
+        let found = self.lookup_offsets(partitions.iter().cloned(), which, || {
+            format!("{which:?} offsets")
+        })?;
         Ok(found
             .elements()
             .iter()
             .filter(|element| element.error().is_ok())
-            .filter_map(|element| match element.offset() {
-                Offset::Offset(offset) if offset >= 0 => {
-                    Some(((element.topic().to_string(), element.partition()), offset))
-                }
-                _ => None,
+            .filter_map(|element| {
+                let offset = found_offset(element.offset())?;
+                Some(((element.topic().to_string(), element.partition()), offset))
             })
             .collect())
+    }
+
+    /// Kafka's offset lookup for `partitions` at `at` (a time in ms, or the earliest or
+    /// latest offset), in one request per leader; `what` names it in the error.
+    fn lookup_offsets(
+        &self,
+        partitions: impl IntoIterator<Item = (String, i32)>,
+        at: Offset,
+        what: impl Fn() -> String,
+    ) -> Result<TopicPartitionList> {
+        let mut request = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            request
+                .add_partition_offset(&topic, partition, at)
+                .map_err(|e| kafka_error(&self.bootstrap_servers, e))?;
+        }
+        self.within_timeout(what, |timeout| {
+            self.consumer.offsets_for_times(request.clone(), timeout)
+        })
+    }
+}
+
+/// The offset an offset lookup found, `None` when it found none.
+fn found_offset(offset: Offset) -> Option<i64> {
+    match offset {
+        Offset::Offset(offset) if offset >= 0 => Some(offset),
+        _ => None,
     }
 }
 
