@@ -25,7 +25,7 @@ use sluice_iceberg::sink::{dead_letter_ident, table_ident};
 use sluice_iceberg::storage::list_with_prefix;
 use sluice_kafka::synthetic::{produce_orders, producer};
 use sluice_proto::v1::driver_client::DriverClient;
-use sluice_proto::v1::{GetJobStatusRequest, JobStatus, SubmitJobRequest};
+use sluice_proto::v1::{BatchProgress, GetJobStatusRequest, JobStatus, SubmitJobRequest};
 use sluice_testkit::{free_port, EtcdServer};
 use tonic::transport::Channel;
 
@@ -631,6 +631,31 @@ impl TestCluster {
         self.produce_values(topic, partition, &values)
     }
 
+    /// Produces one order per customer in `customers`, all at event time `ts_ms`,
+    /// customer `c` to partition `c % partitions` of `topic`.
+    pub fn produce_customer_orders(
+        &self,
+        topic: &str,
+        partitions: i32,
+        customers: std::ops::Range<i64>,
+        ts_ms: i64,
+    ) -> Result<()> {
+        for partition in 0..partitions {
+            let values: Vec<String> = customers
+                .clone()
+                .filter(|c| c % partitions as i64 == partition as i64)
+                .map(|c| {
+                    format!(
+                        r#"{{"order_id":"o{c}-{ts_ms}","customer_id":{c},"product_id":1,"amount":1.0,"country":"DE","ts":{ts_ms}}}"#
+                    )
+                })
+                .collect();
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            self.produce_raw(topic, partition, &values)?;
+        }
+        Ok(())
+    }
+
     /// Produces records to one partition, any bytes; `None` is a tombstone.
     pub fn produce_values(
         &self,
@@ -816,6 +841,20 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
             self.logs_tail(40)
         );
         status
+    }
+
+    /// Submits `spec`, waits until the job finished and returns its last batch that read
+    /// records (an `available_now` job's flush batch after it reads none).
+    pub async fn run_to_last_batch_with_records(&self, spec: &str) -> BatchProgress {
+        let job = self.submit(spec).await.unwrap();
+        let status = self.wait_until_finished(&job).await;
+        status
+            .recent_batches
+            .iter()
+            .rev()
+            .find(|b| b.input_rows > 0)
+            .cloned()
+            .unwrap_or_else(|| panic!("no batch of {job} read records: {status:?}"))
     }
 
     /// Waits for the [`check::FILTER_SQL`] job to finish, then checks that its table holds

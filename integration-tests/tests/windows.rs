@@ -335,33 +335,11 @@ async fn a_batch_writes_the_state_it_changed_and_carries_the_rest_over() {
         "    watermark: {column: ts, delay: 0s}\n    window: {size: 1h}",
     );
     let send = |customers: std::ops::Range<i64>, at: i64| {
-        for partition in 0..2 {
-            let values: Vec<String> = customers
-                .clone()
-                .filter(|c| c % 2 == partition as i64)
-                .map(|c| {
-                    format!(
-                        r#"{{"order_id":"o{c}-{at}","customer_id":{c},"product_id":1,"amount":1.0,"country":"DE","ts":{}}}"#,
-                        hour + at
-                    )
-                })
-                .collect();
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            cluster.produce_raw("clicks", partition, &values).unwrap();
-        }
+        cluster
+            .produce_customer_orders("clicks", 2, customers, hour + at)
+            .unwrap();
     };
-    let run = || async {
-        let job = cluster.submit(&spec).await.unwrap();
-        let status = cluster.wait_until_finished(&job).await;
-        // The last batch with records (the flush after it reads none).
-        status
-            .recent_batches
-            .iter()
-            .rev()
-            .find(|b| b.input_rows > 0)
-            .cloned()
-            .unwrap()
-    };
+    let run = || cluster.run_to_last_batch_with_records(&spec);
 
     // Every customer opens a group in the hour's window.
     send(0..CUSTOMERS, 1_000);
