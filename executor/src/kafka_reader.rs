@@ -1,13 +1,17 @@
 //! Offset ranges -> decoded Arrow batches. Consumers are pooled per bootstrap address so a
 //! task does not pay for a new connection; offsets are never committed.
 //!
-//! A pooled consumer stays assigned to the partition it last read and keeps fetching
-//! ahead. The next range of that partition starts where the last one ended, so a task
-//! handed that consumer finds its records already fetched instead of waiting for a seek
-//! and a fetch round trip; the driver sends a partition's ranges to the same executor
-//! while it has room. Consumers idle longer than [`READ_AHEAD_TTL`] stop fetching ahead.
-//! Without read-ahead (`--kafka-read-ahead false`) idle consumers are unassigned and every
-//! read seeks.
+//! A task's several ranges are read by one consumer together (one client, one fetch
+//! stream), decoded chunk by chunk as they arrive; the consumer is then unassigned.
+//!
+//! A task of a single range (small batches, e.g. a 100 ms trigger over one partition)
+//! gets read-ahead instead: a pooled consumer stays assigned to the partition it last
+//! read and keeps fetching ahead. The next range of that partition starts where the last
+//! one ended, so a task handed that consumer finds its records already fetched instead of
+//! waiting for a seek and a fetch round trip; the driver sends a partition's ranges to the
+//! same executor while it has room. Consumers idle longer than [`READ_AHEAD_TTL`] stop
+//! fetching ahead. Without read-ahead (`--kafka-read-ahead false`) idle consumers are
+//! unassigned and every read seeks.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,6 +23,7 @@ use sluice_core::Result;
 use sluice_kafka::decode::{DeadLetter, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
 use sluice_kafka::read::{read_range_chunks, Connection, KafkaConsumer, Position};
+use sluice_kafka::read_together::{continues_all, read_ranges_together};
 
 use crate::event_time::event_time_stats;
 
@@ -37,8 +42,9 @@ pub struct ConsumerPool {
 
 struct PooledConsumer {
     consumer: KafkaConsumer,
-    /// Where the consumer stands; `None` when unknown (it must seek).
-    position: Option<Position>,
+    /// Where the consumer stands: every partition it is assigned and fetching ahead on,
+    /// with the next offset it returns; empty when unknown (it must seek).
+    standing: Vec<Position>,
     idle_since: Instant,
 }
 
@@ -95,26 +101,27 @@ impl ConsumerPool {
         }
     }
 
-    /// The consumer standing where `range` starts, else an unpositioned or the longest
-    /// idle one, else a new one. Consumers idle too long stop fetching ahead on the way.
-    fn take(&self, connection: &Connection, range: &OffsetRange) -> Result<PooledConsumer> {
+    /// The consumer standing where `ranges` start (see [`continues_all`]), else an
+    /// unpositioned or the longest idle one, else a new one. Consumers idle too long stop
+    /// fetching ahead on the way.
+    fn take(&self, connection: &Connection, ranges: &[OffsetRange]) -> Result<PooledConsumer> {
         let pooled = {
             let mut idle = self.idle.lock().expect("pool lock");
             let consumers = idle.entry(pool_key(connection)).or_default();
             for stale in consumers
                 .iter_mut()
-                .filter(|c| c.position.is_some() && c.idle_since.elapsed() >= READ_AHEAD_TTL)
+                .filter(|c| !c.standing.is_empty() && c.idle_since.elapsed() >= READ_AHEAD_TTL)
             {
-                stale.position = None;
+                stale.standing.clear();
                 let _ = stale.consumer.unassign();
             }
             let continuing = consumers
                 .iter()
-                .position(|c| c.position.as_ref().is_some_and(|p| p.continues(range)));
+                .position(|c| continues_all(&c.standing, ranges));
             let longest_idle = || {
                 (0..consumers.len()).min_by_key(|&i| {
                     // Unpositioned consumers first, then the longest idle.
-                    (consumers[i].position.is_some(), consumers[i].idle_since)
+                    (!consumers[i].standing.is_empty(), consumers[i].idle_since)
                 })
             };
             continuing
@@ -125,13 +132,19 @@ impl ConsumerPool {
             Some(c) => Ok(c),
             None => Ok(PooledConsumer {
                 consumer: connection.consumer()?,
-                position: None,
+                standing: Vec::new(),
                 idle_since: Instant::now(),
             }),
         }
     }
 
+    /// Pools a consumer after a read; without read-ahead it stops fetching first (the
+    /// next read seeks).
     fn give_back(&self, connection: &Connection, mut pooled: PooledConsumer) {
+        if !self.read_ahead && !pooled.standing.is_empty() {
+            pooled.standing.clear();
+            let _ = pooled.consumer.unassign();
+        }
         pooled.idle_since = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
         let consumers = idle.entry(pool_key(connection)).or_default();
@@ -153,14 +166,14 @@ impl ConsumerPool {
         range: &OffsetRange,
         fail_on_data_loss: bool,
     ) -> Result<DecodedRange> {
-        let mut pooled = self.take(connection, range)?;
+        let mut pooled = self.take(connection, std::slice::from_ref(range))?;
         let mut decoded = DecodedRange::default();
         let read = read_range_chunks(
             &pooled.consumer,
             &connection.bootstrap_servers,
             range,
             fail_on_data_loss,
-            pooled.position.as_ref(),
+            pooled.standing.first(),
             |chunk| {
                 let started = Instant::now();
                 let chunk = decoder.decode(&range.topic, range.partition, chunk)?;
@@ -173,18 +186,55 @@ impl ConsumerPool {
         )?;
         decoded.records = read.records;
         decoded.offsets_lost = read.offsets_lost;
-        pooled.position = read.position.clone();
-        if !self.read_ahead {
-            // Stop fetching; the next read seeks.
-            pooled.position = None;
-            let _ = pooled.consumer.unassign();
-        }
+        pooled.standing = read.position.into_iter().collect();
         self.give_back(connection, pooled);
         Ok(decoded)
     }
 
-    /// Reads and decodes every range; several ranges are read at once, one pooled
-    /// consumer each. Blocking: call from a blocking thread.
+    /// Reads and decodes several ranges with one pooled consumer (one client and fetch
+    /// stream for all of them), decoding each range's chunks as they come; the consumer
+    /// standing where they all start, if any, reads on from what it fetched ahead.
+    /// Blocking.
+    fn read_together(
+        &self,
+        connection: &Connection,
+        decoder: &RecordDecoder,
+        ranges: &[OffsetRange],
+        fail_on_data_loss: bool,
+    ) -> Result<Vec<DecodedRange>> {
+        let mut pooled = self.take(connection, ranges)?;
+        let mut decoded: Vec<DecodedRange> =
+            ranges.iter().map(|_| DecodedRange::default()).collect();
+        let read = read_ranges_together(
+            &pooled.consumer,
+            &connection.bootstrap_servers,
+            ranges,
+            fail_on_data_loss,
+            &pooled.standing,
+            |i, chunk| {
+                let range = &ranges[i];
+                let started = Instant::now();
+                let chunk = decoder.decode(&range.topic, range.partition, chunk)?;
+                let decoded = &mut decoded[i];
+                decoded.decode_time += started.elapsed();
+                decoded.malformed_skipped += chunk.malformed_skipped;
+                decoded.dead_letters.extend(chunk.dead_letters);
+                decoded.batches.push(chunk.batch);
+                Ok(())
+            },
+        )?;
+        for (decoded, summary) in decoded.iter_mut().zip(read.ranges) {
+            decoded.records = summary.records;
+            decoded.offsets_lost = summary.offsets_lost;
+        }
+        pooled.standing = read.standing;
+        self.give_back(connection, pooled);
+        Ok(decoded)
+    }
+
+    /// Reads and decodes every range. A task's several ranges share one consumer (see
+    /// [`read_ranges_together`]); a single range is read by the pooled consumer standing
+    /// where it starts, if any. Blocking: call from a blocking thread.
     pub fn read(
         &self,
         connection: &Connection,
@@ -193,26 +243,10 @@ impl ConsumerPool {
         fail_on_data_loss: bool,
         event_time: Option<EventTime<'_>>,
     ) -> Result<TaskInput> {
-        // Each range is read and decoded on its own thread, chunk by chunk, so decoding
-        // overlaps fetching and no range's records are ever copied or held whole.
-        let reads: Vec<Result<DecodedRange>> = std::thread::scope(|scope| {
-            let readers: Vec<_> = ranges
-                .iter()
-                .map(|range| {
-                    scope
-                        .spawn(move || self.read_one(connection, decoder, range, fail_on_data_loss))
-                })
-                .collect();
-            readers
-                .into_iter()
-                // A reader's panic goes on up to the task, which reports it.
-                .map(|reader| {
-                    reader
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        });
+        let reads = match ranges {
+            [range] => vec![self.read_one(connection, decoder, range, fail_on_data_loss)?],
+            _ => self.read_together(connection, decoder, ranges, fail_on_data_loss)?,
+        };
         let mut input = TaskInput {
             batches: Vec::with_capacity(ranges.len()),
             input_rows: 0,
@@ -224,7 +258,6 @@ impl ConsumerPool {
             decode_time: Duration::ZERO,
         };
         for (range, read) in ranges.iter().zip(reads) {
-            let read = read?;
             input.input_rows += read.records;
             input.offsets_lost += read.offsets_lost;
             input.decode_time += read.decode_time;
@@ -252,7 +285,7 @@ impl ConsumerPool {
 #[cfg(test)]
 mod tests {
     use arrow::array::AsArray;
-    use arrow::datatypes::Int64Type;
+    use arrow::datatypes::{Int32Type, Int64Type};
     use sluice_testkit::{mock_topic, partition_range};
 
     use super::*;
@@ -262,7 +295,7 @@ mod tests {
         let idle = pool.idle.lock().unwrap();
         idle[&pool_key(connection)]
             .iter()
-            .map(|c| c.position.as_ref().map(|p| p.next))
+            .map(|c| c.standing.first().map(|p| p.next))
             .collect()
     }
 
@@ -304,6 +337,66 @@ mod tests {
                     "one consumer, reused"
                 );
             }
+        }
+    }
+
+    /// A task's ranges share one consumer, which then stands at their ends and reads the
+    /// ranges that follow from what it fetched ahead; each range gets exactly its records.
+    #[test]
+    fn a_tasks_ranges_share_one_consumer_that_reads_on_where_they_ended() {
+        let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
+        kafka.create_topic("t", 2, 1).unwrap();
+        let producer = sluice_kafka::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
+        sluice_kafka::synthetic::produce_orders(&producer, "t", 2, 0, 40, None, |_| {}).unwrap();
+        let connection = Connection::plain(&kafka.bootstrap_servers());
+        let spec =
+            serde_json::from_str(r#"{"bootstrap_servers": "b", "topics": ["t"], "format": "raw"}"#);
+        let decoder = RecordDecoder::new(&spec.unwrap()).unwrap();
+        let pool = ConsumerPool::new(true);
+        let range = |partition, start, end| OffsetRange {
+            partition,
+            ..partition_range("t", start, end)
+        };
+        for (start, end) in [(0, 10), (10, 20)] {
+            let ranges = [range(0, start, end), range(1, start, end)];
+            let input = pool
+                .read(&connection, &decoder, &ranges, true, None)
+                .unwrap();
+            assert_eq!(input.input_rows, 2 * (end - start) as u64);
+            let mut read: Vec<(i32, i64)> = input
+                .batches
+                .iter()
+                .flat_map(|b| {
+                    let partitions = b
+                        .column_by_name("_partition")
+                        .unwrap()
+                        .as_primitive::<Int32Type>()
+                        .values()
+                        .to_vec();
+                    let offsets = b
+                        .column_by_name("_offset")
+                        .unwrap()
+                        .as_primitive::<Int64Type>()
+                        .values()
+                        .to_vec();
+                    partitions.into_iter().zip(offsets)
+                })
+                .collect();
+            read.sort();
+            let expected: Vec<(i32, i64)> = (0..2)
+                .flat_map(|p| (start..end).map(move |o| (p, o)))
+                .collect();
+            assert_eq!(read, expected);
+            let idle = pool.idle.lock().unwrap();
+            let standing: Vec<Vec<(i32, i64)>> = idle[&pool_key(&connection)]
+                .iter()
+                .map(|c| c.standing.iter().map(|p| (p.partition, p.next)).collect())
+                .collect();
+            assert_eq!(
+                standing,
+                vec![vec![(0, end), (1, end)]],
+                "one consumer, reused"
+            );
         }
     }
 }

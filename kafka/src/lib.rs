@@ -1,5 +1,5 @@
 //! Kafka for Sluice: offset ranges, batch plans and checkpoints (`offsets`), exact reads of
-//! an offset range (`read`), records to Arrow (`decode`, bounded by `json_guard`; Avro
+//! an offset range (`read`) and of a task's ranges with one consumer (`read_together`), records to Arrow (`decode`, bounded by `json_guard`; Avro
 //! values through `avro`, with a schema registry), and the
 //! synthetic order events of the demo, `sluice produce` and the tests (`synthetic`), and
 //! the Nexmark benchmark's events (`nexmark`).
@@ -10,4 +10,5 @@ pub mod json_guard;
 pub mod nexmark;
 pub mod offsets;
 pub mod read;
+pub mod read_together;
 pub mod synthetic;
