@@ -163,8 +163,12 @@ fn consumer_from(mut config: ClientConfig, bootstrap_servers: &str) -> Result<Ka
         // Small fetch requests must not wait for a delayed ACK.
         ("socket.nagle.disable", "true"),
         ("socket.connection.setup.timeout.ms", "5000"),
-        // A pooled consumer keeps fetching ahead on its partition; bound what it holds.
+        // A pooled consumer keeps fetching ahead on its partitions; bound what it holds.
         ("queued.max.messages.kbytes", "16384"),
+        // Once that bound is reached, a partition waits this long before it fetches
+        // again. librdkafka's default (1 s) turns a consumer that drains its queue in
+        // tens of milliseconds into one that idles most of every second.
+        ("fetch.queue.backoff.ms", "10"),
         ("log_level", "3"),
     ];
     for (name, value) in defaults {
