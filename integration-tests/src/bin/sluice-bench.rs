@@ -35,7 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_integration_tests::TestCluster;
-use sluice_kafka::synthetic::{producer, Order};
+use sluice_kafka::synthetic::{bulk_producer, producer, Order};
 use sluice_proto::v1::{BatchProgress, StopJobRequest, WatchJobRequest};
 
 /// Benchmark Sluice against a plain Kafka consumer.
@@ -132,7 +132,7 @@ fn produce_events(
     count: u64,
     event_time: impl Fn(u64) -> i64,
 ) -> Result<()> {
-    let producer = producer(&cluster.bootstrap_servers())?;
+    let producer = bulk_producer(&cluster.bootstrap_servers())?;
     let events = sluice_kafka::synthetic::EventRange {
         first,
         count,
@@ -1044,7 +1044,7 @@ async fn nexmark(cluster: &TestCluster, args: &Args) -> Result<()> {
     use sluice_kafka::nexmark::{event_json, Q0, Q1, Q2, SCHEMA_YAML};
     let topic = "nexmark";
     cluster.kafka.create_topic(topic, args.partitions, 1)?;
-    let producer = producer(&cluster.bootstrap_servers())?;
+    let producer = bulk_producer(&cluster.bootstrap_servers())?;
     let events = sluice_kafka::synthetic::EventRange {
         first: 0,
         count: args.events,
