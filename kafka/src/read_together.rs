@@ -4,11 +4,13 @@
 //! range. Messages are routed to their range as they arrive, and handed over per range in
 //! offset order and in bounded chunks, still in librdkafka's buffers.
 //!
-//! A range's partition is paused once the range is read (librdkafka then drops what it
-//! fetched past the range and will fetch on from the range's end). When every range ended
-//! exactly there, the read resumes them all and says where the consumer stands: it fetches
-//! ahead while idle, and a next read of the ranges that follow on the same partitions
-//! finds their records already fetched (read-ahead), as a single-range read does.
+//! A range's partition is unassigned once the range is read (librdkafka stops fetching it
+//! and drops what it fetched past the range). When every range is read, the read assigns
+//! them all again at their ends and says where the consumer stands: it fetches ahead while
+//! idle, and a next read of the ranges that follow on the same partitions finds their
+//! records already fetched (read-ahead), as a single-range read does. (Pausing and
+//! resuming the partitions instead would keep a resumed partition waiting up to a second:
+//! librdkafka's broker thread notices a resume only at its next periodic wake-up.)
 //!
 //! This is the fast path for the common case: every range's records arrive. Anything
 //! else (a fetch error, offsets deleted by retention, a partition that stops short of its
@@ -40,7 +42,7 @@ pub struct RangesRead {
     /// Per range, in the order given.
     pub ranges: Vec<RangeSummary>,
     /// Where the consumer stands, fetching ahead: every range's partition at the range's
-    /// end. Empty when that is not known (a range did not end exactly there); the
+    /// end. Empty when a range was finished by the exact single-range reader; the
     /// consumer is then unassigned.
     pub standing: Vec<Position>,
 }
@@ -95,7 +97,7 @@ pub fn read_ranges_together(
         });
     }
     let mut reads: Vec<RangeProgress> = ranges.iter().map(RangeProgress::new).collect();
-    let exact = read_until_done_or_quiet(
+    let all_read = read_until_done_or_quiet(
         consumer,
         bootstrap_servers,
         ranges,
@@ -103,7 +105,7 @@ pub fn read_ranges_together(
         &mut reads,
         &mut on_chunk,
     )?;
-    if exact {
+    if all_read {
         let summaries = reads
             .iter()
             .map(|read| RangeSummary {
@@ -195,10 +197,9 @@ fn flush(
 /// Assigns the ranges' partitions at their starts (unless the consumer already stands
 /// there: `positioned`) and takes records until every range is done, a poll fails or
 /// nothing arrives for [`QUIET_BEFORE_CHECKING`]; every record taken is handed over
-/// before it returns, and the partitions paused on the way are resumed. Returns whether
-/// every range was read to exactly its end (no record past a range's end was consumed),
-/// i.e. whether each partition now fetches on from its range's end. Errors are only those
-/// of `on_chunk` and of assigning; a failed poll ends the shared read quietly (the exact
+/// before it returns. Returns whether every range was read; the partitions are then
+/// assigned again at the ranges' ends, fetching ahead. Errors are only those of
+/// `on_chunk` and of assigning; a failed poll ends the shared read quietly (the exact
 /// reader meets the failure again and names it).
 fn read_until_done_or_quiet<'c>(
     consumer: &'c KafkaConsumer,
@@ -208,50 +209,51 @@ fn read_until_done_or_quiet<'c>(
     reads: &mut [RangeProgress<'c>],
     on_chunk: &mut impl FnMut(usize, &[BorrowedMessage<'_>]) -> Result<()>,
 ) -> Result<bool> {
-    let kafka_error = |e: rdkafka::error::KafkaError| Error::Kafka {
-        bootstrap_servers: bootstrap_servers.to_string(),
-        message: format!("assigning a task's partitions: {e}"),
-    };
-    if !positioned {
+    let assign_at = |offset_of: fn(&OffsetRange) -> i64| -> Result<()> {
+        let failed = |e: rdkafka::error::KafkaError| Error::Kafka {
+            bootstrap_servers: bootstrap_servers.to_string(),
+            message: format!("assigning a task's partitions: {e}"),
+        };
         let mut assignment = TopicPartitionList::new();
         for range in ranges {
             assignment
-                .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.start))
-                .map_err(kafka_error)?;
+                .add_partition_offset(
+                    &range.topic,
+                    range.partition,
+                    Offset::Offset(offset_of(range)),
+                )
+                .map_err(failed)?;
         }
-        consumer.assign(&assignment).map_err(kafka_error)?;
+        consumer.assign(&assignment).map_err(failed)
+    };
+    if !positioned {
+        assign_at(|range| range.start)?;
     }
-    let mut paused = TopicPartitionList::new();
-    let taken = take_records(consumer, ranges, reads, on_chunk, &mut paused);
-    if paused.count() > 0 {
-        // Fetching goes on from where each paused partition's range ended.
-        let _ = consumer.resume(&paused);
+    if !take_records(consumer, ranges, reads, on_chunk)? {
+        return Ok(false);
     }
-    taken
+    assign_at(|range| range.end)?;
+    Ok(true)
 }
 
-/// The loop of [`read_until_done_or_quiet`]; the partitions it pauses are added to
-/// `paused`.
+/// The loop of [`read_until_done_or_quiet`]: whether every range was read.
 fn take_records<'c>(
     consumer: &'c KafkaConsumer,
     ranges: &[OffsetRange],
     reads: &mut [RangeProgress<'c>],
     on_chunk: &mut impl FnMut(usize, &[BorrowedMessage<'_>]) -> Result<()>,
-    paused: &mut TopicPartitionList,
 ) -> Result<bool> {
     let index: HashMap<(&str, i32), usize> = ranges
         .iter()
         .enumerate()
         .map(|(i, range)| ((range.topic.as_str(), range.partition), i))
         .collect();
-    // Stops fetching a finished range's partition: librdkafka drops what it fetched past
-    // the range and, on resume, fetches on from the last record taken.
-    let mut finish = |range: &OffsetRange| {
+    // Stops fetching a finished range's partition; librdkafka drops what it fetched past
+    // the range.
+    let finish = |range: &OffsetRange| {
         let mut done = TopicPartitionList::new();
         done.add_partition(&range.topic, range.partition);
-        if consumer.pause(&done).is_ok() {
-            paused.add_partition(&range.topic, range.partition);
-        }
+        let _ = consumer.incremental_unassign(&done);
     };
     let mut unfinished = 0;
     for (range, read) in ranges.iter().zip(reads.iter()) {
@@ -261,7 +263,6 @@ fn take_records<'c>(
             unfinished += 1;
         }
     }
-    let mut exact = true;
     let mut held = 0usize;
     let mut last_progress = Instant::now();
     let mut progressed = false;
@@ -277,10 +278,8 @@ fn take_records<'c>(
                     continue;
                 }
                 if message.offset() >= read.end {
-                    // The range ended in a gap and this record past it is consumed: the
-                    // partition's position is lost.
+                    // The range ended in a gap.
                     read.done = true;
-                    exact = false;
                 } else {
                     read.next = message.offset() + 1;
                     read.records += 1;
@@ -334,7 +333,7 @@ fn take_records<'c>(
     for i in 0..reads.len() {
         flush(reads, i, on_chunk)?;
     }
-    Ok(exact && unfinished == 0)
+    Ok(unfinished == 0)
 }
 
 #[cfg(test)]

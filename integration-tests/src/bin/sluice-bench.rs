@@ -61,11 +61,10 @@ struct Args {
     /// Small ranges share a task up to this many offsets (default: the product's).
     #[arg(long, default_value_t = sluice_core::spec::DEFAULT_MIN_RECORDS_PER_TASK)]
     min_task_records: u64,
-    /// Records each executor consumer fetches ahead at most, in KiB
-    /// (`queued.max.messages.kbytes` in the jobs' Kafka properties; the default when
-    /// absent).
-    #[arg(long)]
-    fetch_ahead_kbytes: Option<u64>,
+    /// A librdkafka property for every job's consumers, as NAME=VALUE (repeatable), e.g.
+    /// `queued.max.messages.kbytes=4096` for how much each consumer fetches ahead.
+    #[arg(long = "kafka-property", value_parser = kafka_property)]
+    kafka_properties: Vec<(String, String)>,
     /// Batches each job of the `tables` suite commits on its 100 ms trigger.
     #[arg(long, default_value_t = 2_000)]
     table_batches: u64,
@@ -587,20 +586,31 @@ fn spec(
         .expect("the test spec sets parallelism")
         .to_string();
     let spec = spec.replace(&test_parallelism, PARALLELISM.get().expect("set in main"));
-    match FETCH_AHEAD_KBYTES.get().copied().flatten() {
-        Some(kbytes) => spec.replacen(
-            "\n    format: ",
-            &format!(
-                "\n    properties: {{queued.max.messages.kbytes: \"{kbytes}\"}}\n    format: "
-            ),
-            1,
-        ),
-        None => spec,
+    let properties = KAFKA_PROPERTIES.get().expect("set in main");
+    if properties.is_empty() {
+        return spec;
     }
+    let listed: Vec<String> = properties
+        .iter()
+        .map(|(name, value)| format!("{name}: {value:?}"))
+        .collect();
+    spec.replacen(
+        "\n    format: ",
+        &format!("\n    properties: {{{}}}\n    format: ", listed.join(", ")),
+        1,
+    )
 }
 
-/// `--fetch-ahead-kbytes`, for every job's spec.
-static FETCH_AHEAD_KBYTES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+/// `--kafka-property`, for every job's spec.
+static KAFKA_PROPERTIES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// `NAME=VALUE`, split.
+fn kafka_property(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
+}
 
 /// Partitions of the 100 ms-trigger streams.
 const STREAM_PARTITIONS: i32 = 4;
@@ -1158,8 +1168,8 @@ async fn main() -> Result<()> {
         args.max_task_records, args.min_task_records
     );
     PARALLELISM.set(parallelism.clone()).expect("set once");
-    FETCH_AHEAD_KBYTES
-        .set(args.fetch_ahead_kbytes)
+    KAFKA_PROPERTIES
+        .set(args.kafka_properties.clone())
         .expect("set once");
     println!(
         "# Sluice benchmark\n\nMachine: {}\n\nJobs run with `{parallelism}`.\n",
