@@ -31,22 +31,26 @@ pub const CHUNK_RECORDS: usize = 8192;
 /// How long an error the client logged stays the explanation of a failed request.
 const CLIENT_ERROR_RELEVANCE: Duration = Duration::from_secs(60);
 
-/// A consumer that remembers the last error librdkafka logged for it.
-pub type KafkaConsumer = BaseConsumer<ClientErrors>;
+/// A consumer that remembers the last error librdkafka logged for it and the topics it
+/// has looked up.
+pub type KafkaConsumer = BaseConsumer<ConsumerNotes>;
 
 /// Client context that passes librdkafka's log lines on to tracing and keeps the last
 /// error among them (a refused SASL login, a failed TLS handshake, an unreachable
 /// broker): a request that then fails says why, instead of only "broker transport
-/// failure".
+/// failure". It also notes which topics' metadata the consumer has (see
+/// [`look_up_topics`]).
 #[derive(Default)]
-pub struct ClientErrors {
+pub struct ConsumerNotes {
     last: std::sync::Mutex<Option<(Instant, String)>>,
     /// The broker refused the client (authentication or TLS failed): retrying the same
     /// request will not help.
     refused: std::sync::atomic::AtomicBool,
+    /// Topics whose metadata the consumer has looked up.
+    known_topics: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-impl ClientErrors {
+impl ConsumerNotes {
     /// The last error logged within the last minute.
     pub fn recent(&self) -> Option<String> {
         let last = self.last.lock().expect("client errors lock");
@@ -61,7 +65,7 @@ impl ClientErrors {
     }
 }
 
-impl ClientContext for ClientErrors {
+impl ClientContext for ConsumerNotes {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -101,7 +105,7 @@ impl ClientContext for ClientErrors {
     }
 }
 
-impl ConsumerContext for ClientErrors {}
+impl ConsumerContext for ConsumerNotes {}
 
 /// Where a job's Kafka is and how to reach it: bootstrap servers and the spec's client
 /// properties (secret references unresolved).
@@ -188,7 +192,7 @@ fn consumer_from(mut config: ClientConfig, bootstrap_servers: &str) -> Result<Ka
         .set("isolation.level", "read_committed")
         // A range below the earliest offset is data loss; never silently jump.
         .set("auto.offset.reset", "error")
-        .create_with_context(ClientErrors::default())
+        .create_with_context(ConsumerNotes::default())
         .map_err(|e| kafka_error(bootstrap_servers, e))
 }
 
@@ -196,6 +200,35 @@ fn kafka_error(bootstrap_servers: &str, e: impl std::fmt::Display) -> Error {
     Error::Kafka {
         bootstrap_servers: bootstrap_servers.to_string(),
         message: e.to_string(),
+    }
+}
+
+/// Looks up the metadata of those of `topics` the consumer has not looked up yet, before
+/// it is assigned their partitions. librdkafka would look them up itself after the
+/// assignment, but its broker thread then starts fetching only at its next periodic
+/// wake-up, up to a second later. A failed lookup is left to the read that follows
+/// (which names what went wrong).
+pub fn look_up_topics<'t>(consumer: &KafkaConsumer, topics: impl IntoIterator<Item = &'t str>) {
+    let notes = consumer.context();
+    for topic in topics {
+        if notes
+            .known_topics
+            .lock()
+            .expect("topics lock")
+            .contains(topic)
+        {
+            continue;
+        }
+        match consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT) {
+            Ok(_) => {
+                notes
+                    .known_topics
+                    .lock()
+                    .expect("topics lock")
+                    .insert(topic.to_string());
+            }
+            Err(e) => tracing::debug!(topic, "looking up a topic before reading it: {e}"),
+        }
     }
 }
 
@@ -631,6 +664,7 @@ fn read_from<F: FnMut(&[BorrowedMessage<'_>]) -> Result<()>>(
         });
     }
     if !positioned {
+        look_up_topics(consumer, [range.topic.as_str()]);
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&range.topic, range.partition, Offset::Offset(from))

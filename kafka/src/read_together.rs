@@ -26,7 +26,9 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::offsets::OffsetRange;
-use crate::read::{read_range_chunks, KafkaConsumer, Position, RangeSummary, CHUNK_RECORDS};
+use crate::read::{
+    look_up_topics, read_range_chunks, KafkaConsumer, Position, RangeSummary, CHUNK_RECORDS,
+};
 use sluice_core::error::{Error, Result};
 
 /// How long the shared read may go without any record before it hands the unfinished
@@ -227,6 +229,7 @@ fn read_until_done_or_quiet<'c>(
         consumer.assign(&assignment).map_err(failed)
     };
     if !positioned {
+        look_up_topics(consumer, ranges.iter().map(|range| range.topic.as_str()));
         assign_at(|range| range.start)?;
     }
     if !take_records(consumer, ranges, reads, on_chunk)? {
