@@ -4,13 +4,14 @@
 //! range. Messages are routed to their range as they arrive, and handed over per range in
 //! offset order and in bounded chunks, still in librdkafka's buffers.
 //!
-//! A range's partition is unassigned once the range is read (librdkafka stops fetching it
-//! and drops what it fetched past the range). When every range is read, the read assigns
-//! them all again at their ends and says where the consumer stands: it fetches ahead while
-//! idle, and a next read of the ranges that follow on the same partitions finds their
-//! records already fetched (read-ahead), as a single-range read does. (Pausing and
-//! resuming the partitions instead would keep a resumed partition waiting up to a second:
-//! librdkafka's broker thread notices a resume only at its next periodic wake-up.)
+//! When every range is read, the consumer stays on their partitions at the ranges' ends
+//! and fetches ahead while idle: a next read of the ranges that follow on the same
+//! partitions finds their records already fetched (read-ahead), as a single-range read
+//! does. A partition whose record past its range's end arrives while other ranges are
+//! still read is unassigned then (librdkafka stops fetching it and drops what it fetched)
+//! and assigned again at the range's end once all are read. (Pausing and resuming it
+//! instead would keep it waiting up to a second: librdkafka's broker thread notices a
+//! resume only at its next periodic wake-up.)
 //!
 //! This is the fast path for the common case: every range's records arrive. Anything
 //! else (a fetch error, offsets deleted by retention, a partition that stops short of its
@@ -168,6 +169,8 @@ struct RangeProgress<'c> {
     end: i64,
     records: u64,
     done: bool,
+    /// The partition was unassigned: a record past the range's end arrived.
+    unassigned: bool,
     pending: Vec<BorrowedMessage<'c>>,
 }
 
@@ -178,6 +181,7 @@ impl RangeProgress<'_> {
             end: range.end,
             records: 0,
             done: range.start >= range.end,
+            unassigned: false,
             pending: Vec::new(),
         }
     }
@@ -199,8 +203,9 @@ fn flush(
 /// Assigns the ranges' partitions at their starts (unless the consumer already stands
 /// there: `positioned`) and takes records until every range is done, a poll fails or
 /// nothing arrives for [`QUIET_BEFORE_CHECKING`]; every record taken is handed over
-/// before it returns. Returns whether every range was read; the partitions are then
-/// assigned again at the ranges' ends, fetching ahead. Errors are only those of
+/// before it returns. Returns whether every range was read; the partitions then stand at
+/// the ranges' ends, fetching ahead (those unassigned on the way are assigned there
+/// again). Errors are only those of
 /// `on_chunk` and of assigning; a failed poll ends the shared read quietly (the exact
 /// reader meets the failure again and names it).
 fn read_until_done_or_quiet<'c>(
@@ -235,7 +240,22 @@ fn read_until_done_or_quiet<'c>(
     if !take_records(consumer, ranges, reads, on_chunk)? {
         return Ok(false);
     }
-    assign_at(|range| range.end)?;
+    // Partitions that went past their range's end stand there again; the others are
+    // there already, with what they fetched ahead.
+    let mut moved = TopicPartitionList::new();
+    for (range, read) in ranges.iter().zip(reads.iter()) {
+        if read.unassigned {
+            moved
+                .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.end))
+                .map_err(|e| Error::Kafka {
+                    bootstrap_servers: bootstrap_servers.to_string(),
+                    message: format!("assigning a task's partitions: {e}"),
+                })?;
+        }
+    }
+    if moved.count() > 0 && consumer.incremental_assign(&moved).is_err() {
+        assign_at(|range| range.end)?;
+    }
     Ok(true)
 }
 
@@ -251,21 +271,17 @@ fn take_records<'c>(
         .enumerate()
         .map(|(i, range)| ((range.topic.as_str(), range.partition), i))
         .collect();
-    // Stops fetching a finished range's partition; librdkafka drops what it fetched past
-    // the range.
-    let finish = |range: &OffsetRange| {
-        let mut done = TopicPartitionList::new();
-        done.add_partition(&range.topic, range.partition);
-        let _ = consumer.incremental_unassign(&done);
-    };
-    let mut unfinished = 0;
-    for (range, read) in ranges.iter().zip(reads.iter()) {
-        if read.done {
-            finish(range);
-        } else {
-            unfinished += 1;
+    // Stops fetching a partition that went past its range's end (a record after the end
+    // arrived); librdkafka drops what it fetched.
+    let unassign = |range: &OffsetRange, read: &mut RangeProgress<'_>| {
+        if !read.unassigned {
+            let mut done = TopicPartitionList::new();
+            done.add_partition(&range.topic, range.partition);
+            let _ = consumer.incremental_unassign(&done);
+            read.unassigned = true;
         }
-    }
+    };
+    let mut unfinished = reads.iter().filter(|read| !read.done).count();
     let mut held = 0usize;
     let mut last_progress = Instant::now();
     let mut progressed = false;
@@ -277,12 +293,17 @@ fn take_records<'c>(
                     continue;
                 };
                 let read = &mut reads[i];
-                if read.done || message.offset() < read.next {
+                if message.offset() < read.next {
+                    continue;
+                }
+                if read.done {
+                    unassign(&ranges[i], read);
                     continue;
                 }
                 if message.offset() >= read.end {
                     // The range ended in a gap.
                     read.done = true;
+                    unassign(&ranges[i], read);
                 } else {
                     read.next = message.offset() + 1;
                     read.records += 1;
@@ -296,7 +317,6 @@ fn take_records<'c>(
                 }
                 if reads[i].done {
                     unfinished -= 1;
-                    finish(&ranges[i]);
                 }
                 if held >= HELD_RECORDS {
                     for i in 0..reads.len() {
@@ -323,7 +343,6 @@ fn take_records<'c>(
                         if !reads[i].done && consumed_to.is_some_and(|to| to >= range.end) {
                             reads[i].done = true;
                             unfinished -= 1;
-                            finish(range);
                         }
                     }
                 }
