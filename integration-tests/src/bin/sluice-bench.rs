@@ -61,6 +61,9 @@ struct Args {
     /// Small ranges share a task up to this many offsets (default: the product's).
     #[arg(long, default_value_t = sluice_core::spec::DEFAULT_MIN_RECORDS_PER_TASK)]
     min_task_records: u64,
+    /// Tasks per executor task slot for a large batch (default: the product's).
+    #[arg(long, default_value_t = sluice_core::spec::DEFAULT_TASKS_PER_SLOT)]
+    tasks_per_slot: u32,
     /// A librdkafka property for every job's consumers, as NAME=VALUE (repeatable), e.g.
     /// `queued.max.messages.kbytes=4096` for how much each consumer fetches ahead.
     #[arg(long = "kafka-property", value_parser = kafka_property)]
@@ -1156,8 +1159,8 @@ async fn small_batches(cluster: &mut TestCluster, args: &Args) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let parallelism = format!(
-        "parallelism: {{max_records_per_task: {}, min_records_per_task: {}}}",
-        args.max_task_records, args.min_task_records
+        "parallelism: {{max_records_per_task: {}, min_records_per_task: {}, tasks_per_slot: {}}}",
+        args.max_task_records, args.min_task_records, args.tasks_per_slot
     );
     PARALLELISM.set(parallelism.clone()).expect("set once");
     KAFKA_PROPERTIES
