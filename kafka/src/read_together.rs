@@ -205,9 +205,8 @@ fn flush(
 /// nothing arrives for [`QUIET_BEFORE_CHECKING`]; every record taken is handed over
 /// before it returns. Returns whether every range was read; the partitions then stand at
 /// the ranges' ends, fetching ahead (those unassigned on the way are assigned there
-/// again). Errors are only those of
-/// `on_chunk` and of assigning; a failed poll ends the shared read quietly (the exact
-/// reader meets the failure again and names it).
+/// again). Errors are only those of `on_chunk` and of assigning; a failed poll ends the
+/// shared read quietly (the exact reader meets the failure again and names it).
 fn read_until_done_or_quiet<'c>(
     consumer: &'c KafkaConsumer,
     bootstrap_servers: &str,
@@ -216,11 +215,11 @@ fn read_until_done_or_quiet<'c>(
     reads: &mut [RangeProgress<'c>],
     on_chunk: &mut impl FnMut(usize, &[BorrowedMessage<'_>]) -> Result<()>,
 ) -> Result<bool> {
+    let failed = |e: rdkafka::error::KafkaError| Error::Kafka {
+        bootstrap_servers: bootstrap_servers.to_string(),
+        message: format!("assigning a task's partitions: {e}"),
+    };
     let assign_at = |offset_of: fn(&OffsetRange) -> i64| -> Result<()> {
-        let failed = |e: rdkafka::error::KafkaError| Error::Kafka {
-            bootstrap_servers: bootstrap_servers.to_string(),
-            message: format!("assigning a task's partitions: {e}"),
-        };
         let mut assignment = TopicPartitionList::new();
         for range in ranges {
             assignment
@@ -247,10 +246,7 @@ fn read_until_done_or_quiet<'c>(
         if read.unassigned {
             moved
                 .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.end))
-                .map_err(|e| Error::Kafka {
-                    bootstrap_servers: bootstrap_servers.to_string(),
-                    message: format!("assigning a task's partitions: {e}"),
-                })?;
+                .map_err(failed)?;
         }
     }
     if moved.count() > 0 && consumer.incremental_assign(&moved).is_err() {
