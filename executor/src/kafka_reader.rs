@@ -1,17 +1,16 @@
 //! Offset ranges -> decoded Arrow batches. Consumers are pooled per bootstrap address so a
 //! task does not pay for a new connection; offsets are never committed.
 //!
-//! A task's several ranges are read by one consumer together (one client, one fetch
-//! stream), decoded chunk by chunk as they arrive; the consumer is then unassigned.
+//! A task's ranges are read by one consumer together (one client, one fetch stream),
+//! decoded chunk by chunk as they arrive.
 //!
-//! A task of a single range (small batches, e.g. a 100 ms trigger over one partition)
-//! gets read-ahead instead: a pooled consumer stays assigned to the partition it last
-//! read and keeps fetching ahead. The next range of that partition starts where the last
-//! one ended, so a task handed that consumer finds its records already fetched instead of
-//! waiting for a seek and a fetch round trip; the driver sends a partition's ranges to the
-//! same executor while it has room. Consumers idle longer than [`READ_AHEAD_TTL`] stop
-//! fetching ahead. Without read-ahead (`--kafka-read-ahead false`) idle consumers are
-//! unassigned and every read seeks.
+//! A pooled consumer stays assigned to the partitions it last read and keeps fetching
+//! ahead. The next ranges of those partitions start where the last ones ended, so a task
+//! handed that consumer finds its records already fetched instead of waiting for a seek
+//! and a fetch round trip; the driver sends a partition's ranges to the same executor
+//! while it has room. Consumers idle longer than [`READ_AHEAD_TTL`] stop fetching ahead.
+//! Without read-ahead (`--kafka-read-ahead false`) idle consumers are unassigned and
+//! every read seeks.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use rdkafka::consumer::Consumer;
+use rdkafka::message::BorrowedMessage;
 use sluice_core::Result;
 use sluice_kafka::decode::{DeadLetter, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
@@ -75,6 +75,24 @@ struct DecodedRange {
     malformed_skipped: u64,
     dead_letters: Vec<DeadLetter>,
     decode_time: Duration,
+}
+
+impl DecodedRange {
+    /// Decodes one chunk of `range`'s records and keeps what came of it.
+    fn add_chunk(
+        &mut self,
+        decoder: &RecordDecoder,
+        range: &OffsetRange,
+        chunk: &[BorrowedMessage<'_>],
+    ) -> Result<()> {
+        let started = Instant::now();
+        let chunk = decoder.decode(&range.topic, range.partition, chunk)?;
+        self.decode_time += started.elapsed();
+        self.malformed_skipped += chunk.malformed_skipped;
+        self.dead_letters.extend(chunk.dead_letters);
+        self.batches.push(chunk.batch);
+        Ok(())
+    }
 }
 
 /// Which column holds event time, and the watermark of the batch being read.
@@ -174,15 +192,7 @@ impl ConsumerPool {
             range,
             fail_on_data_loss,
             pooled.standing.first(),
-            |chunk| {
-                let started = Instant::now();
-                let chunk = decoder.decode(&range.topic, range.partition, chunk)?;
-                decoded.decode_time += started.elapsed();
-                decoded.malformed_skipped += chunk.malformed_skipped;
-                decoded.dead_letters.extend(chunk.dead_letters);
-                decoded.batches.push(chunk.batch);
-                Ok(())
-            },
+            |chunk| decoded.add_chunk(decoder, range, chunk),
         )?;
         decoded.records = read.records;
         decoded.offsets_lost = read.offsets_lost;
@@ -211,17 +221,7 @@ impl ConsumerPool {
             ranges,
             fail_on_data_loss,
             &pooled.standing,
-            |i, chunk| {
-                let range = &ranges[i];
-                let started = Instant::now();
-                let chunk = decoder.decode(&range.topic, range.partition, chunk)?;
-                let decoded = &mut decoded[i];
-                decoded.decode_time += started.elapsed();
-                decoded.malformed_skipped += chunk.malformed_skipped;
-                decoded.dead_letters.extend(chunk.dead_letters);
-                decoded.batches.push(chunk.batch);
-                Ok(())
-            },
+            |i, chunk| decoded[i].add_chunk(decoder, &ranges[i], chunk),
         )?;
         for (decoded, summary) in decoded.iter_mut().zip(read.ranges) {
             decoded.records = summary.records;
