@@ -256,10 +256,11 @@ pub fn pack_ranges(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn range(partition: i32, start: i64, end: i64) -> OffsetRange {
+    /// Offsets `start..end` of partition `partition` of topic `t`.
+    pub(crate) fn range(partition: i32, start: i64, end: i64) -> OffsetRange {
         OffsetRange {
             topic: "t".into(),
             partition,

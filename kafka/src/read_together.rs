@@ -166,7 +166,6 @@ pub fn read_ranges_together(
 struct RangeProgress<'c> {
     /// The offset after the last record taken.
     next: i64,
-    end: i64,
     records: u64,
     done: bool,
     /// The partition was unassigned: a record past the range's end arrived.
@@ -178,7 +177,6 @@ impl RangeProgress<'_> {
     fn new(range: &OffsetRange) -> Self {
         RangeProgress {
             next: range.start,
-            end: range.end,
             records: 0,
             done: range.start >= range.end,
             unassigned: false,
@@ -296,14 +294,14 @@ fn take_records<'c>(
                     unassign(&ranges[i], read);
                     continue;
                 }
-                if message.offset() >= read.end {
+                if message.offset() >= ranges[i].end {
                     // The range ended in a gap.
                     read.done = true;
                     unassign(&ranges[i], read);
                 } else {
                     read.next = message.offset() + 1;
                     read.records += 1;
-                    read.done = read.next >= read.end;
+                    read.done = read.next >= ranges[i].end;
                     read.pending.push(message);
                     held += 1;
                     if reads[i].pending.len() >= CHUNK_RECORDS {
@@ -357,16 +355,8 @@ fn take_records<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offsets::tests::range;
     use crate::read::consumer;
-
-    fn range(partition: i32, start: i64, end: i64) -> OffsetRange {
-        OffsetRange {
-            topic: "t".into(),
-            partition,
-            start,
-            end,
-        }
-    }
 
     /// A topic of `partitions` partitions, each holding `per_partition` orders.
     fn topic(
