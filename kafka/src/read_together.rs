@@ -108,28 +108,9 @@ pub fn read_ranges_together(
         &mut reads,
         &mut on_chunk,
     )?;
-    if all_read {
-        let summaries = reads
-            .iter()
-            .map(|read| RangeSummary {
-                records: read.records,
-                ..RangeSummary::default()
-            })
-            .collect();
-        let standing = ranges
-            .iter()
-            .map(|range| Position {
-                topic: range.topic.clone(),
-                partition: range.partition,
-                next: range.end,
-            })
-            .collect();
-        return Ok(RangesRead {
-            ranges: summaries,
-            standing,
-        });
+    if !all_read {
+        let _ = consumer.unassign();
     }
-    let _ = consumer.unassign();
     // What the shared read did not finish, the exact reader finishes from where it got to.
     let mut summaries = Vec::with_capacity(ranges.len());
     for (i, (range, read)) in ranges.iter().zip(reads).enumerate() {
@@ -156,9 +137,21 @@ pub fn read_ranges_together(
         }
         summaries.push(summary);
     }
+    let standing = if all_read {
+        ranges
+            .iter()
+            .map(|range| Position {
+                topic: range.topic.clone(),
+                partition: range.partition,
+                next: range.end,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(RangesRead {
         ranges: summaries,
-        standing: Vec::new(),
+        standing,
     })
 }
 
