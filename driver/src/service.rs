@@ -355,7 +355,7 @@ async fn serve_term(
             context: "building gRPC reflection".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = sluice_proto::status::server();
     if let Some(tls) = config.tls.server_config() {
         builder = builder.tls_config(tls)?;
     }

@@ -242,8 +242,8 @@ pub async fn run(
     // With tokens, the task API and the shuffle outputs serve only callers presenting
     // one: the driver, and other executors fetching map outputs.
     let check = TokenCheck::optional(config.accepted_tokens.clone());
-    let server_builder = || -> Result<tonic::transport::Server> {
-        let builder = tonic::transport::Server::builder();
+    let server_builder = || -> Result<sluice_proto::status::BoundedServer> {
+        let builder = sluice_proto::status::server();
         Ok(match config.tls.server_config() {
             Some(tls) => builder.tls_config(tls)?,
             None => builder,

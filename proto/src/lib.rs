@@ -1,7 +1,9 @@
 //! Sluice's gRPC protocol: generated tonic/prost code, and the bearer tokens that
-//! authenticate calls (`auth`), and TLS on every connection (`tls`).
+//! authenticate calls (`auth`), TLS on every connection (`tls`), and the bound on error
+//! messages every server keeps (`status`).
 
 pub mod auth;
+pub mod status;
 pub mod tls;
 
 /// Version of the driver/executor protocol; a mismatch is refused at registration.
