@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::BorrowedMessage;
 use sluice_core::Result;
-use sluice_kafka::decode::{DeadLetter, RecordDecoder};
+use sluice_kafka::decode::{DeadLetter, KafkaRecord, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
 use sluice_kafka::read::{read_range_chunks, Connection, KafkaConsumer, Position};
-use sluice_kafka::read_together::{continues_all, read_ranges_together};
+use sluice_kafka::read_together::{continues_all, read_ranges_together, RangeChunks};
 
 use crate::event_time::event_time_stats;
 
@@ -79,11 +78,11 @@ struct DecodedRange {
 
 impl DecodedRange {
     /// Decodes one chunk of `range`'s records and keeps what came of it.
-    fn add_chunk(
+    fn add_chunk<R: KafkaRecord>(
         &mut self,
         decoder: &RecordDecoder,
         range: &OffsetRange,
-        chunk: &[BorrowedMessage<'_>],
+        chunk: &[R],
     ) -> Result<()> {
         let started = Instant::now();
         let chunk = decoder.decode(&range.topic, range.partition, chunk)?;
@@ -92,6 +91,19 @@ impl DecodedRange {
         self.dead_letters.extend(chunk.dead_letters);
         self.batches.push(chunk.batch);
         Ok(())
+    }
+}
+
+/// A task's ranges, decoded as their chunks arrive.
+struct DecodedRanges<'a> {
+    decoder: &'a RecordDecoder,
+    ranges: &'a [OffsetRange],
+    decoded: Vec<DecodedRange>,
+}
+
+impl RangeChunks for DecodedRanges<'_> {
+    fn take<R: KafkaRecord>(&mut self, range: usize, records: &[R]) -> Result<()> {
+        self.decoded[range].add_chunk(self.decoder, &self.ranges[range], records)
     }
 }
 
@@ -213,16 +225,20 @@ impl ConsumerPool {
         fail_on_data_loss: bool,
     ) -> Result<Vec<DecodedRange>> {
         let mut pooled = self.take(connection, ranges)?;
-        let mut decoded: Vec<DecodedRange> =
-            ranges.iter().map(|_| DecodedRange::default()).collect();
+        let mut decoded = DecodedRanges {
+            decoder,
+            ranges,
+            decoded: ranges.iter().map(|_| DecodedRange::default()).collect(),
+        };
         let read = read_ranges_together(
             &pooled.consumer,
             &connection.bootstrap_servers,
             ranges,
             fail_on_data_loss,
             &pooled.standing,
-            |i, chunk| decoded[i].add_chunk(decoder, &ranges[i], chunk),
+            &mut decoded,
         )?;
+        let mut decoded = decoded.decoded;
         for (decoded, summary) in decoded.iter_mut().zip(read.ranges) {
             decoded.records = summary.records;
             decoded.offsets_lost = summary.offsets_lost;

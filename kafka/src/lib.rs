@@ -1,11 +1,13 @@
 //! Kafka for Sluice: offset ranges, batch plans and checkpoints (`offsets`), exact reads of
-//! an offset range (`read`) and of a task's ranges with one consumer (`read_together`), records to Arrow (`decode`, bounded by `json_guard`; Avro
-//! values through `avro`, with a schema registry), and the
+//! an offset range (`read`) and of a task's ranges with one consumer (`read_together`,
+//! taking messages in batches: `fetched`), records to Arrow (`decode`, bounded by
+//! `json_guard`; Avro values through `avro`, with a schema registry), and the
 //! synthetic order events of the demo, `sluice produce` and the tests (`synthetic`), and
 //! the Nexmark benchmark's events (`nexmark`).
 
 pub mod avro;
 pub mod decode;
+pub mod fetched;
 pub mod json_guard;
 pub mod nexmark;
 pub mod offsets;

@@ -2,7 +2,8 @@
 //! one connection and one fetch stream (librdkafka fetches all assigned partitions of a
 //! broker in one request), instead of a consumer, a connection and a reader thread per
 //! range. Messages are routed to their range as they arrive, and handed over per range in
-//! offset order and in bounded chunks, still in librdkafka's buffers.
+//! offset order and in bounded chunks, still in librdkafka's buffers. Messages are taken
+//! off the consumer many at a time ([`BatchPoller`]).
 //!
 //! When every range is read, the consumer stays on their partitions at the ranges' ends
 //! and fetches ahead while idle: a next read of the ranges that follow on the same
@@ -23,9 +24,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::decode::KafkaRecord;
+use crate::fetched::{BatchPoller, FetchedMessage};
 use crate::offsets::OffsetRange;
 use crate::read::{
     look_up_topics, read_range_chunks, KafkaConsumer, Position, RangeSummary, CHUNK_RECORDS,
@@ -38,6 +40,14 @@ const QUIET_BEFORE_CHECKING: Duration = Duration::from_secs(2);
 /// Records held across all ranges before every pending chunk is handed over: bounds the
 /// fetch buffers the read keeps alive however many ranges it reads.
 const HELD_RECORDS: usize = 4 * CHUNK_RECORDS;
+/// Messages taken off the consumer at a time at most.
+const POLL_BATCH: usize = 1024;
+
+/// Where [`read_ranges_together`] hands the records it reads.
+pub trait RangeChunks {
+    /// The next `records` of `ranges[range]`, in offset order (at most [`CHUNK_RECORDS`]).
+    fn take<R: KafkaRecord>(&mut self, range: usize, records: &[R]) -> Result<()>;
+}
 
 /// What a read of several ranges did.
 #[derive(Debug, Default)]
@@ -61,7 +71,7 @@ pub fn continues_all(standing: &[Position], ranges: &[OffsetRange]) -> bool {
 }
 
 /// Reads exactly the records of every range in `ranges` (offsets in `[start, end)`),
-/// handing them to `on_chunk` with the range's index: per range in offset order, at most
+/// handing them to `chunks` with the range's index: per range in offset order, at most
 /// [`CHUNK_RECORDS`] at a time, nothing copied. `standing` is where the consumer stood
 /// after its last read ([`RangesRead::standing`]); when it [`continues_all`] the ranges,
 /// the read takes what the consumer fetched ahead, else it assigns the ranges' starts.
@@ -72,7 +82,7 @@ pub fn read_ranges_together(
     ranges: &[OffsetRange],
     fail_on_data_loss: bool,
     standing: &[Position],
-    mut on_chunk: impl FnMut(usize, &[BorrowedMessage<'_>]) -> Result<()>,
+    chunks: &mut impl RangeChunks,
 ) -> Result<RangesRead> {
     let mut partitions = HashSet::new();
     if !ranges
@@ -89,7 +99,7 @@ pub fn read_ranges_together(
                     range,
                     fail_on_data_loss,
                     None,
-                    |c| on_chunk(i, c),
+                    |c| chunks.take(i, c),
                 )
             })
             .collect::<Result<_>>()?;
@@ -106,7 +116,7 @@ pub fn read_ranges_together(
         ranges,
         continues_all(standing, ranges),
         &mut reads,
-        &mut on_chunk,
+        chunks,
     )?;
     if !all_read {
         let _ = consumer.unassign();
@@ -129,7 +139,7 @@ pub fn read_ranges_together(
                 &rest,
                 fail_on_data_loss,
                 None,
-                |chunk| on_chunk(i, chunk),
+                |chunk| chunks.take(i, chunk),
             )?;
             let _ = consumer.unassign();
             summary.records += finished.records;
@@ -163,7 +173,7 @@ struct RangeProgress<'c> {
     done: bool,
     /// The partition was unassigned: a record past the range's end arrived.
     unassigned: bool,
-    pending: Vec<BorrowedMessage<'c>>,
+    pending: Vec<FetchedMessage<'c>>,
 }
 
 impl RangeProgress<'_> {
@@ -179,13 +189,9 @@ impl RangeProgress<'_> {
 }
 
 /// Hands `reads[i]`'s pending records over.
-fn flush(
-    reads: &mut [RangeProgress<'_>],
-    i: usize,
-    on_chunk: &mut impl FnMut(usize, &[BorrowedMessage<'_>]) -> Result<()>,
-) -> Result<()> {
+fn flush(reads: &mut [RangeProgress<'_>], i: usize, chunks: &mut impl RangeChunks) -> Result<()> {
     if !reads[i].pending.is_empty() {
-        on_chunk(i, &reads[i].pending)?;
+        chunks.take(i, &reads[i].pending)?;
         reads[i].pending.clear();
     }
     Ok(())
@@ -204,7 +210,7 @@ fn read_until_done_or_quiet<'c>(
     ranges: &[OffsetRange],
     positioned: bool,
     reads: &mut [RangeProgress<'c>],
-    on_chunk: &mut impl FnMut(usize, &[BorrowedMessage<'_>]) -> Result<()>,
+    chunks: &mut impl RangeChunks,
 ) -> Result<bool> {
     let failed = |e: rdkafka::error::KafkaError| Error::Kafka {
         bootstrap_servers: bootstrap_servers.to_string(),
@@ -227,7 +233,7 @@ fn read_until_done_or_quiet<'c>(
         look_up_topics(consumer, ranges.iter().map(|range| range.topic.as_str()));
         assign_at(|range| range.start)?;
     }
-    if !take_records(consumer, ranges, reads, on_chunk)? {
+    if !take_records(consumer, ranges, reads, chunks)? {
         return Ok(false);
     }
     // Partitions that went past their range's end stand there again; the others are
@@ -251,13 +257,18 @@ fn take_records<'c>(
     consumer: &'c KafkaConsumer,
     ranges: &[OffsetRange],
     reads: &mut [RangeProgress<'c>],
-    on_chunk: &mut impl FnMut(usize, &[BorrowedMessage<'_>]) -> Result<()>,
+    chunks: &mut impl RangeChunks,
 ) -> Result<bool> {
-    let index: HashMap<(&str, i32), usize> = ranges
+    let Some(mut poller) = BatchPoller::new(consumer) else {
+        return Ok(false);
+    };
+    let by_name: HashMap<(&str, i32), usize> = ranges
         .iter()
         .enumerate()
         .map(|(i, range)| ((range.topic.as_str(), range.partition), i))
         .collect();
+    // The range of a message's partition, by librdkafka's topic handle (no name read).
+    let mut by_handle: HashMap<(usize, i32), Option<usize>> = HashMap::new();
     // Stops fetching a partition that went past its range's end (a record after the end
     // arrived); librdkafka drops what it fetched.
     let unassign = |range: &OffsetRange, read: &mut RangeProgress<'_>| {
@@ -272,75 +283,82 @@ fn take_records<'c>(
     let mut held = 0usize;
     let mut last_progress = Instant::now();
     let mut progressed = false;
-    while unfinished > 0 {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                progressed = true;
-                let Some(&i) = index.get(&(message.topic(), message.partition())) else {
-                    continue;
-                };
-                let read = &mut reads[i];
-                if message.offset() < read.next {
-                    continue;
-                }
-                if read.done {
-                    unassign(&ranges[i], read);
-                    continue;
-                }
-                if message.offset() >= ranges[i].end {
-                    // The range ended in a gap.
-                    read.done = true;
-                    unassign(&ranges[i], read);
-                } else {
-                    read.next = message.offset() + 1;
-                    read.records += 1;
-                    read.done = read.next >= ranges[i].end;
-                    read.pending.push(message);
-                    held += 1;
-                    if reads[i].pending.len() >= CHUNK_RECORDS {
-                        held -= reads[i].pending.len();
-                        flush(reads, i, on_chunk)?;
+    let mut arrived = Vec::with_capacity(POLL_BATCH);
+    'reading: while unfinished > 0 {
+        if poller.poll(Duration::from_millis(100), POLL_BATCH, &mut arrived) == 0 {
+            if progressed {
+                last_progress = Instant::now();
+                progressed = false;
+            }
+            // Nothing arrived: a range may end in a gap. The positions tell.
+            if let Ok(positions) = consumer.position() {
+                for (i, range) in ranges.iter().enumerate() {
+                    let consumed_to = positions
+                        .find_partition(&range.topic, range.partition)
+                        .and_then(|p| p.offset().to_raw());
+                    if !reads[i].done && consumed_to.is_some_and(|to| to >= range.end) {
+                        reads[i].done = true;
+                        unfinished -= 1;
                     }
-                }
-                if reads[i].done {
-                    unfinished -= 1;
-                }
-                if held >= HELD_RECORDS {
-                    for i in 0..reads.len() {
-                        flush(reads, i, on_chunk)?;
-                    }
-                    held = 0;
                 }
             }
-            Some(Err(e)) => {
-                tracing::debug!("shared range read ends on a failed poll: {e}");
+            if last_progress.elapsed() > QUIET_BEFORE_CHECKING {
                 break;
             }
-            None => {
-                if progressed {
-                    last_progress = Instant::now();
-                    progressed = false;
+            continue;
+        }
+        progressed = true;
+        for message in arrived.drain(..) {
+            if let Some(error) = message.error() {
+                tracing::debug!("shared range read ends on a failed fetch: {error}");
+                break 'reading;
+            }
+            let key = (message.topic_handle(), message.partition());
+            let range = *by_handle.entry(key).or_insert_with(|| {
+                by_name
+                    .get(&(message.topic(), message.partition()))
+                    .copied()
+            });
+            let Some(i) = range else {
+                continue;
+            };
+            let read = &mut reads[i];
+            let offset = message.offset();
+            if offset < read.next {
+                continue;
+            }
+            if read.done {
+                unassign(&ranges[i], read);
+                continue;
+            }
+            if offset >= ranges[i].end {
+                // The range ended in a gap.
+                read.done = true;
+                unassign(&ranges[i], read);
+            } else {
+                read.next = offset + 1;
+                read.records += 1;
+                read.done = read.next >= ranges[i].end;
+                read.pending.push(message);
+                held += 1;
+                if reads[i].pending.len() >= CHUNK_RECORDS {
+                    held -= reads[i].pending.len();
+                    flush(reads, i, chunks)?;
                 }
-                // Nothing arrived: a range may end in a gap. The positions tell.
-                if let Ok(positions) = consumer.position() {
-                    for (i, range) in ranges.iter().enumerate() {
-                        let consumed_to = positions
-                            .find_partition(&range.topic, range.partition)
-                            .and_then(|p| p.offset().to_raw());
-                        if !reads[i].done && consumed_to.is_some_and(|to| to >= range.end) {
-                            reads[i].done = true;
-                            unfinished -= 1;
-                        }
-                    }
+            }
+            if reads[i].done {
+                unfinished -= 1;
+            }
+            if held >= HELD_RECORDS {
+                for i in 0..reads.len() {
+                    flush(reads, i, chunks)?;
                 }
-                if last_progress.elapsed() > QUIET_BEFORE_CHECKING {
-                    break;
-                }
+                held = 0;
             }
         }
     }
     for i in 0..reads.len() {
-        flush(reads, i, on_chunk)?;
+        flush(reads, i, chunks)?;
     }
     Ok(unfinished == 0)
 }
@@ -391,21 +409,27 @@ mod tests {
         fail_on_data_loss: bool,
         standing: &[Position],
     ) -> Result<(Vec<Vec<i64>>, RangesRead)> {
-        let mut offsets = vec![Vec::new(); ranges.len()];
+        let mut offsets = Offsets(vec![Vec::new(); ranges.len()]);
         let read = read_ranges_together(
             consumer,
             bootstrap,
             ranges,
             fail_on_data_loss,
             standing,
-            |i, chunk| {
-                assert!(chunk.len() <= CHUNK_RECORDS);
-                assert!(chunk.iter().all(|m| m.partition() == ranges[i].partition));
-                offsets[i].extend(chunk.iter().map(|m| m.offset()));
-                Ok(())
-            },
+            &mut offsets,
         )?;
-        Ok((offsets, read))
+        Ok((offsets.0, read))
+    }
+
+    /// Offsets handed over, per range.
+    struct Offsets(Vec<Vec<i64>>);
+
+    impl RangeChunks for Offsets {
+        fn take<R: KafkaRecord>(&mut self, range: usize, records: &[R]) -> Result<()> {
+            assert!(records.len() <= CHUNK_RECORDS);
+            self.0[range].extend(records.iter().map(|r| r.offset()));
+            Ok(())
+        }
     }
 
     /// A consumer that read ranges to their ends stands there, fetching ahead: the ranges
