@@ -145,10 +145,14 @@ pub struct RecordDecoder {
     json_decoders: Arc<Mutex<Vec<arrow_json::reader::Decoder>>>,
 }
 
+/// How many records a chunked range read hands over at once (about a DataFusion batch):
+/// memory for a range's records stays bounded whatever the range's size.
+pub const CHUNK_RECORDS: usize = 8192;
+
 /// Chunks of up to this many records are decoded by a kept decoder. A flushed decoder
 /// keeps its buffers; a new one per chunk allocated and grew them again every time, on
 /// fresh pages the kernel had to zero (a tenth of executors' CPU time in a profile).
-const KEPT_DECODER_RECORDS: usize = crate::read::CHUNK_RECORDS;
+const KEPT_DECODER_RECORDS: usize = CHUNK_RECORDS;
 /// Decoders kept at most: one per task running at once is enough.
 const KEPT_DECODERS: usize = 16;
 

@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::decode::RawRecord;
+use crate::decode::{RawRecord, CHUNK_RECORDS};
 use crate::offsets::{OffsetRange, Watermarks};
 use sluice_core::error::{Error, Result};
 use sluice_core::secrets;
@@ -24,9 +24,6 @@ pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const TRUNCATION_CHECK_AFTER: Duration = Duration::from_secs(2);
 /// How long a range read may go without receiving anything before it gives up.
 pub const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How many records a chunked range read hands over at once (about a DataFusion batch):
-/// memory for a range's records stays bounded whatever the range's size.
-pub const CHUNK_RECORDS: usize = 8192;
 
 /// How long an error the client logged stays the explanation of a failed request.
 const CLIENT_ERROR_RELEVANCE: Duration = Duration::from_secs(60);

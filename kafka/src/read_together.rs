@@ -26,12 +26,10 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::decode::KafkaRecord;
+use crate::decode::{KafkaRecord, CHUNK_RECORDS};
 use crate::fetched::{BatchPoller, FetchedMessage};
 use crate::offsets::OffsetRange;
-use crate::read::{
-    look_up_topics, read_range_chunks, KafkaConsumer, Position, RangeSummary, CHUNK_RECORDS,
-};
+use crate::read::{look_up_topics, read_range_chunks, KafkaConsumer, Position, RangeSummary};
 use sluice_core::error::{Error, Result};
 
 /// How long the shared read may go without any record before it hands the unfinished
