@@ -7,7 +7,8 @@
 //! librdkafka hands over only messages (and per-partition errors, as messages) this way:
 //! log lines, and client errors (which librdkafka then logs), would be dropped. While a
 //! [`BatchPoller`] lives they go to a queue of its own and reach the consumer's context as
-//! they do through a normal poll.
+//! they do through a normal poll, and a client error among them is noted
+//! ([`BatchPoller::client_failed`]) as a normal poll would have returned it.
 
 use std::ffi::CStr;
 use std::marker::PhantomData;
@@ -107,6 +108,8 @@ pub struct BatchPoller<'c> {
     /// Where the consumer's log lines go meanwhile.
     logs: NonNull<rdsys::rd_kafka_queue_t>,
     taken: Vec<*mut rdsys::rd_kafka_message_t>,
+    /// A client error arrived (librdkafka logs those under the facility `ERROR` here).
+    client_failed: bool,
 }
 
 impl<'c> BatchPoller<'c> {
@@ -125,6 +128,7 @@ impl<'c> BatchPoller<'c> {
             messages,
             logs,
             taken: Vec::new(),
+            client_failed: false,
         })
     }
 
@@ -151,6 +155,12 @@ impl<'c> BatchPoller<'c> {
         count
     }
 
+    /// Whether the client reported an error (e.g. every broker down) since the poller was
+    /// created: what a poll per message returns as an error.
+    pub fn client_failed(&self) -> bool {
+        self.client_failed
+    }
+
     /// Up to `max` messages into `taken`, waiting at most `timeout_ms` for them.
     fn take(&mut self, timeout_ms: c_int, max: usize) -> usize {
         self.taken.clear();
@@ -170,7 +180,7 @@ impl<'c> BatchPoller<'c> {
     }
 
     /// Hands the log lines waiting on the poller's queue to the consumer's context.
-    fn serve_logs(&self) {
+    fn serve_logs(&mut self) {
         loop {
             // SAFETY: a live queue; a returned event is destroyed below.
             let event = unsafe { rdsys::rd_kafka_queue_poll(self.logs.as_ptr(), 0) };
@@ -191,9 +201,12 @@ impl<'c> BatchPoller<'c> {
                             CStr::from_ptr(s).to_string_lossy().into_owned()
                         }
                     };
+                    let facility = text(facility);
+                    // Syslog levels: 3 is an error, lower is worse.
+                    self.client_failed |= facility == "ERROR" && level <= 3;
                     self.consumer
                         .context()
-                        .log(log_level(level), &text(facility), &text(message));
+                        .log(log_level(level), &facility, &text(message));
                 }
                 rdsys::rd_kafka_event_destroy(event);
             }

@@ -283,7 +283,12 @@ fn take_records<'c>(
     let mut progressed = false;
     let mut arrived = Vec::with_capacity(POLL_BATCH);
     'reading: while unfinished > 0 {
-        if poller.poll(Duration::from_millis(100), POLL_BATCH, &mut arrived) == 0 {
+        let taken = poller.poll(Duration::from_millis(100), POLL_BATCH, &mut arrived);
+        if poller.client_failed() {
+            tracing::debug!("shared range read ends on a client error");
+            break;
+        }
+        if taken == 0 {
             if progressed {
                 last_progress = Instant::now();
                 progressed = false;
