@@ -33,6 +33,12 @@ pub trait KafkaRecord {
     fn key(&self) -> Option<&[u8]>;
     fn value(&self) -> Option<&[u8]>;
 
+    /// The partition the record was read from, when it knows (a message does; a record
+    /// copied out does not).
+    fn source_partition(&self) -> Option<i32> {
+        None
+    }
+
     /// Why the value cannot be read at all (an Avro value that does not decode), before
     /// the JSON decoder sees it.
     fn unreadable(&self) -> Option<&str> {
@@ -70,6 +76,9 @@ impl<R: KafkaRecord> KafkaRecord for AvroAsJson<'_, R> {
     fn value(&self) -> Option<&[u8]> {
         self.json.as_deref().ok()
     }
+    fn source_partition(&self) -> Option<i32> {
+        self.record.source_partition()
+    }
     fn unreadable(&self) -> Option<&str> {
         self.json.as_ref().err().map(String::as_str)
     }
@@ -105,6 +114,9 @@ impl KafkaRecord for rdkafka::message::BorrowedMessage<'_> {
     }
     fn value(&self) -> Option<&[u8]> {
         rdkafka::Message::payload(self)
+    }
+    fn source_partition(&self) -> Option<i32> {
+        Some(rdkafka::Message::partition(self))
     }
 }
 
@@ -356,9 +368,11 @@ impl RecordDecoder {
         };
         let batch = decode_with(&mut decoder, records, &self.value_schema)?;
         // Only a decoder that flushed cleanly is empty again; a failed one is dropped.
-        let mut decoders = self.json_decoders.lock().expect("decoders lock");
-        if kept && decoders.len() < KEPT_DECODERS {
-            decoders.push(decoder);
+        if kept {
+            let mut decoders = self.json_decoders.lock().expect("decoders lock");
+            if decoders.len() < KEPT_DECODERS {
+                decoders.push(decoder);
+            }
         }
         Ok(batch)
     }

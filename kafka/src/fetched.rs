@@ -91,6 +91,10 @@ impl KafkaRecord for FetchedMessage<'_> {
         let fields = self.fields();
         bytes(fields.payload, fields.len)
     }
+
+    fn source_partition(&self) -> Option<i32> {
+        Some(self.partition())
+    }
 }
 
 impl Drop for FetchedMessage<'_> {

@@ -412,7 +412,10 @@ mod tests {
         fail_on_data_loss: bool,
         standing: &[Position],
     ) -> Result<(Vec<Vec<i64>>, RangesRead)> {
-        let mut offsets = Offsets(vec![Vec::new(); ranges.len()]);
+        let mut offsets = Offsets {
+            partitions: ranges.iter().map(|r| r.partition).collect(),
+            offsets: vec![Vec::new(); ranges.len()],
+        };
         let read = read_ranges_together(
             consumer,
             bootstrap,
@@ -421,16 +424,21 @@ mod tests {
             standing,
             &mut offsets,
         )?;
-        Ok((offsets.0, read))
+        Ok((offsets.offsets, read))
     }
 
-    /// Offsets handed over, per range.
-    struct Offsets(Vec<Vec<i64>>);
+    /// Offsets handed over, per range; each range's partition, to check the routing.
+    struct Offsets {
+        partitions: Vec<i32>,
+        offsets: Vec<Vec<i64>>,
+    }
 
     impl RangeChunks for Offsets {
         fn take<R: KafkaRecord>(&mut self, range: usize, records: &[R]) -> Result<()> {
             assert!(records.len() <= CHUNK_RECORDS);
-            self.0[range].extend(records.iter().map(|r| r.offset()));
+            let partition = Some(self.partitions[range]);
+            assert!(records.iter().all(|r| r.source_partition() == partition));
+            self.offsets[range].extend(records.iter().map(|r| r.offset()));
             Ok(())
         }
     }
