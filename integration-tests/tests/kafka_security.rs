@@ -42,6 +42,7 @@ impl Secured {
                     username: "sluice".into(),
                     password: PASSWORD.into(),
                 }),
+                transactions: false,
             },
         );
         let producer = sluice_kafka::synthetic::producer(&kafka.plain_bootstrap()).unwrap();

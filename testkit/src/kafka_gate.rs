@@ -11,6 +11,7 @@
 //! the broker only through the gate.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
@@ -20,6 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::kafka_transactions::{
+    relay, write_transaction, AbortedTransactions, Outcome, WrittenTransaction,
+};
 
 /// Kafka API keys the gate handles.
 const API_VERSIONS: i16 = 18;
@@ -36,6 +41,9 @@ pub struct Gate {
     pub tls: Option<GateTls>,
     /// SASL with this mechanism, username and password.
     pub sasl: Option<Sasl>,
+    /// List the aborted transactions written by [`GatedKafka::write_transaction`] in
+    /// fetch answers, as a broker does (the mock broker lists none).
+    pub transactions: bool,
 }
 
 /// The SASL login the gate demands.
@@ -76,7 +84,13 @@ pub struct GateTls {
 pub struct GatedKafka {
     /// Owns the mock cluster (created with `test.mock.num.brokers`).
     producer: BaseProducer,
+    /// The mock broker's own address.
+    broker: SocketAddr,
     gate_address: SocketAddr,
+    /// Transactions written through [`GatedKafka::write_transaction`] and aborted.
+    aborted: Arc<AbortedTransactions>,
+    /// The producer id of the next transaction.
+    next_producer_id: AtomicI64,
     /// Dropped with the fixture: the gate stops.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -105,7 +119,8 @@ impl GatedKafka {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let gate_address = listener.local_addr().expect("gate address");
-        let gate = Arc::new(GateState::new(gate));
+        let aborted = Arc::new(AbortedTransactions::default());
+        let gate = Arc::new(GateState::new(gate, aborted.clone()));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         // Its own thread and runtime: the fixture works in sync and async tests alike.
         std::thread::spawn(move || {
@@ -132,7 +147,10 @@ impl GatedKafka {
         });
         GatedKafka {
             producer,
+            broker,
             gate_address,
+            aborted,
+            next_producer_id: AtomicI64::new(1_000),
             _stop: stop,
         }
     }
@@ -144,6 +162,25 @@ impl GatedKafka {
             .mock_cluster()
             .expect("mock cluster")
             .bootstrap_servers()
+    }
+
+    /// Writes a transaction of `values` to `topic`/`partition` and ends it with `outcome`
+    /// (each transaction has a producer of its own).
+    pub fn write_transaction(
+        &self,
+        topic: &str,
+        partition: i32,
+        values: &[Vec<u8>],
+        outcome: Outcome,
+    ) -> WrittenTransaction {
+        let producer_id = self.next_producer_id.fetch_add(1, Ordering::Relaxed);
+        let written =
+            write_transaction(self.broker, topic, partition, producer_id, values, outcome)
+                .expect("transaction written");
+        if outcome == Outcome::Abort {
+            self.aborted.add(topic, partition, written);
+        }
+        written
     }
 
     /// The gate's address: the bootstrap servers of a job.
@@ -176,6 +213,8 @@ impl GatedKafka {
 struct GateState {
     tls: Option<tokio_rustls::TlsAcceptor>,
     sasl: Option<Sasl>,
+    /// The aborted transactions to list in fetch answers, when the gate does.
+    transactions: Option<Arc<AbortedTransactions>>,
 }
 
 /// A client connection, with or without TLS.
@@ -183,7 +222,7 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 impl GateState {
-    fn new(gate: Gate) -> GateState {
+    fn new(gate: Gate, aborted: Arc<AbortedTransactions>) -> GateState {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = gate.tls.map(|tls| {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
@@ -212,6 +251,7 @@ impl GateState {
         GateState {
             tls,
             sasl: gate.sasl,
+            transactions: gate.transactions.then_some(aborted),
         }
     }
 
@@ -226,8 +266,12 @@ impl GateState {
         if let Some(sasl) = &self.sasl {
             authenticate(&mut client, &mut broker, sasl).await?;
         }
-        tokio::io::copy_bidirectional(&mut client, &mut broker).await?;
-        Ok(())
+        match &self.transactions {
+            Some(aborted) => relay(client, broker, aborted.clone()).await,
+            None => tokio::io::copy_bidirectional(&mut client, &mut broker)
+                .await
+                .map(|_| ()),
+        }
     }
 }
 
@@ -419,16 +463,16 @@ impl Scram {
 }
 
 /// The fixed start of a request: api key, version, correlation id, client id.
-struct RequestHeader {
-    api_key: i16,
-    api_version: i16,
-    correlation_id: i32,
+pub(crate) struct RequestHeader {
+    pub(crate) api_key: i16,
+    pub(crate) api_version: i16,
+    pub(crate) correlation_id: i32,
     /// Where the body starts (request header v1, as these requests use).
     body: usize,
 }
 
 impl RequestHeader {
-    fn parse(request: &[u8]) -> Option<RequestHeader> {
+    pub(crate) fn parse(request: &[u8]) -> Option<RequestHeader> {
         let api_key = i16::from_be_bytes(request.get(0..2)?.try_into().ok()?);
         let api_version = i16::from_be_bytes(request.get(2..4)?.try_into().ok()?);
         let correlation_id = i32::from_be_bytes(request.get(4..8)?.try_into().ok()?);
@@ -477,12 +521,14 @@ fn read_bytes(body: &[u8]) -> Option<Vec<u8>> {
     Some(body.get(4..4 + len.max(0) as usize)?.to_vec())
 }
 
-fn push_string(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn push_string(out: &mut Vec<u8>, text: &str) {
     out.extend((text.len() as i16).to_be_bytes());
     out.extend(text.as_bytes());
 }
 
-async fn read_frame(stream: &mut (impl AsyncRead + Unpin + ?Sized)) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn read_frame(
+    stream: &mut (impl AsyncRead + Unpin + ?Sized),
+) -> std::io::Result<Vec<u8>> {
     let len = stream.read_i32().await?;
     if !(0..=64 << 20).contains(&len) {
         return Err(refused("frame size out of range"));
@@ -492,7 +538,7 @@ async fn read_frame(stream: &mut (impl AsyncRead + Unpin + ?Sized)) -> std::io::
     Ok(frame)
 }
 
-async fn write_frame(
+pub(crate) async fn write_frame(
     stream: &mut (impl AsyncWrite + Unpin + ?Sized),
     frame: &[u8],
 ) -> std::io::Result<()> {

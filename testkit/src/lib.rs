@@ -1,8 +1,10 @@
 //! Test fixtures shared by unit and integration tests: a real etcd on free loopback ports,
-//! mock Kafka topics, hostile record values, a small Parquet file, a schema registry, TLS certificates, a Kafka broker behind TLS and SASL. A
-//! dev-dependency only.
+//! mock Kafka topics, hostile record values, a small Parquet file, a schema registry, TLS
+//! certificates, a Kafka broker behind TLS and SASL or with transactions. A dev-dependency
+//! only.
 
 pub mod kafka_gate;
+pub mod kafka_transactions;
 pub mod schema_registry;
 pub mod tls;
 
