@@ -11,6 +11,7 @@ use arrow::array::{
 };
 use arrow::datatypes::SchemaRef;
 
+use crate::flat_json::FlatJsonDecoder;
 use crate::json_guard;
 use sluice_core::error::{Error, Result};
 use sluice_core::schema::{stream_schema, value_schema};
@@ -155,6 +156,8 @@ pub struct RecordDecoder {
     stream_schema: SchemaRef,
     /// JSON decoders kept between chunks, shared by clones.
     json_decoders: Arc<Mutex<Vec<arrow_json::reader::Decoder>>>,
+    /// The fast path for flat JSON objects, when the value schema suits it.
+    flat_json: Option<Arc<FlatJsonDecoder>>,
 }
 
 /// How many records a chunked range read hands over at once (about a DataFusion batch):
@@ -182,6 +185,12 @@ impl RecordDecoder {
                     window.slide_ms()?,
                 )),
                 _ => None,
+            },
+            flat_json: match kafka.format {
+                RecordFormat::Json | RecordFormat::Avro => {
+                    FlatJsonDecoder::new(&value_schema(kafka)?).map(Arc::new)
+                }
+                RecordFormat::Raw => None,
             },
             value_schema: value_schema(kafka)?,
             avro: match (kafka.format, &kafka.avro) {
@@ -347,11 +356,17 @@ impl RecordDecoder {
         (kept, malformed)
     }
 
-    /// Decodes all records in one arrow-json pass; any bad record fails the pass.
+    /// Decodes all records in one pass (the flat fast path, else arrow-json); any bad
+    /// record fails the pass.
     fn decode_json<'a, R: KafkaRecord + 'a>(
         &self,
-        records: impl ExactSizeIterator<Item = &'a R>,
+        records: impl ExactSizeIterator<Item = &'a R> + Clone,
     ) -> Result<RecordBatch, String> {
+        if let Some(flat) = &self.flat_json {
+            if let Some(batch) = flat.decode(records.clone().map(|record| record.value())) {
+                return Ok(batch);
+            }
+        }
         let count = records.len();
         let kept = count <= KEPT_DECODER_RECORDS;
         let taken = if kept {
@@ -379,7 +394,7 @@ impl RecordDecoder {
 }
 
 /// Decodes `records` with `decoder` (empty) and flushes it.
-fn decode_with<'a, R: KafkaRecord + 'a>(
+pub(crate) fn decode_with<'a, R: KafkaRecord + 'a>(
     decoder: &mut arrow_json::reader::Decoder,
     records: impl Iterator<Item = &'a R>,
     schema: &SchemaRef,

@@ -1,0 +1,725 @@
+//! A fast path for the JSON records most streams carry: one flat object per record whose
+//! values are strings without escapes, plain numbers, booleans or null. Such a chunk is
+//! decoded straight into Arrow arrays in one pass over each value. Anything else (an
+//! escape, nesting, a number written as a string, a value its column's type does not
+//! take as it is, a key given twice, a record that is not one object) makes the fast path
+//! give the whole chunk back: arrow-json then decodes it, or names what is wrong. On what
+//! it takes, its arrays equal arrow-json's (tested against it over generated records).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanArray, BooleanBufferBuilder, Float64Array, Int32Array, Int64Array,
+    NullBufferBuilder, PrimitiveArray, RecordBatch, StringArray,
+};
+use arrow::buffer::{OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{
+    DataType, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+};
+
+/// Field types the fast path decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Utf8,
+    Boolean,
+    Int32,
+    Int64,
+    Float64,
+    /// From integers only (arrow-json parses strings as dates and times).
+    TimestampMs,
+    TimestampUs,
+}
+
+/// Most fields a record may have for the fast path (one bit each per record).
+const MAX_FIELDS: usize = 64;
+/// Integer literals with more digits may not fit an `i64`.
+const MAX_INTEGER_DIGITS: usize = 18;
+/// Integers with at most this many digits are exact as `f64` (below 2^53).
+const MAX_EXACT_FLOAT_DIGITS: usize = 15;
+
+/// Decodes chunks of flat JSON objects of one schema, or gives them back.
+#[derive(Debug)]
+pub(crate) struct FlatJsonDecoder {
+    schema: SchemaRef,
+    fields: Vec<(Vec<u8>, Kind)>,
+}
+
+impl FlatJsonDecoder {
+    /// A decoder for records of `schema`; `None` when a field's type is not one the fast
+    /// path decodes, a field is not nullable, or there are too many fields.
+    pub(crate) fn new(schema: &SchemaRef) -> Option<FlatJsonDecoder> {
+        if schema.fields().len() > MAX_FIELDS {
+            return None;
+        }
+        let fields = schema
+            .fields()
+            .iter()
+            .map(|field| {
+                let kind = match field.data_type() {
+                    DataType::Utf8 => Kind::Utf8,
+                    DataType::Boolean => Kind::Boolean,
+                    DataType::Int32 => Kind::Int32,
+                    DataType::Int64 => Kind::Int64,
+                    DataType::Float64 => Kind::Float64,
+                    DataType::Timestamp(TimeUnit::Millisecond, None) => Kind::TimestampMs,
+                    DataType::Timestamp(TimeUnit::Microsecond, None) => Kind::TimestampUs,
+                    _ => return None,
+                };
+                field
+                    .is_nullable()
+                    .then(|| (field.name().as_bytes().to_vec(), kind))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(FlatJsonDecoder {
+            schema: schema.clone(),
+            fields,
+        })
+    }
+
+    /// The chunk of `values` (one JSON object each) as a batch of the schema, or `None`
+    /// when some value is not for the fast path.
+    pub(crate) fn decode<'a>(
+        &self,
+        values: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
+    ) -> Option<RecordBatch> {
+        let rows = values.len();
+        let mut columns: Vec<Column> = self
+            .fields
+            .iter()
+            .map(|(_, kind)| Column::new(*kind, rows))
+            .collect();
+        for value in values {
+            self.decode_object(value?, &mut columns)?;
+        }
+        let arrays = columns
+            .into_iter()
+            .zip(self.schema.fields().iter())
+            .map(|(column, field)| column.finish(field.data_type()))
+            .collect::<Option<Vec<ArrayRef>>>()?;
+        RecordBatch::try_new(self.schema.clone(), arrays).ok()
+    }
+
+    /// Appends one record's values (null for each field it lacks) to `columns`.
+    fn decode_object(&self, value: &[u8], columns: &mut [Column]) -> Option<()> {
+        // Keys and strings are copied as they are: they must be UTF-8, as arrow-json
+        // requires of the whole value.
+        std::str::from_utf8(value).ok()?;
+        let mut at = Scanner {
+            bytes: value,
+            at: 0,
+        };
+        let mut seen: u64 = 0;
+        at.skip_whitespace();
+        at.expect(b'{')?;
+        at.skip_whitespace();
+        if at.peek() == Some(b'}') {
+            at.at += 1;
+        } else {
+            // Fields usually come in schema order: look at the one after the last first.
+            let mut next_field = 0;
+            loop {
+                let key = at.string()?;
+                at.skip_whitespace();
+                at.expect(b':')?;
+                at.skip_whitespace();
+                let field = self.field_index(key, next_field);
+                match field {
+                    Some(index) => {
+                        let bit = 1u64 << index;
+                        if seen & bit != 0 {
+                            return None;
+                        }
+                        seen |= bit;
+                        columns[index].push(&mut at)?;
+                        next_field = index + 1;
+                    }
+                    None => at.skip_scalar()?,
+                }
+                at.skip_whitespace();
+                match at.next()? {
+                    b',' => at.skip_whitespace(),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        at.skip_whitespace();
+        if at.at != value.len() {
+            return None;
+        }
+        for (index, column) in columns.iter_mut().enumerate() {
+            if seen & (1u64 << index) == 0 {
+                column.push_null();
+            }
+        }
+        Some(())
+    }
+
+    fn field_index(&self, key: &[u8], expected: usize) -> Option<usize> {
+        if self
+            .fields
+            .get(expected)
+            .is_some_and(|(name, _)| name == key)
+        {
+            return Some(expected);
+        }
+        self.fields.iter().position(|(name, _)| name == key)
+    }
+}
+
+/// One field's values as they are decoded.
+enum Column {
+    Utf8 {
+        offsets: Vec<i32>,
+        data: Vec<u8>,
+        nulls: NullBufferBuilder,
+    },
+    Boolean {
+        values: BooleanBufferBuilder,
+        nulls: NullBufferBuilder,
+    },
+    /// Integer kinds (`Int32` checked on append) and timestamps.
+    Integer {
+        kind: Kind,
+        values: Vec<i64>,
+        nulls: NullBufferBuilder,
+    },
+    Float64 {
+        values: Vec<f64>,
+        nulls: NullBufferBuilder,
+    },
+}
+
+impl Column {
+    fn new(kind: Kind, rows: usize) -> Column {
+        let nulls = NullBufferBuilder::new(rows);
+        match kind {
+            Kind::Utf8 => {
+                let mut offsets = Vec::with_capacity(rows + 1);
+                offsets.push(0);
+                Column::Utf8 {
+                    offsets,
+                    data: Vec::with_capacity(rows * 16),
+                    nulls,
+                }
+            }
+            Kind::Boolean => Column::Boolean {
+                values: BooleanBufferBuilder::new(rows),
+                nulls,
+            },
+            Kind::Float64 => Column::Float64 {
+                values: Vec::with_capacity(rows),
+                nulls,
+            },
+            Kind::Int32 | Kind::Int64 | Kind::TimestampMs | Kind::TimestampUs => Column::Integer {
+                kind,
+                values: Vec::with_capacity(rows),
+                nulls,
+            },
+        }
+    }
+
+    /// Appends the value at `at` (a literal the column takes as it is, or null).
+    fn push(&mut self, at: &mut Scanner<'_>) -> Option<()> {
+        if at.literal(b"null") {
+            self.push_null();
+            return Some(());
+        }
+        match self {
+            Column::Utf8 {
+                offsets,
+                data,
+                nulls,
+            } => {
+                data.extend_from_slice(at.string()?);
+                offsets.push(i32::try_from(data.len()).ok()?);
+                nulls.append_non_null();
+            }
+            Column::Boolean { values, nulls } => {
+                let value = if at.literal(b"true") {
+                    true
+                } else if at.literal(b"false") {
+                    false
+                } else {
+                    return None;
+                };
+                values.append(value);
+                nulls.append_non_null();
+            }
+            Column::Integer {
+                kind,
+                values,
+                nulls,
+            } => {
+                let number = at.number()?;
+                let value = number.integer()?;
+                if *kind == Kind::Int32 {
+                    i32::try_from(value).ok()?;
+                }
+                values.push(value);
+                nulls.append_non_null();
+            }
+            Column::Float64 { values, nulls } => {
+                values.push(at.number()?.float()?);
+                nulls.append_non_null();
+            }
+        }
+        Some(())
+    }
+
+    fn push_null(&mut self) {
+        match self {
+            Column::Utf8 {
+                offsets,
+                data,
+                nulls,
+            } => {
+                offsets.push(data.len() as i32);
+                nulls.append_null();
+            }
+            Column::Boolean { values, nulls } => {
+                values.append(false);
+                nulls.append_null();
+            }
+            Column::Integer { values, nulls, .. } => {
+                values.push(0);
+                nulls.append_null();
+            }
+            Column::Float64 { values, nulls } => {
+                values.push(0.0);
+                nulls.append_null();
+            }
+        }
+    }
+
+    fn finish(self, data_type: &DataType) -> Option<ArrayRef> {
+        Some(match self {
+            Column::Utf8 {
+                offsets,
+                data,
+                mut nulls,
+            } => Arc::new(
+                StringArray::try_new(
+                    OffsetBuffer::new(ScalarBuffer::from(offsets)),
+                    data.into(),
+                    nulls.finish(),
+                )
+                .ok()?,
+            ),
+            Column::Boolean {
+                mut values,
+                mut nulls,
+            } => Arc::new(BooleanArray::new(values.finish(), nulls.finish())),
+            Column::Float64 { values, mut nulls } => {
+                Arc::new(Float64Array::new(values.into(), nulls.finish()))
+            }
+            Column::Integer {
+                kind,
+                values,
+                mut nulls,
+            } => match kind {
+                Kind::Int32 => Arc::new(Int32Array::new(
+                    values.into_iter().map(|v| v as i32).collect(),
+                    nulls.finish(),
+                )),
+                Kind::Int64 => Arc::new(Int64Array::new(values.into(), nulls.finish())),
+                Kind::TimestampMs => Arc::new(
+                    PrimitiveArray::<TimestampMillisecondType>::new(values.into(), nulls.finish())
+                        .with_data_type(data_type.clone()),
+                ),
+                Kind::TimestampUs => Arc::new(
+                    PrimitiveArray::<TimestampMicrosecondType>::new(values.into(), nulls.finish())
+                        .with_data_type(data_type.clone()),
+                ),
+                Kind::Utf8 | Kind::Boolean | Kind::Float64 => return None,
+            },
+        })
+    }
+}
+
+/// A JSON number literal, as written.
+struct Number<'a> {
+    text: &'a [u8],
+    /// Digits of its integer part, when it has neither fraction nor exponent.
+    integer_digits: Option<usize>,
+}
+
+impl Number<'_> {
+    /// Its sign and magnitude: only for integers of at most [`MAX_INTEGER_DIGITS`].
+    fn integer_parts(&self) -> Option<(bool, i64)> {
+        if self.integer_digits? > MAX_INTEGER_DIGITS {
+            return None;
+        }
+        let (negative, digits) = match self.text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, self.text),
+        };
+        let magnitude = digits
+            .iter()
+            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+        Some((negative, magnitude))
+    }
+
+    /// Its value as an integer: only for integers of at most [`MAX_INTEGER_DIGITS`].
+    fn integer(&self) -> Option<i64> {
+        let (negative, magnitude) = self.integer_parts()?;
+        Some(if negative { -magnitude } else { magnitude })
+    }
+
+    /// Its value as a float, rounded as arrow-json rounds it (to the nearest `f64`; `-0`
+    /// is negative zero).
+    fn float(&self) -> Option<f64> {
+        if self
+            .integer_digits
+            .is_some_and(|digits| digits <= MAX_EXACT_FLOAT_DIGITS)
+        {
+            let (negative, magnitude) = self.integer_parts()?;
+            let value = magnitude as f64;
+            return Some(if negative { -value } else { value });
+        }
+        let value: f64 = std::str::from_utf8(self.text).ok()?.parse().ok()?;
+        value.is_finite().then_some(value)
+    }
+}
+
+/// A position in a record's bytes.
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next()? == byte).then_some(())
+    }
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// Takes `word` if it is next.
+    fn literal(&mut self, word: &[u8]) -> bool {
+        let found = self.bytes[self.at..].starts_with(word);
+        if found {
+            self.at += word.len();
+        }
+        found
+    }
+
+    /// A string without escapes or control characters: its contents.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let start = self.at;
+        loop {
+            match self.next()? {
+                b'"' => return Some(&self.bytes[start..self.at - 1]),
+                b'\\' | 0..=0x1f => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// A number as JSON writes it: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn number(&mut self) -> Option<Number<'a>> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        let integer_start = self.at;
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        let digits = self.at - integer_start;
+        let mut integer = true;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            self.first_digit()?;
+            integer = false;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            self.first_digit()?;
+            integer = false;
+        }
+        Some(Number {
+            text: &self.bytes[start..self.at],
+            integer_digits: integer.then_some(digits),
+        })
+    }
+
+    fn first_digit(&mut self) -> Option<()> {
+        self.next()?.is_ascii_digit().then(|| self.digits())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+    }
+
+    /// Skips a value of a field the schema does not have: only scalars.
+    fn skip_scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b't' if self.literal(b"true") => Some(()),
+            b'f' if self.literal(b"false") => Some(()),
+            b'n' if self.literal(b"null") => Some(()),
+            _ => self.number().map(|_| ()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{Field, Schema};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::decode::{decode_with, RawRecord};
+    use crate::synthetic::Order;
+
+    fn schema() -> SchemaRef {
+        let field = |name: &str, data_type: DataType| Field::new(name, data_type, true);
+        Arc::new(Schema::new(vec![
+            field("s", DataType::Utf8),
+            field("b", DataType::Boolean),
+            field("i", DataType::Int32),
+            field("l", DataType::Int64),
+            field("f", DataType::Float64),
+            field("t", DataType::Timestamp(TimeUnit::Millisecond, None)),
+            field("u", DataType::Timestamp(TimeUnit::Microsecond, None)),
+        ]))
+    }
+
+    /// What arrow-json makes of `values`, as the record decoder runs it.
+    fn arrow_json(schema: &SchemaRef, values: &[Vec<u8>]) -> Result<RecordBatch, String> {
+        let records: Vec<RawRecord> = values
+            .iter()
+            .enumerate()
+            .map(|(offset, value)| RawRecord {
+                offset: offset as i64,
+                timestamp_ms: None,
+                key: None,
+                value: Some(value.clone()),
+            })
+            .collect();
+        let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
+            .with_batch_size(values.len() + 1)
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        decode_with(&mut decoder, records.iter(), schema)
+    }
+
+    fn fast(schema: &SchemaRef, values: &[Vec<u8>]) -> Option<RecordBatch> {
+        FlatJsonDecoder::new(schema)
+            .expect("a flat schema")
+            .decode(values.iter().map(|v| Some(v.as_slice())))
+    }
+
+    #[test]
+    fn order_events_take_the_fast_path_and_decode_as_arrow_json_does() {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("order_id", DataType::Utf8, true),
+            Field::new("customer_id", DataType::Int64, true),
+            Field::new("product_id", DataType::Int64, true),
+            Field::new("amount", DataType::Float64, true),
+            Field::new("country", DataType::Utf8, true),
+            Field::new("ts", ts, true),
+        ]));
+        let values: Vec<Vec<u8>> = (0..500)
+            .map(|seq| {
+                Order::new(seq, 1_700_000_000_000 + seq as i64)
+                    .to_json()
+                    .into_bytes()
+            })
+            .collect();
+        let fast = fast(&schema, &values).expect("orders are flat");
+        assert_eq!(fast, arrow_json(&schema, &values).unwrap());
+        assert_eq!(fast.num_rows(), 500);
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_and_whitespace() {
+        let values: Vec<Vec<u8>> = [
+            r#"{}"#,
+            r#" { "s" : "x" , "extra": [1] } "#,
+            r#"{"extra": 1.5e3, "l": -12, "f": -0, "b": false, "u": 5, "t": null}"#,
+            "{\"i\":\t2147483647,\n\"s\":\"\u{e9}\u{6f22}\"}",
+        ]
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+        // Nesting in an unknown field: given back.
+        assert!(fast(&schema(), &values).is_none());
+        let flat = &values[..1]
+            .iter()
+            .chain(&values[2..])
+            .cloned()
+            .collect::<Vec<_>>();
+        let decoded = fast(&schema(), flat).expect("flat records");
+        assert_eq!(decoded, arrow_json(&schema(), flat).unwrap());
+        let f = decoded
+            .column(4)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert!(
+            f.value(1).is_sign_negative(),
+            "-0 is negative zero, as arrow-json reads it"
+        );
+    }
+
+    #[test]
+    fn what_the_fast_path_gives_back() {
+        for value in [
+            r#"{"s": "a\nb"}"#,
+            r#"{"s": 1}"#,
+            r#"{"l": "12"}"#,
+            r#"{"l": 1.0}"#,
+            r#"{"l": 0012}"#,
+            r#"{"i": 2147483648}"#,
+            r#"{"l": 1234567890123456789}"#,
+            r#"{"f": 1e400}"#,
+            r#"{"t": "2024-01-01T00:00:00Z"}"#,
+            r#"{"s": "a", "s": "b"}"#,
+            r#"{"b": tru}"#,
+            r#"{"s": "a"} {"s": "b"}"#,
+            r#"[1]"#,
+            r#""#,
+            "{\"s\": \"a\u{1}\"}",
+        ] {
+            assert!(
+                fast(&schema(), &[value.as_bytes().to_vec()]).is_none(),
+                "{value}"
+            );
+        }
+        assert!(fast(&schema(), &[b"{\"s\": \"\xff\"}".to_vec()]).is_none());
+    }
+
+    /// A value in JSON text: of every kind a field may get, well formed or not.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<i32>().prop_map(|v| v.to_string()),
+            (-1000i64..1000).prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            any::<f64>().prop_map(|v| format!("{v:e}")),
+            (-1e6f64..1e6).prop_map(|v| format!("{v}")),
+            prop::sample::select(vec![
+                "-0",
+                "0",
+                "007",
+                "-",
+                "1.",
+                "1e",
+                "1E+2",
+                "2.5E-3",
+                "1e400",
+                "9007199254740993",
+                "123456789012345678",
+                "1234567890123456789",
+                "\"12\"",
+                "[]",
+                "{}",
+                "[1, 2]",
+                "{\"a\": 1}",
+                "nul",
+                "\"a\\\"b\"",
+                "\"\\u00e9\"",
+            ])
+            .prop_map(str::to_string),
+            "[a-zA-Z0-9 \u{e9}\u{6f22}]{0,8}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    /// A value as the field `key` usually gets it: of its column's type, or null.
+    fn typed_value(key: &'static str) -> BoxedStrategy<String> {
+        let null = Just("null".to_string());
+        match key {
+            "s" => prop_oneof![
+                null,
+                "[a-zA-Z0-9 \u{e9}\u{6f22}]{0,8}".prop_map(|s| format!("\"{s}\""))
+            ]
+            .boxed(),
+            "b" => prop::sample::select(vec!["true", "false", "null"])
+                .prop_map(str::to_string)
+                .boxed(),
+            "i" => prop_oneof![null, any::<i32>().prop_map(|v| v.to_string())].boxed(),
+            "f" => prop_oneof![
+                null,
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                any::<f64>().prop_map(|v| format!("{v:e}")),
+                any::<i64>().prop_map(|v| v.to_string()),
+                (-1e6f64..1e6).prop_map(|v| format!("{v}")),
+            ]
+            .boxed(),
+            "l" | "t" | "u" => prop_oneof![
+                null,
+                (-999_999_999_999_999_999i64..=999_999_999_999_999_999).prop_map(|v| v.to_string()),
+                (-1000i64..1000).prop_map(|v| v.to_string()),
+            ]
+            .boxed(),
+            _ => value().boxed(),
+        }
+    }
+
+    /// A record: fields of the schema and others, in any order, sometimes twice, mostly
+    /// of their column's type, with whitespace, now and then not an object at all.
+    fn record() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec!["s", "b", "i", "l", "f", "t", "u", "x", "S"]);
+        let field = key.prop_flat_map(|key| {
+            let value = prop_oneof![6 => typed_value(key), 1 => value()];
+            (Just(key), value)
+        });
+        let space = prop::sample::select(vec!["", " ", "\n", "\t "]);
+        let object = prop::collection::vec((field, space), 0..9).prop_map(|fields| {
+            let body: Vec<String> = fields
+                .into_iter()
+                .map(|((k, v), ws)| format!("{ws}\"{k}\"{ws}:{ws}{v}{ws}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        });
+        prop_oneof![
+            8 => object,
+            1 => prop::sample::select(vec!["", "[]", "{", "{}{}", "{\"s\":\"a\"}x", " {} "])
+                .prop_map(str::to_string),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever the fast path takes, it decodes exactly as arrow-json does.
+        #[test]
+        fn the_fast_path_agrees_with_arrow_json(records in prop::collection::vec(record(), 1..6)) {
+            let values: Vec<Vec<u8>> = records.iter().map(|r| r.as_bytes().to_vec()).collect();
+            if let Some(fast) = fast(&schema(), &values) {
+                let expected = arrow_json(&schema(), &values);
+                prop_assert_eq!(Ok(fast), expected, "{:?}", records);
+            }
+        }
+    }
+}
