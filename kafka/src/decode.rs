@@ -215,6 +215,24 @@ impl RecordDecoder {
     /// Why a record cannot be taken before decoding it, if it cannot: too large, or (JSON)
     /// nested too deep for the decoder to be safe on it.
     fn precheck(&self, record: &impl KafkaRecord) -> Option<String> {
+        if let Some(reason) = self.size_check(record) {
+            return Some(reason);
+        }
+        let value = record.value().unwrap_or_default();
+        if self.format == RecordFormat::Json {
+            if let Some(at) = json_guard::too_deep_at(value, self.max_nesting_depth) {
+                return Some(format!(
+                    "JSON nested deeper than max_nesting_depth ({}) at byte {at}",
+                    self.max_nesting_depth
+                ));
+            }
+        }
+        None
+    }
+
+    /// Why a record cannot be taken whatever its contents, if it cannot: unreadable, or
+    /// too large.
+    fn size_check(&self, record: &impl KafkaRecord) -> Option<String> {
         if let Some(reason) = record.unreadable() {
             return Some(reason.to_string());
         }
@@ -227,15 +245,17 @@ impl RecordDecoder {
                 self.max_record_bytes
             ));
         }
-        if self.format == RecordFormat::Json {
-            if let Some(at) = json_guard::too_deep_at(value, self.max_nesting_depth) {
-                return Some(format!(
-                    "JSON nested deeper than max_nesting_depth ({}) at byte {at}",
-                    self.max_nesting_depth
-                ));
-            }
-        }
         None
+    }
+
+    /// The chunk's values decoded by the flat JSON fast path, when it takes them all: flat
+    /// objects are never nested deep, so only their size is checked first.
+    fn decode_flat<R: KafkaRecord>(&self, records: &[R]) -> Option<RecordBatch> {
+        let flat = self.flat_json.as_ref()?;
+        if records.iter().any(|r| self.size_check(r).is_some()) {
+            return None;
+        }
+        flat.decode(records.iter().map(|record| record.value()))
     }
 
     /// Decodes `records` of `topic`/`partition`; malformed records are handled as the
@@ -275,12 +295,15 @@ impl RecordDecoder {
         partition: i32,
         records: &[R],
     ) -> Result<DecodedBatch> {
-        let all_fit = records.iter().all(|r| self.precheck(r).is_none());
         let fast = match self.format {
-            RecordFormat::Json | RecordFormat::Avro if all_fit => {
-                self.decode_json(records.iter()).ok()
-            }
-            _ => None,
+            RecordFormat::Json | RecordFormat::Avro => self.decode_flat(records).or_else(|| {
+                if records.iter().all(|r| self.precheck(r).is_none()) {
+                    self.decode_json(records.iter()).ok()
+                } else {
+                    None
+                }
+            }),
+            RecordFormat::Raw => None,
         };
         let (values, kept, malformed) = match (fast, self.format) {
             (Some(batch), _) => (batch.columns().to_vec(), records.iter().collect(), vec![]),

@@ -100,10 +100,11 @@ impl FlatJsonDecoder {
     }
 
     /// Appends one record's values (null for each field it lacks) to `columns`.
+    ///
+    /// Strings must be UTF-8, as arrow-json requires of every key and string: a key that
+    /// names a field is; the strings a column keeps are checked once the column's array
+    /// is built; the keys and strings of other fields are checked here.
     fn decode_object(&self, value: &[u8], columns: &mut [Column]) -> Option<()> {
-        // Keys and strings are copied as they are: they must be UTF-8, as arrow-json
-        // requires of the whole value.
-        std::str::from_utf8(value).ok()?;
         let mut at = Scanner {
             bytes: value,
             at: 0,
@@ -133,7 +134,10 @@ impl FlatJsonDecoder {
                         columns[index].push(&mut at)?;
                         next_field = index + 1;
                     }
-                    None => at.skip_scalar()?,
+                    None => {
+                        std::str::from_utf8(key).ok()?;
+                        at.skip_scalar()?;
+                    }
                 }
                 at.skip_whitespace();
                 match at.next()? {
@@ -418,17 +422,17 @@ impl<'a> Scanner<'a> {
         found
     }
 
-    /// A string without escapes or control characters: its contents.
+    /// A string without escapes: its contents (not checked to be UTF-8). Like arrow-json,
+    /// it takes control characters as they are.
     fn string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.at;
-        loop {
-            match self.next()? {
-                b'"' => return Some(&self.bytes[start..self.at - 1]),
-                b'\\' | 0..=0x1f => return None,
-                _ => {}
-            }
+        let length = memchr::memchr2(b'"', b'\\', &self.bytes[start..])?;
+        if self.bytes[start + length] != b'"' {
+            return None;
         }
+        self.at = start + length + 1;
+        Some(&self.bytes[start..start + length])
     }
 
     /// A number as JSON writes it: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -477,7 +481,7 @@ impl<'a> Scanner<'a> {
     /// Skips a value of a field the schema does not have: only scalars.
     fn skip_scalar(&mut self) -> Option<()> {
         match self.peek()? {
-            b'"' => self.string().map(|_| ()),
+            b'"' => std::str::from_utf8(self.string()?).ok().map(|_| ()),
             b't' if self.literal(b"true") => Some(()),
             b'f' if self.literal(b"false") => Some(()),
             b'n' if self.literal(b"null") => Some(()),
@@ -606,14 +610,22 @@ mod tests {
             r#"{"s": "a"} {"s": "b"}"#,
             r#"[1]"#,
             r#""#,
-            "{\"s\": \"a\u{1}\"}",
         ] {
             assert!(
                 fast(&schema(), &[value.as_bytes().to_vec()]).is_none(),
                 "{value}"
             );
         }
-        assert!(fast(&schema(), &[b"{\"s\": \"\xff\"}".to_vec()]).is_none());
+        for invalid in [
+            b"{\"s\": \"\xff\"}".to_vec(),
+            b"{\"x\": \"\xff\"}".to_vec(),
+            b"{\"\xff\": 1}".to_vec(),
+        ] {
+            assert!(
+                fast(&schema(), &[invalid]).is_none(),
+                "invalid UTF-8 is given back"
+            );
+        }
     }
 
     /// A value in JSON text: of every kind a field may get, well formed or not.
@@ -651,7 +663,7 @@ mod tests {
                 "\"\\u00e9\"",
             ])
             .prop_map(str::to_string),
-            "[a-zA-Z0-9 \u{e9}\u{6f22}]{0,8}".prop_map(|s| format!("\"{s}\"")),
+            "[a-zA-Z0-9 \u{e9}\u{6f22}\u{1}\t]{0,8}".prop_map(|s| format!("\"{s}\"")),
         ]
     }
 
@@ -661,7 +673,7 @@ mod tests {
         match key {
             "s" => prop_oneof![
                 null,
-                "[a-zA-Z0-9 \u{e9}\u{6f22}]{0,8}".prop_map(|s| format!("\"{s}\""))
+                "[a-zA-Z0-9 \u{e9}\u{6f22}\u{1}\t]{0,8}".prop_map(|s| format!("\"{s}\""))
             ]
             .boxed(),
             "b" => prop::sample::select(vec!["true", "false", "null"])
