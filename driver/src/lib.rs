@@ -1,6 +1,6 @@
 //! The Sluice driver: accepts jobs, plans each micro-batch from the checkpoint and Kafka's
 //! latest offsets, runs its tasks on executors, and commits the batch to Iceberg and the
-//! checkpoint store exactly once. See DESIGN.md, "The batch lifecycle".
+//! checkpoint store exactly once. See docs/architecture.md, "The life of a batch".
 
 mod batch;
 pub mod checkpoint;

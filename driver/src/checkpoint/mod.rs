@@ -1,7 +1,8 @@
 //! The checkpoint store: where a job's spec, offset log, commit log and checkpoint live.
 //!
 //! [`CheckpointStore`] is a tiny ordered key-value interface with an atomic multi-put;
-//! [`JobLog`] puts the batch protocol of DESIGN.md on top of it. Two implementations:
+//! [`JobLog`] puts the batch protocol (docs/architecture.md, "The commit protocol's
+//! invariant") on top of it. Two implementations:
 //! [`EtcdStore`] for clusters and [`EmbeddedStore`], a file, for one machine.
 
 mod election;
@@ -74,7 +75,7 @@ pub struct CompactionRecord {
 /// How many batches of offset and commit log are kept behind the checkpoint.
 pub const RETAINED_BATCHES: i64 = 100;
 
-/// One job's durable state, laid out as DESIGN.md describes:
+/// One job's durable state (docs/architecture.md, "The life of a batch"):
 /// `/sluice/jobs/J/{job, offsets/N, commits/N, checkpoint}`.
 #[derive(Debug, Clone)]
 pub struct JobLog {
