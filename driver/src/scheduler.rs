@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::future::try_join_all;
 use sluice_core::failpoint;
 use sluice_core::spec::{Aggregation, JobSpec, WINDOW_END_COLUMN};
-use sluice_core::{BatchId, ExecutorId, TaskId};
+use sluice_core::{BatchId, ExecutorId, JobId, TaskId};
 use sluice_iceberg::data_files::{state_file_partition, state_file_stage};
 use sluice_kafka::offsets::{BatchPlan, OffsetRange};
 use sluice_plan::{plan_job, JobPlan, StageKind, StageOutput};
@@ -84,7 +84,7 @@ pub struct StageInfo {
 /// The job a batch belongs to, as executors need it: spec and stage plans, made once.
 #[derive(Debug, Clone)]
 pub struct JobRef {
-    pub job_id: String,
+    pub job_id: JobId,
     pub spec_json: Arc<String>,
     pub stages: Arc<Vec<StageInfo>>,
     /// The rows the last stage writes to the sink table.
@@ -168,7 +168,7 @@ impl JobRef {
             .collect();
         info!(job = %job_id, stages = stages.len(), "job planned");
         Ok(JobRef {
-            job_id: job_id.to_string(),
+            job_id: JobId::new(job_id),
             prepared_key: format!("{job_id}@{:016x}", hasher.finish()),
             counting_stage,
             state_stages,
@@ -345,7 +345,7 @@ impl BatchRun<'_> {
             _ => vec![],
         };
         TaskDefinition {
-            job_id: self.job.job_id.clone(),
+            job_id: self.job.job_id.to_string(),
             batch_id: self.batch.get(),
             task_id: task,
             attempt,
@@ -472,7 +472,7 @@ impl Scheduler {
                 .await?;
             last_executor = Some(executor.id.clone());
             let definition = TaskDefinition {
-                job_id: job.job_id.clone(),
+                job_id: job.job_id.to_string(),
                 task_id: task,
                 attempt,
                 term,
@@ -527,7 +527,7 @@ impl Scheduler {
         for executor in self.registry.alive() {
             let mut client = executor.client.clone();
             let request = ReleaseShuffleRequest {
-                job_id: job.job_id.clone(),
+                job_id: job.job_id.to_string(),
                 batch_id: batch.get(),
             };
             tokio::spawn(async move {
@@ -776,7 +776,7 @@ impl Scheduler {
             .contains(&job.prepared_key);
         if !prepared {
             let request = PrepareJobRequest {
-                job_id: job.job_id.clone(),
+                job_id: job.job_id.to_string(),
                 spec_json: job.spec_json.as_ref().clone(),
                 stages: job.stage_plans.as_ref().clone(),
             };
@@ -878,7 +878,7 @@ mod tests {
 
     fn job(state_stages: &[u32]) -> JobRef {
         JobRef {
-            job_id: "j".into(),
+            job_id: JobId::new("j"),
             spec_json: Arc::new(String::new()),
             stages: Arc::new(vec![
                 stage(0, StageKind::Source, StageOutput::Hash(4)),
