@@ -50,10 +50,17 @@ pub struct WrittenTransaction {
     pub marker_offset: i64,
 }
 
+/// A record's key and value.
+type Record<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+/// A topic's partition.
+type Partition = (String, i32);
+/// An aborted transaction as a fetch answer lists it: producer id, first offset.
+type Aborted = (i64, i64);
+
 /// The aborted transactions of each partition, as fetch answers list them.
 #[derive(Debug, Default)]
 pub struct AbortedTransactions {
-    by_partition: Mutex<HashMap<(String, i32), Vec<(i64, i64)>>>,
+    by_partition: Mutex<HashMap<Partition, Vec<Aborted>>>,
 }
 
 impl AbortedTransactions {
@@ -67,7 +74,7 @@ impl AbortedTransactions {
             .push((transaction.producer_id, transaction.first_offset));
     }
 
-    fn of(&self, topic: &str, partition: i32) -> Vec<(i64, i64)> {
+    fn of(&self, topic: &str, partition: i32) -> Vec<Aborted> {
         self.by_partition
             .lock()
             .expect("aborted transactions")
@@ -89,8 +96,7 @@ pub fn write_transaction(
 ) -> std::io::Result<WrittenTransaction> {
     assert!(!values.is_empty(), "a transaction writes records");
     let mut connection = std::net::TcpStream::connect(broker)?;
-    let records: Vec<(Option<&[u8]>, Option<&[u8]>)> =
-        values.iter().map(|v| (None, Some(v.as_slice()))).collect();
+    let records: Vec<Record<'_>> = values.iter().map(|v| (None, Some(v.as_slice()))).collect();
     let first_offset = produce(
         &mut connection,
         topic,
@@ -167,11 +173,7 @@ fn produce(
 
 /// A record batch (magic 2) of `records` (key, value) with `attributes`, written by
 /// `producer_id` (epoch 0, sequence 0), its checksum set.
-fn record_batch(
-    producer_id: i64,
-    attributes: i16,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
-) -> Vec<u8> {
+fn record_batch(producer_id: i64, attributes: i16, records: &[Record<'_>]) -> Vec<u8> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
