@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -25,6 +25,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::kafka_transactions::{
     relay, write_transaction, AbortedTransactions, Outcome, WrittenTransaction,
 };
+use crate::kafka_wire::{push_string, read_frame, write_frame, RequestHeader};
 
 /// Kafka API keys the gate handles.
 const API_VERSIONS: i16 = 18;
@@ -462,30 +463,6 @@ impl Scram {
     }
 }
 
-/// The fixed start of a request: api key, version, correlation id, client id.
-pub(crate) struct RequestHeader {
-    pub(crate) api_key: i16,
-    pub(crate) api_version: i16,
-    pub(crate) correlation_id: i32,
-    /// Where the body starts (request header v1, as these requests use).
-    body: usize,
-}
-
-impl RequestHeader {
-    pub(crate) fn parse(request: &[u8]) -> Option<RequestHeader> {
-        let api_key = i16::from_be_bytes(request.get(0..2)?.try_into().ok()?);
-        let api_version = i16::from_be_bytes(request.get(2..4)?.try_into().ok()?);
-        let correlation_id = i32::from_be_bytes(request.get(4..8)?.try_into().ok()?);
-        let client_id_len = i16::from_be_bytes(request.get(8..10)?.try_into().ok()?);
-        Some(RequestHeader {
-            api_key,
-            api_version,
-            correlation_id,
-            body: 10 + client_id_len.max(0) as usize,
-        })
-    }
-}
-
 /// Adds SaslHandshake and SaslAuthenticate (versions 0 to 1) to an ApiVersions answer of
 /// version 0 to 2: correlation id, error code, an i32 count, 6-byte entries, then (from
 /// version 1) the throttle time.
@@ -519,30 +496,4 @@ fn read_string(body: &[u8]) -> Option<String> {
 fn read_bytes(body: &[u8]) -> Option<Vec<u8>> {
     let len = i32::from_be_bytes(body.get(0..4)?.try_into().ok()?);
     Some(body.get(4..4 + len.max(0) as usize)?.to_vec())
-}
-
-pub(crate) fn push_string(out: &mut Vec<u8>, text: &str) {
-    out.extend((text.len() as i16).to_be_bytes());
-    out.extend(text.as_bytes());
-}
-
-pub(crate) async fn read_frame(
-    stream: &mut (impl AsyncRead + Unpin + ?Sized),
-) -> std::io::Result<Vec<u8>> {
-    let len = stream.read_i32().await?;
-    if !(0..=64 << 20).contains(&len) {
-        return Err(refused("frame size out of range"));
-    }
-    let mut frame = vec![0; len as usize];
-    stream.read_exact(&mut frame).await?;
-    Ok(frame)
-}
-
-pub(crate) async fn write_frame(
-    stream: &mut (impl AsyncWrite + Unpin + ?Sized),
-    frame: &[u8],
-) -> std::io::Result<()> {
-    stream.write_i32(frame.len() as i32).await?;
-    stream.write_all(frame).await?;
-    stream.flush().await
 }

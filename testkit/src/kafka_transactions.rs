@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::kafka_gate::{push_string, read_frame, write_frame, RequestHeader};
+use crate::kafka_wire::{push_string, read_frame, write_frame, RequestHeader};
 
 const PRODUCE: i16 = 0;
 const FETCH: i16 = 1;

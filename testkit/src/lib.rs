@@ -5,6 +5,7 @@
 
 pub mod kafka_gate;
 pub mod kafka_transactions;
+mod kafka_wire;
 pub mod schema_registry;
 pub mod tls;
 
