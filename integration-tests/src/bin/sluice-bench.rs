@@ -14,6 +14,8 @@
 //!   conversion) and q2 (selection) over its person/auction/bid stream, in events/s and
 //!   events/s per core;
 //! - `shuffle`: what the shuffle adds to a 10,000-row batch;
+//! - `decode`: records decoded per second by one thread, by the flat JSON fast path and
+//!   by arrow-json alone, for plain orders and orders whose strings carry escapes;
 //! - `stream`: small batches on a 100 ms trigger, per-batch overhead and end-to-end
 //!   latency (produce time -> committed snapshot), without and with Kafka read-ahead;
 //! - `tables` (only when asked for): two jobs on one 100 ms-trigger stream, compaction off
@@ -72,7 +74,7 @@ struct Args {
     #[arg(long, default_value_t = 2_000)]
     table_batches: u64,
     /// Which suites to run.
-    #[arg(long, value_enum, default_values_t = [Suite::Throughput, Suite::Windows, Suite::Nexmark, Suite::Shuffle, Suite::Stream])]
+    #[arg(long, value_enum, default_values_t = [Suite::Throughput, Suite::Windows, Suite::Nexmark, Suite::Shuffle, Suite::Stream, Suite::Decode])]
     suite: Vec<Suite>,
 }
 
@@ -84,6 +86,8 @@ enum Suite {
     Nexmark,
     Shuffle,
     Stream,
+    /// One thread decoding chunks of orders, with and without the flat JSON fast path.
+    Decode,
     /// Live files, manifests and read times of a table fed every 100 ms, compaction off
     /// and on (not run by default: it takes `table_batches` / 10 seconds).
     Tables,
@@ -1155,6 +1159,75 @@ async fn small_batches(cluster: &mut TestCluster, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Chunks of 8,192 orders decoded by one thread, by the flat JSON fast path and by
+/// arrow-json alone (the best of three alternating rounds each), plain and with escapes
+/// in their strings.
+fn decode(cluster: &TestCluster) -> Result<()> {
+    use sluice_kafka::decode::{RawRecord, RecordDecoder};
+
+    const CHUNK: u64 = 8_192;
+    const CHUNKS: usize = 60;
+    let spec = sluice_core::spec::JobSpec::parse(&cluster.spec(
+        "decode",
+        "load",
+        "SELECT * FROM source",
+        "{once: true}",
+        "",
+    ))?;
+    let fast = RecordDecoder::new(&spec.source.kafka)?;
+    let arrow_json = fast.clone().without_fast_path();
+    let chunk = |escaped: bool| -> Vec<RawRecord> {
+        (0..CHUNK)
+            .map(|seq| {
+                let json = Order::new(seq, 1_700_000_000_000).to_json();
+                let json = if escaped {
+                    json.replacen("\"o-", "\"o\\u00e9\\\"\\n-", 1)
+                } else {
+                    json
+                };
+                RawRecord {
+                    offset: seq as i64,
+                    timestamp_ms: Some(0),
+                    key: None,
+                    value: Some(json.into_bytes()),
+                }
+            })
+            .collect()
+    };
+    let rate = |decoder: &RecordDecoder, records: &[RawRecord]| -> Result<f64> {
+        let start = Instant::now();
+        for _ in 0..CHUNKS {
+            let decoded = decoder.decode("load", 0, records)?;
+            assert_eq!(decoded.batch.num_rows(), records.len());
+        }
+        Ok((CHUNKS * records.len()) as f64 / start.elapsed().as_secs_f64())
+    };
+    println!("## Decoding JSON (one thread, chunks of {CHUNK} orders of about 200 bytes)\n");
+    println!("| records | arrow-json alone, records/s | fast path, records/s | ratio |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, escaped) in [
+        ("plain orders", false),
+        ("orders with escapes in a string", true),
+    ] {
+        let records = chunk(escaped);
+        if fast.decode("load", 0, &records)?.batch != arrow_json.decode("load", 0, &records)?.batch
+        {
+            bail!("the fast path decoded {name} differently from arrow-json");
+        }
+        let (mut slow_best, mut fast_best) = (0f64, 0f64);
+        for _ in 0..3 {
+            slow_best = slow_best.max(rate(&arrow_json, &records)?);
+            fast_best = fast_best.max(rate(&fast, &records)?);
+        }
+        println!(
+            "| {name} | {slow_best:.0} | {fast_best:.0} | {:.2} |",
+            fast_best / slow_best
+        );
+    }
+    println!();
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -1179,6 +1252,7 @@ async fn main() -> Result<()> {
             Suite::Shuffle => shuffle_overhead(&cluster, args.executors).await?,
             Suite::Stream => small_batches(&mut cluster, &args).await?,
             Suite::Tables => tables(&cluster, &args).await?,
+            Suite::Decode => decode(&cluster)?,
         }
     }
     Ok(())
