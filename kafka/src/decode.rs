@@ -304,8 +304,9 @@ impl RecordDecoder {
     ) -> Result<DecodedBatch> {
         let fast = match self.format {
             RecordFormat::Json | RecordFormat::Avro => self.decode_flat(records).or_else(|| {
+                // The fast path just gave this chunk back: arrow-json alone.
                 if records.iter().all(|r| self.precheck(r).is_none()) {
-                    self.decode_json(records.iter()).ok()
+                    self.decode_arrow_json(records.iter()).ok()
                 } else {
                     None
                 }
@@ -397,6 +398,14 @@ impl RecordDecoder {
                 return Ok(batch);
             }
         }
+        self.decode_arrow_json(records)
+    }
+
+    /// Decodes all records in one arrow-json pass; any bad record fails the pass.
+    fn decode_arrow_json<'a, R: KafkaRecord + 'a>(
+        &self,
+        records: impl ExactSizeIterator<Item = &'a R>,
+    ) -> Result<RecordBatch, String> {
         let count = records.len();
         let kept = count <= KEPT_DECODER_RECORDS;
         let taken = if kept {

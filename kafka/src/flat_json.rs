@@ -172,55 +172,48 @@ impl FlatJsonDecoder {
     }
 }
 
-/// One field's values as they are decoded.
-enum Column {
+/// One field's values as they are decoded, and which are null.
+struct Column {
+    values: Values,
+    nulls: NullBufferBuilder,
+}
+
+/// A column's values (a null slot holds a placeholder).
+enum Values {
     Utf8 {
         offsets: Vec<i32>,
         data: Vec<u8>,
-        nulls: NullBufferBuilder,
     },
-    Boolean {
-        values: BooleanBufferBuilder,
-        nulls: NullBufferBuilder,
-    },
+    Boolean(BooleanBufferBuilder),
     /// Integer kinds (`Int32` checked on append) and timestamps.
     Integer {
         kind: Kind,
         values: Vec<i64>,
-        nulls: NullBufferBuilder,
     },
-    Float64 {
-        values: Vec<f64>,
-        nulls: NullBufferBuilder,
-    },
+    Float64(Vec<f64>),
 }
 
 impl Column {
     fn new(kind: Kind, rows: usize) -> Column {
-        let nulls = NullBufferBuilder::new(rows);
-        match kind {
+        let values = match kind {
             Kind::Utf8 => {
                 let mut offsets = Vec::with_capacity(rows + 1);
                 offsets.push(0);
-                Column::Utf8 {
+                Values::Utf8 {
                     offsets,
                     data: Vec::with_capacity(rows * 16),
-                    nulls,
                 }
             }
-            Kind::Boolean => Column::Boolean {
-                values: BooleanBufferBuilder::new(rows),
-                nulls,
-            },
-            Kind::Float64 => Column::Float64 {
-                values: Vec::with_capacity(rows),
-                nulls,
-            },
-            Kind::Int32 | Kind::Int64 | Kind::TimestampMs | Kind::TimestampUs => Column::Integer {
+            Kind::Boolean => Values::Boolean(BooleanBufferBuilder::new(rows)),
+            Kind::Float64 => Values::Float64(Vec::with_capacity(rows)),
+            Kind::Int32 | Kind::Int64 | Kind::TimestampMs | Kind::TimestampUs => Values::Integer {
                 kind,
                 values: Vec::with_capacity(rows),
-                nulls,
             },
+        };
+        Column {
+            values,
+            nulls: NullBufferBuilder::new(rows),
         }
     }
 
@@ -230,17 +223,12 @@ impl Column {
             self.push_null();
             return Some(());
         }
-        match self {
-            Column::Utf8 {
-                offsets,
-                data,
-                nulls,
-            } => {
+        match &mut self.values {
+            Values::Utf8 { offsets, data } => {
                 at.string_with(|piece| data.extend_from_slice(piece))?;
                 offsets.push(i32::try_from(data.len()).ok()?);
-                nulls.append_non_null();
             }
-            Column::Boolean { values, nulls } => {
+            Values::Boolean(values) => {
                 let value = if at.literal(b"true") {
                     true
                 } else if at.literal(b"false") {
@@ -249,91 +237,55 @@ impl Column {
                     return None;
                 };
                 values.append(value);
-                nulls.append_non_null();
             }
-            Column::Integer {
-                kind,
-                values,
-                nulls,
-            } => {
-                let number = at.number()?;
-                let value = number.integer()?;
+            Values::Integer { kind, values } => {
+                let value = at.number()?.integer()?;
                 if *kind == Kind::Int32 {
                     i32::try_from(value).ok()?;
                 }
                 values.push(value);
-                nulls.append_non_null();
             }
-            Column::Float64 { values, nulls } => {
-                values.push(at.number()?.float()?);
-                nulls.append_non_null();
-            }
+            Values::Float64(values) => values.push(at.number()?.float()?),
         }
+        self.nulls.append_non_null();
         Some(())
     }
 
     fn push_null(&mut self) {
-        match self {
-            Column::Utf8 {
-                offsets,
-                data,
-                nulls,
-            } => {
-                offsets.push(data.len() as i32);
-                nulls.append_null();
-            }
-            Column::Boolean { values, nulls } => {
-                values.append(false);
-                nulls.append_null();
-            }
-            Column::Integer { values, nulls, .. } => {
-                values.push(0);
-                nulls.append_null();
-            }
-            Column::Float64 { values, nulls } => {
-                values.push(0.0);
-                nulls.append_null();
-            }
+        match &mut self.values {
+            Values::Utf8 { offsets, data } => offsets.push(data.len() as i32),
+            Values::Boolean(values) => values.append(false),
+            Values::Integer { values, .. } => values.push(0),
+            Values::Float64(values) => values.push(0.0),
         }
+        self.nulls.append_null();
     }
 
-    fn finish(self, data_type: &DataType) -> Option<ArrayRef> {
-        Some(match self {
-            Column::Utf8 {
-                offsets,
-                data,
-                mut nulls,
-            } => Arc::new(
+    fn finish(mut self, data_type: &DataType) -> Option<ArrayRef> {
+        let nulls = self.nulls.finish();
+        Some(match self.values {
+            Values::Utf8 { offsets, data } => Arc::new(
                 StringArray::try_new(
                     OffsetBuffer::new(ScalarBuffer::from(offsets)),
                     data.into(),
-                    nulls.finish(),
+                    nulls,
                 )
                 .ok()?,
             ),
-            Column::Boolean {
-                mut values,
-                mut nulls,
-            } => Arc::new(BooleanArray::new(values.finish(), nulls.finish())),
-            Column::Float64 { values, mut nulls } => {
-                Arc::new(Float64Array::new(values.into(), nulls.finish()))
-            }
-            Column::Integer {
-                kind,
-                values,
-                mut nulls,
-            } => match kind {
+            Values::Boolean(mut values) => Arc::new(BooleanArray::new(values.finish(), nulls)),
+            Values::Float64(values) => Arc::new(Float64Array::new(values.into(), nulls)),
+            Values::Integer { kind, values } => match kind {
                 Kind::Int32 => Arc::new(Int32Array::new(
                     values.into_iter().map(|v| v as i32).collect(),
-                    nulls.finish(),
+                    nulls,
                 )),
-                Kind::Int64 => Arc::new(Int64Array::new(values.into(), nulls.finish())),
+                Kind::Int64 => Arc::new(Int64Array::new(values.into(), nulls)),
                 Kind::TimestampMs => Arc::new(
-                    PrimitiveArray::<TimestampMillisecondType>::new(values.into(), nulls.finish())
+                    PrimitiveArray::<TimestampMillisecondType>::new(values.into(), nulls)
                         .with_data_type(data_type.clone()),
                 ),
                 Kind::TimestampUs => Arc::new(
-                    PrimitiveArray::<TimestampMicrosecondType>::new(values.into(), nulls.finish())
+                    PrimitiveArray::<TimestampMicrosecondType>::new(values.into(), nulls)
                         .with_data_type(data_type.clone()),
                 ),
                 Kind::Utf8 | Kind::Boolean | Kind::Float64 => return None,
