@@ -25,10 +25,11 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::kafka_transactions::{
     relay, write_transaction, AbortedTransactions, Outcome, WrittenTransaction,
 };
-use crate::kafka_wire::{push_string, read_frame, write_frame, RequestHeader};
+use crate::kafka_wire::{
+    api_versions_entries, push_string, read_frame, write_frame, RequestHeader, API_VERSIONS,
+};
 
 /// Kafka API keys the gate handles.
-const API_VERSIONS: i16 = 18;
 const SASL_HANDSHAKE: i16 = 17;
 const SASL_AUTHENTICATE: i16 = 36;
 /// Kafka error codes the gate answers with.
@@ -467,17 +468,17 @@ impl Scram {
 /// version 0 to 2: correlation id, error code, an i32 count, 6-byte entries, then (from
 /// version 1) the throttle time.
 fn advertise_sasl(response: Vec<u8>, version: i16) -> Vec<u8> {
-    if response.len() < 10 || response[4..6] != [0, 0] {
+    let Some(entries) = api_versions_entries(&response) else {
         return response;
-    }
-    let count = i32::from_be_bytes(response[6..10].try_into().expect("4 bytes"));
-    let entries_end = 10 + 6 * count.max(0) as usize;
+    };
+    let entries_end = entries.end;
     if response.len() < entries_end + if version >= 1 { 4 } else { 0 } {
         return response;
     }
+    let count = (entries.len() / 6) as i32;
     let mut patched = response[..6].to_vec();
     patched.extend((count + 2).to_be_bytes());
-    patched.extend(&response[10..entries_end]);
+    patched.extend(&response[entries]);
     for key in [SASL_HANDSHAKE, SASL_AUTHENTICATE] {
         patched.extend(key.to_be_bytes());
         patched.extend(0i16.to_be_bytes());

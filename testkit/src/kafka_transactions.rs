@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::kafka_wire::{push_string, read_frame, write_frame, RequestHeader};
+use crate::kafka_wire::{
+    api_versions_entries, push_string, read_frame, write_frame, RequestHeader, API_VERSIONS,
+};
 
 const PRODUCE: i16 = 0;
 const FETCH: i16 = 1;
-const API_VERSIONS: i16 = 18;
 /// The newest fetch version whose answers are not in the flexible encoding: the relay
 /// caps the broker's advertised fetch versions there, so it can rewrite the answers.
 const FETCH_MAX_VERSION: i16 = 11;
@@ -306,14 +307,11 @@ async fn pass_answers(
 /// An ApiVersions answer (versions 0 to 2: correlation id, error code, a count of 6-byte
 /// entries) with the fetch entry's newest version capped at [`FETCH_MAX_VERSION`].
 fn cap_fetch_version(mut answer: Vec<u8>) -> Vec<u8> {
-    if answer.len() < 10 || answer[4..6] != [0, 0] {
+    let Some(entries) = api_versions_entries(&answer) else {
         return answer;
-    }
-    let count = i32::from_be_bytes(answer[6..10].try_into().expect("4 bytes")).max(0) as usize;
-    for entry in (0..count).map(|i| 10 + 6 * i) {
-        let Some(bytes) = answer.get(entry..entry + 6) else {
-            break;
-        };
+    };
+    for entry in entries.step_by(6) {
+        let bytes = &answer[entry..entry + 6];
         let key = i16::from_be_bytes([bytes[0], bytes[1]]);
         let newest = i16::from_be_bytes([bytes[4], bytes[5]]);
         if key == FETCH && newest > FETCH_MAX_VERSION {

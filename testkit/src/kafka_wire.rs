@@ -3,6 +3,21 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The ApiVersions request's API key.
+pub(crate) const API_VERSIONS: i16 = 18;
+
+/// Where the entries of an ApiVersions answer of version 0 to 2 lie (correlation id,
+/// error code, an i32 count, then 6-byte entries: key, oldest, newest version), when the
+/// answer has no error and holds them all.
+pub(crate) fn api_versions_entries(answer: &[u8]) -> Option<std::ops::Range<usize>> {
+    if answer.get(4..6)? != [0, 0] {
+        return None;
+    }
+    let count = i32::from_be_bytes(answer.get(6..10)?.try_into().ok()?);
+    let end = 10 + 6 * count.max(0) as usize;
+    (answer.len() >= end).then_some(10..end)
+}
+
 /// The fixed start of a request: api key, version, correlation id, client id.
 pub(crate) struct RequestHeader {
     pub(crate) api_key: i16,
