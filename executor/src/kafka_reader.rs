@@ -17,12 +17,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use rdkafka::consumer::Consumer;
 use sluice_core::Result;
 use sluice_kafka::decode::{DeadLetter, KafkaRecord, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
-use sluice_kafka::read::{read_range_chunks, Connection, KafkaConsumer, Position};
-use sluice_kafka::read_together::{continues_all, read_ranges_together, RangeChunks};
+use sluice_kafka::read::{read_range_chunks, Connection};
+use sluice_kafka::read_together::{
+    continues_all, read_ranges_together, RangeChunks, ReadAheadConsumer,
+};
 
 use crate::event_time::event_time_stats;
 
@@ -40,10 +41,7 @@ pub struct ConsumerPool {
 }
 
 struct PooledConsumer {
-    consumer: KafkaConsumer,
-    /// Where the consumer stands: every partition it is assigned and fetching ahead on,
-    /// with the next offset it returns; empty when unknown (it must seek).
-    standing: Vec<Position>,
+    reader: ReadAheadConsumer,
     idle_since: Instant,
 }
 
@@ -138,20 +136,21 @@ impl ConsumerPool {
         let pooled = {
             let mut idle = self.idle.lock().expect("pool lock");
             let consumers = idle.entry(pool_key(connection)).or_default();
-            for stale in consumers
-                .iter_mut()
-                .filter(|c| !c.standing.is_empty() && c.idle_since.elapsed() >= READ_AHEAD_TTL)
-            {
-                stale.standing.clear();
-                let _ = stale.consumer.unassign();
+            for stale in consumers.iter_mut().filter(|c| {
+                !c.reader.standing().is_empty() && c.idle_since.elapsed() >= READ_AHEAD_TTL
+            }) {
+                stale.reader.stop_reading_ahead();
             }
             let continuing = consumers
                 .iter()
-                .position(|c| continues_all(&c.standing, ranges));
+                .position(|c| continues_all(c.reader.standing(), ranges));
             let longest_idle = || {
                 (0..consumers.len()).min_by_key(|&i| {
                     // Unpositioned consumers first, then the longest idle.
-                    (!consumers[i].standing.is_empty(), consumers[i].idle_since)
+                    (
+                        !consumers[i].reader.standing().is_empty(),
+                        consumers[i].idle_since,
+                    )
                 })
             };
             continuing
@@ -161,8 +160,7 @@ impl ConsumerPool {
         match pooled {
             Some(c) => Ok(c),
             None => Ok(PooledConsumer {
-                consumer: connection.consumer()?,
-                standing: Vec::new(),
+                reader: ReadAheadConsumer::new(connection.consumer()?),
                 idle_since: Instant::now(),
             }),
         }
@@ -171,9 +169,8 @@ impl ConsumerPool {
     /// Pools a consumer after a read; without read-ahead it stops fetching first (the
     /// next read seeks).
     fn give_back(&self, connection: &Connection, mut pooled: PooledConsumer) {
-        if !self.read_ahead && !pooled.standing.is_empty() {
-            pooled.standing.clear();
-            let _ = pooled.consumer.unassign();
+        if !self.read_ahead && !pooled.reader.standing().is_empty() {
+            pooled.reader.stop_reading_ahead();
         }
         pooled.idle_since = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
@@ -197,18 +194,23 @@ impl ConsumerPool {
         fail_on_data_loss: bool,
     ) -> Result<DecodedRange> {
         let mut pooled = self.take(connection, std::slice::from_ref(range))?;
+        if !pooled.reader.carried().is_empty() {
+            // The single-range reader reads from the consumer's queue alone, which goes on
+            // after the records carried: it must seek.
+            pooled.reader.stop_reading_ahead();
+        }
         let mut decoded = DecodedRange::default();
         let read = read_range_chunks(
-            &pooled.consumer,
+            pooled.reader.consumer(),
             &connection.bootstrap_servers,
             range,
             fail_on_data_loss,
-            pooled.standing.first(),
+            pooled.reader.standing().first(),
             |chunk| decoded.add_chunk(decoder, range, chunk),
         )?;
         decoded.records = read.records;
         decoded.offsets_lost = read.offsets_lost;
-        pooled.standing = read.position.into_iter().collect();
+        pooled.reader.stands_at(read.position);
         self.give_back(connection, pooled);
         Ok(decoded)
     }
@@ -230,20 +232,18 @@ impl ConsumerPool {
             ranges,
             decoded: ranges.iter().map(|_| DecodedRange::default()).collect(),
         };
-        let read = read_ranges_together(
-            &pooled.consumer,
+        let summaries = read_ranges_together(
+            &mut pooled.reader,
             &connection.bootstrap_servers,
             ranges,
             fail_on_data_loss,
-            &pooled.standing,
             &mut decoded,
         )?;
         let mut decoded = decoded.decoded;
-        for (decoded, summary) in decoded.iter_mut().zip(read.ranges) {
+        for (decoded, summary) in decoded.iter_mut().zip(summaries) {
             decoded.records = summary.records;
             decoded.offsets_lost = summary.offsets_lost;
         }
-        pooled.standing = read.standing;
         self.give_back(connection, pooled);
         Ok(decoded)
     }
@@ -311,7 +311,7 @@ mod tests {
         let idle = pool.idle.lock().unwrap();
         idle[&pool_key(connection)]
             .iter()
-            .map(|c| c.standing.first().map(|p| p.next))
+            .map(|c| c.reader.standing().first().map(|p| p.next))
             .collect()
     }
 
@@ -406,7 +406,13 @@ mod tests {
             let idle = pool.idle.lock().unwrap();
             let standing: Vec<Vec<(i32, i64)>> = idle[&pool_key(&connection)]
                 .iter()
-                .map(|c| c.standing.iter().map(|p| (p.partition, p.next)).collect())
+                .map(|c| {
+                    c.reader
+                        .standing()
+                        .iter()
+                        .map(|p| (p.partition, p.next))
+                        .collect()
+                })
                 .collect();
             assert_eq!(
                 standing,

@@ -62,6 +62,47 @@ impl FetchedMessage<'_> {
     }
 }
 
+impl<'c> FetchedMessage<'c> {
+    /// Keeps the message past the read that took it, no longer borrowing its consumer
+    /// (see [`KeptMessage`]).
+    pub fn keep(self) -> KeptMessage {
+        let kept = KeptMessage(self.message);
+        std::mem::forget(self);
+        kept
+    }
+
+    /// Takes a kept message back as a message of `consumer`, the consumer that fetched it.
+    pub fn from_kept(kept: KeptMessage, consumer: &'c KafkaConsumer) -> FetchedMessage<'c> {
+        let _ = consumer;
+        let message = kept.0;
+        std::mem::forget(kept);
+        FetchedMessage {
+            message,
+            consumer: PhantomData,
+        }
+    }
+
+    /// Bytes of key and value.
+    pub fn size(&self) -> usize {
+        self.fields().key_len + self.fields().len
+    }
+}
+
+/// A fetched message held across reads (records a read took past its ranges, for the
+/// next read): freed when dropped. It lives in its consumer's buffers, so whoever holds
+/// it must drop it before that consumer.
+pub struct KeptMessage(NonNull<rdsys::rd_kafka_message_t>);
+
+// SAFETY: librdkafka messages may be read and destroyed from any thread.
+unsafe impl Send for KeptMessage {}
+
+impl Drop for KeptMessage {
+    fn drop(&mut self) {
+        // SAFETY: owned since librdkafka handed it over; freed once.
+        unsafe { rdsys::rd_kafka_message_destroy(self.0.as_ptr()) };
+    }
+}
+
 /// `len` bytes at `data`, or none for a null pointer.
 fn bytes<'a>(data: *const std::ffi::c_void, len: usize) -> Option<&'a [u8]> {
     // SAFETY: librdkafka's key and payload pointers are valid for their lengths for as

@@ -8,11 +8,14 @@
 //! When every range is read, the consumer stays on their partitions at the ranges' ends
 //! and fetches ahead while idle: a next read of the ranges that follow on the same
 //! partitions finds their records already fetched (read-ahead), as a single-range read
-//! does. A partition whose record past its range's end arrives while other ranges are
-//! still read is unassigned then (librdkafka stops fetching it and drops what it fetched)
-//! and assigned again at the range's end once all are read. (Pausing and resuming it
-//! instead would keep it waiting up to a second: librdkafka's broker thread notices a
-//! resume only at its next periodic wake-up.)
+//! does. Records that arrive past a range's end while other ranges are still read are
+//! kept ([`CarriedRecords`], up to [`CARRIED_BYTES`]) and handed to that next read first:
+//! a range's end rarely falls on a producer's record batch boundary, and dropping the
+//! rest of the batch would make librdkafka fetch and decompress it a second time. Past
+//! that bound a partition is unassigned (librdkafka stops fetching it and drops what it
+//! fetched) and assigned again after the last record kept once all ranges are read.
+//! (Pausing and resuming it instead would keep it waiting up to a second: librdkafka's
+//! broker thread notices a resume only at its next periodic wake-up.)
 //!
 //! This is the fast path for the common case: every range's records arrive. Anything
 //! else (a fetch error, offsets deleted by retention, a partition that stops short of its
@@ -27,7 +30,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::decode::{KafkaRecord, CHUNK_RECORDS};
-use crate::fetched::{BatchPoller, FetchedMessage};
+use crate::fetched::{BatchPoller, FetchedMessage, KeptMessage};
 use crate::offsets::OffsetRange;
 use crate::read::{look_up_topics, read_range_chunks, KafkaConsumer, Position, RangeSummary};
 use sluice_core::error::{Error, Result};
@@ -40,6 +43,50 @@ const QUIET_BEFORE_CHECKING: Duration = Duration::from_secs(2);
 const HELD_RECORDS: usize = 4 * CHUNK_RECORDS;
 /// Messages taken off the consumer at a time at most.
 const POLL_BATCH: usize = 1024;
+/// Bytes of keys and values a consumer keeps past its ranges' ends for the next read at
+/// most: about one producer record batch per partition of a task.
+pub const CARRIED_BYTES: usize = 16 << 20;
+
+/// Records a read took past its ranges' ends (in arrival order, so in offset order per
+/// partition), kept for the read that goes on from there. They live in the buffers of
+/// the consumer that fetched them, so only a [`ReadAheadConsumer`] holds them.
+pub struct CarriedRecords {
+    messages: Vec<KeptMessage>,
+    /// Bytes of keys and values of `messages`.
+    bytes: usize,
+    /// Bytes of keys and values kept at most.
+    limit: usize,
+}
+
+impl CarriedRecords {
+    /// None yet; reads keep at most `limit` bytes of keys and values.
+    fn with_limit(limit: usize) -> Self {
+        CarriedRecords {
+            messages: Vec::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// Bytes of keys and values kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Frees the records (the consumer is about to read elsewhere).
+    fn clear(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
 
 /// Where [`read_ranges_together`] hands the records it reads.
 pub trait RangeChunks {
@@ -47,15 +94,61 @@ pub trait RangeChunks {
     fn take<R: KafkaRecord>(&mut self, range: usize, records: &[R]) -> Result<()>;
 }
 
-/// What a read of several ranges did.
-#[derive(Debug, Default)]
-pub struct RangesRead {
-    /// Per range, in the order given.
-    pub ranges: Vec<RangeSummary>,
-    /// Where the consumer stands, fetching ahead: every range's partition at the range's
-    /// end. Empty when a range was finished by the exact single-range reader; the
-    /// consumer is then unassigned.
-    pub standing: Vec<Position>,
+/// A consumer and where its last read left it: the partitions it stands on, fetching
+/// ahead, and the records it took past its ranges' ends. Fields drop in order, so the
+/// records (which live in the consumer's buffers) are freed before the consumer.
+pub struct ReadAheadConsumer {
+    carried: CarriedRecords,
+    standing: Vec<Position>,
+    consumer: KafkaConsumer,
+}
+
+impl ReadAheadConsumer {
+    /// A consumer standing nowhere yet (its first read seeks).
+    pub fn new(consumer: KafkaConsumer) -> Self {
+        ReadAheadConsumer::with_carry_limit(consumer, CARRIED_BYTES)
+    }
+
+    /// Like [`ReadAheadConsumer::new`], keeping at most `limit` bytes of keys and values
+    /// past its ranges' ends.
+    pub fn with_carry_limit(consumer: KafkaConsumer, limit: usize) -> Self {
+        ReadAheadConsumer {
+            carried: CarriedRecords::with_limit(limit),
+            standing: Vec::new(),
+            consumer,
+        }
+    }
+
+    pub fn consumer(&self) -> &KafkaConsumer {
+        &self.consumer
+    }
+
+    /// Every partition the consumer is assigned and fetching ahead on, with the next
+    /// offset a read gets there; empty when unknown (the next read seeks).
+    pub fn standing(&self) -> &[Position] {
+        &self.standing
+    }
+
+    /// The records kept past the last read's ranges' ends.
+    pub fn carried(&self) -> &CarriedRecords {
+        &self.carried
+    }
+
+    /// After a read by the consumer alone (the single-range reader): it stands at
+    /// `position`, or nowhere. Only valid with nothing carried (see
+    /// [`ReadAheadConsumer::stop_reading_ahead`]): the consumer's queue goes on after
+    /// the records carried.
+    pub fn stands_at(&mut self, position: Option<Position>) {
+        debug_assert!(self.carried.is_empty(), "records carried past the position");
+        self.standing = position.into_iter().collect();
+    }
+
+    /// Stops fetching ahead and lets go of what was read ahead: the next read seeks.
+    pub fn stop_reading_ahead(&mut self) {
+        self.carried.clear();
+        self.standing.clear();
+        let _ = self.consumer.unassign();
+    }
 }
 
 /// Whether a consumer standing at `standing` (its whole assignment) can read `ranges`
@@ -70,18 +163,35 @@ pub fn continues_all(standing: &[Position], ranges: &[OffsetRange]) -> bool {
 
 /// Reads exactly the records of every range in `ranges` (offsets in `[start, end)`),
 /// handing them to `chunks` with the range's index: per range in offset order, at most
-/// [`CHUNK_RECORDS`] at a time, nothing copied. `standing` is where the consumer stood
-/// after its last read ([`RangesRead::standing`]); when it [`continues_all`] the ranges,
-/// the read takes what the consumer fetched ahead, else it assigns the ranges' starts.
-/// Ranges of one partition are read one after another. Blocking.
+/// [`CHUNK_RECORDS`] at a time, nothing copied. When where the consumer stands
+/// [`continues_all`] the ranges, the read takes the records carried from its last read,
+/// then what it fetched ahead; else it assigns the ranges' starts. Afterwards the
+/// consumer stands at the ranges' ends, carrying what it took past them (nowhere when a
+/// range was finished by the exact single-range reader: it is then unassigned). Ranges
+/// of one partition are read one after another. Per range, in the order given, what
+/// was read. Blocking.
 pub fn read_ranges_together(
-    consumer: &KafkaConsumer,
+    reader: &mut ReadAheadConsumer,
     bootstrap_servers: &str,
     ranges: &[OffsetRange],
     fail_on_data_loss: bool,
-    standing: &[Position],
     chunks: &mut impl RangeChunks,
-) -> Result<RangesRead> {
+) -> Result<Vec<RangeSummary>> {
+    let ReadAheadConsumer {
+        carried,
+        standing,
+        consumer,
+    } = reader;
+    let consumer = &*consumer;
+    let positioned = continues_all(standing, ranges);
+    standing.clear();
+    let earlier = if positioned {
+        carried.bytes = 0;
+        std::mem::take(&mut carried.messages)
+    } else {
+        carried.clear();
+        Vec::new()
+    };
     let mut partitions = HashSet::new();
     if !ranges
         .iter()
@@ -102,21 +212,27 @@ pub fn read_ranges_together(
             })
             .collect::<Result<_>>()?;
         let _ = consumer.unassign();
-        return Ok(RangesRead {
-            ranges: summaries,
-            standing: Vec::new(),
-        });
+        return Ok(summaries);
     }
     let mut reads: Vec<RangeProgress> = ranges.iter().map(RangeProgress::new).collect();
+    let mut past_ends = Vec::new();
     let all_read = read_until_done_or_quiet(
         consumer,
         bootstrap_servers,
         ranges,
-        continues_all(standing, ranges),
+        positioned.then_some(earlier),
         &mut reads,
         chunks,
+        PastEnds {
+            kept: &mut past_ends,
+            limit: carried.limit,
+        },
     )?;
-    if !all_read {
+    if all_read {
+        carried.bytes = past_ends.iter().map(FetchedMessage::size).sum();
+        carried.messages = past_ends.into_iter().map(FetchedMessage::keep).collect();
+    } else {
+        drop(past_ends);
         let _ = consumer.unassign();
     }
     // What the shared read did not finish, the exact reader finishes from where it got to.
@@ -145,22 +261,17 @@ pub fn read_ranges_together(
         }
         summaries.push(summary);
     }
-    let standing = if all_read {
-        ranges
+    if all_read {
+        *standing = ranges
             .iter()
             .map(|range| Position {
                 topic: range.topic.clone(),
                 partition: range.partition,
                 next: range.end,
             })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(RangesRead {
-        ranges: summaries,
-        standing,
-    })
+            .collect();
+    }
+    Ok(summaries)
 }
 
 /// How far the shared read got with one range.
@@ -169,8 +280,11 @@ struct RangeProgress<'c> {
     next: i64,
     records: u64,
     done: bool,
-    /// The partition was unassigned: a record past the range's end arrived.
+    /// The partition was unassigned: the records past the range's end outgrew what is
+    /// kept.
     unassigned: bool,
+    /// The offset after the last record kept past the range's end.
+    kept_to: Option<i64>,
     pending: Vec<FetchedMessage<'c>>,
 }
 
@@ -181,6 +295,7 @@ impl RangeProgress<'_> {
             records: 0,
             done: range.start >= range.end,
             unassigned: false,
+            kept_to: None,
             pending: Vec::new(),
         }
     }
@@ -196,19 +311,22 @@ fn flush(reads: &mut [RangeProgress<'_>], i: usize, chunks: &mut impl RangeChunk
 }
 
 /// Assigns the ranges' partitions at their starts (unless the consumer already stands
-/// there: `positioned`) and takes records until every range is done, a poll fails or
-/// nothing arrives for [`QUIET_BEFORE_CHECKING`]; every record taken is handed over
-/// before it returns. Returns whether every range was read; the partitions then stand at
-/// the ranges' ends, fetching ahead (those unassigned on the way are assigned there
-/// again). Errors are only those of `on_chunk` and of assigning; a failed poll ends the
-/// shared read quietly (the exact reader meets the failure again and names it).
+/// there: `carried` holds what its last read kept) and takes records until every range
+/// is done, a poll fails or nothing arrives for [`QUIET_BEFORE_CHECKING`]; every record
+/// taken is handed over before it returns, those past the ranges' ends go to
+/// `past_ends`. Returns whether every range was read; the partitions then go on fetching
+/// after the ranges' ends (those unassigned on the way are assigned there again, after
+/// the records kept). Errors are only those of `on_chunk` and of assigning; a failed
+/// poll ends the shared read quietly (the exact reader meets the failure again and
+/// names it).
 fn read_until_done_or_quiet<'c>(
     consumer: &'c KafkaConsumer,
     bootstrap_servers: &str,
     ranges: &[OffsetRange],
-    positioned: bool,
+    carried: Option<Vec<KeptMessage>>,
     reads: &mut [RangeProgress<'c>],
     chunks: &mut impl RangeChunks,
+    past_ends: PastEnds<'_, 'c>,
 ) -> Result<bool> {
     let failed = |e: rdkafka::error::KafkaError| Error::Kafka {
         bootstrap_servers: bootstrap_servers.to_string(),
@@ -227,62 +345,74 @@ fn read_until_done_or_quiet<'c>(
         }
         consumer.assign(&assignment).map_err(failed)
     };
-    if !positioned {
-        look_up_topics(consumer, ranges.iter().map(|range| range.topic.as_str()));
-        assign_at(|range| range.start)?;
-    }
-    if !take_records(consumer, ranges, reads, chunks)? {
+    let earlier = match carried {
+        Some(carried) => carried
+            .into_iter()
+            .map(|kept| FetchedMessage::from_kept(kept, consumer))
+            .collect(),
+        None => {
+            look_up_topics(consumer, ranges.iter().map(|range| range.topic.as_str()));
+            assign_at(|range| range.start)?;
+            Vec::new()
+        }
+    };
+    if !take_records(consumer, ranges, reads, chunks, earlier, past_ends)? {
         return Ok(false);
     }
-    // Partitions that went past their range's end stand there again; the others are
-    // there already, with what they fetched ahead.
+    // Partitions unassigned on the way fetch again after what was kept of them; the
+    // others are there already, with what they fetched ahead.
+    let resume_at = |range: &OffsetRange, read: &RangeProgress<'_>| {
+        read.kept_to.unwrap_or(range.end).max(range.end)
+    };
     let mut moved = TopicPartitionList::new();
     for (range, read) in ranges.iter().zip(reads.iter()) {
         if read.unassigned {
             moved
-                .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.end))
+                .add_partition_offset(
+                    &range.topic,
+                    range.partition,
+                    Offset::Offset(resume_at(range, read)),
+                )
                 .map_err(failed)?;
         }
     }
     if moved.count() > 0 && consumer.incremental_assign(&moved).is_err() {
-        assign_at(|range| range.end)?;
+        let mut assignment = TopicPartitionList::new();
+        for (range, read) in ranges.iter().zip(reads.iter()) {
+            assignment
+                .add_partition_offset(
+                    &range.topic,
+                    range.partition,
+                    Offset::Offset(resume_at(range, read)),
+                )
+                .map_err(failed)?;
+        }
+        consumer.assign(&assignment).map_err(failed)?;
     }
     Ok(true)
 }
 
-/// The loop of [`read_until_done_or_quiet`]: whether every range was read.
+/// The loop of [`read_until_done_or_quiet`]: routes the records `earlier` reads kept,
+/// then those polled, to their ranges. Whether every range was read.
 fn take_records<'c>(
     consumer: &'c KafkaConsumer,
     ranges: &[OffsetRange],
     reads: &mut [RangeProgress<'c>],
     chunks: &mut impl RangeChunks,
+    earlier: Vec<FetchedMessage<'c>>,
+    past_ends: PastEnds<'_, 'c>,
 ) -> Result<bool> {
     let Some(mut poller) = BatchPoller::new(consumer) else {
         return Ok(false);
     };
-    let by_name: HashMap<(&str, i32), usize> = ranges
-        .iter()
-        .enumerate()
-        .map(|(i, range)| ((range.topic.as_str(), range.partition), i))
-        .collect();
-    // The range of a message's partition, by librdkafka's topic handle (no name read).
-    let mut by_handle: HashMap<(usize, i32), Option<usize>> = HashMap::new();
-    // Stops fetching a partition that went past its range's end (a record after the end
-    // arrived); librdkafka drops what it fetched.
-    let unassign = |range: &OffsetRange, read: &mut RangeProgress<'_>| {
-        if !read.unassigned {
-            let mut done = TopicPartitionList::new();
-            done.add_partition(&range.topic, range.partition);
-            let _ = consumer.incremental_unassign(&done);
-            read.unassigned = true;
-        }
-    };
-    let mut unfinished = reads.iter().filter(|read| !read.done).count();
-    let mut held = 0usize;
+    let mut router = Router::new(consumer, ranges, reads, chunks, past_ends);
+    for message in earlier {
+        router.route(message)?;
+    }
     let mut last_progress = Instant::now();
     let mut progressed = false;
     let mut arrived = Vec::with_capacity(POLL_BATCH);
-    'reading: while unfinished > 0 {
+    'reading: while router.unfinished > 0 {
         let taken = poller.poll(Duration::from_millis(100), POLL_BATCH, &mut arrived);
         if poller.client_failed() {
             tracing::debug!("shared range read ends on a client error");
@@ -295,15 +425,7 @@ fn take_records<'c>(
             }
             // Nothing arrived: a range may end in a gap. The positions tell.
             if let Ok(positions) = consumer.position() {
-                for (i, range) in ranges.iter().enumerate() {
-                    let consumed_to = positions
-                        .find_partition(&range.topic, range.partition)
-                        .and_then(|p| p.offset().to_raw());
-                    if !reads[i].done && consumed_to.is_some_and(|to| to >= range.end) {
-                        reads[i].done = true;
-                        unfinished -= 1;
-                    }
-                }
+                router.done_where_consumed(&positions);
             }
             if last_progress.elapsed() > QUIET_BEFORE_CHECKING {
                 break;
@@ -316,54 +438,153 @@ fn take_records<'c>(
                 tracing::debug!("shared range read ends on a failed fetch: {error}");
                 break 'reading;
             }
-            let key = (message.topic_handle(), message.partition());
-            let range = *by_handle.entry(key).or_insert_with(|| {
-                by_name
-                    .get(&(message.topic(), message.partition()))
-                    .copied()
-            });
-            let Some(i) = range else {
-                continue;
-            };
-            let read = &mut reads[i];
-            let offset = message.offset();
-            if offset < read.next {
-                continue;
-            }
-            if read.done {
-                unassign(&ranges[i], read);
-                continue;
-            }
-            if offset >= ranges[i].end {
-                // The range ended in a gap.
+            router.route(message)?;
+        }
+    }
+    router.flush_all()?;
+    Ok(router.unfinished == 0)
+}
+
+/// Where a read keeps the records past its ranges' ends, and how many bytes at most.
+struct PastEnds<'r, 'c> {
+    kept: &'r mut Vec<FetchedMessage<'c>>,
+    limit: usize,
+}
+
+/// Routes a shared read's records to their ranges, in chunks, and keeps those past a
+/// range's end (up to a limit; past it, the partition is unassigned).
+struct Router<'r, 'c, C> {
+    consumer: &'c KafkaConsumer,
+    ranges: &'r [OffsetRange],
+    reads: &'r mut [RangeProgress<'c>],
+    chunks: &'r mut C,
+    past_ends: PastEnds<'r, 'c>,
+    past_end_bytes: usize,
+    by_name: HashMap<(&'r str, i32), usize>,
+    /// The range of a message's partition, by librdkafka's topic handle (no name read).
+    by_handle: HashMap<(usize, i32), Option<usize>>,
+    /// Ranges not yet read to their end.
+    unfinished: usize,
+    /// Records pending in chunks not yet handed over, over all ranges.
+    held: usize,
+}
+
+impl<'r, 'c, C: RangeChunks> Router<'r, 'c, C> {
+    fn new(
+        consumer: &'c KafkaConsumer,
+        ranges: &'r [OffsetRange],
+        reads: &'r mut [RangeProgress<'c>],
+        chunks: &'r mut C,
+        past_ends: PastEnds<'r, 'c>,
+    ) -> Self {
+        let by_name = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, range)| ((range.topic.as_str(), range.partition), i))
+            .collect();
+        let unfinished = reads.iter().filter(|read| !read.done).count();
+        Router {
+            consumer,
+            ranges,
+            reads,
+            chunks,
+            past_ends,
+            past_end_bytes: 0,
+            by_name,
+            by_handle: HashMap::new(),
+            unfinished,
+            held: 0,
+        }
+    }
+
+    /// Hands `message` to its range, or keeps it when it lies past the range's end.
+    fn route(&mut self, message: FetchedMessage<'c>) -> Result<()> {
+        let key = (message.topic_handle(), message.partition());
+        let by_name = &self.by_name;
+        let range = *self.by_handle.entry(key).or_insert_with(|| {
+            by_name
+                .get(&(message.topic(), message.partition()))
+                .copied()
+        });
+        let Some(i) = range else {
+            return Ok(());
+        };
+        let read = &mut self.reads[i];
+        let offset = message.offset();
+        if offset < read.next {
+            return Ok(());
+        }
+        if !read.done && offset >= self.ranges[i].end {
+            // The range ended in a gap.
+            read.done = true;
+            self.unfinished -= 1;
+        }
+        if read.done {
+            self.keep_past_end(i, message);
+            return Ok(());
+        }
+        read.next = offset + 1;
+        read.records += 1;
+        read.done = read.next >= self.ranges[i].end;
+        read.pending.push(message);
+        self.held += 1;
+        if read.done {
+            self.unfinished -= 1;
+        }
+        if self.reads[i].pending.len() >= CHUNK_RECORDS {
+            self.held -= self.reads[i].pending.len();
+            flush(self.reads, i, self.chunks)?;
+        }
+        if self.held >= HELD_RECORDS {
+            self.flush_all()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a record past range `i`'s end for the next read, unless that would hold more
+    /// than the limit: then the partition stops fetching (librdkafka drops what
+    /// it fetched of it) and is assigned again after the records kept.
+    fn keep_past_end(&mut self, i: usize, message: FetchedMessage<'c>) {
+        let read = &mut self.reads[i];
+        if read.unassigned {
+            return;
+        }
+        let size = message.size();
+        if self.past_end_bytes + size > self.past_ends.limit {
+            let range = &self.ranges[i];
+            let mut stop = TopicPartitionList::new();
+            stop.add_partition(&range.topic, range.partition);
+            let _ = self.consumer.incremental_unassign(&stop);
+            read.unassigned = true;
+            return;
+        }
+        self.past_end_bytes += size;
+        read.kept_to = Some(message.offset() + 1);
+        self.past_ends.kept.push(message);
+    }
+
+    /// Marks done the ranges the consumer has consumed to their end (a range ending in a
+    /// gap has no record at its end to tell).
+    fn done_where_consumed(&mut self, positions: &TopicPartitionList) {
+        for (range, read) in self.ranges.iter().zip(self.reads.iter_mut()) {
+            let consumed_to = positions
+                .find_partition(&range.topic, range.partition)
+                .and_then(|p| p.offset().to_raw());
+            if !read.done && consumed_to.is_some_and(|to| to >= range.end) {
                 read.done = true;
-                unassign(&ranges[i], read);
-            } else {
-                read.next = offset + 1;
-                read.records += 1;
-                read.done = read.next >= ranges[i].end;
-                read.pending.push(message);
-                held += 1;
-                if reads[i].pending.len() >= CHUNK_RECORDS {
-                    held -= reads[i].pending.len();
-                    flush(reads, i, chunks)?;
-                }
-            }
-            if reads[i].done {
-                unfinished -= 1;
-            }
-            if held >= HELD_RECORDS {
-                for i in 0..reads.len() {
-                    flush(reads, i, chunks)?;
-                }
-                held = 0;
+                self.unfinished -= 1;
             }
         }
     }
-    for i in 0..reads.len() {
-        flush(reads, i, chunks)?;
+
+    /// Hands every range's pending records over.
+    fn flush_all(&mut self) -> Result<()> {
+        for i in 0..self.reads.len() {
+            flush(self.reads, i, self.chunks)?;
+        }
+        self.held = 0;
+        Ok(())
     }
-    Ok(unfinished == 0)
 }
 
 #[cfg(test)]
@@ -400,30 +621,22 @@ mod tests {
         fail_on_data_loss: bool,
     ) -> Result<(Vec<Vec<i64>>, Vec<RangeSummary>)> {
         let bootstrap = kafka.bootstrap_servers();
-        let consumer = consumer(&bootstrap).unwrap();
-        let (offsets, read) = read_with(&consumer, &bootstrap, ranges, fail_on_data_loss, &[])?;
-        Ok((offsets, read.ranges))
+        let mut reader = ReadAheadConsumer::new(consumer(&bootstrap).unwrap());
+        read_with(&mut reader, &bootstrap, ranges, fail_on_data_loss)
     }
 
     fn read_with(
-        consumer: &KafkaConsumer,
+        reader: &mut ReadAheadConsumer,
         bootstrap: &str,
         ranges: &[OffsetRange],
         fail_on_data_loss: bool,
-        standing: &[Position],
-    ) -> Result<(Vec<Vec<i64>>, RangesRead)> {
+    ) -> Result<(Vec<Vec<i64>>, Vec<RangeSummary>)> {
         let mut offsets = Offsets {
             partitions: ranges.iter().map(|r| r.partition).collect(),
             offsets: vec![Vec::new(); ranges.len()],
         };
-        let read = read_ranges_together(
-            consumer,
-            bootstrap,
-            ranges,
-            fail_on_data_loss,
-            standing,
-            &mut offsets,
-        )?;
+        let read =
+            read_ranges_together(reader, bootstrap, ranges, fail_on_data_loss, &mut offsets)?;
         Ok((offsets.offsets, read))
     }
 
@@ -450,8 +663,7 @@ mod tests {
     fn a_consumer_reads_on_where_its_ranges_ended_and_seeks_otherwise() {
         let kafka = topic(3, 300);
         let bootstrap = kafka.bootstrap_servers();
-        let consumer = consumer(&bootstrap).unwrap();
-        let mut standing = Vec::new();
+        let mut reader = ReadAheadConsumer::new(consumer(&bootstrap).unwrap());
         let rounds = [
             vec![range(0, 0, 100), range(1, 0, 100)],
             vec![range(0, 100, 200), range(1, 100, 150)],
@@ -462,24 +674,88 @@ mod tests {
         ];
         for (round, ranges) in rounds.iter().enumerate() {
             assert_eq!(
-                continues_all(&standing, ranges),
+                continues_all(reader.standing(), ranges),
                 round == 1,
                 "round {round}"
             );
-            let (offsets, read) =
-                read_with(&consumer, &bootstrap, ranges, true, &standing).unwrap();
+            let (offsets, _) = read_with(&mut reader, &bootstrap, ranges, true).unwrap();
             for (i, r) in ranges.iter().enumerate() {
                 assert_eq!(offsets[i], (r.start..r.end).collect::<Vec<_>>(), "{r:?}");
             }
-            let ends: Vec<(i32, i64)> = read
-                .standing
+            let ends: Vec<(i32, i64)> = reader
+                .standing()
                 .iter()
                 .map(|p| (p.partition, p.next))
                 .collect();
             let expected: Vec<(i32, i64)> = ranges.iter().map(|r| (r.partition, r.end)).collect();
             assert_eq!(ends, expected);
-            standing = read.standing;
         }
+    }
+
+    /// Reads `rounds` of ranges that each continue the last with one consumer, keeping
+    /// at most `carry_limit` bytes past the ends; every range must get exactly its
+    /// records. Returns the records and bytes carried after each round.
+    fn read_rounds(
+        kafka: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        rounds: &[Vec<OffsetRange>],
+        carry_limit: usize,
+    ) -> Vec<(usize, usize)> {
+        let bootstrap = kafka.bootstrap_servers();
+        let mut reader =
+            ReadAheadConsumer::with_carry_limit(consumer(&bootstrap).unwrap(), carry_limit);
+        let mut carried_after = Vec::new();
+        for (round, ranges) in rounds.iter().enumerate() {
+            assert_eq!(
+                continues_all(reader.standing(), ranges),
+                round > 0,
+                "round {round}"
+            );
+            let (offsets, _) = read_with(&mut reader, &bootstrap, ranges, true).unwrap();
+            for (i, r) in ranges.iter().enumerate() {
+                assert_eq!(offsets[i], (r.start..r.end).collect::<Vec<_>>(), "{r:?}");
+            }
+            let carried = reader.carried();
+            carried_after.push((carried.len(), carried.bytes()));
+        }
+        carried_after
+    }
+
+    /// Ranges of `step` offsets on partitions 0 and 1, one round after another.
+    fn continuing_rounds(step: i64, rounds: i64) -> Vec<Vec<OffsetRange>> {
+        (0..rounds)
+            .map(|n| {
+                vec![
+                    range(0, n * step, (n + 1) * step),
+                    range(1, n * step, (n + 1) * step),
+                ]
+            })
+            .collect()
+    }
+
+    /// Ranges shorter than the producer's record batches: the records a read takes past
+    /// its ranges' ends are carried to the next read, which takes them first (some reads
+    /// are served from them alone), and every range still gets exactly its records.
+    #[test]
+    fn records_past_the_ends_are_carried_to_the_next_read() {
+        let kafka = topic(2, 400);
+        let carried = read_rounds(&kafka, &continuing_rounds(20, 20), CARRIED_BYTES);
+        assert!(
+            carried.iter().any(|&(n, _)| n > 0),
+            "records were carried: {carried:?}"
+        );
+    }
+
+    /// With room for only a few records past the ends, a partition that outgrows it is
+    /// unassigned and assigned again after the records kept: nothing is lost or repeated.
+    #[test]
+    fn a_partition_past_the_carry_limit_fetches_again_after_what_was_kept() {
+        let kafka = topic(2, 400);
+        let carried = read_rounds(&kafka, &continuing_rounds(20, 20), 2_000);
+        assert!(
+            carried.iter().all(|&(_, bytes)| bytes <= 2_000),
+            "at most the limit is kept: {carried:?}"
+        );
+        assert!(carried.iter().any(|&(n, _)| n > 0), "{carried:?}");
     }
 
     /// Each range gets exactly its records, in offset order, once; ranges of one
