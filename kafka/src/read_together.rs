@@ -96,7 +96,8 @@ pub trait RangeChunks {
 
 /// A consumer and where its last read left it: the partitions it stands on, fetching
 /// ahead, and the records it took past its ranges' ends. Fields drop in order, so the
-/// records (which live in the consumer's buffers) are freed before the consumer.
+/// records (which live in the consumer's buffers) are freed before the consumer: a
+/// librdkafka client destroyed while its messages live waits for them forever.
 pub struct ReadAheadConsumer {
     carried: CarriedRecords,
     standing: Vec<Position>,
