@@ -186,13 +186,10 @@ pub fn read_ranges_together(
     let consumer = &*consumer;
     let positioned = continues_all(standing, ranges);
     standing.clear();
-    let earlier = if positioned {
-        carried.bytes = 0;
-        std::mem::take(&mut carried.messages)
-    } else {
-        carried.clear();
-        Vec::new()
-    };
+    // Kept records go to this read when it goes on where the consumer stands, else they
+    // are freed.
+    let earlier = positioned.then(|| std::mem::take(&mut carried.messages));
+    carried.clear();
     let mut partitions = HashSet::new();
     if !ranges
         .iter()
@@ -216,22 +213,23 @@ pub fn read_ranges_together(
         return Ok(summaries);
     }
     let mut reads: Vec<RangeProgress> = ranges.iter().map(RangeProgress::new).collect();
-    let mut past_ends = Vec::new();
+    let mut past_ends = PastEnds::new(carried.limit);
     let all_read = read_until_done_or_quiet(
         consumer,
         bootstrap_servers,
         ranges,
-        positioned.then_some(earlier),
+        earlier,
         &mut reads,
         chunks,
-        PastEnds {
-            kept: &mut past_ends,
-            limit: carried.limit,
-        },
+        &mut past_ends,
     )?;
     if all_read {
-        carried.bytes = past_ends.iter().map(FetchedMessage::size).sum();
-        carried.messages = past_ends.into_iter().map(FetchedMessage::keep).collect();
+        carried.bytes = past_ends.bytes;
+        carried.messages = past_ends
+            .kept
+            .into_iter()
+            .map(FetchedMessage::keep)
+            .collect();
     } else {
         drop(past_ends);
         let _ = consumer.unassign();
@@ -327,24 +325,20 @@ fn read_until_done_or_quiet<'c>(
     carried: Option<Vec<KeptMessage>>,
     reads: &mut [RangeProgress<'c>],
     chunks: &mut impl RangeChunks,
-    past_ends: PastEnds<'_, 'c>,
+    past_ends: &mut PastEnds<'c>,
 ) -> Result<bool> {
     let failed = |e: rdkafka::error::KafkaError| Error::Kafka {
         bootstrap_servers: bootstrap_servers.to_string(),
         message: format!("assigning a task's partitions: {e}"),
     };
-    let assign_at = |offset_of: fn(&OffsetRange) -> i64| -> Result<()> {
-        let mut assignment = TopicPartitionList::new();
-        for range in ranges {
-            assignment
-                .add_partition_offset(
-                    &range.topic,
-                    range.partition,
-                    Offset::Offset(offset_of(range)),
-                )
+    // The partitions of `at` (a range and an offset each), at those offsets.
+    let assignment = |at: &mut dyn Iterator<Item = (&OffsetRange, i64)>| {
+        let mut list = TopicPartitionList::new();
+        for (range, offset) in at {
+            list.add_partition_offset(&range.topic, range.partition, Offset::Offset(offset))
                 .map_err(failed)?;
         }
-        consumer.assign(&assignment).map_err(failed)
+        Ok::<_, Error>(list)
     };
     let earlier = match carried {
         Some(carried) => carried
@@ -353,7 +347,8 @@ fn read_until_done_or_quiet<'c>(
             .collect(),
         None => {
             look_up_topics(consumer, ranges.iter().map(|range| range.topic.as_str()));
-            assign_at(|range| range.start)?;
+            let starts = assignment(&mut ranges.iter().map(|range| (range, range.start)))?;
+            consumer.assign(&starts).map_err(failed)?;
             Vec::new()
         }
     };
@@ -365,30 +360,21 @@ fn read_until_done_or_quiet<'c>(
     let resume_at = |range: &OffsetRange, read: &RangeProgress<'_>| {
         read.kept_to.unwrap_or(range.end).max(range.end)
     };
-    let mut moved = TopicPartitionList::new();
-    for (range, read) in ranges.iter().zip(reads.iter()) {
-        if read.unassigned {
-            moved
-                .add_partition_offset(
-                    &range.topic,
-                    range.partition,
-                    Offset::Offset(resume_at(range, read)),
-                )
-                .map_err(failed)?;
-        }
-    }
+    let moved = assignment(
+        &mut ranges
+            .iter()
+            .zip(reads.iter())
+            .filter(|(_, read)| read.unassigned)
+            .map(|(range, read)| (range, resume_at(range, read))),
+    )?;
     if moved.count() > 0 && consumer.incremental_assign(&moved).is_err() {
-        let mut assignment = TopicPartitionList::new();
-        for (range, read) in ranges.iter().zip(reads.iter()) {
-            assignment
-                .add_partition_offset(
-                    &range.topic,
-                    range.partition,
-                    Offset::Offset(resume_at(range, read)),
-                )
-                .map_err(failed)?;
-        }
-        consumer.assign(&assignment).map_err(failed)?;
+        let all = assignment(
+            &mut ranges
+                .iter()
+                .zip(reads.iter())
+                .map(|(range, read)| (range, resume_at(range, read))),
+        )?;
+        consumer.assign(&all).map_err(failed)?;
     }
     Ok(true)
 }
@@ -401,7 +387,7 @@ fn take_records<'c>(
     reads: &mut [RangeProgress<'c>],
     chunks: &mut impl RangeChunks,
     earlier: Vec<FetchedMessage<'c>>,
-    past_ends: PastEnds<'_, 'c>,
+    past_ends: &mut PastEnds<'c>,
 ) -> Result<bool> {
     let Some(mut poller) = BatchPoller::new(consumer) else {
         return Ok(false);
@@ -446,10 +432,33 @@ fn take_records<'c>(
     Ok(router.unfinished == 0)
 }
 
-/// Where a read keeps the records past its ranges' ends, and how many bytes at most.
-struct PastEnds<'r, 'c> {
-    kept: &'r mut Vec<FetchedMessage<'c>>,
+/// The records a read keeps past its ranges' ends, their bytes of keys and values, and
+/// how many bytes it keeps at most.
+struct PastEnds<'c> {
+    kept: Vec<FetchedMessage<'c>>,
+    bytes: usize,
     limit: usize,
+}
+
+impl<'c> PastEnds<'c> {
+    fn new(limit: usize) -> Self {
+        PastEnds {
+            kept: Vec::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// Keeps `message`, or gives it back when that would hold more than the limit.
+    fn keep(&mut self, message: FetchedMessage<'c>) -> Option<FetchedMessage<'c>> {
+        let size = message.size();
+        if self.bytes + size > self.limit {
+            return Some(message);
+        }
+        self.bytes += size;
+        self.kept.push(message);
+        None
+    }
 }
 
 /// Routes a shared read's records to their ranges, in chunks, and keeps those past a
@@ -459,8 +468,7 @@ struct Router<'r, 'c, C> {
     ranges: &'r [OffsetRange],
     reads: &'r mut [RangeProgress<'c>],
     chunks: &'r mut C,
-    past_ends: PastEnds<'r, 'c>,
-    past_end_bytes: usize,
+    past_ends: &'r mut PastEnds<'c>,
     by_name: HashMap<(&'r str, i32), usize>,
     /// The range of a message's partition, by librdkafka's topic handle (no name read).
     by_handle: HashMap<(usize, i32), Option<usize>>,
@@ -476,7 +484,7 @@ impl<'r, 'c, C: RangeChunks> Router<'r, 'c, C> {
         ranges: &'r [OffsetRange],
         reads: &'r mut [RangeProgress<'c>],
         chunks: &'r mut C,
-        past_ends: PastEnds<'r, 'c>,
+        past_ends: &'r mut PastEnds<'c>,
     ) -> Self {
         let by_name = ranges
             .iter()
@@ -490,7 +498,6 @@ impl<'r, 'c, C: RangeChunks> Router<'r, 'c, C> {
             reads,
             chunks,
             past_ends,
-            past_end_bytes: 0,
             by_name,
             by_handle: HashMap::new(),
             unfinished,
@@ -550,8 +557,8 @@ impl<'r, 'c, C: RangeChunks> Router<'r, 'c, C> {
         if read.unassigned {
             return;
         }
-        let size = message.size();
-        if self.past_end_bytes + size > self.past_ends.limit {
+        let offset = message.offset();
+        if self.past_ends.keep(message).is_some() {
             let range = &self.ranges[i];
             let mut stop = TopicPartitionList::new();
             stop.add_partition(&range.topic, range.partition);
@@ -559,9 +566,7 @@ impl<'r, 'c, C: RangeChunks> Router<'r, 'c, C> {
             read.unassigned = true;
             return;
         }
-        self.past_end_bytes += size;
-        read.kept_to = Some(message.offset() + 1);
-        self.past_ends.kept.push(message);
+        read.kept_to = Some(offset + 1);
     }
 
     /// Marks done the ranges the consumer has consumed to their end (a range ending in a
