@@ -1,11 +1,12 @@
 //! A job as an executor keeps it between tasks: its spec, record decoder, stage plans,
 //! sink and dead-letter tables and where its state lives, prepared once per job.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::physical_plan::ExecutionPlan;
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
 use sluice_core::spec::JobSpec;
@@ -74,6 +75,26 @@ pub(crate) struct PreparedStage {
     pub(crate) output: Output,
 }
 
+/// `decoder` building only the columns the stages' range scans read (and the event-time
+/// column the watermark needs): the others' values are checked, not kept. A stateful
+/// job's source rows stay whole, as its state files hold them.
+fn read_columns(
+    decoder: RecordDecoder,
+    spec: &JobSpec,
+    plans: &[(u32, Arc<dyn ExecutionPlan>)],
+) -> RecordDecoder {
+    let kafka = &spec.source.kafka;
+    if kafka.is_stateful() {
+        return decoder;
+    }
+    let mut columns: BTreeSet<String> = plans
+        .iter()
+        .flat_map(|(_, plan)| sluice_plan::stream_columns(plan))
+        .collect();
+    columns.extend(kafka.watermark.iter().map(|w| w.column.clone()));
+    decoder.keeping(&columns)
+}
+
 /// A job as an executor keeps it: spec, decoder, stage plans and tables, loaded once.
 pub struct PreparedJob {
     pub spec: JobSpec,
@@ -137,7 +158,7 @@ impl PreparedJob {
                 },
             );
         }
-        let decoder = RecordDecoder::new(&spec.source.kafka)?;
+        let decoder = read_columns(RecordDecoder::new(&spec.source.kafka)?, &spec, &decoded);
         let state_rule = StateRule::of(&spec.source.kafka)?;
         let shuffle_state = ShuffleStateStage::find_all(&spec.source.kafka, &decoded);
         if matches!(state_rule, Some(StateRule::Sessions(_))) && shuffle_state.is_empty() {

@@ -3,13 +3,14 @@
 //! JSON is decoded with arrow-json in one pass; only when that pass fails are records
 //! decoded one by one, to name the offending offset (or skip it with `on_malformed: skip`).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
-    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
     TimestampMillisecondArray,
 };
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::flat_json::FlatJsonDecoder;
 use crate::json_guard;
@@ -158,6 +159,19 @@ pub struct RecordDecoder {
     json_decoders: Arc<Mutex<Vec<arrow_json::reader::Decoder>>>,
     /// The fast path for flat JSON objects, when the value schema suits it.
     flat_json: Option<Arc<FlatJsonDecoder>>,
+    /// The columns decoded batches keep, when not all (see [`RecordDecoder::keeping`]).
+    projection: Option<Arc<Projection>>,
+}
+
+/// The stream columns a job's plan reads: decoded batches hold only these.
+#[derive(Debug)]
+struct Projection {
+    /// The kept value columns' names, in schema order.
+    values: Vec<String>,
+    /// Which metadata columns are kept (in `sluice_core::schema::metadata_fields` order).
+    metadata: Vec<bool>,
+    /// The decoded batches' schema.
+    schema: SchemaRef,
 }
 
 /// How many records a chunked range read hands over at once (about a DataFusion batch):
@@ -204,7 +218,47 @@ impl RecordDecoder {
             },
             stream_schema: stream_schema(kafka)?,
             json_decoders: Arc::default(),
+            projection: None,
         })
+    }
+
+    /// This decoder keeping only the stream columns `columns` names (the others are not
+    /// built; for JSON, their values are still checked, so a record is malformed exactly
+    /// when it was before). Unchanged when it keeps them all, or when records are
+    /// repeated per window at decode (the window columns need the event time).
+    pub fn keeping(mut self, columns: &BTreeSet<String>) -> RecordDecoder {
+        if self.window.is_some() {
+            return self;
+        }
+        let kept: Vec<bool> = (self.stream_schema.fields().iter())
+            .map(|field| columns.contains(field.name()))
+            .collect();
+        if kept.iter().all(|kept| *kept) {
+            return self;
+        }
+        let value_count = self.value_schema.fields().len();
+        let (value_kept, metadata_kept) = kept.split_at(value_count);
+        let schema = Arc::new(Schema::new(
+            (self.stream_schema.fields().iter())
+                .zip(&kept)
+                .filter(|(_, kept)| **kept)
+                .map(|(field, _)| field.clone())
+                .collect::<Vec<_>>(),
+        ));
+        self.projection = Some(Arc::new(Projection {
+            values: (self.value_schema.fields().iter())
+                .zip(value_kept)
+                .filter(|(_, kept)| **kept)
+                .map(|(field, _)| field.name().clone())
+                .collect(),
+            metadata: metadata_kept.to_vec(),
+            schema,
+        }));
+        self.flat_json = self
+            .flat_json
+            .take()
+            .map(|flat| Arc::new(Arc::unwrap_or_clone(flat).keeping(value_kept)));
+        self
     }
 
     /// This decoder without the flat JSON fast path: every chunk goes through arrow-json
@@ -216,7 +270,28 @@ impl RecordDecoder {
 
     /// The schema of decoded batches.
     pub fn schema(&self) -> SchemaRef {
-        self.stream_schema.clone()
+        match &self.projection {
+            Some(projection) => projection.schema.clone(),
+            None => self.stream_schema.clone(),
+        }
+    }
+
+    /// The kept value columns of a batch decoded from values (by the fast path, which
+    /// built only those, or by arrow-json, which built all).
+    fn kept_values(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        match &self.projection {
+            Some(projection) => (projection.values.iter())
+                .map(|name| {
+                    batch.column_by_name(name).cloned().ok_or_else(|| {
+                        arrow::error::ArrowError::SchemaError(format!(
+                            "decoded values lack column {name}"
+                        ))
+                        .into()
+                    })
+                })
+                .collect(),
+            None => Ok(batch.columns().to_vec()),
+        }
     }
 
     /// Why a record cannot be taken before decoding it, if it cannot: too large, or (JSON)
@@ -314,11 +389,15 @@ impl RecordDecoder {
             RecordFormat::Raw => None,
         };
         let (values, kept, malformed) = match (fast, self.format) {
-            (Some(batch), _) => (batch.columns().to_vec(), records.iter().collect(), vec![]),
+            (Some(batch), _) => (self.kept_values(&batch)?, records.iter().collect(), vec![]),
             (None, RecordFormat::Raw) => {
                 let (kept, malformed) = self.split(records, |_| Ok(()));
                 let values: BinaryArray = kept.iter().map(|r| r.value()).collect();
-                (vec![Arc::new(values) as ArrayRef], kept, malformed)
+                let values = match &self.projection {
+                    Some(projection) if projection.values.is_empty() => vec![],
+                    _ => vec![Arc::new(values) as ArrayRef],
+                };
+                (values, kept, malformed)
             }
             (None, RecordFormat::Json | RecordFormat::Avro) => {
                 let (kept, malformed) = self.split(records, |record| {
@@ -332,7 +411,7 @@ impl RecordDecoder {
                         message,
                     }
                 })?;
-                (batch.columns().to_vec(), kept, malformed)
+                (self.kept_values(&batch)?, kept, malformed)
             }
         };
         let mut dead_letters = Vec::new();
@@ -356,12 +435,19 @@ impl RecordDecoder {
             }
         }
         let mut columns = values;
-        columns.extend(metadata_columns(topic, partition, &kept));
+        let metadata = self.projection.as_ref().map(|p| p.metadata.as_slice());
+        columns.extend(metadata_columns(topic, partition, &kept, metadata));
         if let Some((column, size_ms, slide_ms)) = &self.window {
             let index = self.stream_schema.index_of(column)?;
             columns = with_windows(columns, index, *size_ms, *slide_ms)?;
         }
-        let batch = RecordBatch::try_new(self.stream_schema.clone(), columns)?;
+        // Windows may repeat rows; a batch keeping no column has one row per record.
+        let rows = columns.first().map_or(kept.len(), |column| column.len());
+        let batch = RecordBatch::try_new_with_options(
+            self.schema(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
         Ok(DecodedBatch {
             batch,
             malformed_skipped: malformed.len() as u64,
@@ -578,20 +664,34 @@ fn with_windows(
     Ok(out)
 }
 
-fn metadata_columns<R: KafkaRecord>(topic: &str, partition: i32, records: &[&R]) -> Vec<ArrayRef> {
+fn metadata_columns<R: KafkaRecord>(
+    topic: &str,
+    partition: i32,
+    records: &[&R],
+    kept: Option<&[bool]>,
+) -> Vec<ArrayRef> {
     let n = records.len();
-    vec![
-        Arc::new(StringArray::from(vec![topic; n])),
-        Arc::new(Int32Array::from(vec![partition; n])),
-        Arc::new(Int64Array::from_iter_values(
-            records.iter().map(|r| r.offset()),
-        )),
-        Arc::new(TimestampMillisecondArray::from_iter(
-            records.iter().map(|r| r.timestamp_ms()),
-        )),
-        Arc::new(BinaryArray::from_iter(records.iter().map(|r| r.key()))),
-    ]
+    let column = |index: usize| -> ArrayRef {
+        match index {
+            0 => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(topic, n))),
+            1 => Arc::new(Int32Array::from_value(partition, n)),
+            2 => Arc::new(Int64Array::from_iter_values(
+                records.iter().map(|r| r.offset()),
+            )),
+            3 => Arc::new(TimestampMillisecondArray::from_iter(
+                records.iter().map(|r| r.timestamp_ms()),
+            )),
+            _ => Arc::new(BinaryArray::from_iter(records.iter().map(|r| r.key()))),
+        }
+    };
+    (0..METADATA_COLUMNS)
+        .filter(|index| kept.is_none_or(|kept| kept[*index]))
+        .map(column)
+        .collect()
 }
+
+/// Metadata columns of a decoded batch (`sluice_core::schema::metadata_fields`).
+const METADATA_COLUMNS: usize = 5;
 
 #[cfg(test)]
 mod tests {
@@ -690,6 +790,69 @@ mod tests {
                 .value(0),
             "t"
         );
+    }
+
+    #[test]
+    fn a_decoder_keeping_some_columns_builds_those_as_the_full_decoder_does() {
+        let full = RecordDecoder::new(&spec(RecordFormat::Json, OnMalformed::Skip)).unwrap();
+        let columns: BTreeSet<String> = ["amount", "_offset"].map(String::from).into();
+        let kept = full.clone().keeping(&columns);
+        let values = [
+            r#"{"id": 1, "amount": 2.5, "name": "a", "extra": true}"#,
+            r#"{"id": 2, "name": null}"#,
+            // Nested: the fast path gives the chunk back to arrow-json.
+            r#"{"id": 3, "amount": 4, "extra": {"x": [1]}}"#,
+        ];
+        for chunk in [&values[..2], &values[..]] {
+            let records: Vec<RawRecord> = (chunk.iter().enumerate())
+                .map(|(i, value)| record(i as i64, value))
+                .collect();
+            let whole = full.decode("t", 0, &records).unwrap().batch;
+            let batch = kept.decode("t", 0, &records).unwrap().batch;
+            assert_eq!(batch.schema(), kept.schema());
+            let names: Vec<String> = (kept.schema().fields().iter())
+                .map(|f| f.name().clone())
+                .collect();
+            assert_eq!(names, ["amount", "_offset"]);
+            let expected = whole
+                .project(&[
+                    whole.schema().index_of("amount").unwrap(),
+                    whole.schema().index_of("_offset").unwrap(),
+                ])
+                .unwrap();
+            assert_eq!(batch.columns(), expected.columns());
+        }
+        // A value of a column no query reads is checked as strictly: these records are
+        // malformed for both decoders, on the fast path and off it.
+        for bad in [
+            r#"{"id": "abc", "amount": 1.0}"#,
+            r#"{"name": 7, "amount": 1.0}"#,
+        ] {
+            let records = vec![record(0, r#"{"id": 1, "amount": 1.0}"#), record(1, bad)];
+            for decoder in [&full, &kept] {
+                let decoded = decoder.decode("t", 0, &records).unwrap();
+                assert_eq!(decoded.batch.num_rows(), 1, "{bad}");
+                assert_eq!(decoded.malformed_skipped, 1, "{bad}");
+            }
+        }
+        // Whatever the full decoder makes of a record, the keeping one makes the same.
+        for value in [
+            r#"{"id": 1.5, "amount": 1.0}"#,
+            r#"{"id": 99999999999999999999, "amount": 1.0}"#,
+            r#"{"id": 1, "amount": 1e400}"#,
+        ] {
+            let records = vec![record(0, value)];
+            let decoded = |decoder: &RecordDecoder| {
+                let decoded = decoder.decode("t", 0, &records).unwrap();
+                (decoded.batch.num_rows(), decoded.malformed_skipped)
+            };
+            assert_eq!(decoded(&kept), decoded(&full), "{value}");
+        }
+        // A count reads no column: rows without columns.
+        let none = full.clone().keeping(&BTreeSet::new());
+        let records = vec![record(0, values[0]), record(1, values[1])];
+        let batch = none.decode("t", 0, &records).unwrap().batch;
+        assert_eq!((batch.num_rows(), batch.num_columns()), (2, 0));
     }
 
     #[test]

@@ -39,10 +39,14 @@ const MAX_INTEGER_DIGITS: usize = 18;
 const MAX_EXACT_FLOAT_DIGITS: usize = 15;
 
 /// Decodes chunks of flat JSON objects of one schema, or gives them back.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct FlatJsonDecoder {
+    /// The decoded batches' schema: the kept fields.
     schema: SchemaRef,
     fields: Vec<(Vec<u8>, Kind)>,
+    /// Per field, whether its column is built; the values of the others are checked
+    /// as strictly, then dropped.
+    kept: Vec<bool>,
 }
 
 impl FlatJsonDecoder {
@@ -73,8 +77,24 @@ impl FlatJsonDecoder {
             .collect::<Option<Vec<_>>>()?;
         Some(FlatJsonDecoder {
             schema: schema.clone(),
+            kept: vec![true; fields.len()],
             fields,
         })
+    }
+
+    /// This decoder building only the columns of the fields `kept` marks (one flag per
+    /// field of the schema). A record it takes or gives back is the same as before: the
+    /// other fields' values are checked as if they were kept.
+    pub(crate) fn keeping(mut self, kept: &[bool]) -> FlatJsonDecoder {
+        assert_eq!(kept.len(), self.fields.len(), "one flag per field");
+        let fields: Vec<_> = (self.schema.fields().iter())
+            .zip(kept)
+            .filter(|(_, kept)| **kept)
+            .map(|(field, _)| field.clone())
+            .collect();
+        self.schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        self.kept = kept.to_vec();
+        self
     }
 
     /// The chunk of `values` (one JSON object each) as a batch of the schema, or `None`
@@ -84,16 +104,19 @@ impl FlatJsonDecoder {
         values: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
     ) -> Option<RecordBatch> {
         let rows = values.len();
-        let mut columns: Vec<Column> = self
-            .fields
-            .iter()
-            .map(|(_, kind)| Column::new(*kind, rows))
+        let mut columns: Vec<Column> = (self.fields.iter())
+            .zip(&self.kept)
+            .map(|((_, kind), kept)| match kept {
+                true => Column::new(*kind, rows),
+                false => Column::checked(*kind),
+            })
             .collect();
         for value in values {
             self.decode_object(value?, &mut columns)?;
         }
         let arrays = columns
             .into_iter()
+            .filter(|column| !matches!(column.values, Values::Checked(_)))
             .zip(self.schema.fields().iter())
             .map(|(column, field)| column.finish(field.data_type()))
             .collect::<Option<Vec<ArrayRef>>>()?;
@@ -191,6 +214,9 @@ enum Values {
         values: Vec<i64>,
     },
     Float64(Vec<f64>),
+    /// A column the query does not read: values are checked as strictly as a kept
+    /// column's, and not kept.
+    Checked(Kind),
 }
 
 impl Column {
@@ -214,6 +240,14 @@ impl Column {
         Column {
             values,
             nulls: NullBufferBuilder::new(rows),
+        }
+    }
+
+    /// A column of `kind` whose values are checked and dropped.
+    fn checked(kind: Kind) -> Column {
+        Column {
+            values: Values::Checked(kind),
+            nulls: NullBufferBuilder::new(0),
         }
     }
 
@@ -246,6 +280,7 @@ impl Column {
                 values.push(value);
             }
             Values::Float64(values) => values.push(at.number()?.float()?),
+            Values::Checked(kind) => return at.check(*kind),
         }
         self.nulls.append_non_null();
         Some(())
@@ -257,6 +292,7 @@ impl Column {
             Values::Boolean(values) => values.append(false),
             Values::Integer { values, .. } => values.push(0),
             Values::Float64(values) => values.push(0.0),
+            Values::Checked(_) => return,
         }
         self.nulls.append_null();
     }
@@ -290,6 +326,7 @@ impl Column {
                 ),
                 Kind::Utf8 | Kind::Boolean | Kind::Float64 => return None,
             },
+            Values::Checked(_) => return None,
         })
     }
 }
@@ -485,14 +522,32 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Takes a value (not null) of a column of `kind` that is not kept, checked as the
+    /// column would take it (strings as UTF-8, integers in range, floats finite).
+    fn check(&mut self, kind: Kind) -> Option<()> {
+        match kind {
+            Kind::Utf8 => self.utf8_string(),
+            Kind::Boolean => (self.literal(b"true") || self.literal(b"false")).then_some(()),
+            Kind::Int32 => i32::try_from(self.number()?.integer()?).ok().map(|_| ()),
+            Kind::Int64 | Kind::TimestampMs | Kind::TimestampUs => {
+                self.number()?.integer().map(|_| ())
+            }
+            Kind::Float64 => self.number()?.float().map(|_| ()),
+        }
+    }
+
+    /// Takes a string whose contents are UTF-8. Its pieces between escapes are checked
+    /// one by one: they end at ASCII bytes, so they are UTF-8 exactly when the whole is.
+    fn utf8_string(&mut self) -> Option<()> {
+        let mut utf8 = true;
+        self.string_with(|piece| utf8 &= std::str::from_utf8(piece).is_ok())?;
+        utf8.then_some(())
+    }
+
     /// Skips a value of a field the schema does not have: only scalars.
     fn skip_scalar(&mut self) -> Option<()> {
         match self.peek()? {
-            b'"' => {
-                let mut utf8 = true;
-                self.string_with(|piece| utf8 &= std::str::from_utf8(piece).is_ok())?;
-                utf8.then_some(())
-            }
+            b'"' => self.utf8_string(),
             b't' if self.literal(b"true") => Some(()),
             b'f' if self.literal(b"false") => Some(()),
             b'n' if self.literal(b"null") => Some(()),

@@ -25,8 +25,9 @@ pub use dedup::DedupLookup;
 pub use first_row::{FirstRowPerKeyExec, OrderColumn};
 pub use keyed_files::{KeyedFiles, RowsInMemory};
 pub use nodes::{
-    reader_schema, reads_stream, CarriedRows, CarriedState, KafkaScanExec, MapOutputLocation,
-    ReaderMode, ShuffleFetchError, ShuffleFetcher, ShuffleKey, ShuffleReaderExec, TaskInputs,
+    reader_schema, reads_stream, stream_columns, CarriedRows, CarriedState, KafkaScanExec,
+    MapOutputLocation, ReaderMode, ShuffleFetchError, ShuffleFetcher, ShuffleKey,
+    ShuffleReaderExec, TaskInputs,
 };
 pub use session::SessionLookup;
 pub use shuffle_state::{ShuffleStateKind, ShuffleStateStage};

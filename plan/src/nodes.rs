@@ -3,7 +3,7 @@
 //! stage, fetched over Arrow Flight).
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -275,6 +275,18 @@ pub fn reader_schema(plan: &Arc<dyn ExecutionPlan>, stage_id: u32) -> Option<Sch
 /// Whether `plan` reads the stream (holds the Kafka range scan).
 pub fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
     plan.as_any().is::<KafkaScanExec>() || plan.children().into_iter().any(reads_stream)
+}
+
+/// The stream columns `plan`'s range scans read (none when it reads no stream).
+pub fn stream_columns(plan: &Arc<dyn ExecutionPlan>) -> BTreeSet<String> {
+    let mut columns = BTreeSet::new();
+    if let Some(scan) = plan.as_any().downcast_ref::<KafkaScanExec>() {
+        columns.extend(scan.schema.fields().iter().map(|f| f.name().clone()));
+    }
+    for child in plan.children() {
+        columns.extend(stream_columns(child));
+    }
+    columns
 }
 
 /// How a shuffle reader reads its input stage.
