@@ -10,12 +10,15 @@ use arrow::array::{
     ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringArray,
     TimestampMillisecondArray,
 };
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 
 use crate::flat_json::FlatJsonDecoder;
 use crate::json_guard;
 use sluice_core::error::{Error, Result};
-use sluice_core::schema::{stream_schema, value_schema};
+use sluice_core::schema::{
+    metadata_fields, stream_schema, value_schema, KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN,
+    TIMESTAMP_COLUMN, TOPIC_COLUMN,
+};
 use sluice_core::spec::{KafkaSourceSpec, OnMalformed, RecordFormat};
 
 /// One Kafka record as read from a partition.
@@ -238,18 +241,16 @@ impl RecordDecoder {
         }
         let value_count = self.value_schema.fields().len();
         let (value_kept, metadata_kept) = kept.split_at(value_count);
-        let schema = Arc::new(Schema::new(
-            (self.stream_schema.fields().iter())
-                .zip(&kept)
-                .filter(|(_, kept)| **kept)
-                .map(|(field, _)| field.clone())
-                .collect::<Vec<_>>(),
-        ));
+        let kept_indices: Vec<usize> = (0..kept.len()).filter(|index| kept[*index]).collect();
+        let schema = match self.stream_schema.project(&kept_indices) {
+            Ok(schema) => Arc::new(schema),
+            // The indices come from the schema itself: this cannot fail.
+            Err(_) => return self,
+        };
         self.projection = Some(Arc::new(Projection {
-            values: (self.value_schema.fields().iter())
-                .zip(value_kept)
-                .filter(|(_, kept)| **kept)
-                .map(|(field, _)| field.name().clone())
+            values: (kept_indices.iter())
+                .filter(|index| **index < value_count)
+                .map(|index| self.value_schema.field(*index).name().clone())
                 .collect(),
             metadata: metadata_kept.to_vec(),
             schema,
@@ -393,11 +394,11 @@ impl RecordDecoder {
             (None, RecordFormat::Raw) => {
                 let (kept, malformed) = self.split(records, |_| Ok(()));
                 let values: BinaryArray = kept.iter().map(|r| r.value()).collect();
-                let values = match &self.projection {
-                    Some(projection) if projection.values.is_empty() => vec![],
-                    _ => vec![Arc::new(values) as ArrayRef],
-                };
-                (values, kept, malformed)
+                let batch = RecordBatch::try_new(
+                    self.value_schema.clone(),
+                    vec![Arc::new(values) as ArrayRef],
+                )?;
+                (self.kept_values(&batch)?, kept, malformed)
             }
             (None, RecordFormat::Json | RecordFormat::Avro) => {
                 let (kept, malformed) = self.split(records, |record| {
@@ -436,7 +437,7 @@ impl RecordDecoder {
         }
         let mut columns = values;
         let metadata = self.projection.as_ref().map(|p| p.metadata.as_slice());
-        columns.extend(metadata_columns(topic, partition, &kept, metadata));
+        columns.extend(metadata_columns(topic, partition, &kept, metadata)?);
         if let Some((column, size_ms, slide_ms)) = &self.window {
             let index = self.stream_schema.index_of(column)?;
             columns = with_windows(columns, index, *size_ms, *slide_ms)?;
@@ -664,34 +665,39 @@ fn with_windows(
     Ok(out)
 }
 
+/// The metadata columns of `records` (those `kept` marks, in
+/// `sluice_core::schema::metadata_fields` order; all when `None`).
 fn metadata_columns<R: KafkaRecord>(
     topic: &str,
     partition: i32,
     records: &[&R],
     kept: Option<&[bool]>,
-) -> Vec<ArrayRef> {
+) -> Result<Vec<ArrayRef>> {
     let n = records.len();
-    let column = |index: usize| -> ArrayRef {
-        match index {
-            0 => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(topic, n))),
-            1 => Arc::new(Int32Array::from_value(partition, n)),
-            2 => Arc::new(Int64Array::from_iter_values(
+    let column = |name: &str| -> Result<ArrayRef> {
+        Ok(match name {
+            TOPIC_COLUMN => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(topic, n))),
+            PARTITION_COLUMN => Arc::new(Int32Array::from_value(partition, n)),
+            OFFSET_COLUMN => Arc::new(Int64Array::from_iter_values(
                 records.iter().map(|r| r.offset()),
             )),
-            3 => Arc::new(TimestampMillisecondArray::from_iter(
+            TIMESTAMP_COLUMN => Arc::new(TimestampMillisecondArray::from_iter(
                 records.iter().map(|r| r.timestamp_ms()),
             )),
-            _ => Arc::new(BinaryArray::from_iter(records.iter().map(|r| r.key()))),
-        }
+            KEY_COLUMN => Arc::new(BinaryArray::from_iter(records.iter().map(|r| r.key()))),
+            other => {
+                return Err(arrow::error::ArrowError::SchemaError(format!(
+                    "no record metadata builds column {other}"
+                ))
+                .into())
+            }
+        })
     };
-    (0..METADATA_COLUMNS)
-        .filter(|index| kept.is_none_or(|kept| kept[*index]))
-        .map(column)
+    (metadata_fields().iter().enumerate())
+        .filter(|(index, _)| kept.is_none_or(|kept| kept.get(*index) != Some(&false)))
+        .map(|(_, field)| column(field.name()))
         .collect()
 }
-
-/// Metadata columns of a decoded batch (`sluice_core::schema::metadata_fields`).
-const METADATA_COLUMNS: usize = 5;
 
 #[cfg(test)]
 mod tests {
