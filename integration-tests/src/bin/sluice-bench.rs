@@ -1161,8 +1161,9 @@ async fn small_batches(cluster: &mut TestCluster, args: &Args) -> Result<()> {
 }
 
 /// Chunks of 8,192 orders decoded by one thread, by the flat JSON fast path and by
-/// arrow-json alone (the best of three alternating rounds each), plain and with escapes
-/// in their strings.
+/// arrow-json alone (the best of three alternating rounds each): plain, with escapes in
+/// their strings, and as the throughput suite's events (padded with a field no column
+/// takes), all columns and only the aggregation job's.
 fn decode(cluster: &TestCluster) -> Result<()> {
     use sluice_kafka::decode::{RawRecord, RecordDecoder};
 
@@ -1175,16 +1176,18 @@ fn decode(cluster: &TestCluster) -> Result<()> {
         "{once: true}",
         "",
     ))?;
-    let fast = RecordDecoder::new(&spec.source.kafka)?;
-    let arrow_json = fast.clone().without_fast_path();
-    let chunk = |escaped: bool| -> Vec<RawRecord> {
+    let all_columns = RecordDecoder::new(&spec.source.kafka)?;
+    let aggregated: std::collections::BTreeSet<String> =
+        ["country", "product_id", "amount"].map(String::from).into();
+    let aggregated_columns = all_columns.clone().keeping(&aggregated);
+    let chunk = |events: Events| -> Vec<RawRecord> {
         (0..CHUNK)
             .map(|seq| {
                 let json = Order::new(seq, 1_700_000_000_000).to_json();
-                let json = if escaped {
-                    json.replacen("\"o-", "\"o\\u00e9\\\"\\n-", 1)
-                } else {
-                    json
+                let json = match events {
+                    Events::Plain => json,
+                    Events::Escaped => json.replacen("\"o-", "\"o\\u00e9\\\"\\n-", 1),
+                    Events::Padded => event(seq, 1_700_000_000_000),
                 };
                 RawRecord {
                     offset: seq as i64,
@@ -1203,14 +1206,29 @@ fn decode(cluster: &TestCluster) -> Result<()> {
         }
         Ok((CHUNKS * records.len()) as f64 / start.elapsed().as_secs_f64())
     };
-    println!("## Decoding JSON (one thread, chunks of {CHUNK} orders of about 200 bytes)\n");
+    println!("## Decoding JSON (one thread, chunks of {CHUNK} orders: about 110 bytes plain, {EVENT_BYTES} as the throughput suite loads them)\n");
     println!("| records | arrow-json alone, records/s | fast path, records/s | ratio |");
     println!("| --- | ---: | ---: | ---: |");
-    for (name, escaped) in [
-        ("plain orders", false),
-        ("orders with escapes in a string", true),
+    for (name, events, fast) in [
+        ("plain orders", Events::Plain, &all_columns),
+        (
+            "orders with escapes in a string",
+            Events::Escaped,
+            &all_columns,
+        ),
+        (
+            "the throughput suite's events",
+            Events::Padded,
+            &all_columns,
+        ),
+        (
+            "the throughput suite's events, the aggregation's columns",
+            Events::Padded,
+            &aggregated_columns,
+        ),
     ] {
-        let records = chunk(escaped);
+        let arrow_json = fast.clone().without_fast_path();
+        let records = chunk(events);
         if fast.decode("load", 0, &records)?.batch != arrow_json.decode("load", 0, &records)?.batch
         {
             bail!("the fast path decoded {name} differently from arrow-json");
@@ -1218,7 +1236,7 @@ fn decode(cluster: &TestCluster) -> Result<()> {
         let (mut slow_best, mut fast_best) = (0f64, 0f64);
         for _ in 0..3 {
             slow_best = slow_best.max(rate(&arrow_json, &records)?);
-            fast_best = fast_best.max(rate(&fast, &records)?);
+            fast_best = fast_best.max(rate(fast, &records)?);
         }
         println!(
             "| {name} | {slow_best:.0} | {fast_best:.0} | {:.2} |",
@@ -1227,6 +1245,16 @@ fn decode(cluster: &TestCluster) -> Result<()> {
     }
     println!();
     Ok(())
+}
+
+/// The orders the decode suite decodes.
+#[derive(Clone, Copy)]
+enum Events {
+    Plain,
+    /// With escapes in a string.
+    Escaped,
+    /// As the throughput suite loads them ([`event`]).
+    Padded,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
