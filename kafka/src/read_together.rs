@@ -472,6 +472,9 @@ struct Router<'r, 'c, C> {
     by_name: HashMap<(&'r str, i32), usize>,
     /// The range of a message's partition, by librdkafka's topic handle (no name read).
     by_handle: HashMap<(usize, i32), Option<usize>>,
+    /// The last message's partition and its range: messages come in runs of one
+    /// partition, so most need no hashing.
+    last_route: Option<((usize, i32), Option<usize>)>,
     /// Ranges not yet read to their end.
     unfinished: usize,
     /// Records pending in chunks not yet handed over, over all ranges.
@@ -500,6 +503,7 @@ impl<'r, 'c, C: RangeChunks> Router<'r, 'c, C> {
             past_ends,
             by_name,
             by_handle: HashMap::new(),
+            last_route: None,
             unfinished,
             held: 0,
         }
@@ -508,12 +512,19 @@ impl<'r, 'c, C: RangeChunks> Router<'r, 'c, C> {
     /// Hands `message` to its range, or keeps it when it lies past the range's end.
     fn route(&mut self, message: FetchedMessage<'c>) -> Result<()> {
         let key = (message.topic_handle(), message.partition());
-        let by_name = &self.by_name;
-        let range = *self.by_handle.entry(key).or_insert_with(|| {
-            by_name
-                .get(&(message.topic(), message.partition()))
-                .copied()
-        });
+        let range = match self.last_route {
+            Some((last, range)) if last == key => range,
+            _ => {
+                let by_name = &self.by_name;
+                let range = *self.by_handle.entry(key).or_insert_with(|| {
+                    by_name
+                        .get(&(message.topic(), message.partition()))
+                        .copied()
+                });
+                self.last_route = Some((key, range));
+                range
+            }
+        };
         let Some(i) = range else {
             return Ok(());
         };
