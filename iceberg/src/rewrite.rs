@@ -13,9 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use iceberg::spec::{
-    DataContentType, DataFile, FormatVersion, ManifestContentType, ManifestListWriter,
-    ManifestStatus, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference,
-    SnapshotRetention, SnapshotSummaryCollector, Summary, MAIN_BRANCH,
+    DataContentType, DataFile, FormatVersion, Manifest, ManifestContentType, ManifestFile,
+    ManifestListWriter, ManifestStatus, ManifestWriterBuilder, Operation, Snapshot,
+    SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary, MAIN_BRANCH,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, ErrorKind, TableCommit, TableRequirement, TableUpdate};
@@ -78,11 +78,20 @@ pub async fn snapshot_files(table: &Table, snapshot_id: i64) -> Result<Vec<LiveF
     let data = snapshot_manifests(table, snapshot_id, |m| {
         m.content == ManifestContentType::Data
     });
+    Ok(data_files_in(data.await?, |status| {
+        status != ManifestStatus::Deleted
+    }))
+}
+
+/// The data files of `manifests` whose entry status `wanted` takes, as live files.
+pub(crate) fn data_files_in(
+    manifests: Vec<(ManifestFile, Manifest)>,
+    wanted: impl Fn(ManifestStatus) -> bool,
+) -> Vec<LiveFile> {
     let mut live = vec![];
-    for (manifest, loaded) in data.await? {
+    for (manifest, loaded) in manifests {
         for entry in loaded.entries() {
-            if entry.status() == ManifestStatus::Deleted
-                || entry.data_file().content_type() != DataContentType::Data
+            if !wanted(entry.status()) || entry.data_file().content_type() != DataContentType::Data
             {
                 continue;
             }
@@ -95,7 +104,7 @@ pub async fn snapshot_files(table: &Table, snapshot_id: i64) -> Result<Vec<LiveF
             });
         }
     }
-    Ok(live)
+    live
 }
 
 /// Commits, on exactly `base`, a `replace` snapshot that removes the live files named in

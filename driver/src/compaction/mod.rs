@@ -36,8 +36,9 @@ use sluice_iceberg::commit::{CasOutcome, JOB_ID_PROPERTY};
 use sluice_iceberg::data_files::{
     compaction_prefix, delete_prefixed_files_except, file_name, DATA_DIR,
 };
+use sluice_iceberg::live::LiveFiles;
 use sluice_iceberg::rewrite::{
-    find_compaction_in_ancestry, live_files, replace_files_on, COMPACTION_ID_PROPERTY,
+    find_compaction_in_ancestry, replace_files_on, COMPACTION_ID_PROPERTY,
 };
 use sluice_iceberg::sink::{data_files_from_json, data_files_to_json};
 use tracing::{info, warn};
@@ -77,11 +78,13 @@ pub struct Compacted {
 }
 
 /// One job's compaction settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Compactor {
     job_id: JobId,
     spec: CompactionSpec,
     target_file_size: u64,
+    /// The sink table's live files, read only where appends changed them.
+    live: LiveFiles,
 }
 
 impl Compactor {
@@ -90,13 +93,14 @@ impl Compactor {
             job_id,
             spec,
             target_file_size,
+            live: LiveFiles::default(),
         }
     }
 
     /// Settles the last compaction, then compacts if some partition has enough small
     /// files. `None` when there was nothing to do.
     pub async fn run(
-        &self,
+        &mut self,
         log: &JobLog,
         sink: &mut SinkTables,
         rewrites: &dyn RunRewrites,
@@ -110,7 +114,7 @@ impl Compactor {
             self.settle(log, sink, record).await?;
         }
         let table = sink.main_table().await?;
-        let live = live_files(&table).await?;
+        let live = self.live.of(&table).await?;
         let groups = select::select(
             &live,
             self.spec.min_files(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat, Operation};
 use sluice_iceberg::data_files::compaction_attempt_prefix;
+use sluice_iceberg::rewrite::live_files;
 use sluice_iceberg::sink::data_files_to_json;
 
 use super::*;
