@@ -182,8 +182,9 @@ pub struct JobRunner {
     /// The job's stage plans, made at its first batch.
     job: Option<JobRef>,
     offsets: Option<Arc<OffsetReader>>,
-    /// `available_now`: the next batch's offset lookup, started when this batch began
-    /// (its planning is capped by `limit` anyway, so it need not wait for a fresh one).
+    /// `available_now`: the next batch's offset lookup, started once this batch was
+    /// logged (its planning is capped by `limit` anyway, so it need not wait for a fresh
+    /// one).
     next_latest: Option<LatestLookup>,
     /// For `once` / `available_now`: the offsets to stop at, fixed at the first batch.
     limit: Option<LatestOffsets>,
@@ -321,8 +322,8 @@ impl JobRunner {
         Ok(reader)
     }
 
-    /// The latest offsets of the job's partitions: the lookup started for this batch
-    /// when the last one began, else a new one.
+    /// The latest offsets of the job's partitions: the lookup the last batch started for
+    /// this one, else a new one.
     async fn latest_offsets(&mut self) -> Result<LatestOffsets> {
         let lookup = match self.next_latest.take() {
             Some(lookup) => lookup,
