@@ -1,5 +1,6 @@
 //! The live data files of a table, kept between batches. Compaction looks at them after
-//! every batch; reading every manifest each time costs more the older the table is. An
+//! every batch; reading every manifest each time costs more the more manifests the table
+//! has (compaction merges them, but only when it runs). An
 //! `append` snapshot only adds files, so when every snapshot since the last look is an
 //! append, the files they added (the `added` entries of the manifests they wrote) are
 //! all that changed. Anything else (a replace, an overwrite, an expired or unknown
