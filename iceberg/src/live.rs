@@ -88,22 +88,11 @@ impl LiveFiles {
 mod tests {
     use std::collections::HashMap;
 
-    use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
-    use sluice_core::BatchId;
-
     use super::*;
-    use crate::commit::append_batch_on;
     use crate::rewrite::{live_files, replace_files_on};
-    use crate::sink::tests::{committed, data_file, new_table};
-
-    fn names(files: &[LiveFile]) -> Vec<String> {
-        let mut names: Vec<String> = files
-            .iter()
-            .map(|f| crate::data_files::file_name(f.data_file.file_path()).to_string())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::sink::tests::{
+        appended, committed, data_file, data_file_of_rows, live_names, new_table,
+    };
 
     #[tokio::test]
     async fn kept_files_follow_appends_and_replaces_as_a_full_read_does() {
@@ -111,48 +100,24 @@ mod tests {
         let (catalog, mut table) = new_table(&dir).await;
         let mut live = LiveFiles::default();
         assert!(live.of(&table).await.unwrap().is_empty());
-        let append = |table: Table, batch: i64, names: &'static [&'static str]| {
-            let catalog = catalog.clone();
-            async move {
-                let files = names.iter().map(|n| data_file(&table, n)).collect();
-                committed(
-                    append_batch_on(
-                        catalog,
-                        &table,
-                        "j",
-                        BatchId::new(batch),
-                        files,
-                        &HashMap::new(),
-                    )
-                    .await,
-                )
-            }
-        };
-        table = append(table, 0, &["b0"]).await;
-        assert_eq!(names(&live.of(&table).await.unwrap()), ["b0.parquet"]);
+        table = appended(&catalog, &table, 0, &["b0"]).await;
+        assert_eq!(live_names(&live.of(&table).await.unwrap()), ["b0.parquet"]);
         // Two appends between looks, one with two files; a look without a new snapshot.
-        table = append(table, 1, &["b1"]).await;
-        table = append(table, 2, &["b2a", "b2b"]).await;
+        table = appended(&catalog, &table, 1, &["b1"]).await;
+        table = appended(&catalog, &table, 2, &["b2a", "b2b"]).await;
         for _ in 0..2 {
             assert_eq!(
-                names(&live.of(&table).await.unwrap()),
-                names(&live_files(&table).await.unwrap())
+                live_names(&live.of(&table).await.unwrap()),
+                live_names(&live_files(&table).await.unwrap())
             );
         }
-        assert_eq!(names(&live.of(&table).await.unwrap()).len(), 4);
+        assert_eq!(live_names(&live.of(&table).await.unwrap()).len(), 4);
         // A replace removes files: they must not stay in what is kept.
         let removed: HashSet<String> = ["b0", "b1"]
             .iter()
             .map(|n| data_file(&table, n).file_path().to_string())
             .collect();
-        let compacted = DataFileBuilder::default()
-            .content(DataContentType::Data)
-            .file_path(format!("{}/data/c0.parquet", table.metadata().location()))
-            .file_format(DataFileFormat::Parquet)
-            .record_count(20)
-            .file_size_in_bytes(200)
-            .build()
-            .unwrap();
+        let compacted = data_file_of_rows(&table, "c0", 20);
         table = committed(
             replace_files_on(
                 catalog.clone(),
@@ -163,16 +128,16 @@ mod tests {
             )
             .await,
         );
-        table = append(table, 3, &["b3"]).await;
+        table = appended(&catalog, &table, 3, &["b3"]).await;
         assert_eq!(
-            names(&live.of(&table).await.unwrap()),
+            live_names(&live.of(&table).await.unwrap()),
             ["b2a.parquet", "b2b.parquet", "b3.parquet", "c0.parquet"]
         );
         // Appends after the replace are read incrementally again.
-        table = append(table, 4, &["b4"]).await;
+        table = appended(&catalog, &table, 4, &["b4"]).await;
         assert_eq!(
-            names(&live.of(&table).await.unwrap()),
-            names(&live_files(&table).await.unwrap())
+            live_names(&live.of(&table).await.unwrap()),
+            live_names(&live_files(&table).await.unwrap())
         );
         assert_eq!(live.of(&table).await.unwrap().len(), 5);
     }
@@ -181,19 +146,9 @@ mod tests {
     async fn after_appends_only_their_manifests_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let (catalog, table) = new_table(&dir).await;
-        let table = committed(
-            append_batch_on(
-                catalog.clone(),
-                &table,
-                "j",
-                BatchId::new(0),
-                vec![data_file(&table, "b0")],
-                &HashMap::new(),
-            )
-            .await,
-        );
+        let table = appended(&catalog, &table, 0, &["b0"]).await;
         let mut live = LiveFiles::default();
-        assert_eq!(names(&live.of(&table).await.unwrap()), ["b0.parquet"]);
+        assert_eq!(live_names(&live.of(&table).await.unwrap()), ["b0.parquet"]);
         // Without the first batch's manifest a full read fails; the kept files need only
         // the next batch's.
         let first = table.metadata().current_snapshot().unwrap();
@@ -201,20 +156,10 @@ mod tests {
         for manifest in manifests.entries() {
             std::fs::remove_file(manifest.manifest_path.trim_start_matches("file://")).unwrap();
         }
-        let table = committed(
-            append_batch_on(
-                catalog,
-                &table,
-                "j",
-                BatchId::new(1),
-                vec![data_file(&table, "b1")],
-                &HashMap::new(),
-            )
-            .await,
-        );
+        let table = appended(&catalog, &table, 1, &["b1"]).await;
         assert!(live_files(&table).await.is_err());
         assert_eq!(
-            names(&live.of(&table).await.unwrap()),
+            live_names(&live.of(&table).await.unwrap()),
             ["b0.parquet", "b1.parquet"]
         );
     }
@@ -224,30 +169,10 @@ mod tests {
         let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (first_catalog, first) = new_table(&first_dir).await;
         let (second_catalog, second) = new_table(&second_dir).await;
-        let first = committed(
-            append_batch_on(
-                first_catalog,
-                &first,
-                "j",
-                BatchId::new(0),
-                vec![data_file(&first, "a")],
-                &HashMap::new(),
-            )
-            .await,
-        );
-        let second = committed(
-            append_batch_on(
-                second_catalog,
-                &second,
-                "j",
-                BatchId::new(0),
-                vec![data_file(&second, "b")],
-                &HashMap::new(),
-            )
-            .await,
-        );
+        let first = appended(&first_catalog, &first, 0, &["a"]).await;
+        let second = appended(&second_catalog, &second, 0, &["b"]).await;
         let mut live = LiveFiles::default();
-        assert_eq!(names(&live.of(&first).await.unwrap()), ["a.parquet"]);
-        assert_eq!(names(&live.of(&second).await.unwrap()), ["b.parquet"]);
+        assert_eq!(live_names(&live.of(&first).await.unwrap()), ["a.parquet"]);
+        assert_eq!(live_names(&live.of(&second).await.unwrap()), ["b.parquet"]);
     }
 }

@@ -318,21 +318,13 @@ fn unique_snapshot_id(table: &Table) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use iceberg::spec::DataFileBuilder;
     use sluice_core::BatchId;
 
     use super::*;
-    use crate::commit::{append_batch_on, find_batch_in_ancestry};
-    use crate::sink::tests::{committed, data_file, new_table};
-
-    fn live_names(files: &[LiveFile]) -> Vec<String> {
-        let mut names: Vec<String> = files
-            .iter()
-            .map(|f| crate::data_files::file_name(f.data_file.file_path()).to_string())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::commit::find_batch_in_ancestry;
+    use crate::sink::tests::{
+        appended, committed, data_file, data_file_of_rows, live_names, new_table,
+    };
 
     fn property(table: &Table, key: &str) -> String {
         table
@@ -349,31 +341,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (catalog, mut table) = new_table(&dir).await;
         for batch in 0..6 {
-            let files = vec![data_file(&table, &format!("b{batch}"))];
-            table = committed(
-                append_batch_on(
-                    catalog.clone(),
-                    &table,
-                    "j",
-                    BatchId::new(batch),
-                    files,
-                    &Default::default(),
-                )
-                .await,
-            );
+            table = appended(&catalog, &table, batch, &[&format!("b{batch}")]).await;
         }
         let before_replace = table.clone();
         let removed: HashSet<String> = (0..4)
             .map(|b| data_file(&table, &format!("b{b}")).file_path().to_string())
             .collect();
-        let compacted = DataFileBuilder::default()
-            .content(DataContentType::Data)
-            .file_path(format!("{}/data/c0.parquet", table.metadata().location()))
-            .file_format(iceberg::spec::DataFileFormat::Parquet)
-            .record_count(40)
-            .file_size_in_bytes(400)
-            .build()
-            .unwrap();
+        let compacted = data_file_of_rows(&table, "c0", 40);
         let properties = HashMap::from([("sluice.compaction-id".to_string(), "1".to_string())]);
         table = committed(
             replace_files_on(
@@ -405,18 +379,7 @@ mod tests {
         assert_eq!(manifests, 1, "six append manifests merged into one");
 
         // Batches go on, and recovery still finds the batches before the replace.
-        let files = vec![data_file(&table, "b6")];
-        table = committed(
-            append_batch_on(
-                catalog.clone(),
-                &table,
-                "j",
-                BatchId::new(6),
-                files,
-                &Default::default(),
-            )
-            .await,
-        );
+        table = appended(&catalog, &table, 6, &["b6"]).await;
         assert_eq!(live_files(&table).await.unwrap().len(), 4);
         assert!(find_batch_in_ancestry(&table, "j", BatchId::new(5)).is_some());
 

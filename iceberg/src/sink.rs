@@ -259,6 +259,11 @@ pub(crate) mod tests {
     use sluice_core::BatchId;
 
     pub(crate) fn data_file(table: &Table, name: &str) -> DataFile {
+        data_file_of_rows(table, name, 10)
+    }
+
+    /// Data file `name` of `table` holding `rows` rows (10 bytes each).
+    pub(crate) fn data_file_of_rows(table: &Table, name: &str, rows: u64) -> DataFile {
         DataFileBuilder::default()
             .content(DataContentType::Data)
             .file_path(format!(
@@ -266,10 +271,40 @@ pub(crate) mod tests {
                 table.metadata().location()
             ))
             .file_format(DataFileFormat::Parquet)
-            .record_count(10)
-            .file_size_in_bytes(100)
+            .record_count(rows)
+            .file_size_in_bytes(rows * 10)
             .build()
             .unwrap()
+    }
+
+    /// `table` after batch `batch` of job `j` was appended, one data file per name.
+    pub(crate) async fn appended(
+        catalog: &crate::catalog::CatalogRef,
+        table: &Table,
+        batch: i64,
+        names: &[&str],
+    ) -> Table {
+        let files = names.iter().map(|name| data_file(table, name)).collect();
+        let outcome = append_batch_on(
+            catalog.clone(),
+            table,
+            "j",
+            BatchId::new(batch),
+            files,
+            &Default::default(),
+        )
+        .await;
+        committed(outcome)
+    }
+
+    /// The file names of `files`, sorted.
+    pub(crate) fn live_names(files: &[crate::rewrite::LiveFile]) -> Vec<String> {
+        let mut names: Vec<String> = files
+            .iter()
+            .map(|f| crate::data_files::file_name(f.data_file.file_path()).to_string())
+            .collect();
+        names.sort();
+        names
     }
 
     /// A SQL catalog in `dir` with an empty table `ns.t`.
@@ -295,18 +330,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (catalog, mut table) = new_table(&dir).await;
         for batch in 0..8 {
-            let files = vec![data_file(&table, &format!("b{batch}"))];
-            table = committed(
-                append_batch_on(
-                    catalog.clone(),
-                    &table,
-                    "j",
-                    BatchId::new(batch),
-                    files,
-                    &Default::default(),
-                )
-                .await,
-            );
+            table = appended(&catalog, &table, batch, &[&format!("b{batch}")]).await;
         }
         assert_eq!(table.metadata().snapshots().len(), 8);
         assert_eq!(total_records(&table), 80);
@@ -318,18 +342,7 @@ pub(crate) mod tests {
         assert!(find_batch_in_ancestry(&expired, "j", BatchId::new(5)).is_some());
         assert!(find_batch_in_ancestry(&expired, "j", BatchId::new(4)).is_none());
         // The table keeps committing after expiry.
-        let files = vec![data_file(&expired, "b8")];
-        let table = committed(
-            append_batch_on(
-                catalog.clone(),
-                &expired,
-                "j",
-                BatchId::new(8),
-                files,
-                &Default::default(),
-            )
-            .await,
-        );
+        let table = appended(&catalog, &expired, 8, &["b8"]).await;
         assert_eq!(total_records(&table), 90);
         assert!(!needs_expiry(&table));
     }
