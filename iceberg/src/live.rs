@@ -31,11 +31,11 @@ struct Seen {
 
 impl LiveFiles {
     /// The live data files of `table`'s current snapshot (none without one).
-    pub async fn of(&mut self, table: &Table) -> Result<Vec<LiveFile>> {
+    pub async fn of(&mut self, table: &Table) -> Result<&[LiveFile]> {
         let metadata = table.metadata();
         let Some(current) = metadata.current_snapshot_id() else {
             self.seen = None;
-            return Ok(vec![]);
+            return Ok(&[]);
         };
         let files = match self.appended_since_seen(table) {
             Some((seen, appends)) if appends.is_empty() => seen.files,
@@ -54,12 +54,12 @@ impl LiveFiles {
             }
             None => snapshot_files(table, current).await?,
         };
-        self.seen = Some(Seen {
+        let seen = self.seen.insert(Seen {
             table_uuid: metadata.uuid(),
             snapshot_id: current,
-            files: files.clone(),
+            files,
         });
-        Ok(files)
+        Ok(&seen.files)
     }
 
     /// What was seen, taken, with the snapshots since then, when all of them are appends

@@ -116,7 +116,7 @@ impl Compactor {
         let table = sink.main_table().await?;
         let live = self.live.of(&table).await?;
         let groups = select::select(
-            &live,
+            live,
             self.spec.min_files(),
             self.target_file_size,
             self.spec.max_bytes(),
