@@ -101,17 +101,17 @@ mod tests {
         let mut live = LiveFiles::default();
         assert!(live.of(&table).await.unwrap().is_empty());
         table = appended(&catalog, &table, 0, &["b0"]).await;
-        assert_eq!(live_names(&live.of(&table).await.unwrap()), ["b0.parquet"]);
+        assert_eq!(live_names(live.of(&table).await.unwrap()), ["b0.parquet"]);
         // Two appends between looks, one with two files; a look without a new snapshot.
         table = appended(&catalog, &table, 1, &["b1"]).await;
         table = appended(&catalog, &table, 2, &["b2a", "b2b"]).await;
         for _ in 0..2 {
             assert_eq!(
-                live_names(&live.of(&table).await.unwrap()),
+                live_names(live.of(&table).await.unwrap()),
                 live_names(&live_files(&table).await.unwrap())
             );
         }
-        assert_eq!(live_names(&live.of(&table).await.unwrap()).len(), 4);
+        assert_eq!(live_names(live.of(&table).await.unwrap()).len(), 4);
         // A replace removes files: they must not stay in what is kept.
         let removed: HashSet<String> = ["b0", "b1"]
             .iter()
@@ -130,13 +130,13 @@ mod tests {
         );
         table = appended(&catalog, &table, 3, &["b3"]).await;
         assert_eq!(
-            live_names(&live.of(&table).await.unwrap()),
+            live_names(live.of(&table).await.unwrap()),
             ["b2a.parquet", "b2b.parquet", "b3.parquet", "c0.parquet"]
         );
         // Appends after the replace are read incrementally again.
         table = appended(&catalog, &table, 4, &["b4"]).await;
         assert_eq!(
-            live_names(&live.of(&table).await.unwrap()),
+            live_names(live.of(&table).await.unwrap()),
             live_names(&live_files(&table).await.unwrap())
         );
         assert_eq!(live.of(&table).await.unwrap().len(), 5);
@@ -148,7 +148,7 @@ mod tests {
         let (catalog, table) = new_table(&dir).await;
         let table = appended(&catalog, &table, 0, &["b0"]).await;
         let mut live = LiveFiles::default();
-        assert_eq!(live_names(&live.of(&table).await.unwrap()), ["b0.parquet"]);
+        assert_eq!(live_names(live.of(&table).await.unwrap()), ["b0.parquet"]);
         // Without the first batch's manifest a full read fails; the kept files need only
         // the next batch's.
         let first = table.metadata().current_snapshot().unwrap();
@@ -159,7 +159,7 @@ mod tests {
         let table = appended(&catalog, &table, 1, &["b1"]).await;
         assert!(live_files(&table).await.is_err());
         assert_eq!(
-            live_names(&live.of(&table).await.unwrap()),
+            live_names(live.of(&table).await.unwrap()),
             ["b0.parquet", "b1.parquet"]
         );
     }
@@ -172,7 +172,7 @@ mod tests {
         let first = appended(&first_catalog, &first, 0, &["a"]).await;
         let second = appended(&second_catalog, &second, 0, &["b"]).await;
         let mut live = LiveFiles::default();
-        assert_eq!(live_names(&live.of(&first).await.unwrap()), ["a.parquet"]);
-        assert_eq!(live_names(&live.of(&second).await.unwrap()), ["b.parquet"]);
+        assert_eq!(live_names(live.of(&first).await.unwrap()), ["a.parquet"]);
+        assert_eq!(live_names(live.of(&second).await.unwrap()), ["b.parquet"]);
     }
 }
