@@ -52,6 +52,8 @@ pub enum Error {
         batch: BatchId,
         attempts: u32,
     },
+    #[error("batch {batch} reached its commit before its tasks ran (a driver bug); it is run again from the offset log")]
+    CommitBeforeExecution { batch: BatchId },
     #[error("the checkpoint of {topic}/{partition} is at offset {checkpoint} but the partition ends at {latest}: the topic was deleted and re-created or truncated; the offsets consumed no longer name the same records (resubmit the job under a new name to start over)")]
     CheckpointBeyondLog {
         topic: String,

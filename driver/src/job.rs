@@ -17,7 +17,9 @@ use sluice_proto::v1::JobStatus;
 use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::batch::{BatchProtocol, ExecuteBatch, Executed, SinkTables};
+use crate::batch::{
+    execute_logged, log_plan_to, BatchProtocol, BatchState, ExecuteBatch, Executed, SinkTables,
+};
 use crate::compaction::{Compacted, Compactor, RunRewrites};
 use crate::error::{Error, Result};
 use crate::planner::{self, LatestOffsets};
@@ -196,6 +198,8 @@ pub struct JobRunner {
     finishing: bool,
     /// Rewrites small files between batches (`sink.iceberg.compaction`).
     compactor: Compactor,
+    /// The batch logged and run while the last one committed, to commit next.
+    in_flight: Option<InFlight>,
 }
 
 impl JobRunner {
@@ -229,6 +233,7 @@ impl JobRunner {
             last_trigger: Instant::now(),
             total_rows_loaded: false,
             finishing: false,
+            in_flight: None,
         }
     }
 
@@ -240,7 +245,9 @@ impl JobRunner {
         let mut retry_delay = FIRST_RETRY_DELAY;
         info!(job = %self.shared.job_id, ?trigger, "job started");
         loop {
+            // A batch in flight is committed first (no further one is started).
             match *stop.borrow() {
+                _ if self.in_flight.is_some() => {}
                 StopRequest::User => return (JobState::Stopped, String::new()),
                 StopRequest::DriverShutdown => return (JobState::Running, String::new()),
                 StopRequest::None => {}
@@ -385,12 +392,133 @@ impl JobRunner {
         self.shared.spec.source.kafka.is_windowed()
     }
 
-    /// One batch: recover the pending one or plan the next, then run it through the
-    /// protocol.
+    /// One batch: the one the last step left in flight, else recover the pending one or
+    /// plan the next; run it through the protocol, and (see [`InFlight`]) log and run the
+    /// batch after it while it commits.
     async fn step(&mut self) -> Result<Step> {
         let trigger_started = Instant::now();
         let job = self.job_ref().await?;
         let since_previous_trigger = trigger_started - self.last_trigger;
+        let current = match self.in_flight.take() {
+            Some(in_flight) => in_flight,
+            None => match self.start_batch(&job, trigger_started).await? {
+                Some(started) => started,
+                None => return Ok(Step::Idle),
+            },
+        };
+        self.last_trigger = trigger_started;
+        let batch = current.state.batch_id();
+        let next_plan = self.plan_in_flight(&current);
+        let span = info_span!("batch", job = %self.shared.job_id, %batch);
+        async {
+            let InFlight {
+                state,
+                checkpoint,
+                latest,
+                recovered,
+                plan: planned,
+                execute,
+            } = current;
+            let log = self.protocol.log.clone();
+            let JobRunner {
+                shared,
+                protocol,
+                scheduler,
+                compactor,
+                ..
+            } = self;
+            let finish = async {
+                let outcome = protocol.finish(state, &checkpoint, recovered).await?;
+                let rewrites = SchedulerRewrites {
+                    scheduler,
+                    job: &job,
+                };
+                let compacted = compact(compactor, protocol, &rewrites, &shared.job_id).await?;
+                Ok::<_, Error>((outcome, compacted))
+            };
+            let next = async {
+                let plan = next_plan?;
+                let mut execution = SchedulerExecution {
+                    scheduler,
+                    job: &job,
+                    spec: &shared.spec,
+                };
+                let logging = Instant::now();
+                let logged = match log_plan_to(&log, plan).await {
+                    Ok(logged) => logged,
+                    Err(error) => return Some(Err(error)),
+                };
+                let plan_time = logging.elapsed();
+                let ran = run_tasks(&log, logged, &mut execution, scheduler, &job).await;
+                Some(ran.map(|(state, took)| (state, plan_time, took)))
+            };
+            let (finished, next) = tokio::join!(finish, next);
+            let (outcome, compacted) = finished?;
+            let timings = BatchTimings {
+                plan: planned,
+                execute,
+                commit: outcome.timings.commit,
+                checkpoint: outcome.timings.checkpoint,
+                since_previous_trigger,
+            };
+            let mut progress = batch_progress(
+                &shared.job_id,
+                &outcome.plan,
+                &latest,
+                &outcome.tasks,
+                &timings,
+            );
+            progress.executor_crashes = outcome.crashes;
+            progress.watermark_ms = outcome.checkpoint.watermark_ms;
+            if let Some(compacted) = compacted {
+                progress.files_compacted = compacted.files_removed;
+                progress.compacted_files_written = compacted.files_written;
+                progress.bytes_compacted = compacted.bytes_removed;
+                progress.compaction_ms = compacted.duration.as_millis() as u64;
+            }
+            info!(
+                rows = progress.input_rows,
+                output_rows = progress.output_rows,
+                duration_ms = progress.duration_ms,
+                appended = outcome.appended,
+                "batch committed"
+            );
+            if progress.offsets_lost > 0 {
+                warn!(
+                    offsets_lost = progress.offsets_lost,
+                    "offsets deleted from Kafka before they were processed were skipped"
+                );
+            }
+            shared.set(|s| {
+                s.last_committed_batch = outcome.checkpoint.batch_id.get();
+                s.total_rows += progress.output_rows;
+            });
+            shared.progress.publish(progress);
+            if let Some(next) = next {
+                // Logged, so a failed run is recovered (and run again) by the next step.
+                let (state, plan, execute) = next?;
+                self.in_flight = Some(InFlight {
+                    state,
+                    checkpoint: outcome.checkpoint,
+                    latest,
+                    recovered: false,
+                    plan,
+                    execute,
+                });
+            }
+            Ok(Step::Committed)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Recovers the pending batch or plans and logs the next, and runs its tasks; `None`
+    /// when there is nothing new to run.
+    async fn start_batch(
+        &mut self,
+        job: &JobRef,
+        trigger_started: Instant,
+    ) -> Result<Option<InFlight>> {
         let latest = self.latest_offsets().await?;
         let checkpoint = self.checkpoint(&latest).await?;
         planner::check_not_beyond(&checkpoint, &latest)?;
@@ -416,99 +544,127 @@ impl JobRunner {
                 };
                 match plan {
                     Some(plan) => (self.protocol.log_plan(plan).await?, false),
-                    None => return Ok(Step::Idle),
+                    None => return Ok(None),
                 }
             }
         };
-        self.last_trigger = trigger_started;
-        if matches!(trigger, Trigger::AvailableNow) {
+        if matches!(trigger, Trigger::AvailableNow) && !self.pipelines() {
             // Overlaps the next batch's lookup (about 4 ms for 100 partitions on one
             // machine) with this batch. A `processing_time` job looks up when its trigger
             // fires, so that its batches take what arrived until then.
             self.next_latest = Some(self.start_latest_lookup()?);
         }
-        let batch = state.batch_id();
-        let span = info_span!("batch", job = %self.shared.job_id, %batch);
-        async {
-            let planned = trigger_started.elapsed();
-            let mut execution = SchedulerExecution {
-                scheduler: &self.scheduler,
-                job: &job,
-                spec: &self.shared.spec,
-            };
-            let outcome = self
-                .protocol
-                .run(state, &checkpoint, recovered, &mut execution)
-                .await;
-            self.scheduler.release_shuffle(&job, batch);
-            let outcome = outcome?;
-            let timings = BatchTimings {
-                plan: planned,
-                execute: outcome.timings.execute,
-                commit: outcome.timings.commit,
-                checkpoint: outcome.timings.checkpoint,
-                since_previous_trigger,
-            };
-            let mut progress = batch_progress(
-                &self.shared.job_id,
-                &outcome.plan,
-                &latest,
-                &outcome.tasks,
-                &timings,
-            );
-            progress.executor_crashes = outcome.crashes;
-            progress.watermark_ms = outcome.checkpoint.watermark_ms;
-            if let Some(compacted) = self.compact(&job).await? {
-                progress.files_compacted = compacted.files_removed;
-                progress.compacted_files_written = compacted.files_written;
-                progress.bytes_compacted = compacted.bytes_removed;
-                progress.compaction_ms = compacted.duration.as_millis() as u64;
-            }
-            info!(
-                rows = progress.input_rows,
-                output_rows = progress.output_rows,
-                duration_ms = progress.duration_ms,
-                appended = outcome.appended,
-                "batch committed"
-            );
-            if progress.offsets_lost > 0 {
-                warn!(
-                    offsets_lost = progress.offsets_lost,
-                    "offsets deleted from Kafka before they were processed were skipped"
-                );
-            }
-            self.shared.set(|s| {
-                s.last_committed_batch = outcome.checkpoint.batch_id.get();
-                s.total_rows += progress.output_rows;
-            });
-            self.shared.progress.publish(progress);
-            Ok(Step::Committed)
+        let plan = trigger_started.elapsed();
+        let mut execution = SchedulerExecution {
+            scheduler: &self.scheduler,
+            job,
+            spec: &self.shared.spec,
+        };
+        let (state, execute) = run_tasks(
+            &self.protocol.log,
+            state,
+            &mut execution,
+            &self.scheduler,
+            job,
+        )
+        .await?;
+        Ok(Some(InFlight {
+            state,
+            checkpoint,
+            latest,
+            recovered,
+            plan,
+            execute,
+        }))
+    }
+
+    /// Whether the job runs the next batch while the last one commits: `available_now`
+    /// jobs without state or a watermark, whose next batch's ranges follow from the last
+    /// one's plan alone.
+    fn pipelines(&self) -> bool {
+        let kafka = &self.shared.spec.source.kafka;
+        matches!(self.shared.spec.trigger(), Trigger::AvailableNow)
+            && !kafka.is_stateful()
+            && self.protocol.watermark_delay_ms.is_none()
+            && !self.flushes_windows()
+    }
+
+    /// The batch to log and run while `current` commits: the ranges after its plan, up to
+    /// the offsets fixed at the first batch. `None` when the job does not pipeline, has
+    /// read everything, or is asked to stop (so that it stops after `current`); and after
+    /// a recovered batch, since the batch after it may be logged already (it is recovered
+    /// in its turn, with its logged ranges).
+    fn plan_in_flight(&self, current: &InFlight) -> Option<BatchPlan> {
+        let stopping = !matches!(*self.shared.stop.borrow(), StopRequest::None);
+        if !self.pipelines() || current.recovered || stopping {
+            return None;
         }
-        .instrument(span)
-        .await
+        let after = current.checkpoint.after(current.state.plan());
+        let capped = planner::cap(&current.latest, self.limit.as_ref());
+        let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
+        planner::next_plan(&after, &capped, max, sluice_core::now_ms())
     }
 }
 
-impl JobRunner {
-    /// Compacts the sink table after a batch when it is due. Only a lost leadership is an
-    /// error: a failed compaction is logged and tried again after a later batch.
-    async fn compact(&mut self, job: &JobRef) -> Result<Option<Compacted>> {
-        let rewrites = SchedulerRewrites {
-            scheduler: &self.scheduler,
-            job,
-        };
-        let compacted = self
-            .compactor
-            .run(&self.protocol.log, &mut self.protocol.sink, &rewrites)
-            .await;
-        match compacted {
-            Ok(compacted) => Ok(compacted),
-            Err(Error::Common(fenced @ CommonError::Fenced { .. })) => Err(fenced.into()),
-            Err(error) => {
-                warn!(job = %self.shared.job_id, %error, "compaction failed; trying again after a later batch");
-                self.protocol.sink.forget(false);
-                Ok(None)
-            }
+/// A batch whose tasks ran (or that recovery found further on), waiting for its commit,
+/// with what its progress report needs.
+///
+/// An `available_now` job without state keeps one between steps: batch N+1 is logged and
+/// run while batch N commits, so the executors do not wait for the driver's commit,
+/// checkpoint and compaction. N+1's ranges start where N's plan ends; it commits only
+/// after N's checkpoint. Recovery takes the batches beyond the checkpoint in order, so a
+/// failure at any point leaves at most these two to recover (docs/architecture.md, "Two
+/// batches in flight").
+struct InFlight {
+    /// `FilesWritten`, or `Committed` when recovery found it in the table.
+    state: BatchState,
+    /// The checkpoint before the batch.
+    checkpoint: Checkpoint,
+    /// The latest offsets when it was planned.
+    latest: LatestOffsets,
+    /// Whether it came from recovery (files of earlier attempts may exist).
+    recovered: bool,
+    /// How long planning and logging it took, and running its tasks.
+    plan: Duration,
+    execute: Duration,
+}
+
+/// Runs a `Planned` batch's tasks (other states pass through) and lets go of its shuffle
+/// data; returns how long the tasks took.
+async fn run_tasks(
+    log: &JobLog,
+    state: BatchState,
+    execution: &mut SchedulerExecution<'_>,
+    scheduler: &Scheduler,
+    job: &JobRef,
+) -> Result<(BatchState, Duration)> {
+    let BatchState::Planned { plan } = state else {
+        return Ok((state, Duration::ZERO));
+    };
+    let batch = plan.batch_id;
+    let executed = execute_logged(log, plan, execution).await;
+    scheduler.release_shuffle(job, batch);
+    executed
+}
+
+/// Compacts the sink table after a batch when it is due. Only a lost leadership is an
+/// error: a failed compaction is logged and tried again after a later batch.
+async fn compact(
+    compactor: &mut Compactor,
+    protocol: &mut BatchProtocol,
+    rewrites: &SchedulerRewrites<'_>,
+    job_id: &JobId,
+) -> Result<Option<Compacted>> {
+    let compacted = compactor
+        .run(&protocol.log, &mut protocol.sink, rewrites)
+        .await;
+    match compacted {
+        Ok(compacted) => Ok(compacted),
+        Err(Error::Common(fenced @ CommonError::Fenced { .. })) => Err(fenced.into()),
+        Err(error) => {
+            warn!(job = %job_id, %error, "compaction failed; trying again after a later batch");
+            protocol.sink.forget(false);
+            Ok(None)
         }
     }
 }

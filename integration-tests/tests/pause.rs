@@ -1,5 +1,6 @@
 //! A paused leader never commits. Two drivers on etcd, two executors: the leader stalls
-//! at one step of batch 3 (a failpoint), is paused there with a real SIGSTOP (as a long
+//! at one step of batch 3 (a failpoint; in one test also batch 4, run while 3 commits,
+//! at a step of its own), is paused there with a real SIGSTOP (as a long
 //! GC pause, a frozen VM or a partition looks to it), the standby takes over and commits
 //! later batches while the old leader is still paused, then the old leader is resumed.
 //! Afterwards every (partition, offset) is in the table exactly once, every snapshot's
@@ -18,8 +19,13 @@ const PARTITIONS: i32 = 4;
 /// The batch the leader is paused in.
 const PAUSED_BATCH: i64 = 3;
 
-async fn paused_leader_commits_nothing(step: &str) {
-    let stall = format!("{step}@{PAUSED_BATCH}=sleep:3000");
+/// Pauses the leader once batch `PAUSED_BATCH` stalls at `step` and, with `next_step`,
+/// once the batch after it (run while it commits) stalls at `next_step` too.
+async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>) {
+    let mut stall = format!("{step}@{PAUSED_BATCH}=sleep:3000");
+    if let Some(next_step) = next_step {
+        stall += &format!(",{next_step}@{}=sleep:3000", PAUSED_BATCH + 1);
+    }
     let mut cluster = TestCluster::start_with_first_driver_env(
         "orders",
         PARTITIONS,
@@ -33,7 +39,10 @@ async fn paused_leader_commits_nothing(step: &str) {
     cluster
         .produce_orders("orders", PARTITIONS, 0, EVENTS)
         .unwrap();
-    let name = format!("paused-{}", step.replace('_', "-"));
+    let mut name = format!("paused-{}", step.replace('_', "-"));
+    if next_step.is_some() {
+        name += "-and-next";
+    }
     // Compaction off: the test reads which leader wrote each batch's files.
     let spec = TestCluster::without_compaction(&cluster.spec(
         &name,
@@ -50,8 +59,27 @@ async fn paused_leader_commits_nothing(step: &str) {
         )
         .await
         .unwrap();
+    if let Some(next_step) = next_step {
+        cluster
+            .wait_for_log(
+                &format!("failpoint {next_step} hit at batch {}", PAUSED_BATCH + 1),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+    }
     cluster.signal_driver(0, Signal::SIGSTOP).unwrap();
     let paused = Instant::now();
+    if next_step.is_some() {
+        // Read before the lease runs out: both batches are logged, neither checkpointed.
+        let (logged, checkpointed) = cluster.logged_and_checkpointed(&job).await.unwrap();
+        assert_eq!(
+            (logged, checkpointed),
+            (PAUSED_BATCH + 1, PAUSED_BATCH - 1),
+            "two batches in flight at the pause\n{}",
+            cluster.logs_tail(60)
+        );
+    }
 
     // The standby takes over and the executors follow it while the old leader sleeps.
     let progressed = || async {
@@ -120,20 +148,29 @@ async fn paused_leader_commits_nothing(step: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_after_logging_the_plan_commits_nothing() {
-    paused_leader_commits_nothing(failpoint::PLAN_LOGGED).await;
+    paused_leader_commits_nothing(failpoint::PLAN_LOGGED, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_while_tasks_run_commits_nothing() {
-    paused_leader_commits_nothing(failpoint::TASK_FINISHED).await;
+    paused_leader_commits_nothing(failpoint::TASK_FINISHED, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_with_files_written_before_the_commit_commits_nothing() {
-    paused_leader_commits_nothing(failpoint::FILES_WRITTEN).await;
+    paused_leader_commits_nothing(failpoint::FILES_WRITTEN, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_after_the_commit_before_the_checkpoint_commits_nothing_more() {
-    paused_leader_commits_nothing(failpoint::SNAPSHOT_COMMITTED).await;
+    paused_leader_commits_nothing(failpoint::SNAPSHOT_COMMITTED, None).await;
+}
+
+/// Two batches in flight: the leader committed batch 3's snapshot and wrote batch 4's
+/// files (run while 3 commits) when it is paused. The new leader records 3, re-runs 4,
+/// and deletes the paused leader's files of 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_paused_with_the_next_batch_written_commits_nothing_more() {
+    paused_leader_commits_nothing(failpoint::SNAPSHOT_COMMITTED, Some(failpoint::FILES_WRITTEN))
+        .await;
 }

@@ -29,9 +29,14 @@
 //! ```
 //!
 //! [`recover`](BatchProtocol::recover) maps what the checkpoint store and the table say
-//! onto a state; [`BatchProtocol::run`] drives a state to the end (files of other attempts
-//! deleted). See
-//! docs/architecture.md, "The commit protocol".
+//! onto a state; [`execute_logged`] runs a `Planned` batch's tasks and
+//! [`BatchProtocol::finish`] drives the state on to the end (files of other attempts
+//! deleted).
+//!
+//! At most two batches are logged beyond the checkpoint: the job runner may log and run
+//! batch N+1 while N is in `finish`, and commits N+1 only after N's checkpoint; recovery
+//! takes them in order. See docs/architecture.md, "The commit protocol's invariant" and
+//! "Two batches in flight".
 
 mod clean;
 mod commit;
@@ -49,7 +54,7 @@ use sluice_core::{failpoint, BatchId, JobId};
 use sluice_kafka::offsets::{BatchPlan, Checkpoint, EventTimes};
 use sluice_proto::v1::TaskSuccess;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use sink::SinkTables;
 
@@ -99,10 +104,9 @@ pub struct Executed {
     pub crashes: u32,
 }
 
-/// How long each phase of a batch took.
+/// How long each phase of a batch's commit took (its tasks are timed where they run).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PhaseTimings {
-    pub execute: Duration,
     pub commit: Duration,
     pub checkpoint: Duration,
 }
@@ -157,20 +161,18 @@ impl BatchProtocol {
 
     /// Writes a new batch's ranges to the offset log: the batch is `Planned`.
     pub async fn log_plan(&mut self, plan: BatchPlan) -> Result<BatchState> {
-        self.log.log_plan(&plan).await?;
-        failpoint::hit(failpoint::PLAN_LOGGED, plan.batch_id).await;
-        Ok(BatchState::Planned { plan })
+        log_plan_to(&self.log, plan).await
     }
 
-    /// Drives `state` through the protocol to its end. `checkpoint` is the checkpoint
-    /// before the batch; `recovered` says that the state came from
-    /// [`recover`](BatchProtocol::recover) (files of earlier attempts may exist).
-    pub async fn run(
+    /// Drives a batch whose tasks ran (or that recovery found further on) from
+    /// `FilesWritten` to its end: commit, checkpoint, clean-up. `checkpoint` is the
+    /// checkpoint before the batch. Needs nothing the next batch's execution does, so
+    /// that the two can overlap (docs/architecture.md, "Two batches in flight").
+    pub async fn finish(
         &mut self,
         mut state: BatchState,
         checkpoint: &Checkpoint,
         recovered: bool,
-        executor: &mut dyn ExecuteBatch,
     ) -> Result<BatchOutcome> {
         let mut timings = PhaseTimings::default();
         let mut tasks = Vec::new();
@@ -183,13 +185,9 @@ impl BatchProtocol {
             let started = Instant::now();
             state = match state {
                 BatchState::Planned { plan } => {
-                    // A deposed leader must not even run tasks: their files would be
-                    // written after the new leader cleaned the batch up.
-                    self.log.check_fence().await?;
-                    let executed = executor.execute(&plan, self.log.term()).await?;
-                    timings.execute = started.elapsed();
-                    failpoint::hit(failpoint::FILES_WRITTEN, plan.batch_id).await;
-                    BatchState::FilesWritten { plan, executed }
+                    return Err(Error::CommitBeforeExecution {
+                        batch: plan.batch_id,
+                    })
                 }
                 BatchState::FilesWritten { plan, executed } => {
                     let committed = self.commit(plan, &executed.tasks).await?;
@@ -248,14 +246,45 @@ impl BatchProtocol {
     }
 }
 
+/// Writes a new batch's ranges to `log`: the batch is `Planned`. Like
+/// [`BatchProtocol::log_plan`], for a batch logged while the one before it commits.
+pub async fn log_plan_to(log: &JobLog, plan: BatchPlan) -> Result<BatchState> {
+    log.log_plan(&plan).await?;
+    failpoint::hit(failpoint::PLAN_LOGGED, plan.batch_id).await;
+    Ok(BatchState::Planned { plan })
+}
+
+/// `Planned → FilesWritten`: runs a logged batch's tasks under the leader's term, and
+/// returns how long they took. Takes only the job's log, so that it can run while
+/// [`BatchProtocol::finish`] commits the batch before.
+pub async fn execute_logged(
+    log: &JobLog,
+    plan: BatchPlan,
+    executor: &mut dyn ExecuteBatch,
+) -> Result<(BatchState, Duration)> {
+    let started = Instant::now();
+    // A deposed leader must not even run tasks: their files would be written after the
+    // new leader cleaned the batch up.
+    log.check_fence().await?;
+    let executed = executor.execute(&plan, log.term()).await?;
+    let took = started.elapsed();
+    failpoint::hit(failpoint::FILES_WRITTEN, plan.batch_id).await;
+    Ok((BatchState::FilesWritten { plan, executed }, took))
+}
+
 impl BatchState {
     /// The batch this state is of.
     pub fn batch_id(&self) -> BatchId {
+        self.plan().batch_id
+    }
+
+    /// The batch's logged plan.
+    pub fn plan(&self) -> &BatchPlan {
         match self {
             BatchState::Planned { plan }
             | BatchState::FilesWritten { plan, .. }
             | BatchState::Committed { plan, .. }
-            | BatchState::Checkpointed { plan, .. } => plan.batch_id,
+            | BatchState::Checkpointed { plan, .. } => plan,
         }
     }
 }

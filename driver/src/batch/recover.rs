@@ -1,5 +1,7 @@
-//! Recovery: what the offset log, the checkpoint and the table say about the last logged
-//! batch, as a protocol state. Runs before every batch, so a new leader, a restarted
+//! Recovery: what the offset log, the checkpoint and the table say about the first batch
+//! logged beyond the checkpoint, as a protocol state. (Up to two can be logged: the next
+//! one's ranges are logged while this one commits; it is recovered in its turn, once
+//! this one's checkpoint is written.) Runs before every batch, so a new leader, a restarted
 //! driver and a driver retrying after an error all take the same path.
 
 use sluice_iceberg::commit::{find_batch_in_ancestry, snapshot_property};
@@ -11,16 +13,13 @@ use super::{BatchProtocol, BatchState};
 use crate::error::Result;
 
 impl BatchProtocol {
-    /// The state of a batch that was logged but is not recorded as committed: `Committed`
-    /// when the table's current ancestry holds its snapshot, else `Planned` (to be run
-    /// again with exactly its logged ranges). `None` when nothing is pending.
+    /// The state of the batch after `checkpoint` when it was logged: `Committed` when the
+    /// table's current ancestry holds its snapshot, else `Planned` (to be run again with
+    /// exactly its logged ranges). `None` when nothing is pending.
     pub async fn recover(&mut self, checkpoint: &Checkpoint) -> Result<Option<BatchState>> {
-        let Some(plan) = self.log.last_plan().await? else {
+        let Some(plan) = self.log.plan(checkpoint.batch_id.next()).await? else {
             return Ok(None);
         };
-        if plan.batch_id <= checkpoint.batch_id {
-            return Ok(None);
-        }
         let ident = self.sink.main.clone();
         let table = self.sink.load(&ident).await?;
         match find_batch_in_ancestry(&table, &self.job_id, plan.batch_id) {

@@ -24,6 +24,25 @@ use tokio::sync::Mutex;
 use super::*;
 use crate::error::Error;
 
+impl BatchProtocol {
+    /// Drives `state` through the protocol to its end, as the job runner does for one
+    /// batch at a time. `checkpoint` is the checkpoint before the batch; `recovered` says
+    /// that the state came from [`recover`](BatchProtocol::recover).
+    pub(crate) async fn run(
+        &mut self,
+        state: BatchState,
+        checkpoint: &Checkpoint,
+        recovered: bool,
+        executor: &mut dyn ExecuteBatch,
+    ) -> Result<BatchOutcome> {
+        let state = match state {
+            BatchState::Planned { plan } => execute_logged(&self.log, plan, executor).await?.0,
+            state => state,
+        };
+        self.finish(state, checkpoint, recovered).await
+    }
+}
+
 pub(crate) const JOB: &str = "orders";
 
 /// A checkpoint store in memory whose leadership a test can revoke.
@@ -573,4 +592,77 @@ async fn the_watermark_moves_on_with_each_batch_and_survives_recovery() {
         Some(8_900),
         "the watermark is checkpointed with the batch"
     );
+}
+
+/// A leader of term 3 logged batch 0, ran it, logged batch 1 and ran it while 0 was
+/// committing, and died: both are re-run in order, each with its logged ranges, and its
+/// files of both are deleted once the new leader's commits are in the table.
+#[tokio::test]
+async fn two_batches_in_flight_are_recovered_in_order() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    protocol.log_plan(plan(0)).await.unwrap();
+    log_plan_to(&fx.log(), plan(1)).await.unwrap();
+    let (dead_0, _) = fx.write_file(0, 3);
+    let (dead_1, _) = fx.write_file(1, 3);
+
+    let mut checkpoint = checkpoint_before(0);
+    for batch in [0, 1] {
+        let state = protocol.recover(&checkpoint).await.unwrap();
+        match &state {
+            Some(BatchState::Planned { plan: logged }) => assert_eq!(logged, &plan(batch)),
+            other => panic!("expected batch {batch} to be re-run, got {other:?}"),
+        }
+        let (_, json) = fx.write_file(batch, 7);
+        let outcome = protocol
+            .run(
+                state.unwrap(),
+                &checkpoint,
+                true,
+                &mut FakeExecution::new(vec![json]),
+            )
+            .await
+            .unwrap();
+        checkpoint = outcome.checkpoint;
+        assert_eq!(checkpoint.offsets, checkpoint_before(batch + 1).offsets);
+    }
+    assert!(protocol.recover(&checkpoint).await.unwrap().is_none());
+    let table = fx.table().await;
+    assert_eq!(batch_snapshots(&table, 0), 1);
+    assert_eq!(batch_snapshots(&table, 1), 1);
+    assert!(!fx.exists(&dead_0) && !fx.exists(&dead_1));
+}
+
+/// The leader committed batch 0 to the table and died before its checkpoint, with batch
+/// 1 logged: 0 is recorded (not appended again), then 1 is re-run.
+#[tokio::test]
+async fn a_committed_batch_is_recorded_before_the_one_logged_after_it_runs() {
+    let fx = Fixture::new().await;
+    let mut protocol = fx.protocol();
+    protocol.log_plan(plan(0)).await.unwrap();
+    log_plan_to(&fx.log(), plan(1)).await.unwrap();
+    let (_, json) = fx.write_file(0, 3);
+    fx.commit_elsewhere(0, vec![json]).await;
+
+    let checkpoint = checkpoint_before(0);
+    let state = protocol.recover(&checkpoint).await.unwrap();
+    assert!(
+        matches!(&state, Some(BatchState::Committed { plan: p, appended: false, .. }) if p == &plan(0)),
+        "expected batch 0 found in the table, got {state:?}"
+    );
+    let outcome = protocol
+        .run(
+            state.unwrap(),
+            &checkpoint,
+            true,
+            &mut FakeExecution::new(vec![]),
+        )
+        .await
+        .unwrap();
+    let next = protocol.recover(&outcome.checkpoint).await.unwrap();
+    assert!(
+        matches!(&next, Some(BatchState::Planned { plan: p }) if p == &plan(1)),
+        "expected batch 1 to be re-run, got {next:?}"
+    );
+    assert_eq!(batch_snapshots(&fx.table().await, 0), 1);
 }

@@ -131,6 +131,11 @@ impl JobLog {
             .await
     }
 
+    /// The logged plan of batch `batch`, if it is still in the offset log.
+    pub async fn plan(&self, batch: BatchId) -> Result<Option<BatchPlan>> {
+        self.get_json(&self.batch_key("offsets", batch)).await
+    }
+
     /// The most recently logged batch plan.
     pub async fn last_plan(&self) -> Result<Option<BatchPlan>> {
         match self.store.last(&self.key("offsets/")).await? {
