@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::batch::{
-    execute_logged, log_plan_to, BatchProtocol, BatchState, ExecuteBatch, Executed, SinkTables,
+    execute_logged, log_plan_to, BatchOutcome, BatchProtocol, BatchState, ExecuteBatch, Executed,
+    SinkTables,
 };
 use crate::compaction::{Compacted, Compactor, RunRewrites};
 use crate::error::{Error, Result};
@@ -452,7 +453,8 @@ impl JobRunner {
                 let ran = run_tasks(&log, logged, &mut execution, scheduler, &job).await;
                 Some(ran.map(|(state, took)| (state, plan_time, took)))
             };
-            let (finished, next) = tokio::join!(finish, next);
+            let next_span = info_span!("batch", job = %shared.job_id, batch = %batch.next());
+            let (finished, next) = tokio::join!(finish, next.instrument(next_span));
             let (outcome, compacted) = finished?;
             let timings = BatchTimings {
                 plan: planned,
@@ -461,39 +463,7 @@ impl JobRunner {
                 checkpoint: outcome.timings.checkpoint,
                 since_previous_trigger,
             };
-            let mut progress = batch_progress(
-                &shared.job_id,
-                &outcome.plan,
-                &latest,
-                &outcome.tasks,
-                &timings,
-            );
-            progress.executor_crashes = outcome.crashes;
-            progress.watermark_ms = outcome.checkpoint.watermark_ms;
-            if let Some(compacted) = compacted {
-                progress.files_compacted = compacted.files_removed;
-                progress.compacted_files_written = compacted.files_written;
-                progress.bytes_compacted = compacted.bytes_removed;
-                progress.compaction_ms = compacted.duration.as_millis() as u64;
-            }
-            info!(
-                rows = progress.input_rows,
-                output_rows = progress.output_rows,
-                duration_ms = progress.duration_ms,
-                appended = outcome.appended,
-                "batch committed"
-            );
-            if progress.offsets_lost > 0 {
-                warn!(
-                    offsets_lost = progress.offsets_lost,
-                    "offsets deleted from Kafka before they were processed were skipped"
-                );
-            }
-            shared.set(|s| {
-                s.last_committed_batch = outcome.checkpoint.batch_id.get();
-                s.total_rows += progress.output_rows;
-            });
-            shared.progress.publish(progress);
+            publish_committed(shared, &outcome, compacted, &latest, &timings);
             if let Some(next) = next {
                 // Logged, so a failed run is recovered (and run again) by the next step.
                 let (state, plan, execute) = next?;
@@ -627,6 +597,49 @@ struct InFlight {
     /// How long planning and logging it took, and running its tasks.
     plan: Duration,
     execute: Duration,
+}
+
+/// Reports a committed batch: its log line, the job's status, and its progress record.
+fn publish_committed(
+    shared: &JobShared,
+    outcome: &BatchOutcome,
+    compacted: Option<Compacted>,
+    latest: &LatestOffsets,
+    timings: &BatchTimings,
+) {
+    let mut progress = batch_progress(
+        &shared.job_id,
+        &outcome.plan,
+        latest,
+        &outcome.tasks,
+        timings,
+    );
+    progress.executor_crashes = outcome.crashes;
+    progress.watermark_ms = outcome.checkpoint.watermark_ms;
+    if let Some(compacted) = compacted {
+        progress.files_compacted = compacted.files_removed;
+        progress.compacted_files_written = compacted.files_written;
+        progress.bytes_compacted = compacted.bytes_removed;
+        progress.compaction_ms = compacted.duration.as_millis() as u64;
+    }
+    info!(
+        rows = progress.input_rows,
+        output_rows = progress.output_rows,
+        duration_ms = progress.duration_ms,
+        appended = outcome.appended,
+        "batch committed"
+    );
+    if progress.offsets_lost > 0 {
+        warn!(
+            offsets_lost = progress.offsets_lost,
+            "offsets deleted from Kafka before they were processed were skipped"
+        );
+    }
+    shared.set(|s| {
+        s.last_committed_batch = outcome.checkpoint.batch_id.get();
+        s.total_rows += progress.output_rows;
+    });
+    shared.progress.publish(progress);
 }
 
 /// Runs a `Planned` batch's tasks (other states pass through) and lets go of its shuffle

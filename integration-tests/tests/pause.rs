@@ -171,6 +171,9 @@ async fn leader_paused_after_the_commit_before_the_checkpoint_commits_nothing_mo
 /// and deletes the paused leader's files of 4.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_with_the_next_batch_written_commits_nothing_more() {
-    paused_leader_commits_nothing(failpoint::SNAPSHOT_COMMITTED, Some(failpoint::FILES_WRITTEN))
-        .await;
+    paused_leader_commits_nothing(
+        failpoint::SNAPSHOT_COMMITTED,
+        Some(failpoint::FILES_WRITTEN),
+    )
+    .await;
 }

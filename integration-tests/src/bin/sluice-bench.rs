@@ -992,7 +992,7 @@ async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
     println!("- filter: {}", filter.task_split());
     println!("- aggregation: {}", aggregate.task_split());
     println!("- aggregation, large: {}\n", aggregate_large.task_split());
-    println!("Batches of the large aggregation, in order (rows/s over the batch's duration; plan, execute (wall), commit and checkpoint for the batch; the gap from the previous batch's checkpoint to this batch's planning, spent outside any phase; read (decoding included) and decode summed over its tasks; ms):\n");
+    println!("Batches of the large aggregation, in order (rows/s over the batch's duration; plan, execute (wall), commit and checkpoint for the batch; the gap from the previous batch's checkpoint to this batch's planning, spent outside any phase, negative when this batch started while the previous one committed; read (decoding included) and decode summed over its tasks; ms):\n");
     println!("| batch | rows | rows/s | plan | execute | commit | checkpoint | gap | tasks' read | tasks' decode |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     // A batch's plan is stamped when its ranges are chosen, just before the offset-log
     // write that ends its plan phase: a gap reads that write's time short.
@@ -1000,9 +1000,8 @@ async fn throughput(cluster: &TestCluster, args: &Args) -> Result<()> {
     let mut previous_end_ms: Option<i64> = None;
     for batch in &aggregate_large.batches {
         let times = batch.task_times.unwrap_or_default();
-        let gap = previous_end_ms.map_or("-".to_string(), |end| {
-            (started_ms(batch) - end).max(0).to_string()
-        });
+        let gap =
+            previous_end_ms.map_or("-".to_string(), |end| (started_ms(batch) - end).to_string());
         previous_end_ms = Some(started_ms(batch) + batch.duration_ms as i64);
         println!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {gap} | {} | {} |",
