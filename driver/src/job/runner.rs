@@ -3,168 +3,28 @@
 //! backoff; user failures (bad data, bad SQL) fail it. Every batch is logged before it
 //! runs, so a retry re-runs exactly the same ranges.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::JobLog;
-use async_trait::async_trait;
 use sluice_core::spec::{JobSpec, StartingOffsets, Trigger};
-use sluice_core::{BatchId, Error as CommonError, JobId};
+use sluice_core::{Error as CommonError, JobId};
 use sluice_iceberg::sink::total_records;
 use sluice_kafka::offsets::{BatchPlan, Checkpoint};
 use sluice_kafka::read::{Connection, OffsetReader};
-use sluice_proto::v1::JobStatus;
-use tokio::sync::watch;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::batch::{
-    execute_logged, log_plan_to, BatchOutcome, BatchProtocol, BatchState, ExecuteBatch, Executed,
-    SinkTables,
-};
-use crate::compaction::{Compacted, Compactor, RunRewrites};
+use super::cluster::{run_tasks, SchedulerExecution, SchedulerRewrites};
+use super::{JobShared, JobState, StopRequest};
+use crate::batch::{log_plan_to, BatchOutcome, BatchProtocol, BatchState, SinkTables};
+use crate::compaction::{Compacted, Compactor};
 use crate::error::{Error, Result};
 use crate::planner::{self, LatestOffsets};
-use crate::progress::{batch_progress, BatchTimings, ProgressLog};
+use crate::progress::{batch_progress, BatchTimings};
 use crate::scheduler::{JobRef, Scheduler};
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
-
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobState {
-    Running,
-    Stopping,
-    Stopped,
-    Finished,
-    Failed,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Running => "RUNNING",
-            JobState::Stopping => "STOPPING",
-            JobState::Stopped => "STOPPED",
-            JobState::Finished => "FINISHED",
-            JobState::Failed => "FAILED",
-        }
-    }
-
-    /// The state named by [`JobState::as_str`].
-    pub fn parse(name: &str) -> Option<JobState> {
-        [
-            JobState::Running,
-            JobState::Stopping,
-            JobState::Stopped,
-            JobState::Finished,
-            JobState::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Stopped | JobState::Finished | JobState::Failed
-        )
-    }
-}
-
-/// Why a job loop should end between batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopRequest {
-    None,
-    /// `sluice stop`: finish the running batch, then stop for good.
-    User,
-    /// The driver is shutting down: finish the running batch; the job resumes on restart.
-    DriverShutdown,
-}
-
-#[derive(Debug)]
-struct StatusInner {
-    state: JobState,
-    message: String,
-    last_committed_batch: i64,
-    total_rows: u64,
-}
-
-/// What the rest of the driver sees of a running job.
-#[derive(Debug)]
-pub struct JobShared {
-    pub job_id: JobId,
-    pub spec: JobSpec,
-    pub progress: ProgressLog,
-    status: Mutex<StatusInner>,
-    stop: watch::Sender<StopRequest>,
-}
-
-impl JobShared {
-    pub fn new(spec: JobSpec) -> Arc<JobShared> {
-        Arc::new(JobShared {
-            job_id: spec.job_id(),
-            spec,
-            progress: ProgressLog::default(),
-            status: Mutex::new(StatusInner {
-                state: JobState::Running,
-                message: String::new(),
-                last_committed_batch: -1,
-                total_rows: 0,
-            }),
-            stop: watch::channel(StopRequest::None).0,
-        })
-    }
-
-    pub fn state(&self) -> JobState {
-        self.status.lock().expect("status lock").state
-    }
-
-    fn set(&self, update: impl FnOnce(&mut StatusInner)) {
-        update(&mut self.status.lock().expect("status lock"));
-    }
-
-    /// Records how the loop ended; `Running` means interrupted by driver shutdown.
-    pub fn set_final(&self, state: JobState, message: &str) {
-        self.set(|s| {
-            s.state = state;
-            s.message = message.to_string();
-        });
-    }
-
-    /// Records the last committed batch (for a job that is not running).
-    pub fn set_last_committed(&self, batch: BatchId) {
-        self.set(|s| s.last_committed_batch = batch.get());
-    }
-
-    /// Asks the loop to end after the running batch.
-    pub fn request_stop(&self, request: StopRequest) {
-        if request == StopRequest::User {
-            self.set(|s| {
-                if !s.state.is_final() {
-                    s.state = JobState::Stopping
-                }
-            });
-        }
-        self.stop.send_replace(request);
-    }
-
-    /// The job's status for clients, with its `recent` last batches.
-    pub fn status(&self, recent: usize) -> JobStatus {
-        let s = self.status.lock().expect("status lock");
-        let sink = &self.spec.sink.iceberg;
-        JobStatus {
-            job_id: self.job_id.to_string(),
-            name: self.spec.name.clone(),
-            state: s.state.as_str().to_string(),
-            message: s.message.clone(),
-            last_committed_batch: s.last_committed_batch,
-            total_rows: s.total_rows,
-            table: format!("{}.{}", sink.namespace, sink.table),
-            recent_batches: self.progress.recent(recent),
-        }
-    }
-}
 
 /// A lookup of the latest offsets, running on a blocking thread.
 type LatestLookup = tokio::task::JoinHandle<Result<LatestOffsets>>;
@@ -642,24 +502,6 @@ fn publish_committed(
     shared.progress.publish(progress);
 }
 
-/// Runs a `Planned` batch's tasks (other states pass through) and lets go of its shuffle
-/// data; returns how long the tasks took.
-async fn run_tasks(
-    log: &JobLog,
-    state: BatchState,
-    execution: &mut SchedulerExecution<'_>,
-    scheduler: &Scheduler,
-    job: &JobRef,
-) -> Result<(BatchState, Duration)> {
-    let BatchState::Planned { plan } = state else {
-        return Ok((state, Duration::ZERO));
-    };
-    let batch = plan.batch_id;
-    let executed = execute_logged(log, plan, execution).await;
-    scheduler.release_shuffle(job, batch);
-    executed
-}
-
 /// Compacts the sink table after a batch when it is due. Only a lost leadership is an
 /// error: a failed compaction is logged and tried again after a later batch.
 async fn compact(
@@ -679,49 +521,6 @@ async fn compact(
             protocol.sink.forget(false);
             Ok(None)
         }
-    }
-}
-
-/// Runs compaction's rewrite tasks on the cluster through the scheduler.
-struct SchedulerRewrites<'a> {
-    scheduler: &'a Scheduler,
-    job: &'a JobRef,
-}
-
-#[async_trait]
-impl RunRewrites for SchedulerRewrites<'_> {
-    async fn run_rewrites(
-        &self,
-        compaction: i64,
-        term: i64,
-        groups: Vec<Vec<String>>,
-    ) -> Result<Vec<Vec<String>>> {
-        self.scheduler
-            .run_rewrites(self.job, compaction, term, groups)
-            .await
-    }
-}
-
-/// Runs a batch's tasks on the cluster through the scheduler.
-struct SchedulerExecution<'a> {
-    scheduler: &'a Scheduler,
-    job: &'a JobRef,
-    spec: &'a JobSpec,
-}
-
-#[async_trait]
-impl ExecuteBatch for SchedulerExecution<'_> {
-    async fn execute(&mut self, plan: &BatchPlan, term: i64) -> Result<Executed> {
-        let tasks = planner::tasks(plan, &self.spec.parallelism, self.scheduler.task_slots());
-        let results = self
-            .scheduler
-            .run_batch(self.job, plan, term, tasks)
-            .await?;
-        Ok(Executed {
-            tasks: results.tasks,
-            retried: results.retried,
-            crashes: results.crashes,
-        })
     }
 }
 
