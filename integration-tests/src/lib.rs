@@ -867,6 +867,12 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
         partitions: i32,
     ) {
         self.wait_until_finished(job).await;
+        self.assert_exactly_once(spec, events, partitions).await;
+    }
+
+    /// Every order of `events` over `partitions` is in the job's table exactly once, each
+    /// batch committed once, and no uncommitted file is left behind.
+    pub async fn assert_exactly_once(&self, spec: &str, events: u64, partitions: i32) {
         check::assert_unique_batches(&self.committed_batches(spec).await.unwrap());
         let table = self.table_rows(spec).await.unwrap();
         check::assert_exactly_once(

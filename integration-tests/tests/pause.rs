@@ -18,10 +18,12 @@ const EVENTS: u64 = 16_000;
 const PARTITIONS: i32 = 4;
 /// The batch the leader is paused in.
 const PAUSED_BATCH: i64 = 3;
+const AVAILABLE_NOW: &str = "{available_now: true}";
 
 /// Pauses the leader once batch `PAUSED_BATCH` stalls at `step` and, with `next_step`,
-/// once the batch after it (run while it commits) stalls at `next_step` too.
-async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>) {
+/// once the batch after it (run while it commits) stalls at `next_step` too. The job runs
+/// on `trigger`; a `processing_time` job is stopped once it committed every record.
+async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>, trigger: &str) {
     let mut stall = format!("{step}@{PAUSED_BATCH}=sleep:3000");
     if let Some(next_step) = next_step {
         stall += &format!(",{next_step}@{}=sleep:3000", PAUSED_BATCH + 1);
@@ -43,12 +45,16 @@ async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>) {
     if next_step.is_some() {
         name += "-and-next";
     }
+    let streaming = trigger.contains("processing_time");
+    if streaming {
+        name += "-streaming";
+    }
     // Compaction off: the test reads which leader wrote each batch's files.
     let spec = TestCluster::without_compaction(&cluster.spec(
         &name,
         "orders",
         FILTER_SQL,
-        "{available_now: true}",
+        trigger,
         "    max_offsets_per_trigger: 2000",
     ));
     let job = cluster.submit(&spec).await.unwrap();
@@ -102,9 +108,26 @@ async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>) {
     assert_eq!(cluster.leader().await, Some(1));
 
     cluster.signal_driver(0, Signal::SIGCONT).unwrap();
-    cluster
-        .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
-        .await;
+    if streaming {
+        let last_batch = (EVENTS / 2000) as i64 - 1;
+        cluster
+            .wait_until(
+                Duration::from_secs(60),
+                "every record committed",
+                || async {
+                    let status = cluster.status_at(1, &job).await;
+                    status.is_ok_and(|s| s.last_committed_batch >= last_batch)
+                },
+            )
+            .await
+            .unwrap();
+        cluster.stop_and_wait(&job).await.unwrap();
+        cluster.assert_exactly_once(&spec, EVENTS, PARTITIONS).await;
+    } else {
+        cluster
+            .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)
+            .await;
+    }
 
     // Which leader wrote each committed file: the paused one may have committed only the
     // batches it finished before the pause.
@@ -148,22 +171,22 @@ async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_after_logging_the_plan_commits_nothing() {
-    paused_leader_commits_nothing(failpoint::PLAN_LOGGED, None).await;
+    paused_leader_commits_nothing(failpoint::PLAN_LOGGED, None, AVAILABLE_NOW).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_while_tasks_run_commits_nothing() {
-    paused_leader_commits_nothing(failpoint::TASK_FINISHED, None).await;
+    paused_leader_commits_nothing(failpoint::TASK_FINISHED, None, AVAILABLE_NOW).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_with_files_written_before_the_commit_commits_nothing() {
-    paused_leader_commits_nothing(failpoint::FILES_WRITTEN, None).await;
+    paused_leader_commits_nothing(failpoint::FILES_WRITTEN, None, AVAILABLE_NOW).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_after_the_commit_before_the_checkpoint_commits_nothing_more() {
-    paused_leader_commits_nothing(failpoint::SNAPSHOT_COMMITTED, None).await;
+    paused_leader_commits_nothing(failpoint::SNAPSHOT_COMMITTED, None, AVAILABLE_NOW).await;
 }
 
 /// Two batches in flight: the leader committed batch 3's snapshot and wrote batch 4's
@@ -174,6 +197,19 @@ async fn leader_paused_with_the_next_batch_written_commits_nothing_more() {
     paused_leader_commits_nothing(
         failpoint::SNAPSHOT_COMMITTED,
         Some(failpoint::FILES_WRITTEN),
+        AVAILABLE_NOW,
+    )
+    .await;
+}
+
+/// The same with a stream behind its 10 ms trigger: a backlog is read with two batches in
+/// flight too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_leader_paused_with_the_next_batch_written_commits_nothing_more() {
+    paused_leader_commits_nothing(
+        failpoint::SNAPSHOT_COMMITTED,
+        Some(failpoint::FILES_WRITTEN),
+        "{processing_time: 10ms}",
     )
     .await;
 }

@@ -122,6 +122,8 @@ impl JobRunner {
                     retry_delay = FIRST_RETRY_DELAY;
                     self.shared.set(|s| s.message.clear());
                     match trigger {
+                        // Its trigger was due when it started.
+                        _ if self.in_flight.is_some() => Duration::ZERO,
                         Trigger::Once if self.flushes_windows() => {
                             self.finishing = true;
                             Duration::ZERO
@@ -279,6 +281,7 @@ impl JobRunner {
                 recovered,
                 plan: planned,
                 execute,
+                ..
             } = current;
             let log = self.protocol.log.clone();
             let JobRunner {
@@ -311,7 +314,7 @@ impl JobRunner {
                 };
                 let plan_time = logging.elapsed();
                 let ran = run_tasks(&log, logged, &mut execution, scheduler, &job).await;
-                Some(ran.map(|(state, took)| (state, plan_time, took)))
+                Some(ran.map(|(state, took)| (state, logging, plan_time, took)))
             };
             let next_span = info_span!("batch", job = %shared.job_id, batch = %batch.next());
             let (finished, next) = tokio::join!(finish, next.instrument(next_span));
@@ -326,12 +329,13 @@ impl JobRunner {
             publish_committed(shared, &outcome, compacted, &latest, &timings);
             if let Some(next) = next {
                 // Logged, so a failed run is recovered (and run again) by the next step.
-                let (state, plan, execute) = next?;
+                let (state, planned_at, plan, execute) = next?;
                 self.in_flight = Some(InFlight {
                     state,
                     checkpoint: outcome.checkpoint,
                     latest,
                     recovered: false,
+                    planned_at,
                     plan,
                     execute,
                 });
@@ -403,31 +407,43 @@ impl JobRunner {
             checkpoint,
             latest,
             recovered,
+            planned_at: trigger_started,
             plan,
             execute,
         }))
     }
 
-    /// Whether the job runs the next batch while the last one commits: `available_now`
-    /// jobs without state or a watermark, whose next batch's ranges follow from the last
-    /// one's plan alone.
+    /// Whether the job may run the next batch while the last one commits: jobs without
+    /// state or a watermark, whose next batch's ranges follow from the last one's plan
+    /// alone, on `available_now` or (when behind, see [`JobRunner::plan_in_flight`]) on
+    /// `processing_time`.
     fn pipelines(&self) -> bool {
         let kafka = &self.shared.spec.source.kafka;
-        matches!(self.shared.spec.trigger(), Trigger::AvailableNow)
-            && !kafka.is_stateful()
+        matches!(
+            self.shared.spec.trigger(),
+            Trigger::AvailableNow | Trigger::ProcessingTime(_)
+        ) && !kafka.is_stateful()
             && self.protocol.watermark_delay_ms.is_none()
             && !self.flushes_windows()
     }
 
     /// The batch to log and run while `current` commits: the ranges after its plan, up to
-    /// the offsets fixed at the first batch. `None` when the job does not pipeline, has
-    /// read everything, or is asked to stop (so that it stops after `current`); and after
-    /// a recovered batch, since the batch after it may be logged already (it is recovered
-    /// in its turn, with its logged ranges).
+    /// the latest offsets `current` was planned with (for `available_now`, capped by the
+    /// offsets fixed at the first batch). `None` when the job does not pipeline, has read
+    /// those offsets, or is asked to stop (so that it stops after `current`); after a
+    /// recovered batch, since the batch after it may be logged already (it is recovered in
+    /// its turn, with its logged ranges); and for `processing_time`, unless the next
+    /// trigger is already due (the job is behind: a backlog is read at full speed, a job
+    /// that keeps up still runs a batch per interval).
     fn plan_in_flight(&self, current: &InFlight) -> Option<BatchPlan> {
         let stopping = !matches!(*self.shared.stop.borrow(), StopRequest::None);
         if !self.pipelines() || current.recovered || stopping {
             return None;
+        }
+        if let Trigger::ProcessingTime(interval) = self.shared.spec.trigger() {
+            if current.planned_at.elapsed() < interval {
+                return None;
+            }
         }
         let after = current.checkpoint.after(current.state.plan());
         let capped = planner::cap(&current.latest, self.limit.as_ref());
@@ -439,8 +455,8 @@ impl JobRunner {
 /// A batch whose tasks ran (or that recovery found further on), waiting for its commit,
 /// with what its progress report needs.
 ///
-/// An `available_now` job without state keeps one between steps: batch N+1 is logged and
-/// run while batch N commits, so the executors do not wait for the driver's commit,
+/// A job without state or a watermark keeps one between steps (`available_now`, or
+/// `processing_time` when behind): batch N+1 is logged and run while batch N commits, so the executors do not wait for the driver's commit,
 /// checkpoint and compaction. N+1's ranges start where N's plan ends; it commits only
 /// after N's checkpoint. Recovery takes the batches beyond the checkpoint in order, so a
 /// failure at any point leaves at most these two to recover (docs/architecture.md, "Two
@@ -454,6 +470,8 @@ struct InFlight {
     latest: LatestOffsets,
     /// Whether it came from recovery (files of earlier attempts may exist).
     recovered: bool,
+    /// When its planning began (a `processing_time` job's trigger).
+    planned_at: Instant,
     /// How long planning and logging it took, and running its tasks.
     plan: Duration,
     execute: Duration,
