@@ -89,7 +89,7 @@ fn failure_kind(error: &Error) -> FailureKind {
         Error::Kafka { .. } => FailureKind::Kafka,
         Error::OffsetRange { .. } => FailureKind::OffsetRange,
         Error::DataLoss { .. } => FailureKind::DataLoss,
-        Error::Checkpoint { .. } => FailureKind::Checkpoint,
+        Error::Checkpoint { .. } | Error::BatchAlreadyLogged { .. } => FailureKind::Checkpoint,
         Error::Fenced { .. } => FailureKind::Fenced,
         Error::StoreLocked { .. } => FailureKind::StoreLocked,
         Error::Iceberg { .. } => FailureKind::Iceberg,

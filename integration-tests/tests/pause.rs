@@ -24,7 +24,11 @@ const AVAILABLE_NOW: &str = "{available_now: true}";
 /// once the batch after it (run while it commits) stalls at `next_step` too. The job runs
 /// on `trigger`; a `processing_time` job is stopped once it committed every record.
 async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>, trigger: &str) {
-    let mut stall = format!("{step}@{PAUSED_BATCH}=sleep:3000");
+    // The batch before the paused one is checkpointed first: it may be committing while the
+    // paused one runs, and a process stopped inside a SQLite transaction would hold the
+    // test catalog's lock (see docs/guarantees.md, "What is not guaranteed").
+    let settled = format!("{}@{}", failpoint::CHECKPOINT_WRITTEN, PAUSED_BATCH - 1);
+    let mut stall = format!("{settled}=sleep:1,{step}@{PAUSED_BATCH}=sleep:3000");
     if let Some(next_step) = next_step {
         stall += &format!(",{next_step}@{}=sleep:3000", PAUSED_BATCH + 1);
     }
@@ -58,13 +62,18 @@ async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>, trig
         "    max_offsets_per_trigger: 2000",
     ));
     let job = cluster.submit(&spec).await.unwrap();
-    cluster
-        .wait_for_log(
-            &format!("failpoint {step} hit at batch {PAUSED_BATCH}"),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
+    for (point, batch) in [
+        (failpoint::CHECKPOINT_WRITTEN, PAUSED_BATCH - 1),
+        (step, PAUSED_BATCH),
+    ] {
+        cluster
+            .wait_for_log(
+                &format!("failpoint {point} hit at batch {batch}"),
+                Duration::from_secs(120),
+            )
+            .await
+            .unwrap();
+    }
     if let Some(next_step) = next_step {
         cluster
             .wait_for_log(
@@ -108,6 +117,16 @@ async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>, trig
     assert_eq!(cluster.leader().await, Some(1));
 
     cluster.signal_driver(0, Signal::SIGCONT).unwrap();
+    // The old leader woke up deposed: it stands by and does not serve.
+    let standing_by = || async { cluster.http_get(0, "/readyz").map(|r| r.0).ok() == Some(503) };
+    cluster
+        .wait_until(
+            Duration::from_secs(30),
+            "standby /readyz from the old leader",
+            standing_by,
+        )
+        .await
+        .unwrap();
     if streaming {
         let last_batch = (EVENTS / 2000) as i64 - 1;
         cluster
@@ -152,16 +171,6 @@ async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>, trig
             );
         }
     }
-    // The old leader woke up deposed: it stands by and does not serve.
-    let standing_by = || async { cluster.http_get(0, "/readyz").map(|r| r.0).ok() == Some(503) };
-    cluster
-        .wait_until(
-            Duration::from_secs(30),
-            "standby /readyz from the old leader",
-            standing_by,
-        )
-        .await
-        .unwrap();
     assert!(
         cluster.driver_running(0),
         "the old leader stays up as a standby"

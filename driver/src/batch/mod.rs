@@ -7,7 +7,8 @@
 //! whatever process pauses or dies at whatever moment. Four rules hold it:
 //!
 //! 1. **Write-ahead.** A batch's ranges are in the offset log before anything runs, and a
-//!    logged batch is only ever re-run with exactly those ranges.
+//!    logged batch is only ever re-run with exactly those ranges (the log refuses a second
+//!    plan for a logged batch).
 //! 2. **Conditional commit.** Batch N's snapshot is appended on exactly the table state in
 //!    which N was found absent from the current snapshot's ancestry; if the table moved
 //!    on, the catalog refuses the commit and the driver looks again (found: record it,

@@ -88,6 +88,16 @@ impl CheckpointStore for MemoryStore {
         Ok(())
     }
 
+    async fn put_new(&self, key: &str, value: String) -> CommonResult<bool> {
+        self.fenced()?;
+        let mut entries = self.entries.lock().await;
+        if entries.contains_key(key) {
+            return Ok(false);
+        }
+        entries.insert(key.to_string(), value);
+        Ok(true)
+    }
+
     async fn delete_range(&self, prefix: &str, before: &str) -> CommonResult<()> {
         self.fenced()?;
         self.entries

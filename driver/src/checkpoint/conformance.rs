@@ -36,6 +36,10 @@ async fn key_value_semantics(store: Arc<dyn CheckpointStore>) {
     assert_eq!(store.get("/a/1").await.unwrap(), None);
     assert_eq!(store.get("/a/2").await.unwrap().as_deref(), Some("two"));
     assert_eq!(store.get("/b/1").await.unwrap().as_deref(), Some("other"));
+    // A create-only write writes an absent key and leaves an existing one as it is.
+    assert!(store.put_new("/c/1", "first".into()).await.unwrap());
+    assert!(!store.put_new("/c/1", "second".into()).await.unwrap());
+    assert_eq!(store.get("/c/1").await.unwrap().as_deref(), Some("first"));
 }
 
 fn plan(batch_id: i64, start: i64, end: i64) -> BatchPlan {
@@ -76,6 +80,16 @@ async fn batch_protocol(store: Arc<dyn CheckpointStore>) {
     assert_eq!(checkpoint.get("t", 0), Some(120));
     // A planned batch without a commit is what recovery sees.
     log.log_plan(&plan(12, 120, 125)).await.unwrap();
+    // Its ranges are logged once: planning it again is refused, the log keeps the first.
+    let again = log.log_plan(&plan(12, 120, 130)).await.unwrap_err();
+    assert!(
+        matches!(again, Error::BatchAlreadyLogged { batch, .. } if batch == BatchId::new(12)),
+        "{again}"
+    );
+    assert_eq!(
+        log.plan(BatchId::new(12)).await.unwrap(),
+        Some(plan(12, 120, 125))
+    );
     assert_eq!(
         log.last_plan().await.unwrap().unwrap().batch_id,
         BatchId::new(12)
@@ -188,6 +202,9 @@ async fn a_deposed_leaders_checkpoint_write_is_refused() {
     assert!(matches!(late, Error::Fenced { .. }), "{late}");
     let late = old.delete_range("/", "/z").await.unwrap_err();
     assert!(matches!(late, Error::Fenced { .. }), "{late}");
+    let late = old.put_new("/fresh", "old".into()).await.unwrap_err();
+    assert!(matches!(late, Error::Fenced { .. }), "{late}");
+    assert_eq!(new.get("/fresh").await.unwrap(), None);
     // The check made before every Iceberg commit says so too, and terms only grow.
     let late = old.check_fence().await.unwrap_err();
     assert!(matches!(late, Error::Fenced { .. }), "{late}");

@@ -124,6 +124,18 @@ impl CheckpointStore for EmbeddedStore {
         Ok(())
     }
 
+    async fn put_new(&self, key: &str, value: String) -> Result<bool> {
+        let mut entries = self.entries.lock().await;
+        if entries.contains_key(key) {
+            return Ok(false);
+        }
+        let mut next = entries.clone();
+        next.insert(key.to_string(), value);
+        persist(&self.path, &next)?;
+        *entries = next;
+        Ok(true)
+    }
+
     fn term(&self) -> i64 {
         self.term
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
 };
 
 use super::election::Fence;
@@ -61,27 +62,43 @@ impl EtcdStore {
 
     /// Runs `ops` in one transaction, under the fence when one is set.
     async fn fenced_txn(&self, ops: Vec<TxnOp>, what: &str) -> Result<()> {
+        let response = self.txn_while_leading(vec![], ops, vec![], what).await?;
+        if !response.succeeded() {
+            return Err(self.fenced(what));
+        }
+        Ok(())
+    }
+
+    /// A transaction that runs `ops` when this driver still holds its leadership and every
+    /// compare of `also` holds, and `otherwise` if not.
+    async fn txn_while_leading(
+        &self,
+        also: Vec<Compare>,
+        ops: Vec<TxnOp>,
+        otherwise: Vec<TxnOp>,
+        what: &str,
+    ) -> Result<TxnResponse> {
         let fence = self.fence.read().expect("fence lock").clone();
-        let mut txn = Txn::new();
+        let mut compares = also;
         if let Some(fence) = &fence {
-            txn = txn.when(vec![Compare::create_revision(
+            compares.push(Compare::create_revision(
                 fence.key.clone(),
                 CompareOp::Equal,
                 fence.revision,
-            )]);
+            ));
         }
-        let response = self
-            .client
+        let txn = Txn::new().when(compares).and_then(ops).or_else(otherwise);
+        self.client
             .kv_client()
-            .txn(txn.and_then(ops))
+            .txn(txn)
             .await
-            .map_err(self.error(what))?;
-        if !response.succeeded() {
-            return Err(Error::Fenced {
-                message: format!("{what} refused: this driver is no longer the leader"),
-            });
+            .map_err(self.error(what))
+    }
+
+    fn fenced(&self, what: &str) -> Error {
+        Error::Fenced {
+            message: format!("{what} refused: this driver is no longer the leader"),
         }
-        Ok(())
     }
 
     fn error(&self, what: &str) -> impl FnOnce(etcd_client::Error) -> Error + '_ {
@@ -144,6 +161,28 @@ impl CheckpointStore for EtcdStore {
             .map(|(k, v)| TxnOp::put(k, v, None))
             .collect();
         self.fenced_txn(ops, "checkpoint write").await
+    }
+
+    async fn put_new(&self, key: &str, value: String) -> Result<bool> {
+        let what = "offset-log write";
+        let absent = Compare::create_revision(key, CompareOp::Equal, 0);
+        let put = TxnOp::put(key, value, None);
+        let look = TxnOp::get(key, None);
+        let response = self
+            .txn_while_leading(vec![absent], vec![put], vec![look], what)
+            .await?;
+        if response.succeeded() {
+            return Ok(true);
+        }
+        let exists = response
+            .op_responses()
+            .iter()
+            .any(|r| matches!(r, TxnOpResponse::Get(get) if !get.kvs().is_empty()));
+        if exists {
+            Ok(false)
+        } else {
+            Err(self.fenced(what))
+        }
     }
 
     fn term(&self) -> i64 {

@@ -36,6 +36,9 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     async fn last(&self, prefix: &str) -> Result<Option<(String, String)>>;
     /// Writes every entry, all or none.
     async fn put_all(&self, entries: Vec<(String, String)>) -> Result<()>;
+    /// Writes `key` only when it is absent (fenced like every write); false, writing
+    /// nothing, when it exists.
+    async fn put_new(&self, key: &str, value: String) -> Result<bool>;
     /// Deletes every key that starts with `prefix` and sorts before `before`.
     async fn delete_range(&self, prefix: &str, before: &str) -> Result<()>;
     /// The leadership term this store's writes are fenced by: increases with every new
@@ -121,14 +124,18 @@ impl JobLog {
             .await
     }
 
-    /// Writes a batch's ranges to the offset log (before the batch runs).
+    /// Writes a batch's ranges to the offset log (before the batch runs). Refuses a batch
+    /// already logged: its logged ranges are the ones it runs with (the protocol's rule 1).
     pub async fn log_plan(&self, plan: &BatchPlan) -> Result<()> {
-        self.store
-            .put_all(vec![(
-                self.batch_key("offsets", plan.batch_id),
-                encode(plan),
-            )])
-            .await
+        let key = self.batch_key("offsets", plan.batch_id);
+        if self.store.put_new(&key, encode(plan)).await? {
+            Ok(())
+        } else {
+            Err(Error::BatchAlreadyLogged {
+                batch: plan.batch_id,
+                key,
+            })
+        }
     }
 
     /// The logged plan of batch `batch`, if it is still in the offset log.
