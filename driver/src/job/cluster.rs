@@ -14,24 +14,6 @@ use crate::error::Result;
 use crate::planner;
 use crate::scheduler::{JobRef, Scheduler};
 
-/// Runs a `Planned` batch's tasks (other states pass through) and lets go of its shuffle
-/// data; returns how long the tasks took.
-pub(super) async fn run_tasks(
-    log: &JobLog,
-    state: BatchState,
-    execution: &mut SchedulerExecution<'_>,
-    scheduler: &Scheduler,
-    job: &JobRef,
-) -> Result<(BatchState, Duration)> {
-    let BatchState::Planned { plan } = state else {
-        return Ok((state, Duration::ZERO));
-    };
-    let batch = plan.batch_id;
-    let executed = execute_logged(log, plan, execution).await;
-    scheduler.release_shuffle(job, batch);
-    executed
-}
-
 /// Runs compaction's rewrite tasks on the cluster through the scheduler.
 pub(super) struct SchedulerRewrites<'a> {
     pub(super) scheduler: &'a Scheduler,
@@ -57,6 +39,24 @@ pub(super) struct SchedulerExecution<'a> {
     pub(super) scheduler: &'a Scheduler,
     pub(super) job: &'a JobRef,
     pub(super) spec: &'a JobSpec,
+}
+
+impl SchedulerExecution<'_> {
+    /// Runs a `Planned` batch's tasks (other states pass through) and lets go of its
+    /// shuffle data; returns how long the tasks took.
+    pub(super) async fn run_tasks(
+        &mut self,
+        log: &JobLog,
+        state: BatchState,
+    ) -> Result<(BatchState, Duration)> {
+        let BatchState::Planned { plan } = state else {
+            return Ok((state, Duration::ZERO));
+        };
+        let batch = plan.batch_id;
+        let executed = execute_logged(log, plan, self).await;
+        self.scheduler.release_shuffle(self.job, batch);
+        executed
+    }
 }
 
 #[async_trait]

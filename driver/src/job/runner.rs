@@ -14,7 +14,7 @@ use sluice_kafka::offsets::{BatchPlan, Checkpoint};
 use sluice_kafka::read::{Connection, OffsetReader};
 use tracing::{info, info_span, warn, Instrument};
 
-use super::cluster::{run_tasks, SchedulerExecution, SchedulerRewrites};
+use super::cluster::{SchedulerExecution, SchedulerRewrites};
 use super::{JobShared, JobState, StopRequest};
 use crate::batch::{log_plan_to, BatchOutcome, BatchProtocol, BatchState, SinkTables};
 use crate::compaction::{Compacted, Compactor};
@@ -313,7 +313,7 @@ impl JobRunner {
                     Err(error) => return Some(Err(error)),
                 };
                 let plan_time = logging.elapsed();
-                let ran = run_tasks(&log, logged, &mut execution, scheduler, &job).await;
+                let ran = execution.run_tasks(&log, logged).await;
                 Some(ran.map(|(state, took)| (state, logging, plan_time, took)))
             };
             let next_span = info_span!("batch", job = %shared.job_id, batch = %batch.next());
@@ -368,13 +368,10 @@ impl JobRunner {
         let (state, recovered) = match self.protocol.recover(&checkpoint).await? {
             Some(state) => (state, true),
             None => {
-                let capped = planner::cap(&latest, self.limit.as_ref());
-                let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
-                let now_ms = sluice_core::now_ms();
                 let plan = if self.finishing {
-                    planner::flush_plan(&checkpoint, now_ms)
+                    planner::flush_plan(&checkpoint, sluice_core::now_ms())
                 } else {
-                    planner::next_plan(&checkpoint, &capped, max, now_ms)
+                    self.plan_after(&checkpoint, &latest)
                 };
                 match plan {
                     Some(plan) => (self.protocol.log_plan(plan).await?, false),
@@ -394,14 +391,7 @@ impl JobRunner {
             job,
             spec: &self.shared.spec,
         };
-        let (state, execute) = run_tasks(
-            &self.protocol.log,
-            state,
-            &mut execution,
-            &self.scheduler,
-            job,
-        )
-        .await?;
+        let (state, execute) = execution.run_tasks(&self.protocol.log, state).await?;
         Ok(Some(InFlight {
             state,
             checkpoint,
@@ -414,17 +404,15 @@ impl JobRunner {
     }
 
     /// Whether the job may run the next batch while the last one commits: jobs without
-    /// state or a watermark, whose next batch's ranges follow from the last one's plan
-    /// alone, on `available_now` or (when behind, see [`JobRunner::plan_in_flight`]) on
-    /// `processing_time`.
+    /// state (windows, sessions, deduplication) or a watermark, whose next batch's ranges
+    /// follow from the last one's plan alone, on `available_now` or (when behind, see
+    /// [`JobRunner::plan_in_flight`]) on `processing_time`.
     fn pipelines(&self) -> bool {
-        let kafka = &self.shared.spec.source.kafka;
         matches!(
             self.shared.spec.trigger(),
             Trigger::AvailableNow | Trigger::ProcessingTime(_)
-        ) && !kafka.is_stateful()
+        ) && !self.shared.spec.source.kafka.is_stateful()
             && self.protocol.watermark_delay_ms.is_none()
-            && !self.flushes_windows()
     }
 
     /// The batch to log and run while `current` commits: the ranges after its plan, up to
@@ -446,9 +434,16 @@ impl JobRunner {
             }
         }
         let after = current.checkpoint.after(current.state.plan());
-        let capped = planner::cap(&current.latest, self.limit.as_ref());
+        self.plan_after(&after, &current.latest)
+    }
+
+    /// The batch after `checkpoint`: its ranges up to `latest` (capped by the offsets
+    /// fixed at the first batch for `once` / `available_now`), at most
+    /// `max_offsets_per_trigger`. `None` when there is nothing new.
+    fn plan_after(&self, checkpoint: &Checkpoint, latest: &LatestOffsets) -> Option<BatchPlan> {
+        let capped = planner::cap(latest, self.limit.as_ref());
         let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
-        planner::next_plan(&after, &capped, max, sluice_core::now_ms())
+        planner::next_plan(checkpoint, &capped, max, sluice_core::now_ms())
     }
 }
 
@@ -456,8 +451,8 @@ impl JobRunner {
 /// with what its progress report needs.
 ///
 /// A job without state or a watermark keeps one between steps (`available_now`, or
-/// `processing_time` when behind): batch N+1 is logged and run while batch N commits, so the executors do not wait for the driver's commit,
-/// checkpoint and compaction. N+1's ranges start where N's plan ends; it commits only
+/// `processing_time` when behind): batch N+1 is logged and run while batch N commits, so
+/// the executors do not wait for the driver's commit, checkpoint and compaction. N+1's ranges start where N's plan ends; it commits only
 /// after N's checkpoint. Recovery takes the batches beyond the checkpoint in order, so a
 /// failure at any point leaves at most these two to recover (docs/architecture.md, "Two
 /// batches in flight").
