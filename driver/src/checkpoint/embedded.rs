@@ -117,11 +117,7 @@ impl CheckpointStore for EmbeddedStore {
 
     async fn put_all(&self, new_entries: Vec<(String, String)>) -> Result<()> {
         let mut entries = self.entries.lock().await;
-        let mut next = entries.clone();
-        next.extend(new_entries);
-        persist(&self.path, &next)?;
-        *entries = next;
-        Ok(())
+        self.apply(&mut entries, |next| next.extend(new_entries))
     }
 
     async fn put_new(&self, key: &str, value: String) -> Result<bool> {
@@ -129,10 +125,9 @@ impl CheckpointStore for EmbeddedStore {
         if entries.contains_key(key) {
             return Ok(false);
         }
-        let mut next = entries.clone();
-        next.insert(key.to_string(), value);
-        persist(&self.path, &next)?;
-        *entries = next;
+        self.apply(&mut entries, |next| {
+            next.insert(key.to_string(), value);
+        })?;
         Ok(true)
     }
 
@@ -147,12 +142,26 @@ impl CheckpointStore for EmbeddedStore {
 
     async fn delete_range(&self, prefix: &str, before: &str) -> Result<()> {
         let mut entries = self.entries.lock().await;
-        let mut next = entries.clone();
-        next.retain(|k, _| !(k.starts_with(prefix) && k.as_str() < before));
-        if next.len() != entries.len() {
-            persist(&self.path, &next)?;
-            *entries = next;
+        let doomed = |k: &String| k.starts_with(prefix) && k.as_str() < before;
+        if !entries.keys().any(doomed) {
+            return Ok(());
         }
+        self.apply(&mut entries, |next| next.retain(|k, _| !doomed(k)))
+    }
+}
+
+impl EmbeddedStore {
+    /// Applies `change` to a copy of `entries`, persists the copy, then keeps it: on a
+    /// failed write the store stays as it was, in memory and on disk.
+    fn apply(
+        &self,
+        entries: &mut BTreeMap<String, String>,
+        change: impl FnOnce(&mut BTreeMap<String, String>),
+    ) -> Result<()> {
+        let mut next = entries.clone();
+        change(&mut next);
+        persist(&self.path, &next)?;
+        *entries = next;
         Ok(())
     }
 }
