@@ -89,9 +89,9 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::rewrite::{live_files, replace_files_on};
+    use crate::rewrite::live_files;
     use crate::sink::tests::{
-        appended, committed, data_file, data_file_of_rows, live_names, new_table,
+        appended, data_file, data_file_of_rows, live_names, new_table, replaced,
     };
 
     #[tokio::test]
@@ -118,16 +118,7 @@ mod tests {
             .map(|n| data_file(&table, n).file_path().to_string())
             .collect();
         let compacted = data_file_of_rows(&table, "c0", 20);
-        table = committed(
-            replace_files_on(
-                catalog.clone(),
-                &table,
-                &removed,
-                vec![compacted],
-                HashMap::new(),
-            )
-            .await,
-        );
+        table = replaced(&catalog, &table, &removed, vec![compacted], HashMap::new()).await;
         table = appended(&catalog, &table, 3, &["b3"]).await;
         assert_eq!(
             live_names(live.of(&table).await.unwrap()),

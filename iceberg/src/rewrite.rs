@@ -323,7 +323,7 @@ mod tests {
     use super::*;
     use crate::commit::find_batch_in_ancestry;
     use crate::sink::tests::{
-        appended, committed, data_file, data_file_of_rows, live_names, new_table,
+        appended, data_file, data_file_of_rows, live_names, new_table, replaced,
     };
 
     fn property(table: &Table, key: &str) -> String {
@@ -349,16 +349,7 @@ mod tests {
             .collect();
         let compacted = data_file_of_rows(&table, "c0", 40);
         let properties = HashMap::from([("sluice.compaction-id".to_string(), "1".to_string())]);
-        table = committed(
-            replace_files_on(
-                catalog.clone(),
-                &table,
-                &removed,
-                vec![compacted],
-                properties,
-            )
-            .await,
-        );
+        table = replaced(&catalog, &table, &removed, vec![compacted], properties).await;
         let current = table.metadata().current_snapshot().unwrap();
         assert_eq!(current.summary().operation, Operation::Replace);
         assert_eq!(

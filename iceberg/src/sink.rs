@@ -297,6 +297,21 @@ pub(crate) mod tests {
         committed(outcome)
     }
 
+    /// `table` after a compaction's replace of the files at the paths `removed` by
+    /// `added`, with summary `properties`.
+    pub(crate) async fn replaced(
+        catalog: &crate::catalog::CatalogRef,
+        table: &Table,
+        removed: &std::collections::HashSet<String>,
+        added: Vec<DataFile>,
+        properties: std::collections::HashMap<String, String>,
+    ) -> Table {
+        let outcome =
+            crate::rewrite::replace_files_on(catalog.clone(), table, removed, added, properties)
+                .await;
+        committed(outcome)
+    }
+
     /// The file names of `files`, sorted.
     pub(crate) fn live_names(files: &[crate::rewrite::LiveFile]) -> Vec<String> {
         let mut names: Vec<String> = files
