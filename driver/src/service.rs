@@ -382,13 +382,20 @@ async fn serve_term(
             TermEnd::LeadershipLost
         }
     };
-    view.set(None);
     match end {
-        // Running batches finish and commit.
-        TermEnd::Shutdown => manager.shutdown().await,
-        // A deposed leader commits nothing more: its batches are cancelled where they
-        // stand (the fence and the conditional commit refuse them anyway).
-        TermEnd::LeadershipLost => manager.abort_all().await,
+        // Running batches finish and commit; the API answers until they have.
+        TermEnd::Shutdown => {
+            view.set(None);
+            manager.shutdown().await;
+        }
+        // A deposed leader stops answering first, so no client takes its word (or its
+        // stop) for the new leader's, then commits nothing more: its batches are cancelled
+        // where they stand (the fence and the conditional commit refuse them anyway).
+        TermEnd::LeadershipLost => {
+            let _ = server_stop_tx.send(true);
+            view.set(None);
+            manager.abort_all().await;
+        }
     }
     let _ = server_stop_tx.send(true);
     server.await?;

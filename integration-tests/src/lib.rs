@@ -785,14 +785,35 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
             .into_inner())
     }
 
-    /// Stops `job` and waits until it no longer runs.
+    /// Stops `job` and waits until it no longer runs. A stop that reaches a driver just
+    /// as it stops serving (deposed, or shutting down) is sent again to whichever serves.
     pub async fn stop_and_wait(&self, job: &str) -> Result<()> {
-        self.client()
-            .await?
-            .stop_job(sluice_proto::v1::StopJobRequest {
-                job_id: job.to_string(),
-            })
-            .await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stopped = async {
+                self.client()
+                    .await?
+                    .stop_job(sluice_proto::v1::StopJobRequest {
+                        job_id: job.to_string(),
+                    })
+                    .await?;
+                Ok::<_, anyhow::Error>(())
+            };
+            match stopped.await {
+                Ok(()) => break,
+                Err(e)
+                    if Instant::now() > deadline
+                        || e.downcast_ref::<tonic::Status>()
+                            .is_some_and(|s| s.code() != tonic::Code::Unavailable) =>
+                {
+                    return Err(e.context(format!(
+                        "stopping {job}; logs in {}",
+                        self.dir.path().display()
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
         self.wait_for(job, Duration::from_secs(30), |s| s.state != "RUNNING")
             .await?;
         Ok(())

@@ -140,7 +140,9 @@ async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>, trig
             )
             .await
             .unwrap();
-        cluster.stop_and_wait(&job).await.unwrap();
+        if let Err(e) = cluster.stop_and_wait(&job).await {
+            panic!("stop: {e}\n{}", cluster.logs_tail(150));
+        }
         cluster.assert_exactly_once(&spec, EVENTS, PARTITIONS).await;
     } else {
         cluster
