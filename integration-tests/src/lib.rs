@@ -785,8 +785,9 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
             .into_inner())
     }
 
-    /// Stops `job` and waits until it no longer runs. A stop that reaches a driver just
-    /// as it stops serving (deposed, or shutting down) is sent again to whichever serves.
+    /// Stops `job` and waits until it no longer runs. A stop that fails on the way (it
+    /// reached a driver as that one stopped serving: deposed, or shutting down) is sent
+    /// again to whichever driver serves; a driver's answer that the request is wrong is not.
     pub async fn stop_and_wait(&self, job: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -799,20 +800,22 @@ parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
                     .await?;
                 Ok::<_, anyhow::Error>(())
             };
-            match stopped.await {
+            let error = match stopped.await {
                 Ok(()) => break,
-                Err(e)
-                    if Instant::now() > deadline
-                        || e.downcast_ref::<tonic::Status>()
-                            .is_some_and(|s| s.code() != tonic::Code::Unavailable) =>
-                {
-                    return Err(e.context(format!(
-                        "stopping {job}; logs in {}",
-                        self.dir.path().display()
-                    )))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(error) => error,
+            };
+            let refused = error.downcast_ref::<tonic::Status>().is_some_and(|s| {
+                matches!(
+                    s.code(),
+                    tonic::Code::NotFound | tonic::Code::InvalidArgument
+                )
+            });
+            if refused || Instant::now() > deadline {
+                let logs = self.dir.path().display();
+                return Err(error.context(format!("stopping {job}; logs in {logs}")));
             }
+            eprintln!("stopping {job} failed, sending it again: {error:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.wait_for(job, Duration::from_secs(30), |s| s.state != "RUNNING")
             .await?;

@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
+use sluice_core::failpoint::{self, FAILPOINTS_ENV};
+use sluice_core::BatchId;
 use sluice_integration_tests::check::{assert_exactly_once, expected_rows, rows, FILTER_SQL};
 use sluice_integration_tests::TestCluster;
 
 const EVENTS: u64 = 200_000;
 const PARTITIONS: i32 = 4;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_job_commits_every_record_exactly_once() {
     let cluster = TestCluster::start("orders", PARTITIONS, 2).await.unwrap();
@@ -288,4 +291,88 @@ async fn bad_jobs_are_refused_at_submit_with_the_cause() {
         .into_inner()
         .jobs;
     assert!(jobs.is_empty(), "{jobs:?}");
+}
+
+/// A stream behind its trigger runs the next batch while the last one commits, on the
+/// offsets it looks up then (as its trigger would): the records produced while batch 0
+/// ran make up batch 1, logged and run before batch 0 is checkpointed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_behind_runs_what_arrived_during_a_batch_while_that_batch_commits() {
+    const FIRST: u64 = 4_000;
+    const MORE: u64 = 4_000;
+    let stall = format!(
+        "{}@0=sleep:3000,{}@0=sleep:3000",
+        failpoint::FILES_WRITTEN,
+        failpoint::SNAPSHOT_COMMITTED
+    );
+    let cluster = TestCluster::start_with_first_driver_env(
+        "orders",
+        PARTITIONS,
+        2,
+        1,
+        &[(FAILPOINTS_ENV, stall.as_str())],
+    )
+    .await
+    .unwrap();
+    cluster
+        .produce_orders("orders", PARTITIONS, 0, FIRST)
+        .unwrap();
+    let spec = cluster.spec(
+        "behind",
+        "orders",
+        FILTER_SQL,
+        "{processing_time: 10ms}",
+        "",
+    );
+    let job = cluster.submit(&spec).await.unwrap();
+    let hit = |point: &str| format!("failpoint {point} hit at batch 0");
+    cluster
+        .wait_for_log(&hit(failpoint::FILES_WRITTEN), Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Batch 0's files are written (and its trigger long due): what arrives now is not in it.
+    cluster
+        .produce_orders("orders", PARTITIONS, FIRST, MORE)
+        .unwrap();
+    cluster
+        .wait_for_log(&hit(failpoint::SNAPSHOT_COMMITTED), Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Batch 0 stalls between its snapshot and its checkpoint for 3 s.
+    let next_logged = || async {
+        let logged = cluster.logged_and_checkpointed(&job).await;
+        logged.is_ok_and(|(logged, _)| logged >= 1)
+    };
+    cluster
+        .wait_until(Duration::from_secs(30), "batch 1 logged", next_logged)
+        .await
+        .unwrap();
+    let (_, checkpointed) = cluster.logged_and_checkpointed(&job).await.unwrap();
+    assert_eq!(
+        checkpointed,
+        -1,
+        "batch 1 was logged only after batch 0's checkpoint\n{}",
+        cluster.logs_tail(30)
+    );
+    let log = cluster.job_log(&job).await.unwrap();
+    let mut planned = Vec::new();
+    for batch in [0, 1] {
+        let plan = log.plan(BatchId::new(batch)).await.unwrap();
+        planned.push(plan.expect("logged").total_offsets());
+    }
+    assert_eq!(
+        planned,
+        vec![FIRST, MORE],
+        "batch 1 holds what arrived while batch 0 ran"
+    );
+    cluster
+        .wait_for(&job, Duration::from_secs(60), |s| {
+            s.last_committed_batch >= 1
+        })
+        .await
+        .unwrap();
+    cluster.stop_and_wait(&job).await.unwrap();
+    cluster
+        .assert_exactly_once(&spec, FIRST + MORE, PARTITIONS)
+        .await;
 }

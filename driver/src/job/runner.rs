@@ -199,11 +199,7 @@ impl JobRunner {
             Some(lookup) => lookup,
             None => self.start_latest_lookup()?,
         };
-        let latest = lookup.await.map_err(|e| Error::Timeout {
-            what: format!("Kafka offset lookup ({e})"),
-            seconds: 0,
-        })??;
-        Ok(latest)
+        looked_up(lookup).await
     }
 
     /// Starts looking up the latest offsets on a blocking thread.
@@ -271,7 +267,7 @@ impl JobRunner {
         };
         self.last_trigger = trigger_started;
         let batch = current.state.batch_id();
-        let next_plan = self.plan_in_flight(&current);
+        let next_batch = self.plan_in_flight(&current)?;
         let span = info_span!("batch", job = %self.shared.job_id, %batch);
         async {
             let InFlight {
@@ -301,7 +297,10 @@ impl JobRunner {
                 Ok::<_, Error>((outcome, compacted))
             };
             let next = async {
-                let plan = next_plan?;
+                let (plan, latest) = match next_batch?.plan().await {
+                    Ok(planned) => planned?,
+                    Err(error) => return Some(Err(error)),
+                };
                 let mut execution = SchedulerExecution {
                     scheduler,
                     job: &job,
@@ -314,7 +313,7 @@ impl JobRunner {
                 };
                 let plan_time = logging.elapsed();
                 let ran = execution.run_tasks(&log, logged).await;
-                Some(ran.map(|(state, took)| (state, logging, plan_time, took)))
+                Some(ran.map(|(state, took)| (state, latest, logging, plan_time, took)))
             };
             let next_span = info_span!("batch", job = %shared.job_id, batch = %batch.next());
             let (finished, next) = tokio::join!(finish, next.instrument(next_span));
@@ -329,7 +328,7 @@ impl JobRunner {
             publish_committed(shared, &outcome, compacted, &latest, &timings);
             if let Some(next) = next {
                 // Logged, so a failed run is recovered (and run again) by the next step.
-                let (state, planned_at, plan, execute) = next?;
+                let (state, latest, planned_at, plan, execute) = next?;
                 self.in_flight = Some(InFlight {
                     state,
                     checkpoint: outcome.checkpoint,
@@ -415,35 +414,88 @@ impl JobRunner {
             && self.protocol.watermark_delay_ms.is_none()
     }
 
-    /// The batch to log and run while `current` commits: the ranges after its plan, up to
-    /// the latest offsets `current` was planned with (for `available_now`, capped by the
-    /// offsets fixed at the first batch). `None` when the job does not pipeline, has read
-    /// those offsets, or is asked to stop (so that it stops after `current`); after a
-    /// recovered batch, since the batch after it may be logged already (it is recovered in
-    /// its turn, with its logged ranges); and for `processing_time`, unless the next
+    /// The batch to log and run while `current` commits: the ranges after its plan. For
+    /// `available_now`, up to the latest offsets `current` was planned with (capped by the
+    /// offsets fixed at the first batch anyway). For `processing_time`, only when the next
     /// trigger is already due (the job is behind: a backlog is read at full speed, a job
-    /// that keeps up still runs a batch per interval).
-    fn plan_in_flight(&self, current: &InFlight) -> Option<BatchPlan> {
+    /// that keeps up still runs a batch per interval), and up to offsets looked up now, as
+    /// the trigger would. `None` when the job does not pipeline or is asked to stop (so that
+    /// it stops after `current`), and after a recovered batch, since the batch after it may
+    /// be logged already (it is recovered in its turn, with its logged ranges).
+    fn plan_in_flight(&mut self, current: &InFlight) -> Result<Option<NextBatch>> {
         let stopping = !matches!(*self.shared.stop.borrow(), StopRequest::None);
         if !self.pipelines() || current.recovered || stopping {
-            return None;
+            return Ok(None);
         }
-        if let Trigger::ProcessingTime(interval) = self.shared.spec.trigger() {
-            if current.planned_at.elapsed() < interval {
-                return None;
+        let latest = match self.shared.spec.trigger() {
+            Trigger::ProcessingTime(interval) if current.planned_at.elapsed() < interval => {
+                return Ok(None)
             }
-        }
-        let after = current.checkpoint.after(current.state.plan());
-        self.plan_after(&after, &current.latest)
+            Trigger::ProcessingTime(_) => Latest::Lookup(self.start_latest_lookup()?),
+            _ => Latest::Known(current.latest.clone()),
+        };
+        Ok(Some(NextBatch {
+            after: current.checkpoint.after(current.state.plan()),
+            latest,
+            limit: self.limit.clone(),
+            max_offsets: self.shared.spec.source.kafka.max_offsets_per_trigger,
+        }))
     }
 
-    /// The batch after `checkpoint`: its ranges up to `latest` (capped by the offsets
-    /// fixed at the first batch for `once` / `available_now`), at most
-    /// `max_offsets_per_trigger`. `None` when there is nothing new.
+    /// The batch after `checkpoint` up to `latest`; see [`plan_after`].
     fn plan_after(&self, checkpoint: &Checkpoint, latest: &LatestOffsets) -> Option<BatchPlan> {
-        let capped = planner::cap(latest, self.limit.as_ref());
         let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
-        planner::next_plan(checkpoint, &capped, max, sluice_core::now_ms())
+        plan_after(checkpoint, latest, self.limit.as_ref(), max)
+    }
+}
+
+/// The batch after `checkpoint`: its ranges up to `latest` (capped by `limit`, the offsets
+/// fixed at the first batch for `once` / `available_now`), at most `max_offsets` records
+/// (`max_offsets_per_trigger`). `None` when there is nothing new.
+fn plan_after(
+    checkpoint: &Checkpoint,
+    latest: &LatestOffsets,
+    limit: Option<&LatestOffsets>,
+    max_offsets: Option<u64>,
+) -> Option<BatchPlan> {
+    let capped = planner::cap(latest, limit);
+    planner::next_plan(checkpoint, &capped, max_offsets, sluice_core::now_ms())
+}
+
+/// The offsets a lookup found.
+async fn looked_up(lookup: LatestLookup) -> Result<LatestOffsets> {
+    lookup.await.map_err(|e| Error::Timeout {
+        what: format!("Kafka offset lookup ({e})"),
+        seconds: 0,
+    })?
+}
+
+/// The latest offsets a batch is planned up to: known, or being looked up.
+enum Latest {
+    Known(LatestOffsets),
+    Lookup(LatestLookup),
+}
+
+/// The batch after the one committing, to be planned once its latest offsets are known
+/// (see [`JobRunner::plan_in_flight`]).
+struct NextBatch {
+    /// The checkpoint the committing batch leaves.
+    after: Checkpoint,
+    latest: Latest,
+    limit: Option<LatestOffsets>,
+    max_offsets: Option<u64>,
+}
+
+impl NextBatch {
+    /// Its plan and the latest offsets it was planned with; `None` when there is nothing
+    /// new.
+    async fn plan(self) -> Result<Option<(BatchPlan, LatestOffsets)>> {
+        let latest = match self.latest {
+            Latest::Known(latest) => latest,
+            Latest::Lookup(lookup) => looked_up(lookup).await?,
+        };
+        let plan = plan_after(&self.after, &latest, self.limit.as_ref(), self.max_offsets);
+        Ok(plan.map(|plan| (plan, latest)))
     }
 }
 
