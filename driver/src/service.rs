@@ -359,18 +359,27 @@ async fn serve_term(
     if let Some(tls) = config.tls.server_config() {
         builder = builder.tls_config(tls)?;
     }
-    let server = builder
-        .add_service(reflection)
-        .add_optional_service(open)
-        .add_optional_service(checked)
-        .serve_with_incoming_shutdown(
-            Box::pin(sluice_core::net::incoming(listener)),
-            sluice_core::net::stopped(server_stop),
-        );
-    tokio::pin!(server);
+    // The server takes its stop signal when it comes (it runs as its own task) and then
+    // closes its listener at once, dropping the incoming stream and with it this sender.
+    let (listener_open, listener_closed) = tokio::sync::oneshot::channel::<()>();
+    let incoming =
+        futures::StreamExt::map(sluice_core::net::incoming(listener), move |connection| {
+            let _open = &listener_open;
+            connection
+        });
+    let mut server = tokio::spawn(
+        builder
+            .add_service(reflection)
+            .add_optional_service(open)
+            .add_optional_service(checked)
+            .serve_with_incoming_shutdown(
+                Box::pin(incoming),
+                sluice_core::net::stopped(server_stop),
+            ),
+    );
     let end = tokio::select! {
-        served = &mut server => {
-            served?;
+        ended = &mut server => {
+            served(ended)?;
             return Ok(TermEnd::Shutdown);
         }
         _ = stop.wait_for(|stop| *stop) => {
@@ -388,17 +397,19 @@ async fn serve_term(
             view.set(None);
             manager.shutdown().await;
         }
-        // A deposed leader stops answering first, so no client takes its word (or its
-        // stop) for the new leader's, then commits nothing more: its batches are cancelled
-        // where they stand (the fence and the conditional commit refuse them anyway).
+        // A deposed leader first stops answering (its port refuses calls once the listener
+        // is closed), so no client takes its word, or its stop, for the new leader's. Then
+        // it commits nothing more: its batches are cancelled where they stand (the fence
+        // and the conditional commit refuse them anyway).
         TermEnd::LeadershipLost => {
             let _ = server_stop_tx.send(true);
+            let _ = listener_closed.await;
             view.set(None);
             manager.abort_all().await;
         }
     }
     let _ = server_stop_tx.send(true);
-    server.await?;
+    served(server.await)?;
     if let (TermEnd::Shutdown, Some(leadership)) = (&end, leadership) {
         // Hand over at once instead of waiting for the lease to expire.
         if let Err(e) = leadership.resign().await {
@@ -406,6 +417,20 @@ async fn serve_term(
         }
     }
     Ok(end)
+}
+
+/// What the gRPC server task ended with.
+fn served(
+    ended: std::result::Result<
+        std::result::Result<(), tonic::transport::Error>,
+        tokio::task::JoinError,
+    >,
+) -> Result<()> {
+    ended.map_err(|e| sluice_core::Error::Io {
+        context: "the gRPC server task".into(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    Ok(())
 }
 
 /// Binds a listener, naming the address when that fails.

@@ -127,6 +127,13 @@ async fn paused_leader_commits_nothing(step: &str, next_step: Option<&str>, trig
         )
         .await
         .unwrap();
+    // Nor does its API: a status (or a stop) sent to it now would be a deposed driver's.
+    let answered = tokio::time::timeout(Duration::from_secs(10), cluster.status_at(0, &job)).await;
+    assert!(
+        !answered.is_ok_and(|status| status.is_ok()),
+        "the deposed leader still answers calls\n{}",
+        cluster.logs_tail(20)
+    );
     if streaming {
         let last_batch = (EVENTS / 2000) as i64 - 1;
         cluster
