@@ -99,7 +99,10 @@ impl From<Error> for tonic::Status {
             Error::Common(
                 C::InvalidSpec { .. } | C::InvalidSql { .. } | C::SchemaMismatch { .. },
             ) => tonic::Status::invalid_argument(message),
-            Error::Common(C::Kafka { .. } | C::Checkpoint { .. } | C::Iceberg { .. })
+            // A deposed driver's refusal: the client tries the leader.
+            Error::Common(
+                C::Kafka { .. } | C::Checkpoint { .. } | C::Iceberg { .. } | C::Fenced { .. },
+            )
             | Error::NoExecutors
             | Error::Timeout { .. } => tonic::Status::unavailable(message),
             _ => tonic::Status::internal(message),

@@ -250,8 +250,11 @@ impl JobManager {
         jobs
     }
 
-    /// Stops a job after its running batch commits; returns once it has stopped.
+    /// Stops a job after its running batch commits; returns once it has stopped. A driver
+    /// deposed without knowing it yet (just resumed from a pause) refuses: the new leader
+    /// runs the job, and stopping only this driver's loop would leave it running there.
     pub async fn stop(&self, job_id: &str) -> Result<()> {
+        self.store.check_fence().await?;
         let (shared, handle) = {
             let mut jobs = self.jobs.lock().expect("jobs lock");
             let entry = jobs
@@ -324,5 +327,37 @@ async fn check_kafka(spec: &JobSpec) -> Result<()> {
             what: format!("Kafka at {}", spec.source.kafka.bootstrap_servers),
             seconds: SUBMIT_KAFKA_TIMEOUT.as_secs(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::batch::tests::MemoryStore;
+    use crate::registry::Registry;
+
+    /// A stop sent to a deposed driver is refused as unavailable (the client tries the
+    /// leader), not taken for the job.
+    #[tokio::test]
+    async fn a_deposed_driver_refuses_a_stop_as_not_the_leader() {
+        let store = Arc::new(MemoryStore::default());
+        store.deposed.store(true, Ordering::SeqCst);
+        let registry = Arc::new(Registry::new(
+            Duration::from_secs(1),
+            Default::default(),
+            sluice_proto::tls::Tls::none(),
+        ));
+        let manager = JobManager::new(store, Scheduler::new(registry, Duration::from_secs(1)), 1);
+        let refused = manager.stop("orders").await.unwrap_err();
+        assert!(
+            matches!(refused, Error::Common(sluice_core::Error::Fenced { .. })),
+            "{refused}"
+        );
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            tonic::Code::Unavailable
+        );
     }
 }
