@@ -267,7 +267,7 @@ impl JobRunner {
         };
         self.last_trigger = trigger_started;
         let batch = current.state.batch_id();
-        let next_batch = self.plan_in_flight(&current)?;
+        let next_batch = self.plan_in_flight(&current);
         let span = info_span!("batch", job = %self.shared.job_id, %batch);
         async {
             let InFlight {
@@ -370,7 +370,8 @@ impl JobRunner {
                 let plan = if self.finishing {
                     planner::flush_plan(&checkpoint, sluice_core::now_ms())
                 } else {
-                    self.plan_after(&checkpoint, &latest)
+                    let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
+                    plan_after(&checkpoint, &latest, self.limit.as_ref(), max)
                 };
                 match plan {
                     Some(plan) => (self.protocol.log_plan(plan).await?, false),
@@ -422,30 +423,24 @@ impl JobRunner {
     /// the trigger would. `None` when the job does not pipeline or is asked to stop (so that
     /// it stops after `current`), and after a recovered batch, since the batch after it may
     /// be logged already (it is recovered in its turn, with its logged ranges).
-    fn plan_in_flight(&mut self, current: &InFlight) -> Result<Option<NextBatch>> {
+    fn plan_in_flight(&mut self, current: &InFlight) -> Option<NextBatch> {
         let stopping = !matches!(*self.shared.stop.borrow(), StopRequest::None);
         if !self.pipelines() || current.recovered || stopping {
-            return Ok(None);
+            return None;
         }
         let latest = match self.shared.spec.trigger() {
             Trigger::ProcessingTime(interval) if current.planned_at.elapsed() < interval => {
-                return Ok(None)
+                return None
             }
-            Trigger::ProcessingTime(_) => Latest::Lookup(self.start_latest_lookup()?),
+            Trigger::ProcessingTime(_) => Latest::Lookup(self.start_latest_lookup()),
             _ => Latest::Known(current.latest.clone()),
         };
-        Ok(Some(NextBatch {
+        Some(NextBatch {
             after: current.checkpoint.after(current.state.plan()),
             latest,
             limit: self.limit.clone(),
             max_offsets: self.shared.spec.source.kafka.max_offsets_per_trigger,
-        }))
-    }
-
-    /// The batch after `checkpoint` up to `latest`; see [`plan_after`].
-    fn plan_after(&self, checkpoint: &Checkpoint, latest: &LatestOffsets) -> Option<BatchPlan> {
-        let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
-        plan_after(checkpoint, latest, self.limit.as_ref(), max)
+        })
     }
 }
 
@@ -470,10 +465,11 @@ async fn looked_up(lookup: LatestLookup) -> Result<LatestOffsets> {
     })?
 }
 
-/// The latest offsets a batch is planned up to: known, or being looked up.
+/// The latest offsets a batch is planned up to: known, or being looked up. A lookup that
+/// could not start fails the batch it was for, after the batch before it is committed.
 enum Latest {
     Known(LatestOffsets),
-    Lookup(LatestLookup),
+    Lookup(Result<LatestLookup>),
 }
 
 /// The batch after the one committing, to be planned once its latest offsets are known
@@ -492,7 +488,7 @@ impl NextBatch {
     async fn plan(self) -> Result<Option<(BatchPlan, LatestOffsets)>> {
         let latest = match self.latest {
             Latest::Known(latest) => latest,
-            Latest::Lookup(lookup) => looked_up(lookup).await?,
+            Latest::Lookup(lookup) => looked_up(lookup?).await?,
         };
         let plan = plan_after(&self.after, &latest, self.limit.as_ref(), self.max_offsets);
         Ok(plan.map(|plan| (plan, latest)))
