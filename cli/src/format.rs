@@ -46,6 +46,12 @@ pub fn batch_line(p: &BatchProgress) -> String {
     }
     if let Some(ms) = p.watermark_ms {
         line.push_str(&format!("  watermark {}", format_ms(ms)));
+        if !p.watermark_partition.is_empty() {
+            line.push_str(&format!(" (held by {})", p.watermark_partition));
+        }
+        if !p.idle_partitions.is_empty() {
+            line.push_str(&format!(" idle {}", p.idle_partitions.join(",")));
+        }
     }
     if p.state_rows > 0 {
         line.push_str(&format!(

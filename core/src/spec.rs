@@ -355,6 +355,17 @@ pub struct WatermarkSpec {
     /// write them to the dead-letter table.
     #[serde(default, skip_serializing_if = "LateRecords::is_drop")]
     pub late: LateRecords,
+    /// A partition without new records for this long (processing time, e.g. `1m`) stops
+    /// holding the watermark back until it gets records again, which may then be late.
+    /// Unset: every partition that had records counts for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// With `idle_timeout`: when every partition is idle, the watermark follows processing
+    /// time less this bound (e.g. `10s`), so open windows close even though nothing
+    /// arrives. Trades exactness for freshness: a record that comes later with an older
+    /// event time is late. Unset: an idle stream's watermark stays where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advance_when_idle: Option<String>,
 }
 
 /// `source.kafka.watermark.late`: where the late records of a stateful job go.
@@ -380,9 +391,32 @@ impl WatermarkSpec {
         duration_ms("source.kafka.watermark.delay", &self.delay, "30s, 5m")
     }
 
-    /// Checks the column and the delay against the source.
+    /// `idle_timeout` in milliseconds; `None` when unset.
+    pub fn idle_timeout_ms(&self) -> Result<Option<i64>> {
+        self.idle_timeout
+            .as_deref()
+            .map(|t| positive_ms("source.kafka.watermark.idle_timeout", t))
+            .transpose()
+    }
+
+    /// `advance_when_idle` in milliseconds; `None` when unset.
+    pub fn advance_when_idle_ms(&self) -> Result<Option<i64>> {
+        self.advance_when_idle
+            .as_deref()
+            .map(|t| duration_ms("source.kafka.watermark.advance_when_idle", t, "10s, 1m"))
+            .transpose()
+    }
+
+    /// Checks the column and the durations against the source.
     fn validate(&self, kafka: &KafkaSourceSpec) -> Result<()> {
         self.delay_ms()?;
+        let idle_timeout = self.idle_timeout_ms()?;
+        if self.advance_when_idle_ms()?.is_some() && idle_timeout.is_none() {
+            return Err(Error::spec(
+                "source.kafka.watermark.advance_when_idle",
+                "needs source.kafka.watermark.idle_timeout (which says when a partition is idle)",
+            ));
+        }
         if self.column == TIMESTAMP_COLUMN {
             return Ok(());
         }
@@ -1646,6 +1680,25 @@ sink:
         let watermark = parsed.source.kafka.watermark.unwrap();
         assert_eq!(watermark.delay_ms().unwrap(), 30_000);
         assert!(JobSpec::parse(&spec("{column: _timestamp, delay: 0s}")).is_ok());
+        assert_eq!(
+            (
+                watermark.idle_timeout_ms().unwrap(),
+                watermark.advance_when_idle_ms().unwrap()
+            ),
+            (None, None)
+        );
+        let idle = JobSpec::parse(&spec(
+            "{column: ts, delay: 5s, idle_timeout: 1m, advance_when_idle: 10s}",
+        ))
+        .unwrap();
+        let idle = idle.source.kafka.watermark.unwrap();
+        assert_eq!(
+            (
+                idle.idle_timeout_ms().unwrap(),
+                idle.advance_when_idle_ms().unwrap()
+            ),
+            (Some(60_000), Some(10_000))
+        );
         for (bad, why) in [
             (
                 "{column: order_id, delay: 30s}",
@@ -1653,6 +1706,19 @@ sink:
             ),
             ("{column: nope, delay: 30s}", "not a column"),
             ("{column: ts, delay: soon}", "not a duration"),
+            ("{column: ts, delay: 5s, idle_timeout: 0s}", "above zero"),
+            (
+                "{column: ts, delay: 5s, idle_timeout: never}",
+                "not a duration",
+            ),
+            (
+                "{column: ts, delay: 5s, advance_when_idle: 10s}",
+                "needs source.kafka.watermark.idle_timeout",
+            ),
+            (
+                "{column: ts, delay: 5s, idle_timeout: 1m, advance_when_idle: later}",
+                "not a duration",
+            ),
         ] {
             let message = error_text(&spec(bad));
             assert!(message.contains(why), "{bad}: {message}");

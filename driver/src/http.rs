@@ -125,10 +125,37 @@ fn metrics(term: Option<&Term>) -> String {
             );
         }
     }
+    let _ = writeln!(out, "# HELP sluice_watermark_partition The partition holding the latest batch's watermark back (value 1).\n# TYPE sluice_watermark_partition gauge");
+    for (job, m) in &all {
+        if let Some((topic, partition)) = m.watermark_partition.rsplit_once('/') {
+            let _ = writeln!(
+                out,
+                // Kafka topic names are letters, digits, '.', '_' and '-': no escaping.
+                "sluice_watermark_partition{{job=\"{}\",topic=\"{topic}\",partition=\"{partition}\"}} 1",
+                job.job_id,
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP sluice_idle_partitions Partitions watermark.idle_timeout leaves out of the latest batch's watermark.\n# TYPE sluice_idle_partitions gauge");
+    for (job, m) in &all {
+        if m.watermark_ms.is_some() {
+            let _ = writeln!(
+                out,
+                "sluice_idle_partitions{{job=\"{}\"}} {}",
+                job.job_id, m.idle_partitions
+            );
+        }
+    }
     let _ = writeln!(out, "# HELP sluice_state_bytes State (windows, sessions, deduplication) the latest batch left.\n# TYPE sluice_state_bytes gauge");
     for (job, m) in &all {
         if let Some(bytes) = m.state_bytes {
             let _ = writeln!(out, "sluice_state_bytes{{job=\"{}\"}} {bytes}", job.job_id);
+        }
+    }
+    let _ = writeln!(out, "# HELP sluice_state_rows State rows the latest batch left: open windows' partial aggregates per group, open sessions' rows, remembered keys.\n# TYPE sluice_state_rows gauge");
+    for (job, m) in &all {
+        if let Some(rows) = m.state_rows {
+            let _ = writeln!(out, "sluice_state_rows{{job=\"{}\"}} {rows}", job.job_id);
         }
     }
     let state_counters: [JobCounter; 2] = [
@@ -216,7 +243,12 @@ fn status_page(term: Option<&Term>) -> String {
         if let Some(ms) = metrics.watermark_ms {
             let _ = write!(
                 page,
-                "<p>watermark {ms} ms · late records {} · state {} bytes</p>",
+                "<p>watermark {ms} ms · held back by {} · idle partitions {} · late records {} · state {} bytes</p>",
+                match metrics.watermark_partition.as_str() {
+                    "" => "none".to_string(),
+                    partition => escape_html(partition),
+                },
+                metrics.idle_partitions,
                 metrics.late_records,
                 metrics.state_bytes.unwrap_or(0)
             );

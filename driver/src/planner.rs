@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 
 use sluice_core::spec::{ParallelismSpec, StartingOffsets};
+use sluice_iceberg::data_files::state_file_stats;
 use sluice_kafka::offsets::{
     cut_ranges, pack_ranges, split_ranges, BatchPlan, Checkpoint, OffsetRange, PartitionOffsets,
     Watermarks,
 };
+use sluice_kafka::watermark::WatermarkRule;
 
 use crate::error::Error;
 
@@ -88,11 +90,26 @@ pub fn cap(latest: &LatestOffsets, limit: Option<&LatestOffsets>) -> LatestOffse
         .collect()
 }
 
+/// The watermark a batch planned at `now_ms` after `checkpoint` runs under: the
+/// checkpoint's, or (by `rule`, for a job with a watermark) later where partitions went
+/// idle or processing time moved on since.
+pub fn batch_watermark(
+    checkpoint: &Checkpoint,
+    rule: Option<&WatermarkRule>,
+    now_ms: i64,
+) -> Option<i64> {
+    match rule {
+        Some(rule) => checkpoint.watermark_at(rule, now_ms).watermark_ms,
+        None => checkpoint.watermark_ms,
+    }
+}
+
 /// The batch after `checkpoint`, or `None` when there is no new data.
 pub fn next_plan(
     checkpoint: &Checkpoint,
     latest: &LatestOffsets,
     max_offsets: Option<u64>,
+    rule: Option<&WatermarkRule>,
     now_ms: i64,
 ) -> Option<BatchPlan> {
     let ranges = cut_ranges(checkpoint, latest, max_offsets);
@@ -100,7 +117,36 @@ pub fn next_plan(
         batch_id: checkpoint.batch_id.next(),
         ranges,
         planned_at_ms: now_ms,
-        watermark_ms: checkpoint.watermark_ms,
+        watermark_ms: batch_watermark(checkpoint, rule, now_ms),
+        state_files: checkpoint.state_files.clone(),
+    })
+}
+
+/// The batch a quiet stream runs without new records (a `processing_time` job with state,
+/// like Spark's no-data micro-batch): when the watermark at `now_ms` is ahead of the one
+/// the state was last processed under and some state file holds rows it ends (windows or
+/// sessions it closes; for deduplication, `dedup`, a file whose keys are all forgotten).
+/// `None` when nothing would change, so an idle stream writes nothing.
+pub fn quiet_plan(
+    checkpoint: &Checkpoint,
+    rule: &WatermarkRule,
+    dedup: bool,
+    now_ms: i64,
+) -> Option<BatchPlan> {
+    let watermark = checkpoint.watermark_at(rule, now_ms).watermark_ms?;
+    let advanced = checkpoint
+        .applied_watermark_ms
+        .is_none_or(|applied| watermark > applied);
+    let ends_rows = checkpoint.state_files.iter().any(|file| {
+        // A file named without what its rows hold is read anyway.
+        state_file_stats(file)
+            .is_none_or(|stats| watermark >= if dedup { stats.until } else { stats.from })
+    });
+    (advanced && ends_rows).then(|| BatchPlan {
+        batch_id: checkpoint.batch_id.next(),
+        ranges: vec![],
+        planned_at_ms: now_ms,
+        watermark_ms: Some(watermark),
         state_files: checkpoint.state_files.clone(),
     })
 }
@@ -189,11 +235,11 @@ mod tests {
     fn the_first_plan_is_batch_zero_and_latest_start_waits_for_new_data() {
         let start =
             initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
-        let plan = next_plan(&start, &latest(), None, 5).unwrap();
+        let plan = next_plan(&start, &latest(), None, None, 5).unwrap();
         assert_eq!(plan.batch_id, BatchId::new(0));
         assert_eq!(plan.total_offsets(), 12);
         let newest = initial_checkpoint(&StartingOffsets::Latest, &latest(), &OffsetsAtTime::new());
-        assert_eq!(next_plan(&newest, &latest(), None, 5), None);
+        assert_eq!(next_plan(&newest, &latest(), None, None, 5), None);
     }
 
     #[test]
@@ -217,6 +263,90 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_stream_runs_a_batch_only_when_its_watermark_ends_state_rows() {
+        use sluice_iceberg::data_files::{state_file_name, StateFileStats};
+        let file = |from, until| {
+            let stats = StateFileStats {
+                rows: 3,
+                bytes: 100,
+                from,
+                until,
+            };
+            state_file_name("j.b1.e1.t0.a1.ff", Some((1, 0)), Some(stats))
+        };
+        let rule = WatermarkRule::delay(1_000);
+        let mut checkpoint =
+            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
+        assert_eq!(
+            quiet_plan(&checkpoint, &rule, false, 7),
+            None,
+            "no watermark"
+        );
+        // Batch 4 ran under 5 s; its records moved the watermark to 9 s.
+        checkpoint.batch_id = BatchId::new(4);
+        checkpoint.applied_watermark_ms = Some(5_000);
+        checkpoint.watermark_ms = Some(9_000);
+        assert_eq!(quiet_plan(&checkpoint, &rule, false, 7), None, "no state");
+        checkpoint.state_files = vec![file(12_000, 20_000)];
+        assert_eq!(
+            quiet_plan(&checkpoint, &rule, false, 7),
+            None,
+            "no window ends by 9 s"
+        );
+        checkpoint.state_files.push(file(8_000, 30_000));
+        let plan = quiet_plan(&checkpoint, &rule, false, 7).unwrap();
+        assert_eq!(plan.batch_id, BatchId::new(5));
+        assert!(plan.ranges.is_empty());
+        assert_eq!(plan.watermark_ms, Some(9_000));
+        assert_eq!(plan.state_files, checkpoint.state_files);
+        // Deduplication: only a file whose keys are all forgotten changes.
+        assert_eq!(quiet_plan(&checkpoint, &rule, true, 7), None);
+        checkpoint.state_files.push(file(1_000, 8_500));
+        assert!(quiet_plan(&checkpoint, &rule, true, 7).is_some());
+        // Once a batch ran under it, the same watermark runs nothing more.
+        let after = checkpoint.after(&plan);
+        assert_eq!(after.applied_watermark_ms, Some(9_000));
+        assert_eq!(quiet_plan(&after, &rule, false, 7), None);
+        // A file named without its stats is read anyway, once per watermark.
+        let mut unnamed = after.clone();
+        unnamed.watermark_ms = Some(9_500);
+        unnamed.state_files = vec!["j.b1.e1.t0.a1.ff.parquet".into()];
+        assert!(quiet_plan(&unnamed, &rule, false, 7).is_some());
+    }
+
+    #[test]
+    fn a_quiet_plan_runs_under_the_watermark_idle_partitions_leave() {
+        use sluice_iceberg::data_files::{state_file_name, StateFileStats};
+        let rule = WatermarkRule {
+            delay_ms: 0,
+            idle_timeout_ms: Some(60_000),
+            advance_when_idle_ms: None,
+        };
+        let mut checkpoint =
+            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
+        checkpoint.max_event_time_ms =
+            [("t".to_string(), [(0, 50_000), (1, 10_000)].into())].into();
+        checkpoint.records_at_ms = [("t".to_string(), [(0, 100_000), (1, 1_000)].into())].into();
+        checkpoint.watermark_ms = Some(10_000);
+        checkpoint.applied_watermark_ms = Some(10_000);
+        let stats = StateFileStats {
+            rows: 1,
+            bytes: 10,
+            from: 20_000,
+            until: 20_000,
+        };
+        checkpoint.state_files = vec![state_file_name("j.b1.e1.t0.a1.ff", None, Some(stats))];
+        assert_eq!(quiet_plan(&checkpoint, &rule, false, 60_999), None);
+        let plan = quiet_plan(&checkpoint, &rule, false, 61_000).unwrap();
+        assert_eq!(plan.watermark_ms, Some(50_000), "partition 1 is idle");
+        assert_eq!(
+            batch_watermark(&checkpoint, Some(&rule), 61_000),
+            Some(50_000)
+        );
+        assert_eq!(batch_watermark(&checkpoint, None, 61_000), Some(10_000));
+    }
+
+    #[test]
     fn available_now_stops_at_the_offsets_seen_at_start() {
         let at_start = latest();
         let mut grown = latest();
@@ -232,7 +362,7 @@ mod tests {
     fn tasks_split_big_ranges() {
         let start =
             initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
-        let plan = next_plan(&start, &latest(), None, 5).unwrap();
+        let plan = next_plan(&start, &latest(), None, None, 5).unwrap();
         let unpacked = ParallelismSpec {
             max_records_per_task: 3,
             min_records_per_task: 1,

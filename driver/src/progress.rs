@@ -79,6 +79,8 @@ pub fn batch_progress(
         state_bytes: results.iter().map(|r| r.state_bytes).sum(),
         state_bytes_written: results.iter().map(|r| r.state_bytes_written).sum(),
         state_bytes_read: results.iter().map(|r| r.state_bytes_read).sum(),
+        watermark_partition: String::new(),
+        idle_partitions: vec![],
         task_times: Some(summed_task_times(results)),
         job_state: String::new(),
         message: String::new(),
@@ -114,8 +116,14 @@ pub struct BatchMetrics {
     pub late_records: u64,
     /// The latest batch's watermark, ms since the epoch (jobs with a watermark).
     pub watermark_ms: Option<i64>,
-    /// Windowed jobs: the state the latest batch left, in bytes.
+    /// Windowed jobs: the state the latest batch left, in bytes and rows (open windows'
+    /// partial aggregates, open sessions' rows, remembered keys).
     pub state_bytes: Option<u64>,
+    pub state_rows: Option<u64>,
+    /// The partition holding the latest batch's watermark back ("topic/partition"), and
+    /// the partitions `idle_timeout` left out.
+    pub watermark_partition: String,
+    pub idle_partitions: usize,
     /// Stateful jobs: state bytes written (changes and merges) and read from storage.
     pub state_bytes_written: u64,
     pub state_bytes_read: u64,
@@ -140,6 +148,9 @@ impl Default for BatchMetrics {
             late_records: 0,
             watermark_ms: None,
             state_bytes: None,
+            state_rows: None,
+            watermark_partition: String::new(),
+            idle_partitions: 0,
             state_bytes_written: 0,
             state_bytes_read: 0,
             files_compacted: 0,
@@ -164,6 +175,9 @@ impl BatchMetrics {
         if p.watermark_ms.is_some() {
             self.watermark_ms = p.watermark_ms;
             self.state_bytes = Some(p.state_bytes);
+            self.state_rows = Some(p.state_rows);
+            self.watermark_partition = p.watermark_partition.clone();
+            self.idle_partitions = p.idle_partitions.len();
         }
         let phases = [
             p.plan_ms,

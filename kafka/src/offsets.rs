@@ -49,6 +49,16 @@ pub struct Checkpoint {
     /// files; the next batch starts from them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub state_files: Vec<String>,
+    /// The watermark the last batch ran under (its plan's): the state was last processed
+    /// under it, so a newer `watermark_ms` may close windows without new records (see
+    /// `crate::watermark`). `None` before the first batch and in checkpoints written
+    /// before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_watermark_ms: Option<i64>,
+    /// Jobs with a watermark: when each partition last had records, as the planning time
+    /// of the last batch that read some (ms since the epoch), for `idle_timeout`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub records_at_ms: EventTimes,
 }
 
 /// Highest event time per topic and partition, ms since the epoch.
@@ -73,10 +83,13 @@ impl Checkpoint {
             max_event_time_ms: EventTimes::new(),
             watermark_ms: None,
             state_files: Vec::new(),
+            applied_watermark_ms: None,
+            records_at_ms: EventTimes::new(),
         }
     }
 
-    /// The checkpoint after `plan` is committed.
+    /// The checkpoint after `plan` is committed: its offsets, and the watermark it ran
+    /// under as the applied one (the checkpoint's watermark never falls behind it).
     pub fn after(&self, plan: &BatchPlan) -> Checkpoint {
         let mut offsets = self.offsets.clone();
         for range in &plan.ranges {
@@ -89,31 +102,23 @@ impl Checkpoint {
             batch_id: plan.batch_id,
             offsets,
             max_event_time_ms: self.max_event_time_ms.clone(),
-            watermark_ms: self.watermark_ms,
+            watermark_ms: self.watermark_ms.max(plan.watermark_ms),
             state_files: self.state_files.clone(),
+            applied_watermark_ms: plan.watermark_ms,
+            records_at_ms: self.records_at_ms.clone(),
         }
     }
 
     /// This checkpoint with the event times a batch saw merged in and the watermark moved
     /// on: the minimum over partitions that have data of their highest event time, less
-    /// `delay_ms`, and never below the previous watermark.
-    pub fn with_event_times(mut self, seen: &EventTimes, delay_ms: i64) -> Checkpoint {
-        for (topic, partitions) in seen {
-            for (&partition, &ms) in partitions {
-                record_event_time(&mut self.max_event_time_ms, topic, partition, ms);
-            }
-        }
-        let lowest = self
-            .max_event_time_ms
-            .values()
-            .flat_map(|partitions| partitions.values())
-            .min()
-            .copied();
-        if let Some(lowest) = lowest {
-            let candidate = lowest.saturating_sub(delay_ms);
-            self.watermark_ms = Some(self.watermark_ms.map_or(candidate, |w| w.max(candidate)));
-        }
-        self
+    /// `delay_ms`, and never below the previous watermark. (With idle partitions, see
+    /// `crate::watermark`.)
+    pub fn with_event_times(self, seen: &EventTimes, delay_ms: i64) -> Checkpoint {
+        self.with_batch_event_times(
+            None,
+            seen,
+            &crate::watermark::WatermarkRule::delay(delay_ms),
+        )
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {

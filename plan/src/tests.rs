@@ -362,6 +362,8 @@ fn dedup_spec(sql: &str) -> JobSpec {
         column: "ts".into(),
         delay: "10s".into(),
         late: Default::default(),
+        idle_timeout: None,
+        advance_when_idle: None,
     });
     spec.source.kafka.dedup = Some(sluice_core::spec::DedupSpec {
         key: vec!["customer_id".into()],
@@ -567,6 +569,8 @@ async fn sessions_are_runs_of_a_keys_rows_less_than_the_gap_apart() {
         column: "ts".into(),
         delay: "10s".into(),
         late: Default::default(),
+        idle_timeout: None,
+        advance_when_idle: None,
     });
     spec.source.kafka.session = Some(sluice_core::spec::SessionSpec {
         gap: format!("{GAP_MS}ms"),
@@ -648,6 +652,8 @@ async fn window_partials_kept_after_the_shuffle_carry_every_aggregate_across_bat
         column: "ts".into(),
         delay: "10s".into(),
         late: Default::default(),
+        idle_timeout: None,
+        advance_when_idle: None,
     });
     spec.source.kafka.window = Some(sluice_core::spec::WindowSpec {
         size: "100ms".into(),

@@ -176,8 +176,8 @@ impl BatchProtocol {
         state_files: Vec<String>,
     ) -> Result<BatchState> {
         let mut next = before.after(&plan);
-        if let Some(delay_ms) = self.watermark_delay_ms {
-            next = next.with_event_times(event_times, delay_ms);
+        if let Some(rule) = &self.watermark {
+            next = next.with_batch_event_times(Some(&plan), event_times, rule);
         }
         if self.stateful {
             next.state_files = state_files;

@@ -53,6 +53,7 @@ use crate::checkpoint::JobLog;
 use async_trait::async_trait;
 use sluice_core::{failpoint, BatchId, JobId};
 use sluice_kafka::offsets::{BatchPlan, Checkpoint, EventTimes};
+use sluice_kafka::watermark::WatermarkRule;
 use sluice_proto::v1::TaskSuccess;
 
 use crate::error::{Error, Result};
@@ -131,8 +132,8 @@ pub struct BatchProtocol {
     pub job_id: JobId,
     pub log: JobLog,
     pub sink: SinkTables,
-    /// The watermark's allowed lateness, for jobs with a watermark.
-    pub watermark_delay_ms: Option<i64>,
+    /// How the watermark follows the partitions, for jobs with a watermark.
+    pub watermark: Option<WatermarkRule>,
     /// Whether the job keeps state between batches (windows, deduplication).
     pub stateful: bool,
 }
@@ -143,7 +144,7 @@ impl BatchProtocol {
             job_id,
             log,
             sink,
-            watermark_delay_ms: None,
+            watermark: None,
             stateful: false,
         }
     }
@@ -154,9 +155,9 @@ impl BatchProtocol {
         self
     }
 
-    /// The same protocol for a job whose watermark allows `delay_ms` of lateness.
-    pub fn with_watermark_delay(mut self, delay_ms: Option<i64>) -> BatchProtocol {
-        self.watermark_delay_ms = delay_ms;
+    /// The same protocol for a job whose watermark follows `rule`.
+    pub fn with_watermark(mut self, rule: Option<WatermarkRule>) -> BatchProtocol {
+        self.watermark = rule;
         self
     }
 

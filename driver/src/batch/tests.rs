@@ -565,7 +565,9 @@ async fn a_batch_without_output_still_moves_the_table_on() {
 #[tokio::test]
 async fn the_watermark_moves_on_with_each_batch_and_survives_recovery() {
     let fx = Fixture::new().await;
-    let mut protocol = fx.protocol().with_watermark_delay(Some(100));
+    let mut protocol = fx
+        .protocol()
+        .with_watermark(Some(WatermarkRule::delay(100)));
     let state = protocol.log_plan(plan(0)).await.unwrap();
     let mut execution = FakeExecution::new(vec![]);
     execution.max_event_time_ms = Some(5_000);
@@ -577,7 +579,9 @@ async fn the_watermark_moves_on_with_each_batch_and_survives_recovery() {
 
     // Another attempt commits batch 1 (event times up to 9,000) and dies before its
     // checkpoint.
-    let mut other = fx.protocol().with_watermark_delay(Some(100));
+    let mut other = fx
+        .protocol()
+        .with_watermark(Some(WatermarkRule::delay(100)));
     other.log_plan(plan(1)).await.unwrap();
     let tasks = [task_with_event_time(vec![], Some(9_000))];
     assert!(matches!(

@@ -12,6 +12,7 @@ use sluice_core::{Error as CommonError, JobId};
 use sluice_iceberg::sink::total_records;
 use sluice_kafka::offsets::{BatchPlan, Checkpoint};
 use sluice_kafka::read::{Connection, OffsetReader};
+use sluice_kafka::watermark::WatermarkRule;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::cluster::{SchedulerExecution, SchedulerRewrites};
@@ -83,7 +84,7 @@ impl JobRunner {
         JobRunner {
             compactor,
             protocol: BatchProtocol::new(shared.job_id.clone(), log, sink)
-                .with_watermark_delay(watermark_delay_ms(&shared.spec))
+                .with_watermark(watermark_rule(&shared.spec))
                 .with_state(shared.spec.source.kafka.is_stateful()),
             shared,
             scheduler,
@@ -371,7 +372,15 @@ impl JobRunner {
                     planner::flush_plan(&checkpoint, sluice_core::now_ms())
                 } else {
                     let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
-                    plan_after(&checkpoint, &latest, self.limit.as_ref(), max)
+                    let rule = self.protocol.watermark;
+                    plan_after(
+                        &checkpoint,
+                        &latest,
+                        self.limit.as_ref(),
+                        max,
+                        rule.as_ref(),
+                    )
+                    .or_else(|| self.quiet_plan(&checkpoint))
                 };
                 match plan {
                     Some(plan) => (self.protocol.log_plan(plan).await?, false),
@@ -403,6 +412,17 @@ impl JobRunner {
         }))
     }
 
+    /// A batch without new records for a quiet `processing_time` stream whose watermark
+    /// closes state (see `planner::quiet_plan`); `None` for other jobs.
+    fn quiet_plan(&self, checkpoint: &Checkpoint) -> Option<BatchPlan> {
+        let kafka = &self.shared.spec.source.kafka;
+        let rule = self.protocol.watermark.as_ref()?;
+        let streams = matches!(self.shared.spec.trigger(), Trigger::ProcessingTime(_));
+        let dedup = kafka.dedup.is_some();
+        let plan = planner::quiet_plan(checkpoint, rule, dedup, sluice_core::now_ms());
+        plan.filter(|_| streams && kafka.is_stateful())
+    }
+
     /// Whether the job may run the next batch while the last one commits: jobs without
     /// state (windows, sessions, deduplication) or a watermark, whose next batch's ranges
     /// follow from the last one's plan alone, on `available_now` or (when behind, see
@@ -412,7 +432,7 @@ impl JobRunner {
             self.shared.spec.trigger(),
             Trigger::AvailableNow | Trigger::ProcessingTime(_)
         ) && !self.shared.spec.source.kafka.is_stateful()
-            && self.protocol.watermark_delay_ms.is_none()
+            && self.protocol.watermark.is_none()
     }
 
     /// The batch to log and run while `current` commits: the ranges after its plan. For
@@ -440,21 +460,30 @@ impl JobRunner {
             latest,
             limit: self.limit.clone(),
             max_offsets: self.shared.spec.source.kafka.max_offsets_per_trigger,
+            watermark: self.protocol.watermark,
         })
     }
 }
 
 /// The batch after `checkpoint`: its ranges up to `latest` (capped by `limit`, the offsets
 /// fixed at the first batch for `once` / `available_now`), at most `max_offsets` records
-/// (`max_offsets_per_trigger`). `None` when there is nothing new.
+/// (`max_offsets_per_trigger`), under the watermark `rule` gives now. `None` when there is
+/// nothing new.
 fn plan_after(
     checkpoint: &Checkpoint,
     latest: &LatestOffsets,
     limit: Option<&LatestOffsets>,
     max_offsets: Option<u64>,
+    rule: Option<&WatermarkRule>,
 ) -> Option<BatchPlan> {
     let capped = planner::cap(latest, limit);
-    planner::next_plan(checkpoint, &capped, max_offsets, sluice_core::now_ms())
+    planner::next_plan(
+        checkpoint,
+        &capped,
+        max_offsets,
+        rule,
+        sluice_core::now_ms(),
+    )
 }
 
 /// The offsets a lookup found.
@@ -480,6 +509,7 @@ struct NextBatch {
     latest: Latest,
     limit: Option<LatestOffsets>,
     max_offsets: Option<u64>,
+    watermark: Option<WatermarkRule>,
 }
 
 impl NextBatch {
@@ -490,7 +520,13 @@ impl NextBatch {
             Latest::Known(latest) => latest,
             Latest::Lookup(lookup) => looked_up(lookup?).await?,
         };
-        let plan = plan_after(&self.after, &latest, self.limit.as_ref(), self.max_offsets);
+        let plan = plan_after(
+            &self.after,
+            &latest,
+            self.limit.as_ref(),
+            self.max_offsets,
+            self.watermark.as_ref(),
+        );
         Ok(plan.map(|plan| (plan, latest)))
     }
 }
@@ -537,6 +573,14 @@ fn publish_committed(
     );
     progress.executor_crashes = outcome.crashes;
     progress.watermark_ms = outcome.checkpoint.watermark_ms;
+    if let Some(rule) = watermark_rule(&shared.spec) {
+        let view = outcome
+            .checkpoint
+            .watermark_at(&rule, outcome.plan.planned_at_ms);
+        let named = |(topic, partition): (String, i32)| format!("{topic}/{partition}");
+        progress.watermark_partition = view.held_by.map(named).unwrap_or_default();
+        progress.idle_partitions = view.idle.into_iter().map(named).collect();
+    }
     if let Some(compacted) = compacted {
         progress.files_compacted = compacted.files_removed;
         progress.compacted_files_written = compacted.files_written;
@@ -585,9 +629,9 @@ async fn compact(
     }
 }
 
-/// The allowed lateness of the job's watermark; `None` without one. The spec was
-/// validated at submit, so the delay parses.
-fn watermark_delay_ms(spec: &JobSpec) -> Option<i64> {
+/// How the job's watermark follows its partitions; `None` without one. The spec was
+/// validated at submit, so its durations parse.
+fn watermark_rule(spec: &JobSpec) -> Option<WatermarkRule> {
     let watermark = spec.source.kafka.watermark.as_ref()?;
-    watermark.delay_ms().ok()
+    WatermarkRule::of(watermark).ok()
 }
