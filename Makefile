@@ -22,11 +22,15 @@ prerequisites:
 	fi
 
 # Installs the Python services the tests start when missing: an S3-compatible object store
-# (moto) and the Iceberg REST catalog fixture's pyiceberg.
+# (moto), the Iceberg REST catalog fixture's pyiceberg, and DuckDB with its Iceberg
+# extension (the tables' second independent reader).
 test-services:
-	@python3 -c "import moto.server, pyiceberg.catalog.sql, sqlalchemy" 2>/dev/null || { \
+	@python3 -c "import moto.server, pyiceberg.catalog.sql, sqlalchemy, pyarrow" 2>/dev/null || { \
 		echo "installing the test object store and REST catalog (PyPI: moto, pyiceberg)"; \
-		python3 -m pip install --quiet "moto[server]" "pyiceberg[sql-sqlite]"; }
+		python3 -m pip install --quiet "moto[server]" "pyiceberg[sql-sqlite,pyarrow]"; }
+	@python3 -c "import duckdb, duckdb_extension_iceberg, duckdb_extension_avro" 2>/dev/null || { \
+		echo "installing DuckDB and its Iceberg extension, a second reader of the tables (PyPI)"; \
+		python3 -m pip install --quiet "duckdb==1.5.5" "duckdb-extension-iceberg==1.5.5" "duckdb-extension-avro==1.5.5"; }
 
 # Builds the three binaries and runs the demo: a local cluster, a stream, ten batches.
 # A debug build (about 10 minutes cold on 2 cores, shared with `make test`); for the

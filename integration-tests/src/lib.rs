@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod differential;
+pub mod readers;
 pub mod services;
 
 use std::collections::HashMap;

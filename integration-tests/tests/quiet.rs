@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use sluice_core::failpoint::{self, FAILPOINTS_ENV};
 use sluice_core::spec::JobSpec;
 use sluice_integration_tests::differential::{query_source, source_batches};
+use sluice_integration_tests::readers::row_counts_by_other_readers;
 use sluice_integration_tests::TestCluster;
 use sluice_proto::v1::{BatchProgress, JobStatus};
 
@@ -184,6 +185,12 @@ async fn a_quiet_stream_writes_every_window_its_watermark_closes_and_then_nothin
         windows_of(&cluster.table_rows(&spec).await.unwrap()),
         expected
     );
+    let windows = expected.len() as u64;
+    assert_eq!(
+        row_counts_by_other_readers(&cluster, "test", "quiet_windows"),
+        (windows, windows),
+        "pyiceberg and DuckDB read the same windows"
+    );
     assert_nothing_more_committed(&cluster, &job, &spec).await;
 
     // The status and the metrics show the watermark, what sets it and the open state.
@@ -298,6 +305,11 @@ async fn the_last_sessions_close_and_remembered_keys_are_dropped_without_new_rec
     assert_eq!(quiet.output_rows, 0, "forgetting keys writes no rows");
     let orders = cluster.row_count(&dedup).await.unwrap();
     assert_eq!(orders, 18 + 2, "each order once");
+    // The current snapshot is the quiet batch's, which added no file.
+    assert_eq!(
+        row_counts_by_other_readers(&cluster, "test", "quiet_dedup"),
+        (20, 20)
+    );
     // Only the hour-later keys' state is left on disk.
     let state_dir = cluster
         .dir
