@@ -153,6 +153,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_line_names_the_partition_holding_the_watermark_and_the_idle_ones() {
+        let mut p = BatchProgress {
+            watermark_ms: Some(12 * 3_600_000 + 5_000),
+            watermark_partition: "orders/3".into(),
+            ..BatchProgress::default()
+        };
+        let line = batch_line(&p);
+        assert!(
+            line.contains("watermark 12:00:05.000Z (held by orders/3)"),
+            "{line}"
+        );
+        assert!(!line.contains("idle"), "{line}");
+        p.idle_partitions = vec!["orders/1".into(), "orders/2".into()];
+        assert!(batch_line(&p).contains(" idle orders/1,orders/2"));
+    }
+
+    #[test]
     fn thousands_are_grouped() {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
