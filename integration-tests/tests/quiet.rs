@@ -86,6 +86,24 @@ async fn expected_windows(cluster: &TestCluster, spec: &str, closed_by: i64) -> 
         .collect()
 }
 
+/// Whether the job's last committed batch left the watermark at `ms`.
+fn watermark_is(status: &JobStatus, ms: i64) -> bool {
+    status
+        .recent_batches
+        .last()
+        .is_some_and(|b| b.watermark_ms == Some(ms))
+}
+
+/// Waits until the job's last committed batch left the watermark at `ms`; returns that
+/// batch's progress.
+async fn wait_for_watermark(cluster: &TestCluster, job: &str, ms: i64) -> BatchProgress {
+    let status = cluster
+        .wait_for(job, Duration::from_secs(30), |s| watermark_is(s, ms))
+        .await;
+    let status = status.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs_tail(40)));
+    status.recent_batches.last().cloned().unwrap()
+}
+
 /// Waits until the job committed a batch that read no records and `done` holds for its
 /// status; returns that status.
 async fn wait_for_quiet_batch(
@@ -159,12 +177,7 @@ async fn a_quiet_stream_writes_every_window_its_watermark_closes_and_then_nothin
         cluster.produce_raw("clicks", partition, &[&value]).unwrap();
     }
     let closed_by = later - 5_000;
-    let status = wait_for_quiet_batch(&cluster, &job, |s| {
-        s.recent_batches
-            .last()
-            .is_some_and(|b| b.watermark_ms == Some(closed_by))
-    })
-    .await;
+    let status = wait_for_quiet_batch(&cluster, &job, |s| watermark_is(s, closed_by)).await;
     let batches = &status.recent_batches;
     let (quiet, last_read) = (&batches[batches.len() - 1], &batches[batches.len() - 2]);
     assert!(
@@ -267,11 +280,7 @@ async fn the_last_sessions_close_and_remembered_keys_are_dropped_without_new_rec
         cluster.produce_raw("visits", partition, &[&value]).unwrap();
     }
     let closed_by = later - 1_000;
-    let moved = |s: &JobStatus| {
-        s.recent_batches
-            .last()
-            .is_some_and(|b| b.watermark_ms == Some(closed_by))
-    };
+    let moved = |s: &JobStatus| watermark_is(s, closed_by);
 
     let status = wait_for_quiet_batch(&cluster, &sessions_job, moved).await;
     let quiet = status.recent_batches.last().unwrap();
@@ -413,15 +422,7 @@ async fn an_idle_partition_holds_the_watermark_back_unless_its_timeout_leaves_it
 
     // Strict: partition 3's last event (29.9 s) holds the watermark at 28.9 s.
     let held_at = T + 28_900;
-    let status = cluster
-        .wait_for(&jobs[0], Duration::from_secs(30), |s| {
-            s.recent_batches
-                .last()
-                .is_some_and(|b| b.watermark_ms == Some(held_at))
-        })
-        .await
-        .unwrap();
-    let last: &BatchProgress = status.recent_batches.last().unwrap();
+    let last = wait_for_watermark(&cluster, &jobs[0], held_at).await;
     assert_eq!(last.watermark_partition, "events/3", "the status names it");
     assert!(last.idle_partitions.is_empty());
     let strict_windows = windows_of(&cluster.table_rows(&strict).await.unwrap());
@@ -437,15 +438,7 @@ async fn an_idle_partition_holds_the_watermark_back_unless_its_timeout_leaves_it
 
     // Skipping: partition 3 is left out; the others' last events (89.9 s) set it.
     let moved_to = T + 88_900;
-    let status = cluster
-        .wait_for(&jobs[1], Duration::from_secs(30), |s| {
-            s.recent_batches
-                .last()
-                .is_some_and(|b| b.watermark_ms == Some(moved_to))
-        })
-        .await
-        .unwrap();
-    let last = status.recent_batches.last().unwrap();
+    let last = wait_for_watermark(&cluster, &jobs[1], moved_to).await;
     assert!(last.idle_partitions.contains(&"events/3".to_string()));
     let skipped = windows_of(&cluster.table_rows(&skipping).await.unwrap());
     assert_eq!(

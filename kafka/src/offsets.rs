@@ -112,7 +112,10 @@ impl Checkpoint {
     /// This checkpoint with the event times a batch saw merged in and the watermark moved
     /// on: the minimum over partitions that have data of their highest event time, less
     /// `delay_ms`, and never below the previous watermark. (With idle partitions, see
-    /// `crate::watermark`.)
+    /// `crate::watermark`.) The batch protocol commits through
+    /// `Checkpoint::with_batch_event_times`; this delay-only form pins the default rule in
+    /// tests.
+    #[cfg(test)]
     pub fn with_event_times(self, seen: &EventTimes, delay_ms: i64) -> Checkpoint {
         self.with_batch_event_times(
             None,

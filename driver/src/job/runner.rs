@@ -326,7 +326,8 @@ impl JobRunner {
                 checkpoint: outcome.timings.checkpoint,
                 since_previous_trigger,
             };
-            publish_committed(shared, &outcome, compacted, &latest, &timings);
+            let watermark = protocol.watermark.as_ref();
+            publish_committed(shared, watermark, &outcome, compacted, &latest, &timings);
             if let Some(next) = next {
                 // Logged, so a failed run is recovered (and run again) by the next step.
                 let (state, latest, planned_at, plan, execute) = next?;
@@ -416,11 +417,13 @@ impl JobRunner {
     /// closes state (see `planner::quiet_plan`); `None` for other jobs.
     fn quiet_plan(&self, checkpoint: &Checkpoint) -> Option<BatchPlan> {
         let kafka = &self.shared.spec.source.kafka;
-        let rule = self.protocol.watermark.as_ref()?;
         let streams = matches!(self.shared.spec.trigger(), Trigger::ProcessingTime(_));
+        if !streams || !kafka.is_stateful() {
+            return None;
+        }
+        let rule = self.protocol.watermark.as_ref()?;
         let dedup = kafka.dedup.is_some();
-        let plan = planner::quiet_plan(checkpoint, rule, dedup, sluice_core::now_ms());
-        plan.filter(|_| streams && kafka.is_stateful())
+        planner::quiet_plan(checkpoint, rule, dedup, sluice_core::now_ms())
     }
 
     /// Whether the job may run the next batch while the last one commits: jobs without
@@ -460,7 +463,6 @@ impl JobRunner {
             latest,
             limit: self.limit.clone(),
             max_offsets: self.shared.spec.source.kafka.max_offsets_per_trigger,
-            watermark: self.protocol.watermark,
         })
     }
 }
@@ -509,7 +511,6 @@ struct NextBatch {
     latest: Latest,
     limit: Option<LatestOffsets>,
     max_offsets: Option<u64>,
-    watermark: Option<WatermarkRule>,
 }
 
 impl NextBatch {
@@ -520,12 +521,13 @@ impl NextBatch {
             Latest::Known(latest) => latest,
             Latest::Lookup(lookup) => looked_up(lookup?).await?,
         };
+        // Only jobs without a watermark pipeline (`JobRunner::pipelines`).
         let plan = plan_after(
             &self.after,
             &latest,
             self.limit.as_ref(),
             self.max_offsets,
-            self.watermark.as_ref(),
+            None,
         );
         Ok(plan.map(|plan| (plan, latest)))
     }
@@ -559,6 +561,7 @@ struct InFlight {
 /// Reports a committed batch: its log line, the job's status, and its progress record.
 fn publish_committed(
     shared: &JobShared,
+    watermark: Option<&WatermarkRule>,
     outcome: &BatchOutcome,
     compacted: Option<Compacted>,
     latest: &LatestOffsets,
@@ -573,10 +576,10 @@ fn publish_committed(
     );
     progress.executor_crashes = outcome.crashes;
     progress.watermark_ms = outcome.checkpoint.watermark_ms;
-    if let Some(rule) = watermark_rule(&shared.spec) {
+    if let Some(rule) = watermark {
         let view = outcome
             .checkpoint
-            .watermark_at(&rule, outcome.plan.planned_at_ms);
+            .watermark_at(rule, outcome.plan.planned_at_ms);
         let named = |(topic, partition): (String, i32)| format!("{topic}/{partition}");
         progress.watermark_partition = view.held_by.map(named).unwrap_or_default();
         progress.idle_partitions = view.idle.into_iter().map(named).collect();
