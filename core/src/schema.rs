@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::error::Result;
-use crate::spec::{source_fields, KafkaSourceSpec, RecordFormat};
+use crate::spec::{source_fields, EventTime, KafkaSourceSpec, RecordFormat};
 pub use crate::spec::{
     KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN, RAW_VALUE_COLUMN, SEEN_COLUMN, TIMESTAMP_COLUMN,
     TOPIC_COLUMN, WINDOW_END_COLUMN, WINDOW_START_COLUMN,
@@ -45,11 +45,13 @@ pub fn window_fields() -> Vec<Field> {
     ]
 }
 
-/// The full `source` schema the SQL sees: decoded columns followed by Kafka metadata
-/// columns, and the window columns of a windowed source.
-pub fn source_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
-    let mut fields = stream_fields(kafka)?;
-    if kafka.session.is_some() || (kafka.window.is_some() && !kafka.windows_at_decode()) {
+/// The full schema of the source's table the SQL sees: decoded columns followed by Kafka
+/// metadata columns, and the window columns of a windowed job.
+pub fn source_schema(kafka: &KafkaSourceSpec, event_time: EventTime) -> Result<SchemaRef> {
+    let mut fields = stream_fields(kafka, event_time)?;
+    if event_time.session.is_some()
+        || (event_time.window.is_some() && !event_time.windows_at_decode())
+    {
         fields.extend(window_fields());
     }
     Ok(Arc::new(Schema::new(fields)))
@@ -58,15 +60,15 @@ pub fn source_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
 /// The columns of a decoded record: decoded columns, metadata columns, and the window
 /// columns the decoder adds for fixed windows (sessions, and windows over deduplicated
 /// records, get theirs from the query's view).
-pub fn stream_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
-    Ok(Arc::new(Schema::new(stream_fields(kafka)?)))
+pub fn stream_schema(kafka: &KafkaSourceSpec, event_time: EventTime) -> Result<SchemaRef> {
+    Ok(Arc::new(Schema::new(stream_fields(kafka, event_time)?)))
 }
 
-fn stream_fields(kafka: &KafkaSourceSpec) -> Result<Vec<Field>> {
+fn stream_fields(kafka: &KafkaSourceSpec, event_time: EventTime) -> Result<Vec<Field>> {
     let values = value_schema(kafka)?;
     let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.extend(metadata_fields());
-    if kafka.windows_at_decode() {
+    if event_time.windows_at_decode() {
         fields.extend(window_fields());
     }
     Ok(fields)
@@ -75,9 +77,9 @@ fn stream_fields(kafka: &KafkaSourceSpec) -> Result<Vec<Field>> {
 /// What source tasks hand the plan: the decoded records' columns, plus [`SEEN_COLUMN`]
 /// when the job deduplicates (its state rows travel with the batch's records, marked
 /// seen).
-pub fn scan_schema(kafka: &KafkaSourceSpec) -> Result<SchemaRef> {
-    let mut fields = stream_fields(kafka)?;
-    if kafka.dedup.is_some() {
+pub fn scan_schema(kafka: &KafkaSourceSpec, event_time: EventTime) -> Result<SchemaRef> {
+    let mut fields = stream_fields(kafka, event_time)?;
+    if event_time.dedup.is_some() {
         fields.push(Field::new(SEEN_COLUMN, DataType::Boolean, false));
     }
     Ok(Arc::new(Schema::new(fields)))

@@ -2,7 +2,7 @@
 //! `hop(ts, INTERVAL '1 minute', INTERVAL '5 minutes')` (slide, then size) or
 //! `session(ts, INTERVAL '30 seconds')` (the gap; sessions of each combination of the other
 //! `GROUP BY` columns). At parse time each call is replaced by `window_start, window_end`
-//! and the window becomes the spec's `source.kafka.window` or `source.kafka.session`, so
+//! and the window becomes the spec's `window` or `session`, so
 //! planning and execution never see the calls.
 
 use std::ops::ControlFlow;

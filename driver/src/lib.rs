@@ -16,6 +16,10 @@ mod registry;
 mod scheduler;
 mod service;
 
+pub use batch::{
+    BatchPlan, Checkpoint, EventTimes, SourceCheckpoint, SourcePosition, SourceRead, WatermarkRule,
+    WatermarkView,
+};
 pub use error::{Error, Result};
 pub use service::run;
 

@@ -73,7 +73,7 @@ impl JobManager {
             }
         }
         self.check_table_not_taken(&spec).await?;
-        if let Some(avro) = &spec.source.kafka.avro {
+        if let Some(avro) = &spec.source().kafka.avro {
             sluice_kafka::avro::check_reader_schema(avro)?;
         }
         let job = JobRef::plan(&spec.name, &spec).await?;
@@ -87,7 +87,7 @@ impl JobManager {
             &sink.partition_fields()?,
         )
         .await?;
-        if spec.source.kafka.writes_dead_letters() {
+        if spec.writes_dead_letters() {
             ensure_table(
                 catalog.as_ref(),
                 &dead_letter_ident(sink),
@@ -311,7 +311,7 @@ fn sink_key(spec: &JobSpec) -> (String, String, String) {
 /// Checks that Kafka answers and every named topic exists (a pattern may match no topic
 /// yet).
 async fn check_kafka(spec: &JobSpec) -> Result<()> {
-    let kafka = spec.source.kafka.clone();
+    let kafka = spec.source().kafka.clone();
     let lookup = tokio::task::spawn_blocking(move || {
         let reader = OffsetReader::connect(&Connection::of(&kafka))?;
         reader.topics(&kafka.topic_matcher()?)?;
@@ -324,7 +324,7 @@ async fn check_kafka(spec: &JobSpec) -> Result<()> {
             seconds: 0,
         }),
         Err(_) => Err(Error::Timeout {
-            what: format!("Kafka at {}", spec.source.kafka.bootstrap_servers),
+            what: format!("Kafka at {}", spec.source().kafka.bootstrap_servers),
             seconds: SUBMIT_KAFKA_TIMEOUT.as_secs(),
         }),
     }

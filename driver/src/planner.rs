@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use sluice_core::spec::{ParallelismSpec, StartingOffsets};
 use sluice_iceberg::data_files::state_file_stats;
 use sluice_kafka::offsets::{
-    cut_ranges, pack_ranges, split_ranges, BatchPlan, Checkpoint, OffsetRange, PartitionOffsets,
-    Watermarks,
+    cut_ranges, pack_ranges, split_ranges, OffsetRange, PartitionOffsets, Watermarks,
 };
-use sluice_kafka::watermark::WatermarkRule;
 
+use crate::batch::{BatchPlan, Checkpoint, WatermarkRule};
 use crate::error::Error;
 
 /// Partition watermarks as Kafka reports them.
@@ -19,10 +18,11 @@ pub type LatestOffsets = BTreeMap<(String, i32), Watermarks>;
 /// new), as Kafka's offset-for-time lookup answered.
 pub type OffsetsAtTime = BTreeMap<(String, i32), Option<i64>>;
 
-/// The checkpoint a job starts from: where `starting_offsets` says, per partition. A start
-/// by time takes the offsets `at_time` found, within what the partition still holds; a
-/// partition with no record that new starts at its end.
+/// The checkpoint a job starts from: its Kafka source `source` where `starting_offsets`
+/// says, per partition. A start by time takes the offsets `at_time` found, within what
+/// the partition still holds; a partition with no record that new starts at its end.
 pub fn initial_checkpoint(
+    source: &str,
     starting: &StartingOffsets,
     latest: &LatestOffsets,
     at_time: &OffsetsAtTime,
@@ -48,7 +48,7 @@ pub fn initial_checkpoint(
             .or_default()
             .insert(*partition, start);
     }
-    Checkpoint::initial(offsets)
+    Checkpoint::initial_kafka(source, offsets)
 }
 
 /// Fails when the checkpoint is beyond a partition's latest offset: the topic was deleted
@@ -112,13 +112,12 @@ pub fn next_plan(
     rule: Option<&WatermarkRule>,
     now_ms: i64,
 ) -> Option<BatchPlan> {
-    let ranges = cut_ranges(checkpoint, latest, max_offsets);
+    let (source, position) = checkpoint.source()?;
+    let ranges = cut_ranges(position.position.kafka_offsets(), latest, max_offsets);
     (!ranges.is_empty()).then(|| BatchPlan {
-        batch_id: checkpoint.batch_id.next(),
-        ranges,
-        planned_at_ms: now_ms,
         watermark_ms: batch_watermark(checkpoint, rule, now_ms),
         state_files: checkpoint.state_files.clone(),
+        ..BatchPlan::kafka(checkpoint.batch_id.next(), source, ranges, now_ms)
     })
 }
 
@@ -142,26 +141,27 @@ pub fn quiet_plan(
         state_file_stats(file)
             .is_none_or(|stats| watermark >= if dedup { stats.until } else { stats.from })
     });
-    (advanced && ends_rows).then(|| BatchPlan {
-        batch_id: checkpoint.batch_id.next(),
-        ranges: vec![],
-        planned_at_ms: now_ms,
-        watermark_ms: Some(watermark),
-        state_files: checkpoint.state_files.clone(),
-    })
+    (advanced && ends_rows).then(|| state_only_plan(checkpoint, Some(watermark), now_ms))
 }
 
 /// The batch that ends an `once` or `available_now` windowed job: no new records, run
 /// under the final watermark, so the windows it closes are written from the state. `None`
 /// without state or watermark.
 pub fn flush_plan(checkpoint: &Checkpoint, now_ms: i64) -> Option<BatchPlan> {
-    (checkpoint.watermark_ms.is_some() && !checkpoint.state_files.is_empty()).then(|| BatchPlan {
+    (checkpoint.watermark_ms.is_some() && !checkpoint.state_files.is_empty())
+        .then(|| state_only_plan(checkpoint, checkpoint.watermark_ms, now_ms))
+}
+
+/// The batch after `checkpoint` that reads no records: it runs the state under
+/// `watermark_ms`.
+fn state_only_plan(checkpoint: &Checkpoint, watermark_ms: Option<i64>, now_ms: i64) -> BatchPlan {
+    BatchPlan {
         batch_id: checkpoint.batch_id.next(),
-        ranges: vec![],
+        reads: BTreeMap::new(),
         planned_at_ms: now_ms,
-        watermark_ms: checkpoint.watermark_ms,
+        watermark_ms,
         state_files: checkpoint.state_files.clone(),
-    })
+    }
 }
 
 /// A batch's tasks for the stages reading the stream: its ranges cut to at most
@@ -169,11 +169,12 @@ pub fn flush_plan(checkpoint: &Checkpoint, now_ms: i64) -> Option<BatchPlan> {
 /// `min_records_per_task` each and at most `tasks_per_slot` per task slot of the cluster
 /// (`slots`), so that a large batch runs as one wave over every slot.
 pub fn tasks(plan: &BatchPlan, parallelism: &ParallelismSpec, slots: u32) -> Vec<Vec<OffsetRange>> {
-    if plan.ranges.is_empty() {
+    let ranges = plan.kafka_ranges();
+    if ranges.is_empty() {
         // A flush batch: one task, without records, carries the state.
         return vec![vec![]];
     }
-    let pieces = split_ranges(&plan.ranges, parallelism.max_records_per_task);
+    let pieces = split_ranges(&ranges, parallelism.max_records_per_task);
     let max_tasks = slots.max(1) as usize * parallelism.tasks_per_slot.max(1) as usize;
     pack_ranges(
         pieces,
@@ -203,55 +204,77 @@ mod tests {
             (("t".to_string(), 1), None),
         ]
         .into();
-        let start = initial_checkpoint(&StartingOffsets::Timestamp(5), &latest(), &found);
+        let start = initial_checkpoint("source", &StartingOffsets::Timestamp(5), &latest(), &found);
         // Partition 0's record at offset 1 was deleted since: its earliest is 2. Partition
         // 1 has no record that new: it starts at its end.
         assert_eq!((start.get("t", 0), start.get("t", 1)), (Some(2), Some(4)));
         let found: OffsetsAtTime = [(("t".to_string(), 0), Some(7))].into();
-        let start = initial_checkpoint(&StartingOffsets::Timestamp(5), &latest(), &found);
+        let start = initial_checkpoint("source", &StartingOffsets::Timestamp(5), &latest(), &found);
         assert_eq!((start.get("t", 0), start.get("t", 1)), (Some(7), Some(4)));
     }
 
     #[test]
     fn starting_offsets_resolve_per_partition() {
-        let earliest =
-            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
+        let earliest = initial_checkpoint(
+            "source",
+            &StartingOffsets::Earliest,
+            &latest(),
+            &OffsetsAtTime::new(),
+        );
         assert_eq!(
             (earliest.get("t", 0), earliest.get("t", 1)),
             (Some(2), Some(0))
         );
         assert_eq!(earliest.batch_id, BatchId::new(-1));
-        let newest = initial_checkpoint(&StartingOffsets::Latest, &latest(), &OffsetsAtTime::new());
+        let newest = initial_checkpoint(
+            "source",
+            &StartingOffsets::Latest,
+            &latest(),
+            &OffsetsAtTime::new(),
+        );
         assert_eq!(
             (newest.get("t", 0), newest.get("t", 1)),
             (Some(10), Some(4))
         );
         let given = StartingOffsets::PerPartition([("t".to_string(), [(0, 7)].into())].into());
-        let given = initial_checkpoint(&given, &latest(), &OffsetsAtTime::new());
+        let given = initial_checkpoint("source", &given, &latest(), &OffsetsAtTime::new());
         assert_eq!((given.get("t", 0), given.get("t", 1)), (Some(7), Some(0)));
     }
 
     #[test]
     fn the_first_plan_is_batch_zero_and_latest_start_waits_for_new_data() {
-        let start =
-            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
+        let start = initial_checkpoint(
+            "source",
+            &StartingOffsets::Earliest,
+            &latest(),
+            &OffsetsAtTime::new(),
+        );
         let plan = next_plan(&start, &latest(), None, None, 5).unwrap();
         assert_eq!(plan.batch_id, BatchId::new(0));
         assert_eq!(plan.total_offsets(), 12);
-        let newest = initial_checkpoint(&StartingOffsets::Latest, &latest(), &OffsetsAtTime::new());
+        let newest = initial_checkpoint(
+            "source",
+            &StartingOffsets::Latest,
+            &latest(),
+            &OffsetsAtTime::new(),
+        );
         assert_eq!(next_plan(&newest, &latest(), None, None, 5), None);
     }
 
     #[test]
     fn a_flush_batch_reads_nothing_and_one_task_carries_the_state() {
-        let mut checkpoint =
-            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
+        let mut checkpoint = initial_checkpoint(
+            "source",
+            &StartingOffsets::Earliest,
+            &latest(),
+            &OffsetsAtTime::new(),
+        );
         assert_eq!(flush_plan(&checkpoint, 7), None, "no state, no flush");
         checkpoint.state_files = vec!["s1.parquet".into(), "s2.parquet".into()];
         assert_eq!(flush_plan(&checkpoint, 7), None, "no watermark, no flush");
         checkpoint.watermark_ms = Some(5_000);
         let plan = flush_plan(&checkpoint, 7).unwrap();
-        assert!(plan.ranges.is_empty());
+        assert!(!plan.reads_records());
         assert_eq!(plan.batch_id, checkpoint.batch_id.next());
         assert_eq!(
             (plan.watermark_ms, plan.state_files.clone()),
@@ -259,7 +282,7 @@ mod tests {
         );
         let tasks = tasks(&plan, &ParallelismSpec::default(), 4);
         assert_eq!(tasks, vec![Vec::<OffsetRange>::new()]);
-        assert_eq!(checkpoint.after(&plan).offsets, checkpoint.offsets);
+        assert_eq!(checkpoint.after(&plan).sources, checkpoint.sources);
     }
 
     #[test]
@@ -275,8 +298,12 @@ mod tests {
             state_file_name("j.b1.e1.t0.a1.ff", Some((1, 0)), Some(stats))
         };
         let rule = WatermarkRule::delay(1_000);
-        let mut checkpoint =
-            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
+        let mut checkpoint = initial_checkpoint(
+            "source",
+            &StartingOffsets::Earliest,
+            &latest(),
+            &OffsetsAtTime::new(),
+        );
         assert_eq!(
             quiet_plan(&checkpoint, &rule, false, 7),
             None,
@@ -296,7 +323,7 @@ mod tests {
         checkpoint.state_files.push(file(8_000, 30_000));
         let plan = quiet_plan(&checkpoint, &rule, false, 7).unwrap();
         assert_eq!(plan.batch_id, BatchId::new(5));
-        assert!(plan.ranges.is_empty());
+        assert!(!plan.reads_records());
         assert_eq!(plan.watermark_ms, Some(9_000));
         assert_eq!(plan.state_files, checkpoint.state_files);
         // Deduplication: only a file whose keys are all forgotten changes.
@@ -322,11 +349,15 @@ mod tests {
             idle_timeout_ms: Some(60_000),
             advance_when_idle_ms: None,
         };
-        let mut checkpoint =
-            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
-        checkpoint.max_event_time_ms =
-            [("t".to_string(), [(0, 50_000), (1, 10_000)].into())].into();
-        checkpoint.records_at_ms = [("t".to_string(), [(0, 100_000), (1, 1_000)].into())].into();
+        let mut checkpoint = initial_checkpoint(
+            "source",
+            &StartingOffsets::Earliest,
+            &latest(),
+            &OffsetsAtTime::new(),
+        );
+        let source = checkpoint.source_mut().unwrap();
+        source.max_event_time_ms = [("t".to_string(), [(0, 50_000), (1, 10_000)].into())].into();
+        source.records_at_ms = [("t".to_string(), [(0, 100_000), (1, 1_000)].into())].into();
         checkpoint.watermark_ms = Some(10_000);
         checkpoint.applied_watermark_ms = Some(10_000);
         let stats = StateFileStats {
@@ -360,8 +391,12 @@ mod tests {
 
     #[test]
     fn tasks_split_big_ranges() {
-        let start =
-            initial_checkpoint(&StartingOffsets::Earliest, &latest(), &OffsetsAtTime::new());
+        let start = initial_checkpoint(
+            "source",
+            &StartingOffsets::Earliest,
+            &latest(),
+            &OffsetsAtTime::new(),
+        );
         let plan = next_plan(&start, &latest(), None, None, 5).unwrap();
         let unpacked = ParallelismSpec {
             max_records_per_task: 3,

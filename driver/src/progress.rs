@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::batch::BatchPlan;
 use sluice_core::http::{Histogram, DURATION_BUCKETS};
-use sluice_kafka::offsets::BatchPlan;
 use sluice_proto::v1::{BatchProgress, PartitionProgress, TaskSuccess, TaskTimes};
 use tokio::sync::broadcast;
 
@@ -59,7 +59,7 @@ pub fn batch_progress(
         checkpoint_ms: timings.checkpoint.as_millis() as u64,
         duration_ms: duration.as_millis() as u64,
         partitions: plan
-            .ranges
+            .kafka_ranges()
             .iter()
             .map(|r| PartitionProgress {
                 topic: r.topic.clone(),

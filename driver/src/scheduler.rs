@@ -13,7 +13,9 @@ use sluice_core::failpoint;
 use sluice_core::spec::{Aggregation, JobSpec, WINDOW_END_COLUMN};
 use sluice_core::{BatchId, ExecutorId, JobId, TaskId};
 use sluice_iceberg::data_files::{state_file_partition, state_file_stage};
-use sluice_kafka::offsets::{BatchPlan, OffsetRange};
+use sluice_kafka::offsets::OffsetRange;
+
+use crate::batch::BatchPlan;
 use sluice_plan::{plan_job, JobPlan, StageKind, StageOutput};
 use sluice_proto::v1::{
     self, task_result, FailureKind, MapOutput, PrepareJobRequest, ReleaseShuffleRequest,
@@ -104,7 +106,7 @@ impl JobRef {
     /// Plans the job's SQL into stages (once per job and driver).
     pub async fn plan(job_id: &str, spec: &JobSpec) -> Result<JobRef> {
         let plan = plan_job(spec).await?;
-        let kafka = &spec.source.kafka;
+        let kafka = spec.event_time();
         check_aggregation(&plan, spec)?;
         if kafka.is_stateful() {
             check_stateful_plan(&plan, kafka.is_windowed())?;
@@ -190,14 +192,14 @@ impl JobRef {
 /// never ends such a result could never be final, and summed per batch it would silently
 /// differ from the same SQL over the same records as one batch.
 fn check_aggregation(plan: &JobPlan, spec: &JobSpec) -> Result<()> {
-    if spec.source.kafka.is_windowed() || spec.aggregation == Aggregation::PerBatch {
+    if spec.event_time().is_windowed() || spec.aggregation == Aggregation::PerBatch {
         return Ok(());
     }
     if !plan.aggregates() {
         return Ok(());
     }
     Err(sluice_core::Error::InvalidSql {
-        message: "the query aggregates the stream (GROUP BY, DISTINCT or an aggregate function) without a window, so its result could never be final. Group by an event-time window to get each group once over all its records, e.g. GROUP BY tumble(ts, INTERVAL '1 minute'), country (with source.kafka.watermark), or set `aggregation: per_batch` for one row per group per batch".into(),
+        message: "the query aggregates the stream (GROUP BY, DISTINCT or an aggregate function) without a window, so its result could never be final. Group by an event-time window to get each group once over all its records, e.g. GROUP BY tumble(ts, INTERVAL '1 minute'), country (with source.watermark), or set `aggregation: per_batch` for one row per group per batch".into(),
     }
     .into())
 }

@@ -1,5 +1,5 @@
 //! Late records of a stateful job, for the dead-letter table
-//! (`source.kafka.watermark.late: dead_letter`): each dropped row becomes a dead letter
+//! (`source.watermark.late: dead_letter`): each dropped row becomes a dead letter
 //! with its Kafka coordinates, its value (the decoded columns as JSON, or the raw bytes of
 //! a `raw` source) and why it was dropped. A record repeated once per sliding window is
 //! written once.

@@ -83,15 +83,15 @@ fn read_columns(
     spec: &JobSpec,
     plans: &[(u32, Arc<dyn ExecutionPlan>)],
 ) -> RecordDecoder {
-    let kafka = &spec.source.kafka;
-    if kafka.is_stateful() {
+    let event_time = spec.event_time();
+    if event_time.is_stateful() {
         return decoder;
     }
     let mut columns: BTreeSet<String> = plans
         .iter()
         .flat_map(|(_, plan)| sluice_plan::stream_columns(plan))
         .collect();
-    columns.extend(kafka.watermark.iter().map(|w| w.column.clone()));
+    columns.extend(event_time.watermark.iter().map(|w| w.column.clone()));
     decoder.keeping(&columns)
 }
 
@@ -158,23 +158,24 @@ impl PreparedJob {
                 },
             );
         }
-        let decoder = read_columns(RecordDecoder::new(&spec.source.kafka)?, &spec, &decoded);
-        let state_rule = StateRule::of(&spec.source.kafka)?;
-        let shuffle_state = ShuffleStateStage::find_all(&spec.source.kafka, &decoded);
+        let decoder = read_columns(RecordDecoder::for_job(&spec)?, &spec, &decoded);
+        let state_rule = StateRule::of(spec.event_time())?;
+        let shuffle_state = ShuffleStateStage::find_all(spec.event_time(), &decoded);
         if matches!(state_rule, Some(StateRule::Sessions(_))) && shuffle_state.is_empty() {
             return Err(Error::InvalidRequest(
                 "a session job's plan has no stage after the stream's shuffle".into(),
             ));
         }
-        let scan_schema = sluice_core::schema::scan_schema(&spec.source.kafka)?;
-        let value_columns = sluice_core::schema::value_schema(&spec.source.kafka)?
+        let scan_schema =
+            sluice_core::schema::scan_schema(&spec.source().kafka, spec.event_time())?;
+        let value_columns = sluice_core::schema::value_schema(&spec.source().kafka)?
             .fields()
             .iter()
             .map(|f| f.name().clone())
             .collect();
         let sink = &spec.sink.iceberg;
         let catalog = open_catalog(&sink.catalog).await?;
-        let dead_letters = if spec.source.kafka.writes_dead_letters() {
+        let dead_letters = if spec.writes_dead_letters() {
             let options = WriteOptions::default();
             Some(TargetTable::load(catalog.as_ref(), &dead_letter_ident(sink), options).await?)
         } else {

@@ -19,7 +19,7 @@ use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema};
 use sluice_core::schema::{SEEN_COLUMN, WINDOW_END_COLUMN};
-use sluice_core::spec::KafkaSourceSpec;
+use sluice_core::spec::EventTime;
 use sluice_core::{Error, Result};
 use sluice_kafka::decode::millis;
 
@@ -41,18 +41,18 @@ impl StateRule {
     /// records take deduplication's rule: records below the watermark are late (their key
     /// may be forgotten), which includes every record whose window was written, and the
     /// deduplicating view needs the rows marked unseen.
-    pub fn of(kafka: &KafkaSourceSpec) -> Result<Option<StateRule>> {
-        if kafka.window.is_some() && kafka.dedup.is_none() {
+    pub fn of(event_time: EventTime) -> Result<Option<StateRule>> {
+        if event_time.window.is_some() && event_time.dedup.is_none() {
             return Ok(Some(StateRule::Windows));
         }
-        if let (Some(session), Some(watermark)) = (&kafka.session, &kafka.watermark) {
+        if let (Some(session), Some(watermark)) = (event_time.session, event_time.watermark) {
             return Ok(Some(StateRule::Sessions(Sessions {
                 event_time: watermark.column.clone(),
                 gap_ms: session.gap_ms()?,
                 key: session.key.clone(),
             })));
         }
-        match (&kafka.dedup, &kafka.watermark) {
+        match (event_time.dedup, event_time.watermark) {
             (Some(dedup), Some(watermark)) => Ok(Some(StateRule::Dedup {
                 event_time: watermark.column.clone(),
                 within_ms: dedup.within_ms()?,

@@ -129,8 +129,8 @@ pub async fn run_task(
             Some(
                 tokio::task::spawn_blocking(move || {
                     let _enter = span.enter();
-                    let kafka = &job.spec.source.kafka;
-                    let event_time = kafka.watermark.as_ref().map(|w| EventTime {
+                    let kafka = &job.spec.source().kafka;
+                    let event_time = job.spec.event_time().watermark.map(|w| EventTime {
                         column: &w.column,
                         watermark_ms,
                     });
@@ -186,7 +186,7 @@ pub async fn run_task(
                 let carried = carry_state(&job, rule, task, source, &prefix).await?;
                 // A stateful job drops its late records (see `StateRule::split_late`).
                 report.late_records = carried.dropped;
-                if job.spec.source.kafka.dead_letters_late_records() {
+                if job.spec.event_time().dead_letters_late_records() {
                     dead_letters.extend(late_records::late_dead_letters(
                         &carried.late,
                         &job.value_columns,
@@ -250,7 +250,7 @@ pub async fn run_task(
         let state_bytes_read =
             source_state_read + stage_state.as_ref().map_or(0, |s| s.bytes_read());
         let write_started = Instant::now();
-        let windowed = job.spec.source.kafka.is_windowed();
+        let windowed = job.spec.event_time().is_windowed();
         let outputs = if windowed && stage.output == Output::Sink {
             // Only windows the watermark has passed are final; the others are computed
             // again next batch from the state.

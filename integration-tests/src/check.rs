@@ -78,6 +78,74 @@ pub fn assert_exactly_once(
     );
 }
 
+/// Each of the orders `0..events` produced round-robin over `partitions` is in `batches`
+/// exactly once, by its `order_id`; with `coordinates` (the names of the partition and
+/// offset columns) each row also sits at the Kafka partition and offset it was produced to.
+pub fn assert_every_order_once(
+    batches: &[RecordBatch],
+    events: u64,
+    partitions: i32,
+    coordinates: Option<(&str, &str)>,
+) {
+    let mut seen = std::collections::BTreeMap::new();
+    for b in batches {
+        let ids = b
+            .column_by_name("order_id")
+            .expect("column order_id")
+            .as_string::<i32>();
+        let at = coordinates.map(|(partition, offset)| {
+            let column = |name: &str| {
+                b.column_by_name(name)
+                    .unwrap_or_else(|| panic!("column {name}"))
+                    .clone()
+            };
+            (column(partition), column(offset))
+        });
+        for i in 0..b.num_rows() {
+            let place = at.as_ref().map(|(p, o)| {
+                (
+                    p.as_primitive::<Int32Type>().value(i),
+                    o.as_primitive::<Int64Type>().value(i),
+                )
+            });
+            let id = ids.value(i).to_string();
+            assert!(
+                seen.insert(id.clone(), place).is_none(),
+                "order {id} committed twice"
+            );
+        }
+    }
+    let expected: std::collections::BTreeMap<_, _> = (0..events)
+        .map(|seq| {
+            let place = coordinates.map(|_| {
+                (
+                    (seq % partitions as u64) as i32,
+                    (seq / partitions as u64) as i64,
+                )
+            });
+            (Order::new(seq, 0).order_id, place)
+        })
+        .collect();
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !seen.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = seen
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "orders missing (first 5): {missing:?}; not produced (first 5): {extra:?}"
+    );
+    assert_eq!(
+        seen, expected,
+        "an order sits at another partition or offset"
+    );
+}
+
 /// No batch id appears in two snapshots.
 pub fn assert_unique_batches(batches: &[String]) {
     let unique: HashSet<_> = batches.iter().collect();

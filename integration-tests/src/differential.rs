@@ -75,9 +75,9 @@ pub const PRODUCT_SCHEMA_YAML: &str =
 
 /// Every record of `topic`, decoded as `spec` decodes them.
 pub fn source_batches(cluster: &TestCluster, spec: &JobSpec) -> Result<Vec<RecordBatch>> {
-    let kafka = &spec.source.kafka;
+    let kafka = &spec.source().kafka;
     let bootstrap = cluster.bootstrap_servers();
-    let decoder = RecordDecoder::new(kafka)?;
+    let decoder = RecordDecoder::for_job(spec)?;
     let reader = OffsetReader::new(&bootstrap)?;
     let consumer = consumer(&bootstrap)?;
     let mut batches = vec![];
@@ -199,7 +199,7 @@ pub async fn assert_closed_windows(
         "the flush ran under the final watermark"
     );
     // The records once each, as decoded without windows (sliding windows repeat them).
-    parsed.source.kafka.window = None;
+    parsed.window = None;
     let source = source_batches(cluster, &parsed).unwrap();
     let expected = query_source(expected_sql, source).await.unwrap();
     let expected: Windows = windows_of(&expected)

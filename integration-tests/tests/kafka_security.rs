@@ -98,7 +98,8 @@ impl Secured {
         let spec = self.spec("secured", &self.secure_properties(PASSWORD_ENV));
         let job = self.cluster.submit(&spec).await.unwrap();
         self.cluster.wait_until_finished(&job).await;
-        assert_eq!(self.cluster.row_count(&spec).await.unwrap(), 200);
+        let rows = self.cluster.table_rows(&spec).await.unwrap();
+        sluice_integration_tests::check::assert_every_order_once(&rows, 200, 2, Some(("p", "o")));
     }
 }
 

@@ -90,8 +90,27 @@ async fn kafka_outage_pauses_the_job_which_resumes_by_itself() {
 async fn etcd_outage_pauses_the_job_which_resumes_by_itself() {
     let (mut cluster, job, spec) = running_filter_job("etcd-outage").await;
     cluster.etcd.stop();
-    // Longer than the leader lease: the driver steps down and campaigns again.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The driver sees the outage: once its lease lapses it steps down (no driver commits
+    // without etcd) and stands by, campaigning again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stepped_down = loop {
+        let metrics = cluster.http_get(0, "/metrics").map(|(_, body)| body);
+        if metrics
+            .as_deref()
+            .is_ok_and(|m| m.contains("sluice_leader 0"))
+        {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        stepped_down,
+        "the driver did not step down while etcd was gone\n{}",
+        cluster.logs_tail(40)
+    );
     cluster.etcd.restart().unwrap();
     cluster
         .assert_finished_exactly_once(&job, &spec, EVENTS, PARTITIONS)

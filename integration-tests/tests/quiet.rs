@@ -78,7 +78,7 @@ fn windows_of(batches: &[RecordBatch]) -> Windows {
 /// whose end is at or below `closed_by`.
 async fn expected_windows(cluster: &TestCluster, spec: &str, closed_by: i64) -> Windows {
     let mut parsed = JobSpec::parse(spec).unwrap();
-    parsed.source.kafka.window = None;
+    parsed.window = None;
     let source = source_batches(cluster, &parsed).unwrap();
     windows_of(&query_source(EXPECTED_WINDOWS_SQL, source).await.unwrap())
         .into_iter()
@@ -462,7 +462,7 @@ async fn an_idle_partition_holds_the_watermark_back_unless_its_timeout_leaves_it
     assert_eq!(counter(&cluster, "late_records", &jobs[2]).await, second);
     let followed = windows_of(&cluster.table_rows(&following).await.unwrap());
     let mut parsed = JobSpec::parse(&following).unwrap();
-    parsed.source.kafka.window = None;
+    parsed.window = None;
     let source = source_batches(&cluster, &parsed).unwrap();
     // The records before the pause: the first 30 s, without the records that woke
     // partitions (ids from 900,000).

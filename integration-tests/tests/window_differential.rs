@@ -13,7 +13,7 @@ const PARTITIONS: i32 = 4;
 const RECORDS: i64 = 3_000;
 const T: i64 = 1_700_000_000_000;
 
-/// Runs `job_sql` (windowed by `window`, a `source.kafka.window` map, or by a window call
+/// Runs `job_sql` (windowed by `window`, a `window` map, or by a window call
 /// in the SQL when empty) and compares it with `expected_sql` over all records.
 async fn stream_equals_batch(
     name: &str,

@@ -182,6 +182,23 @@ async fn a_windowed_query_must_select_the_window_end_and_read_the_stream_once() 
         "{}",
         status.message()
     );
+
+    // A self-join reads the stream twice: its windows' state could not be carried.
+    let self_join = cluster.spec(
+        "twice",
+        "clicks",
+        "SELECT a.window_start, a.window_end, count(*) AS n FROM source a JOIN source b \
+         ON a.customer_id = b.customer_id GROUP BY a.window_start, a.window_end",
+        "{available_now: true}",
+        "    watermark: {column: ts, delay: 0s}\n    window: {size: 10s}",
+    );
+    let status = cluster.submit(&self_join).await.unwrap_err();
+    assert!(
+        status.message().contains("may read the stream once")
+            && status.message().contains("reads it 2 times"),
+        "{}",
+        status.message()
+    );
 }
 
 /// The driver dies in a windowed batch at `point` (`failpoint::FILES_WRITTEN`: its tasks

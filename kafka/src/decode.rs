@@ -19,7 +19,7 @@ use sluice_core::schema::{
     metadata_fields, stream_schema, value_schema, KEY_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN,
     TIMESTAMP_COLUMN, TOPIC_COLUMN,
 };
-use sluice_core::spec::{KafkaSourceSpec, OnMalformed, RecordFormat};
+use sluice_core::spec::{EventTime, JobSpec, KafkaSourceSpec, OnMalformed, RecordFormat};
 
 /// One Kafka record as read from a partition.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,14 +189,29 @@ const KEPT_DECODER_RECORDS: usize = CHUNK_RECORDS;
 const KEPT_DECODERS: usize = 16;
 
 impl RecordDecoder {
+    /// A decoder of `kafka`'s records without event time (no windows at decode).
     pub fn new(kafka: &KafkaSourceSpec) -> Result<RecordDecoder> {
+        Self::with_event_time(kafka, EventTime::default())
+    }
+
+    /// The decoder of a job's one source, under the job's event time.
+    pub fn for_job(spec: &JobSpec) -> Result<RecordDecoder> {
+        Self::with_event_time(&spec.source().kafka, spec.event_time())
+    }
+
+    /// A decoder of `kafka`'s records processed under `event_time`: with fixed windows
+    /// assigned at decode, each record gets its windows' columns.
+    pub fn with_event_time(
+        kafka: &KafkaSourceSpec,
+        event_time: EventTime,
+    ) -> Result<RecordDecoder> {
         Ok(RecordDecoder {
             format: kafka.format,
             on_malformed: kafka.on_malformed,
             max_record_bytes: kafka.max_record_bytes() as usize,
             max_nesting_depth: kafka.max_nesting_depth(),
-            window: match (&kafka.window, &kafka.watermark) {
-                (Some(window), Some(watermark)) if kafka.windows_at_decode() => Some((
+            window: match (event_time.window, event_time.watermark) {
+                (Some(window), Some(watermark)) if event_time.windows_at_decode() => Some((
                     watermark.column.clone(),
                     window.size_ms()?,
                     window.slide_ms()?,
@@ -219,7 +234,7 @@ impl RecordDecoder {
                 }
                 _ => None,
             },
-            stream_schema: stream_schema(kafka)?,
+            stream_schema: stream_schema(kafka, event_time)?,
             json_decoders: Arc::default(),
             projection: None,
         })
@@ -736,10 +751,6 @@ mod tests {
             max_record_bytes: None,
             max_nesting_depth: None,
             properties: Default::default(),
-            watermark: None,
-            window: None,
-            session: None,
-            dedup: None,
         }
     }
 

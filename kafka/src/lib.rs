@@ -16,4 +16,3 @@ pub mod offsets;
 pub mod read;
 pub mod read_together;
 pub mod synthetic;
-pub mod watermark;

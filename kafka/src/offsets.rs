@@ -1,11 +1,10 @@
-//! Offset bookkeeping: checkpoints, the ranges of a batch, and how a batch is cut and split.
-//! Pure functions, no I/O.
+//! Kafka offset ranges: how the next batch's ranges are cut from where the source stands,
+//! split into task-sized pieces and packed into tasks. Pure functions, no I/O. (The
+//! checkpoint that holds the offsets is the driver's, source-neutral.)
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-use sluice_core::BatchId;
 
 /// A half-open range `[start, end)` of one Kafka partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,127 +29,6 @@ impl OffsetRange {
 /// Next offset to read, per topic and partition.
 pub type PartitionOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
 
-/// What a job has durably consumed: the last committed batch and where to go on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// Last committed batch; [`BatchId::BEFORE_FIRST`] before the first one.
-    pub batch_id: BatchId,
-    pub offsets: PartitionOffsets,
-    /// The highest event time seen in each partition, ms since the epoch (jobs with a
-    /// watermark).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub max_event_time_ms: EventTimes,
-    /// The event-time watermark after this batch, ms since the epoch: the minimum of
-    /// `max_event_time_ms` less the allowed delay, never moving back. `None` until a
-    /// record with an event time was seen (or for a job without a watermark).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watermark_ms: Option<i64>,
-    /// Windowed jobs: the rows of windows not yet written after this batch, as Parquet
-    /// files; the next batch starts from them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub state_files: Vec<String>,
-    /// The watermark the last batch ran under (its plan's): the state was last processed
-    /// under it, so a newer `watermark_ms` may close windows without new records (see
-    /// `crate::watermark`). `None` before the first batch and in checkpoints written
-    /// before it was kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub applied_watermark_ms: Option<i64>,
-    /// Jobs with a watermark: when each partition last had records, as the planning time
-    /// of the last batch that read some (ms since the epoch), for `idle_timeout`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub records_at_ms: EventTimes,
-}
-
-/// Highest event time per topic and partition, ms since the epoch.
-pub type EventTimes = BTreeMap<String, BTreeMap<i32, i64>>;
-
-/// Keeps `ms` as `topic`/`partition`'s highest event time if it is higher.
-pub fn record_event_time(times: &mut EventTimes, topic: &str, partition: i32, ms: i64) {
-    let max = times
-        .entry(topic.to_string())
-        .or_default()
-        .entry(partition)
-        .or_insert(ms);
-    *max = (*max).max(ms);
-}
-
-impl Checkpoint {
-    /// The checkpoint a job starts from, before any batch.
-    pub fn initial(offsets: PartitionOffsets) -> Checkpoint {
-        Checkpoint {
-            batch_id: BatchId::BEFORE_FIRST,
-            offsets,
-            max_event_time_ms: EventTimes::new(),
-            watermark_ms: None,
-            state_files: Vec::new(),
-            applied_watermark_ms: None,
-            records_at_ms: EventTimes::new(),
-        }
-    }
-
-    /// The checkpoint after `plan` is committed: its offsets, and the watermark it ran
-    /// under as the applied one (the checkpoint's watermark never falls behind it).
-    pub fn after(&self, plan: &BatchPlan) -> Checkpoint {
-        let mut offsets = self.offsets.clone();
-        for range in &plan.ranges {
-            offsets
-                .entry(range.topic.clone())
-                .or_default()
-                .insert(range.partition, range.end);
-        }
-        Checkpoint {
-            batch_id: plan.batch_id,
-            offsets,
-            max_event_time_ms: self.max_event_time_ms.clone(),
-            watermark_ms: self.watermark_ms.max(plan.watermark_ms),
-            state_files: self.state_files.clone(),
-            applied_watermark_ms: plan.watermark_ms,
-            records_at_ms: self.records_at_ms.clone(),
-        }
-    }
-
-    /// This checkpoint with the event times a batch saw merged in and the watermark moved
-    /// on: the minimum over partitions that have data of their highest event time, less
-    /// `delay_ms`, and never below the previous watermark. (With idle partitions, see
-    /// `crate::watermark`.) The batch protocol commits through
-    /// `Checkpoint::with_batch_event_times`; this delay-only form pins the default rule in
-    /// tests.
-    #[cfg(test)]
-    pub fn with_event_times(self, seen: &EventTimes, delay_ms: i64) -> Checkpoint {
-        self.with_batch_event_times(
-            None,
-            seen,
-            &crate::watermark::WatermarkRule::delay(delay_ms),
-        )
-    }
-
-    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.offsets.get(topic)?.get(&partition).copied()
-    }
-}
-
-/// A batch as written to the offset log before it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchPlan {
-    pub batch_id: BatchId,
-    pub ranges: Vec<OffsetRange>,
-    /// When the batch was planned, milliseconds since the Unix epoch.
-    pub planned_at_ms: i64,
-    /// The watermark the batch runs under (the previous checkpoint's): records older are
-    /// late. Logged with the plan, so a re-run counts the same records late.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watermark_ms: Option<i64>,
-    /// Windowed jobs: the state the batch starts from (the previous checkpoint's).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub state_files: Vec<String>,
-}
-
-impl BatchPlan {
-    pub fn total_offsets(&self) -> u64 {
-        self.ranges.iter().map(OffsetRange::len).sum()
-    }
-}
-
 /// Kafka's view of one partition: the earliest and the next-to-be-written offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermarks {
@@ -158,19 +36,23 @@ pub struct Watermarks {
     pub high: i64,
 }
 
-/// Cuts the next batch's ranges: from the checkpoint (or the partition's earliest offset
-/// when the partition is new) up to the latest offset, with at most `max_offsets` offsets
+/// Cuts the next batch's ranges: from the next offsets `next` (or the partition's
+/// earliest offset when the partition is new) up to the latest offset, with at most `max_offsets` offsets
 /// in all, shared between partitions in proportion to their backlog.
 /// Returns only non-empty ranges, ordered by topic and partition.
 pub fn cut_ranges(
-    checkpoint: &Checkpoint,
+    next: &PartitionOffsets,
     latest: &BTreeMap<(String, i32), Watermarks>,
     max_offsets: Option<u64>,
 ) -> Vec<OffsetRange> {
     let mut ranges: Vec<OffsetRange> = latest
         .iter()
         .filter_map(|((topic, partition), marks)| {
-            let start = checkpoint.get(topic, *partition).unwrap_or(marks.low);
+            let start = next
+                .get(topic)
+                .and_then(|p| p.get(partition))
+                .copied()
+                .unwrap_or(marks.low);
             (marks.high > start).then(|| OffsetRange {
                 topic: topic.clone(),
                 partition: *partition,
@@ -337,16 +219,12 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn checkpoint(entries: &[(&str, i32, i64)]) -> Checkpoint {
+    fn checkpoint(entries: &[(&str, i32, i64)]) -> PartitionOffsets {
         let mut offsets = PartitionOffsets::new();
         for (t, p, o) in entries {
             offsets.entry(t.to_string()).or_default().insert(*p, *o);
         }
-        Checkpoint {
-            batch_id: BatchId::new(3),
-            offsets,
-            ..Checkpoint::initial(Default::default())
-        }
+        offsets
     }
 
     #[test]
@@ -407,39 +285,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn successive_batches_cover_the_backlog_exactly_once() {
-        let latest = marks(&[("t", 0, 0, 997), ("t", 1, 3, 250), ("u", 0, 0, 13)]);
-        let mut cp = Checkpoint::initial(PartitionOffsets::new());
-        let mut seen: BTreeMap<(String, i32), Vec<(i64, i64)>> = BTreeMap::new();
-        for batch_id in 0.. {
-            let ranges = cut_ranges(&cp, &latest, Some(64));
-            if ranges.is_empty() {
-                break;
-            }
-            for r in &ranges {
-                seen.entry((r.topic.clone(), r.partition))
-                    .or_default()
-                    .push((r.start, r.end));
-            }
-            cp = cp.after(&BatchPlan {
-                batch_id: BatchId::new(batch_id),
-                ranges,
-                planned_at_ms: 0,
-                watermark_ms: None,
-                state_files: vec![],
-            });
-        }
-        for ((topic, partition), marks) in &latest {
-            let pieces = &seen[&(topic.clone(), *partition)];
-            assert_eq!(pieces.first().unwrap().0, marks.low);
-            assert_eq!(pieces.last().unwrap().1, marks.high);
-            for pair in pieces.windows(2) {
-                assert_eq!(pair[0].1, pair[1].0, "ranges must be contiguous");
-            }
-        }
-    }
-
-    #[test]
     fn split_respects_the_task_size_and_keeps_every_offset() {
         let ranges = vec![
             OffsetRange {
@@ -461,35 +306,5 @@ pub(crate) mod tests {
             .map(|p| (p.partition, p.start, p.end))
             .collect();
         assert_eq!(bounds, vec![(0, 0, 4), (0, 4, 8), (0, 8, 10), (1, 5, 7)]);
-    }
-
-    #[test]
-    fn the_watermark_is_the_slowest_partition_less_the_delay_and_never_moves_back() {
-        let seen = |entries: &[(i32, i64)]| -> EventTimes {
-            [("t".to_string(), entries.iter().copied().collect())].into()
-        };
-        let start = Checkpoint::initial(PartitionOffsets::new());
-        assert_eq!(
-            start
-                .clone()
-                .with_event_times(&EventTimes::new(), 10)
-                .watermark_ms,
-            None
-        );
-
-        let first = start.with_event_times(&seen(&[(0, 1_000), (1, 400)]), 100);
-        assert_eq!(first.watermark_ms, Some(300), "partition 1 is the slowest");
-        // Partition 1 has no new data: its old maximum still holds the watermark back.
-        let second = first.with_event_times(&seen(&[(0, 5_000)]), 100);
-        assert_eq!(second.watermark_ms, Some(300));
-        let third = second.with_event_times(&seen(&[(1, 2_000)]), 100);
-        assert_eq!(third.watermark_ms, Some(1_900));
-        // An out-of-order batch of older records does not move it back.
-        let fourth = third.with_event_times(&seen(&[(0, 10), (1, 10)]), 100);
-        assert_eq!(fourth.watermark_ms, Some(1_900));
-        assert_eq!(fourth.max_event_time_ms["t"][&0], 5_000);
-        // A new partition with older data cannot pull it back either.
-        let fifth = fourth.with_event_times(&seen(&[(2, 50)]), 100);
-        assert_eq!(fifth.watermark_ms, Some(1_900));
     }
 }

@@ -14,7 +14,7 @@ use sluice_core::schema::{
     stream_schema, OFFSET_COLUMN, PARTITION_COLUMN, SEEN_COLUMN, TOPIC_COLUMN,
 };
 use sluice_core::spec::{
-    DedupSpec, KafkaSourceSpec, WindowSpec, WINDOW_END_COLUMN, WINDOW_START_COLUMN,
+    DedupSpec, EventTime, KafkaSourceSpec, WindowSpec, WINDOW_END_COLUMN, WINDOW_START_COLUMN,
 };
 
 use crate::keyed_files::{KeyedFiles, KnownKeys};
@@ -26,13 +26,16 @@ const RANK_COLUMN: &str = "_sluice_rank";
 
 /// The view's SQL: every `source` column of the first row per key among rows not seen
 /// before, and for a windowed job each such row once per window it falls in.
-pub fn first_row_per_key_sql(kafka: &KafkaSourceSpec, dedup: &DedupSpec) -> Result<String> {
-    let event_time = kafka
+pub fn first_row_per_key_sql(
+    kafka: &KafkaSourceSpec,
+    stateful: EventTime,
+    dedup: &DedupSpec,
+) -> Result<String> {
+    let event_time = stateful
         .watermark
-        .as_ref()
         .map(|w| w.column.as_str())
-        .ok_or_else(|| Error::spec("source.kafka.dedup", "needs source.kafka.watermark"))?;
-    let columns = stream_schema(kafka)?
+        .ok_or_else(|| Error::spec("dedup", "needs source.watermark"))?;
+    let columns = stream_schema(kafka, stateful)?
         .fields()
         .iter()
         .map(|f| quote(f.name()))
@@ -59,7 +62,7 @@ pub fn first_row_per_key_sql(kafka: &KafkaSourceSpec, dedup: &DedupSpec) -> Resu
         input = quote(STREAM_TABLE),
         seen = quote(SEEN_COLUMN),
     );
-    match &kafka.window {
+    match stateful.window {
         Some(window) => with_windows_sql(&first_rows, &columns, event_time, window),
         None => Ok(first_rows),
     }

@@ -63,7 +63,7 @@ impl JobPlan {
     /// tasks keep it).
     pub fn shuffle_state_stages(&self, spec: &JobSpec) -> Vec<ShuffleStateStage> {
         let plans: Vec<_> = self.stages.iter().map(|s| (s.id, s.plan.clone())).collect();
-        ShuffleStateStage::find_all(&spec.source.kafka, &plans)
+        ShuffleStateStage::find_all(spec.event_time(), &plans)
     }
 
     /// Whether the query aggregates (a `GROUP BY`, `DISTINCT` or aggregate function: an
@@ -128,18 +128,19 @@ pub fn session_config(spec: &JobSpec) -> SessionConfig {
 /// Plans `spec`'s SQL: checks it, and cuts it into stages.
 pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
     let ctx = SessionContext::new_with_config(session_config(spec));
-    let schema = scan_schema(&spec.source.kafka)?;
+    let schema = scan_schema(&spec.source().kafka, spec.event_time())?;
     let partitions = spec.parallelism.shuffle_partitions.max(2) as usize;
     let source = Arc::new(tables::SourceTable::new(schema, partitions));
     let invalid = |e: datafusion::error::DataFusionError| Error::InvalidSql {
         message: e.strip_backtrace(),
     };
-    let kafka = &spec.source.kafka;
+    let kafka = &spec.source().kafka;
+    let event_time = spec.event_time();
     // Deduplication and sessions: the query sees the stream through a view that keeps
     // each key's first row, or gives each row its session.
-    let view = match (&kafka.dedup, &kafka.session) {
-        (Some(dedup), _) => Some(dedup::first_row_per_key_sql(kafka, dedup)?),
-        (None, Some(session)) => Some(session::sessions_sql(kafka, session)?),
+    let view = match (event_time.dedup, event_time.session) {
+        (Some(dedup), _) => Some(dedup::first_row_per_key_sql(kafka, event_time, dedup)?),
+        (None, Some(session)) => Some(session::sessions_sql(kafka, event_time, session)?),
         (None, None) => None,
     };
     match view {
@@ -147,11 +148,11 @@ pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
             ctx.register_table(STREAM_TABLE, source)
                 .map_err(sluice_core::Error::query)?;
             let view = ctx.sql(&view).await.map_err(invalid)?.into_view();
-            ctx.register_table(SOURCE_TABLE, view)
+            ctx.register_table(spec.source_name(), view)
                 .map_err(sluice_core::Error::query)?;
         }
         None => {
-            ctx.register_table(SOURCE_TABLE, source)
+            ctx.register_table(spec.source_name(), source)
                 .map_err(sluice_core::Error::query)?;
         }
     }
@@ -166,7 +167,7 @@ pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
         .map_err(invalid)?;
     let output_schema = Arc::new(frame.schema().as_arrow().clone());
     let mut physical = frame.create_physical_plan().await.map_err(invalid)?;
-    if let Some(dedup) = &kafka.dedup {
+    if let Some(dedup) = event_time.dedup {
         physical =
             first_row::hash_first_rows(physical, &dedup.key).map_err(sluice_core::Error::query)?;
     }

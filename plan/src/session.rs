@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use arrow::array::RecordBatch;
 use sluice_core::error::{Error, Result};
 use sluice_core::schema::{stream_schema, OFFSET_COLUMN, PARTITION_COLUMN, TOPIC_COLUMN};
-use sluice_core::spec::{KafkaSourceSpec, SessionSpec, WINDOW_END_COLUMN, WINDOW_START_COLUMN};
+use sluice_core::spec::{
+    EventTime, KafkaSourceSpec, SessionSpec, WINDOW_END_COLUMN, WINDOW_START_COLUMN,
+};
 
 use crate::keyed_files::{KeyedFiles, KnownKeys};
 use crate::quote;
@@ -25,14 +27,17 @@ const ENDS_COLUMN: &str = "_sluice_session_ends";
 
 /// The view's SQL: every stream column, and the row's session bounds as millisecond
 /// timestamps.
-pub fn sessions_sql(kafka: &KafkaSourceSpec, session: &SessionSpec) -> Result<String> {
-    let event_time = kafka
+pub fn sessions_sql(
+    kafka: &KafkaSourceSpec,
+    stateful: EventTime,
+    session: &SessionSpec,
+) -> Result<String> {
+    let event_time = stateful
         .watermark
-        .as_ref()
         .map(|w| quote(&w.column))
-        .ok_or_else(|| Error::spec("source.kafka.session", "needs source.kafka.watermark"))?;
+        .ok_or_else(|| Error::spec("session", "needs source.watermark"))?;
     let gap = format!("INTERVAL '{} milliseconds'", session.gap_ms()?);
-    let columns = stream_schema(kafka)?
+    let columns = stream_schema(kafka, stateful)?
         .fields()
         .iter()
         .map(|f| quote(f.name()))

@@ -32,7 +32,7 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::ExecutionPlan;
 use sluice_core::error::Result;
-use sluice_core::spec::{KafkaSourceSpec, WINDOW_END_COLUMN};
+use sluice_core::spec::{EventTime, WINDOW_END_COLUMN};
 
 use crate::nodes::{reader_schema, reads_stream, ShuffleReaderExec};
 
@@ -72,7 +72,7 @@ impl ShuffleStateStage {
     /// reading the stream stage's output directly, or the deduplicating stage's output.
     /// Empty when the plan keeps its state in source tasks.
     pub fn find_all(
-        kafka: &KafkaSourceSpec,
+        event_time: EventTime,
         stages: &[(u32, Arc<dyn ExecutionPlan>)],
     ) -> Vec<ShuffleStateStage> {
         let Some(stream_stage) = stages
@@ -88,7 +88,7 @@ impl ShuffleStateStage {
                 .find_map(|(id, plan)| reader_schema(plan, input).map(|schema| (*id, plan, schema)))
         };
         let mut found = vec![];
-        if kafka.session.is_some() {
+        if event_time.session.is_some() {
             if let Some((stage_id, _, schema)) = reading(stream_stage) {
                 found.push(ShuffleStateStage {
                     stage_id,
@@ -100,7 +100,7 @@ impl ShuffleStateStage {
             return found;
         }
         let mut window_input = stream_stage;
-        if let (Some(dedup), Some(watermark)) = (&kafka.dedup, &kafka.watermark) {
+        if let (Some(dedup), Some(watermark)) = (event_time.dedup, event_time.watermark) {
             match reading(stream_stage) {
                 Some((stage_id, plan, schema)) if has_window_function(plan) => {
                     found.push(ShuffleStateStage {
@@ -117,7 +117,7 @@ impl ShuffleStateStage {
                 _ => return found,
             }
         }
-        if kafka.window.is_some() {
+        if event_time.window.is_some() {
             if let Some((stage_id, plan, schema)) = reading(window_input) {
                 if let Some(aggregate) = window_aggregate(plan, window_input) {
                     found.push(ShuffleStateStage {

@@ -74,7 +74,7 @@ parallelism: {parallelism}
 
 /// Three tasks' worth of decoded orders (one Kafka partition each).
 fn source_slices(spec: &JobSpec) -> Vec<RecordBatch> {
-    let decoder = RecordDecoder::new(&spec.source.kafka).unwrap();
+    let decoder = RecordDecoder::for_job(spec).unwrap();
     (0..3)
         .map(|partition| {
             let records: Vec<RawRecord> = (0..400)
@@ -358,14 +358,14 @@ fn mark_seen(batch: &RecordBatch, seen: bool) -> RecordBatch {
 /// A job deduplicating `source` by customer, with a watermark on `ts`.
 fn dedup_spec(sql: &str) -> JobSpec {
     let mut spec = spec(sql, 4);
-    spec.source.kafka.watermark = Some(sluice_core::spec::WatermarkSpec {
+    spec.source_mut().watermark = Some(sluice_core::spec::WatermarkSpec {
         column: "ts".into(),
         delay: "10s".into(),
         late: Default::default(),
         idle_timeout: None,
         advance_when_idle: None,
     });
-    spec.source.kafka.dedup = Some(sluice_core::spec::DedupSpec {
+    spec.dedup = Some(sluice_core::spec::DedupSpec {
         key: vec!["customer_id".into()],
         within: None,
     });
@@ -565,14 +565,14 @@ async fn sessions_are_runs_of_a_keys_rows_less_than_the_gap_apart() {
         "SELECT customer_id, window_start, window_end, count(*) AS n FROM source GROUP BY window_start, window_end, customer_id",
         4,
     );
-    spec.source.kafka.watermark = Some(sluice_core::spec::WatermarkSpec {
+    spec.source_mut().watermark = Some(sluice_core::spec::WatermarkSpec {
         column: "ts".into(),
         delay: "10s".into(),
         late: Default::default(),
         idle_timeout: None,
         advance_when_idle: None,
     });
-    spec.source.kafka.session = Some(sluice_core::spec::SessionSpec {
+    spec.session = Some(sluice_core::spec::SessionSpec {
         gap: format!("{GAP_MS}ms"),
         key: vec!["customer_id".into()],
     });
@@ -648,14 +648,14 @@ async fn window_partials_kept_after_the_shuffle_carry_every_aggregate_across_bat
                count(DISTINCT customer_id) AS customers \
                FROM source GROUP BY window_start, window_end, country";
     let mut spec = spec(sql, 4);
-    spec.source.kafka.watermark = Some(sluice_core::spec::WatermarkSpec {
+    spec.source_mut().watermark = Some(sluice_core::spec::WatermarkSpec {
         column: "ts".into(),
         delay: "10s".into(),
         late: Default::default(),
         idle_timeout: None,
         advance_when_idle: None,
     });
-    spec.source.kafka.window = Some(sluice_core::spec::WindowSpec {
+    spec.window = Some(sluice_core::spec::WindowSpec {
         size: "100ms".into(),
         slide: None,
     });
@@ -710,7 +710,7 @@ async fn windows_over_deduplicated_records_keep_state_in_two_stages_one_after_th
         "SELECT window_start, window_end, country, count(*) AS n FROM source \
          GROUP BY window_start, window_end, country",
     );
-    spec.source.kafka.window = Some(sluice_core::spec::WindowSpec {
+    spec.window = Some(sluice_core::spec::WindowSpec {
         size: "1m".into(),
         slide: None,
     });

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::{record_event_time, BatchPlan, Checkpoint, EventTimes};
 use iceberg::table::Table;
 use iceberg::TableIdent;
 use sluice_core::BatchId;
 use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
 use sluice_iceberg::sink::data_files_from_json;
-use sluice_kafka::offsets::{record_event_time, BatchPlan, Checkpoint, EventTimes};
 use sluice_proto::v1::TaskSuccess;
 use tracing::{info, warn};
 

@@ -4,8 +4,8 @@
 //! this one's checkpoint is written.) Runs before every batch, so a new leader, a restarted
 //! driver and a driver retrying after an error all take the same path.
 
+use super::Checkpoint;
 use sluice_iceberg::commit::{find_batch_in_ancestry, snapshot_property};
-use sluice_kafka::offsets::Checkpoint;
 use tracing::info;
 
 use super::commit::{EVENT_TIMES_PROPERTY, STATE_FILES_PROPERTY};

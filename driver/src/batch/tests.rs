@@ -17,7 +17,9 @@ use sluice_iceberg::catalog::{open_catalog, CatalogRef};
 use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
 use sluice_iceberg::data_files::attempt_prefix;
 use sluice_iceberg::sink::{data_files_to_json, ensure_table};
-use sluice_kafka::offsets::{BatchPlan, Checkpoint, OffsetRange};
+use sluice_kafka::offsets::OffsetRange;
+
+use crate::batch::{BatchPlan, Checkpoint};
 use sluice_proto::v1::{PartitionEventTime, TaskSuccess};
 use tokio::sync::Mutex;
 
@@ -232,25 +234,22 @@ impl Fixture {
 }
 
 fn plan(batch: i64) -> BatchPlan {
-    BatchPlan {
-        batch_id: BatchId::new(batch),
-        ranges: vec![OffsetRange {
-            topic: "t".into(),
-            partition: 0,
-            start: batch * 10,
-            end: batch * 10 + 10,
-        }],
-        planned_at_ms: 0,
-        watermark_ms: None,
-        state_files: vec![],
-    }
+    let ranges = vec![OffsetRange {
+        topic: "t".into(),
+        partition: 0,
+        start: batch * 10,
+        end: batch * 10 + 10,
+    }];
+    BatchPlan::kafka(BatchId::new(batch), "source", ranges, 0)
 }
 
 fn checkpoint_before(batch: i64) -> Checkpoint {
     Checkpoint {
         batch_id: BatchId::new(batch - 1),
-        offsets: [("t".to_string(), [(0, batch * 10)].into())].into(),
-        ..Checkpoint::initial(Default::default())
+        ..Checkpoint::initial_kafka(
+            "source",
+            [("t".to_string(), [(0, batch * 10)].into())].into(),
+        )
     }
 }
 
@@ -638,7 +637,7 @@ async fn two_batches_in_flight_are_recovered_in_order() {
             .await
             .unwrap();
         checkpoint = outcome.checkpoint;
-        assert_eq!(checkpoint.offsets, checkpoint_before(batch + 1).offsets);
+        assert_eq!(checkpoint.sources, checkpoint_before(batch + 1).sources);
     }
     assert!(protocol.recover(&checkpoint).await.unwrap().is_none());
     let table = fx.table().await;

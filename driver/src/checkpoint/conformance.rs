@@ -43,18 +43,13 @@ async fn key_value_semantics(store: Arc<dyn CheckpointStore>) {
 }
 
 fn plan(batch_id: i64, start: i64, end: i64) -> BatchPlan {
-    BatchPlan {
-        batch_id: BatchId::new(batch_id),
-        ranges: vec![OffsetRange {
-            topic: "t".into(),
-            partition: 0,
-            start,
-            end,
-        }],
-        planned_at_ms: 1,
-        watermark_ms: None,
-        state_files: vec![],
-    }
+    let ranges = vec![OffsetRange {
+        topic: "t".into(),
+        partition: 0,
+        start,
+        end,
+    }];
+    BatchPlan::kafka(BatchId::new(batch_id), "source", ranges, 1)
 }
 
 async fn batch_protocol(store: Arc<dyn CheckpointStore>) {
@@ -63,7 +58,10 @@ async fn batch_protocol(store: Arc<dyn CheckpointStore>) {
     assert_eq!(log.checkpoint().await.unwrap(), None);
     assert_eq!(log.last_plan().await.unwrap(), None);
 
-    let initial = Checkpoint::initial(PartitionOffsets::from([("t".to_string(), [(0, 0)].into())]));
+    let initial = Checkpoint::initial_kafka(
+        "source",
+        PartitionOffsets::from([("t".to_string(), [(0, 0)].into())]),
+    );
     log.put_initial_checkpoint(&initial).await.unwrap();
     // Batches 0..=11 so that zero-padding matters for ordering (10 after 9).
     let mut checkpoint = initial;
@@ -118,7 +116,7 @@ async fn batch_protocol(store: Arc<dyn CheckpointStore>) {
 
 async fn old_batches_are_trimmed(store: Arc<dyn CheckpointStore>) {
     let log = JobLog::new(store.clone(), "long");
-    let mut checkpoint = Checkpoint::initial(PartitionOffsets::new());
+    let mut checkpoint = Checkpoint::initial_kafka("source", PartitionOffsets::new());
     let batches = RETAINED_BATCHES + 5;
     for batch in 0..batches {
         let p = plan(batch, batch, batch + 1);

@@ -18,9 +18,9 @@ pub use election::{campaign, Fence, Leadership, LEADER_ELECTION};
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
 
+use crate::batch::{BatchPlan, Checkpoint};
 use sluice_core::error::{Error, Result};
 use sluice_core::{BatchId, JobId};
-use sluice_kafka::offsets::{BatchPlan, Checkpoint};
 
 /// Root of every key Sluice writes.
 pub const KEY_ROOT: &str = "/sluice/jobs/";

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::batch::BatchPlan;
 use async_trait::async_trait;
 use sluice_core::spec::JobSpec;
-use sluice_kafka::offsets::BatchPlan;
 
 use crate::batch::{execute_logged, BatchState, ExecuteBatch, Executed};
 use crate::checkpoint::JobLog;

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::batch::WatermarkRule;
+use crate::batch::{BatchPlan, Checkpoint};
 use crate::checkpoint::JobLog;
 use sluice_core::spec::{JobSpec, StartingOffsets, Trigger};
 use sluice_core::{Error as CommonError, JobId};
 use sluice_iceberg::sink::total_records;
-use sluice_kafka::offsets::{BatchPlan, Checkpoint};
 use sluice_kafka::read::{Connection, OffsetReader};
-use sluice_kafka::watermark::WatermarkRule;
 use tracing::{info, info_span, warn, Instrument};
 
 use super::cluster::{SchedulerExecution, SchedulerRewrites};
@@ -73,7 +73,7 @@ impl JobRunner {
         scheduler: Scheduler,
         job: Option<JobRef>,
     ) -> JobRunner {
-        let dead_letters = shared.spec.source.kafka.writes_dead_letters();
+        let dead_letters = shared.spec.writes_dead_letters();
         let sink_spec = &shared.spec.sink.iceberg;
         let sink = SinkTables::new(sink_spec, dead_letters);
         let compactor = Compactor::new(
@@ -85,7 +85,7 @@ impl JobRunner {
             compactor,
             protocol: BatchProtocol::new(shared.job_id.clone(), log, sink)
                 .with_watermark(watermark_rule(&shared.spec))
-                .with_state(shared.spec.source.kafka.is_stateful()),
+                .with_state(shared.spec.event_time().is_stateful()),
             shared,
             scheduler,
             job,
@@ -187,7 +187,7 @@ impl JobRunner {
         if let Some(reader) = &self.offsets {
             return Ok(reader.clone());
         }
-        let connection = Connection::of(&self.shared.spec.source.kafka);
+        let connection = Connection::of(&self.shared.spec.source().kafka);
         let reader = Arc::new(OffsetReader::connect(&connection)?);
         self.offsets = Some(reader.clone());
         Ok(reader)
@@ -206,7 +206,7 @@ impl JobRunner {
     /// Starts looking up the latest offsets on a blocking thread.
     fn start_latest_lookup(&mut self) -> Result<LatestLookup> {
         let reader = self.offset_reader()?;
-        let matcher = self.shared.spec.source.kafka.topic_matcher()?;
+        let matcher = self.shared.spec.source().kafka.topic_matcher()?;
         Ok(tokio::task::spawn_blocking(move || {
             let topics = reader.topics(&matcher)?;
             Ok(reader.watermarks(&topics)?)
@@ -215,9 +215,10 @@ impl JobRunner {
 
     async fn checkpoint(&mut self, latest: &LatestOffsets) -> Result<Checkpoint> {
         if let Some(checkpoint) = self.protocol.log.checkpoint().await? {
+            check_sources(&checkpoint, &self.shared.spec)?;
             return Ok(checkpoint);
         }
-        let starting = self.shared.spec.source.kafka.starting_offsets.clone();
+        let starting = self.shared.spec.source().kafka.starting_offsets.clone();
         let at_time = match starting {
             StartingOffsets::Timestamp(ms) => {
                 let reader = self.offset_reader()?;
@@ -231,7 +232,12 @@ impl JobRunner {
             }
             _ => planner::OffsetsAtTime::new(),
         };
-        let initial = planner::initial_checkpoint(&starting, latest, &at_time);
+        let initial = planner::initial_checkpoint(
+            self.shared.spec.source_name(),
+            &starting,
+            latest,
+            &at_time,
+        );
         self.protocol.log.put_initial_checkpoint(&initial).await?;
         Ok(initial)
     }
@@ -249,7 +255,7 @@ impl JobRunner {
     /// Whether the job ends with a batch that writes the windows the final watermark
     /// closes.
     fn flushes_windows(&self) -> bool {
-        self.shared.spec.source.kafka.is_windowed()
+        self.shared.spec.event_time().is_windowed()
     }
 
     /// One batch: the one the last step left in flight, else recover the pending one or
@@ -372,7 +378,7 @@ impl JobRunner {
                 let plan = if self.finishing {
                     planner::flush_plan(&checkpoint, sluice_core::now_ms())
                 } else {
-                    let max = self.shared.spec.source.kafka.max_offsets_per_trigger;
+                    let max = self.shared.spec.source().kafka.max_offsets_per_trigger;
                     let rule = self.protocol.watermark;
                     plan_after(
                         &checkpoint,
@@ -416,13 +422,13 @@ impl JobRunner {
     /// A batch without new records for a quiet `processing_time` stream whose watermark
     /// closes state (see `planner::quiet_plan`); `None` for other jobs.
     fn quiet_plan(&self, checkpoint: &Checkpoint) -> Option<BatchPlan> {
-        let kafka = &self.shared.spec.source.kafka;
+        let event_time = self.shared.spec.event_time();
         let streams = matches!(self.shared.spec.trigger(), Trigger::ProcessingTime(_));
-        if !streams || !kafka.is_stateful() {
+        if !streams || !event_time.is_stateful() {
             return None;
         }
         let rule = self.protocol.watermark.as_ref()?;
-        let dedup = kafka.dedup.is_some();
+        let dedup = event_time.dedup.is_some();
         planner::quiet_plan(checkpoint, rule, dedup, sluice_core::now_ms())
     }
 
@@ -434,7 +440,7 @@ impl JobRunner {
         matches!(
             self.shared.spec.trigger(),
             Trigger::AvailableNow | Trigger::ProcessingTime(_)
-        ) && !self.shared.spec.source.kafka.is_stateful()
+        ) && !self.shared.spec.event_time().is_stateful()
             && self.protocol.watermark.is_none()
     }
 
@@ -462,7 +468,7 @@ impl JobRunner {
             after: current.checkpoint.after(current.state.plan()),
             latest,
             limit: self.limit.clone(),
-            max_offsets: self.shared.spec.source.kafka.max_offsets_per_trigger,
+            max_offsets: self.shared.spec.source().kafka.max_offsets_per_trigger,
         })
     }
 }
@@ -635,6 +641,48 @@ async fn compact(
 /// How the job's watermark follows its partitions; `None` without one. The spec was
 /// validated at submit, so its durations parse.
 fn watermark_rule(spec: &JobSpec) -> Option<WatermarkRule> {
-    let watermark = spec.source.kafka.watermark.as_ref()?;
+    let watermark = spec.event_time().watermark?;
     WatermarkRule::of(watermark).ok()
+}
+
+/// Fails unless the checkpoint holds exactly the spec's sources: a source renamed in the
+/// spec of a running job would otherwise be read again from its start.
+fn check_sources(checkpoint: &Checkpoint, spec: &JobSpec) -> Result<()> {
+    let held: Vec<&String> = checkpoint.sources.keys().collect();
+    let named: Vec<&String> = spec.sources.keys().collect();
+    if held == named {
+        return Ok(());
+    }
+    Err(CommonError::spec(
+        "sources",
+        format!(
+            "the job's checkpoint holds the position of source(s) {held:?} but the spec names {named:?}; keep the names of a job's sources (a spec's `source:` is the source named \"source\")"
+        ),
+    )
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_of_other_sources_than_the_specs_is_refused_by_name() {
+        let spec = |sources: &str| {
+            JobSpec::parse(&format!(
+                "name: j\n{sources}\nsql: SELECT 1\nsink: {{iceberg: {{catalog: {{type: sql, uri: 'sqlite:///c', warehouse: 'file:///w'}}, namespace: n, table: t}}}}"
+            ))
+            .unwrap()
+        };
+        let shorthand = spec("source: {kafka: {bootstrap_servers: b, topics: [t], format: raw}}");
+        let named =
+            spec("sources: {orders: {kafka: {bootstrap_servers: b, topics: [t], format: raw}}}");
+        let checkpoint = Checkpoint::initial_kafka("source", Default::default());
+        assert!(check_sources(&checkpoint, &shorthand).is_ok());
+        let refused = check_sources(&checkpoint, &named).unwrap_err().to_string();
+        assert!(
+            refused.contains(r#"["source"]"#) && refused.contains(r#"["orders"]"#),
+            "{refused}"
+        );
+    }
 }

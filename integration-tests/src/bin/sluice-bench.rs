@@ -1271,7 +1271,7 @@ fn decode(cluster: &TestCluster) -> Result<()> {
         "{once: true}",
         "",
     ))?;
-    let all_columns = RecordDecoder::new(&spec.source.kafka)?;
+    let all_columns = RecordDecoder::for_job(&spec)?;
     let aggregated: std::collections::BTreeSet<String> =
         ["country", "product_id", "amount"].map(String::from).into();
     let aggregated_columns = all_columns.clone().keeping(&aggregated);

@@ -1,5 +1,6 @@
-//! The event-time watermark over a job's partitions: the lowest highest event time among
-//! the partitions that count, less the allowed delay, never moving back.
+//! The event-time watermark over a job's sources and their splits (a Kafka source's
+//! partitions): the lowest highest event time among the splits that count, over every
+//! source, less the allowed delay, never moving back.
 //!
 //! Every partition that had records counts, unless `idle_timeout` is set: then a partition
 //! whose last records are that old (processing time, by the planning time of the last
@@ -13,9 +14,10 @@
 use sluice_core::spec::WatermarkSpec;
 use sluice_core::Result;
 
-use crate::offsets::{record_event_time, BatchPlan, Checkpoint, EventTimes};
+use super::checkpoint::{record_event_time, Checkpoint, EventTimes};
+use super::plan::{BatchPlan, SourceRead};
 
-/// How a job's watermark follows its partitions (`source.kafka.watermark`).
+/// How a job's watermark follows its partitions (`source.watermark`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WatermarkRule {
     /// The allowed lateness.
@@ -59,26 +61,29 @@ pub struct WatermarkView {
 
 impl Checkpoint {
     /// The watermark at `at_ms` (processing time) under `rule`: the checkpoint's, or later
-    /// when partitions went idle since or processing time moved on.
+    /// when splits went idle since or processing time moved on.
     pub fn watermark_at(&self, rule: &WatermarkRule, at_ms: i64) -> WatermarkView {
-        let is_idle = |topic: &str, partition: i32| {
-            let Some(timeout) = rule.idle_timeout_ms else {
-                return false;
-            };
-            self.records_at_ms
-                .get(topic)
-                .and_then(|p| p.get(&partition))
-                .is_some_and(|&last| at_ms.saturating_sub(last) >= timeout)
-        };
         let mut view = WatermarkView::default();
         let mut lowest: Option<i64> = None;
-        for (topic, partitions) in &self.max_event_time_ms {
-            for (&partition, &ms) in partitions {
-                if is_idle(topic, partition) {
-                    view.idle.push((topic.clone(), partition));
-                } else if lowest.is_none_or(|low| ms < low) {
-                    lowest = Some(ms);
-                    view.held_by = Some((topic.clone(), partition));
+        for source in self.sources.values() {
+            let is_idle = |group: &str, split: i32| {
+                let Some(timeout) = rule.idle_timeout_ms else {
+                    return false;
+                };
+                source
+                    .records_at_ms
+                    .get(group)
+                    .and_then(|p| p.get(&split))
+                    .is_some_and(|&last| at_ms.saturating_sub(last) >= timeout)
+            };
+            for (group, splits) in &source.max_event_time_ms {
+                for (&split, &ms) in splits {
+                    if is_idle(group, split) {
+                        view.idle.push((group.clone(), split));
+                    } else if lowest.is_none_or(|low| ms < low) {
+                        lowest = Some(ms);
+                        view.held_by = Some((group.clone(), split));
+                    }
                 }
             }
         }
@@ -91,47 +96,76 @@ impl Checkpoint {
         view
     }
 
-    /// This checkpoint after a batch whose records had the event times `seen`: they are
-    /// merged in, the partitions `plan` read records of are marked as having had records
-    /// at its planning time, and the watermark moves on as [`Checkpoint::watermark_at`]
-    /// that time. Without a plan (tests), no partition is marked.
+    /// This checkpoint after a batch whose records had the event times `seen` (the job's
+    /// one source's, by split): they are merged in, the splits `plan` read records of are
+    /// marked as having had records at its planning time, and the watermark moves on as
+    /// [`Checkpoint::watermark_at`] that time. Without a plan (tests), no split is marked.
     pub fn with_batch_event_times(
         mut self,
         plan: Option<&BatchPlan>,
         seen: &EventTimes,
         rule: &WatermarkRule,
     ) -> Checkpoint {
-        for (topic, partitions) in seen {
-            for (&partition, &ms) in partitions {
-                record_event_time(&mut self.max_event_time_ms, topic, partition, ms);
+        if let Some(source) = self.source_mut() {
+            for (group, splits) in seen {
+                for (&split, &ms) in splits {
+                    record_event_time(&mut source.max_event_time_ms, group, split, ms);
+                }
             }
         }
         let at_ms = plan.map_or(0, |p| p.planned_at_ms);
         if let (Some(plan), Some(_)) = (plan, rule.idle_timeout_ms) {
-            for range in plan.ranges.iter().filter(|r| !r.is_empty()) {
-                self.records_at_ms
-                    .entry(range.topic.clone())
-                    .or_default()
-                    .insert(range.partition, at_ms);
+            for (name, read) in &plan.reads {
+                let Some(source) = self.sources.get_mut(name) else {
+                    continue;
+                };
+                match read {
+                    SourceRead::Kafka(ranges) => {
+                        for range in ranges.iter().filter(|r| !r.is_empty()) {
+                            source
+                                .records_at_ms
+                                .entry(range.topic.clone())
+                                .or_default()
+                                .insert(range.partition, at_ms);
+                        }
+                    }
+                }
             }
-            // Partitions known before their records' times were kept (an upgrade) count
-            // as having had records now.
-            for (topic, partitions) in &self.max_event_time_ms {
-                let marked = self.records_at_ms.entry(topic.clone()).or_default();
-                for &partition in partitions.keys() {
-                    marked.entry(partition).or_insert(at_ms);
+            // Splits known before their records' times were kept (an upgrade) count as
+            // having had records now.
+            for source in self.sources.values_mut() {
+                for (group, splits) in &source.max_event_time_ms {
+                    let marked = source.records_at_ms.entry(group.clone()).or_default();
+                    for &split in splits.keys() {
+                        marked.entry(split).or_insert(at_ms);
+                    }
                 }
             }
         }
         self.watermark_ms = self.watermark_at(rule, at_ms).watermark_ms;
         self
     }
+
+    /// This checkpoint with the event times a batch saw merged in and the watermark moved
+    /// on: the minimum over splits that have data of their highest event time, less
+    /// `delay_ms`, and never below the previous watermark. The batch protocol commits
+    /// through [`Checkpoint::with_batch_event_times`]; this delay-only form pins the
+    /// default rule in tests.
+    #[cfg(test)]
+    pub fn with_event_times(self, seen: &EventTimes, delay_ms: i64) -> Checkpoint {
+        self.with_batch_event_times(None, seen, &WatermarkRule::delay(delay_ms))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offsets::{OffsetRange, PartitionOffsets};
+    use sluice_kafka::offsets::{OffsetRange, PartitionOffsets};
+
+    /// A checkpoint of one Kafka source, `source`, before any batch.
+    fn initial() -> Checkpoint {
+        Checkpoint::initial_kafka("source", PartitionOffsets::new())
+    }
 
     fn seen(entries: &[(i32, i64)]) -> EventTimes {
         [("t".to_string(), entries.iter().copied().collect())].into()
@@ -139,21 +173,16 @@ mod tests {
 
     /// A batch planned at `at_ms` that read records of `partitions`.
     fn plan_at(at_ms: i64, partitions: &[i32]) -> BatchPlan {
-        BatchPlan {
-            batch_id: sluice_core::BatchId::new(0),
-            ranges: partitions
-                .iter()
-                .map(|&partition| OffsetRange {
-                    topic: "t".into(),
-                    partition,
-                    start: 0,
-                    end: 1,
-                })
-                .collect(),
-            planned_at_ms: at_ms,
-            watermark_ms: None,
-            state_files: vec![],
-        }
+        let ranges = partitions
+            .iter()
+            .map(|&partition| OffsetRange {
+                topic: "t".into(),
+                partition,
+                start: 0,
+                end: 1,
+            })
+            .collect();
+        BatchPlan::kafka(sluice_core::BatchId::new(0), "source", ranges, at_ms)
     }
 
     const IDLE: WatermarkRule = WatermarkRule {
@@ -164,7 +193,7 @@ mod tests {
 
     #[test]
     fn an_idle_partition_stops_holding_the_watermark_back_until_it_has_records_again() {
-        let start = Checkpoint::initial(PartitionOffsets::new());
+        let start = initial();
         let both = start.with_batch_event_times(
             Some(&plan_at(1_000, &[0, 1])),
             &seen(&[(0, 5_000), (1, 2_000)]),
@@ -219,7 +248,7 @@ mod tests {
 
     #[test]
     fn when_every_partition_is_idle_the_watermark_stays_unless_it_follows_processing_time() {
-        let start = Checkpoint::initial(PartitionOffsets::new());
+        let start = initial();
         let seen_once =
             start.with_batch_event_times(Some(&plan_at(1_000, &[0])), &seen(&[(0, 5_000)]), &IDLE);
         let view = seen_once.watermark_at(&IDLE, 100_000);
@@ -242,18 +271,16 @@ mod tests {
     }
 
     fn start_view(rule: &WatermarkRule) -> Option<i64> {
-        Checkpoint::initial(PartitionOffsets::new())
-            .watermark_at(rule, 1_000_000)
-            .watermark_ms
+        initial().watermark_at(rule, 1_000_000).watermark_ms
     }
 
     #[test]
     fn partitions_of_a_checkpoint_from_before_idle_times_count_from_the_next_batch() {
-        let mut old = Checkpoint::initial(PartitionOffsets::new());
-        old.max_event_time_ms = seen(&[(0, 5_000), (1, 2_000)]);
+        let mut old = initial();
+        old.source_mut().unwrap().max_event_time_ms = seen(&[(0, 5_000), (1, 2_000)]);
         old.watermark_ms = Some(1_900);
         let next = old.with_batch_event_times(Some(&plan_at(10_000, &[0])), &seen(&[]), &IDLE);
-        assert_eq!(next.records_at_ms["t"][&1], 10_000);
+        assert_eq!(next.source().unwrap().1.records_at_ms["t"][&1], 10_000);
         let later =
             next.with_batch_event_times(Some(&plan_at(50_000, &[0])), &seen(&[(0, 6_000)]), &IDLE);
         assert_eq!(later.watermark_at(&IDLE, 69_999).watermark_ms, Some(1_900));
@@ -262,12 +289,61 @@ mod tests {
 
     #[test]
     fn a_batch_planned_under_a_later_watermark_leaves_it_applied() {
-        let mut before = Checkpoint::initial(PartitionOffsets::new());
+        let mut before = initial();
         before.watermark_ms = Some(1_000);
         let mut plan = plan_at(5_000, &[]);
         plan.watermark_ms = Some(3_000);
         let after = before.after(&plan);
         assert_eq!(after.watermark_ms, Some(3_000));
         assert_eq!(after.applied_watermark_ms, Some(3_000));
+    }
+}
+
+#[cfg(test)]
+mod delay_tests {
+    use super::*;
+    use sluice_kafka::offsets::PartitionOffsets;
+
+    #[test]
+    fn the_watermark_is_the_slowest_partition_less_the_delay_and_never_moves_back() {
+        let seen = |entries: &[(i32, i64)]| -> EventTimes {
+            [("t".to_string(), entries.iter().copied().collect())].into()
+        };
+        let start = Checkpoint::initial_kafka("source", PartitionOffsets::new());
+        assert_eq!(
+            start
+                .clone()
+                .with_event_times(&EventTimes::new(), 10)
+                .watermark_ms,
+            None
+        );
+
+        let first = start.with_event_times(&seen(&[(0, 1_000), (1, 400)]), 100);
+        assert_eq!(first.watermark_ms, Some(300), "partition 1 is the slowest");
+        // Partition 1 has no new data: its old maximum still holds the watermark back.
+        let second = first.with_event_times(&seen(&[(0, 5_000)]), 100);
+        assert_eq!(second.watermark_ms, Some(300));
+        let third = second.with_event_times(&seen(&[(1, 2_000)]), 100);
+        assert_eq!(third.watermark_ms, Some(1_900));
+        // An out-of-order batch of older records does not move it back.
+        let fourth = third.with_event_times(&seen(&[(0, 10), (1, 10)]), 100);
+        assert_eq!(fourth.watermark_ms, Some(1_900));
+        assert_eq!(fourth.source().unwrap().1.max_event_time_ms["t"][&0], 5_000);
+        // A new partition with older data cannot pull it back either.
+        let fifth = fourth.with_event_times(&seen(&[(2, 50)]), 100);
+        assert_eq!(fifth.watermark_ms, Some(1_900));
+    }
+
+    #[test]
+    fn the_watermark_of_several_sources_is_the_lowest_over_them() {
+        let mut two = Checkpoint::initial_kafka("orders", PartitionOffsets::new());
+        two.sources.insert("payments".into(), Default::default());
+        two.sources.get_mut("orders").unwrap().max_event_time_ms =
+            [("o".to_string(), [(0, 9_000)].into())].into();
+        two.sources.get_mut("payments").unwrap().max_event_time_ms =
+            [("p".to_string(), [(0, 4_000), (1, 6_000)].into())].into();
+        let view = two.watermark_at(&WatermarkRule::delay(1_000), 0);
+        assert_eq!(view.watermark_ms, Some(3_000));
+        assert_eq!(view.held_by, Some(("p".to_string(), 0)));
     }
 }
