@@ -6,25 +6,19 @@ mod error;
 mod event_time;
 mod flight;
 mod kafka_reader;
-mod late_records;
 mod metrics;
 mod prepared;
 mod registration;
 mod rewrite;
 mod service;
-mod sessions;
 mod shuffle_store;
-mod state_cache;
-mod state_deltas;
-mod state_files;
-mod state_rule;
-mod state_stage;
+mod state;
 mod task;
 mod writer;
 
 pub use error::{Error, Result};
 pub use service::run;
-pub use state_cache::DEFAULT_STATE_CACHE_BYTES;
+pub use state::cache::DEFAULT_STATE_CACHE_BYTES;
 
 use std::net::SocketAddr;
 use std::time::Duration;

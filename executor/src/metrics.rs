@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use sluice_core::http::{Handler, Histogram, HttpResponse, DURATION_BUCKETS};
 
-use crate::state_cache::{StateCache, DEFAULT_STATE_CACHE_BYTES};
+use crate::state::cache::{StateCache, DEFAULT_STATE_CACHE_BYTES};
 
 /// What an executor has done since it started.
 #[derive(Debug)]

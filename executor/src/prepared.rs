@@ -19,8 +19,8 @@ use sluice_kafka::decode::RecordDecoder;
 use sluice_plan::ShuffleStateStage;
 use sluice_proto::v1::{StageOutput, StagePlan};
 
-use crate::state_rule::StateRule;
 use crate::writer::{write_data_files, WriteOptions};
+use sluice_plan::StatefulOperator;
 
 /// A table files are written to, with its Arrow schema (carrying Iceberg field ids).
 pub(crate) struct TargetTable {
@@ -106,7 +106,7 @@ pub struct PreparedJob {
     /// With `on_malformed: dead_letter`.
     pub(crate) dead_letters: Option<TargetTable>,
     /// What a stateful job (windows, sessions, deduplication) keeps between batches.
-    pub(crate) state_rule: Option<StateRule>,
+    pub(crate) operator: Option<StatefulOperator>,
     /// Jobs keeping their state after a shuffle (sessions, deduplication, most windowed
     /// aggregations): the stages that keep it. Otherwise (empty) source tasks keep a
     /// stateful job's state.
@@ -159,9 +159,9 @@ impl PreparedJob {
             );
         }
         let decoder = read_columns(RecordDecoder::for_job(&spec)?, &spec, &decoded);
-        let state_rule = StateRule::of(spec.event_time())?;
+        let operator = StatefulOperator::of(spec.event_time())?;
         let shuffle_state = ShuffleStateStage::find_all(spec.event_time(), &decoded);
-        if matches!(state_rule, Some(StateRule::Sessions(_))) && shuffle_state.is_empty() {
+        if matches!(operator, Some(StatefulOperator::Sessions { .. })) && shuffle_state.is_empty() {
             return Err(Error::InvalidRequest(
                 "a session job's plan has no stage after the stream's shuffle".into(),
             ));
@@ -190,7 +190,7 @@ impl PreparedJob {
             .await?,
             dead_letters,
             decoder,
-            state_rule,
+            operator,
             shuffle_state,
             scan_schema,
             value_columns,

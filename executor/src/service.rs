@@ -24,7 +24,7 @@ use crate::prepared::PreparedJob;
 use crate::registration::{stay_registered, Identity};
 use crate::rewrite::rewrite_files;
 use crate::shuffle_store::ShuffleStore;
-use crate::state_cache::StateCache;
+use crate::state::cache::StateCache;
 use crate::task::{failure, run_task, task_ranges, TaskEnv};
 use crate::ExecutorConfig;
 use sluice_proto::auth::TokenCheck;

@@ -17,13 +17,13 @@ use sluice_proto::v1::{
 use tracing::{debug, Instrument};
 
 use crate::kafka_reader::{ConsumerPool, EventTime, TaskInput};
-use crate::late_records;
 use crate::prepared::{Output, PreparedJob};
 use crate::shuffle_store::ShuffleStore;
-use crate::state_cache::StateCache;
-use crate::state_files::{self, StateFileTarget};
-use crate::state_rule::{self, StateRule};
-use crate::state_stage;
+use crate::state::cache::StateCache;
+use crate::state::files::StateFileTarget;
+use crate::state::rule::StateRule;
+use crate::state::{self, late_records};
+use sluice_plan::StatefulOperator;
 
 /// Parses a task's ranges; a malformed request is reported, never unwrapped.
 pub fn task_ranges(task: &TaskDefinition) -> Result<Vec<OffsetRange>, String> {
@@ -181,7 +181,7 @@ pub async fn run_task(
             task.attempt,
         );
         let state_started = Instant::now();
-        let (source, state, source_state_read) = match &job.state_rule {
+        let (source, state, source_state_read) = match &job.operator {
             Some(rule) if task.report_input => {
                 let carried = carry_state(&job, rule, task, source, &prefix).await?;
                 // A stateful job drops its late records (see `StateRule::split_late`).
@@ -202,7 +202,7 @@ pub async fn run_task(
             .iter()
             .find(|stage| stage.stage_id == task.stage_id);
         let stage_state = match state_stage {
-            Some(stage) => Some(state_stage::load(&job, &env.state_cache, stage, task).await?),
+            Some(stage) => Some(state::stage::load(&job, &env.state_cache, stage, task).await?),
             None => None,
         };
         let state_time = state_started.elapsed();
@@ -242,7 +242,7 @@ pub async fn run_task(
         let mut state = state.into_iter().collect::<Vec<_>>();
         let state_started = Instant::now();
         if let (Some(loaded), Some(stage)) = (&stage_state, state_stage) {
-            let kept = state_stage::keep(&job, stage, loaded, task, &prefix).await?;
+            let kept = state::stage::keep(&job, stage, loaded, task, &prefix).await?;
             state_bytes_written = kept.bytes_written;
             state = kept.files;
         }
@@ -259,7 +259,7 @@ pub async fn run_task(
                 .map(|partition| {
                     partition
                         .iter()
-                        .map(|b| state_rule::select_windows(b, task.watermark_ms, false))
+                        .map(|b| state::rule::select_windows(b, task.watermark_ms, false))
                         .collect::<Result<Vec<_>>>()
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -362,7 +362,7 @@ pub async fn run_task(
 /// of windows still open after the batch's watermark are written as this task's state.
 async fn carry_state(
     job: &PreparedJob,
-    rule: &StateRule,
+    rule: &StatefulOperator,
     task: &TaskDefinition,
     source: Vec<RecordBatch>,
     prefix: &str,
@@ -384,9 +384,9 @@ async fn carry_state(
     // the state moved there (an upgrade): their rows join the batch's and the state stage
     // keeps what it needs of them.
     let kept_here = job.shuffle_state.is_empty();
-    let (state, bytes_read) = state_files::read_state(file_io, &task.state_files).await?;
+    let (state, bytes_read) = state::files::read_state(file_io, &task.state_files).await?;
     for batch in state {
-        let batch = rule.read_back(state_files::conform(&batch, &job.scan_schema)?)?;
+        let batch = rule.read_back(state::files::conform(&batch, &job.scan_schema)?)?;
         if kept_here {
             still_needed.push(rule.still_needed(&batch, task.watermark_ms)?);
         }
@@ -408,7 +408,7 @@ async fn carry_state(
     };
     let lifetime = rule.lifetime(&still_needed)?;
     let written =
-        state_files::write_state(file_io, target, lifetime, &job.scan_schema, &still_needed)
+        state::files::write_state(file_io, target, lifetime, &job.scan_schema, &still_needed)
             .await?;
     Ok(SourceState {
         rows,
@@ -424,7 +424,7 @@ struct SourceState {
     /// The batch's on-time records and the state it started from.
     rows: Vec<RecordBatch>,
     /// The state file written (none when no window is open).
-    state: Option<state_files::StateFile>,
+    state: Option<state::files::StateFile>,
     /// Bytes of state files read.
     bytes_read: u64,
     /// Late records, dropped.

@@ -12,8 +12,8 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf::{self, PhysicalPlanNode};
 use prost::Message;
 
-use super::first_row::{FirstRowPerKeyExec, OrderColumn};
 use super::nodes::{KafkaScanExec, ReaderMode, ShuffleReaderExec};
+use crate::stateful::{FirstRowPerKeyExec, OrderColumn};
 
 const KAFKA_SCAN: u32 = 1;
 const SHUFFLE_READER: u32 = 2;

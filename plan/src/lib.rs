@@ -3,13 +3,9 @@
 //! plans and run one fresh copy per task with the task's inputs.
 
 mod codec;
-mod dedup;
-mod first_row;
-mod keyed_files;
 mod nodes;
-mod session;
-mod shuffle_state;
 mod split;
+pub mod stateful;
 mod tables;
 
 use std::sync::Arc;
@@ -21,17 +17,16 @@ use datafusion::physical_plan::{displayable, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{decode_plan, encode_plan, SluiceCodec};
-pub use dedup::DedupLookup;
-pub use first_row::{FirstRowPerKeyExec, OrderColumn};
-pub use keyed_files::{KeyedFiles, RowsInMemory};
 pub use nodes::{
     reader_schema, reads_stream, stream_columns, CarriedRows, CarriedState, KafkaScanExec,
     MapOutputLocation, ReaderMode, ShuffleFetchError, ShuffleFetcher, ShuffleKey,
     ShuffleReaderExec, TaskInputs,
 };
-pub use session::SessionLookup;
-pub use shuffle_state::{ShuffleStateKind, ShuffleStateStage};
 pub use split::{Stage, StageKind, StageOutput};
+pub use stateful::{
+    DedupLookup, FirstRowPerKeyExec, KeyedFiles, OrderColumn, RowsInMemory, SessionLookup,
+    ShuffleStateKind, ShuffleStateStage, StatefulOperator,
+};
 
 use sluice_core::error::{Error, Result};
 use sluice_core::schema::scan_schema;
@@ -139,8 +134,10 @@ pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
     // Deduplication and sessions: the query sees the stream through a view that keeps
     // each key's first row, or gives each row its session.
     let view = match (event_time.dedup, event_time.session) {
-        (Some(dedup), _) => Some(dedup::first_row_per_key_sql(kafka, event_time, dedup)?),
-        (None, Some(session)) => Some(session::sessions_sql(kafka, event_time, session)?),
+        (Some(dedup), _) => Some(stateful::dedup::first_row_per_key_sql(
+            kafka, event_time, dedup,
+        )?),
+        (None, Some(session)) => Some(stateful::session::sessions_sql(kafka, event_time, session)?),
         (None, None) => None,
     };
     match view {
@@ -168,8 +165,8 @@ pub async fn plan_job(spec: &JobSpec) -> Result<JobPlan> {
     let output_schema = Arc::new(frame.schema().as_arrow().clone());
     let mut physical = frame.create_physical_plan().await.map_err(invalid)?;
     if let Some(dedup) = event_time.dedup {
-        physical =
-            first_row::hash_first_rows(physical, &dedup.key).map_err(sluice_core::Error::query)?;
+        physical = stateful::first_row::hash_first_rows(physical, &dedup.key)
+            .map_err(sluice_core::Error::query)?;
     }
     let stages = split::split(physical)?;
     Ok(JobPlan {

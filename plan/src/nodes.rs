@@ -24,8 +24,7 @@ use futures::future::try_join_all;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::dedup::DedupLookup;
-use crate::session::SessionLookup;
+use crate::stateful::{DedupLookup, SessionLookup};
 
 /// Names one partition of one map task's output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

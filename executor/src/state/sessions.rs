@@ -12,6 +12,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
 use sluice_core::{Error, Result};
 use sluice_kafka::decode::millis;
+use sluice_plan::stateful::StatefulOperator;
 
 /// How a session job's rows form sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,22 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// The sessions of a session job's operator; `None` for another operator.
+    pub fn of(operator: &StatefulOperator) -> Option<Sessions> {
+        match operator {
+            StatefulOperator::Sessions {
+                key,
+                event_time,
+                gap_ms,
+            } => Some(Sessions {
+                event_time: event_time.clone(),
+                gap_ms: *gap_ms,
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The rows of `candidates` whose session is still open under `watermark_ms` (every
     /// session without a watermark), sessions taken over `candidates` and `context` (other
     /// rows of their keys, which are not returned); rows without an event time belong to

@@ -1,7 +1,7 @@
 //! A state stage task's state (the first stage after the stream's shuffle, where a key's
 //! rows meet): which of its partitions' state files it reads and hands its plan, and
 //! which files it leaves for the next batch: the one it writes per partition and those
-//! it carries over (`crate::state_deltas`). See docs/architecture.md, "State after the
+//! it carries over (`crate::state::deltas`). See docs/architecture.md, "State after the
 //! shuffle".
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -16,15 +16,16 @@ use sluice_core::{Error, Result};
 use sluice_iceberg::data_files::state_file_partition;
 use sluice_plan::{
     CarriedRows, CarriedState, DedupLookup, KeyedFiles, SessionLookup, ShuffleStateKind,
-    ShuffleStateStage,
+    ShuffleStateStage, StatefulOperator,
 };
 use sluice_proto::v1::TaskDefinition;
 
+use super::cache::StateCache;
+use super::deltas::{partition_files, PartitionFiles};
+use super::files::{self, StateFile, StateFileTarget};
+use super::rule::{self, StateRule};
+use super::sessions::Sessions;
 use crate::prepared::PreparedJob;
-use crate::state_cache::StateCache;
-use crate::state_deltas::{partition_files, DeltaRule, PartitionFiles};
-use crate::state_files::{self, StateFile, StateFileTarget};
-use crate::state_rule::{self, StateRule};
 
 /// The state a state stage task starts from.
 pub(crate) struct StageState {
@@ -52,21 +53,12 @@ pub(crate) struct KeptState {
     pub(crate) bytes_written: u64,
 }
 
-/// The rule of what `stage` keeps: the job's, except that windows aggregated after
-/// deduplication keep theirs (the job's rule is then deduplication's).
-fn stage_rule(stage: &ShuffleStateStage, job: &PreparedJob) -> Option<StateRule> {
-    match stage.kind {
-        ShuffleStateKind::WindowPartials(_) => Some(StateRule::Windows),
-        _ => job.state_rule.clone(),
-    }
-}
-
-fn delta_rule(kind: &ShuffleStateKind) -> DeltaRule {
-    match kind {
-        ShuffleStateKind::WindowPartials(_) => DeltaRule::WindowPartials,
-        ShuffleStateKind::DedupRows { .. } => DeltaRule::RememberedKeys,
-        ShuffleStateKind::SessionRows => DeltaRule::SessionRows,
-    }
+/// The operator whose rule `stage` keeps its state by (see
+/// [`ShuffleStateStage::operator`]); `None` for a stateless job.
+fn stage_operator(stage: &ShuffleStateStage, job: &PreparedJob) -> Option<StatefulOperator> {
+    job.operator
+        .as_ref()
+        .map(|operator| stage.operator(operator))
 }
 
 /// Reads state files in the state's schema, from the executor's cache when it holds
@@ -78,7 +70,7 @@ struct StateReader {
     schema: SchemaRef,
     /// What the job keeps, and the batch's watermark: remembered keys forgotten since a
     /// file was written are left out.
-    rule: Option<StateRule>,
+    rule: Option<StatefulOperator>,
     watermark_ms: Option<i64>,
     bytes_read: AtomicU64,
     /// Files the task reads twice (dedup files it merges: looked up while the plan runs,
@@ -94,12 +86,11 @@ impl StateReader {
         let rows = match held.or_else(|| self.cache.get(path)) {
             Some(rows) => rows,
             None => {
-                let (batches, read) =
-                    state_files::read_state(&self.file_io, &[path.to_string()]).await?;
+                let (batches, read) = files::read_state(&self.file_io, &[path.to_string()]).await?;
                 self.bytes_read.fetch_add(read, Ordering::Relaxed);
                 let rows = batches
                     .iter()
-                    .map(|b| state_files::conform(b, &self.schema))
+                    .map(|b| files::conform(b, &self.schema))
                     .collect::<Result<Vec<_>>>()?;
                 self.cache.insert(path, rows)
             }
@@ -109,7 +100,7 @@ impl StateReader {
             held.insert(path.to_string(), rows.clone());
         }
         match &self.rule {
-            Some(rule @ StateRule::Dedup { .. }) => Ok(Arc::new(
+            Some(rule @ StatefulOperator::Dedup { .. }) => Ok(Arc::new(
                 rows.iter()
                     .map(|b| rule.still_needed(b, self.watermark_ms))
                     .collect::<Result<Vec<_>>>()?,
@@ -188,16 +179,18 @@ pub(crate) async fn load(
             .or_default()
             .push(path.clone());
     }
-    let rule = delta_rule(&stage.kind);
+    let rule = stage_operator(stage, job).ok_or_else(|| {
+        Error::InvalidRequest("a stateless job's task was sent a state stage".into())
+    })?;
     let files: BTreeMap<u32, PartitionFiles> = by_partition
         .into_iter()
         .map(|(partition, paths)| {
-            let chosen = partition_files(rule, &paths, task.watermark_ms);
+            let chosen = partition_files(&rule, &paths, task.watermark_ms);
             (partition, chosen)
         })
         .collect();
     let hold = match rule {
-        DeltaRule::RememberedKeys => files
+        StatefulOperator::Dedup { .. } => files
             .values()
             .flat_map(|chosen| chosen.merged.iter().cloned())
             .collect(),
@@ -207,14 +200,14 @@ pub(crate) async fn load(
         file_io: job.sink.table.file_io().clone(),
         cache: cache.clone(),
         schema: stage.state_schema(),
-        rule: stage_rule(stage, job),
+        rule: Some(rule.clone()),
         watermark_ms: task.watermark_ms,
         bytes_read: AtomicU64::new(0),
         hold,
         held: Mutex::default(),
     });
     let mut rows: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
-    if rule != DeltaRule::RememberedKeys {
+    if !rule.is_dedup() {
         for (partition, chosen) in &files {
             for path in &chosen.read {
                 let read = reader.rows(path).await?;
@@ -224,19 +217,17 @@ pub(crate) async fn load(
             }
         }
     }
-    let state = match (&stage.kind, &job.state_rule) {
+    let state = match (&stage.kind, Sessions::of(&rule)) {
         (ShuffleStateKind::DedupRows { key, .. }, _) => CarriedState::Lookup(DedupLookup {
             key: key.clone(),
             remembered: LookupFiles::of(&reader, &files, |chosen| &chosen.read),
         }),
-        (ShuffleStateKind::SessionRows, Some(StateRule::Sessions(sessions))) => {
-            CarriedState::Sessions(SessionLookup {
-                key: sessions.key.clone(),
-                rewritten: rows,
-                others: LookupFiles::of(&reader, &files, |chosen| &chosen.carried),
-                looked_up: Mutex::default(),
-            })
-        }
+        (ShuffleStateKind::SessionRows, Some(sessions)) => CarriedState::Sessions(SessionLookup {
+            key: sessions.key.clone(),
+            rewritten: rows,
+            others: LookupFiles::of(&reader, &files, |chosen| &chosen.carried),
+            looked_up: Mutex::default(),
+        }),
         _ => CarriedState::Rows(rows),
     };
     Ok(StageState {
@@ -266,7 +257,7 @@ pub(crate) async fn keep(
     let location = job.sink.table.metadata().location();
     let state_schema = stage.state_schema();
     let watermark = task.watermark_ms;
-    let rule_of_stage = stage_rule(stage, job);
+    let rule_of_stage = stage_operator(stage, job);
     let mut yielded = loaded.rows.take_yielded();
     let partitions: BTreeSet<u32> = loaded.files.keys().chain(yielded.keys()).copied().collect();
     let mut kept_state = KeptState {
@@ -278,7 +269,8 @@ pub(crate) async fn keep(
         let state = loaded.rows.state.rows(partition).to_vec();
         let new = yielded.remove(&partition).unwrap_or_default();
         let (kept, lifetime): (Vec<RecordBatch>, _) = match (&stage.kind, &rule_of_stage) {
-            (ShuffleStateKind::SessionRows, Some(StateRule::Sessions(sessions))) => {
+            (ShuffleStateKind::SessionRows, Some(operator @ StatefulOperator::Sessions { .. })) => {
+                let sessions = Sessions::of(operator).expect("a session operator");
                 let CarriedState::Sessions(lookup) = &loaded.rows.state else {
                     return Err(Error::InvalidRequest(
                         "a session stage's state was not looked up by key".into(),
@@ -293,24 +285,24 @@ pub(crate) async fn keep(
                 )?;
                 (vec![open.rows], open.ends)
             }
-            (ShuffleStateKind::DedupRows { .. }, Some(rule @ StateRule::Dedup { .. })) => {
+            (ShuffleStateKind::DedupRows { .. }, Some(rule @ StatefulOperator::Dedup { .. })) => {
                 let mut kept = vec![];
                 for path in &chosen.merged {
                     kept.extend(loaded.reader.rows(path).await?.iter().cloned());
                 }
                 for batch in &new {
                     let batch = rule.still_needed(batch, watermark)?;
-                    kept.push(state_files::conform(&batch, &state_schema)?);
+                    kept.push(files::conform(&batch, &state_schema)?);
                 }
                 let lifetime = rule.lifetime(&kept)?;
                 (kept, lifetime)
             }
-            (ShuffleStateKind::WindowPartials(_), Some(rule @ StateRule::Windows)) => {
+            (ShuffleStateKind::WindowPartials(_), Some(rule @ StatefulOperator::Windows)) => {
                 let kept = stage
                     .merge([state, new].concat(), job.context.clone())
                     .await?
                     .iter()
-                    .map(|b| state_rule::select_windows(b, watermark, true))
+                    .map(|b| rule::select_windows(b, watermark, true))
                     .collect::<Result<Vec<_>>>()?;
                 let lifetime = rule.lifetime(&kept)?;
                 (kept, lifetime)
@@ -327,7 +319,7 @@ pub(crate) async fn keep(
             shard: Some((stage.stage_id, partition)),
         };
         if let Some(file) =
-            state_files::write_state(file_io, target, lifetime, &state_schema, &kept).await?
+            files::write_state(file_io, target, lifetime, &state_schema, &kept).await?
         {
             kept_state.bytes_written += file.bytes;
             loaded.reader.cache.insert(&file.path, kept);

@@ -9,7 +9,7 @@
 //!   when the plan has one (see `sluice_plan::shuffle_state`).
 //! - Sessions: a record is on time while its event time is not below the watermark (so
 //!   no record can join a session already written); the rows of open sessions are the
-//!   state, picked after the shuffle ([`crate::sessions`]), not by source tasks.
+//!   state, picked after the shuffle ([`crate::state::sessions`]), not by source tasks.
 //!
 //! See docs/architecture.md, "Windows" and "Deduplication".
 
@@ -19,59 +19,51 @@ use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema};
 use sluice_core::schema::{SEEN_COLUMN, WINDOW_END_COLUMN};
-use sluice_core::spec::EventTime;
 use sluice_core::{Error, Result};
 use sluice_kafka::decode::millis;
 
-use crate::sessions::Sessions;
+use sluice_plan::stateful::StatefulOperator;
 
-/// A stateful job's rule for state and lateness.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StateRule {
-    /// Rows are state until the watermark reaches their window's end.
-    Windows,
-    /// Rows are state until the watermark passes their event time plus `within_ms`.
-    Dedup { event_time: String, within_ms: i64 },
-    /// Rows are state while their session is open, decided after the shuffle.
-    Sessions(Sessions),
-}
+#[cfg(doc)]
+use super::sessions::Sessions;
 
-impl StateRule {
-    /// The rule of a job's source, `None` for a stateless job. Windows over deduplicated
-    /// records take deduplication's rule: records below the watermark are late (their key
-    /// may be forgotten), which includes every record whose window was written, and the
-    /// deduplicating view needs the rows marked unseen.
-    pub fn of(event_time: EventTime) -> Result<Option<StateRule>> {
-        if event_time.window.is_some() && event_time.dedup.is_none() {
-            return Ok(Some(StateRule::Windows));
-        }
-        if let (Some(session), Some(watermark)) = (event_time.session, event_time.watermark) {
-            return Ok(Some(StateRule::Sessions(Sessions {
-                event_time: watermark.column.clone(),
-                gap_ms: session.gap_ms()?,
-                key: session.key.clone(),
-            })));
-        }
-        match (event_time.dedup, event_time.watermark) {
-            (Some(dedup), Some(watermark)) => Ok(Some(StateRule::Dedup {
-                event_time: watermark.column.clone(),
-                within_ms: dedup.within_ms()?,
-            })),
-            _ => Ok(None),
-        }
-    }
-
+/// Which rows a stateful operator keeps and which records are late: its rule, by
+/// [`StatefulOperator`]'s kind.
+pub trait StateRule {
     /// A batch's new records split into the on-time rows, ready for the query, and the
     /// late ones (including those without an event time), which the query never sees.
-    pub fn split_late(
+    fn split_late(
+        &self,
+        batch: &RecordBatch,
+        watermark_ms: Option<i64>,
+    ) -> Result<(RecordBatch, RecordBatch)>;
+
+    /// The rows of `batch` (new or state) the next batch still needs: every on-time row
+    /// of a batch's new records (an open window; an event time not below the watermark),
+    /// and the state rows the watermark has not yet passed. State kept by source tasks, and
+    /// deduplication's after the shuffle.
+    fn still_needed(&self, batch: &RecordBatch, watermark_ms: Option<i64>) -> Result<RecordBatch>;
+
+    /// The watermarks at which the first and the last of `batches`' rows stop being state
+    /// (see `sluice_iceberg::data_files::StateFileStats`): a window's end, a remembered
+    /// key's event time plus `within` and one. Sessions' follow from their sessions
+    /// ([`Sessions::open_rows`]), not from a row alone; this spans all watermarks.
+    fn lifetime(&self, batches: &[RecordBatch]) -> Result<(i64, i64)>;
+
+    /// A state file's rows as the query gets them.
+    fn read_back(&self, batch: RecordBatch) -> Result<RecordBatch>;
+}
+
+impl StateRule for StatefulOperator {
+    fn split_late(
         &self,
         batch: &RecordBatch,
         watermark_ms: Option<i64>,
     ) -> Result<(RecordBatch, RecordBatch)> {
         let on_time = match self {
-            StateRule::Windows => window_mask(batch, watermark_ms, true)?,
-            StateRule::Dedup { event_time, .. }
-            | StateRule::Sessions(Sessions { event_time, .. }) => {
+            StatefulOperator::Windows => window_mask(batch, watermark_ms, true)?,
+            StatefulOperator::Dedup { event_time, .. }
+            | StatefulOperator::Sessions { event_time, .. } => {
                 time_mask(time_column(batch, event_time)?, |ms| {
                     watermark_ms.is_none_or(|w| ms >= w)
                 })?
@@ -80,47 +72,37 @@ impl StateRule {
         let late = filter_record_batch(batch, &arrow::compute::not(&on_time)?)?;
         let on_time = filter_record_batch(batch, &on_time)?;
         let on_time = match self {
-            StateRule::Windows | StateRule::Sessions(_) => on_time,
-            StateRule::Dedup { .. } => with_seen(&on_time, false)?,
+            StatefulOperator::Windows | StatefulOperator::Sessions { .. } => on_time,
+            StatefulOperator::Dedup { .. } => with_seen(&on_time, false)?,
         };
         Ok((on_time, late))
     }
 
-    /// The rows of `batch` (new or state) the next batch still needs: every on-time row
-    /// of a batch's new records (an open window; an event time not below the watermark),
-    /// and the state rows the watermark has not yet passed. State kept by source tasks, and
-    /// deduplication's after the shuffle.
-    pub fn still_needed(
-        &self,
-        batch: &RecordBatch,
-        watermark_ms: Option<i64>,
-    ) -> Result<RecordBatch> {
+    fn still_needed(&self, batch: &RecordBatch, watermark_ms: Option<i64>) -> Result<RecordBatch> {
         match self {
-            StateRule::Windows => select_windows(batch, watermark_ms, true),
-            StateRule::Sessions(_) => Err(Error::InvalidRequest(
+            StatefulOperator::Windows => select_windows(batch, watermark_ms, true),
+            StatefulOperator::Sessions { .. } => Err(Error::InvalidRequest(
                 "session state is kept after the shuffle, not by source tasks".into(),
             )),
-            StateRule::Dedup {
+            StatefulOperator::Dedup {
                 event_time,
                 within_ms,
+                ..
             } => select_by_time(batch, event_time, |ms| {
                 watermark_ms.is_none_or(|w| ms.saturating_add(*within_ms) >= w)
             }),
         }
     }
 
-    /// The watermarks at which the first and the last of `batches`' rows stop being state
-    /// (see `sluice_iceberg::data_files::StateFileStats`): a window's end, a remembered
-    /// key's event time plus `within` and one. Sessions' follow from their sessions
-    /// ([`Sessions::open_rows`]), not from a row alone; this spans all watermarks.
-    pub fn lifetime(&self, batches: &[RecordBatch]) -> Result<(i64, i64)> {
+    fn lifetime(&self, batches: &[RecordBatch]) -> Result<(i64, i64)> {
         let (column, after) = match self {
-            StateRule::Windows => (WINDOW_END_COLUMN, 0),
-            StateRule::Dedup {
+            StatefulOperator::Windows => (WINDOW_END_COLUMN, 0),
+            StatefulOperator::Dedup {
                 event_time,
                 within_ms,
+                ..
             } => (event_time.as_str(), within_ms.saturating_add(1)),
-            StateRule::Sessions(_) => return Ok((i64::MIN, i64::MAX)),
+            StatefulOperator::Sessions { .. } => return Ok((i64::MIN, i64::MAX)),
         };
         let mut span: Option<(i64, i64)> = None;
         for batch in batches {
@@ -133,11 +115,10 @@ impl StateRule {
         Ok(span.unwrap_or((i64::MAX, i64::MAX)))
     }
 
-    /// A state file's rows as the query gets them.
-    pub fn read_back(&self, batch: RecordBatch) -> Result<RecordBatch> {
+    fn read_back(&self, batch: RecordBatch) -> Result<RecordBatch> {
         match self {
-            StateRule::Windows | StateRule::Sessions(_) => Ok(batch),
-            StateRule::Dedup { .. } => with_seen(&batch, true),
+            StatefulOperator::Windows | StatefulOperator::Sessions { .. } => Ok(batch),
+            StatefulOperator::Dedup { .. } => with_seen(&batch, true),
         }
     }
 }
@@ -271,7 +252,7 @@ pub(crate) mod tests {
         );
         assert_eq!(ns(&select_windows(&b, None, true).unwrap()), vec![1, 2, 4]);
         assert!(ns(&select_windows(&b, None, false).unwrap()).is_empty());
-        let rule = StateRule::Windows;
+        let rule = StatefulOperator::Windows;
         let (on_time, late) = rule.split_late(&b, Some(20)).unwrap();
         assert_eq!((ns(&on_time), ns(&late)), (vec![4], vec![1, 2, 3]));
         assert_eq!(ns(&rule.still_needed(&b, Some(20)).unwrap()), vec![4]);
@@ -279,7 +260,8 @@ pub(crate) mod tests {
 
     #[test]
     fn dedup_drops_records_below_the_watermark_and_remembers_keys_for_within_longer() {
-        let rule = StateRule::Dedup {
+        let rule = StatefulOperator::Dedup {
+            key: vec![],
             event_time: "ts".into(),
             within_ms: 15,
         };
@@ -308,7 +290,7 @@ pub(crate) mod tests {
     #[test]
     fn a_state_files_lifetime_spans_the_watermarks_at_which_its_rows_stop_being_state() {
         let windows = batch(WINDOW_END_COLUMN);
-        let rule = StateRule::Windows;
+        let rule = StatefulOperator::Windows;
         assert_eq!(
             rule.lifetime(std::slice::from_ref(&windows)).unwrap(),
             (10, 30)
@@ -316,7 +298,8 @@ pub(crate) mod tests {
         // A window ending at 10 is state while the watermark is below 10.
         assert_eq!(ns(&rule.still_needed(&windows, Some(9)).unwrap())[0], 1);
         assert!(!ns(&rule.still_needed(&windows, Some(10)).unwrap()).contains(&1));
-        let dedup = StateRule::Dedup {
+        let dedup = StatefulOperator::Dedup {
+            key: vec![],
             event_time: "ts".into(),
             within_ms: 15,
         };

@@ -123,7 +123,7 @@ mod tests {
     use super::*;
 
     fn rows() -> Vec<RecordBatch> {
-        vec![crate::state_rule::tests::batch("window_end")]
+        vec![crate::state::rule::tests::batch("window_end")]
     }
 
     #[test]

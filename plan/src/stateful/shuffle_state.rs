@@ -34,6 +34,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use sluice_core::error::Result;
 use sluice_core::spec::{EventTime, WINDOW_END_COLUMN};
 
+use super::StatefulOperator;
 use crate::nodes::{reader_schema, reads_stream, ShuffleReaderExec};
 
 /// What the state stage keeps.
@@ -65,6 +66,16 @@ pub struct ShuffleStateStage {
 }
 
 impl ShuffleStateStage {
+    /// The operator whose rule the stage keeps its state by: the job's, except that
+    /// windows aggregated after deduplication keep the windows' (the job's operator is
+    /// then deduplication).
+    pub fn operator(&self, job: &StatefulOperator) -> StatefulOperator {
+        match self.kind {
+            ShuffleStateKind::WindowPartials(_) => StatefulOperator::Windows,
+            _ => job.clone(),
+        }
+    }
+
     /// The stages among a job's stage plans (id, plan) that keep its state after a
     /// shuffle, in plan order: for session windows the stage reading the stream stage's
     /// output; for deduplication the stage where the deduplicating window function reads
@@ -189,7 +200,7 @@ fn has_window_function(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let any = plan.as_any();
     any.is::<BoundedWindowAggExec>()
         || any.is::<WindowAggExec>()
-        || any.is::<crate::first_row::FirstRowPerKeyExec>()
+        || any.is::<super::first_row::FirstRowPerKeyExec>()
         || plan.children().into_iter().any(has_window_function)
 }
 

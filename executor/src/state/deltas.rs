@@ -27,23 +27,13 @@
 //! docs/architecture.md, "State after the shuffle".
 
 use sluice_iceberg::data_files::{state_file_stats, StateFileStats};
+use sluice_plan::stateful::StatefulOperator;
 
 /// A partition's state files beyond which they are merged.
 pub const MAX_FILES: usize = 16;
 
 /// The most bytes of state files one merge takes; files this large are not merged again.
 pub const MAX_MERGE_BYTES: u64 = 32 << 20;
-
-/// How a state stage keeps its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeltaRule {
-    /// Window partial aggregates: rows stop being state when their window closes.
-    WindowPartials,
-    /// Deduplication's remembered keys: rows stop being state when forgotten.
-    RememberedKeys,
-    /// Session rows: rows stop being state when their session closes.
-    SessionRows,
-}
 
 /// What a batch does with one partition's state files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,9 +48,10 @@ pub struct PartitionFiles {
     pub carried: Vec<String>,
 }
 
-/// What a batch under `watermark_ms` does with a partition's state `files`.
+/// What a batch under `watermark_ms` does with a partition's state `files` of the
+/// operator `rule` (window partials, remembered keys or session rows).
 pub fn partition_files(
-    rule: DeltaRule,
+    rule: &StatefulOperator,
     files: &[String],
     watermark_ms: Option<i64>,
 ) -> PartitionFiles {
@@ -70,7 +61,7 @@ pub fn partition_files(
         .map(|f| (f, state_file_stats(f)))
         .filter(|(_, stats)| {
             // Remembered keys all forgotten: nothing in the file is state any more.
-            rule != DeltaRule::RememberedKeys || !stats.is_some_and(|s| reached(s.until))
+            !rule.is_dedup() || !stats.is_some_and(|s| reached(s.until))
         })
         .collect();
     let names = |files: &[&(&String, Option<StateFileStats>)]| -> Vec<String> {
@@ -84,7 +75,7 @@ pub fn partition_files(
             merged.contains(f)
                 // A window or session file is read once the watermark may close one of its
                 // windows, and its open ones rewritten.
-                || (rule != DeltaRule::RememberedKeys && stats.is_some_and(|s| reached(s.from)))
+                || (!rule.is_dedup() && stats.is_some_and(|s| reached(s.from)))
         })
         .collect();
     let carried: Vec<_> = live
@@ -93,7 +84,7 @@ pub fn partition_files(
         .collect();
     PartitionFiles {
         // Every remembered key counts, so deduplication reads every live file.
-        read: if rule == DeltaRule::RememberedKeys {
+        read: if rule.is_dedup() {
             names(&all)
         } else {
             names(&rewritten)
@@ -143,6 +134,22 @@ mod tests {
     use super::*;
     use sluice_iceberg::data_files::state_file_name;
 
+    fn sessions() -> StatefulOperator {
+        StatefulOperator::Sessions {
+            key: vec!["k".into()],
+            event_time: "ts".into(),
+            gap_ms: 1,
+        }
+    }
+
+    fn dedup() -> StatefulOperator {
+        StatefulOperator::Dedup {
+            key: vec!["k".into()],
+            event_time: "ts".into(),
+            within_ms: 0,
+        }
+    }
+
     fn file(n: u32, bytes: u64, from: i64, until: i64) -> String {
         let stats = StateFileStats {
             rows: 1,
@@ -158,7 +165,7 @@ mod tests {
         let base = file(1, 1_000, 60, 120);
         let delta = file(2, 10, 120, 180);
         let files = [base.clone(), delta.clone()];
-        let at = |w| partition_files(DeltaRule::WindowPartials, &files, w);
+        let at = |w| partition_files(&StatefulOperator::Windows, &files, w);
         assert_eq!(
             at(None).carried,
             files,
@@ -177,7 +184,7 @@ mod tests {
         let older = file(1, 1_000, 50, 200);
         let newer = file(2, 10, 90, 90);
         let files = [older.clone(), newer.clone()];
-        let at = |w| partition_files(DeltaRule::SessionRows, &files, w);
+        let at = |w| partition_files(&sessions(), &files, w);
         assert_eq!(at(Some(49)).carried, files, "looked up by key, not read");
         assert!(at(Some(49)).read.is_empty());
         let closing = at(Some(50));
@@ -193,15 +200,15 @@ mod tests {
         let old = file(1, 100, 10, 20);
         let newer = file(2, 10, 15, 40);
         let files = [old.clone(), newer.clone()];
-        let kept = partition_files(DeltaRule::RememberedKeys, &files, Some(19));
+        let kept = partition_files(&dedup(), &files, Some(19));
         assert_eq!(kept.read, files, "every remembered key counts");
         assert_eq!(kept.carried, files.to_vec());
         assert!(kept.merged.is_empty());
-        let dropped = partition_files(DeltaRule::RememberedKeys, &files, Some(20));
+        let dropped = partition_files(&dedup(), &files, Some(20));
         assert_eq!(dropped.read, vec![newer.clone()]);
         assert_eq!(dropped.carried, vec![newer]);
         let equal = [file(1, 100, 10, 20), file(2, 100, 15, 40)];
-        let merged = partition_files(DeltaRule::RememberedKeys, &equal, Some(0));
+        let merged = partition_files(&dedup(), &equal, Some(0));
         assert_eq!((merged.read.len(), merged.merged.len()), (2, 2));
         assert!(merged.carried.is_empty());
     }
@@ -211,7 +218,7 @@ mod tests {
         let small = |n| file(n, 10, 100, 100);
         let mut files = vec![file(0, 1_000, 100, 100)];
         files.extend((1..=MAX_FILES as u32 - 1).map(small));
-        let at = |files: &[String]| partition_files(DeltaRule::WindowPartials, files, None);
+        let at = |files: &[String]| partition_files(&StatefulOperator::Windows, files, None);
         assert!(
             at(&files).merged.is_empty(),
             "{} files, small ones far below",
@@ -241,7 +248,7 @@ mod tests {
             file(2, half, 1, 1),
             file(3, 1, 1, 1),
         ];
-        let chosen = partition_files(DeltaRule::RememberedKeys, &files, None);
+        let chosen = partition_files(&dedup(), &files, None);
         assert_eq!(chosen.merged, vec![files[1].clone(), files[3].clone()]);
         assert!(chosen.carried.contains(&large) && chosen.carried.contains(&files[2]));
         assert_eq!(chosen.read.len(), 4);

@@ -1,6 +1,6 @@
 //! Stateful jobs' state between batches, kept as Parquet files next to the sink table: a
 //! batch reads the state files the previous batch left (listed in its checkpoint) and
-//! writes its own. Which rows are state is the job's [`crate::state_rule::StateRule`].
+//! writes its own. Which rows are state is the job's [`crate::state::rule::StateRule`].
 //! See docs/architecture.md, "Windows" and "Deduplication".
 
 use arrow::array::RecordBatch;
@@ -150,7 +150,7 @@ mod tests {
     use super::*;
 
     fn batch() -> RecordBatch {
-        crate::state_rule::tests::batch("window_end")
+        crate::state::rule::tests::batch("window_end")
     }
 
     #[tokio::test]

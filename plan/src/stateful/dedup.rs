@@ -17,7 +17,7 @@ use sluice_core::spec::{
     DedupSpec, EventTime, KafkaSourceSpec, WindowSpec, WINDOW_END_COLUMN, WINDOW_START_COLUMN,
 };
 
-use crate::keyed_files::{KeyedFiles, KnownKeys};
+use super::keyed_files::{KeyedFiles, KnownKeys};
 use crate::quote;
 use crate::STREAM_TABLE;
 
