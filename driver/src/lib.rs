@@ -9,19 +9,21 @@ mod crash;
 mod error;
 mod http;
 mod job;
+mod leadership;
 mod manager;
 mod planner;
 mod progress;
 mod registry;
 mod scheduler;
 mod service;
+mod source;
 
 pub use batch::{
     BatchPlan, Checkpoint, EventTimes, SourceCheckpoint, SourcePosition, SourceRead, WatermarkRule,
     WatermarkView,
 };
 pub use error::{Error, Result};
-pub use service::run;
+pub use leadership::run;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

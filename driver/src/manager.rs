@@ -17,8 +17,9 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
+use crate::job::plan::JobRef;
 use crate::job::{JobRunner, JobShared, JobState, StopRequest};
-use crate::scheduler::{JobRef, Scheduler};
+use crate::scheduler::Scheduler;
 
 /// How long submit waits for Kafka to answer.
 const SUBMIT_KAFKA_TIMEOUT: Duration = Duration::from_secs(15);

@@ -1,15 +1,16 @@
-//! Cutting batches: starting offsets, the next batch's ranges, and its tasks. Pure.
+//! Cutting batches: a Kafka source's starting offsets and capped ends, a batch's
+//! watermark, the batches that read no records, and a batch's tasks. Pure. (A source's
+//! part, what the next batch reads, is `crate::source`.)
 
 use std::collections::BTreeMap;
 
 use sluice_core::spec::{ParallelismSpec, StartingOffsets};
 use sluice_iceberg::data_files::state_file_stats;
-use sluice_kafka::offsets::{
-    cut_ranges, pack_ranges, split_ranges, OffsetRange, PartitionOffsets, Watermarks,
-};
+#[cfg(test)]
+use sluice_kafka::offsets::cut_ranges;
+use sluice_kafka::offsets::{pack_ranges, split_ranges, OffsetRange, PartitionOffsets, Watermarks};
 
 use crate::batch::{BatchPlan, Checkpoint, WatermarkRule};
-use crate::error::Error;
 
 /// Partition watermarks as Kafka reports them.
 pub type LatestOffsets = BTreeMap<(String, i32), Watermarks>;
@@ -51,25 +52,6 @@ pub fn initial_checkpoint(
     Checkpoint::initial_kafka(source, offsets)
 }
 
-/// Fails when the checkpoint is beyond a partition's latest offset: the topic was deleted
-/// and re-created (or truncated), so the offsets the job consumed no longer name the same
-/// records and no new record would ever be read.
-pub fn check_not_beyond(checkpoint: &Checkpoint, latest: &LatestOffsets) -> Result<(), Error> {
-    for ((topic, partition), marks) in latest {
-        if let Some(next) = checkpoint.get(topic, *partition) {
-            if next > marks.high {
-                return Err(Error::CheckpointBeyondLog {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    checkpoint: next,
-                    latest: marks.high,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Caps each partition's latest offset at `limit` (an `available_now` job's end).
 pub fn cap(latest: &LatestOffsets, limit: Option<&LatestOffsets>) -> LatestOffsets {
     let Some(limit) = limit else {
@@ -104,7 +86,10 @@ pub fn batch_watermark(
     }
 }
 
-/// The batch after `checkpoint`, or `None` when there is no new data.
+/// The batch after `checkpoint` reading the Kafka ranges up to `latest` of its one
+/// source, or `None` when there is no new data (what `source::plan_after` plans for a
+/// Kafka source, without a limit).
+#[cfg(test)]
 pub fn next_plan(
     checkpoint: &Checkpoint,
     latest: &LatestOffsets,

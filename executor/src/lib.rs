@@ -3,15 +3,14 @@
 //! and returns the data files' metadata. It never commits anything.
 
 mod error;
-mod event_time;
 mod flight;
-mod kafka_reader;
 mod metrics;
 mod prepared;
 mod registration;
 mod rewrite;
 mod service;
 mod shuffle_store;
+mod source;
 mod state;
 mod task;
 mod writer;

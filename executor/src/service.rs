@@ -18,12 +18,12 @@ use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::flight::{FlightFetcher, FlightShuffleService};
-use crate::kafka_reader::ConsumerPool;
 use crate::metrics::{self, ExecutorMetrics};
 use crate::prepared::PreparedJob;
 use crate::registration::{stay_registered, Identity};
 use crate::rewrite::rewrite_files;
 use crate::shuffle_store::ShuffleStore;
+use crate::source::ConsumerPool;
 use crate::state::cache::StateCache;
 use crate::task::{failure, run_task, task_ranges, TaskEnv};
 use crate::ExecutorConfig;

@@ -11,8 +11,9 @@ use crate::batch::{execute_logged, BatchState, ExecuteBatch, Executed};
 use crate::checkpoint::JobLog;
 use crate::compaction::RunRewrites;
 use crate::error::Result;
+use crate::job::plan::JobRef;
 use crate::planner;
-use crate::scheduler::{JobRef, Scheduler};
+use crate::scheduler::Scheduler;
 
 /// Runs compaction's rewrite tasks on the cluster through the scheduler.
 pub(super) struct SchedulerRewrites<'a> {

@@ -2,6 +2,7 @@
 //! the loop that runs its batches (`runner.rs`) on the cluster (`cluster.rs`).
 
 mod cluster;
+pub(crate) mod plan;
 mod runner;
 
 use std::sync::{Arc, Mutex};

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use crate::batch::WatermarkRule;
 use crate::batch::{BatchPlan, Checkpoint};
 use crate::checkpoint::JobLog;
-use sluice_core::spec::{JobSpec, StartingOffsets, Trigger};
+use sluice_core::spec::{JobSpec, Trigger};
 use sluice_core::{Error as CommonError, JobId};
 use sluice_iceberg::sink::total_records;
-use sluice_kafka::read::{Connection, OffsetReader};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::cluster::{SchedulerExecution, SchedulerRewrites};
@@ -20,9 +19,12 @@ use super::{JobShared, JobState, StopRequest};
 use crate::batch::{log_plan_to, BatchOutcome, BatchProtocol, BatchState, SinkTables};
 use crate::compaction::{Compacted, Compactor};
 use crate::error::{Error, Result};
+use crate::job::plan::JobRef;
 use crate::planner::{self, LatestOffsets};
 use crate::progress::{batch_progress, BatchTimings};
-use crate::scheduler::{JobRef, Scheduler};
+use crate::scheduler::Scheduler;
+use crate::source::kafka::KafkaSource;
+use crate::source::{self, Source};
 
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
@@ -45,7 +47,8 @@ pub struct JobRunner {
     scheduler: Scheduler,
     /// The job's stage plans, made at its first batch.
     job: Option<JobRef>,
-    offsets: Option<Arc<OffsetReader>>,
+    /// The job's source (one per job for now).
+    source: KafkaSource,
     /// `available_now`: the next batch's offset lookup, started once this batch was
     /// logged (its planning is capped by `limit` anyway, so it need not wait for a fresh
     /// one).
@@ -81,15 +84,16 @@ impl JobRunner {
             sink_spec.compaction.clone(),
             sink_spec.target_file_size(),
         );
+        let source = KafkaSource::new(shared.spec.source_name(), &shared.spec.source().kafka);
         JobRunner {
             compactor,
+            source,
             protocol: BatchProtocol::new(shared.job_id.clone(), log, sink)
                 .with_watermark(watermark_rule(&shared.spec))
                 .with_state(shared.spec.event_time().is_stateful()),
             shared,
             scheduler,
             job,
-            offsets: None,
             next_latest: None,
             limit: None,
             last_trigger: Instant::now(),
@@ -164,7 +168,7 @@ impl JobRunner {
                         .publish_pause(&self.shared.job_id, &message);
                     self.shared.set(|s| s.message = message);
                     if matches!(error, Error::Common(CommonError::Kafka { .. })) {
-                        self.offsets = None;
+                        self.source.reset();
                     }
                     // The batch may or may not have reached the table: read it again.
                     let catalog_failed =
@@ -182,35 +186,14 @@ impl JobRunner {
         }
     }
 
-    /// The job's Kafka offset reader, connected on first use and kept.
-    fn offset_reader(&mut self) -> Result<Arc<OffsetReader>> {
-        if let Some(reader) = &self.offsets {
-            return Ok(reader.clone());
-        }
-        let connection = Connection::of(&self.shared.spec.source().kafka);
-        let reader = Arc::new(OffsetReader::connect(&connection)?);
-        self.offsets = Some(reader.clone());
-        Ok(reader)
-    }
-
     /// The latest offsets of the job's partitions: the lookup the last batch started for
     /// this one, else a new one.
     async fn latest_offsets(&mut self) -> Result<LatestOffsets> {
         let lookup = match self.next_latest.take() {
             Some(lookup) => lookup,
-            None => self.start_latest_lookup()?,
+            None => self.source.start_lookup()?,
         };
         looked_up(lookup).await
-    }
-
-    /// Starts looking up the latest offsets on a blocking thread.
-    fn start_latest_lookup(&mut self) -> Result<LatestLookup> {
-        let reader = self.offset_reader()?;
-        let matcher = self.shared.spec.source().kafka.topic_matcher()?;
-        Ok(tokio::task::spawn_blocking(move || {
-            let topics = reader.topics(&matcher)?;
-            Ok(reader.watermarks(&topics)?)
-        }))
     }
 
     async fn checkpoint(&mut self, latest: &LatestOffsets) -> Result<Checkpoint> {
@@ -218,26 +201,8 @@ impl JobRunner {
             check_sources(&checkpoint, &self.shared.spec)?;
             return Ok(checkpoint);
         }
-        let starting = self.shared.spec.source().kafka.starting_offsets.clone();
-        let at_time = match starting {
-            StartingOffsets::Timestamp(ms) => {
-                let reader = self.offset_reader()?;
-                let partitions: Vec<(String, i32)> = latest.keys().cloned().collect();
-                tokio::task::spawn_blocking(move || reader.offsets_at_time(partitions, ms))
-                    .await
-                    .map_err(|e| Error::Timeout {
-                        what: format!("Kafka offset-for-time lookup ({e})"),
-                        seconds: 0,
-                    })??
-            }
-            _ => planner::OffsetsAtTime::new(),
-        };
-        let initial = planner::initial_checkpoint(
-            self.shared.spec.source_name(),
-            &starting,
-            latest,
-            &at_time,
-        );
+        let position = self.source.start(latest).await?;
+        let initial = Checkpoint::initial([(self.source.name().to_string(), position)].into());
         self.protocol.log.put_initial_checkpoint(&initial).await?;
         Ok(initial)
     }
@@ -362,7 +327,9 @@ impl JobRunner {
     ) -> Result<Option<InFlight>> {
         let latest = self.latest_offsets().await?;
         let checkpoint = self.checkpoint(&latest).await?;
-        planner::check_not_beyond(&checkpoint, &latest)?;
+        if let Some(source) = checkpoint.sources.get(self.source.name()) {
+            self.source.check(&source.position, &latest)?;
+        }
         let trigger = self.shared.spec.trigger();
         if self.limit.is_none() && matches!(trigger, Trigger::Once | Trigger::AvailableNow) {
             self.limit = Some(latest.clone());
@@ -378,14 +345,14 @@ impl JobRunner {
                 let plan = if self.finishing {
                     planner::flush_plan(&checkpoint, sluice_core::now_ms())
                 } else {
-                    let max = self.shared.spec.source().kafka.max_offsets_per_trigger;
                     let rule = self.protocol.watermark;
-                    plan_after(
+                    source::plan_after(
+                        &self.source,
                         &checkpoint,
                         &latest,
                         self.limit.as_ref(),
-                        max,
                         rule.as_ref(),
+                        sluice_core::now_ms(),
                     )
                     .or_else(|| self.quiet_plan(&checkpoint))
                 };
@@ -399,7 +366,7 @@ impl JobRunner {
             // Overlaps the next batch's lookup (about 4 ms for 100 partitions on one
             // machine) with this batch. A `processing_time` job looks up when its trigger
             // fires, so that its batches take what arrived until then.
-            self.next_latest = Some(self.start_latest_lookup()?);
+            self.next_latest = Some(self.source.start_lookup()?);
         }
         let plan = trigger_started.elapsed();
         let mut execution = SchedulerExecution {
@@ -461,37 +428,16 @@ impl JobRunner {
             Trigger::ProcessingTime(interval) if current.planned_at.elapsed() < interval => {
                 return None
             }
-            Trigger::ProcessingTime(_) => Latest::Lookup(self.start_latest_lookup()),
+            Trigger::ProcessingTime(_) => Latest::Lookup(self.source.start_lookup()),
             _ => Latest::Known(current.latest.clone()),
         };
         Some(NextBatch {
             after: current.checkpoint.after(current.state.plan()),
             latest,
             limit: self.limit.clone(),
-            max_offsets: self.shared.spec.source().kafka.max_offsets_per_trigger,
+            source: self.source.clone(),
         })
     }
-}
-
-/// The batch after `checkpoint`: its ranges up to `latest` (capped by `limit`, the offsets
-/// fixed at the first batch for `once` / `available_now`), at most `max_offsets` records
-/// (`max_offsets_per_trigger`), under the watermark `rule` gives now. `None` when there is
-/// nothing new.
-fn plan_after(
-    checkpoint: &Checkpoint,
-    latest: &LatestOffsets,
-    limit: Option<&LatestOffsets>,
-    max_offsets: Option<u64>,
-    rule: Option<&WatermarkRule>,
-) -> Option<BatchPlan> {
-    let capped = planner::cap(latest, limit);
-    planner::next_plan(
-        checkpoint,
-        &capped,
-        max_offsets,
-        rule,
-        sluice_core::now_ms(),
-    )
 }
 
 /// The offsets a lookup found.
@@ -516,7 +462,7 @@ struct NextBatch {
     after: Checkpoint,
     latest: Latest,
     limit: Option<LatestOffsets>,
-    max_offsets: Option<u64>,
+    source: KafkaSource,
 }
 
 impl NextBatch {
@@ -528,12 +474,13 @@ impl NextBatch {
             Latest::Lookup(lookup) => looked_up(lookup?).await?,
         };
         // Only jobs without a watermark pipeline (`JobRunner::pipelines`).
-        let plan = plan_after(
+        let plan = source::plan_after(
+            &self.source,
             &self.after,
             &latest,
             self.limit.as_ref(),
-            self.max_offsets,
             None,
+            sluice_core::now_ms(),
         );
         Ok(plan.map(|plan| (plan, latest)))
     }

@@ -25,7 +25,7 @@ use sluice_kafka::read_together::{
     continues_all, read_ranges_together, RangeChunks, ReadAheadConsumer,
 };
 
-use crate::event_time::event_time_stats;
+use super::event_time::event_time_stats;
 
 /// How long an idle consumer keeps fetching ahead on its partition; then it is unassigned
 /// (and stays pooled, connected).
