@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use sluice_kafka::synthetic::{produce_orders, producer, ORDER_SCHEMA_YAML};
+use sluice_datagen::synthetic::{produce_orders, producer, ORDER_SCHEMA_YAML};
 use sluice_proto::v1::JobStatus;
 
 use crate::cluster::{ClusterOptions, LocalCluster};

@@ -269,7 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 produce::Events::Orders
             };
-            let range = sluice_kafka::synthetic::EventRange {
+            let range = sluice_datagen::synthetic::EventRange {
                 first: start,
                 count,
                 rate,

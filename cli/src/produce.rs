@@ -4,15 +4,15 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use sluice_datagen::synthetic::{produce_events, producer, EventRange, Order};
 use sluice_kafka::read::OffsetReader;
-use sluice_kafka::synthetic::{produce_events, producer, EventRange, Order};
 
 /// Which events `sluice produce` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Events {
     /// JSON orders (the demo's and the examples' schema), keyed by customer.
     Orders,
-    /// Nexmark persons, auctions and bids (`sluice_kafka::nexmark::SCHEMA_YAML`).
+    /// Nexmark persons, auctions and bids (`sluice_datagen::nexmark::SCHEMA_YAML`).
     Nexmark,
 }
 
@@ -35,7 +35,7 @@ pub fn produce(
             let order = Order::new(seq, now_ms);
             (Some(order.customer_id.to_string()), order.to_json())
         }
-        Events::Nexmark => (None, sluice_kafka::nexmark::event_json(seq, now_ms)),
+        Events::Nexmark => (None, sluice_datagen::nexmark::event_json(seq, now_ms)),
     };
     let progress = |sent: u64| {
         if !quiet {

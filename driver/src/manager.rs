@@ -75,7 +75,7 @@ impl JobManager {
         }
         self.check_table_not_taken(&spec).await?;
         if let Some(avro) = &spec.source().kafka.avro {
-            sluice_kafka::avro::check_reader_schema(avro)?;
+            sluice_kafka::decode::avro::check_reader_schema(avro)?;
         }
         let job = JobRef::plan(&spec.name, &spec).await?;
         check_kafka(&spec).await?;

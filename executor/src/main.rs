@@ -76,7 +76,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     sluice_core::telemetry::init(args.log_json);
-    sluice_kafka::avro::limit_allocations();
+    sluice_kafka::decode::avro::limit_allocations();
     sluice_core::failpoint::warn_if_ignored();
     let accepted_tokens = match args
         .auth_token_file

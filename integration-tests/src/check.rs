@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
-use sluice_kafka::synthetic::Order;
+use sluice_datagen::synthetic::Order;
 
 /// SQL that keeps about half of the orders, with their Kafka coordinates.
 pub const FILTER_SQL: &str = "SELECT order_id, product_id, amount, _partition AS kafka_partition, \

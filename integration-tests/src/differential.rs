@@ -59,7 +59,7 @@ const CATEGORIES: [&str; 4] = ["books", "games", "music", "tools"];
 
 /// The `products` dimension as JSON events, one per product id.
 pub fn product_events() -> Vec<String> {
-    (1..=sluice_kafka::synthetic::PRODUCTS)
+    (1..=sluice_datagen::synthetic::PRODUCTS)
         .map(|id| {
             format!(
                 r#"{{"product_id":{id},"name":"product-{id}","category":"{}"}}"#,

@@ -20,11 +20,11 @@ use nix::unistd::Pid;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use sluice_core::spec::JobSpec;
+use sluice_datagen::synthetic::{produce_orders, producer};
 use sluice_iceberg::catalog::open_catalog;
 use sluice_iceberg::data_files::file_name;
 use sluice_iceberg::sink::{dead_letter_ident, table_ident};
 use sluice_iceberg::storage::list_with_prefix;
-use sluice_kafka::synthetic::{produce_orders, producer};
 use sluice_proto::v1::driver_client::DriverClient;
 use sluice_proto::v1::{BatchProgress, GetJobStatusRequest, JobStatus, SubmitJobRequest};
 use sluice_testkit::{free_port, EtcdServer};
@@ -746,7 +746,7 @@ sink:
 parallelism: {{max_records_per_task: 20000, min_records_per_task: 1}}
 "#,
             bootstrap = self.bootstrap_servers(),
-            schema = sluice_kafka::synthetic::ORDER_SCHEMA_YAML,
+            schema = sluice_datagen::synthetic::ORDER_SCHEMA_YAML,
             name_table = name.replace('-', "_"),
         )
     }

@@ -37,7 +37,7 @@ fn framed(i: usize) -> Vec<u8> {
 async fn avro_records_of_two_schema_versions_land_in_the_reader_schema() {
     let registry = SchemaRegistry::start(&[(1, V1), (2, V2)]);
     let cluster = TestCluster::start("orders", 2, 2).await.unwrap();
-    let producer = sluice_kafka::synthetic::producer(&cluster.bootstrap_servers()).unwrap();
+    let producer = sluice_datagen::synthetic::producer(&cluster.bootstrap_servers()).unwrap();
     for i in 0..=RECORDS {
         // The last record is not Avro at all.
         let value = if i == RECORDS {
@@ -54,7 +54,7 @@ async fn avro_records_of_two_schema_versions_land_in_the_reader_schema() {
 
     let json_source = format!(
         "    format: json\n    schema: {}\n",
-        sluice_kafka::synthetic::ORDER_SCHEMA_YAML
+        sluice_datagen::synthetic::ORDER_SCHEMA_YAML
     );
     let avro_source = format!(
         "    format: avro\n    avro: {{schema_registry: {{url: \"{}\"}}, schema: '{V2}'}}\n    schema: [{{name: order_id, type: utf8}}, {{name: amount, type: float64}}, {{name: country, type: utf8}}]\n    on_malformed: dead_letter\n",

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use sluice_core::spec::JobSpec;
+use sluice_datagen::synthetic::ORDER_SCHEMA_YAML;
 use sluice_integration_tests::differential::{
     expected_rows, product_events, source_batches, PRODUCT_SCHEMA_YAML, QUERIES,
 };
 use sluice_integration_tests::TestCluster;
-use sluice_kafka::synthetic::ORDER_SCHEMA_YAML;
 use sluice_testkit::{normalized_rows, write_regions_parquet};
 
 const ORDERS: u64 = 2_000;

@@ -45,8 +45,8 @@ impl Secured {
                 transactions: false,
             },
         );
-        let producer = sluice_kafka::synthetic::producer(&kafka.plain_bootstrap()).unwrap();
-        sluice_kafka::synthetic::produce_orders(&producer, "orders", 2, 0, 200, None, |_| {})
+        let producer = sluice_datagen::synthetic::producer(&kafka.plain_bootstrap()).unwrap();
+        sluice_datagen::synthetic::produce_orders(&producer, "orders", 2, 0, 200, None, |_| {})
             .unwrap();
         drop(producer);
         kafka.close_plaintext();

@@ -3,9 +3,9 @@
 //! the same records, and the example job is the suite's q1.
 
 use sluice_core::spec::JobSpec;
+use sluice_datagen::nexmark::{event_json, Q0, Q1, Q2, SCHEMA_YAML};
 use sluice_integration_tests::differential::{query_source, source_batches};
 use sluice_integration_tests::TestCluster;
-use sluice_kafka::nexmark::{event_json, Q0, Q1, Q2, SCHEMA_YAML};
 use sluice_testkit::normalized_rows;
 
 const PARTITIONS: i32 = 4;
@@ -14,13 +14,13 @@ const EVENTS: u64 = 5_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nexmark_q0_q1_q2_commit_what_datafusion_computes_over_the_stream() {
     let cluster = TestCluster::start("nexmark", PARTITIONS, 2).await.unwrap();
-    let producer = sluice_kafka::synthetic::producer(&cluster.bootstrap_servers()).unwrap();
-    let events = sluice_kafka::synthetic::EventRange {
+    let producer = sluice_datagen::synthetic::producer(&cluster.bootstrap_servers()).unwrap();
+    let events = sluice_datagen::synthetic::EventRange {
         first: 0,
         count: EVENTS,
         rate: None,
     };
-    sluice_kafka::synthetic::produce_events(
+    sluice_datagen::synthetic::produce_events(
         &producer,
         "nexmark",
         PARTITIONS,
@@ -39,7 +39,7 @@ async fn nexmark_q0_q1_q2_commit_what_datafusion_computes_over_the_stream() {
                 "{available_now: true}",
                 source,
             )
-            .replace(sluice_kafka::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML);
+            .replace(sluice_datagen::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML);
         let job = cluster.submit(&spec).await.unwrap();
         let status = cluster.wait_until_finished(&job).await;
         assert!(status.last_committed_batch >= 2, "{name}: several batches");

@@ -223,8 +223,8 @@ async fn a_checkpoint_beyond_a_recreated_topic_fails_the_job_naming_the_partitio
     // job's checkpoint says offset 100 comes next.
     let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
     kafka.create_topic("recreated", 1, 1).unwrap();
-    let producer = sluice_kafka::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
-    sluice_kafka::synthetic::produce_orders(&producer, "recreated", 1, 0, 10, None, |_| {})
+    let producer = sluice_datagen::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
+    sluice_datagen::synthetic::produce_orders(&producer, "recreated", 1, 0, 10, None, |_| {})
         .unwrap();
     let moved = spec.replace(&cluster.bootstrap_servers(), &kafka.bootstrap_servers());
     let job = cluster.submit(&moved).await.unwrap();

@@ -8,9 +8,9 @@ use std::time::Duration;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use sluice_core::failpoint::{self, FAILPOINTS_ENV};
+use sluice_datagen::synthetic::Order;
 use sluice_integration_tests::check::assert_unique_batches;
 use sluice_integration_tests::TestCluster;
-use sluice_kafka::synthetic::Order;
 
 const EVENTS: u64 = 20_000;
 const PARTITIONS: i32 = 4;

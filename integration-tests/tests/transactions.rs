@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Int64Type};
+use sluice_datagen::synthetic::Order;
 use sluice_integration_tests::TestCluster;
-use sluice_kafka::synthetic::Order;
 use sluice_testkit::kafka_gate::{Gate, GatedKafka};
 use sluice_testkit::kafka_transactions::Outcome;
 

@@ -1,18 +1,10 @@
-//! Kafka for Sluice: offset ranges, batch plans and checkpoints (`offsets`), the event-time
-//! watermark over partitions, idle ones left out (`watermark`), exact reads of
-//! an offset range (`read`) and of a task's ranges with one consumer (`read_together`,
-//! taking messages in batches: `fetched`), records to Arrow (`decode`, flat JSON objects through the fast path
-//! `flat_json`, bounded by `json_guard`; Avro values through `avro`, with a schema registry), and the
-//! synthetic order events of the demo, `sluice produce` and the tests (`synthetic`), and
-//! the Nexmark benchmark's events (`nexmark`).
+//! Kafka for Sluice: offset ranges cut, split and packed into tasks (`offsets`); reading
+//! (`read`: consumers and their connections, the driver's offset lookups, the executor's
+//! exact range reads, a task's ranges read together by one consumer, messages taken in
+//! batches); records to Arrow (`decode`: the record types, the decoder, flat JSON objects
+//! through a fast path, bounded nesting, Avro values with a schema registry). The data
+//! generators of the demo, tests and bench are the `sluice-datagen` crate.
 
-pub mod avro;
 pub mod decode;
-pub mod fetched;
-mod flat_json;
-pub mod json_guard;
-pub mod nexmark;
 pub mod offsets;
 pub mod read;
-pub mod read_together;
-pub mod synthetic;

@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 use sluice_core::spec::{KafkaSourceSpec, OnMalformed, RecordFormat};
+use sluice_datagen::synthetic::{Order, ORDER_AVRO_SCHEMA, ORDER_SCHEMA_YAML};
 use sluice_kafka::decode::{RawRecord, RecordDecoder};
-use sluice_kafka::synthetic::{Order, ORDER_AVRO_SCHEMA, ORDER_SCHEMA_YAML};
 
 const FORMATS: [RecordFormat; 3] = [RecordFormat::Json, RecordFormat::Raw, RecordFormat::Avro];
 const MODES: [OnMalformed; 3] = [

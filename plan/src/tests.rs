@@ -10,8 +10,8 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use super::*;
+use sluice_datagen::synthetic::{Order, ORDER_SCHEMA_YAML};
 use sluice_kafka::decode::{RawRecord, RecordDecoder};
-use sluice_kafka::synthetic::{Order, ORDER_SCHEMA_YAML};
 use sluice_testkit::{normalized_rows, write_regions_parquet};
 
 #[derive(Debug, Default)]

@@ -269,8 +269,9 @@ pub fn mock_topic(
 ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
     let kafka = rdkafka::mocking::MockCluster::new(1).expect("mock Kafka cluster");
     kafka.create_topic(topic, 1, 1).expect("mock topic");
-    let producer = sluice_kafka::synthetic::producer(&kafka.bootstrap_servers()).expect("producer");
-    sluice_kafka::synthetic::produce_orders(&producer, topic, 1, 0, records, None, |_| {})
+    let producer =
+        sluice_datagen::synthetic::producer(&kafka.bootstrap_servers()).expect("producer");
+    sluice_datagen::synthetic::produce_orders(&producer, topic, 1, 0, records, None, |_| {})
         .expect("producing to the mock topic");
     kafka
 }

@@ -20,10 +20,10 @@ use arrow::array::RecordBatch;
 use sluice_core::Result;
 use sluice_kafka::decode::{DeadLetter, KafkaRecord, RecordDecoder};
 use sluice_kafka::offsets::OffsetRange;
-use sluice_kafka::read::{read_range_chunks, Connection};
-use sluice_kafka::read_together::{
+use sluice_kafka::read::together::{
     continues_all, read_ranges_together, RangeChunks, ReadAheadConsumer,
 };
+use sluice_kafka::read::{read_range_chunks, Connection};
 
 use super::event_time::event_time_stats;
 
@@ -362,8 +362,8 @@ mod tests {
     fn a_tasks_ranges_share_one_consumer_that_reads_on_where_they_ended() {
         let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
         kafka.create_topic("t", 2, 1).unwrap();
-        let producer = sluice_kafka::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
-        sluice_kafka::synthetic::produce_orders(&producer, "t", 2, 0, 40, None, |_| {}).unwrap();
+        let producer = sluice_datagen::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
+        sluice_datagen::synthetic::produce_orders(&producer, "t", 2, 0, 40, None, |_| {}).unwrap();
         let connection = Connection::plain(&kafka.bootstrap_servers());
         let spec =
             serde_json::from_str(r#"{"bootstrap_servers": "b", "topics": ["t"], "format": "raw"}"#);

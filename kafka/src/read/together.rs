@@ -30,8 +30,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::decode::{KafkaRecord, CHUNK_RECORDS};
-use crate::fetched::{BatchPoller, FetchedMessage, KeptMessage};
 use crate::offsets::OffsetRange;
+use crate::read::fetched::{BatchPoller, FetchedMessage, KeptMessage};
 use crate::read::{look_up_topics, read_range_chunks, KafkaConsumer, Position, RangeSummary};
 use sluice_core::error::{Error, Result};
 
@@ -617,8 +617,8 @@ mod tests {
     ) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
         let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
         kafka.create_topic("t", partitions, 1).unwrap();
-        let producer = crate::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
-        crate::synthetic::produce_orders(
+        let producer = sluice_datagen::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
+        sluice_datagen::synthetic::produce_orders(
             &producer,
             "t",
             partitions,

@@ -303,8 +303,9 @@ mod tests {
     fn topic_of(records: u64) -> MockCluster<'static, DefaultProducerContext> {
         let kafka = MockCluster::new(1).unwrap();
         kafka.create_topic("t", 1, 1).unwrap();
-        let producer = crate::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
-        crate::synthetic::produce_orders(&producer, "t", 1, 0, records, None, |_| {}).unwrap();
+        let producer = sluice_datagen::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
+        sluice_datagen::synthetic::produce_orders(&producer, "t", 1, 0, records, None, |_| {})
+            .unwrap();
         kafka
     }
 

@@ -37,10 +37,10 @@ use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_datagen::synthetic::{bulk_producer, producer, Order};
 use sluice_integration_tests::TestCluster;
-use sluice_kafka::fetched::BatchPoller;
+use sluice_kafka::read::fetched::BatchPoller;
 use sluice_kafka::read::KafkaConsumer;
-use sluice_kafka::synthetic::{bulk_producer, producer, Order};
 use sluice_proto::v1::{BatchProgress, StopJobRequest, WatchJobRequest};
 
 /// Benchmark Sluice against a plain Kafka consumer.
@@ -142,12 +142,12 @@ fn produce_events(
     event_time: impl Fn(u64) -> i64,
 ) -> Result<()> {
     let producer = bulk_producer(&cluster.bootstrap_servers())?;
-    let events = sluice_kafka::synthetic::EventRange {
+    let events = sluice_datagen::synthetic::EventRange {
         first,
         count,
         rate: None,
     };
-    sluice_kafka::synthetic::produce_events(
+    sluice_datagen::synthetic::produce_events(
         &producer,
         topic,
         partitions,
@@ -294,12 +294,12 @@ async fn tables(cluster: &TestCluster, args: &Args) -> Result<()> {
             let producer = producer(&bootstrap)?;
             let mut first = 0;
             while producing.load(Ordering::Relaxed) {
-                let events = sluice_kafka::synthetic::EventRange {
+                let events = sluice_datagen::synthetic::EventRange {
                     first,
                     count: rate,
                     rate: Some(rate as f64),
                 };
-                sluice_kafka::synthetic::produce_events(
+                sluice_datagen::synthetic::produce_events(
                     &producer,
                     topic,
                     STREAM_PARTITIONS,
@@ -710,12 +710,12 @@ async fn stream(cluster: &TestCluster, args: &Args, topic: &str) -> Result<Strea
         let rate = args.stream_rate;
         let topic = topic.to_string();
         std::thread::spawn(move || -> Result<()> {
-            let events = sluice_kafka::synthetic::EventRange {
+            let events = sluice_datagen::synthetic::EventRange {
                 first: 0,
                 count: total,
                 rate: Some(rate as f64),
             };
-            sluice_kafka::synthetic::produce_events(
+            sluice_datagen::synthetic::produce_events(
                 &producer(&bootstrap)?,
                 &topic,
                 STREAM_PARTITIONS,
@@ -1146,16 +1146,16 @@ const FLINK_PER_CORE: [u64; 3] = [155_000, 158_000, 175_000];
 
 /// Nexmark q0, q1 and q2 over the suite's event stream, each to completion.
 async fn nexmark(cluster: &TestCluster, args: &Args) -> Result<()> {
-    use sluice_kafka::nexmark::{event_json, Q0, Q1, Q2, SCHEMA_YAML};
+    use sluice_datagen::nexmark::{event_json, Q0, Q1, Q2, SCHEMA_YAML};
     let topic = "nexmark";
     cluster.kafka.create_topic(topic, args.partitions, 1)?;
     let producer = bulk_producer(&cluster.bootstrap_servers())?;
-    let events = sluice_kafka::synthetic::EventRange {
+    let events = sluice_datagen::synthetic::EventRange {
         first: 0,
         count: args.events,
         rate: None,
     };
-    sluice_kafka::synthetic::produce_events(
+    sluice_datagen::synthetic::produce_events(
         &producer,
         topic,
         args.partitions,
@@ -1184,7 +1184,7 @@ async fn nexmark(cluster: &TestCluster, args: &Args) -> Result<()> {
             "{available_now: true}",
             source,
         )
-        .replace(sluice_kafka::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML)
+        .replace(sluice_datagen::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML)
     })
     .await?;
     for (i, ((name, _), run)) in queries.iter().zip(best).enumerate() {
