@@ -13,17 +13,18 @@ mod leadership;
 mod manager;
 mod planner;
 mod progress;
+mod protocol;
 mod registry;
 mod scheduler;
 mod service;
 mod source;
 
-pub use batch::{
+pub use error::{Error, Result};
+pub use leadership::run;
+pub use protocol::{
     BatchPlan, Checkpoint, EventTimes, SourceCheckpoint, SourcePosition, SourceRead, WatermarkRule,
     WatermarkView,
 };
-pub use error::{Error, Result};
-pub use leadership::run;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use sluice_iceberg::data_files::state_file_stats;
 use sluice_kafka::offsets::cut_ranges;
 use sluice_kafka::offsets::{pack_ranges, split_ranges, OffsetRange, PartitionOffsets, Watermarks};
 
-use crate::batch::{BatchPlan, Checkpoint, WatermarkRule};
+use crate::protocol::{BatchPlan, Checkpoint, WatermarkRule};
 
 /// Partition watermarks as Kafka reports them.
 pub type LatestOffsets = BTreeMap<(String, i32), Watermarks>;

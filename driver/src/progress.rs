@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::batch::BatchPlan;
+use crate::protocol::BatchPlan;
 use sluice_core::http::{Histogram, DURATION_BUCKETS};
 use sluice_proto::v1::{BatchProgress, PartitionProgress, TaskSuccess, TaskTimes};
 use tokio::sync::broadcast;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{record_event_time, BatchPlan, Checkpoint, EventTimes};
+use crate::protocol::{record_event_time, BatchPlan, Checkpoint, EventTimes};
 use iceberg::table::Table;
 use iceberg::TableIdent;
 use sluice_core::BatchId;

@@ -39,13 +39,10 @@
 //! takes them in order. See docs/architecture.md, "The commit protocol's invariant" and
 //! "Two batches in flight".
 
-mod checkpoint;
 mod clean;
 mod commit;
-mod plan;
 mod recover;
 mod sink;
-mod watermark;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -54,13 +51,11 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::JobLog;
 use async_trait::async_trait;
-pub use checkpoint::{record_event_time, Checkpoint, EventTimes, SourceCheckpoint, SourcePosition};
-pub use plan::{BatchPlan, SourceRead};
 use sluice_core::{failpoint, BatchId, JobId};
 use sluice_proto::v1::TaskSuccess;
-pub use watermark::{WatermarkRule, WatermarkView};
 
 use crate::error::{Error, Result};
+use crate::protocol::{BatchPlan, Checkpoint, EventTimes, WatermarkRule};
 
 pub use sink::SinkTables;
 

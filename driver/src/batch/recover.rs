@@ -4,7 +4,7 @@
 //! this one's checkpoint is written.) Runs before every batch, so a new leader, a restarted
 //! driver and a driver retrying after an error all take the same path.
 
-use super::Checkpoint;
+use crate::protocol::Checkpoint;
 use sluice_iceberg::commit::{find_batch_in_ancestry, snapshot_property};
 use tracing::info;
 

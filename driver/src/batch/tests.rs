@@ -19,7 +19,7 @@ use sluice_iceberg::data_files::attempt_prefix;
 use sluice_iceberg::sink::{data_files_to_json, ensure_table};
 use sluice_kafka::offsets::OffsetRange;
 
-use crate::batch::{BatchPlan, Checkpoint};
+use crate::protocol::{BatchPlan, Checkpoint};
 use sluice_proto::v1::{PartitionEventTime, TaskSuccess};
 use tokio::sync::Mutex;
 

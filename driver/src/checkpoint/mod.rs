@@ -18,7 +18,7 @@ pub use election::{campaign, Fence, Leadership, LEADER_ELECTION};
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
 
-use crate::batch::{BatchPlan, Checkpoint};
+use crate::protocol::{BatchPlan, Checkpoint};
 use sluice_core::error::{Error, Result};
 use sluice_core::{BatchId, JobId};
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::batch::BatchPlan;
+use crate::protocol::BatchPlan;
 use async_trait::async_trait;
 use sluice_core::spec::JobSpec;
 

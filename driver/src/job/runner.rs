@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::WatermarkRule;
-use crate::batch::{BatchPlan, Checkpoint};
 use crate::checkpoint::JobLog;
+use crate::protocol::WatermarkRule;
+use crate::protocol::{BatchPlan, Checkpoint};
 use sluice_core::spec::{JobSpec, Trigger};
 use sluice_core::{Error as CommonError, JobId};
 use sluice_iceberg::sink::total_records;

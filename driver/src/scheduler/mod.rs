@@ -13,7 +13,7 @@ use sluice_core::failpoint;
 use sluice_core::{BatchId, ExecutorId, TaskId};
 use sluice_kafka::offsets::OffsetRange;
 
-use crate::batch::BatchPlan;
+use crate::protocol::BatchPlan;
 use sluice_plan::{StageKind, StageOutput};
 use sluice_proto::v1::{
     task_result, FailureKind, PrepareJobRequest, ReleaseShuffleRequest, RewriteFiles,

@@ -8,9 +8,9 @@ use sluice_kafka::offsets::cut_ranges;
 use sluice_kafka::read::{Connection, OffsetReader};
 
 use super::{Lookup, Source};
-use crate::batch::{SourcePosition, SourceRead};
 use crate::error::{Error, Result};
 use crate::planner::{self, LatestOffsets};
+use crate::protocol::{SourcePosition, SourceRead};
 
 /// A job's Kafka source, with the offset reader its lookups share (connected on first use
 /// and kept until [`Source::reset`]).

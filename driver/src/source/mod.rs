@@ -12,9 +12,9 @@ pub mod kafka;
 
 use async_trait::async_trait;
 
-use crate::batch::{BatchPlan, Checkpoint, SourcePosition, SourceRead, WatermarkRule};
 use crate::error::Result;
 use crate::planner;
+use crate::protocol::{BatchPlan, Checkpoint, SourcePosition, SourceRead, WatermarkRule};
 
 /// A listing of what a source holds, running on a blocking thread.
 pub type Lookup<A> = tokio::task::JoinHandle<Result<A>>;
