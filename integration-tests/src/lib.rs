@@ -6,6 +6,9 @@ pub mod check;
 pub mod differential;
 pub mod readers;
 pub mod services;
+pub mod text;
+
+pub use text::{seeded, Patched};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

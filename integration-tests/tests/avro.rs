@@ -6,6 +6,7 @@
 use apache_avro::types::{Record, Value};
 use apache_avro::Schema;
 use arrow::array::AsArray;
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 use sluice_testkit::schema_registry::SchemaRegistry;
 
@@ -68,10 +69,10 @@ async fn avro_records_of_two_schema_versions_land_in_the_reader_schema() {
             "{available_now: true}",
             "    max_offsets_per_trigger: 50",
         )
-        .replace(&json_source, &avro_source);
+        .patched(&json_source, &avro_source);
     assert!(spec.contains("format: avro"), "{spec}");
     // A reader schema that is not Avro is refused at submit, naming the field.
-    let broken = spec.replace(
+    let broken = spec.patched(
         V2,
         r#"{"type": "record", "name": "Order", "fields": [{"name": "x", "type": "nope"}]}"#,
     );

@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use sluice_integration_tests::check::{
     assert_exactly_once, assert_unique_batches, expected_rows, rows, FILTER_SQL,
@@ -20,12 +19,7 @@ const CHAOS_FOR: Duration = Duration::from_secs(25);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_of_kills_and_kafka_errors_keeps_exactly_once() {
-    let seed: u64 = std::env::var("SLUICE_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_125);
-    eprintln!("chaos seed {seed} (replay with SLUICE_CHAOS_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = sluice_integration_tests::seeded("SLUICE_CHAOS_SEED", 20_261_125);
     let mut cluster = TestCluster::start_with_drivers("orders", PARTITIONS, EXECUTORS, DRIVERS)
         .await
         .unwrap();

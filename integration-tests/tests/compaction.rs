@@ -11,6 +11,7 @@ use iceberg::expr::Reference;
 use iceberg::spec::{Datum, Operation};
 use iceberg::table::Table;
 use sluice_integration_tests::check::{self, FILTER_SQL};
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 
 const PARTITIONS: i32 = 4;
@@ -28,7 +29,7 @@ fn spec(cluster: &TestCluster, name: &str, trigger: &str, table_extra: &str) -> 
         "    max_offsets_per_trigger: 40",
     );
     assert!(spec.contains(&table));
-    spec.replace(
+    spec.patched(
         &table,
         &format!("{table}    compaction: {{min_files: 4}}\n{table_extra}"),
     )

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Float64Type;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use sluice_core::spec::JobSpec;
 use sluice_integration_tests::differential::{assert_closed_windows, query_source, source_batches};
 use sluice_integration_tests::TestCluster;
@@ -96,12 +96,7 @@ async fn remembered_keys_are_looked_up_in_storage_when_not_in_memory() {
 
 /// The test's random source, seeded from `SLUICE_DEDUP_SEED` or a fixed seed (printed).
 fn seeded() -> (u64, StdRng) {
-    let seed: u64 = std::env::var("SLUICE_DEDUP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_126);
-    eprintln!("dedup seed {seed} (replay with SLUICE_DEDUP_SEED={seed})");
-    (seed, StdRng::seed_from_u64(seed))
+    sluice_integration_tests::seeded("SLUICE_DEDUP_SEED", 20_261_126)
 }
 
 /// Produces [`ORDERS`] orders to the `orders` topic with an at-least-once producer's

@@ -9,6 +9,7 @@ use sluice_datagen::synthetic::ORDER_SCHEMA_YAML;
 use sluice_integration_tests::differential::{
     expected_rows, product_events, source_batches, PRODUCT_SCHEMA_YAML, QUERIES,
 };
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 use sluice_testkit::{normalized_rows, write_regions_parquet};
 
@@ -42,7 +43,7 @@ async fn queries_match_single_process_datafusion(executors: usize) {
             "{available_now: true}",
             "",
         )
-        .replace(ORDER_SCHEMA_YAML, PRODUCT_SCHEMA_YAML);
+        .patched(ORDER_SCHEMA_YAML, PRODUCT_SCHEMA_YAML);
     let job = cluster.submit(&products_spec).await.unwrap();
     cluster.wait_until_finished(&job).await;
     let products = cluster.table_rows(&products_spec).await.unwrap();
@@ -70,7 +71,7 @@ async fn queries_match_single_process_datafusion(executors: usize) {
                 "{available_now: true}",
                 "",
             ))
-            .replace(
+            .patched(
                 "parallelism: {max_records_per_task: 20000, min_records_per_task: 1}",
                 PARALLELISM,
             ) + &tables;

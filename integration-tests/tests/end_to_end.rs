@@ -7,6 +7,7 @@ use arrow::datatypes::{Int32Type, Int64Type};
 use sluice_core::failpoint::{self, FAILPOINTS_ENV};
 use sluice_core::BatchId;
 use sluice_integration_tests::check::{assert_exactly_once, expected_rows, rows, FILTER_SQL};
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 
 const EVENTS: u64 = 200_000;
@@ -27,7 +28,7 @@ async fn filter_job_commits_every_record_exactly_once() {
             "{available_now: true}",
             "    max_offsets_per_trigger: 80000",
         )
-        .replace(
+        .patched(
             "max_records_per_task: 20000, min_records_per_task: 1",
             "max_records_per_task: 50000, min_records_per_task: 30000",
         );
@@ -242,7 +243,7 @@ async fn bad_jobs_are_refused_at_submit_with_the_cause() {
     let port = sluice_testkit::free_port();
     let unreachable = cluster
         .spec("e", "orders", "SELECT order_id FROM source", trigger, "")
-        .replace(&cluster.bootstrap_servers(), &format!("127.0.0.1:{port}"));
+        .patched(&cluster.bootstrap_servers(), &format!("127.0.0.1:{port}"));
     let status = refused(unreachable).await;
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(

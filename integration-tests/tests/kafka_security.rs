@@ -4,6 +4,7 @@
 //! job reads every record; specs with a wrong password, without TLS or without a client
 //! certificate are refused at submit, naming the cause.
 
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 use sluice_testkit::kafka_gate::{Gate, GateTls, GatedKafka, Sasl, SaslMechanism};
 use sluice_testkit::tls::{CertFiles, TestCa};
@@ -77,7 +78,7 @@ impl Secured {
                 "{available_now: true}",
                 &format!("    properties: {{{properties}}}"),
             )
-            .replace(&self.cluster.bootstrap_servers(), &self.kafka.bootstrap())
+            .patched(&self.cluster.bootstrap_servers(), &self.kafka.bootstrap())
     }
 
     /// SASL_SSL with the client certificate and the password from `password_env`.

@@ -4,6 +4,7 @@
 use sluice_core::failpoint::{self, FAILPOINTS_ENV};
 use sluice_integration_tests::check::FILTER_SQL;
 use sluice_integration_tests::services::{RestCatalogServer, S3Server};
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 
 const EVENTS: u64 = 20_000;
@@ -214,7 +215,7 @@ async fn data_files_roll_at_the_target_size_with_the_chosen_parquet_settings() {
     cluster.wait_until_finished(&job).await;
     let default_files = describe(job).await.data_files;
 
-    let small = one_batch("small-files").replace(
+    let small = one_batch("small-files").patched(
         "    table: small_files\n",
         "    table: small_files\n    target_file_size: 16384\n    parquet: {compression: zstd(3), row_group_rows: 100}\n",
     );
@@ -245,7 +246,7 @@ async fn data_files_roll_at_the_target_size_with_the_chosen_parquet_settings() {
     ));
     assert!(metadata.row_groups().iter().all(|g| g.num_rows() <= 100));
 
-    let bad = one_batch("bad-codec").replace(
+    let bad = one_batch("bad-codec").patched(
         "    table: bad_codec\n",
         "    table: bad_codec\n    parquet: {compression: brotli}\n",
     );

@@ -5,6 +5,7 @@
 use sluice_core::spec::JobSpec;
 use sluice_datagen::nexmark::{event_json, Q0, Q1, Q2, SCHEMA_YAML};
 use sluice_integration_tests::differential::{query_source, source_batches};
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 use sluice_testkit::normalized_rows;
 
@@ -39,7 +40,7 @@ async fn nexmark_q0_q1_q2_commit_what_datafusion_computes_over_the_stream() {
                 "{available_now: true}",
                 source,
             )
-            .replace(sluice_datagen::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML);
+            .patched(sluice_datagen::synthetic::ORDER_SCHEMA_YAML, SCHEMA_YAML);
         let job = cluster.submit(&spec).await.unwrap();
         let status = cluster.wait_until_finished(&job).await;
         assert!(status.last_committed_batch >= 2, "{name}: several batches");

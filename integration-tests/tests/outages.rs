@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sluice_integration_tests::check::FILTER_SQL;
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 use sluice_proto::v1::WatchJobRequest;
 
@@ -226,7 +227,7 @@ async fn a_checkpoint_beyond_a_recreated_topic_fails_the_job_naming_the_partitio
     let producer = sluice_datagen::synthetic::producer(&kafka.bootstrap_servers()).unwrap();
     sluice_datagen::synthetic::produce_orders(&producer, "recreated", 1, 0, 10, None, |_| {})
         .unwrap();
-    let moved = spec.replace(&cluster.bootstrap_servers(), &kafka.bootstrap_servers());
+    let moved = spec.patched(&cluster.bootstrap_servers(), &kafka.bootstrap_servers());
     let job = cluster.submit(&moved).await.unwrap();
     let status = cluster.wait_until_ended(&job).await.unwrap();
     assert_eq!(status.state, "FAILED", "{status:?}");

@@ -9,6 +9,7 @@ use arrow::datatypes::DataType;
 use iceberg::expr::Reference;
 use iceberg::spec::Datum;
 use sluice_core::spec::JobSpec;
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 
 const PARTITIONS: i32 = 2;
@@ -58,7 +59,7 @@ async fn a_partitioned_sink_writes_a_file_per_partition_value_and_scans_prune() 
             "{available_now: true}",
             "    max_offsets_per_trigger: 1000",
         )
-        .replace(
+        .patched(
             "    table: partitioned\n",
             "    table: partitioned\n    partition_by: [day(ts), bucket(4, customer_id), country]\n",
         );

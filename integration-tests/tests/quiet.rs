@@ -18,6 +18,7 @@ use sluice_core::failpoint::{self, FAILPOINTS_ENV};
 use sluice_core::spec::JobSpec;
 use sluice_integration_tests::differential::{query_source, source_batches};
 use sluice_integration_tests::readers::row_counts_by_other_readers;
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 use sluice_proto::v1::{BatchProgress, JobStatus};
 
@@ -466,7 +467,7 @@ async fn an_idle_partition_holds_the_watermark_back_unless_its_timeout_leaves_it
     let source = source_batches(&cluster, &parsed).unwrap();
     // The records before the pause: the first 30 s, without the records that woke
     // partitions (ids from 900,000).
-    let without_waking = EXPECTED_WINDOWS_SQL.replace(
+    let without_waking = EXPECTED_WINDOWS_SQL.patched(
         "FROM source",
         "FROM source WHERE CAST(substr(order_id, 3) AS BIGINT) < 900000",
     );

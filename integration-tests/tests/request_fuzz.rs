@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use sluice_integration_tests::TestCluster;
 use sluice_proto::v1::driver_client::DriverClient;
 use sluice_proto::v1::executor_client::ExecutorClient;
@@ -120,12 +120,7 @@ fn judge(what: &str, seed: u64, result: Result<Result<(), Status>, tokio::time::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_hostile_requests_get_named_errors_and_break_nothing() {
-    let seed = std::env::var("SLUICE_FUZZ_SEED")
-        .ok()
-        .map(|s| s.parse().expect("SLUICE_FUZZ_SEED is a number"))
-        .unwrap_or(DEFAULT_SEED);
-    println!("fuzz seed {seed} (SLUICE_FUZZ_SEED={seed} replays it)");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = sluice_integration_tests::seeded("SLUICE_FUZZ_SEED", DEFAULT_SEED);
 
     let mut cluster = TestCluster::start("orders", 2, 0).await.unwrap();
     let executor_bind = format!("127.0.0.1:{}", sluice_testkit::free_port());

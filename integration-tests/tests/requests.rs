@@ -1,5 +1,6 @@
 //! Bad requests get a clear status, never a panic; the processes keep serving.
 
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 use sluice_proto::v1::executor_client::ExecutorClient;
 use sluice_proto::v1::{
@@ -207,7 +208,7 @@ async fn a_second_job_on_a_table_another_job_writes_is_refused_naming_it() {
     let first = cluster.spec("writer-a", "orders", sql, "{processing_time: 1s}", "");
     cluster.submit(&first).await.unwrap();
     // Another job name, the same sink table.
-    let second = first.replace("name: writer-a", "name: writer-b");
+    let second = first.patched("name: writer-a", "name: writer-b");
     let status = cluster.submit(&second).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
@@ -238,7 +239,7 @@ async fn submissions_beyond_the_job_limit_are_refused_until_a_job_stops() {
         status.message()
     );
     // A name too long for a key, a file name or a metric label is refused at parse.
-    let long = second.replace("name: limit-b", &format!("name: {}", "n".repeat(10_000)));
+    let long = second.patched("name: limit-b", &format!("name: {}", "n".repeat(10_000)));
     let status = cluster.submit(&long).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(

@@ -191,12 +191,7 @@ async fn assert_sessions_written(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_windows_over_a_stream_equal_sessions_over_the_records() {
-    let seed: u64 = std::env::var("SLUICE_SESSION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_126);
-    eprintln!("session seed {seed} (replay with SLUICE_SESSION_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = sluice_integration_tests::seeded("SLUICE_SESSION_SEED", 20_261_126);
     let cluster = TestCluster::start("visits", PARTITIONS, 2).await.unwrap();
     produce_bursts(&cluster, "visits", &mut rng, 600_000);
     let per_batch = rng.gen_range(20..60);

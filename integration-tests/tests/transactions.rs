@@ -13,6 +13,7 @@ use std::time::Duration;
 use arrow::array::AsArray;
 use arrow::datatypes::{DataType, Int64Type};
 use sluice_datagen::synthetic::Order;
+use sluice_integration_tests::Patched;
 use sluice_integration_tests::TestCluster;
 use sluice_testkit::kafka_gate::{Gate, GatedKafka};
 use sluice_testkit::kafka_transactions::Outcome;
@@ -72,7 +73,7 @@ async fn aborted_transactions_never_reach_the_table_and_markers_do_not_stall_a_p
             "{available_now: true}",
             "    max_offsets_per_trigger: 8",
         )
-        .replace(&cluster.bootstrap_servers(), &kafka.bootstrap());
+        .patched(&cluster.bootstrap_servers(), &kafka.bootstrap());
     let job = cluster.submit(&spec).await.unwrap();
     let status = cluster
         .wait_for(&job, Duration::from_secs(90), |s| s.state != "RUNNING")

@@ -4,8 +4,7 @@
 //! window once. The seed (fixed by default, so a run can be repeated) is printed; set
 //! `SLUICE_WINDOW_SEED` to try or replay another.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use sluice_integration_tests::differential::assert_closed_windows;
 use sluice_integration_tests::TestCluster;
 
@@ -22,12 +21,7 @@ async fn stream_equals_batch(
     size_ms: i64,
     expected_sql: &str,
 ) {
-    let seed: u64 = std::env::var("SLUICE_WINDOW_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_125);
-    eprintln!("window seed {seed} (replay with SLUICE_WINDOW_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = sluice_integration_tests::seeded("SLUICE_WINDOW_SEED", 20_261_125);
     let cluster = TestCluster::start("events", PARTITIONS, 2).await.unwrap();
     // One record every 200 ms of event time, up to 15 s late, on a random partition.
     let mut per_partition: Vec<Vec<String>> = vec![vec![]; PARTITIONS as usize];
