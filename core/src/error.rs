@@ -46,23 +46,6 @@ pub enum Error {
         end: i64,
     },
 
-    /// The checkpoint store failed.
-    #[error("checkpoint store: {message}")]
-    Checkpoint { message: String },
-
-    /// The embedded checkpoint store is open in another driver process.
-    #[error("the checkpoint store {path} is in use by another driver (its lock file {path}.lock is held); run one driver per store, or use etcd for several")]
-    StoreLocked { path: String },
-
-    /// A batch's ranges were to be logged under a batch id already in the offset log: a
-    /// logged batch is re-run with exactly its logged ranges, never planned again.
-    #[error("batch {batch} is already in the offset log ({key}); it is recovered with its logged ranges instead")]
-    BatchAlreadyLogged { batch: crate::BatchId, key: String },
-
-    /// A write was refused because this driver lost leadership.
-    #[error("fenced: {message}")]
-    Fenced { message: String },
-
     /// The Iceberg catalog or table failed.
     #[error("iceberg ({context}): {source}")]
     Iceberg {

@@ -6,9 +6,26 @@ use sluice_core::{BatchId, TaskId};
 /// What can go wrong in the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Shared code failed (spec, Kafka, checkpoint store, Iceberg, query).
+    /// Shared code failed (spec, Kafka, Iceberg, query).
     #[error(transparent)]
     Common(#[from] sluice_core::Error),
+    /// The checkpoint store failed.
+    #[error("checkpoint store: {message}")]
+    Checkpoint { message: String },
+
+    /// The embedded checkpoint store is open in another driver process.
+    #[error("the checkpoint store {path} is in use by another driver (its lock file {path}.lock is held); run one driver per store, or use etcd for several")]
+    StoreLocked { path: String },
+
+    /// A batch's ranges were to be logged under a batch id already in the offset log: a
+    /// logged batch is re-run with exactly its logged ranges, never planned again.
+    #[error("batch {batch} is already in the offset log ({key}); it is recovered with its logged ranges instead")]
+    BatchAlreadyLogged { batch: BatchId, key: String },
+
+    /// A write was refused because this driver lost leadership.
+    #[error("fenced: {message}")]
+    Fenced { message: String },
+
     #[error("job {0} does not exist")]
     UnknownJob(JobId),
     #[error("job {0} is already running")]
@@ -100,9 +117,9 @@ impl From<Error> for tonic::Status {
                 C::InvalidSpec { .. } | C::InvalidSql { .. } | C::SchemaMismatch { .. },
             ) => tonic::Status::invalid_argument(message),
             // A deposed driver's refusal: the client tries the leader.
-            Error::Common(
-                C::Kafka { .. } | C::Checkpoint { .. } | C::Iceberg { .. } | C::Fenced { .. },
-            )
+            Error::Common(C::Kafka { .. } | C::Iceberg { .. })
+            | Error::Checkpoint { .. }
+            | Error::Fenced { .. }
             | Error::NoExecutors
             | Error::Timeout { .. } => tonic::Status::unavailable(message),
             _ => tonic::Status::internal(message),

@@ -352,10 +352,7 @@ mod tests {
         ));
         let manager = JobManager::new(store, Scheduler::new(registry, Duration::from_secs(1)), 1);
         let refused = manager.stop("orders").await.unwrap_err();
-        assert!(
-            matches!(refused, Error::Common(sluice_core::Error::Fenced { .. })),
-            "{refused}"
-        );
+        assert!(matches!(refused, Error::Fenced { .. }), "{refused}");
         assert_eq!(
             tonic::Status::from(refused).code(),
             tonic::Code::Unavailable

@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat};
 use iceberg::table::Table;
 use sluice_core::spec::{CatalogSpec, IcebergSinkSpec};
-use sluice_core::{Error as CommonError, Result as CommonResult};
 use sluice_iceberg::catalog::{open_catalog, CatalogRef};
 use sluice_iceberg::commit::{append_batch_on, find_batch_in_ancestry, CasOutcome};
 use sluice_iceberg::data_files::attempt_prefix;
@@ -55,9 +54,9 @@ pub(crate) struct MemoryStore {
 }
 
 impl MemoryStore {
-    fn fenced(&self) -> CommonResult<()> {
+    fn fenced(&self) -> Result<()> {
         if self.deposed.load(Ordering::SeqCst) {
-            return Err(CommonError::Fenced {
+            return Err(Error::Fenced {
                 message: "test: leadership revoked".into(),
             });
         }
@@ -67,11 +66,11 @@ impl MemoryStore {
 
 #[async_trait]
 impl CheckpointStore for MemoryStore {
-    async fn get(&self, key: &str) -> CommonResult<Option<String>> {
+    async fn get(&self, key: &str) -> Result<Option<String>> {
         Ok(self.entries.lock().await.get(key).cloned())
     }
 
-    async fn list(&self, prefix: &str) -> CommonResult<Vec<(String, String)>> {
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         let entries = self.entries.lock().await;
         Ok(entries
             .iter()
@@ -80,17 +79,17 @@ impl CheckpointStore for MemoryStore {
             .collect())
     }
 
-    async fn last(&self, prefix: &str) -> CommonResult<Option<(String, String)>> {
+    async fn last(&self, prefix: &str) -> Result<Option<(String, String)>> {
         Ok(self.list(prefix).await?.pop())
     }
 
-    async fn put_all(&self, entries: Vec<(String, String)>) -> CommonResult<()> {
+    async fn put_all(&self, entries: Vec<(String, String)>) -> Result<()> {
         self.fenced()?;
         self.entries.lock().await.extend(entries);
         Ok(())
     }
 
-    async fn put_new(&self, key: &str, value: String) -> CommonResult<bool> {
+    async fn put_new(&self, key: &str, value: String) -> Result<bool> {
         self.fenced()?;
         let mut entries = self.entries.lock().await;
         if entries.contains_key(key) {
@@ -100,7 +99,7 @@ impl CheckpointStore for MemoryStore {
         Ok(true)
     }
 
-    async fn delete_range(&self, prefix: &str, before: &str) -> CommonResult<()> {
+    async fn delete_range(&self, prefix: &str, before: &str) -> Result<()> {
         self.fenced()?;
         self.entries
             .lock()
@@ -113,7 +112,7 @@ impl CheckpointStore for MemoryStore {
         7
     }
 
-    async fn check_fence(&self) -> CommonResult<()> {
+    async fn check_fence(&self) -> Result<()> {
         self.fenced()
     }
 }
@@ -440,10 +439,7 @@ async fn a_driver_whose_fence_is_gone_commits_nothing_to_the_table_or_the_checkp
         .run(state, &checkpoint_before(0), false, &mut execution)
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, Error::Common(CommonError::Fenced { .. })),
-        "{error}"
-    );
+    assert!(matches!(error, Error::Fenced { .. }), "{error}");
     let table = fx.table().await;
     assert_eq!(table.metadata().snapshots().count(), 0, "nothing committed");
     assert!(fx.log().checkpoint().await.unwrap().is_none());

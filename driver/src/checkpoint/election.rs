@@ -7,7 +7,7 @@ use etcd_client::{Client, ConnectOptions};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use sluice_core::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The election every driver of a cluster campaigns in.
 pub const LEADER_ELECTION: &str = "/sluice/leader";

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::CheckpointStore;
-use sluice_core::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The key holding the last driver term handed out by this store.
 const TERM_KEY: &str = "/sluice/term";
@@ -32,7 +32,7 @@ impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<EmbeddedStore> {
         let io_err = |context: &str| {
             let context = format!("{context} {}", path.display());
-            move |source| Error::Io { context, source }
+            move |source| Error::from(sluice_core::Error::Io { context, source })
         };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err("creating directory for"))?;
@@ -85,9 +85,12 @@ fn persist(path: &Path, entries: &BTreeMap<String, String>) -> Result<()> {
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|source| Error::Io {
-        context: format!("writing {}", path.display()),
-        source,
+    write().map_err(|source| {
+        sluice_core::Error::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        }
+        .into()
     })
 }
 

@@ -12,7 +12,7 @@ use etcd_client::{
 
 use super::election::Fence;
 use super::CheckpointStore;
-use sluice_core::error::{Error, Result};
+use crate::error::{Error, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -18,8 +18,8 @@ pub use election::{campaign, Fence, Leadership, LEADER_ELECTION};
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
 
+use crate::error::{Error, Result};
 use crate::protocol::{BatchPlan, Checkpoint};
-use sluice_core::error::{Error, Result};
 use sluice_core::{BatchId, JobId};
 
 /// Root of every key Sluice writes.

@@ -150,7 +150,7 @@ impl JobRunner {
                     }
                     Trigger::ProcessingTime(interval) => interval.saturating_sub(started.elapsed()),
                 },
-                Err(Error::Common(CommonError::Fenced { message })) => {
+                Err(Error::Fenced { message }) => {
                     // Another driver leads: it runs the job; this one commits nothing more.
                     warn!(job = %self.shared.job_id, %message, "deposed: leaving the job to the new leader");
                     return (JobState::Running, String::new());
@@ -576,7 +576,7 @@ async fn compact(
         .await;
     match compacted {
         Ok(compacted) => Ok(compacted),
-        Err(Error::Common(fenced @ CommonError::Fenced { .. })) => Err(fenced.into()),
+        Err(fenced @ Error::Fenced { .. }) => Err(fenced),
         Err(error) => {
             warn!(job = %job_id, %error, "compaction failed; trying again after a later batch");
             protocol.sink.forget(false);
