@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(test)]
+use crate::protocol::SourceRead;
 use sluice_core::spec::{ParallelismSpec, StartingOffsets};
 use sluice_iceberg::data_files::state_file_stats;
 #[cfg(test)]
@@ -19,15 +21,14 @@ pub type LatestOffsets = BTreeMap<(String, i32), Watermarks>;
 /// new), as Kafka's offset-for-time lookup answered.
 pub type OffsetsAtTime = BTreeMap<(String, i32), Option<i64>>;
 
-/// The checkpoint a job starts from: its Kafka source `source` where `starting_offsets`
-/// says, per partition. A start by time takes the offsets `at_time` found, within what
-/// the partition still holds; a partition with no record that new starts at its end.
-pub fn initial_checkpoint(
-    source: &str,
+/// Where a Kafka source starts: each partition where `starting_offsets` says. A start by
+/// time takes the offsets `at_time` found, within what the partition still holds; a
+/// partition with no record that new starts at its end.
+pub fn initial_offsets(
     starting: &StartingOffsets,
     latest: &LatestOffsets,
     at_time: &OffsetsAtTime,
-) -> Checkpoint {
+) -> PartitionOffsets {
     let mut offsets = PartitionOffsets::new();
     for ((topic, partition), marks) in latest {
         let start = match starting {
@@ -49,7 +50,18 @@ pub fn initial_checkpoint(
             .or_default()
             .insert(*partition, start);
     }
-    Checkpoint::initial_kafka(source, offsets)
+    offsets
+}
+
+/// The checkpoint of a job whose one Kafka source `source` starts at [`initial_offsets`].
+#[cfg(test)]
+pub fn initial_checkpoint(
+    source: &str,
+    starting: &StartingOffsets,
+    latest: &LatestOffsets,
+    at_time: &OffsetsAtTime,
+) -> Checkpoint {
+    Checkpoint::initial_kafka(source, initial_offsets(starting, latest, at_time))
 }
 
 /// Caps each partition's latest offset at `limit` (an `available_now` job's end).
@@ -99,11 +111,11 @@ pub fn next_plan(
 ) -> Option<BatchPlan> {
     let (source, position) = checkpoint.source()?;
     let ranges = cut_ranges(position.position.kafka_offsets(), latest, max_offsets);
-    (!ranges.is_empty()).then(|| BatchPlan {
-        watermark_ms: batch_watermark(checkpoint, rule, now_ms),
-        state_files: checkpoint.state_files.clone(),
-        ..BatchPlan::kafka(checkpoint.batch_id.next(), source, ranges, now_ms)
-    })
+    if ranges.is_empty() {
+        return None;
+    }
+    let reads = [(source.to_string(), SourceRead::Kafka(ranges))].into();
+    Some(checkpoint.next_plan(reads, batch_watermark(checkpoint, rule, now_ms), now_ms))
 }
 
 /// The batch a quiet stream runs without new records (a `processing_time` job with state,
@@ -126,7 +138,7 @@ pub fn quiet_plan(
         state_file_stats(file)
             .is_none_or(|stats| watermark >= if dedup { stats.until } else { stats.from })
     });
-    (advanced && ends_rows).then(|| state_only_plan(checkpoint, Some(watermark), now_ms))
+    (advanced && ends_rows).then(|| checkpoint.next_plan(BTreeMap::new(), Some(watermark), now_ms))
 }
 
 /// The batch that ends an `once` or `available_now` windowed job: no new records, run
@@ -134,19 +146,7 @@ pub fn quiet_plan(
 /// without state or watermark.
 pub fn flush_plan(checkpoint: &Checkpoint, now_ms: i64) -> Option<BatchPlan> {
     (checkpoint.watermark_ms.is_some() && !checkpoint.state_files.is_empty())
-        .then(|| state_only_plan(checkpoint, checkpoint.watermark_ms, now_ms))
-}
-
-/// The batch after `checkpoint` that reads no records: it runs the state under
-/// `watermark_ms`.
-fn state_only_plan(checkpoint: &Checkpoint, watermark_ms: Option<i64>, now_ms: i64) -> BatchPlan {
-    BatchPlan {
-        batch_id: checkpoint.batch_id.next(),
-        reads: BTreeMap::new(),
-        planned_at_ms: now_ms,
-        watermark_ms,
-        state_files: checkpoint.state_files.clone(),
-    }
+        .then(|| checkpoint.next_plan(BTreeMap::new(), checkpoint.watermark_ms, now_ms))
 }
 
 /// A batch's tasks for the stages reading the stream: its ranges cut to at most

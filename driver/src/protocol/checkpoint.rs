@@ -151,6 +151,23 @@ impl Checkpoint {
         }
     }
 
+    /// The batch after this checkpoint: it reads `reads` (nothing for a batch that runs
+    /// only the state) under `watermark_ms`, from this checkpoint's state.
+    pub fn next_plan(
+        &self,
+        reads: BTreeMap<String, SourceRead>,
+        watermark_ms: Option<i64>,
+        planned_at_ms: i64,
+    ) -> BatchPlan {
+        BatchPlan {
+            batch_id: self.batch_id.next(),
+            reads,
+            planned_at_ms,
+            watermark_ms,
+            state_files: self.state_files.clone(),
+        }
+    }
+
     /// The job's one source: its name and checkpoint (one source per job for now).
     pub fn source(&self) -> Option<(&str, &SourceCheckpoint)> {
         self.sources

@@ -78,11 +78,8 @@ impl Source for KafkaSource {
             }
             _ => planner::OffsetsAtTime::new(),
         };
-        let initial = planner::initial_checkpoint(&self.name, &starting, available, &at_time);
-        let (_, source) = initial
-            .source()
-            .expect("the initial checkpoint of one source");
-        Ok(source.position.clone())
+        let offsets = planner::initial_offsets(&starting, available, &at_time);
+        Ok(SourcePosition::Kafka(offsets))
     }
 
     fn check(&self, position: &SourcePosition, available: &LatestOffsets) -> Result<()> {

@@ -66,11 +66,7 @@ pub fn plan_after<S: Source>(
 ) -> Option<BatchPlan> {
     let position = &checkpoint.sources.get(source.name())?.position;
     let read = source.next_read(position, available, limit)?;
-    Some(BatchPlan {
-        batch_id: checkpoint.batch_id.next(),
-        reads: [(source.name().to_string(), read)].into(),
-        planned_at_ms: now_ms,
-        watermark_ms: planner::batch_watermark(checkpoint, rule, now_ms),
-        state_files: checkpoint.state_files.clone(),
-    })
+    let watermark_ms = planner::batch_watermark(checkpoint, rule, now_ms);
+    let reads = [(source.name().to_string(), read)].into();
+    Some(checkpoint.next_plan(reads, watermark_ms, now_ms))
 }
