@@ -282,15 +282,7 @@ impl EventTime<'_> {
         if dedup.key.is_empty() {
             return Err(Error::spec("dedup.key", "names no column; e.g. [order_id]"));
         }
-        for column in &dedup.key {
-            if !source.has_column(column) {
-                return Err(Error::spec(
-                    "dedup.key",
-                    format!("{column:?} is not a column of the source"),
-                ));
-            }
-        }
-        Ok(())
+        check_key_columns("dedup.key", &dedup.key, source)
     }
 
     fn validate_session(&self, session: &SessionSpec, source: &SourceSpec) -> Result<()> {
@@ -307,14 +299,17 @@ impl EventTime<'_> {
                 "cannot be combined with window or dedup yet",
             ));
         }
-        for column in &session.key {
-            if !source.has_column(column) {
-                return Err(Error::spec(
-                    "session.key",
-                    format!("{column:?} is not a column of the source"),
-                ));
-            }
-        }
-        Ok(())
+        check_key_columns("session.key", &session.key, source)
+    }
+}
+
+/// Fails naming `field` when a column of `key` is not a column of `source`.
+fn check_key_columns(field: &str, key: &[String], source: &SourceSpec) -> Result<()> {
+    match key.iter().find(|column| !source.has_column(column)) {
+        Some(column) => Err(Error::spec(
+            field,
+            format!("{column:?} is not a column of the source"),
+        )),
+        None => Ok(()),
     }
 }
